@@ -1,0 +1,75 @@
+"""Test-wide settings: offline, one torch thread, an isolated workspace per test."""
+
+from __future__ import annotations
+
+import os
+
+# Before any Hugging Face import: never reach the Hub, never phone home.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.pop("TIHUB_HOME", None)
+os.environ.pop("TIHUB_DB", None)
+os.environ.pop("CIVITAI_TOKEN", None)
+os.environ.pop("HF_TOKEN", None)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+@pytest.fixture
+def corpus() -> Path:
+    """The shared corpus of real files; tests using it skip where it is absent."""
+    if not (CORPUS / "MANIFEST.tsv").exists():
+        pytest.skip(f"the shared corpus is absent ({CORPUS}); CI has it")
+    return CORPUS
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty workspace, used as TIHUB_HOME."""
+    ws = tmp_path / "home"
+    (ws / "embeddings").mkdir(parents=True)
+    monkeypatch.setenv("TIHUB_HOME", str(ws))
+    return ws
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD1-shaped diffusers folder (random weights, real CLIP vocabulary)."""
+    from tihub.engine.tiny import build_tiny_sd1
+
+    return build_tiny_sd1(tmp_path_factory.mktemp("models") / "tiny-sd1")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SDXL-shaped diffusers folder."""
+    from tihub.engine.tiny import build_tiny_sdxl
+
+    return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_engines():
+    """Each test gets its own catalogue connections."""
+    yield
+    try:
+        from tihub.catalog.db import dispose_all
+
+        dispose_all()
+    except ImportError:  # pragma: no cover
+        pass

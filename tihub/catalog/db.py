@@ -1,0 +1,131 @@
+"""Opening the catalogue database and running its migrations.
+
+SQLite (the default, `WORKSPACE/catalog.db`) runs in WAL mode with a busy timeout, and every
+write transaction starts with `BEGIN IMMEDIATE` so two tihub processes queue instead of failing
+half-way. Any other SQLAlchemy URL (e.g. PostgreSQL) works through the same code.
+
+Schema changes are named, ordered functions in `tihub.catalog.migrations.MIGRATIONS`; the names
+already applied are recorded in the `_migrations` table.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from tihub.errors import CatalogError
+
+BUSY_TIMEOUT_MS = 30_000
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def open_engine(url: str, *, migrate: bool = True) -> Engine:
+    """Return a (cached) engine for `url`, with the schema migrated to the newest version."""
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _create(url)
+            if migrate:
+                run_migrations(engine)
+            _engines[url] = engine
+        return engine
+
+
+def dispose_all() -> None:
+    """Close every cached engine (tests, forks)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def _create(url: str) -> Engine:
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000} if url.startswith("sqlite") else {})
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise CatalogError(f"Cannot open the catalogue database {url!r}: {exc}.") from None
+    if is_sqlite(engine):
+        _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        # Writers take the write lock up front: no deadlock-prone lock upgrades later.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write", True) else "BEGIN")
+
+
+@contextmanager
+def write(engine: Engine) -> Iterator[Connection]:
+    """A write transaction (BEGIN IMMEDIATE on SQLite); commits on success, rolls back on error."""
+    try:
+        with engine.connect() as conn:
+            conn.info["write"] = True
+            with conn.begin():
+                yield conn
+    except SQLAlchemyError as exc:
+        raise CatalogError(f"The catalogue write failed: {_short(exc)}.") from None
+
+
+@contextmanager
+def read(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction (plain BEGIN on SQLite, which never blocks writers in WAL mode)."""
+    try:
+        with engine.connect() as conn:
+            conn.info["write"] = False
+            with conn.begin():
+                yield conn
+    except SQLAlchemyError as exc:
+        raise CatalogError(f"The catalogue read failed: {_short(exc)}.") from None
+
+
+def _short(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
+
+
+def now() -> str:
+    """UTC time as ISO-8601 text (how every timestamp is stored)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_migrations(engine: Engine) -> list[str]:
+    """Apply every migration not yet recorded; return the names applied now."""
+    from tihub.catalog.migrations import MIGRATIONS
+
+    applied_now: list[str] = []
+    with write(engine) as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"))
+        done = {row[0] for row in conn.execute(text("SELECT name FROM _migrations"))}
+        for name, fn in MIGRATIONS:
+            if name in done:
+                continue
+            fn(conn)
+            conn.execute(text("INSERT INTO _migrations (name, applied_at) VALUES (:n, :t)"), {"n": name, "t": now()})
+            applied_now.append(name)
+    return applied_now

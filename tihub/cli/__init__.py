@@ -1,0 +1,105 @@
+"""The `tihub` command line: a thin layer over the library.
+
+Commands are loaded lazily from their modules (see COMMANDS), so `tihub inspect` never imports
+the catalogue, the network stack or torch unless it needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from tihub import __version__
+from tihub.errors import TihubError
+
+# command name -> "module:attribute"; each module holds the commands of one concern.
+COMMANDS: dict[str, str] = {
+    "inspect": "tihub.cli.inspect:inspect_cmd",
+    "hash": "tihub.cli.hash:hash_cmd",
+    "convert": "tihub.cli.convert:convert_cmd",
+    "sources": "tihub.cli.catalog:sources_cmd",
+    "sync": "tihub.cli.catalog:sync_cmd",
+    "search": "tihub.cli.catalog:search_cmd",
+    "show": "tihub.cli.catalog:show_cmd",
+    "fetch": "tihub.cli.collection:fetch_cmd",
+    "import": "tihub.cli.collection:import_cmd",
+    "list": "tihub.cli.collection:list_cmd",
+    "remove": "tihub.cli.collection:remove_cmd",
+    "export": "tihub.cli.collection:export_cmd",
+    "compat": "tihub.cli.collection:compat_cmd",
+    "prompt": "tihub.cli.engine:prompt_cmd",
+    "generate": "tihub.cli.engine:generate_cmd",
+    "png-info": "tihub.cli.engine:png_info_cmd",
+    "grid": "tihub.cli.engine:grid_cmd",
+    "verify": "tihub.cli.engine:verify_cmd",
+    "train": "tihub.cli.train:train_cmd",
+    "demo": "tihub.cli.demo:demo_cmd",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported only when used (or listed in --help)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                return None  # command not built yet
+            raise
+        return getattr(module, attr, None)
+
+    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except TihubError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except Exception as exc:  # pragma: no cover - last resort, still one line
+            if os.environ.get("TIHUB_DEBUG"):
+                raise
+            click.echo(f"Error: internal error {type(exc).__name__}: {exc} (set TIHUB_DEBUG=1 for details).", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--home", type=click.Path(file_okay=False), envvar="TIHUB_HOME", help="Workspace folder (default: $TIHUB_HOME, else the current folder).")
+@click.option("--db", "db_url", metavar="URL", envvar="TIHUB_DB", help="Catalogue database URL (default: sqlite:///WORKSPACE/catalog.db).")
+@click.version_option(__version__, prog_name="tihub")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None, db_url: str | None) -> None:
+    """tihub: find, fetch, check, use and train textual-inversion embeddings.
+
+    \b
+    Example:
+      tihub sync                       # index the sources in sources.yaml
+      tihub search "watercolor" --base sd1
+      tihub fetch easynegative
+      tihub compat --model-hash 7460a6fa
+    """
+    from tihub.cli._common import Context
+
+    ctx.obj = Context(home=home, db_url=db_url)
+
+
+def main() -> None:  # pragma: no cover
+    cli(prog_name="tihub")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

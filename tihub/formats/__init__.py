@@ -1,0 +1,27 @@
+"""Safe readers and writers for every textual-inversion embedding format.
+
+Public API:
+    read_embedding(path, data=None) -> Embedding       raises FormatError (or a subclass)
+    write_embedding(emb, path, fmt="safetensors")      fmt: safetensors | a1111 | diffusers-bin |
+                                                        diffusers-safetensors | png
+No byte of a file is ever executed: pickles are interpreted against an allow-list.
+"""
+
+from tihub.formats.model import ENCODER_BY_WIDTH, Embedding
+
+__all__ = ["Embedding", "ENCODER_BY_WIDTH", "read_embedding", "write_embedding", "EMBEDDING_SUFFIXES"]
+
+# File suffixes that may hold an embedding (folders are walked for these).
+EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png", ".webp", ".ckpt")
+
+
+def read_embedding(path, data=None):  # type: ignore[no-untyped-def]
+    from tihub.formats.reader import read_embedding as _read
+
+    return _read(path, data)
+
+
+def write_embedding(emb, path, fmt="safetensors"):  # type: ignore[no-untyped-def]
+    from tihub.formats.writer import write_embedding as _write
+
+    return _write(emb, path, fmt)
