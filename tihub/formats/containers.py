@@ -1,0 +1,415 @@
+"""Containers: torch zip, legacy torch pickle, safetensors. Each returns plain Python data
+(dicts, strings, numbers, numpy arrays) without running anything from the file."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import struct
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tihub.errors import FormatError, NotAnEmbedding, UnsafeFile
+from tihub.formats import pickle_vm
+from tihub.formats.pickle_vm import ITEMSIZE, NUMPY_DTYPE, StorageRef, TensorInfo
+
+# Caps for embedding files (models use the larger caps in tensor_shapes/read_safetensors_header).
+MAX_EMBEDDING_FILE = 64 * 1024 * 1024
+MAX_EMBEDDING_PICKLE = 8 * 1024 * 1024
+MAX_EMBEDDING_HEADER = 1024 * 1024
+MAX_MODEL_PICKLE = 256 * 1024 * 1024
+MAX_MODEL_HEADER = 100_000_000
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+# Allowed entry names below the single root folder of a torch zip.
+_TORCH_ENTRY = re.compile(
+    r"^(data\.pkl|version|byteorder|data/\d{1,9}|\.data/version|\.data/serialization_id"
+    r"|\.format_version|\.storage_alignment)$"
+)
+
+
+class BF16Array:
+    """A bfloat16 tensor widened to float32 (exact)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+
+def _normalize(value: Any) -> Any:
+    """Replace the VM's internal wrappers with public ones (BF16Array, plain dicts)."""
+    if isinstance(value, pickle_vm._BF16):
+        return BF16Array(value.array)
+    if isinstance(value, pickle_vm.Parameter):
+        return _normalize(value.data)
+    if isinstance(value, dict):
+        return {k: _normalize(v) for k, v in value.items()}
+    if isinstance(value, pickle_vm.ModuleObject):
+        out = {k: _normalize(v) for k, v in value.state.items()}
+        out["__module__"] = value.cls
+        return out
+    if isinstance(value, list):
+        return [_normalize(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# torch zip
+# ---------------------------------------------------------------------------------------------
+def _torch_zip_members(zf: zipfile.ZipFile, what: str) -> tuple[str, dict[str, zipfile.ZipInfo]]:
+    infos = zf.infolist()
+    if not infos:
+        raise NotAnEmbedding(f"{what} is an empty zip archive, not an embedding.", kind="archive")
+    root = None
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = info.filename
+        if "\\" in name or name.startswith("/") or "\x00" in name:
+            raise UnsafeFile(f"{what} has a zip entry named {name[:60]!r} that escapes its folder; refusing it.")
+        head, sep, tail = name.partition("/")
+        if not sep or head in ("", ".", ".."):
+            raise UnsafeFile(f"{what} has a zip entry {name[:60]!r} outside a single root folder; refusing it.")
+        if root is None:
+            root = head
+        elif head != root:
+            raise UnsafeFile(f"{what} mixes zip root folders {root[:30]!r} and {head[:30]!r}; refusing it.")
+        if not _TORCH_ENTRY.match(tail):
+            if tail.endswith("/") and not info.file_size:
+                continue  # a directory entry
+            raise UnsafeFile(f"{what} has an unexpected zip entry {name[:60]!r} for a torch file; refusing it.")
+        if tail in members:
+            raise UnsafeFile(f"{what} holds the zip entry {name[:60]!r} twice; refusing it.")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise UnsafeFile(f"{what} has a compressed zip entry {name[:60]!r}, which torch never writes; refusing it.")
+        if info.flag_bits & 0x1:
+            raise UnsafeFile(f"{what} has an encrypted zip entry; refusing it.")
+        members[tail] = info
+    assert root is not None
+    return root, members
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, what: str) -> bytes:
+    if info.file_size > cap:
+        raise UnsafeFile(f"{what} has a zip entry of {info.file_size} bytes, over the {cap}-byte limit; refusing it.")
+    with zf.open(info) as fh:
+        out = fh.read(cap + 1)
+    if len(out) != info.file_size:
+        raise FormatError(f"{what} has a zip entry whose size disagrees with its header; it is corrupt.")
+    return out
+
+
+def open_zip(source: Any, what: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(source)
+    except zipfile.BadZipFile:
+        raise NotAnEmbedding(
+            f"{what} is a truncated or corrupt zip archive; download it again.", kind="truncated"
+        ) from None
+    except (OSError, ValueError, EOFError, struct.error, NotImplementedError) as exc:
+        raise FormatError(f"{what} is a corrupt zip archive ({type(exc).__name__}).") from None
+
+
+def read_torch_zip(data: bytes, what: str, max_storage_bytes: int = MAX_EMBEDDING_FILE) -> Any:
+    """Interpret `data.pkl` of a torch zip; tensors come back as numpy arrays."""
+    zf = open_zip(io.BytesIO(data), what)
+    try:
+        with zf:
+            _root, members = _torch_zip_members(zf, what)
+            pkl = members.get("data.pkl")
+            if pkl is None:
+                raise NotAnEmbedding(f"{what} is a zip archive without a torch data.pkl, not an embedding.", kind="archive")
+            version = members.get("version") or members.get(".data/version")
+            if version is not None:
+                text = _read_member(zf, version, 64, what).strip()
+                if not text.isdigit():
+                    raise UnsafeFile(f"{what} has a torch 'version' entry that is not a number; refusing it.")
+            pickle_bytes = _read_member(zf, pkl, MAX_EMBEDDING_PICKLE, what)
+
+            def load(ref: StorageRef) -> bytes:
+                info = members.get(f"data/{ref.key}")
+                if info is None:
+                    raise FormatError(f"{what} refers to tensor storage {ref.key!r} that the archive lacks.")
+                want = ref.numel * ITEMSIZE[ref.dtype]
+                if info.file_size != want:
+                    raise FormatError(
+                        f"{what} has tensor storage {ref.key!r} of {info.file_size} bytes where {want} were declared."
+                    )
+                return _read_member(zf, info, max_storage_bytes, what)
+
+            result = pickle_vm.interpret(
+                pickle_bytes, load_storage=load, what=what, max_storage_bytes=max_storage_bytes
+            )
+    except zipfile.BadZipFile as exc:
+        raise FormatError(f"{what} is a corrupt zip archive ({exc}).") from None
+    except (OSError, EOFError, struct.error, NotImplementedError, ValueError) as exc:
+        if isinstance(exc, FormatError):
+            raise
+        raise FormatError(f"{what} is a corrupt zip archive ({type(exc).__name__}).") from None
+    return _normalize(result.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# legacy (non-zip) torch pickle
+# ---------------------------------------------------------------------------------------------
+def is_legacy_torch(data: bytes) -> bool:
+    # protocol-2 pickle of the magic number: PROTO 2, LONG1 10 bytes
+    return data[:4] == b"\x80\x02\x8a\x0a" and int.from_bytes(data[4:14], "little") == LEGACY_MAGIC
+
+
+def read_legacy_torch(data: bytes, what: str, max_storage_bytes: int = MAX_EMBEDDING_FILE, shapes_only: bool = False) -> Any:
+    """The pre-1.6 format: magic, protocol, sys-info pickles, the object pickle, storage keys,
+    then each storage as <u64 numel><bytes>."""
+    magic = pickle_vm.interpret(data, what=what)
+    if magic.value != LEGACY_MAGIC:
+        raise NotAnEmbedding(f"{what} is a plain Python pickle, not a torch file.", kind="pickle")
+    proto = pickle_vm.interpret(data, what=what, start=magic.end)
+    if proto.value != 1001:
+        raise FormatError(f"{what} is a legacy torch file of unknown protocol {proto.value!r}.")
+    info = pickle_vm.interpret(data, what=what, start=proto.end)
+    if not isinstance(info, pickle_vm.PickleResult) or not isinstance(info.value, dict):
+        raise FormatError(f"{what} is a legacy torch file without its system-info record.")
+    if info.value.get("little_endian") is False:
+        raise FormatError(f"{what} is a big-endian legacy torch file, which tihub does not read.")
+    refs: dict[str, StorageRef] = {}
+    storages: dict[str, bytes] = {}
+    # first pass: shapes only, to learn the storages; their data follows the object pickle
+    obj = pickle_vm.interpret(data, what=what, start=info.end, shapes_only=True, lenient=shapes_only, refs=refs)
+    if shapes_only:
+        return _normalize(obj.value)
+    keys = pickle_vm.interpret(data, what=what, start=obj.end)
+    if not isinstance(keys.value, list) or not all(isinstance(k, str) for k in keys.value):
+        raise FormatError(f"{what} is a legacy torch file with a bad storage-key list.")
+    pos = keys.end
+    for key in keys.value:
+        ref = refs.get(key)
+        if ref is None:
+            raise FormatError(f"{what} lists storage {key!r} that no tensor uses.")
+        if pos + 8 > len(data):
+            raise FormatError(f"{what} is truncated inside its tensor data.")
+        (numel,) = struct.unpack_from("<q", data, pos)
+        if numel != ref.numel:
+            raise FormatError(f"{what} has storage {key!r} of {numel} elements where {ref.numel} were declared.")
+        pos += 8
+        nbytes = numel * ITEMSIZE[ref.dtype]
+        if pos + nbytes > len(data):
+            raise FormatError(f"{what} is truncated inside its tensor data.")
+        storages[key] = data[pos : pos + nbytes]
+        pos += nbytes
+
+    def load(ref: StorageRef) -> bytes | None:
+        return storages.get(ref.key)
+
+    result = pickle_vm.interpret(
+        data, what=what, start=info.end, load_storage=load, max_storage_bytes=max_storage_bytes
+    )
+    return _normalize(result.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# safetensors
+# ---------------------------------------------------------------------------------------------
+SAFETENSORS_DTYPES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
+
+
+@dataclass
+class SafetensorsHeader:
+    """A validated safetensors header: tensors name -> (dtype, shape, begin, end) relative to
+    `data_offset`, and the string metadata."""
+
+    tensors: dict[str, tuple[str, tuple[int, ...], int, int]]
+    metadata: dict[str, str]
+    data_offset: int
+
+
+def looks_like_safetensors(head: bytes, size: int) -> bool:
+    if len(head) < 10:
+        return False
+    (n,) = struct.unpack_from("<Q", head, 0)
+    return head[8:9] == b"{" and n >= 2
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _Duplicate(k)
+        out[k] = v
+    return out
+
+
+class _Duplicate(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def parse_safetensors_header(head: bytes, file_size: int, what: str, max_header: int) -> SafetensorsHeader:
+    """Validate a safetensors header (`head` = at least the first 8 + N bytes)."""
+    if file_size < 8 or len(head) < 8:
+        raise FormatError(f"{what} is too short to be a safetensors file.")
+    (n,) = struct.unpack_from("<Q", head, 0)
+    if n > max_header:
+        raise UnsafeFile(f"{what} declares a {n}-byte safetensors header, over the {max_header}-byte limit; refusing it.")
+    if 8 + n > file_size or 8 + n > len(head):
+        raise FormatError(f"{what} is a truncated safetensors file (its header runs past the end).")
+    try:
+        header = json.loads(bytes(head[8 : 8 + n]).decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except _Duplicate as dup:
+        raise UnsafeFile(f"{what} names the safetensors entry {dup.key[:60]!r} twice; refusing it.") from None
+    except RecursionError:
+        raise UnsafeFile(f"{what} has a safetensors header nested too deeply; refusing it.") from None
+    except (UnicodeDecodeError, ValueError):
+        raise FormatError(f"{what} has a safetensors header that is not valid UTF-8 JSON.") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{what} has a safetensors header that is not a JSON object.")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise FormatError(f"{what} has safetensors __metadata__ that is not a map of strings.")
+    data_offset = 8 + n
+    buffer_len = file_size - data_offset
+    entries: list[tuple[int, int, str]] = []
+    tensors: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+    for name, spec in header.items():
+        if not isinstance(spec, dict):
+            raise FormatError(f"{what} has a safetensors entry {name[:60]!r} that is not an object.")
+        dtype = spec.get("dtype")
+        shape = spec.get("shape")
+        offsets = spec.get("data_offsets")
+        if dtype not in SAFETENSORS_DTYPES:
+            raise FormatError(f"{what} has a safetensors entry {name[:60]!r} of unknown dtype {str(dtype)[:20]!r}.")
+        if not isinstance(shape, list) or len(shape) > 16 or not all(type(d) is int and d >= 0 for d in shape):
+            raise FormatError(f"{what} has a safetensors entry {name[:60]!r} with an invalid shape.")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(o) is int and o >= 0 for o in offsets)
+            or offsets[0] > offsets[1]
+        ):
+            raise FormatError(f"{what} has a safetensors entry {name[:60]!r} with invalid data offsets.")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if numel * SAFETENSORS_DTYPES[dtype] != offsets[1] - offsets[0]:
+            raise FormatError(
+                f"{what} has a safetensors entry {name[:60]!r} whose shape {shape} does not match its byte range."
+            )
+        if offsets[1] > buffer_len:
+            raise FormatError(f"{what} has a safetensors entry {name[:60]!r} that reaches past the end of the file.")
+        entries.append((offsets[0], offsets[1], name))
+        tensors[name] = (dtype, tuple(shape), offsets[0], offsets[1])
+    entries.sort()
+    expected = 0
+    for begin, end, name in entries:
+        if begin != expected:
+            kind = "overlaps another entry" if begin < expected else "leaves a hole before it"
+            raise UnsafeFile(f"{what} has a safetensors entry {name[:60]!r} that {kind}; refusing it.")
+        expected = end
+    if expected != buffer_len:
+        raise FormatError(
+            f"{what} has {buffer_len - expected} bytes after its last safetensors tensor; it is corrupt or truncated."
+        )
+    return SafetensorsHeader(tensors, dict(metadata), data_offset)
+
+
+def read_safetensors(data: bytes, what: str) -> tuple[dict[str, Any], dict[str, str]]:
+    header = parse_safetensors_header(data, len(data), what, MAX_EMBEDDING_HEADER)
+    out: dict[str, Any] = {}
+    base = header.data_offset
+    for name, (dtype, shape, begin, end) in header.tensors.items():
+        if dtype not in NUMPY_DTYPE:
+            raise FormatError(f"{what} stores {name[:60]!r} as {dtype}, which is not an embedding dtype.")
+        arr = np.frombuffer(data, dtype=NUMPY_DTYPE[dtype], count=(end - begin) // ITEMSIZE[dtype], offset=base + begin)
+        arr = arr.reshape(shape).copy()
+        if dtype == "BF16":
+            out[name] = BF16Array((arr.astype(np.uint32) << 16).view(np.float32))
+        else:
+            out[name] = arr
+    return out, header.metadata
+
+
+def read_safetensors_header(path: str | os.PathLike[str], max_header: int = MAX_MODEL_HEADER) -> SafetensorsHeader:
+    """Read and validate only the header of a (possibly multi-GB) safetensors file."""
+    what = f"'{os.fspath(path)}'"
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            first = fh.read(8)
+            if len(first) < 8:
+                raise FormatError(f"{what} is too short to be a safetensors file.")
+            (n,) = struct.unpack("<Q", first)
+            if n > max_header:
+                raise UnsafeFile(
+                    f"{what} declares a {n}-byte safetensors header, over the {max_header}-byte limit; refusing it."
+                )
+            head = first + fh.read(n)
+    except OSError as exc:
+        raise FormatError(f"{what} cannot be read ({exc.strerror or exc}).") from None
+    return parse_safetensors_header(head, size, what, max_header)
+
+
+# ---------------------------------------------------------------------------------------------
+# shapes without data (for model files)
+# ---------------------------------------------------------------------------------------------
+def tensor_shapes(path: str | os.PathLike[str], max_pickle: int = MAX_MODEL_PICKLE) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Flattened state-dict keys -> (shape, dtype tag) of a torch zip or legacy `.ckpt`/`.pt`,
+    reading only the pickle (never the tensor data). dtype tags are safetensors names (F16, F32...).
+    A top-level `state_dict` is descended into; nested dicts are joined with '.'."""
+    what = f"'{os.fspath(path)}'"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+            if head[:4] == b"PK\x03\x04":
+                zf = open_zip(fh, what)
+                with zf:
+                    _root, members = _torch_zip_members(zf, what)
+                    pkl = members.get("data.pkl")
+                    if pkl is None:
+                        raise NotAnEmbedding(f"{what} is a zip archive without a torch data.pkl.", kind="archive")
+                    pickle_bytes = _read_member(zf, pkl, max_pickle, what)
+                value = pickle_vm.interpret(pickle_bytes, what=what, shapes_only=True, lenient=True).value
+            elif is_legacy_torch(head):
+                fh.seek(0)
+                data = fh.read(max_pickle)
+                value = read_legacy_torch(data, what, shapes_only=True)
+            else:
+                raise FormatError(f"{what} is not a torch zip or legacy torch pickle.")
+    except OSError as exc:
+        raise FormatError(f"{what} cannot be read ({exc.strerror or exc}).") from None
+    value = _normalize(value)
+    if isinstance(value, dict) and isinstance(value.get("state_dict"), dict):
+        value = value["state_dict"]
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    _flatten(value, "", out, 0)
+    return out
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, tuple[tuple[int, ...], str]], depth: int) -> None:
+    if depth > 32:
+        return
+    if isinstance(value, TensorInfo):
+        out[prefix] = (value.shape, value.dtype)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and k != "__module__":
+                _flatten(v, f"{prefix}.{k}" if prefix else k, out, depth + 1)

@@ -1,0 +1,359 @@
+"""`read_embedding(path, data=None)`: one entry point for every embedding format.
+
+The container is chosen by magic bytes (never by suffix); the layout by the keys inside. Anything
+that is not an embedding is refused with `NotAnEmbedding(sentence, kind=...)` saying what it is.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tihub.errors import FormatError, NotAnEmbedding, UnsafeFile
+from tihub.formats.containers import (
+    MAX_EMBEDDING_FILE,
+    BF16Array,
+    is_legacy_torch,
+    looks_like_safetensors,
+    read_legacy_torch,
+    read_safetensors,
+    read_torch_zip,
+)
+from tihub.formats.model import ENCODER_BY_WIDTH, Embedding
+
+MAX_VECTORS = 75
+_DTYPE_TAG = {np.dtype("float32"): "f32", np.dtype("float16"): "f16", np.dtype("float64"): "f64"}
+_CHECKPOINT_PREFIXES = (
+    "model.diffusion_model.",
+    "first_stage_model.",
+    "cond_stage_model.",
+    "conditioner.embedders.",
+    "model_ema.",
+    "text_model.encoder.",
+    "down_blocks.",
+    "up_blocks.",
+    "mid_block.",
+    "encoder.down.",
+    "decoder.up.",
+    "transformer_blocks.",
+    "double_blocks.",
+)
+_LORA_MARKERS = ("lora_up", "lora_down", "lora_A", "lora_B", ".alpha", "lora_unet_", "lora_te", "hada_w", "lokr_")
+
+
+def read_embedding(path: str | os.PathLike[str], data: bytes | None = None) -> Embedding:
+    """Read any supported embedding file; raise FormatError (or a subclass) otherwise."""
+    p = Path(path)
+    what = f"'{p.name}'"
+    if data is None:
+        try:
+            size = p.stat().st_size
+            if size > MAX_EMBEDDING_FILE:
+                return _too_big(p, what, size)
+            with open(p, "rb") as fh:
+                data = fh.read(MAX_EMBEDDING_FILE + 1)
+        except IsADirectoryError:
+            raise NotAnEmbedding(f"{what} is a folder, not an embedding file.", kind="folder") from None
+        except OSError as exc:
+            raise FormatError(f"{what} cannot be read ({exc.strerror or exc}).") from None
+    elif len(data) > MAX_EMBEDDING_FILE:
+        raise NotAnEmbedding(f"{what} is {len(data)} bytes, far too large for an embedding; it is probably a model.", kind="model")
+    try:
+        return _read(p, what, data)
+    except FormatError:
+        raise
+    except RecursionError:
+        raise UnsafeFile(f"{what} nests its data too deeply; refusing it.") from None
+    except MemoryError:
+        raise UnsafeFile(f"{what} asks for more memory than an embedding file should; refusing it.") from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error, OverflowError, EOFError) as exc:
+        raise FormatError(f"{what} is malformed ({type(exc).__name__}: {str(exc)[:80]}).") from None
+
+
+def _too_big(p: Path, what: str, size: int) -> Embedding:
+    with open(p, "rb") as fh:
+        head = fh.read(64)
+    kind = "checkpoint" if head[:2] == b"PK" or head[:1] == b"\x80" else "model"
+    if looks_like_safetensors(head, size):
+        kind = "model"
+    raise NotAnEmbedding(
+        f"{what} is {size // (1024 * 1024)} MiB, far too large for an embedding; it is a model or checkpoint file.",
+        kind=kind,
+    )
+
+
+def _read(p: Path, what: str, data: bytes) -> Embedding:
+    name = p.stem
+    if not data:
+        raise NotAnEmbedding(f"{what} is an empty file; download it again.", kind="empty")
+    head = data[:64]
+    if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
+        obj = read_torch_zip(data, what)
+        return from_object(obj, name, what, "torch-zip")
+    if is_legacy_torch(data):
+        obj = read_legacy_torch(data, what)
+        return from_object(obj, name, what, "torch-legacy")
+    if head[:8] == b"\x89PNG\r\n\x1a\n" or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        from tihub.formats.image import read_image_embedding
+
+        container = "png" if head[:1] == b"\x89" else "webp"
+        if p.name.lower().endswith((".preview.png", ".preview.webp")):
+            raise NotAnEmbedding(f"{what} is a preview image next to an embedding, not an embedding.", kind="preview")
+        payload, carrier = read_image_embedding(data, what)
+        emb = from_object(payload, name, what, container, from_image=True)
+        emb.extra["carrier"] = carrier
+        if emb.dtype == "f64":  # JSON floats; A1111 casts them to float32 (exact for its own files)
+            emb.vectors = {k: v.astype(np.float32) for k, v in emb.vectors.items()}
+            emb.dtype = "f32"
+        if isinstance(payload.get("dtype"), str) and payload["dtype"] in ("f16", "bf16"):
+            _restore_dtype(emb, payload["dtype"])
+        return emb
+    if looks_like_safetensors(head, len(data)):
+        tensors, metadata = read_safetensors(data, what)
+        return from_safetensors(tensors, metadata, name, what)
+    if head[:1] == b"\x80":
+        raise NotAnEmbedding(f"{what} is a plain Python pickle, not a torch file or embedding.", kind="pickle")
+    raise _identify_other(data, what, p)
+
+
+def _identify_other(data: bytes, what: str, p: Path) -> NotAnEmbedding:
+    head = data[:512]
+    suffix = p.suffix.lower()
+    if head[:3] == b"\xff\xd8\xff":
+        if suffix in (".png", ".webp"):
+            return NotAnEmbedding(f"{what} is a JPEG image named {suffix}, not an embedding.", kind="jpeg")
+        return NotAnEmbedding(f"{what} is a JPEG image, not an embedding.", kind="jpeg")
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return NotAnEmbedding(f"{what} is a GIF image, not an embedding.", kind="image")
+    if head[:6] == b"7z\xbc\xaf\x27\x1c":
+        return NotAnEmbedding(f"{what} is a 7z archive, not an embedding.", kind="archive")
+    if head[:2] == b"\x1f\x8b":
+        return NotAnEmbedding(f"{what} is a gzip archive, not an embedding.", kind="archive")
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if stripped.startswith(b"version https://git-lfs.github.com/spec/"):
+        return NotAnEmbedding(
+            f"{what} is a Git LFS pointer, not the file itself; fetch it through LFS (git lfs pull) or the raw download URL.",
+            kind="lfs-pointer",
+        )
+    low = stripped[:200].lower()
+    if low.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in head.lower():
+        return NotAnEmbedding(f"{what} is an HTML page (probably an error or login page), not an embedding.", kind="html")
+    if stripped[:1] in (b"{", b"["):
+        return NotAnEmbedding(f"{what} is a JSON document (metadata or an error response), not an embedding.", kind="json")
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return NotAnEmbedding(f"{what} is a text file, not an embedding.", kind="text")
+        except UnicodeDecodeError:
+            pass
+    return NotAnEmbedding(f"{what} is not a format tihub recognises as an embedding.", kind="unknown")
+
+
+# ---------------------------------------------------------------------------------------------
+# layouts
+# ---------------------------------------------------------------------------------------------
+def _tensor(value: Any) -> tuple[np.ndarray, str] | None:
+    if isinstance(value, BF16Array):
+        return value.array, "bf16"
+    if isinstance(value, np.ndarray):
+        return value, _DTYPE_TAG.get(value.dtype, str(value.dtype))
+    return None
+
+
+def _is_tensor(value: Any) -> bool:
+    return isinstance(value, (np.ndarray, BF16Array))
+
+
+def _refuse_non_embedding(obj: dict[str, Any], what: str) -> None:
+    keys = [k for k in obj if isinstance(k, str)]
+    if isinstance(obj.get("state_dict"), dict):
+        raise NotAnEmbedding(f"{what} is a model checkpoint (it has a state_dict), not an embedding.", kind="checkpoint")
+    if any(m in k for k in keys[:5000] for m in _LORA_MARKERS):
+        raise NotAnEmbedding(f"{what} is a LoRA/LyCORIS network, not an embedding; put it in the Lora folder.", kind="lora")
+    if any(k.startswith(_CHECKPOINT_PREFIXES) for k in keys[:5000]):
+        raise NotAnEmbedding(f"{what} is a model checkpoint (it holds model weights), not an embedding.", kind="checkpoint")
+    if "t5xxl" in obj or any(_is_tensor(v) and _tensor(v)[0].shape[-1:] == (4096,) for v in obj.values()):  # type: ignore[index]
+        raise NotAnEmbedding(f"{what} is a T5 (4096-wide) text-encoder embedding, which SD1/SD2/SDXL cannot use.", kind="t5")
+
+
+def _vectors(arr: np.ndarray, what: str, label: str) -> np.ndarray:
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    elif arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise NotAnEmbedding(f"{what} holds a {arr.ndim}-D tensor {label}, not embedding vectors.", kind="tensor")
+    n, w = arr.shape
+    if w == 4096:
+        raise NotAnEmbedding(f"{what} is a T5 (4096-wide) text-encoder embedding, which SD1/SD2/SDXL cannot use.", kind="t5")
+    if w not in ENCODER_BY_WIDTH:
+        raise NotAnEmbedding(f"{what} holds vectors {w} wide, which matches no CLIP text encoder (768/1024/1280).", kind="unknown")
+    if n == 0 or n > MAX_VECTORS:
+        raise FormatError(f"{what} holds {n} vectors; an embedding has 1 to {MAX_VECTORS}.")
+    if arr.dtype.kind != "f":
+        raise FormatError(f"{what} stores its vectors as {arr.dtype}, not floating point.")
+    if not np.isfinite(arr).all():
+        raise FormatError(f"{what} has NaN or infinite values in its vectors; it is damaged.")
+    out = np.ascontiguousarray(arr)
+    out.flags.writeable = True
+    return out
+
+
+def _pair(value: Any, what: str, label: str) -> tuple[np.ndarray, str]:
+    t = _tensor(value)
+    if t is None:
+        raise FormatError(f"{what} has {label} that is not a tensor.")
+    return _vectors(t[0], what, label), t[1]
+
+
+def _str_or_none(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _int_or_none(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        return int(v)
+    return None
+
+
+def from_object(obj: Any, name: str, what: str, container: str, from_image: bool = False) -> Embedding:
+    """Normalize a decoded torch/JSON object into an Embedding."""
+    if _is_tensor(obj):
+        t = _tensor(obj)
+        assert t is not None
+        raise NotAnEmbedding(
+            f"{what} is a bare tensor of shape {list(t[0].shape)} saved with torch, not an embedding.", kind="tensor"
+        )
+    if not isinstance(obj, dict):
+        raise NotAnEmbedding(f"{what} holds a {type(obj).__name__}, not an embedding dict.", kind="unknown")
+    if "string_to_param" in obj:
+        stp = obj["string_to_param"]
+        layout = "a1111"
+        if isinstance(stp, dict) and stp.get("__module__") == "ParameterDict":
+            stp = stp.get("_parameters", {})
+            layout = "original-ti"
+        if not isinstance(stp, dict) or not stp:
+            raise FormatError(f"{what} has an empty or invalid string_to_param.")
+        if isinstance(obj.get("string_to_token"), dict) and any(
+            _is_tensor(v) for v in obj["string_to_token"].values()
+        ):
+            layout = "original-ti"
+        tensors = [(k, v) for k, v in stp.items() if k != "__module__"]
+        token, value = tensors[0]
+        arr, dtype = _pair(value, what, "in string_to_param")
+        key = ENCODER_BY_WIDTH[arr.shape[1]]
+        extra: dict[str, Any] = {}
+        if len(tensors) > 1:
+            extra["ignored_terms"] = [str(k) for k, _ in tensors[1:]]
+        if isinstance(token, str):
+            extra["placeholder"] = token
+        internal = _str_or_none(obj.get("name"))
+        if layout == "original-ti":
+            internal = internal or None
+        return Embedding(
+            name=name,
+            vectors={key: arr},
+            dtype=dtype,
+            internal_name=internal,
+            step=_int_or_none(obj.get("step")),
+            sd_checkpoint=_str_or_none(obj.get("sd_checkpoint")),
+            sd_checkpoint_name=_str_or_none(obj.get("sd_checkpoint_name")),
+            layout=layout,
+            container=container,
+            extra=extra,
+        )
+    meta = {k: obj.get(k) for k in ("name", "step", "sd_checkpoint", "sd_checkpoint_name")}
+    tensor_items = {k: v for k, v in obj.items() if _is_tensor(v)}
+    if not from_image:
+        _refuse_non_embedding(obj, what)
+    if "clip_l" in tensor_items and "clip_g" in tensor_items:
+        return _sdxl(tensor_items["clip_l"], tensor_items["clip_g"], name, what, container, "sdxl", meta)
+    if set(tensor_items) == {"emb", "emb2"}:
+        a, _ = _pair(tensor_items["emb"], what, "'emb'")
+        b, _ = _pair(tensor_items["emb2"], what, "'emb2'")
+        by_width = {a.shape[1]: tensor_items["emb"], b.shape[1]: tensor_items["emb2"]}
+        if set(by_width) != {768, 1280}:
+            raise NotAnEmbedding(f"{what} has emb/emb2 tensors that are not an SDXL 768 + 1280 pair.", kind="unknown")
+        return _sdxl(by_width[768], by_width[1280], name, what, container, "xl-inversion", meta)
+    if "emb_params" in tensor_items:
+        arr, dtype = _pair(tensor_items["emb_params"], what, "'emb_params'")
+        return _single(arr, dtype, name, container, "emb_params", meta, None)
+    if len(tensor_items) == 1:
+        (token, value), = tensor_items.items()
+        arr, dtype = _pair(value, what, f"for {str(token)[:40]!r}")
+        return _single(arr, dtype, name, container, "diffusers", meta, str(token))
+    if not tensor_items:
+        raise NotAnEmbedding(f"{what} holds no tensors, so it is not an embedding.", kind="unknown")
+    keys = ", ".join(str(k)[:30] for k in list(tensor_items)[:4])
+    raise NotAnEmbedding(
+        f"{what} holds {len(tensor_items)} tensors ({keys}) in no embedding layout tihub knows.", kind="unknown"
+    )
+
+
+def _single(arr: np.ndarray, dtype: str, name: str, container: str, layout: str, meta: dict[str, Any], token: str | None) -> Embedding:
+    return Embedding(
+        name=name,
+        vectors={ENCODER_BY_WIDTH[arr.shape[1]]: arr},
+        dtype=dtype,
+        internal_name=token if token is not None else _str_or_none(meta.get("name")),
+        step=_int_or_none(meta.get("step")),
+        sd_checkpoint=_str_or_none(meta.get("sd_checkpoint")),
+        sd_checkpoint_name=_str_or_none(meta.get("sd_checkpoint_name")),
+        layout=layout,
+        container=container,
+    )
+
+
+def _sdxl(l_val: Any, g_val: Any, name: str, what: str, container: str, layout: str, meta: dict[str, Any]) -> Embedding:
+    cl, dl = _pair(l_val, what, "'clip_l'")
+    cg, dg = _pair(g_val, what, "'clip_g'")
+    if cl.shape[1] != 768 or cg.shape[1] != 1280:
+        raise FormatError(
+            f"{what} has SDXL tensors of widths {cl.shape[1]}/{cg.shape[1]}; expected clip_l 768 and clip_g 1280."
+        )
+    return Embedding(
+        name=name,
+        vectors={"clip_l": cl, "clip_g": cg},
+        dtype=dl if dl == dg else f"{dl}/{dg}",
+        internal_name=_str_or_none(meta.get("name")),
+        step=_int_or_none(meta.get("step")),
+        sd_checkpoint=_str_or_none(meta.get("sd_checkpoint")),
+        sd_checkpoint_name=_str_or_none(meta.get("sd_checkpoint_name")),
+        layout=layout,
+        container=container,
+    )
+
+
+def from_safetensors(tensors: dict[str, Any], metadata: dict[str, str], name: str, what: str) -> Embedding:
+    obj: dict[str, Any] = dict(tensors)
+    _refuse_non_embedding(obj, what)
+    for k in ("name", "step", "sd_checkpoint", "sd_checkpoint_name"):
+        if k in metadata and k not in obj:
+            obj[k] = metadata[k]
+    emb = from_object(obj, name, what, "safetensors")
+    extra = {k: v for k, v in metadata.items() if k not in ("name", "step", "sd_checkpoint", "sd_checkpoint_name")}
+    if extra:
+        emb.extra["metadata"] = extra
+    return emb
+
+
+def _restore_dtype(emb: Embedding, tag: str) -> None:
+    """Image payloads are float lists; tihub's own cards record f16/bf16 so values come back typed."""
+    for k, v in emb.vectors.items():
+        v32 = v.astype(np.float32)
+        if tag == "f16":
+            emb.vectors[k] = v32.astype(np.float16)
+        else:
+            bits = v32.view(np.uint32) & np.uint32(0xFFFF0000)
+            emb.vectors[k] = bits.view(np.float32)
+    emb.dtype = tag
