@@ -50,3 +50,94 @@ class Candidate:
     status: str = "ok"  # "ok" | "gated" | "disabled" | "empty" | "manual"
     previews: list[dict[str, Any]] = field(default_factory=list)  # {url, width, height, meta:{...}}
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# What an indexer gets besides its SourceSpec (see tihub.sync).
+
+
+class SourceUnchanged(Exception):
+    """Raised by an indexer when its source has not changed since the last sync (its previous
+    state, e.g. an ETag or commit, says so). The catalogue keeps the source's entries exactly as
+    they are; state recorded with `ctx.set_state` before raising is still saved."""
+
+
+Unchanged = SourceUnchanged  # short alias
+
+
+@dataclass
+class IndexContext:
+    """Everything an indexer may use besides its spec.
+
+    - `state`: what this source's indexer recorded at its last successful sync (read it);
+      `set_state(key, value)` records new values (saved only if the sync succeeds).
+    - `keep(remote_id)`: the item is still there and unchanged, but not yielded again (e.g. the
+      HF repo sha did not move); the catalogue keeps it instead of marking it removed.
+    - `partial()`: this listing is not the whole source; nothing missing is marked removed.
+    - `client()`: an httpx client (tihub user agent, timeouts, no automatic redirects); use it
+      with `tihub.net.stream(..., policy=ctx.policy)` so URLs and redirects are checked.
+    - `deadline`: `time.monotonic()` value after which `check_deadline()` raises SourceError.
+    - `progress(message, done, total)`: report progress (never required).
+    """
+
+    spec: Any  # tihub.config.SourceSpec
+    state: dict[str, Any] = field(default_factory=dict)
+    deadline: float | None = None
+    root: Any = None  # workspace root (pathlib.Path) for relative paths, or None
+    progress_cb: Any = None  # Callable[[str, int | None, int | None], None] | None
+    new_state: dict[str, Any] = field(default_factory=dict)
+    kept: set[str] = field(default_factory=set)
+    complete: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.new_state:
+            self.new_state = dict(self.state)
+
+    @property
+    def policy(self) -> Any:
+        from tihub.net import URLPolicy
+
+        return URLPolicy(allow_private=bool(getattr(self.spec, "allow_private", False)))
+
+    def client(self, **kwargs: Any) -> Any:
+        """A fresh httpx.Client from `tihub.net.make_client` (close it when done)."""
+        from tihub.net import make_client
+
+        timeout = kwargs.pop("timeout", None)
+        left = self.remaining()
+        if left is not None and timeout is None:
+            import httpx
+
+            cap = max(1.0, left)
+            timeout = httpx.Timeout(connect=min(10.0, cap), read=min(30.0, cap), write=min(30.0, cap), pool=min(10.0, cap))
+        return make_client(timeout=timeout, **kwargs)
+
+    def set_state(self, key: str, value: Any) -> None:
+        self.new_state[key] = value
+
+    def keep(self, remote_id: str) -> None:
+        self.kept.add(str(remote_id))
+
+    def partial(self) -> None:
+        self.complete = False
+
+    def remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        import time
+
+        return self.deadline - time.monotonic()
+
+    def check_deadline(self) -> None:
+        """Raise SourceError once the source's deadline has passed."""
+        left = self.remaining()
+        if left is not None and left <= 0:
+            from tihub.errors import SourceError
+
+            raise SourceError(
+                f"The source {getattr(self.spec, 'name', '?')!r} ran past its deadline; try again or sync it alone."
+            )
+
+    def progress(self, message: str, done: int | None = None, total: int | None = None) -> None:
+        if self.progress_cb is not None:
+            self.progress_cb(message, done, total)

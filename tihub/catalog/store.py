@@ -1,0 +1,1105 @@
+"""The catalogue API: ingest indexer output, search, describe entries, record local files,
+models, previews, verifications and training runs.
+
+Everything goes through `Catalog`; every write is one transaction (`tihub.catalog.db.write`).
+Entries are keyed by (source, remote_id); files by sha256, so one file reached from two sources
+is one `files` row linked to both entries. Nothing is ever deleted by a sync: entries missing
+from a complete listing get `removed_at`, and lose it again when they come back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine, bindparam, func, select, text
+
+from tihub.catalog import schema as S
+from tihub.catalog.compat_rules import FAMILIES, base_from_widths, fits, normalize_base
+from tihub.catalog.db import is_sqlite, now, open_engine, read, write
+from tihub.errors import NotFound
+
+if TYPE_CHECKING:
+    from tihub.config import SourceSpec, Workspace
+    from tihub.formats.model import Embedding
+    from tihub.sources.base import Candidate, CandidateFile
+
+LOCAL_SOURCE = "local"  # the source that files recorded by fetch/import/train belong to
+_CHUNK = 500  # bound parameters per IN (...) query
+
+# bm25 weights, in FTS column order: name, triggers, title, description, tags, source
+_BM25 = "bm25(entries_fts, 10.0, 6.0, 4.0, 1.0, 3.0, 2.0)"
+
+_ENTRY_FIELDS = (
+    "name",
+    "title",
+    "description",
+    "kind",
+    "tags",
+    "base_model",
+    "base",
+    "nsfw",
+    "licence",
+    "page_url",
+    "triggers",
+    "status",
+    "extra",
+    "removed_at",
+)
+_FILE_META = (
+    "file_name",
+    "size",
+    "format",
+    "vectors",
+    "widths",
+    "base",
+    "sd_checkpoint",
+    "sd_checkpoint_name",
+    "step",
+    "hashes",
+    "local_path",
+)
+
+
+@dataclass
+class SyncResult:
+    """What one ingest changed."""
+
+    source: str
+    new: int = 0
+    updated: int = 0
+    removed: int = 0
+    revived: int = 0
+    unchanged: int = 0
+    files_new: int = 0
+    total: int = 0  # entries of the source present (not removed) after the ingest
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _dumps(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _loads(value: str | None, default: Any = None) -> Any:
+    if value is None or value == "":
+        return default
+    try:
+        return json.loads(value)
+    except ValueError:
+        return default
+
+
+def _chunks(items: list[Any], n: int = _CHUNK) -> Iterable[list[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def fts_query(user_text: str) -> str | None:
+    """Turn free user text into a safe FTS5 query: every word a quoted string (AND-ed), the last
+    one a prefix. Quotes, operators (AND, OR, NOT, NEAR), `*`, `(`, `:` are just text here.
+    Returns None when the text holds no searchable word."""
+    words = re.findall(r"\w+", user_text or "")
+    if not words:
+        return None
+    parts = ['"' + w.replace('"', '""') + '"' for w in words]
+    if len(words[-1]) >= 3 and not (user_text or "").endswith((" ", "\t")):
+        parts[-1] += " *"
+    return " ".join(parts)
+
+
+def trigger_syntax(name: str, triggers: Mapping[str, str] | None = None) -> dict[str, str]:
+    """How to call an embedding installed under `name` in each runtime."""
+    token = (triggers or {}).get("diffusers") or f"<{name}>"
+    return {
+        "a1111": (triggers or {}).get("a1111") or name,
+        "comfyui": f"embedding:{name}",
+        "invokeai": f"<{name}>",
+        "diffusers": f'pipe.load_textual_inversion("{name}.safetensors", token="{token}")',
+    }
+
+
+class Catalog:
+    """The catalogue database of one workspace (or any SQLAlchemy URL)."""
+
+    def __init__(self, engine: Engine, workspace: Workspace | None = None) -> None:
+        self.engine = engine
+        self.workspace = workspace
+
+    @classmethod
+    def open(cls, workspace: Workspace) -> Catalog:
+        workspace.ensure()
+        return cls(open_engine(workspace.db_url), workspace)
+
+    @property
+    def fts(self) -> bool:
+        return is_sqlite(self.engine)
+
+    # ------------------------------------------------------------------ sources
+
+    def _ensure_source(self, conn: Connection, spec: SourceSpec) -> int:
+        row = conn.execute(
+            select(S.sources.c.id, S.sources.c.kind, S.sources.c.nsfw).where(S.sources.c.name == spec.name)
+        ).first()
+        if row is None:
+            return int(
+                conn.execute(
+                    S.sources.insert().values(name=spec.name, kind=spec.kind, nsfw=int(spec.nsfw), entry_count=0)
+                ).inserted_primary_key[0]
+            )
+        if row.kind != spec.kind or row.nsfw != int(spec.nsfw):
+            conn.execute(
+                S.sources.update().where(S.sources.c.id == row.id).values(kind=spec.kind, nsfw=int(spec.nsfw))
+            )
+        return int(row.id)
+
+    def source_state(self, name: str) -> dict[str, Any]:
+        """The state an indexer recorded at the last successful sync of source `name`."""
+        with read(self.engine) as conn:
+            raw = conn.execute(select(S.sources.c.state).where(S.sources.c.name == name)).scalar()
+        return _loads(raw, {}) or {}
+
+    def record_sync(
+        self,
+        spec: SourceSpec,
+        status: str,
+        error: str | None = None,
+        state: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record the outcome of a sync that wrote no entries (failed or unchanged)."""
+        with write(self.engine) as conn:
+            sid = self._ensure_source(conn, spec)
+            values: dict[str, Any] = {"last_sync": now(), "last_status": status, "last_error": error}
+            if state is not None:
+                values["state"] = _dumps(dict(state))
+            conn.execute(S.sources.update().where(S.sources.c.id == sid).values(**values))
+
+    def sources(self) -> list[dict[str, Any]]:
+        """Every source the catalogue knows, with its last sync and entry counts."""
+        with read(self.engine) as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT s.id, s.name, s.kind, s.nsfw, s.last_sync, s.last_status, s.last_error, "
+                    "s.entry_count, (SELECT COUNT(*) FROM entries e WHERE e.source_id = s.id AND e.removed_at IS NOT NULL) "
+                    "AS removed FROM sources s ORDER BY s.name"
+                )
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    # ------------------------------------------------------------------ ingest
+
+    def ingest(
+        self,
+        spec: SourceSpec,
+        candidates: Iterable[Candidate],
+        *,
+        complete: bool = True,
+        keep: Iterable[str] = (),
+        state: Mapping[str, Any] | None = None,
+    ) -> SyncResult:
+        """Write one source's listing in one transaction.
+
+        `complete`: the listing is the whole source, so entries not in it (and not in `keep`,
+        the remote ids the indexer reported unchanged without re-yielding them) are marked
+        removed. `state` is stored on the source row for the next incremental sync.
+        """
+        cands: dict[str, Candidate] = {}
+        for c in candidates:  # materialize before touching the database
+            cands[str(c.remote_id)] = c
+        keep_ids = set(map(str, keep)) - cands.keys()
+        t = now()
+        result = SyncResult(source=spec.name)
+        with write(self.engine) as conn:
+            sid = self._ensure_source(conn, spec)
+            self._ingest(conn, sid, spec, cands, keep_ids, complete, t, result)
+            values: dict[str, Any] = {"last_sync": t, "last_status": "ok", "last_error": None, "entry_count": result.total}
+            if state is not None:
+                values["state"] = _dumps(dict(state))
+            conn.execute(S.sources.update().where(S.sources.c.id == sid).values(**values))
+        return result
+
+    def _ingest(
+        self,
+        conn: Connection,
+        sid: int,
+        spec: SourceSpec,
+        cands: dict[str, Candidate],
+        keep_ids: set[str],
+        complete: bool,
+        t: str,
+        result: SyncResult,
+    ) -> None:
+        E, F, EF = S.entries, S.files, S.entry_files
+        ecols = [E.c.id, E.c.remote_id] + [E.c[f] for f in _ENTRY_FIELDS]
+        existing: dict[str, tuple[Any, ...]] = {}
+        for row in conn.execute(select(*ecols).where(E.c.source_id == sid)):
+            existing[row[1]] = tuple(row)
+        links: dict[int, dict[int, tuple[str | None, int]]] = defaultdict(dict)
+        for eid, fid, url, manual in conn.execute(
+            select(EF.c.entry_id, EF.c.file_id, EF.c.url, EF.c.manual)
+            .join(E, E.c.id == EF.c.entry_id)
+            .where(E.c.source_id == sid)
+        ):
+            links[eid][fid] = (url, manual)
+
+        fcols = [F.c.id, F.c.sha256] + [F.c[f] for f in _FILE_META]
+        files_by_id: dict[int, dict[str, Any]] = {}
+        linked_ids = sorted({fid for d in links.values() for fid in d})
+        for chunk in _chunks(linked_ids):
+            for row in conn.execute(select(*fcols).where(F.c.id.in_(chunk))):
+                files_by_id[row.id] = dict(row._mapping)
+        need_shas = sorted({f.sha256.lower() for c in cands.values() for f in c.files if f.sha256})
+        for chunk in _chunks(need_shas):
+            for row in conn.execute(select(*fcols).where(F.c.sha256.in_(chunk))):
+                files_by_id[row.id] = dict(row._mapping)
+        files_by_sha = {f["sha256"]: f for f in files_by_id.values() if f["sha256"]}
+
+        new_files: dict[str, dict[str, Any]] = {}  # sha -> row (new, with a sha)
+        new_nosha: list[dict[str, Any]] = []  # new rows without a sha
+        changed_files: dict[int, dict[str, Any]] = {}
+        new_entries: list[dict[str, Any]] = []
+        changed_entries: list[dict[str, Any]] = []
+        # remote_id -> [(file key, url, manual)]; key: ("id", id) | ("sha", sha) | ("nosha", index)
+        wanted: dict[str, list[tuple[tuple[str, Any], str | None, int]]] = {}
+        touched: set[str] = set()  # entries whose files changed
+        previews_wanted: dict[str, list[dict[str, Any]]] = {}
+
+        for rid, c in cands.items():
+            old = existing.get(rid)
+            old_links = links.get(old[0], {}) if old else {}
+            flist: list[tuple[tuple[str, Any], str | None, int]] = []
+            widths_seen: list[dict[str, int]] = []
+            for cf in c.files:
+                sha = cf.sha256.lower() if cf.sha256 else None
+                incoming = _file_values(cf)
+                key: tuple[str, Any]
+                current: dict[str, Any] | None = None
+                if sha:
+                    current = files_by_sha.get(sha)
+                    if current is None and sha in new_files:
+                        merged = _merge_file(new_files[sha], incoming)
+                        new_files[sha] = merged
+                        key = ("sha", sha)
+                        if merged.get("widths"):
+                            widths_seen.append(_loads(merged["widths"], {}))
+                        flist.append((key, cf.url, int(cf.manual)))
+                        continue
+                else:
+                    for fid in old_links:
+                        f = files_by_id.get(fid)
+                        if f and f["sha256"] is None and f["file_name"] == cf.file_name and old_links[fid][0] == cf.url:
+                            current = f
+                            break
+                if current is not None:
+                    merged = _merge_file(current, incoming)
+                    fid = current["id"]
+                    if any(merged[k] != current[k] for k in _FILE_META):
+                        changed_files[fid] = merged
+                        files_by_id[fid] = merged
+                        if sha:
+                            files_by_sha[sha] = merged
+                        touched.add(rid)
+                    key = ("id", fid)
+                    w = merged.get("widths")
+                elif sha:
+                    row = {"sha256": sha, **_merge_file({k: None for k in _FILE_META}, incoming)}
+                    new_files[sha] = row
+                    key = ("sha", sha)
+                    w = row.get("widths")
+                else:
+                    row = {"sha256": None, **_merge_file({k: None for k in _FILE_META}, incoming)}
+                    new_nosha.append(row)
+                    key = ("nosha", len(new_nosha) - 1)
+                    w = row.get("widths")
+                if w:
+                    widths_seen.append(_loads(w, {}))
+                flist.append((key, cf.url, int(cf.manual)))
+            wanted[rid] = flist
+            if c.previews:
+                previews_wanted[rid] = c.previews
+
+            base = "unknown"
+            for w in widths_seen:
+                b = base_from_widths(w)
+                if b != "unknown":
+                    base = b
+                    break
+            if base == "unknown":
+                base = normalize_base(c.base_model)
+            values = {
+                "name": c.name,
+                "title": c.title,
+                "description": c.description,
+                "kind": c.kind,
+                "tags": _dumps(list(c.tags or [])),
+                "base_model": c.base_model,
+                "base": base,
+                "nsfw": int(bool(spec.nsfw or c.nsfw)),
+                "licence": c.licence,
+                "page_url": c.page_url,
+                "triggers": _dumps(dict(c.triggers or {})),
+                "status": c.status or "ok",
+                "extra": _dumps(c.extra) if c.extra else None,
+                "removed_at": None,
+            }
+            if old is None:
+                new_entries.append({"source_id": sid, "remote_id": rid, "first_seen": t, "last_seen": t, **values})
+                result.new += 1
+            else:
+                if old[-1] is not None:
+                    result.revived += 1
+                if tuple(values[f] for f in _ENTRY_FIELDS) != old[2:]:
+                    changed_entries.append({"_id": old[0], **values})
+
+        # -- files
+        if new_files:
+            conn.execute(F.insert(), list(new_files.values()))
+            shas = list(new_files)
+            for chunk in _chunks(shas):
+                for fid, sha in conn.execute(select(F.c.id, F.c.sha256).where(F.c.sha256.in_(chunk))):
+                    new_files[sha]["id"] = fid
+        for row in new_nosha:
+            row["id"] = conn.execute(F.insert().values(**row)).inserted_primary_key[0]
+        result.files_new = len(new_files) + len(new_nosha)
+        if changed_files:
+            conn.execute(
+                F.update().where(F.c.id == bindparam("_id")).values({k: bindparam(k) for k in _FILE_META}),
+                [{"_id": fid, **{k: v[k] for k in _FILE_META}} for fid, v in changed_files.items()],
+            )
+
+        # -- entries
+        ids: dict[str, int] = {rid: row[0] for rid, row in existing.items()}
+        if new_entries:
+            max_before = conn.execute(text("SELECT COALESCE(MAX(id), 0) FROM entries")).scalar() or 0
+            conn.execute(E.insert(), new_entries)
+            for eid, rid in conn.execute(
+                select(E.c.id, E.c.remote_id).where(E.c.source_id == sid, E.c.id > max_before)
+            ):
+                ids[rid] = eid
+        if changed_entries:
+            conn.execute(
+                E.update().where(E.c.id == bindparam("_id")).values({k: bindparam(k) for k in _ENTRY_FIELDS}),
+                changed_entries,
+            )
+
+        # -- links
+        add_links: list[dict[str, Any]] = []
+        upd_links: list[dict[str, Any]] = []
+        del_links: list[dict[str, Any]] = []
+        for rid, flist in wanted.items():
+            eid = ids[rid]
+            want: dict[int, tuple[str | None, int]] = {}
+            for key, url, manual in flist:
+                if key[0] == "id":
+                    fid = key[1]
+                elif key[0] == "sha":
+                    fid = new_files[key[1]]["id"]
+                else:
+                    fid = new_nosha[key[1]]["id"]
+                if fid not in want or (want[fid][0] is None and url):
+                    want[fid] = (url, manual)
+            have = links.get(eid, {})
+            for fid, (url, manual) in want.items():
+                if fid not in have:
+                    add_links.append({"entry_id": eid, "file_id": fid, "url": url, "manual": manual})
+                elif have[fid] != (url, manual):
+                    upd_links.append({"_e": eid, "_f": fid, "url": url, "manual": manual})
+            for fid in have:
+                if fid not in want:
+                    del_links.append({"_e": eid, "_f": fid})
+            if rid in existing and (want.keys() != have.keys() or any(have[f] != want[f] for f in want if f in have)):
+                touched.add(rid)
+        if add_links:
+            conn.execute(EF.insert(), add_links)
+        if upd_links:
+            conn.execute(
+                EF.update()
+                .where(EF.c.entry_id == bindparam("_e"), EF.c.file_id == bindparam("_f"))
+                .values(url=bindparam("url"), manual=bindparam("manual")),
+                upd_links,
+            )
+        if del_links:
+            conn.execute(
+                EF.delete().where(EF.c.entry_id == bindparam("_e"), EF.c.file_id == bindparam("_f")), del_links
+            )
+
+        # -- previews (keyed by entry and URL; never duplicated)
+        if previews_wanted:
+            have_prev: set[tuple[int, str]] = set()
+            for eid, url in conn.execute(
+                select(S.previews.c.entry_id, S.previews.c.url)
+                .join(E, E.c.id == S.previews.c.entry_id)
+                .where(E.c.source_id == sid)
+            ):
+                have_prev.add((eid, url))
+            add_prev = []
+            for rid, plist in previews_wanted.items():
+                eid = ids[rid]
+                for p in plist:
+                    url = p.get("url")
+                    if not url or (eid, url) in have_prev:
+                        continue
+                    have_prev.add((eid, url))
+                    meta = p.get("meta") or {}
+                    mh = meta.get("Model hash") or meta.get("model_hash") or p.get("model_hash")
+                    params = {k: v for k, v in p.items() if k != "url"}
+                    add_prev.append(
+                        {"entry_id": eid, "file_id": None, "url": url, "path": None, "model_hash": mh,
+                         "params": _dumps(params), "created_at": t}
+                    )
+                    if rid in existing:
+                        touched.add(rid)
+            if add_prev:
+                conn.execute(S.previews.insert(), add_prev)
+
+        changed_ids = {row["_id"] for row in changed_entries}
+        updated = changed_ids | {existing[r][0] for r in touched if r in existing}
+        result.updated = len(updated)
+        result.unchanged = sum(1 for rid in cands if rid in existing) - result.updated + len(
+            [r for r in keep_ids if r in existing and existing[r][-1] is None]
+        )
+
+        # -- removed upstream
+        if complete:
+            gone = [
+                {"_id": row[0]}
+                for rid, row in existing.items()
+                if rid not in cands and rid not in keep_ids and row[-1] is None
+            ]
+            if gone:
+                conn.execute(E.update().where(E.c.id == bindparam("_id")).values(removed_at=t), gone)
+                if spec.kind == "local":
+                    # the file left the folder: it is no longer on disk at that path
+                    present = {cf.local_path for c in cands.values() for cf in c.files if cf.local_path}
+                    stale = [
+                        {"_f": fid}
+                        for g in gone
+                        for fid in links.get(g["_id"], {})
+                        if files_by_id.get(fid, {}).get("local_path") and files_by_id[fid]["local_path"] not in present
+                    ]
+                    if stale:
+                        conn.execute(F.update().where(F.c.id == bindparam("_f")).values(local_path=None), stale)
+            result.removed = len(gone)
+
+        # -- last seen
+        seen_ids = [ids[r] for r in cands] + [existing[r][0] for r in keep_ids if r in existing]
+        if complete and len(seen_ids) > 1000:
+            conn.execute(
+                E.update().where(E.c.source_id == sid, E.c.removed_at.is_(None), E.c.last_seen != t).values(last_seen=t)
+            )
+        elif seen_ids:
+            conn.execute(
+                E.update().where(E.c.id == bindparam("_id"), E.c.last_seen != t).values(last_seen=t),
+                [{"_id": i} for i in seen_ids],
+            )
+        result.total = int(
+            conn.execute(
+                select(func.count()).select_from(E).where(E.c.source_id == sid, E.c.removed_at.is_(None))
+            ).scalar()
+            or 0
+        )
+
+    # ------------------------------------------------------------------ search
+
+    def search(
+        self,
+        query: str = "",
+        base: str | None = None,
+        source: str | None = None,
+        kind: str | None = None,
+        model: str | Mapping[str, Any] | None = None,
+        local: bool | None = None,
+        nsfw: bool = False,
+        limit: int | None = 20,
+        include_removed: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Entries matching `query` (ranked full-text search; empty: everything, by name).
+
+        `model`: a family (sd1/sd2/sdxl), a model hash (resolved with `find_model`) or a model
+        dict (`family`, hashes): keeps entries whose base is that family or unknown, each with
+        a `fit` verdict. `local`: only entries with a file on disk. `limit` 0/None: no limit.
+        """
+        family, model_hashes = self._model_family(model)
+        where = []
+        params: dict[str, Any] = {}
+        if not nsfw:
+            where.append("e.nsfw = 0")
+        if not include_removed:
+            where.append("e.removed_at IS NULL")
+        if base:
+            where.append("e.base = :base")
+            params["base"] = base.lower()
+        if source:
+            where.append("e.source_id IN (SELECT id FROM sources WHERE name = :source)")
+            params["source"] = source
+        if kind:
+            where.append("e.kind = :kind")
+            params["kind"] = kind.lower()
+        if family:
+            where.append("e.base IN (:family, 'unknown')")
+            params["family"] = family
+        if local is not None:
+            cond = (
+                "EXISTS (SELECT 1 FROM entry_files ef JOIN files f ON f.id = ef.file_id "
+                "WHERE ef.entry_id = e.id AND f.local_path IS NOT NULL)"
+            )
+            where.append(cond if local else f"NOT {cond}")
+        lim = int(limit) if limit else 0
+        limit_sql = " LIMIT :limit" if lim > 0 else ""
+        if lim > 0:
+            params["limit"] = lim
+
+        q = (query or "").strip()
+        with read(self.engine) as conn:
+            if q and self.fts:
+                match = fts_query(q)
+                if match is None:
+                    return []
+                params["match"] = match
+                params["raw"] = q.lower()
+                sql = (
+                    "SELECT e.id FROM entries_fts CROSS JOIN entries e ON e.id = entries_fts.rowid "
+                    "WHERE entries_fts MATCH :match"
+                    + "".join(f" AND {w}" for w in where)
+                    + f" ORDER BY (lower(e.name) = :raw) DESC, {_BM25}, e.id"
+                    + limit_sql
+                )
+            elif q:
+                words = [w.lower() for w in re.findall(r"\w+", q)]
+                if not words:
+                    return []
+                hay = (
+                    "lower(COALESCE(e.name,'') || ' ' || COALESCE(e.triggers,'') || ' ' || COALESCE(e.title,'') || ' ' "
+                    "|| COALESCE(e.description,'') || ' ' || COALESCE(e.tags,'') || ' ' || "
+                    "(SELECT name FROM sources WHERE id = e.source_id))"
+                )
+                for i, w in enumerate(words):
+                    params[f"w{i}"] = "%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+                    where.append(f"{hay} LIKE :w{i} ESCAPE '\\'")
+                sql = "SELECT e.id FROM entries e" + (" WHERE " + " AND ".join(where) if where else "")
+                sql += " ORDER BY e.name, e.id" + limit_sql
+            else:
+                sql = "SELECT e.id FROM entries e" + (" WHERE " + " AND ".join(where) if where else "")
+                sql += " ORDER BY e.name, e.id" + limit_sql
+            ids = [r[0] for r in conn.execute(text(sql), params)]
+            rows = self._summaries(conn, ids)
+        if family:
+            for r in rows:
+                r["fit"] = fits(r["base"], family, r.get("sd_checkpoint"), model_hashes)
+                if r["base"] == "unknown":
+                    r["note"] = "base unknown: check before use"
+        return rows
+
+    def _model_family(self, model: str | Mapping[str, Any] | None) -> tuple[str | None, list[str]]:
+        if model is None or model == "":
+            return None, []
+        if isinstance(model, Mapping):
+            hashes = [model.get(k) for k in ("sha256", "autov2", "old_hash") if model.get(k)]
+            return (model.get("family") or "unknown"), hashes
+        if model.lower() in FAMILIES:
+            return model.lower(), []
+        found = self.find_model(model)
+        if found is None:
+            raise NotFound(
+                f"No known model has the hash {model!r}; pass the model file instead, or a family (sd1, sd2, sdxl)."
+            )
+        return found["family"] or "unknown", [found.get("sha256"), found.get("autov2"), found.get("old_hash")]
+
+    def _summaries(self, conn: Connection, ids: list[int]) -> list[dict[str, Any]]:
+        """Search-result dicts for entry ids, in the given order."""
+        if not ids:
+            return []
+        out: dict[int, dict[str, Any]] = {}
+        files: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for chunk in _chunks(ids):
+            params = {f"i{k}": v for k, v in enumerate(chunk)}
+            ph = ", ".join(f":i{k}" for k in range(len(chunk)))
+            for r in conn.execute(
+                text(
+                    "SELECT e.id, e.name, e.title, e.kind, e.base, e.base_model, e.nsfw, e.status, e.triggers, "
+                    "e.page_url, e.removed_at, e.remote_id, s.name AS source, s.kind AS source_kind "
+                    f"FROM entries e JOIN sources s ON s.id = e.source_id WHERE e.id IN ({ph})"
+                ),
+                params,
+            ).mappings():
+                out[r["id"]] = dict(r)
+            for r in conn.execute(
+                text(
+                    "SELECT ef.entry_id, ef.url, ef.manual, f.id AS file_id, f.file_name, f.sha256, f.size, "
+                    "f.local_path, f.sd_checkpoint, f.format FROM entry_files ef JOIN files f ON f.id = ef.file_id "
+                    f"WHERE ef.entry_id IN ({ph}) ORDER BY ef.entry_id, f.id"
+                ),
+                params,
+            ).mappings():
+                files[r["entry_id"]].append(dict(r))
+        rows = []
+        for eid in ids:
+            e = out.get(eid)
+            if e is None:
+                continue
+            triggers = _loads(e.pop("triggers"), {}) or {}
+            fl = files.get(eid, [])
+            primary = _primary_file(fl)
+            url = None
+            if primary is not None:
+                url = primary["url"] if primary["url"] and not primary["manual"] else (primary["url"] or e["page_url"])
+            else:
+                url = e["page_url"]
+            rows.append(
+                {
+                    "id": eid,
+                    "name": e["name"],
+                    "trigger": triggers.get("a1111") or e["name"],
+                    "source": e["source"],
+                    "base": e["base"],
+                    "url": url,
+                    "sha256": primary["sha256"] if primary else None,
+                    "local": any(f["local_path"] for f in fl),
+                    "title": e["title"],
+                    "kind": e["kind"],
+                    "base_model": e["base_model"],
+                    "nsfw": bool(e["nsfw"]),
+                    "status": e["status"],
+                    "manual": bool(primary["manual"]) if primary else e["status"] == "manual",
+                    "file_name": primary["file_name"] if primary else None,
+                    "size": primary["size"] if primary else None,
+                    "files": len(fl),
+                    "removed": e["removed_at"] is not None,
+                    "page_url": e["page_url"],
+                    "sd_checkpoint": next((f["sd_checkpoint"] for f in fl if f["sd_checkpoint"]), None),
+                }
+            )
+        return rows
+
+    # ------------------------------------------------------------------ one entry
+
+    def _resolve(self, conn: Connection, name_or_id: str | int) -> tuple[int, list[int]]:
+        """The entry id for a name, `#id`/id, or trigger; plus the other entries of that name."""
+        key = str(name_or_id).strip()
+        if key.lstrip("#").isdigit():
+            eid = int(key.lstrip("#"))
+            if conn.execute(select(S.entries.c.id).where(S.entries.c.id == eid)).first():
+                return eid, []
+            if key.startswith("#"):
+                raise NotFound(f"No catalogue entry has the id {eid}; find one with `tihub search`.")
+        bare = key.strip("<>")
+        rows = conn.execute(
+            text(
+                "SELECT e.id, e.removed_at, "
+                "EXISTS (SELECT 1 FROM entry_files ef JOIN files f ON f.id = ef.file_id "
+                "        WHERE ef.entry_id = e.id AND f.local_path IS NOT NULL) AS loc "
+                "FROM entries e WHERE lower(e.name) = lower(:k) OR lower(e.name) = lower(:b)"
+            ),
+            {"k": key, "b": bare},
+        ).all()
+        if not rows:
+            like = "%" + bare.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            rows = [
+                r
+                for r in conn.execute(
+                    text(
+                        "SELECT e.id, e.removed_at, 0 AS loc, e.triggers FROM entries e "
+                        "WHERE e.triggers LIKE :l ESCAPE '\\'"
+                    ),
+                    {"l": like},
+                ).all()
+                if key in (_loads(r.triggers, {}) or {}).values() or bare in (_loads(r.triggers, {}) or {}).values()
+            ]
+        if not rows:
+            raise NotFound(f"No catalogue entry is named {key!r}; find one with `tihub search {bare}`.")
+        rows.sort(key=lambda r: (not r.loc, r.removed_at is not None, r.id))
+        return rows[0].id, [r.id for r in rows[1:]]
+
+    def entry(self, name_or_id: str | int) -> dict[str, Any]:
+        """Everything known about one entry: fields, source, files with hashes, trigger syntax,
+        other sources of the same files, previews, verifications, training runs and how it fits
+        every known model. Raises NotFound."""
+        with read(self.engine) as conn:
+            eid, others = self._resolve(conn, name_or_id)
+            e = dict(
+                conn.execute(
+                    text(
+                        "SELECT e.*, s.name AS source, s.kind AS source_kind FROM entries e "
+                        "JOIN sources s ON s.id = e.source_id WHERE e.id = :i"
+                    ),
+                    {"i": eid},
+                )
+                .mappings()
+                .one()
+            )
+            for k, d in (("tags", []), ("triggers", {}), ("extra", {})):
+                e[k] = _loads(e[k], d) or d
+            e["nsfw"] = bool(e["nsfw"])
+            files = []
+            for r in conn.execute(
+                text(
+                    "SELECT f.*, ef.url, ef.manual FROM entry_files ef JOIN files f ON f.id = ef.file_id "
+                    "WHERE ef.entry_id = :i ORDER BY f.id"
+                ),
+                {"i": eid},
+            ).mappings():
+                f = dict(r)
+                f["widths"] = _loads(f["widths"], None)
+                f["hashes"] = _loads(f["hashes"], {}) or {}
+                f["manual"] = bool(f["manual"])
+                files.append(f)
+            file_ids = [f["id"] for f in files]
+            also = []
+            if file_ids:
+                ph = ", ".join(str(int(i)) for i in file_ids)
+                for r in conn.execute(
+                    text(
+                        "SELECT DISTINCT e.id, e.name, s.name AS source, ef.url, e.page_url, e.removed_at "
+                        "FROM entry_files ef JOIN entries e ON e.id = ef.entry_id JOIN sources s ON s.id = e.source_id "
+                        f"WHERE ef.file_id IN ({ph}) AND e.id != :i ORDER BY e.id"
+                    ),
+                    {"i": eid},
+                ).mappings():
+                    also.append(dict(r))
+            fcond = f" OR file_id IN ({', '.join(str(int(i)) for i in file_ids)})" if file_ids else ""
+            previews = [dict(r) for r in conn.execute(
+                text(f"SELECT * FROM previews WHERE entry_id = :i{fcond} ORDER BY id"), {"i": eid}
+            ).mappings()]
+            verifications = [dict(r) for r in conn.execute(
+                text(f"SELECT * FROM verifications WHERE entry_id = :i{fcond} ORDER BY id"), {"i": eid}
+            ).mappings()]
+            runs = [dict(r) for r in conn.execute(
+                text(f"SELECT * FROM training_runs WHERE entry_id = :i{fcond} ORDER BY id"), {"i": eid}
+            ).mappings()]
+            models = [dict(r) for r in conn.execute(text("SELECT * FROM models ORDER BY name, id")).mappings()]
+        for p in previews:
+            p["params"] = _loads(p["params"], {}) or {}
+        for v in verifications:
+            v["details"] = _loads(v["details"], {}) or {}
+        for r in runs:
+            r["settings"] = _loads(r["settings"], {}) or {}
+            r["checkpoints"] = _loads(r["checkpoints"], []) or []
+        sd_ck = next((f["sd_checkpoint"] for f in files if f["sd_checkpoint"]), None)
+        compat = []
+        for m in models:
+            verdict = fits(e["base"], m["family"], sd_ck, [m["sha256"], m["autov2"], m["old_hash"]])
+            compat.append({"model": m["name"], "family": m["family"], "sha256": m["sha256"],
+                           "autov2": m["autov2"], "fit": verdict})
+        e["files"] = files
+        e["trigger"] = e["triggers"].get("a1111") or e["name"]
+        e["trigger_syntax"] = trigger_syntax(e["name"], e["triggers"])
+        e["also_in"] = also
+        e["previews"] = previews
+        e["verifications"] = verifications
+        e["training_runs"] = runs
+        e["compat"] = compat
+        e["same_name"] = others
+        e["local"] = any(f["local_path"] for f in files)
+        return e
+
+    def files_for(self, name_or_id: str | int) -> list[dict[str, Any]]:
+        """The files of one entry, with what a downloader needs (url, manual, size, sha256,
+        the source name to look up its settings)."""
+        with read(self.engine) as conn:
+            eid, _ = self._resolve(conn, name_or_id)
+            rows = conn.execute(
+                text(
+                    "SELECT f.id, ef.entry_id, e.name AS entry_name, f.file_name, ef.url, ef.manual, f.size, "
+                    "f.sha256, f.format, f.hashes, f.local_path, f.widths, f.base, s.name AS source, "
+                    "s.kind AS source_kind, e.page_url FROM entry_files ef JOIN files f ON f.id = ef.file_id "
+                    "JOIN entries e ON e.id = ef.entry_id JOIN sources s ON s.id = e.source_id "
+                    "WHERE ef.entry_id = :i ORDER BY ef.manual, f.id"
+                ),
+                {"i": eid},
+            ).mappings()
+            out = []
+            for r in rows:
+                d = dict(r)
+                d["manual"] = bool(d["manual"])
+                d["hashes"] = _loads(d["hashes"], {}) or {}
+                d["widths"] = _loads(d["widths"], None)
+                out.append(d)
+            return out
+
+    def file_by_sha256(self, sha: str) -> dict[str, Any] | None:
+        with read(self.engine) as conn:
+            r = conn.execute(select(S.files).where(S.files.c.sha256 == sha.strip().lower())).mappings().first()
+        if r is None:
+            return None
+        d = dict(r)
+        d["widths"] = _loads(d["widths"], None)
+        d["hashes"] = _loads(d["hashes"], {}) or {}
+        return d
+
+    # ------------------------------------------------------------------ local files
+
+    def _local_remote_id(self, path: Path) -> str:
+        if self.workspace is not None:
+            try:
+                return path.resolve().relative_to(self.workspace.embeddings_dir.resolve()).as_posix()
+            except ValueError:
+                pass
+        return str(path.resolve())
+
+    def upsert_local_file(
+        self, path: str | os.PathLike[str], emb: Embedding, sha256: str, entry_id: int | None = None
+    ) -> int:
+        """Record a file on disk (in `embeddings/`): its files row (by sha256) gets the local
+        path and what the reader found; it is linked to `entry_id`, or else to an entry of the
+        `local` source named after the file stem. Returns the file id."""
+        p = Path(path).resolve()
+        sha = sha256.strip().lower()
+        t = now()
+        meta = {
+            "file_name": p.name,
+            "size": p.stat().st_size if p.exists() else None,
+            "format": p.suffix.lstrip(".").lower() or None,
+            "vectors": emb.vector_count,
+            "widths": _dumps(emb.widths),
+            "base": emb.base,
+            "sd_checkpoint": emb.sd_checkpoint,
+            "sd_checkpoint_name": emb.sd_checkpoint_name,
+            "step": emb.step,
+            "local_path": str(p),
+            "fetched_at": t,
+        }
+        with write(self.engine) as conn:
+            F = S.files
+            conn.execute(F.update().where(F.c.local_path == str(p), F.c.sha256 != sha).values(local_path=None))
+            row = conn.execute(select(F.c.id).where(F.c.sha256 == sha)).first()
+            if row is None:
+                fid = int(conn.execute(F.insert().values(sha256=sha, **meta)).inserted_primary_key[0])
+            else:
+                fid = int(row.id)
+                conn.execute(F.update().where(F.c.id == fid).values(**meta))
+            if entry_id is None:
+                sid = self._local_source_id(conn)
+                rid = self._local_remote_id(p)
+                er = conn.execute(
+                    select(S.entries.c.id).where(S.entries.c.source_id == sid, S.entries.c.remote_id == rid)
+                ).first()
+                values = {
+                    "name": p.stem,
+                    "base": emb.base,
+                    "triggers": _dumps({"a1111": p.stem}),
+                    "tags": "[]",
+                    "status": "ok",
+                    "removed_at": None,
+                    "last_seen": t,
+                }
+                if er is None:
+                    entry_id = int(
+                        conn.execute(
+                            S.entries.insert().values(
+                                source_id=sid, remote_id=rid, first_seen=t, nsfw=0, **values
+                            )
+                        ).inserted_primary_key[0]
+                    )
+                else:
+                    entry_id = int(er.id)
+                    conn.execute(S.entries.update().where(S.entries.c.id == entry_id).values(**values))
+            link = conn.execute(
+                select(S.entry_files.c.file_id).where(
+                    S.entry_files.c.entry_id == entry_id, S.entry_files.c.file_id == fid
+                )
+            ).first()
+            if link is None:
+                conn.execute(S.entry_files.insert().values(entry_id=entry_id, file_id=fid, url=None, manual=0))
+        return fid
+
+    def _local_source_id(self, conn: Connection) -> int:
+        row = conn.execute(select(S.sources.c.id).where(S.sources.c.name == LOCAL_SOURCE)).first()
+        if row is not None:
+            return int(row.id)
+        return int(
+            conn.execute(
+                S.sources.insert().values(name=LOCAL_SOURCE, kind="local", nsfw=0, entry_count=0)
+            ).inserted_primary_key[0]
+        )
+
+    def forget_local(self, path: str | os.PathLike[str]) -> None:
+        """A file left `embeddings/`: clear its local path; its `local` entry is marked removed."""
+        p = Path(path).resolve()
+        with write(self.engine) as conn:
+            conn.execute(S.files.update().where(S.files.c.local_path == str(p)).values(local_path=None))
+            row = conn.execute(select(S.sources.c.id).where(S.sources.c.name == LOCAL_SOURCE)).first()
+            if row is not None:
+                conn.execute(
+                    S.entries.update()
+                    .where(
+                        S.entries.c.source_id == row.id,
+                        S.entries.c.remote_id == self._local_remote_id(p),
+                        S.entries.c.removed_at.is_(None),
+                    )
+                    .values(removed_at=now())
+                )
+
+    # ------------------------------------------------------------------ models
+
+    def add_model(
+        self,
+        name: str | None,
+        sha256: str | None,
+        autov2: str | None,
+        old_hash: str | None,
+        family: str | None,
+        widths: Mapping[str, int] | None,
+        origin: str,
+        path: str | None = None,
+    ) -> int:
+        """Record a known model (upserted on any of its hashes); returns its id."""
+        sha = (sha256 or "").strip().lower() or None
+        a2 = (autov2 or "").strip().lower() or (sha[:10] if sha else None)
+        old = (old_hash or "").strip().lower() or None
+        M = S.models
+        values = {
+            "name": name,
+            "sha256": sha,
+            "autov2": a2,
+            "old_hash": old,
+            "family": family,
+            "widths": _dumps(dict(widths)) if widths else None,
+            "origin": origin,
+            "path": str(path) if path else None,
+            "checked_at": now(),
+            "not_found": 0,
+        }
+        with write(self.engine) as conn:
+            row = None
+            for col, val in ((M.c.sha256, sha), (M.c.autov2, a2), (M.c.old_hash, old)):
+                if val and row is None:
+                    row = conn.execute(select(M).where(col == val)).mappings().first()
+            if row is None:
+                return int(conn.execute(M.insert().values(**values)).inserted_primary_key[0])
+            merged = {k: (v if v is not None else row[k]) for k, v in values.items()}
+            conn.execute(M.update().where(M.c.id == row["id"]).values(**merged))
+            return int(row["id"])
+
+    def find_model(self, any_hash: str) -> dict[str, Any] | None:
+        """A known model by full sha256, AutoV2 (10 hex) or old A1111 hash (8 hex)."""
+        h = (any_hash or "").strip().strip("[]()").lower().removeprefix("0x")
+        if not re.fullmatch(r"[0-9a-f]{8,64}", h):
+            return None
+        M = S.models
+        with read(self.engine) as conn:
+            row = None
+            if len(h) == 64:
+                row = conn.execute(select(M).where(M.c.sha256 == h)).mappings().first()
+            if row is None:
+                row = conn.execute(select(M).where((M.c.autov2 == h) | (M.c.old_hash == h))).mappings().first()
+            if row is None and len(h) >= 10:
+                row = conn.execute(select(M).where(M.c.sha256.like(h + "%"))).mappings().first()
+        if row is None:
+            return None
+        d = dict(row)
+        d["widths"] = _loads(d["widths"], None)
+        return d
+
+    # ------------------------------------------------------------------ records
+
+    def add_preview(
+        self,
+        entry_id: int | None = None,
+        file_id: int | None = None,
+        url: str | None = None,
+        path: str | None = None,
+        model_hash: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> int:
+        with write(self.engine) as conn:
+            return int(
+                conn.execute(
+                    S.previews.insert().values(
+                        entry_id=entry_id, file_id=file_id, url=url, path=str(path) if path else None,
+                        model_hash=model_hash, params=_dumps(dict(params or {})), created_at=now(),
+                    )
+                ).inserted_primary_key[0]
+            )
+
+    def add_verification(
+        self,
+        entry_id: int | None = None,
+        file_id: int | None = None,
+        model_hash: str | None = None,
+        model_name: str | None = None,
+        result: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        grid_path: str | None = None,
+    ) -> int:
+        with write(self.engine) as conn:
+            return int(
+                conn.execute(
+                    S.verifications.insert().values(
+                        entry_id=entry_id, file_id=file_id, model_hash=model_hash, model_name=model_name,
+                        created_at=now(), result=result, details=_dumps(dict(details or {})),
+                        grid_path=str(grid_path) if grid_path else None,
+                    )
+                ).inserted_primary_key[0]
+            )
+
+    def add_training_run(
+        self,
+        entry_id: int | None = None,
+        file_id: int | None = None,
+        settings: Mapping[str, Any] | None = None,
+        pictures: int | None = None,
+        loss_csv: str | None = None,
+        loss_png: str | None = None,
+        checkpoints: list[Any] | None = None,
+    ) -> int:
+        with write(self.engine) as conn:
+            return int(
+                conn.execute(
+                    S.training_runs.insert().values(
+                        entry_id=entry_id, file_id=file_id, settings=_dumps(dict(settings or {})),
+                        pictures=pictures, loss_csv=str(loss_csv) if loss_csv else None,
+                        loss_png=str(loss_png) if loss_png else None,
+                        checkpoints=_dumps(list(checkpoints or [])), created_at=now(),
+                    )
+                ).inserted_primary_key[0]
+            )
+
+
+def _file_values(cf: CandidateFile) -> dict[str, Any]:
+    widths = dict(cf.widths) if cf.widths else None
+    return {
+        "file_name": cf.file_name,
+        "size": cf.size,
+        "format": cf.format,
+        "vectors": cf.vectors,
+        "widths": _dumps(widths) if widths else None,
+        "base": base_from_widths(widths) if widths else None,
+        "sd_checkpoint": cf.sd_checkpoint,
+        "sd_checkpoint_name": cf.sd_checkpoint_name,
+        "step": cf.step,
+        "hashes": _dumps({k: str(v).lower() for k, v in cf.hashes.items()}) if cf.hashes else None,
+        "local_path": cf.local_path,
+    }
+
+
+def _merge_file(current: Mapping[str, Any], incoming: Mapping[str, Any]) -> dict[str, Any]:
+    """A file row updated with what a source now says; nothing known is forgotten."""
+    merged = dict(current)
+    for k in _FILE_META:
+        v = incoming.get(k)
+        if v is None:
+            continue
+        if k == "hashes" and current.get("hashes"):
+            h = _loads(current["hashes"], {}) or {}
+            h.update(_loads(v, {}) or {})
+            merged[k] = _dumps(h)
+        elif k == "file_name" and current.get(k):
+            continue  # the first name a file was seen under stays
+        else:
+            merged[k] = v
+    return merged
+
+
+def _primary_file(files: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if not files:
+        return None
+    return sorted(files, key=lambda f: (not f["local_path"], bool(f["manual"]), not f["url"], f["file_id"]))[0]
