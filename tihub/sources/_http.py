@@ -1,0 +1,237 @@
+"""Polite HTTP for indexers: retries with backoff, 429/Retry-After, size caps, checked URLs.
+
+Every request goes through `tihub.net.stream`, so each URL and each redirect hop is checked
+against the source's `URLPolicy` (private addresses only with `allow_private: true`). Replies
+are read into memory up to a cap (pages 16 MB, JSON 32 MB by default): a bigger answer is
+refused with one sentence rather than filling memory.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from tihub.errors import NetworkError, SourceError, UnsafeURL
+from tihub.net import URLPolicy, make_client, stream
+
+log = logging.getLogger("tihub.sources")
+
+PAGE_CAP = 16 * 1024 * 1024
+JSON_CAP = 32 * 1024 * 1024
+SMALL_CAP = 1024 * 1024  # token_identifier.txt and friends
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+MAX_RETRIES = 4
+BACKOFF = 0.5  # first wait in seconds; doubles each retry (tests lower it)
+MAX_WAIT = 120.0  # longest single wait we accept from Retry-After / rate-limit headers
+
+
+class StatusError(SourceError):
+    """An answer with an unexpected HTTP status (kept for callers that treat 401/403/404 apart)."""
+
+    def __init__(self, message: str, reply: "Reply") -> None:
+        super().__init__(message)
+        self.reply = reply
+        self.status = reply.status
+
+
+@dataclass
+class Reply:
+    """A finished HTTP exchange, body read (up to the cap)."""
+
+    url: str  # final URL after redirects
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def text(self) -> str:
+        charset = "utf-8"
+        m = re.search(r"charset=([\w.-]+)", self.headers.get("content-type", ""), re.I)
+        if m:
+            charset = m.group(1)
+        try:
+            return self.body.decode(charset, errors="replace")
+        except LookupError:
+            return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """Parse the body as JSON; HTML or garbage is one clear SourceError."""
+        head = self.body[:256].lstrip()
+        if head[:1] == b"<":
+            raise SourceError(f"{self.url} answered with HTML instead of JSON (status {self.status}); the API may be down or blocked.")
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SourceError(f"{self.url} answered with malformed JSON ({exc}); try again later.") from None
+
+    def next_link(self) -> str | None:
+        """The `rel="next"` target of a GitHub/HF-style `Link` header."""
+        for part in self.headers.get_list("link"):
+            for m in re.finditer(r'<([^>]*)>\s*((?:;\s*[^;,]*)*)', part):
+                if re.search(r'rel\s*=\s*"?next"?', m.group(2)):
+                    return m.group(1)
+        return None
+
+
+def retry_delay(headers: Mapping[str, str], attempt: int) -> float:
+    """Seconds to wait before retry `attempt` (0-based): Retry-After, then rate-limit headers, then backoff."""
+    value = headers.get("retry-after")
+    if value:
+        value = value.strip()
+        if value.isdigit():
+            return float(value)
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+        except (TypeError, ValueError):
+            pass
+    # IETF draft `RateLimit: "api";r=0;t=55` (HF) or `RateLimit-Reset: 55`, `X-RateLimit-Reset`.
+    rl = headers.get("ratelimit")
+    if rl:
+        m = re.search(r"\bt=(\d+)", rl)
+        if m:
+            return float(m.group(1))
+    for key in ("ratelimit-reset", "x-ratelimit-reset"):
+        value = headers.get(key)
+        if value and value.strip().isdigit():
+            n = float(value.strip())
+            return max(0.0, n - time.time()) if n > 1e9 else n
+    return BACKOFF * (2**attempt)
+
+
+class Fetcher:
+    """GET with checks, caps and bounded retries, for one source.
+
+    `auth_headers` go only to `auth_origin`-matching first hops (tokens never follow a
+    redirect to another host). `deadline` is a `time.monotonic()` value or None.
+    """
+
+    def __init__(
+        self,
+        client: httpx.Client | None,
+        policy: URLPolicy,
+        *,
+        source: str,
+        deadline: float | None = None,
+        auth_headers: dict[str, str] | None = None,
+        max_retries: int | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client or make_client()
+        self._own_client = client is None
+        self.policy = policy
+        self.source = source
+        self.deadline = deadline
+        self.auth_headers = auth_headers or {}
+        self.max_retries = MAX_RETRIES if max_retries is None else max_retries
+        self.sleep = sleep
+        self.requests = 0  # how many requests this fetcher sent (retries included)
+
+    def close(self) -> None:
+        if self._own_client:
+            self.client.close()
+
+    def _check_deadline(self, url: str, wait: float = 0.0) -> None:
+        if self.deadline is not None and time.monotonic() + wait > self.deadline:
+            raise SourceError(f"Source {self.source!r} ran past its deadline while fetching {url}; sync it again later.")
+
+    def get(
+        self,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        cap: int = JSON_CAP,
+        auth: bool = True,
+        retry_statuses: frozenset[int] = RETRY_STATUSES,
+    ) -> Reply:
+        """GET `url`; retries 408/429/5xx and network errors; returns any other status as a Reply."""
+        attempt = 0
+        while True:
+            self._check_deadline(url)
+            try:
+                reply = self._once(url, headers=headers, cap=cap, auth=auth)
+            except UnsafeURL:
+                raise
+            except NetworkError as exc:
+                if attempt >= self.max_retries:
+                    raise SourceError(f"Source {self.source!r}: {exc.message.rstrip('.')} (after {attempt + 1} tries); check the URL or try later.") from None
+                wait = BACKOFF * (2**attempt)
+                log.info("%s: %s; retrying in %.1fs", self.source, exc, wait)
+            else:
+                if reply.status not in retry_statuses:
+                    return reply
+                if attempt >= self.max_retries:
+                    what = "rate limited (429)" if reply.status == 429 else f"status {reply.status}"
+                    raise SourceError(f"Source {self.source!r}: {url} kept answering {what} after {attempt + 1} tries; try again later.")
+                wait = retry_delay(reply.headers, attempt)
+                if wait > MAX_WAIT:
+                    raise SourceError(f"Source {self.source!r}: {url} asks to wait {wait:.0f} s before retrying; try again later.")
+                log.info("%s: %s answered %s; retrying in %.1fs", self.source, url, reply.status, wait)
+            self._check_deadline(url, wait)
+            self.sleep(wait)
+            attempt += 1
+
+    def _once(self, url: str, *, headers: dict[str, str] | None, cap: int, auth: bool) -> Reply:
+        self.requests += 1
+        with stream(
+            self.client,
+            "GET",
+            url,
+            policy=self.policy,
+            headers=headers,
+            auth_host_headers=self.auth_headers if auth else None,
+        ) as response:
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > cap and response.status_code < 300:
+                raise SourceError(f"Source {self.source!r}: {url} is {int(declared):,} bytes, over the {cap:,}-byte cap for this kind of answer.")
+            chunks: list[bytes] = []
+            total = 0
+            try:
+                for chunk in response.iter_bytes():
+                    total += len(chunk)
+                    if total > cap:
+                        raise SourceError(f"Source {self.source!r}: {url} sent more than {cap:,} bytes, over the cap for this kind of answer.")
+                    chunks.append(chunk)
+                    self._check_deadline(url)
+            except httpx.TimeoutException:
+                raise NetworkError(f"Reading {url} timed out.") from None
+            except httpx.HTTPError as exc:
+                raise NetworkError(f"Reading {url} failed: {exc}.") from None
+            return Reply(url=str(response.url), status=response.status_code, headers=response.headers, body=b"".join(chunks))
+
+    def get_json(self, url: str, **kwargs: Any) -> tuple[Reply, Any]:
+        """GET and parse JSON; a non-2xx status is a SourceError."""
+        reply = self.get(url, **kwargs)
+        if not reply.ok:
+            raise StatusError(f"Source {self.source!r}: {url} answered status {reply.status}; check the source's URL or try later.", reply)
+        return reply, reply.json()
+
+
+def fetcher_for(spec: Any, ctx: Any, **kwargs: Any) -> Fetcher:
+    """A Fetcher for `spec` using the context's client and deadline."""
+    return Fetcher(
+        getattr(ctx, "client", None),
+        URLPolicy(allow_private=bool(getattr(spec, "allow_private", False))),
+        source=spec.name,
+        deadline=getattr(ctx, "deadline", None),
+        **kwargs,
+    )
+
+
+try:  # the catalogue's contract; defined here only until base.py carries it
+    from tihub.sources.base import SourceUnchanged
+except ImportError:  # pragma: no cover - transitional
+
+    class SourceUnchanged(Exception):  # type: ignore[no-redef]
+        """Raised by an indexer when its source has not changed since the stored state."""

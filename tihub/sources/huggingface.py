@@ -1,0 +1,319 @@
+"""Index a Hugging Face author/organisation (default: sd-concepts-library).
+
+Talks to the Hub's documented REST API with tihub's own checked HTTP (every URL through
+`tihub.net`), taking the endpoint and token the way `huggingface_hub` does: option `endpoint`,
+else `$HF_ENDPOINT`, else huggingface.co; token from `$HF_TOKEN` or the `hf auth login` store,
+sent only to the endpoint's host. `HF_HUB_OFFLINE=1` refuses the default public Hub but not an
+explicitly configured endpoint (a mirror or a test server).
+
+Requests per sync: the listing pages (`/api/models?author=...&full=true`, `Link` pagination),
+then for each repo whose head commit (`sha`) or `lastModified` changed since the stored state:
+its file tree at that commit (sha256 of every LFS file, without downloading it) and its
+`token_identifier.txt` / `type_of_concept.txt`. Unchanged repos are re-emitted from the state, so
+an unchanged organisation costs only its listing pages (and raises SourceUnchanged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import posixpath
+from collections.abc import Iterator
+from itertools import islice
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from tihub.errors import SourceError
+from tihub.sources._http import SMALL_CAP, Fetcher, SourceUnchanged, StatusError, fetcher_for
+from tihub.sources.base import Candidate, CandidateFile
+
+log = logging.getLogger("tihub.sources")
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+DEFAULT_AUTHOR = "sd-concepts-library"
+EMBED_SUFFIXES = (".pt", ".bin", ".safetensors")
+MAX_EMBED_SIZE = 50 * 1024 * 1024  # bigger "embeddings" are checkpoints / model weights
+# Weight files of whole models, never embeddings.
+NOT_EMBEDDINGS = {
+    "pytorch_model.bin", "diffusion_pytorch_model.bin", "diffusion_pytorch_model.safetensors",
+    "model.safetensors", "optimizer.bin", "optimizer.pt", "scheduler.pt", "scheduler.bin",
+    "training_args.bin", "rng_state.pth", "scaler.pt", "random_states_0.pkl",
+}
+MODEL_DIRS = {"unet", "text_encoder", "text_encoder_2", "vae", "tokenizer", "tokenizer_2", "scheduler",
+              "safety_checker", "feature_extractor", "transformer", "image_encoder"}
+
+
+def endpoint_and_token(spec: Any) -> tuple[str, str | None, bool]:
+    """(endpoint, token, explicit) as huggingface_hub would pick them."""
+    explicit = spec.get("endpoint") or os.environ.get("HF_ENDPOINT")
+    endpoint = (explicit or DEFAULT_ENDPOINT).rstrip("/")
+    token = os.environ.get("HF_TOKEN") or None
+    if token is None:
+        try:
+            from huggingface_hub import get_token
+
+            token = get_token()
+        except Exception:  # pragma: no cover - an unreadable token store is "no token"
+            token = None
+    return endpoint, token, bool(explicit)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def is_embedding_path(path: str, size: int | None = None) -> bool:
+    name = posixpath.basename(path)
+    if not name.lower().endswith(EMBED_SUFFIXES) or name in NOT_EMBEDDINGS:
+        return False
+    if any(part in MODEL_DIRS for part in path.split("/")[:-1]):
+        return False
+    if name.startswith(("pytorch_model-", "model-", "diffusion_pytorch_model")):
+        return False
+    return size is None or size <= MAX_EMBED_SIZE
+
+
+def _api_base(repo_type: str) -> str:
+    return "datasets" if repo_type == "dataset" else "models"
+
+
+def _web_prefix(endpoint: str, repo_type: str, repo_id: str) -> str:
+    return f"{endpoint}/datasets/{repo_id}" if repo_type == "dataset" else f"{endpoint}/{repo_id}"
+
+
+def candidate_to_state(c: Candidate) -> dict[str, Any]:
+    return dataclasses.asdict(c)
+
+
+def candidate_from_state(d: dict[str, Any]) -> Candidate:
+    d = dict(d)
+    files = [CandidateFile(**f) for f in d.pop("files", [])]
+    return Candidate(files=files, **d)
+
+
+class _Indexer:
+    def __init__(self, spec: Any, ctx: Any) -> None:
+        self.spec = spec
+        self.ctx = ctx
+        self.endpoint, self.token, explicit = endpoint_and_token(spec)
+        if _offline() and not explicit:
+            raise SourceError(
+                f"Source {spec.name!r}: HF_HUB_OFFLINE is set, so the Hugging Face Hub is not contacted; "
+                "unset it (or set an `endpoint`) to sync."
+            )
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        self.fetch: Fetcher = fetcher_for(spec, ctx, auth_headers=auth)
+        if auth and urlsplit(self.endpoint).scheme != "https" and not spec.allow_private:
+            self.fetch.auth_headers = {}  # never send a token in clear text to a public host
+        self.author = spec.get("author") or DEFAULT_AUTHOR
+        types = spec.get("repo_types") or ["model"]
+        bad = [t for t in types if t not in ("model", "dataset", "models", "datasets")]
+        if bad:
+            raise SourceError(f"Source {spec.name!r}: unknown repo type {bad[0]!r} in `repo_types`; use model and/or dataset.")
+        self.repo_types = sorted({t.rstrip("s") for t in types}, key=lambda t: t != "model")
+        self.limit = spec.get("limit")
+
+    # -- listing -------------------------------------------------------------------------------
+
+    def _paginate(self, url: str) -> Iterator[Any]:
+        seen: set[str] = set()
+        while url:
+            if url in seen:
+                raise SourceError(f"Source {self.spec.name!r}: the Hub's pagination loops at {url}.")
+            seen.add(url)
+            _reply, data = self.fetch.get_json(url)
+            if not isinstance(data, list):
+                raise SourceError(f"Source {self.spec.name!r}: {url} did not answer with a list; the endpoint may not be a Hugging Face Hub.")
+            yield from data
+            nxt = _reply.next_link()
+            url = self._same_host(nxt) if nxt else ""
+
+    def _same_host(self, url: str) -> str:
+        # Pagination links must stay on the Hub; an absolute link elsewhere is refused.
+        if url.startswith("/"):
+            return self.endpoint + url
+        ep, nx = urlsplit(self.endpoint), urlsplit(url)
+        if (ep.scheme, ep.netloc) != (nx.scheme, nx.netloc):
+            raise SourceError(f"Source {self.spec.name!r}: a pagination link points away from the Hub ({url}).")
+        return url
+
+    def listing(self, repo_type: str) -> list[dict[str, Any]]:
+        query = {"author": self.author, "full": "true"}
+        if self.limit:
+            query["limit"] = str(min(int(self.limit), 1000))
+        url = f"{self.endpoint}/api/{_api_base(repo_type)}?{urlencode(query)}"
+        items = self._paginate(url)
+        if self.limit:
+            items = islice(items, int(self.limit))
+        out = []
+        for item in items:
+            if isinstance(item, dict) and isinstance(item.get("id"), str) and "/" in item["id"]:
+                out.append(item)
+        return out
+
+    # -- one repo ------------------------------------------------------------------------------
+
+    def repo_candidates(self, repo_type: str, item: dict[str, Any]) -> list[Candidate]:
+        repo_id: str = item["id"]
+        sha = item.get("sha") or "main"
+        name = repo_id.split("/", 1)[1]
+        web = _web_prefix(self.endpoint, repo_type, repo_id)
+        card = item.get("cardData") if isinstance(item.get("cardData"), dict) else {}
+        licence = card.get("license") if isinstance(card.get("license"), str) else None
+        tags = [t for t in item.get("tags") or [] if isinstance(t, str)]
+        gated = item.get("gated") or False
+        extra = {
+            "repo": repo_id,
+            "repo_type": repo_type,
+            "sha": item.get("sha"),
+            "lastModified": item.get("lastModified"),
+            "gated": gated,
+            "downloads": item.get("downloads"),
+            "likes": item.get("likes"),
+        }
+        remote_base = repo_id if repo_type == "model" else f"datasets/{repo_id}"
+        base = Candidate(remote_id=remote_base, name=name, title=repo_id, licence=licence, tags=tags, page_url=web, extra=extra)
+        if item.get("disabled"):
+            base.status = "disabled"
+            base.description = "Access to this repository has been disabled by Hugging Face."
+            return [base]
+
+        tree_url = f"{self.endpoint}/api/{_api_base(repo_type)}/{repo_id}/tree/{quote(sha, safe='')}?recursive=true"
+        try:
+            entries = list(self._paginate(tree_url))
+        except StatusError as exc:
+            # A gated/disabled/removed repo answers 401/403/404 to the tree; record, don't crash.
+            if exc.status in (401, 403, 451):
+                code = exc.reply.headers.get("x-error-code", "")
+                base.status = "gated" if gated or code == "GatedRepo" else "disabled"
+                return [base]
+            if exc.status == 404:
+                return []
+            raise
+        files = [e for e in entries if isinstance(e, dict) and e.get("type") == "file" and isinstance(e.get("path"), str)]
+        paths = {e["path"] for e in files}
+        embeds = [e for e in files if is_embedding_path(e["path"], _size(e))]
+
+        token = kind = None
+        status = "ok"
+        if embeds and ("token_identifier.txt" in paths or "type_of_concept.txt" in paths):
+            for fname in ("token_identifier.txt", "type_of_concept.txt"):
+                if fname not in paths:
+                    continue
+                reply = self.fetch.get(f"{web}/resolve/{sha}/{fname}", cap=SMALL_CAP)
+                if reply.status in (401, 403):
+                    status = "gated" if gated or reply.headers.get("x-error-code") == "GatedRepo" else "disabled"
+                    break
+                if reply.ok and not reply.body[:64].lstrip().lower().startswith((b"<!doctype", b"<html")):
+                    value = reply.text().strip().splitlines()[0].strip() if reply.text().strip() else ""
+                    if fname == "token_identifier.txt":
+                        token = value[:200] or None
+                    else:
+                        kind = value.lower()[:40] or None
+        elif gated and not self.token:
+            status = "gated"
+
+        def file_of(e: dict[str, Any]) -> CandidateFile:
+            lfs = e.get("lfs") if isinstance(e.get("lfs"), dict) else None
+            sha256 = (lfs.get("oid") or lfs.get("sha256")) if lfs else None
+            path = e["path"]
+            return CandidateFile(
+                file_name=posixpath.basename(path),
+                url=f"{web}/resolve/{sha}/{quote(path)}",
+                size=_size(e),
+                sha256=sha256.lower() if isinstance(sha256, str) else None,
+                hashes={"git_blob": e["oid"]} if isinstance(e.get("oid"), str) else {},
+                format=posixpath.splitext(path)[1].lstrip(".").lower() or None,
+                extra={"path": path, "lfs": bool(lfs), "commit": item.get("sha")},
+            )
+
+        if not embeds:
+            base.status = "empty" if status == "ok" else status
+            base.description = "The repository holds no embedding file."
+            return [base]
+        concept = [e for e in embeds if posixpath.basename(e["path"]).startswith("learned_embeds")]
+        groups: list[tuple[str, list[dict[str, Any]]]]
+        if concept or len(embeds) == 1:
+            groups = [("", concept or embeds)]
+            rest = [e for e in embeds if e not in concept] if concept else []
+            groups += [(e["path"], [e]) for e in rest]
+        else:
+            groups = [(e["path"], [e]) for e in embeds]
+        out = []
+        for path, group in groups:
+            stem = posixpath.splitext(posixpath.basename(path))[0] if path else name
+            c = dataclasses.replace(
+                base,
+                remote_id=f"{remote_base}/{path}" if path else remote_base,
+                name=stem,
+                files=[file_of(e) for e in group],
+                status=status,
+                kind=kind if not path else None,
+                triggers={"a1111": stem},
+                tags=list(tags),
+                extra=dict(extra),
+            )
+            if token and not path:
+                c.triggers["diffusers"] = token
+                c.description = f"Concept {token} ({kind or 'unknown kind'}) from {repo_id}."
+            out.append(c)
+        return out
+
+    def run(self) -> Iterator[Candidate]:
+        prev: dict[str, Any] = self.ctx.state.get("repos") or {}
+        listed: list[tuple[str, str, dict[str, Any]]] = []
+        for rtype in self.repo_types:
+            for item in self.listing(rtype):
+                listed.append((f"{rtype}:{item['id']}", rtype, item))
+        keys = {k for k, _, _ in listed}
+        changed = [
+            (k, t, i) for k, t, i in listed
+            if not (k in prev and prev[k].get("sha") == i.get("sha") and prev[k].get("lastModified") == i.get("lastModified")
+                    and bool(prev[k].get("disabled")) == bool(i.get("disabled")) and prev[k].get("gated") == i.get("gated"))
+        ]
+        if not changed and keys == set(prev) and self.ctx.state.get("endpoint") == self.endpoint:
+            raise SourceUnchanged(self.spec.name)
+        new: dict[str, Any] = {}
+        changed_keys = {k for k, _, _ in changed}
+        for key, rtype, item in listed:
+            record = {"sha": item.get("sha"), "lastModified": item.get("lastModified"),
+                      "disabled": bool(item.get("disabled")), "gated": item.get("gated")}
+            if key not in changed_keys:
+                cands = [candidate_from_state(c) for c in prev[key].get("candidates", [])]
+                record["candidates"] = prev[key].get("candidates", [])
+            else:
+                try:
+                    cands = self.repo_candidates(rtype, item)
+                except SourceError as exc:
+                    if key not in prev:
+                        log.warning("%s", exc)
+                        continue
+                    # Keep what we knew; the next sync retries this repo.
+                    log.warning("%s (keeping the previous record of %s)", exc, item["id"])
+                    record = dict(prev[key])
+                    cands = [candidate_from_state(c) for c in prev[key].get("candidates", [])]
+                    new[key] = record
+                    yield from cands
+                    continue
+                record["candidates"] = [candidate_to_state(c) for c in cands]
+            new[key] = record
+            yield from cands
+        self.ctx.set_state("repos", new)
+        self.ctx.set_state("endpoint", self.endpoint)
+
+
+def _size(e: dict[str, Any]) -> int | None:
+    lfs = e.get("lfs")
+    if isinstance(lfs, dict) and isinstance(lfs.get("size"), int):
+        return lfs["size"]
+    return e["size"] if isinstance(e.get("size"), int) else None
+
+
+def index(spec: Any, ctx: Any) -> Iterator[Candidate]:
+    """Yield one Candidate per concept repo (or per embedding file in other repos)."""
+    indexer = _Indexer(spec, ctx)
+    try:
+        yield from indexer.run()
+    finally:
+        indexer.fetch.close()
