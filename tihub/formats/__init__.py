@@ -9,7 +9,15 @@ No byte of a file is ever executed: pickles are interpreted against an allow-lis
 
 from tihub.formats.model import ENCODER_BY_WIDTH, Embedding
 
-__all__ = ["Embedding", "ENCODER_BY_WIDTH", "read_embedding", "write_embedding", "EMBEDDING_SUFFIXES"]
+__all__ = [
+    "Embedding",
+    "ENCODER_BY_WIDTH",
+    "read_embedding",
+    "write_embedding",
+    "EMBEDDING_SUFFIXES",
+    "tensor_shapes",
+    "read_safetensors_header",
+]
 
 # File suffixes that may hold an embedding (folders are walked for these).
 EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png", ".webp", ".ckpt")
@@ -25,3 +33,17 @@ def write_embedding(emb, path, fmt="safetensors"):  # type: ignore[no-untyped-de
     from tihub.formats.writer import write_embedding as _write
 
     return _write(emb, path, fmt)
+
+
+def tensor_shapes(path, max_pickle=256 * 1024 * 1024):  # type: ignore[no-untyped-def]
+    """Flattened state-dict keys -> (shape, dtype tag) of a torch zip / legacy .ckpt, pickle only."""
+    from tihub.formats.containers import tensor_shapes as _shapes
+
+    return _shapes(path, max_pickle)
+
+
+def read_safetensors_header(path, max_header=100_000_000):  # type: ignore[no-untyped-def]
+    """The validated header (tensors, metadata, data_offset) of a safetensors file of any size."""
+    from tihub.formats.containers import read_safetensors_header as _header
+
+    return _header(path, max_header)
