@@ -117,14 +117,23 @@ def fts_query(user_text: str) -> str | None:
     return " ".join(parts)
 
 
-def trigger_syntax(name: str, triggers: Mapping[str, str] | None = None) -> dict[str, str]:
-    """How to call an embedding installed under `name` in each runtime."""
+def trigger_syntax(name: str, triggers: Mapping[str, str] | None = None, base: str | None = None) -> dict[str, str]:
+    """How to call an embedding installed under `name` in each runtime (A1111 and ComfyUI use
+    the file stem; InvokeAI `<stem>`; diffusers the token given at load time)."""
     token = (triggers or {}).get("diffusers") or f"<{name}>"
+    if base == "sdxl":
+        diffusers = (
+            f'sd = safetensors.torch.load_file("{name}.safetensors"); '
+            f'pipe.load_textual_inversion(sd["clip_l"], token="{token}", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer); '
+            f'pipe.load_textual_inversion(sd["clip_g"], token="{token}", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)'
+        )
+    else:
+        diffusers = f'pipe.load_textual_inversion("{name}.safetensors", token="{token}")'
     return {
         "a1111": (triggers or {}).get("a1111") or name,
         "comfyui": f"embedding:{name}",
         "invokeai": f"<{name}>",
-        "diffusers": f'pipe.load_textual_inversion("{name}.safetensors", token="{token}")',
+        "diffusers": diffusers,
     }
 
 
@@ -791,7 +800,7 @@ class Catalog:
                            "autov2": m["autov2"], "fit": verdict})
         e["files"] = files
         e["trigger"] = e["triggers"].get("a1111") or e["name"]
-        e["trigger_syntax"] = trigger_syntax(e["name"], e["triggers"])
+        e["trigger_syntax"] = trigger_syntax(e["name"], e["triggers"], e["base"])
         e["also_in"] = also
         e["previews"] = previews
         e["verifications"] = verifications

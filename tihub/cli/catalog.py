@@ -1,0 +1,334 @@
+"""Catalogue commands: `tihub sources`, `tihub sync`, `tihub search`, `tihub show`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tihub.cli._common import Context, echo_json, exit_status, fail, pass_ctx
+
+
+def _catalog(ctx: Context):  # type: ignore[no-untyped-def]
+    from tihub.catalog.store import Catalog
+
+    return Catalog(ctx.engine(), ctx.workspace)
+
+
+# ---------------------------------------------------------------------------------- sources
+
+
+@click.command("sources")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--init", is_flag=True, help="Write the default sources.yaml into the workspace (if it has none).")
+@pass_ctx
+def sources_cmd(ctx: Context, as_json: bool, init: bool) -> None:
+    """List the configured sources with their last sync, status and entry counts.
+
+    \b
+    Example:
+      tihub sources
+      tihub sources --init          # write the default sources.yaml to edit
+      tihub sources --json
+    """
+    from tihub.config import DEFAULT_SOURCES_YAML
+
+    ws = ctx.workspace
+    if init:
+        if ws.sources_path.exists():
+            click.echo(f"{ws.sources_path} already exists; edit it by hand.")
+        else:
+            ws.ensure()
+            ws.sources_path.write_text(DEFAULT_SOURCES_YAML, encoding="utf-8")
+            click.echo(f"Wrote {ws.sources_path}.")
+    specs = ws.sources()
+    rows = {r["name"]: r for r in _catalog(ctx).sources()}
+    out: list[dict[str, Any]] = []
+    for s in specs:
+        r = rows.get(s.name, {})
+        target = s.get("url") or s.get("author") or s.get("path") or ""
+        out.append(
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "target": target,
+                "enabled": s.enabled,
+                "nsfw": s.nsfw,
+                "allow_private": s.allow_private,
+                "last_sync": r.get("last_sync"),
+                "status": r.get("last_status") or "never synced",
+                "error": r.get("last_error"),
+                "entries": r.get("entry_count") or 0,
+                "removed": r.get("removed") or 0,
+            }
+        )
+    if as_json:
+        echo_json(out)
+        return
+    if not out:
+        click.echo(f"No sources in {ws.sources_path}; run `tihub sources --init`.")
+        return
+    w = max(len(o["name"]) for o in out)
+    click.echo(f"{'NAME':<{w}}  {'KIND':<11}  {'ENTRIES':>7}  {'LAST SYNC':<20}  STATUS")
+    for o in out:
+        flags = "" if o["enabled"] else " (disabled)"
+        flags += " nsfw" if o["nsfw"] else ""
+        click.echo(
+            f"{o['name']:<{w}}  {o['kind']:<11}  {o['entries']:>7}  {o['last_sync'] or '-':<20}  {o['status']}{flags}"
+        )
+        if o["error"] and o["status"] == "failed":
+            click.echo(f"{'':<{w}}  {o['error']}")
+
+
+# ------------------------------------------------------------------------------------- sync
+
+
+class _Progress:
+    """A one-line live status on a terminal, plain lines otherwise (both on stderr)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.width = 0
+
+    def __call__(self, source: str, message: str, done: int | None, total: int | None) -> None:
+        if self.tty:
+            bar = ""
+            if done is not None and total:
+                n = int(20 * done / total)
+                bar = f"[{'#' * n}{'.' * (20 - n)}] {done}/{total} "
+            line = f"{source}: {bar}{message}"[:100]
+            click.echo("\r" + line.ljust(self.width), nl=False, err=True)
+            self.width = len(line)
+        elif done is None:
+            click.echo(f"{source}: {message}", err=True)
+
+    def clear(self) -> None:
+        if self.tty and self.width:
+            click.echo("\r" + " " * self.width + "\r", nl=False, err=True)
+            self.width = 0
+
+
+@click.command("sync")
+@click.argument("names", nargs=-1, metavar="[SOURCE...]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON report per source.")
+@click.option("--deadline", type=float, default=900.0, show_default=True, help="Seconds one source may take.")
+@pass_ctx
+def sync_cmd(ctx: Context, names: tuple[str, ...], as_json: bool, deadline: float) -> None:
+    """Index the sources in sources.yaml (all enabled ones, or those named).
+
+    Unchanged sources cost only their listing; a failing source keeps its previous entries
+    and the others still sync. Exit status 1 if any source failed.
+
+    \b
+    Example:
+      tihub sync                    # every enabled source
+      tihub sync hf-concepts local  # just these two
+    """
+    from tihub.sync import sync
+
+    progress = _Progress()
+    reports = sync(ctx.workspace, list(names) or None, progress=progress, deadline_s=deadline,
+                   catalog=_catalog(ctx))
+    progress.clear()
+    if as_json:
+        echo_json([r.as_dict() for r in reports])
+    else:
+        for r in reports:
+            if r.failed:
+                fail(r.summary())
+            else:
+                click.echo(r.summary())
+    exit_status(any(r.failed for r in reports))
+
+
+# ----------------------------------------------------------------------------------- search
+
+
+def _model_arg(ctx: Context, cat: Any, value: str) -> Any:
+    """--model FILE|HASH|FAMILY -> what Catalog.search takes."""
+    from tihub.errors import NotFound
+
+    if value.lower() in ("sd1", "sd2", "sdxl"):
+        return value.lower()
+    p = Path(value).expanduser()
+    if p.exists():
+        from tihub.checkpoints import inspect_model
+        from tihub.hashing import HashCache, model_hashes
+
+        info = inspect_model(p)
+        family = info.family if info.family in ("sd1", "sd2", "sdxl") else "unknown"
+        h = model_hashes(p, HashCache(cat.engine))
+        cat.add_model(p.stem, h.sha256, h.autov2, h.old_hash, family, info.widths, "hashed", path=str(p.resolve()))
+        return {"family": family, "sha256": h.sha256, "autov2": h.autov2, "old_hash": h.old_hash, "name": p.name}
+    found = cat.find_model(value)
+    if found is None:
+        raise NotFound(
+            f"--model {value!r} is neither a file nor the hash of a known model; pass the model file "
+            "(it is then remembered) or a family (sd1, sd2, sdxl)."
+        )
+    return found
+
+
+@click.command("search")
+@click.argument("query", required=False, default="")
+@click.option("--base", type=click.Choice(["sd1", "sd2", "sdxl", "unknown"]), help="Only embeddings for this base.")
+@click.option("--source", metavar="NAME", help="Only entries of this source.")
+@click.option("--kind", metavar="K", help="Only this kind (object, style, negative).")
+@click.option("--model", metavar="FILE|HASH", help="Only embeddings that load on this model (file, known hash or sd1/sd2/sdxl).")
+@click.option("--local", is_flag=True, help="Only embeddings already on disk.")
+@click.option("--nsfw", is_flag=True, help="Include entries marked NSFW.")
+@click.option("--removed", is_flag=True, help="Include entries gone upstream.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="At most N results; 0 = no limit.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def search_cmd(
+    ctx: Context,
+    query: str,
+    base: str | None,
+    source: str | None,
+    kind: str | None,
+    model: str | None,
+    local: bool,
+    nsfw: bool,
+    removed: bool,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Full-text search of the catalogue (name, trigger, title, description, tags, source).
+
+    An empty QUERY lists everything the filters admit. NSFW entries are hidden unless --nsfw.
+
+    \b
+    Example:
+      tihub search watercolor --base sd1
+      tihub search "bad hands" --kind negative --limit 5 --json
+      tihub search "" --model ~/models/sd_xl_base_1.0.safetensors
+    """
+    cat = _catalog(ctx)
+    model_arg = _model_arg(ctx, cat, model) if model else None
+    rows = cat.search(
+        query, base=base, source=source, kind=kind, model=model_arg, local=True if local else None,
+        nsfw=nsfw, limit=limit, include_removed=removed,
+    )
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo("No matching entries; try fewer words, --nsfw, or `tihub sync` first.", err=True)
+        return
+    wn = min(40, max(len(r["name"]) for r in rows))
+    ws = max(len(r["source"]) for r in rows)
+    for r in rows:
+        flags = []
+        if r["local"]:
+            flags.append("local")
+        if r["manual"]:
+            flags.append("manual")
+        if r["status"] not in ("ok", "manual"):
+            flags.append(r["status"])
+        if r.get("fit"):
+            flags.append(r["fit"])
+        if r["removed"]:
+            flags.append("removed")
+        title = f"  {r['title']}" if r["title"] and r["title"] != r["name"] else ""
+        click.echo(
+            f"{r['id']:>7}  {r['name'][:40]:<{wn}}  {r['base']:<7}  {r['source']:<{ws}}"
+            f"{'  [' + ', '.join(flags) + ']' if flags else ''}{title[:60]}"
+        )
+
+
+# ------------------------------------------------------------------------------------- show
+
+
+@click.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def show_cmd(ctx: Context, name: str, as_json: bool) -> None:
+    """Everything known about one entry: files, hashes, trigger syntax per app, sources,
+    previews, verifications, training runs and how it fits the known models.
+
+    \b
+    Example:
+      tihub show easynegative
+      tihub show 1234 --json
+    """
+    e = _catalog(ctx).entry(name)
+    if as_json:
+        echo_json(e)
+        return
+    out = click.echo
+    out(f"{e['name']}  (#{e['id']}, source {e['source']} [{e['source_kind']}])")
+    if e["title"] and e["title"] != e["name"]:
+        out(f"  title:       {e['title']}")
+    rows = [
+        ("base", f"{e['base']}" + (f"  (declared: {e['base_model']})" if e["base_model"] else "")),
+        ("kind", e["kind"]),
+        ("status", e["status"] + (f"  removed upstream {e['removed_at']}" if e["removed_at"] else "")),
+        ("nsfw", "yes" if e["nsfw"] else None),
+        ("licence", e["licence"]),
+        ("tags", ", ".join(map(str, e["tags"])) if e["tags"] else None),
+        ("page", e["page_url"]),
+        ("seen", f"{e['first_seen']} .. {e['last_seen']}"),
+        ("error", e["extra"].get("error") if isinstance(e["extra"], dict) else None),
+    ]
+    for k, v in rows:
+        if v:
+            out(f"  {k + ':':<12} {v}")
+    if e["description"]:
+        desc = " ".join(str(e["description"]).split())
+        out(f"  {'about:':<12} {desc[:400]}{'...' if len(desc) > 400 else ''}")
+    out("Trigger:")
+    labels = {"a1111": "A1111/Forge", "comfyui": "ComfyUI", "invokeai": "InvokeAI", "diffusers": "diffusers"}
+    for k, v in e["trigger_syntax"].items():
+        out(f"  {labels.get(k, k) + ':':<13}{v}")
+    for k, v in e["triggers"].items():
+        if k not in e["trigger_syntax"]:
+            out(f"  {k + ':':<13}{v}")
+    out("Files:" if e["files"] else "Files: none listed")
+    for f in e["files"]:
+        widths = "+".join(f"{k} {v}" for k, v in (f["widths"] or {}).items())
+        facts = [x for x in (
+            f["format"],
+            f"{f['size']} bytes" if f["size"] is not None else None,
+            f"{f['vectors']} vectors" if f["vectors"] else None,
+            widths or None,
+            f"step {f['step']}" if f["step"] is not None else None,
+        ) if x]
+        out(f"  {f['file_name']}  {', '.join(facts)}")
+        out(f"    sha256:   {f['sha256'] or 'unknown until fetched'}")
+        for hk, hv in sorted(f["hashes"].items()):
+            out(f"    {hk + ':':<10}{hv}")
+        if f["sd_checkpoint"] or f["sd_checkpoint_name"]:
+            out(f"    trained on: {f['sd_checkpoint_name'] or '?'} [{f['sd_checkpoint'] or '?'}]")
+        if f["url"]:
+            out(f"    {'manual download' if f['manual'] else 'url'}: {f['url']}")
+        if f["local_path"]:
+            out(f"    on disk:  {f['local_path']}")
+    if e["also_in"]:
+        out("Also listed by:")
+        for a in e["also_in"]:
+            out(f"  #{a['id']} {a['name']} ({a['source']}){'  removed' if a['removed_at'] else ''}")
+    if e["previews"]:
+        out("Previews:")
+        for p in e["previews"][:10]:
+            out(f"  {p['url'] or p['path']}" + (f"  model hash {p['model_hash']}" if p["model_hash"] else ""))
+    if e["verifications"]:
+        out("Verifications:")
+        for v in e["verifications"]:
+            out(f"  {v['created_at']}  {v['model_name'] or v['model_hash'] or '?'}: {v['result']}"
+                + (f"  grid {v['grid_path']}" if v["grid_path"] else ""))
+    if e["training_runs"]:
+        out("Training runs:")
+        for r in e["training_runs"]:
+            out(f"  {r['created_at']}  {r['pictures'] or '?'} pictures" + (f"  loss {r['loss_csv']}" if r["loss_csv"] else ""))
+    if e["compat"]:
+        out("Compatibility with known models:")
+        for c in e["compat"]:
+            out(f"  {c['model'] or c['autov2']} ({c['family']}): {c['fit']}")
+    else:
+        out(f"Compatibility: loads on {e['base']} models" if e["base"] != "unknown" else "Compatibility: base unknown")
+    if e["same_name"]:
+        out(f"Other entries with this name: {', '.join('#' + str(i) for i in e['same_name'])}")
