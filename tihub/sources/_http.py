@@ -154,8 +154,12 @@ class Fetcher:
         cap: int = JSON_CAP,
         auth: bool = True,
         retry_statuses: frozenset[int] = RETRY_STATUSES,
+        final: Callable[[Reply], bool] | None = None,
     ) -> Reply:
-        """GET `url`; retries 408/429/5xx and network errors; returns any other status as a Reply."""
+        """GET `url`; retries 408/429/5xx and network errors; returns any other status as a Reply.
+
+        `final(reply)` True marks a retryable status as final (e.g. Civitai's 429 for deep pages).
+        """
         attempt = 0
         while True:
             self._check_deadline(url)
@@ -169,7 +173,7 @@ class Fetcher:
                 wait = BACKOFF * (2**attempt)
                 log.info("%s: %s; retrying in %.1fs", self.source, exc, wait)
             else:
-                if reply.status not in retry_statuses:
+                if reply.status not in retry_statuses or (final is not None and final(reply)):
                     return reply
                 if attempt >= self.max_retries:
                     what = "rate limited (429)" if reply.status == 429 else f"status {reply.status}"
@@ -235,3 +239,49 @@ except ImportError:  # pragma: no cover - transitional
 
     class SourceUnchanged(Exception):  # type: ignore[no-redef]
         """Raised by an indexer when its source has not changed since the stored state."""
+
+
+def clean_link(url: str, allow_private: bool) -> str | None:
+    """`url` if it may be catalogued as a download/page link, else None. No DNS lookups here:
+    only http(s), no credentials, a host, and no private/loopback IP literal or localhost name
+    (unless allowed). Downloads check every hop again after resolving."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str):
+        return None
+    url = url.strip()
+    if any(c in url for c in "\r\n\t\x00 ") or len(url) > 4096:
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port  # raises on garbage ports
+    except ValueError:
+        return None
+    del port
+    if parts.scheme.lower() not in ("http", "https") or parts.username is not None or parts.password is not None or not host:
+        return None
+    if allow_private:
+        return url
+    h = host.lower().rstrip(".")
+    if h in ("localhost", "localhost.localdomain") or h.endswith((".localhost", ".local", ".internal")):
+        return None
+    candidates = [h]
+    if re.fullmatch(r"[0-9a-fx.]+", h):  # 2130706433, 0x7f.1, 127.1: what inet_aton would accept
+        try:
+            import socket
+
+            candidates.append(socket.inet_ntoa(socket.inet_aton(h)))
+        except OSError:
+            pass
+    for c in candidates:
+        try:
+            ip = ipaddress.ip_address(c.strip("[]"))
+        except ValueError:
+            continue
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified:
+            return None
+    return url
