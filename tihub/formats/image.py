@@ -17,7 +17,7 @@ from tihub.errors import FormatError, NotAnEmbedding, UnsafeFile
 TEXT_KEY = "sd-ti-embedding"
 MAX_PIXELS = 16 * 1024 * 1024  # checked from the header, before any pixel is decoded
 MAX_TEXT_CHUNK = 16 * 1024 * 1024  # decompressed zTXt/iTXt per chunk
-MAX_JSON = 32 * 1024 * 1024  # decompressed pixel payload
+MAX_JSON = 8 * 1024 * 1024  # decompressed pixel payload (75 SDXL vectors as JSON are ~4 MB)
 MAX_VECTORS_VALUES = 75 * 1280 * 2
 
 _LCG_CACHE = np.zeros(0, dtype=np.uint8)
@@ -225,8 +225,13 @@ def _decoration(w: int, h: int, seq: np.ndarray):  # type: ignore[no-untyped-def
 
 
 def encode_pixels(payload_json: bytes, height: int, seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return the (low, high) data blocks, each uint8 [h, w, 3], for the compressed payload."""
-    payload = np.frombuffer(zlib.compress(payload_json, level=9), dtype=np.uint8)
+    """Return the (low, high) data blocks, each uint8 [h, w, 3], for the JSON payload."""
+    return pixel_blocks(zlib.compress(payload_json, level=9), height, seq)
+
+
+def pixel_blocks(compressed: bytes, height: int, seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (low, high) data blocks for already-compressed payload bytes (runtimes.md 2.7)."""
+    payload = np.frombuffer(compressed, dtype=np.uint8)
     hi = payload >> 4
     lo = payload & 0x0F
     h = height

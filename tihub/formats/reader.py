@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,9 @@ def read_embedding(path: str | os.PathLike[str], data: bytes | None = None) -> E
             if size > MAX_EMBEDDING_FILE:
                 return _too_big(p, what, size)
             with open(p, "rb") as fh:
-                data = fh.read(MAX_EMBEDDING_FILE + 1)
+                data = fh.read(size + 1)  # not the cap: read() preallocates what it is asked for
+            if len(data) > MAX_EMBEDDING_FILE:
+                return _too_big(p, what, len(data))
         except IsADirectoryError:
             raise NotAnEmbedding(f"{what} is a folder, not an embedding file.", kind="folder") from None
         except OSError as exc:
@@ -70,8 +73,21 @@ def read_embedding(path: str | os.PathLike[str], data: bytes | None = None) -> E
         raise UnsafeFile(f"{what} nests its data too deeply; refusing it.") from None
     except MemoryError:
         raise UnsafeFile(f"{what} asks for more memory than an embedding file should; refusing it.") from None
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error, OverflowError, EOFError) as exc:
-        raise FormatError(f"{what} is malformed ({type(exc).__name__}: {str(exc)[:80]}).") from None
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        struct.error,
+        OverflowError,
+        EOFError,
+        OSError,
+        SyntaxError,
+        zlib.error,
+    ) as exc:
+        msg = " ".join(str(exc).split())[:80].rstrip(".")
+        raise FormatError(f"{what} is malformed ({type(exc).__name__}: {msg}).") from None
 
 
 def _too_big(p: Path, what: str, size: int) -> Embedding:

@@ -3,7 +3,7 @@
 values round-trip bit-exactly (dtype preserved, bf16 included).
 
 The torch files are written by our own minimal pickler (protocol 2) into a torch zip with the
-entries torch itself writes; they load with `torch.load(path, weights_only=True)`.
+entries torch itself writes; torch reads them back with weights_only=True.
 """
 
 from __future__ import annotations
