@@ -441,6 +441,21 @@ class Catalog:
                 EF.delete().where(EF.c.entry_id == bindparam("_e"), EF.c.file_id == bindparam("_f")), del_links
             )
 
+        # -- a file now measured: entries of other sources linked to it learn their base
+        measured = [
+            {"_f": fid, "_b": v["base"]} for fid, v in changed_files.items() if v.get("base") and v["base"] != "unknown"
+        ]
+        if measured:
+            conn.execute(
+                E.update()
+                .where(
+                    E.c.base == "unknown",
+                    E.c.id.in_(select(EF.c.entry_id).where(EF.c.file_id == bindparam("_f")).scalar_subquery()),
+                )
+                .values(base=bindparam("_b")),
+                measured,
+            )
+
         # -- previews (keyed by entry and URL; never duplicated)
         if previews_wanted:
             have_prev: set[tuple[int, str]] = set()
