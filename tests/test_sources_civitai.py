@@ -81,6 +81,7 @@ def test_deep_page_paging_stops_cleanly_at_the_429() -> None:
         cands = run_index(index, spec(api.api, nsfw=True), ctx)
         assert len(cands) == 1000
         assert "too many pages" in ctx.new_state["truncated"]
+        assert ctx.complete is False  # nothing past the refusal is marked removed
         # No retry storm on the refusal: 10 pages plus the one refused request.
         assert api.server.count("/api/v1/models") == 11
 

@@ -90,9 +90,10 @@ def test_unchanged_resync_costs_only_listing_and_changes_are_incremental() -> No
         h.server.reset()
         ctx3 = ctx2.next()
         third = by_id(run_index(index, spec(h.url), ctx3))
-        assert set(third) == {c.remote_id for c in first}
+        assert set(third) == {f"{ORG}/concept-2"}
         assert third[f"{ORG}/concept-2"].triggers["diffusers"] == "<renamed>"
-        assert third[f"{ORG}/concept-3"].triggers["diffusers"] == "<concept-3>"  # from the state
+        # The other repos are kept as they are, not re-read.
+        assert set(third) | ctx3.kept == {c.remote_id for c in first}
         others = [p for p in h.server.paths() if p != "/api/models"]
         assert others and all("concept-2" in p for p in others)
 

@@ -16,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tihub.sources.base import IndexContext
+
 
 @dataclass
 class Request:
@@ -156,33 +158,20 @@ class LoopbackServer:
         return sum(1 for p in self.paths() if p.startswith(prefix))
 
 
-class Ctx:
-    """The slice of the indexer context the remote indexers use (client, state, set_state, deadline)."""
+class Ctx(IndexContext):
+    """An IndexContext without a catalogue behind it; `next()` carries the state to the next sync."""
 
     def __init__(self, state: dict[str, Any] | None = None, deadline: float | None = None) -> None:
-        from tihub.net import make_client
-
-        self.client = make_client(timeout=10.0)
-        self.state: dict[str, Any] = dict(state or {})
-        self.new_state: dict[str, Any] = {}
-        self.deadline = deadline
-
-    def set_state(self, key: str, value: Any) -> None:
-        self.new_state[key] = value
+        super().__init__(spec=None, state=dict(state or {}), deadline=deadline)
 
     def next(self) -> "Ctx":
         """A context for the following sync, carrying the state this one set."""
-        merged = dict(self.state)
-        merged.update(self.new_state)
-        return Ctx(merged, self.deadline)
-
-    def close(self) -> None:
-        self.client.close()
+        return Ctx(self.new_state, self.deadline)
 
 
 def run_index(index: Callable[..., Iterable[Any]], spec: Any, ctx: Ctx) -> list[Any] | None:
     """Run an indexer to the end; None when it raised SourceUnchanged."""
-    from tihub.sources._http import SourceUnchanged
+    from tihub.sources.base import SourceUnchanged
 
     try:
         return list(index(spec, ctx))

@@ -21,6 +21,9 @@ import httpx
 
 from tihub.errors import NetworkError, SourceError, UnsafeURL
 from tihub.net import URLPolicy, make_client, stream
+from tihub.sources.base import SourceUnchanged
+
+__all__ = ["Fetcher", "Reply", "SourceUnchanged", "StatusError", "clean_link", "fetcher_for", "keep", "mark_partial"]
 
 log = logging.getLogger("tihub.sources")
 
@@ -223,22 +226,47 @@ class Fetcher:
 
 
 def fetcher_for(spec: Any, ctx: Any, **kwargs: Any) -> Fetcher:
-    """A Fetcher for `spec` using the context's client and deadline."""
-    return Fetcher(
-        getattr(ctx, "client", None),
+    """A Fetcher for `spec` using the context's client (an httpx.Client, or IndexContext's
+    `client()` factory, whose client the Fetcher then owns and closes) and deadline."""
+    client = getattr(ctx, "client", None)
+    own = False
+    if client is not None and not isinstance(client, httpx.Client) and callable(client):
+        client, own = client(), True
+    fetcher = Fetcher(
+        client,
         URLPolicy(allow_private=bool(getattr(spec, "allow_private", False))),
         source=spec.name,
         deadline=getattr(ctx, "deadline", None),
         **kwargs,
     )
+    fetcher._own_client = fetcher._own_client or own
+    return fetcher
 
 
-try:  # the catalogue's contract; defined here only until base.py carries it
-    from tihub.sources.base import SourceUnchanged
-except ImportError:  # pragma: no cover - transitional
+def keep(ctx: Any, remote_id: str) -> bool:
+    """Tell the catalogue an unchanged item is still there (IndexContext.keep); False if the
+    context cannot, in which case the caller must yield the item again."""
+    fn = getattr(ctx, "keep", None)
+    if callable(fn):
+        fn(remote_id)
+        return True
+    return False
 
-    class SourceUnchanged(Exception):  # type: ignore[no-redef]
-        """Raised by an indexer when its source has not changed since the stored state."""
+
+def mark_partial(ctx: Any) -> None:
+    """Tell the catalogue this listing is incomplete (nothing missing is marked removed)."""
+    fn = getattr(ctx, "partial", None)
+    if callable(fn):
+        fn()
+
+
+def progress(ctx: Any, message: str, done: int | None = None, total: int | None = None) -> None:
+    fn = getattr(ctx, "progress", None)
+    if callable(fn):
+        try:
+            fn(message, done, total)
+        except Exception:  # progress display must never break a sync
+            pass
 
 
 def clean_link(url: str, allow_private: bool) -> str | None:

@@ -9,8 +9,9 @@ explicitly configured endpoint (a mirror or a test server).
 Requests per sync: the listing pages (`/api/models?author=...&full=true`, `Link` pagination),
 then for each repo whose head commit (`sha`) or `lastModified` changed since the stored state:
 its file tree at that commit (sha256 of every LFS file, without downloading it) and its
-`token_identifier.txt` / `type_of_concept.txt`. Unchanged repos are re-emitted from the state, so
-an unchanged organisation costs only its listing pages (and raises SourceUnchanged).
+`token_identifier.txt` / `type_of_concept.txt`. Unchanged repos are not re-read: their entries
+are kept with `ctx.keep(remote_id)`, so an unchanged organisation costs only its listing pages
+(and raises SourceUnchanged).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from tihub.errors import SourceError
-from tihub.sources._http import SMALL_CAP, Fetcher, SourceUnchanged, StatusError, fetcher_for
+from tihub.sources._http import SMALL_CAP, Fetcher, SourceUnchanged, StatusError, fetcher_for, keep, mark_partial, progress
 from tihub.sources.base import Candidate, CandidateFile
 
 log = logging.getLogger("tihub.sources")
@@ -80,16 +81,6 @@ def _api_base(repo_type: str) -> str:
 
 def _web_prefix(endpoint: str, repo_type: str, repo_id: str) -> str:
     return f"{endpoint}/datasets/{repo_id}" if repo_type == "dataset" else f"{endpoint}/{repo_id}"
-
-
-def candidate_to_state(c: Candidate) -> dict[str, Any]:
-    return dataclasses.asdict(c)
-
-
-def candidate_from_state(d: dict[str, Any]) -> Candidate:
-    d = dict(d)
-    files = [CandidateFile(**f) for f in d.pop("files", [])]
-    return Candidate(files=files, **d)
 
 
 class _Indexer:
@@ -262,41 +253,44 @@ class _Indexer:
 
     def run(self) -> Iterator[Candidate]:
         prev: dict[str, Any] = self.ctx.state.get("repos") or {}
+        if self.ctx.state.get("endpoint") not in (None, self.endpoint):
+            prev = {}
         listed: list[tuple[str, str, dict[str, Any]]] = []
         for rtype in self.repo_types:
             for item in self.listing(rtype):
                 listed.append((f"{rtype}:{item['id']}", rtype, item))
+                progress(self.ctx, f"listed {len(listed)} repos")
         keys = {k for k, _, _ in listed}
-        changed = [
-            (k, t, i) for k, t, i in listed
-            if not (k in prev and prev[k].get("sha") == i.get("sha") and prev[k].get("lastModified") == i.get("lastModified")
-                    and bool(prev[k].get("disabled")) == bool(i.get("disabled")) and prev[k].get("gated") == i.get("gated"))
-        ]
-        if not changed and keys == set(prev) and self.ctx.state.get("endpoint") == self.endpoint:
+
+        def same(key: str, item: dict[str, Any]) -> bool:
+            p = prev.get(key)
+            return bool(p) and "ids" in p and p.get("sha") == item.get("sha") and p.get("lastModified") == item.get("lastModified") \
+                and bool(p.get("disabled")) == bool(item.get("disabled")) and p.get("gated") == item.get("gated")
+
+        if keys == set(prev) and all(same(k, i) for k, _, i in listed):
             raise SourceUnchanged(self.spec.name)
         new: dict[str, Any] = {}
-        changed_keys = {k for k, _, _ in changed}
-        for key, rtype, item in listed:
+        for n, (key, rtype, item) in enumerate(listed):
             record = {"sha": item.get("sha"), "lastModified": item.get("lastModified"),
                       "disabled": bool(item.get("disabled")), "gated": item.get("gated")}
-            if key not in changed_keys:
-                cands = [candidate_from_state(c) for c in prev[key].get("candidates", [])]
-                record["candidates"] = prev[key].get("candidates", [])
-            else:
-                try:
-                    cands = self.repo_candidates(rtype, item)
-                except SourceError as exc:
-                    if key not in prev:
-                        log.warning("%s", exc)
-                        continue
-                    # Keep what we knew; the next sync retries this repo.
-                    log.warning("%s (keeping the previous record of %s)", exc, item["id"])
-                    record = dict(prev[key])
-                    cands = [candidate_from_state(c) for c in prev[key].get("candidates", [])]
-                    new[key] = record
-                    yield from cands
+            if same(key, item) and all(keep(self.ctx, rid) for rid in prev[key]["ids"]):
+                new[key] = prev[key]
+                continue
+            progress(self.ctx, f"reading {item['id']}", n + 1, len(listed))
+            try:
+                cands = self.repo_candidates(rtype, item)
+            except SourceError as exc:
+                if key not in prev or "ids" not in prev[key]:
+                    log.warning("%s", exc)
                     continue
-                record["candidates"] = [candidate_to_state(c) for c in cands]
+                # Keep what we knew, with the old sha so that the next sync retries this repo.
+                log.warning("%s (keeping the previous record of %s)", exc, item["id"])
+                if all(keep(self.ctx, rid) for rid in prev[key]["ids"]):
+                    new[key] = prev[key]
+                else:
+                    mark_partial(self.ctx)
+                continue
+            record["ids"] = [c.remote_id for c in cands]
             new[key] = record
             yield from cands
         self.ctx.set_state("repos", new)
