@@ -616,28 +616,13 @@ class Downloader:
             raise
 
     def _existing_with_sha(self, stem: str, sha: str) -> Path | None:
-        for p in self._same_stem(stem):
+        for p in same_stem(self.folder, stem):
             try:
-                if _sha256_path(p) == sha:
+                if sha256_path(p) == sha:
                     return p
             except OSError:
                 continue
         return None
-
-    def _same_stem(self, stem: str) -> list[Path]:
-        low = stem.lower()
-        out = []
-        try:
-            with os.scandir(self.folder) as it:
-                for e in it:
-                    if e.name.startswith("."):
-                        continue
-                    s, dot, suf = e.name.rpartition(".")
-                    if dot and "." + suf.lower() in KNOWN_SUFFIXES and s.lower() == low and e.is_file(follow_symlinks=False):
-                        out.append(Path(e.path))
-        except FileNotFoundError:
-            pass
-        return out
 
     def _transfer_with_retries(
         self, req: Request, resolved: Resolved, part: PartFile, sniff: bool = True
@@ -843,10 +828,10 @@ class Downloader:
             conv_tmp = part.path.with_name(part.path.name + ".safetensors")
             emb.name = stem
             write_embedding(emb, conv_tmp, "safetensors")
-            final_bytes_path, final_sha, suffix, converted = conv_tmp, _sha256_path(conv_tmp), ".safetensors", True
+            final_bytes_path, final_sha, suffix, converted = conv_tmp, sha256_path(conv_tmp), ".safetensors", True
         try:
             final = inside(self.folder, safe_filename(stem, suffix))
-            placed = self._place(final_bytes_path, final, final_sha, stem, label)
+            placed = place_file(final_bytes_path, final, final_sha, stem, force=self.force)
         finally:
             if conv_tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
@@ -856,44 +841,6 @@ class Downloader:
         if self.record is not None:
             self.record(final, emb, final_sha, req)
         return Result(req, "fetched" if placed else "exists", final, final_sha, size, transfer.resumed_from, converted)
-
-    def _place(self, src: Path, final: Path, sha: str, stem: str, label: str) -> bool:
-        """Link `src` to `final` without ever overwriting a different file; True if placed."""
-        others = [p for p in self._same_stem(stem) if p != final]
-        if final.exists() or final.is_symlink():
-            others.append(final)
-        for p in others:
-            if not p.is_symlink() and _sha256_path(p) == sha:
-                return False
-        if others and not self.force:
-            shown = ", ".join(sorted(p.name for p in others))
-            raise DownloadError(
-                f"{final.parent} already holds a different file with the trigger name {stem!r} ({shown}); pass --name NEW to keep both, or --force to replace it."
-            )
-        if self.force:
-            for p in others:
-                if p != final:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(p)
-            tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            os.link(src, tmp)
-            os.replace(tmp, final)
-            return True
-        try:
-            os.link(src, final)  # fails if anything appeared there meanwhile: never overwrites
-        except FileExistsError:
-            if _sha256_path(final) == sha:
-                return False
-            raise DownloadError(
-                f"{final} appeared meanwhile with different content; pass --name NEW to keep both, or --force to replace it."
-            ) from None
-        except OSError:
-            # No hard links here (some network/FAT file systems): exclusive copy instead.
-            with open(src, "rb") as s, open(final, "xb") as d:
-                while chunk := s.read(CHUNK):
-                    d.write(chunk)
-        return True
-
 
 class _LfsPointer(Exception):
     def __init__(self, pointer: LfsPointer, body: bytes) -> None:
@@ -909,7 +856,65 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _sha256_path(path: str | os.PathLike[str]) -> str:
+def same_stem(folder: Path, stem: str) -> list[Path]:
+    """Embedding files in `folder` whose stem (the trigger word) equals `stem`, ignoring case."""
+    low = stem.lower()
+    out = []
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.name.startswith("."):
+                    continue
+                s, dot, suf = e.name.rpartition(".")
+                if dot and "." + suf.lower() in KNOWN_SUFFIXES and s.lower() == low and e.is_file(follow_symlinks=False):
+                    out.append(Path(e.path))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def place_file(src: Path, final: Path, sha: str, stem: str, *, force: bool = False) -> bool:
+    """Put the verified file `src` at `final` without ever overwriting a different file.
+
+    Returns True when placed, False when the same bytes (same sha256) are already there under
+    this trigger name. A different file with the same trigger name (any suffix) is an error
+    unless `force`. `src` stays in place (the caller removes it).
+    """
+    others = [p for p in same_stem(final.parent, stem) if p != final]
+    if final.exists() or final.is_symlink():
+        others.append(final)
+    for p in others:
+        if not p.is_symlink() and p.is_file() and sha256_path(p) == sha:
+            return False
+    if others and not force:
+        shown = ", ".join(sorted(p.name for p in others))
+        raise DownloadError(
+            f"{final.parent} already holds a different file with the trigger name {stem!r} ({shown}); pass --name NEW to keep both, or --force to replace it."
+        )
+    if force and others:
+        for p in others:
+            if p != final:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        os.link(src, tmp)
+        os.replace(tmp, final)  # replaces a planted symlink itself, never writes through it
+        return True
+    try:
+        os.link(src, final)  # fails if anything appeared there meanwhile: never overwrites
+    except FileExistsError:
+        if sha256_path(final) == sha:
+            return False
+        raise DownloadError(f"{final} appeared meanwhile with different content; pass --name NEW to keep both, or --force to replace it.") from None
+    except OSError:
+        # No hard links here (some network/FAT file systems): exclusive create + copy instead.
+        with open(src, "rb") as s, open(final, "xb") as d:
+            while chunk := s.read(CHUNK):
+                d.write(chunk)
+    return True
+
+
+def sha256_path(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):

@@ -1,0 +1,415 @@
+"""Collection commands: `tihub fetch`, `import`, `list`, `remove`, `export`, `compat`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tihub.cli._common import Context, echo_json, exit_status, fail, pass_ctx
+
+_URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def _catalog(ctx: Context):  # type: ignore[no-untyped-def]
+    from tihub.catalog.store import Catalog
+
+    return Catalog(ctx.engine(), ctx.workspace)
+
+
+def _sources(ctx: Context) -> dict[str, Any]:
+    from tihub.errors import ConfigError
+
+    try:
+        return {s.name: s for s in ctx.workspace.sources()}
+    except ConfigError as exc:
+        fail(f"{exc} (private addresses stay refused for catalogue URLs)")
+        return {}
+
+
+def _strip_suffix(name: str | None) -> str | None:
+    from tihub.formats import EMBEDDING_SUFFIXES
+
+    if name and name.lower().endswith(EMBEDDING_SUFFIXES):
+        return name.rsplit(".", 1)[0]
+    return name
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KB"
+    return f"{n / 1e6:.1f} MB"
+
+
+# ------------------------------------------------------------------------------------- fetch
+
+
+@click.command("fetch")
+@click.argument("targets", nargs=-1, required=True, metavar="NAME|ID|URL...")
+@click.option("--to", "to", type=click.Path(file_okay=False), help="Folder to save into (default: the workspace's embeddings/).")
+@click.option("--as", "as_", type=click.Choice(["safetensors", "original"]), default="safetensors", show_default=True,
+              help="safetensors converts pickled .pt/.bin files on arrival; original keeps the bytes.")
+@click.option("--name", help="File name (trigger word) to save under; only with one target.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=4, show_default=True, help="Files fetched at once.")
+@click.option("--force", is_flag=True, help="Download again and replace a file of the same name.")
+@click.option("--timeout", type=click.FloatRange(1, None), default=1800.0, show_default=True, help="Deadline per file in seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON results.")
+@pass_ctx
+def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, name: str | None, jobs: int, force: bool, timeout: float, as_json: bool) -> None:
+    """Download embeddings safely into embeddings/ (or --to): checked, resumable, atomic.
+
+    A target is a catalogue name or id (from `tihub search`) or a URL. Each file is streamed to a
+    hidden temp file, checked (size, sha256, HTML/JSON/LFS answers refused, read by the safe
+    readers) and only then renamed into place and recorded in the catalogue. An interrupted
+    download resumes. CIVITAI_TOKEN / HF_TOKEN are sent to their own hosts only.
+
+    \b
+    Example:
+      tihub fetch easynegative
+      tihub fetch 'https://huggingface.co/sd-concepts-library/cat-toy/resolve/main/learned_embeds.bin'
+      tihub fetch badhand bad-artist -j 8 --to ~/webui/embeddings
+      tihub fetch https://civitai.com/api/download/models/9208 --name easynegative
+    """
+    from tihub.download import Downloader, Progress, Request
+    from tihub.errors import NotFound, TihubError
+
+    if name and len(targets) > 1:
+        raise click.UsageError("--name only works with one target.")
+    name = _strip_suffix(name)
+    ws = ctx.workspace
+    ws.ensure()
+    folder = Path(to).expanduser() if to else ws.embeddings_dir
+    catalog = None
+    failed = False
+    requests: list[Request] = []
+    specs: dict[str, Any] | None = None
+    for t in targets:
+        if _URL_RE.match(t):
+            requests.append(Request(t, name=name, trusted=True, label=t))
+            continue
+        if catalog is None:
+            catalog = _catalog(ctx)
+        try:
+            files = catalog.files_for(t)
+        except NotFound as exc:
+            fail(str(exc))
+            failed = True
+            continue
+        usable = [f for f in files if f.get("url") and not f.get("manual")]
+        if not usable:
+            page = next((f.get("url") or f.get("page_url") for f in files if f.get("url") or f.get("page_url")), None)
+            where = f"open {page} in a browser, download it" if page else "download it by hand"
+            fail(f"{t} is a manual download: {where} and run `tihub import FILE`.")
+            failed = True
+            continue
+        f = usable[0]
+        if specs is None:
+            specs = _sources(ctx)
+        spec = specs.get(f.get("source") or "")
+        requests.append(
+            Request(
+                f["url"],
+                name=name or f.get("entry_name"),
+                sha256=f.get("sha256"),
+                size=f.get("size"),
+                entry_id=f.get("entry_id"),
+                entry_name=f.get("entry_name"),
+                file_name=f.get("file_name"),
+                trusted=False,
+                allow_private=bool(spec and spec.allow_private),
+                label=t,
+            )
+        )
+
+    def record(path: Path, emb: Any, sha: str, req: Request) -> None:
+        nonlocal catalog
+        if catalog is None:
+            catalog = _catalog(ctx)
+        catalog.upsert_local_file(path, emb, sha, req.entry_id)
+
+    results = []
+    if requests:
+        try:
+            with Downloader(folder, convert=as_, force=force, jobs=jobs, deadline=timeout, progress=Progress(), record=record) as dl:
+                results = dl.fetch_all(requests)
+        except TihubError:
+            raise
+    out = []
+    for r in results:
+        label = r.request.label or r.request.url
+        if r.ok:
+            what = "fetched" if r.status == "fetched" else "already here"
+            extra = ", converted to safetensors" if r.converted else ""
+            extra += f", resumed at {r.resumed_from} bytes" if r.resumed_from else ""
+            if not as_json:
+                click.echo(f"{what}: {label} -> {r.path} ({_size(r.size)}, sha256 {r.sha256[:12] if r.sha256 else '?'}{extra})")
+        else:
+            failed = True
+            fail(r.error or f"{label} failed.")
+        out.append({"target": label, "status": r.status, "path": str(r.path) if r.path else None, "sha256": r.sha256,
+                    "size": r.size, "converted": r.converted, "resumed_from": r.resumed_from, "error": r.error})
+    if as_json:
+        echo_json(out)
+    exit_status(failed)
+
+
+# ------------------------------------------------------------------------------------ import
+
+
+@click.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--name", help="File name (trigger word) to save under; only with one file.")
+@click.option("--as", "as_", type=click.Choice(["original", "safetensors"]), default="original", show_default=True,
+              help="original keeps the bytes; safetensors converts pickled files.")
+@click.option("--force", is_flag=True, help="Replace a different file with the same name.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON results.")
+@pass_ctx
+def import_cmd(ctx: Context, files: tuple[str, ...], name: str | None, as_: str, force: bool, as_json: bool) -> None:
+    """Add files you downloaded yourself (e.g. from mega) to embeddings/.
+
+    Each file is read safely (no code runs), matched to a catalogue entry by sha256, else by
+    name, copied into embeddings/ and recorded.
+
+    \b
+    Example:
+      tihub import ~/Downloads/easynegative.safetensors
+      tihub import ~/Downloads/learned_embeds.bin --name cat-toy
+    """
+    from tihub.collection import import_file
+
+    if name and len(files) > 1:
+        raise click.UsageError("--name only works with one file.")
+    ws = ctx.workspace
+    ws.ensure()
+    catalog = _catalog(ctx)
+    failed = False
+    out = []
+    for f in files:
+        r = import_file(f, ws.embeddings_dir, catalog, name=_strip_suffix(name), convert=as_, force=force)
+        if r.status == "failed":
+            failed = True
+            fail(r.error or f"{f} failed.")
+        elif not as_json:
+            match = f", matches catalogue entry {r.entry!r} by {r.matched_by}" if r.entry else ", no catalogue entry matches"
+            click.echo(f"{'imported' if r.status == 'imported' else 'already here'}: {f} -> {r.path}{match}")
+        out.append({"file": f, "status": r.status, "path": str(r.path) if r.path else None, "entry": r.entry,
+                    "matched_by": r.matched_by, "error": r.error})
+    if as_json:
+        echo_json(out)
+    exit_status(failed)
+
+
+# -------------------------------------------------------------------------------------- list
+
+
+@click.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def list_cmd(ctx: Context, as_json: bool) -> None:
+    """List the embeddings in embeddings/ (subfolders too), with their problems.
+
+    Shows name, base (sd1/sd2/sdxl), vector count, format, the model it was trained on and its
+    catalogue entry; flags duplicate trigger names, unreadable files and files that are not
+    embeddings. Unchanged files are not read again.
+
+    \b
+    Example:
+      tihub list
+      tihub list --json | jq '.[] | select(.problems != [])'
+    """
+    from tihub.collection import list_collection
+
+    ws = ctx.workspace
+    ws.ensure()
+    rows = list_collection(ws, _catalog(ctx))
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo(f"No embeddings in {ws.embeddings_dir}; use `tihub fetch NAME` or `tihub import FILE`.")
+        return
+    width = min(40, max(len(r["path"]) for r in rows))
+    click.echo(f"{'FILE':<{width}}  {'BASE':<7} {'VEC':>3}  {'FORMAT':<11}  {'TRAINED ON':<28}  ENTRY")
+    problems = 0
+    for r in rows:
+        vec = "" if r["vectors"] is None else str(r["vectors"])
+        entry = f"{r['entry']} ({r['source']})" if r["entry"] else "-"
+        click.echo(f"{r['path']:<{width}}  {(r['base'] or '?'):<7} {vec:>3}  {(r['format'] or '?'):<11}  {(r['trained_on'] or '-')[:28]:<28}  {entry}")
+        for p in r["problems"]:
+            problems += 1
+            click.echo(f"{'':<{width}}  ! {p}")
+    click.echo(f"{len(rows)} file(s), {problems} problem(s).")
+
+
+# ------------------------------------------------------------------------------------ remove
+
+
+@click.command("remove")
+@click.argument("names", nargs=-1, required=True)
+@pass_ctx
+def remove_cmd(ctx: Context, names: tuple[str, ...]) -> None:
+    """Delete embeddings from embeddings/ and mark them not local in the catalogue.
+
+    \b
+    Example:
+      tihub remove bad-artist
+      tihub remove styles/old-style.pt
+    """
+    from tihub.collection import remove
+    from tihub.errors import TihubError
+
+    ws = ctx.workspace
+    catalog = _catalog(ctx)
+    failed = False
+    for n in names:
+        try:
+            p = remove(ws, n, catalog)
+            click.echo(f"removed: {p}")
+        except TihubError as exc:
+            failed = True
+            fail(str(exc))
+    exit_status(failed)
+
+
+# ------------------------------------------------------------------------------------ export
+
+
+@click.command("export")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--to", "to", required=True, type=click.Path(file_okay=False), help="The app's install folder.")
+@click.option("--app", required=True, type=click.Choice(["a1111", "comfyui", "invokeai"]), help="Which app the files are for.")
+@click.option("--force", is_flag=True, help="Replace a different file with the same name.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON results.")
+@pass_ctx
+def export_cmd(ctx: Context, names: tuple[str, ...], to: str, app: str, force: bool, as_json: bool) -> None:
+    """Copy embeddings into another app's folders and print how to use each in a prompt.
+
+    A1111/Forge: DIR/embeddings/ (prompt: name); ComfyUI: DIR/models/embeddings/ (prompt:
+    embedding:name); InvokeAI: DIR/models/<sd-1|sd-2|sdxl>/embedding/ (prompt: <name>).
+
+    \b
+    Example:
+      tihub export easynegative bad-artist --to ~/ComfyUI --app comfyui
+      tihub export easynegative --to ~/stable-diffusion-webui --app a1111
+    """
+    from tihub.collection import export
+
+    results = export(ctx.workspace, list(names), Path(to).expanduser(), app, force=force)
+    failed = False
+    for r in results:
+        if r.status == "failed":
+            failed = True
+            fail(r.error or f"{r.name} failed.")
+        elif not as_json:
+            click.echo(f"{'exported' if r.status == 'exported' else 'already there'}: {r.name} -> {r.path}   prompt: {r.trigger}")
+    if as_json:
+        echo_json([{"name": r.name, "status": r.status, "path": str(r.path) if r.path else None, "trigger": r.trigger, "error": r.error} for r in results])
+    exit_status(failed)
+
+
+# ------------------------------------------------------------------------------------ compat
+
+
+def _civitai(ctx: Context) -> tuple[str | None, bool]:
+    from tihub.errors import ConfigError
+
+    try:
+        specs = ctx.workspace.sources()
+    except ConfigError:
+        specs = []
+    for s in specs:
+        if s.kind == "civitai" and s.enabled:
+            return (s.get("url") or "https://civitai.com"), s.allow_private
+    return None, False
+
+
+@click.command("compat")
+@click.argument("names", nargs=-1)
+@click.option("--model", "model_path", type=click.Path(exists=True), help="A model file or diffusers folder.")
+@click.option("--model-hash", help="A model hash: A1111 old (8 hex), AutoV2 (10 hex) or sha256.")
+@click.option("--catalog", "include_catalog", is_flag=True, help="Also judge catalogue entries that are not fetched.")
+@click.option("--offline", is_flag=True, envvar="TIHUB_OFFLINE", help="Do not ask Civitai about unknown hashes.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, status, reason}.")
+@pass_ctx
+def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, model_hash: str | None, include_catalog: bool, offline: bool, as_json: bool) -> None:
+    """Say which embeddings work on a model: trained-on, same-family, partial, wont-load, unknown.
+
+    The model is a file (hashed with the cache, family read from its headers) or any hash form;
+    hashes are looked up among models tihub hashed, a built-in table of well-known models and
+    Civitai (answers cached). Without NAMEs every local embedding is judged.
+
+    \b
+    Example:
+      tihub compat --model-hash 7460a6fa
+      tihub compat --model ~/models/sd_xl_base_1.0.safetensors easynegative
+      tihub compat --model-hash 6ce0161689 --catalog --json
+    """
+    from tihub.collection import list_collection
+    from tihub.compat import FAMILY_NAMES, model_from_file, model_from_hash, report_catalog, report_local
+    from tihub.errors import NotFound, TihubError
+
+    if bool(model_path) == bool(model_hash):
+        raise click.UsageError("Give exactly one of --model FILE or --model-hash HASH.")
+    ws = ctx.workspace
+    ws.ensure()
+    catalog = _catalog(ctx)
+    if model_path:
+        model = model_from_file(model_path, catalog)
+    else:
+        url, allow_private = _civitai(ctx)
+        model = model_from_hash(model_hash or "", catalog, civitai_url=url, allow_private=allow_private, remote=not offline)
+    local = list_collection(ws, catalog)
+    failed = False
+    results: list[dict[str, Any]] = []
+    if names:
+        for n in names:
+            low = n.lower()
+            mine = [r for r in local if r["name"].lower() == low or r["path"].lower() == low]
+            if mine:
+                results += report_local([_local_item(r) for r in mine], model)
+                continue
+            try:
+                files = catalog.files_for(n)
+            except NotFound as exc:
+                failed = True
+                fail(str(exc))
+                continue
+            rows = []
+            for f in files[:1]:
+                full = catalog.file_by_sha256(f["sha256"]) if f.get("sha256") else None
+                rows.append({"name": f.get("entry_name") or n, "base": f.get("base"), "widths": f.get("widths"),
+                             "sd_checkpoint": (full or {}).get("sd_checkpoint"), "source": f.get("source")})
+            if not rows:
+                rows.append({"name": n, "base": None, "widths": None, "sd_checkpoint": None})
+            results += report_catalog(rows, model)
+    else:
+        results += report_local([_local_item(r) for r in local], model)
+        if include_catalog:
+            try:
+                rows = catalog.search(local=False, limit=None)
+            except TihubError as exc:
+                fail(str(exc))
+                rows = []
+            results += report_catalog(rows, model)
+    if as_json:
+        echo_json([{"name": r["name"], "status": r["status"], "reason": r["reason"]} for r in results])
+    else:
+        fam = FAMILY_NAMES.get(model.family or "", "unknown family")
+        origin = {"hashed": "hashed file", "builtin": "built-in table", "civitai": "Civitai", "catalog": "catalogue"}.get(model.origin, "unknown")
+        click.echo(f"Model: {model.label()} — {fam} ({origin}{'; ' + model.note if model.note and model.origin == 'unknown' else ''})")
+        if not results:
+            click.echo("No embeddings to judge; name some, fetch some, or add --catalog.")
+        w = min(40, max((len(str(r["name"])) for r in results), default=4))
+        for r in results:
+            click.echo(f"{str(r['name']):<{w}}  {r['status']:<12} {r['reason']}")
+    exit_status(failed)
+
+
+def _local_item(row: dict[str, Any]) -> dict[str, Any]:
+    return {"name": row["name"], "widths": row.get("widths"), "sd_checkpoint": row.get("sd_checkpoint"),
+            "problem": "; ".join(row["problems"]) if row.get("problems") and not row.get("widths") else None, "path": row["path"]}
+

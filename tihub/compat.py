@@ -1,0 +1,376 @@
+"""Will this embedding work on my model? Model identification and per-embedding verdicts.
+
+A model is named by a file (hashed through the hash cache, family read from its headers by
+`tihub.checkpoints`) or by any hash form: A1111 old hash (8 hex), AutoV2 (10 hex) or the full
+sha256. A hash is looked up, in order, among:
+
+1. the catalogue's `models` table (every model tihub hashed, earlier Civitai answers);
+2. the built-in table `tihub/data/known_models.json` (well-known checkpoints, each row citing
+   where its hash was seen), which is also copied into the `models` table so `tihub search
+   --model HASH` finds the same models;
+3. Civitai's `GET /api/v1/model-versions/by-hash/{hash}`, whose answer (or "not found", kept for
+   `NOT_FOUND_TTL` seconds) is cached in the `models` table.
+
+The verdict for one embedding comes from `check()` (which applies the shared family rule
+`tihub.catalog.compat_rules.fits`): trained-on / same-family / partial / wont-load / unknown,
+with one sentence of reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from tihub.catalog.compat_rules import PARTIAL, SAME_FAMILY, TRAINED_ON, UNKNOWN, WONT_LOAD, base_from_widths, fits, normalize_base
+from tihub.errors import ConfigError, NetworkError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tihub.catalog.store import Catalog
+
+NOT_FOUND_TTL = 7 * 24 * 3600  # a Civitai "not found" is asked again after a week
+STATUSES = (TRAINED_ON, SAME_FAMILY, PARTIAL, WONT_LOAD, UNKNOWN)
+FAMILY_WIDTHS = {"sd1": {"clip_l": 768}, "sd2": {"clip_h": 1024}, "sdxl": {"clip_l": 768, "clip_g": 1280}}
+FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+_HEX = re.compile(r"[0-9a-f]{8,64}")
+
+
+def normalize_hash(value: str) -> str:
+    """Lower-case hex without decorations (`[abc]`, `0x`); raise ConfigError if it is no hash form."""
+    h = (value or "").strip().strip("[]()").strip().lower().removeprefix("0x")
+    if not _HEX.fullmatch(h) or len(h) not in (8, 10, 12, 64):
+        raise ConfigError(
+            f"{value!r} is not a model hash; give the A1111 old hash (8 hex), AutoV2 (10 hex) or the full sha256 (64 hex)."
+        )
+    return h
+
+
+def hash_kind(h: str) -> str:
+    return {8: "old hash", 10: "AutoV2", 12: "short hash", 64: "sha256"}.get(len(h), "hash")
+
+
+@dataclass
+class KnownModel:
+    """A model tihub can name: by file or by hash."""
+
+    query: str
+    name: str | None = None
+    family: str | None = None  # sd1 | sd2 | sdxl | None when unknown
+    sha256: str | None = None
+    autov2: str | None = None
+    old_hash: str | None = None
+    origin: str = "unknown"  # hashed | builtin | civitai | catalog | unknown
+    widths: dict[str, int] = field(default_factory=dict)
+    note: str | None = None
+
+    @property
+    def hashes(self) -> list[str]:
+        out = [h for h in (self.sha256, self.autov2, self.old_hash) if h]
+        if self.sha256 and self.sha256[:10] not in out:
+            out.append(self.sha256[:10])
+        return out
+
+    def matches(self, any_hash: str | None) -> bool:
+        """True when `any_hash` (8/10/12/64 hex) names this model."""
+        if not any_hash:
+            return False
+        h = any_hash.strip().strip("[]").lower().removeprefix("0x")
+        if not h:
+            return False
+        if len(h) == 8:
+            return h == self.old_hash
+        if self.sha256:
+            return self.sha256.startswith(h) if len(h) < 64 else self.sha256 == h
+        return bool(self.autov2) and (h == self.autov2 or (len(h) > 10 and h.startswith(self.autov2)))
+
+    def label(self) -> str:
+        h = self.autov2 or self.old_hash or (self.sha256 or "")[:10] or self.query
+        return f"{self.name} [{h}]" if self.name else f"the model [{h}]"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "sha256": self.sha256,
+            "autov2": self.autov2,
+            "old_hash": self.old_hash,
+            "origin": self.origin,
+            "widths": self.widths,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# The verdict
+
+
+def check(
+    embedding_widths: Mapping[str, int] | None,
+    sd_checkpoint: str | None,
+    model_info: KnownModel | Mapping[str, Any] | None,
+) -> tuple[str, str]:
+    """(status, reason) for an embedding of these widths on this model.
+
+    `model_info` is a KnownModel or a mapping with `family` and any of sha256/autov2/old_hash
+    (a catalogue `models` row works). Statuses: trained-on, same-family, partial, wont-load,
+    unknown.
+    """
+    if isinstance(model_info, KnownModel):
+        model = model_info
+    elif model_info is not None:
+        model = KnownModel(
+            query="",
+            name=model_info.get("name"),
+            family=model_info.get("family"),
+            sha256=model_info.get("sha256"),
+            autov2=model_info.get("autov2"),
+            old_hash=model_info.get("old_hash"),
+        )
+    else:
+        model = KnownModel(query="")
+    widths = dict(embedding_widths or {})
+    base = base_from_widths(widths)
+    family = model.family if model.family in FAMILY_WIDTHS else None
+    shown = _widths_text(widths) or "unknown widths"
+    verdict = fits(base if widths else "unknown", family, sd_checkpoint, model.hashes)
+    target = model.label()
+    if verdict == TRAINED_ON:
+        if widths and family and base != family:
+            # the file says so, but its shape cannot load there: trust the shape
+            return WONT_LOAD, f"its sd_checkpoint {sd_checkpoint} names {target}, but its {shown} vectors do not fit a {FAMILY_NAMES[family]} model"
+        return TRAINED_ON, f"trained on {target} (sd_checkpoint {sd_checkpoint})"
+    if verdict == SAME_FAMILY:
+        return SAME_FAMILY, f"{shown} fits {FAMILY_NAMES[family or base]} like {target}; it loads but may look different from the author's pictures"
+    if verdict == PARTIAL:
+        return PARTIAL, f"an SD1 embedding ({shown}) on the SDXL model {target}: only clip_l would be used (ComfyUI, InvokeAI); A1111 skips it"
+    if verdict == WONT_LOAD:
+        need = _widths_text(FAMILY_WIDTHS[family]) if family else "?"
+        return WONT_LOAD, f"width mismatch: the embedding has {shown} but {target} is {FAMILY_NAMES.get(family or '', '?')} ({need})"
+    if not widths:
+        return UNKNOWN, "the embedding's widths are unknown (not fetched or unreadable)"
+    if base == "unknown":
+        return UNKNOWN, f"the embedding's widths ({shown}) match no known family"
+    if family is None:
+        return UNKNOWN, f"the family of {target} is unknown; pass --model FILE so tihub can read it"
+    return UNKNOWN, "no rule applies"
+
+
+def _widths_text(widths: Mapping[str, int]) -> str:
+    return " + ".join(f"{k} {v}" for k, v in widths.items())
+
+
+# --------------------------------------------------------------------------------------------
+# Known models
+
+
+def builtin_models() -> list[dict[str, Any]]:
+    """The rows of `tihub/data/known_models.json` (each has name, family, hashes, source)."""
+    text = resources.files("tihub.data").joinpath("known_models.json").read_text(encoding="utf-8")
+    return list(json.loads(text)["models"])
+
+
+def builtin_lookup(h: str) -> KnownModel | None:
+    for row in builtin_models():
+        m = KnownModel(h, row["name"], row["family"], row.get("sha256"), row.get("autov2"), row.get("old_hash"), "builtin")
+        if m.matches(h):
+            m.note = row.get("source")
+            return m
+    return None
+
+
+_seeded: set[int] = set()
+
+
+def seed_builtin(catalog: Catalog) -> None:
+    """Copy the built-in table into the catalogue's `models` table (idempotent, once per engine)."""
+    key = id(catalog.engine)
+    if key in _seeded:
+        return
+    for row in builtin_models():
+        h = row.get("sha256") or row.get("autov2") or row.get("old_hash")
+        found = catalog.find_model(h) if h else None
+        if found is None or found.get("origin") == "builtin":
+            if found is None or found.get("name") != row["name"]:
+                catalog.add_model(
+                    row["name"], row.get("sha256"), row.get("autov2"), row.get("old_hash"), row["family"], FAMILY_WIDTHS.get(row["family"]), "builtin"
+                )
+    _seeded.add(key)
+
+
+def _from_row(query: str, row: Mapping[str, Any]) -> KnownModel:
+    widths = row.get("widths") or {}
+    if isinstance(widths, str):
+        widths = json.loads(widths)
+    return KnownModel(
+        query,
+        row.get("name"),
+        row.get("family") or None,
+        row.get("sha256"),
+        row.get("autov2"),
+        row.get("old_hash"),
+        row.get("origin") or "catalog",
+        dict(widths or {}),
+    )
+
+
+def model_from_file(path: str | os.PathLike[str], catalog: Catalog | None = None) -> KnownModel:
+    """Hash a model file or diffusers folder (through the hash cache) and read its family."""
+    from tihub.checkpoints import inspect_model
+    from tihub.hashing import HashCache, model_hashes
+
+    cache = HashCache(catalog.engine) if catalog is not None else None
+    hashes = model_hashes(path, cache)
+    info = inspect_model(path)
+    family = info.family if info.family in FAMILY_WIDTHS else None
+    name = os.path.basename(os.path.normpath(os.fspath(path)))
+    model = KnownModel(os.fspath(path), name, family, hashes.sha256, hashes.autov2, hashes.old_hash, "hashed", dict(info.widths))
+    if family is None and info.reason:
+        model.note = info.reason
+    if catalog is not None:
+        catalog.add_model(name, hashes.sha256, hashes.autov2, hashes.old_hash, family or info.family, info.widths, "hashed", os.fspath(path))
+    return model
+
+
+def model_from_hash(
+    value: str,
+    catalog: Catalog | None = None,
+    *,
+    civitai_url: str | None = None,
+    allow_private: bool = False,
+    remote: bool = True,
+    client: Any = None,
+) -> KnownModel:
+    """Name a model from any hash form; unknown hashes still give a KnownModel (family None)."""
+    h = normalize_hash(value)
+    if catalog is not None:
+        seed_builtin(catalog)
+        row = catalog.find_model(h)
+        if row is not None and not row.get("not_found"):
+            return _from_row(h, row)
+        if row is not None and row.get("not_found") and not _expired(row.get("checked_at")):
+            return _unknown(h, "Civitai did not know this hash when last asked")
+    builtin = builtin_lookup(h)
+    if builtin is not None:
+        return builtin
+    if remote and civitai_url:
+        try:
+            found = civitai_by_hash(h, civitai_url, allow_private=allow_private, client=client)
+        except NetworkError as exc:
+            return _unknown(h, f"the Civitai lookup failed ({exc})")
+        if catalog is not None:
+            if found is None:
+                _remember_not_found(catalog, h)
+            else:
+                catalog.add_model(found.name, found.sha256, found.autov2, found.old_hash, found.family, FAMILY_WIDTHS.get(found.family or ""), "civitai")
+        if found is not None:
+            return found
+        return _unknown(h, "neither tihub nor Civitai knows this hash")
+    return _unknown(h, "tihub does not know this hash; pass --model FILE to read the model itself")
+
+
+def _unknown(h: str, note: str) -> KnownModel:
+    m = KnownModel(h, None, None, h if len(h) == 64 else None, h if len(h) == 10 else None, h if len(h) == 8 else None, "unknown")
+    m.note = note
+    return m
+
+
+def _expired(checked_at: str | None) -> bool:
+    if not checked_at:
+        return True
+    try:
+        when = datetime.strptime(checked_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return True
+    return datetime.now(UTC) - when > timedelta(seconds=NOT_FOUND_TTL)
+
+
+def _remember_not_found(catalog: Catalog, h: str) -> None:
+    from sqlalchemy import text
+
+    from tihub.catalog.db import write
+
+    mid = catalog.add_model(
+        None, h if len(h) == 64 else None, h if len(h) == 10 else None, h if len(h) == 8 else None, None, None, "civitai"
+    )
+    with write(catalog.engine) as conn:
+        conn.execute(text("UPDATE models SET not_found = 1 WHERE id = :i"), {"i": mid})
+
+
+def civitai_by_hash(h: str, base_url: str, *, allow_private: bool = False, client: Any = None) -> KnownModel | None:
+    """Ask Civitai which model version has this file hash; None when it answers 404."""
+    from tihub.net import URLPolicy, make_client, stream
+
+    url = base_url.rstrip("/") + f"/api/v1/model-versions/by-hash/{h}"
+    own = client is None
+    client = client or make_client(timeout=15.0)
+    try:
+        with stream(client, "GET", url, policy=URLPolicy(allow_private=allow_private)) as resp:
+            if resp.status_code == 404:
+                return None
+            if resp.status_code != 200:
+                raise NetworkError(f"Civitai answered {resp.status_code} for the hash {h}.")
+            body = resp.read()
+            if len(body) > 8 * 1024 * 1024:
+                raise NetworkError(f"Civitai's answer for the hash {h} is too large.")
+    finally:
+        if own:
+            client.close()
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise NetworkError(f"Civitai's answer for the hash {h} is not JSON.") from None
+    if not isinstance(data, dict):
+        return None
+    model_name = (data.get("model") or {}).get("name") if isinstance(data.get("model"), dict) else None
+    name = " ".join(x for x in (model_name, data.get("name")) if isinstance(x, str)) or None
+    family = normalize_base(data.get("baseModel"))
+    sha = a2 = old = None
+    for f in data.get("files") or []:
+        hashes = {str(k).lower(): str(v).lower() for k, v in ((f or {}).get("hashes") or {}).items()}
+        cand = KnownModel(h, sha256=hashes.get("sha256"), autov2=hashes.get("autov2"), old_hash=hashes.get("autov1"))
+        if cand.matches(h) or len(data.get("files") or []) == 1:
+            sha, a2, old = cand.sha256, cand.autov2 or (cand.sha256 or "")[:10] or None, cand.old_hash
+            break
+    if not (sha or a2 or old):
+        sha, a2, old = (h if len(h) == 64 else None), (h if len(h) == 10 else None), (h if len(h) == 8 else None)
+    return KnownModel(h, name, family if family in FAMILY_WIDTHS else None, sha, a2, old, "civitai")
+
+
+# --------------------------------------------------------------------------------------------
+# Reports
+
+
+def report_local(items: list[dict[str, Any]], model: KnownModel) -> list[dict[str, Any]]:
+    """Verdicts for listed local files (dicts with name, widths, sd_checkpoint, problem)."""
+    out = []
+    for it in items:
+        if it.get("problem") and not it.get("widths"):
+            out.append({"name": it["name"], "status": UNKNOWN, "reason": f"unreadable: {it['problem']}", "path": it.get("path")})
+            continue
+        status, reason = check(it.get("widths"), it.get("sd_checkpoint"), model)
+        out.append({"name": it["name"], "status": status, "reason": reason, "path": it.get("path")})
+    return out
+
+
+def report_catalog(rows: list[dict[str, Any]], model: KnownModel) -> list[dict[str, Any]]:
+    """Verdicts for catalogue entries (search rows: name, base, widths?, sd_checkpoint?)."""
+    out = []
+    for r in rows:
+        widths = r.get("widths")
+        if isinstance(widths, str):
+            try:
+                widths = json.loads(widths)
+            except ValueError:
+                widths = None
+        if not widths and r.get("base") in FAMILY_WIDTHS:
+            widths = FAMILY_WIDTHS[r["base"]]
+            status, reason = check(widths, r.get("sd_checkpoint"), model)
+            reason += " (widths from the source's declared base, not measured)"
+        else:
+            status, reason = check(widths, r.get("sd_checkpoint"), model)
+        out.append({"name": r.get("name"), "status": status, "reason": reason, "source": r.get("source")})
+    return out
