@@ -182,6 +182,8 @@ def parse_sources(text: str, where: str = "sources.yaml") -> list[SourceSpec]:
             if key in raw:
                 raise ConfigError(f"{where} line {knode.start_mark.line + 1}: duplicate key `{key}`.")
             raw[key] = yaml.SafeLoader(yaml.serialize(vnode)).get_single_data() if vnode is not None else None
+            if key == "name" and isinstance(vnode, yaml.ScalarNode) and vnode.value and not isinstance(raw[key], str):
+                raw[key] = vnode.value  # `name: off` / `name: 2023` mean the text, not a bool/number
             lines[key] = vnode.start_mark.line + 1
         specs.append(_validate(raw, lines, line, where, seen))
     return specs
