@@ -122,7 +122,7 @@ def _read(p: Path, what: str, data: bytes) -> Embedding:
         payload, carrier = read_image_embedding(data, what)
         emb = from_object(payload, name, what, container, from_image=True)
         emb.extra["carrier"] = carrier
-        if emb.dtype == "f64":  # JSON floats; A1111 casts them to float32 (exact for its own files)
+        if emb.dtype == "f64" and payload.get("dtype") != "f64":  # JSON floats; A1111 casts them to float32 (exact for its own files)
             emb.vectors = {k: v.astype(np.float32) for k, v in emb.vectors.items()}
             emb.dtype = "f32"
         if isinstance(payload.get("dtype"), str) and payload["dtype"] in ("f16", "bf16"):

@@ -334,7 +334,7 @@ def _png_bytes(emb: Embedding, preview: Any = None) -> bytes:
             "sd_checkpoint_name": emb.sd_checkpoint_name,
         }
     )
-    if emb.dtype in ("f16", "bf16"):
+    if emb.dtype in ("f16", "bf16", "f64"):
         payload["dtype"] = emb.dtype  # tihub's own key: A1111 ignores it, our reader restores the dtype
     first = next(iter(tensors.values()))
     footer = f"{emb.vector_count}v {emb.step if emb.step is not None else 0}s"
