@@ -181,7 +181,11 @@ def parse_sources(text: str, where: str = "sources.yaml") -> list[SourceSpec]:
             key = knode.value
             if key in raw:
                 raise ConfigError(f"{where} line {knode.start_mark.line + 1}: duplicate key `{key}`.")
-            raw[key] = yaml.SafeLoader(yaml.serialize(vnode)).get_single_data() if vnode is not None else None
+            try:
+                raw[key] = yaml.SafeLoader("").construct_document(vnode) if vnode is not None else None
+            except yaml.YAMLError as exc:
+                problem = getattr(exc, "problem", None) or "unreadable value"
+                raise ConfigError(f"{where} line {vnode.start_mark.line + 1}: `{key}`: {problem}.") from None
             if key == "name" and isinstance(vnode, yaml.ScalarNode) and vnode.value and not isinstance(raw[key], str):
                 raw[key] = vnode.value  # `name: off` / `name: 2023` mean the text, not a bool/number
             lines[key] = vnode.start_mark.line + 1
