@@ -195,15 +195,24 @@ def test_batch_lookup_is_one_query_and_one_write(tmp_path: Path, engine, counted
     paths = [_write(folder / f"d{i % 7}" / f"e{i}.pt", f"file {i}".encode()) for i in range(300)]
     statements: list[str] = []
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def _count(conn, cursor, statement, params, context, executemany):  # type: ignore[no-untyped-def]
-        if "hash_cache" in statement:
-            statements.append(statement.split()[0].upper())
+    # Every statement SQLite itself runs (the cache may use the driver's cursor directly).
+    # (executemany shows one trace per row: runs of one statement are collapsed, and writes are
+    # counted as transactions)
+    def _trace(statement: str) -> None:
+        word = statement.split()[0].upper()
+        if "hash_cache" in statement or statement.upper().startswith("BEGIN IMMEDIATE"):
+            word = "WRITE-TX" if word == "BEGIN" else word
+            if not statements or statements[-1] != word:
+                statements.append(word)
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn, record, proxy):  # type: ignore[no-untyped-def]
+        dbapi_conn.set_trace_callback(_trace)
 
     cache = HashCache(engine)
     first = cache.hashes(paths)
     assert [h.sha256 for h in first] == [hashlib.sha256(f"file {i}".encode()).hexdigest() for i in range(300)]
-    assert statements == ["SELECT", "INSERT"]  # one lookup, one batched write
+    assert statements == ["SELECT", "WRITE-TX", "INSERT"]  # one lookup, one write transaction
     assert len(counted) == 300
 
     statements.clear()
@@ -217,7 +226,7 @@ def test_batch_lookup_is_one_query_and_one_write(tmp_path: Path, engine, counted
         p.write_bytes(b"changed " + p.name.encode())
     statements.clear()
     third = cache.hashes(paths)
-    assert statements == ["SELECT", "INSERT"]
+    assert statements == ["SELECT", "WRITE-TX", "INSERT"]
     assert len(counted) == 303
     assert third[0].sha256 == hashlib.sha256(b"changed e0.pt").hexdigest()
     assert third[3:] == first[3:]
@@ -360,3 +369,21 @@ def test_single_file_model_hashes(tmp_path: Path) -> None:
     assert h.sha256 == hashlib.sha256(data).hexdigest()
     assert h.old_hash == _ref_old(data)
     assert h.hashes == (h.sha256, h.autov2, h.old_hash)
+
+
+def test_common_folder_for_range_lookups() -> None:
+    from tihub.hashing import _common_folder
+
+    assert _common_folder(["/a/b/c.pt", "/a/b/d/e.pt", "/a/bx.pt"]) == "/a"
+    assert _common_folder(["/a/b/c.pt", "/a/b/c2.pt"]) == "/a/b"
+    assert _common_folder(["/x/1.pt", "/y/2.pt"]) == ""  # no common folder: IN lists instead
+
+
+def test_many_files_outside_one_folder(tmp_path: Path, engine, counted, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(HashCache, "RANGE_THRESHOLD", 5)
+    paths = [_write(tmp_path / f"f{i}.pt", bytes([i])) for i in range(12)]
+    cache = HashCache(engine)
+    first = cache.hashes(paths)
+    monkeypatch.setattr(hashing, "_common_folder", lambda _paths: "")  # force the IN-list path
+    assert cache.hashes(paths) == first
+    assert len(counted) == 12

@@ -69,9 +69,9 @@ def shorthash(sha256: str) -> str:
     return sha256[:12].lower()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class FileHashes:
-    """Every hash form of one file."""
+    """Every hash form of one file (a value: treat it as read-only)."""
 
     path: str
     sha256: str
@@ -87,7 +87,7 @@ class FileHashes:
         return {"path": self.path, "sha256": self.sha256, "autov2": self.autov2, "old_hash": self.old_hash, "shorthash": self.shorthash}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ModelHashes(FileHashes):
     """Hashes of a model: a single file, or a diffusers folder (`parts` = its hashed weight files)."""
 
@@ -253,7 +253,16 @@ def matches(model: FileHashes, any_hash: str) -> bool:
 
 
 def _abs(path: str | os.PathLike[str]) -> str:
-    return os.path.abspath(os.fspath(path))
+    p = os.fspath(path)
+    if p.startswith(os.sep) and "/." not in p and "//" not in p and not p.endswith(os.sep):
+        return p  # already absolute and normal (the common case in big batches): skip normpath
+    return os.path.abspath(p)
+
+
+def _common_folder(paths: Sequence[str]) -> str:
+    """The deepest folder containing every one of `paths` (absolute), "" when it is the root."""
+    prefix = os.path.commonprefix([min(paths), max(paths)])
+    return prefix[: prefix.rfind(os.sep)]
 
 
 class HashCache:
@@ -289,18 +298,16 @@ class HashCache:
             return {}
         out: dict[str, tuple[int, int, str, str | None]] = {}
         with read(self.engine) as conn:
-            common = os.path.commonpath(paths) if len(paths) > self.RANGE_THRESHOLD else ""
-            if len(common) > 1:
-                # one range scan of the primary key: every key in [common/, common/ + U+10FFFF)
-                prefix = common.rstrip(os.sep) + os.sep
-                rows = conn.execute(
-                    text("SELECT path, size, mtime_ns, sha256, old_hash FROM hash_cache WHERE path >= :lo AND path < :hi"),
-                    {"lo": prefix, "hi": prefix + "\U0010ffff"},
-                )
-                wanted = set(paths)
-                for path, size, mtime_ns, sha, old in rows:
-                    if path in wanted:
-                        out[path] = (size, mtime_ns, sha, old)
+            common = _common_folder(paths) if len(paths) > self.RANGE_THRESHOLD else ""
+            if common:
+                # One range scan of the primary key: every key in [common/, common/ + U+10FFFF).
+                # On SQLite the rows are read through the driver's cursor (same transaction):
+                # building 10,000 SQLAlchemy rows would cost as much as the 10,000 stats.
+                sql = "SELECT path, size, mtime_ns, sha256, old_hash FROM hash_cache WHERE path >= :lo AND path < :hi"
+                params = {"lo": common + os.sep, "hi": common + os.sep + "\U0010ffff"}
+                driver = conn.connection.driver_connection if self.engine.dialect.name == "sqlite" else None
+                rows = driver.execute(sql, params) if driver is not None else conn.execute(text(sql), params)
+                out = {path: (size, mtime_ns, sha, old) for path, size, mtime_ns, sha, old in rows}
             else:
                 stmt = text("SELECT path, size, mtime_ns, sha256, old_hash FROM hash_cache WHERE path IN :paths").bindparams(
                     bindparam("paths", expanding=True)
@@ -325,12 +332,15 @@ class HashCache:
         return self._valid(stats)
 
     def _valid(self, stats: dict[str, os.stat_result]) -> dict[str, FileHashes]:
+        return {p: FileHashes.of(p, sha, old) for p, (sha, old) in self._valid_rows(stats).items()}
+
+    def _valid_rows(self, stats: dict[str, os.stat_result]) -> dict[str, tuple[str, str | None]]:
         rows = self._rows(list(stats))  # keys are unique absolute paths
-        out: dict[str, FileHashes] = {}
+        out: dict[str, tuple[str, str | None]] = {}
         for p, st in stats.items():
             row = rows.get(p)
             if row is not None and row[0] == st.st_size and row[1] == st.st_mtime_ns:
-                out[p] = FileHashes.of(p, row[2], row[3])
+                out[p] = (row[2], row[3])
         return out
 
     # -- hashing through the cache -----------------------------------------------------------
@@ -354,42 +364,51 @@ class HashCache:
         abspaths = [_abs(p) for p in originals]
         stats: dict[str, os.stat_result] = {}
         errors: dict[str, Exception] = {}
+        stat, is_reg = os.stat, stat_mod.S_ISREG
         for p in abspaths:
             try:
-                st = os.stat(p)
+                st = stat(p)
             except OSError as exc:
                 errors[p] = _open_error(p, exc)
                 continue
-            if not stat_mod.S_ISREG(st.st_mode):
+            if not is_reg(st.st_mode):
                 errors[p] = FormatError(f"{p} is not a regular file; pass a model or embedding file.")
                 continue
             stats[p] = st
-        cached = self._valid(stats)
-        fresh: dict[str, FileHashes] = {}
+        known = self._valid_rows(stats)
         store: list[dict[str, Any]] = []
-        for p, st in stats.items():
-            if p in cached or p in fresh:
-                continue
-            try:
-                sha, old = hash_file(p)
-                after = os.stat(p)
-            except (OSError, FormatError, NotFound) as exc:
-                errors[p] = exc if isinstance(exc, FormatError | NotFound) else _open_error(p, exc)  # type: ignore[arg-type]
-                continue
-            fresh[p] = FileHashes.of(p, sha, old)
-            if after.st_size == st.st_size and after.st_mtime_ns == st.st_mtime_ns:  # unchanged while hashed
-                store.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha, "old_hash": old})
-        self.hits += len(cached)
-        self.misses += len(fresh)
+        fresh = failed = 0
+        if len(known) < len(stats):
+            for p, st in stats.items():
+                if p in known:
+                    continue
+                try:
+                    sha, old = hash_file(p)
+                    after = os.stat(p)
+                except OSError as exc:
+                    errors[p] = _open_error(p, exc)
+                    failed += 1
+                    continue
+                except (FormatError, NotFound) as exc:
+                    errors[p] = exc
+                    failed += 1
+                    continue
+                known[p] = (sha, old)
+                fresh += 1
+                if after.st_size == st.st_size and after.st_mtime_ns == st.st_mtime_ns:  # unchanged while hashed
+                    store.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha, "old_hash": old})
+        self.hits += len(stats) - fresh - failed
+        self.misses += fresh
         if store:
             self._store(store)
         result: list[FileHashes | Exception] = []
         for orig, p in zip(originals, abspaths, strict=True):
-            if p in errors:
+            hit = known.get(p)
+            if hit is None:
                 result.append(errors[p])
-                continue
-            fh = cached.get(p) or fresh[p]
-            result.append(FileHashes(orig, fh.sha256, fh.autov2, fh.old_hash, fh.shorthash))
+            else:
+                sha, old = hit
+                result.append(FileHashes(orig, sha, sha[:10], old, sha[:12]))
         return result
 
     def _store(self, rows: list[dict[str, Any]]) -> None:
