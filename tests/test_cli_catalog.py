@@ -192,7 +192,7 @@ def test_catalog_commands_never_import_torch(synced: Path) -> None:
 
     code = (
         "import sys\nfrom tihub.cli import cli\n"
-        "for a in (['sync'], ['search', 'water', '--json'], ['show', 'watercolor'], ['sources']):\n"
+        "for a in (['sync', 'local'], ['search', 'water', '--json'], ['show', 'watercolor'], ['sources']):\n"
         "    try:\n        cli(a, standalone_mode=False)\n    except SystemExit:\n        pass\n"
         "print('TORCH' if 'torch' in sys.modules else 'NOTORCH')\n"
     )
