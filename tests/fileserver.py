@@ -232,3 +232,41 @@ def main() -> None:  # pragma: no cover - used by subprocess tests and benchmark
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+def embedding_bytes(
+    fmt: str = "safetensors",
+    *,
+    name: str = "thing",
+    widths: dict[str, int] | None = None,
+    vectors: int = 2,
+    sd_checkpoint: str | None = None,
+    seed: int = 0,
+) -> bytes:
+    """The bytes of a real embedding file written by tihub's writers (fmt: safetensors | a1111 |
+    diffusers-bin | diffusers-safetensors | png)."""
+    import os
+    import tempfile
+
+    import numpy as np
+
+    from tihub.formats import Embedding, write_embedding
+
+    rng = np.random.default_rng(seed)
+    widths = widths or {"clip_l": 768}
+    emb = Embedding(
+        name=name,
+        vectors={k: rng.standard_normal((vectors, w)).astype(np.float32) for k, w in widths.items()},
+        internal_name=name if not fmt.startswith("diffusers") else f"<{name}>",
+        step=100 if sd_checkpoint else None,
+        sd_checkpoint=sd_checkpoint,
+        sd_checkpoint_name="model" if sd_checkpoint else None,
+    )
+    fd, path = tempfile.mkstemp(suffix=".emb")
+    os.close(fd)
+    try:
+        write_embedding(emb, path, fmt)
+        with open(path, "rb") as fh:
+            return fh.read()
+    finally:
+        os.unlink(path)
