@@ -314,7 +314,7 @@ def encode_latents(
     vae_dtype = next(vae.parameters()).dtype
     with torch.no_grad():
         for i, pic in enumerate(pictures):
-            x = torch.from_numpy(pic.pixels).permute(2, 0, 1).float().div(127.5).sub(1.0)[None]
+            x = torch.from_numpy(pic.pixels.copy()).permute(2, 0, 1).float().div(127.5).sub(1.0)[None]
             dist = vae.encode(x.to(device, vae_dtype)).latent_dist
             mean = dist.mean.float()
             std = dist.std.float()

@@ -1,0 +1,239 @@
+"""The training engine on tiny SD1- and SDXL-shaped pipelines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+
+from tihub.engine.train import Session, TrainConfig, load_pipeline, train  # noqa: E402
+from tihub.errors import ConfigError  # noqa: E402
+
+
+def _pictures(folder: Path, n: int = 3, size: int = 64) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        arr = np.random.default_rng(i).integers(0, 255, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"{i:03d}-red fox, snow.png")
+    return folder
+
+
+def _cfg(tmp: Path, model: Path, **kw) -> TrainConfig:  # type: ignore[no-untyped-def]
+    base = dict(
+        name="foxtok",
+        images=_pictures(tmp / "pics"),
+        model=str(model),
+        embeddings_dir=tmp / "home" / "embeddings",
+        run_dir=tmp / "home" / "train" / "foxtok",
+        vectors=2,
+        steps=6,
+        lr="0.05",
+        save_every=0,
+        template="subject_filewords",
+        device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+def _snapshot(pipe) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+    out = {}
+    for comp in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        m = getattr(pipe, comp, None)
+        if m is not None:
+            out.update({f"{comp}.{k}": v.detach().clone() for k, v in m.state_dict().items()})
+    return out
+
+
+@pytest.mark.parametrize("which", ["sd1", "sdxl"])
+def test_only_the_new_vectors_change(which: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    model = request.getfixturevalue(f"tiny_{which}_dir")
+    pipe = load_pipeline(str(model), torch.device("cpu"), torch.float32)
+    before = _snapshot(pipe)
+    embs = [pipe.text_encoder.get_input_embeddings()] + ([pipe.text_encoder_2.get_input_embeddings()] if which == "sdxl" else [])
+    init = {}
+    for key, emb in zip(["clip_l", "clip_g"], embs):
+        init[key] = emb.weight[265].detach().clone()  # "*" is CLIP token 265
+    result = train(_cfg(tmp_path, model, flip=True), log=_quiet, pipe=pipe)
+    # the pipeline is given back untouched: same modules, every weight bit-identical
+    after = _snapshot(pipe)
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert pipe.text_encoder.get_input_embeddings() is embs[0]
+    assert all(p.grad is None for p in pipe.unet.parameters())
+    # the new vectors moved away from their starting point ("*" in every slot)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(result.output))
+    keys = ["clip_l", "clip_g"] if which == "sdxl" else ["emb_params"]
+    assert sorted(saved) == sorted(keys)
+    for key in keys:
+        vec = saved[key]
+        assert vec.shape == (2, 32) and vec.dtype == torch.float32
+        start = init["clip_g" if key == "clip_g" else "clip_l"]
+        assert not torch.allclose(vec[0], start)
+    assert result.pictures == "3 pictures (6 with flips)"
+
+
+@pytest.mark.parametrize("which", ["sd1", "sdxl"])
+def test_loss_on_a_fixed_batch_goes_down(which: str, request: pytest.FixtureRequest) -> None:
+    model = request.getfixturevalue(f"tiny_{which}_dir")
+    pipe = load_pipeline(str(model), torch.device("cpu"), torch.float32)
+    session = Session(pipe, 2, torch.device("cpu"), torch.float32, lambda tok, table, key: table[[265, 265]].detach().numpy())
+    try:
+        g = torch.Generator().manual_seed(1)
+        latents = torch.randn((2, 4, 8, 8), generator=g)
+        noise = torch.randn((2, 4, 8, 8), generator=g)
+        t = torch.tensor([500, 500])
+        prompts = ["a photo of a [name]", "[name] on a table"]
+        opt = torch.optim.AdamW(session.params, lr=1e-2, weight_decay=0.0)
+        losses = []
+        for _ in range(15):
+            opt.zero_grad()
+            loss = session.loss(latents, noise, t, prompts)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    finally:
+        session.restore()
+
+
+def test_outputs_load_in_a1111_layout_diffusers_and_tihub(tmp_path: Path, tiny_sd1_dir: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from tihub.hashing import model_hashes
+
+    result = train(_cfg(tmp_path, tiny_sd1_dir, also_pt=True), log=_quiet)
+    pt = result.extra_outputs[0]
+    data = torch.load(pt, weights_only=True)
+    vec = data["string_to_param"]["*"]
+    assert vec.shape == (2, 32)
+    assert data["name"] == "foxtok" and data["step"] == 6
+    assert data["sd_checkpoint"] == model_hashes(tiny_sd1_dir).autov2
+    assert data["sd_checkpoint_name"] == tiny_sd1_dir.name
+    for path in (pt, result.output):
+        pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd1_dir), safety_checker=None, requires_safety_checker=False)
+        pipe.load_textual_inversion(str(path), token="foxtok")
+        ids = pipe.tokenizer.convert_tokens_to_ids(["foxtok", "foxtok_1"])
+        rows = pipe.text_encoder.get_input_embeddings().weight[ids]
+        assert torch.equal(rows, vec)
+
+
+def test_output_reads_back_in_tihub_reader(tmp_path: Path) -> None:
+    """tihub's reader knows real CLIP widths only, so this run uses a 768-wide text encoder."""
+    pytest.importorskip("tihub.formats.reader")
+    from tihub.engine.tiny import tiny_sd1_pipeline
+    from tihub.formats import read_embedding
+
+    pipe = tiny_sd1_pipeline(text_width=768)
+    model = tmp_path / "sd1-768"
+    pipe.save_pretrained(model)
+    result = train(_cfg(tmp_path, model, steps=2, also_pt=True, png_card=True), log=_quiet, pipe=pipe)
+    for path in [result.output, *result.extra_outputs]:
+        emb = read_embedding(path)
+        assert emb.vector_count == 2 and emb.widths == {"clip_l": 768}, path
+        assert emb.step == 2 and emb.sd_checkpoint == result.sd_checkpoint and emb.sd_checkpoint
+    assert {p.suffix for p in result.extra_outputs} == {".pt", ".png"}
+
+
+def test_sdxl_output_loads_in_diffusers_both_encoders(tmp_path: Path, tiny_sdxl_dir: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    result = train(_cfg(tmp_path, tiny_sdxl_dir), log=_quiet)
+    sd = load_file(str(result.output))
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl_dir))
+    pipe.load_textual_inversion(sd["clip_l"], token="foxtok", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+    pipe.load_textual_inversion(sd["clip_g"], token="foxtok", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
+    ids = pipe.tokenizer_2.convert_tokens_to_ids(["foxtok", "foxtok_1"])
+    assert torch.equal(pipe.text_encoder_2.get_input_embeddings().weight[ids], sd["clip_g"])
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_continues_exactly(tmp_path: Path, tiny_sd1_dir: Path) -> None:
+    kw = dict(steps=10, save_every=3, lr="0.05:4, 0.02", batch_size=2, flip=True, latent_sampling="random", shuffle_tags=True, tag_dropout=0.3)
+    whole = train(_cfg(tmp_path / "a", tiny_sd1_dir, **kw), log=_quiet)
+
+    def stop_at_8(info: dict) -> None:  # type: ignore[type-arg]
+        if info["step"] == 8:
+            raise _Stop
+
+    cfg = _cfg(tmp_path / "b", tiny_sd1_dir, **kw)
+    with pytest.raises(_Stop):
+        train(cfg, log=_quiet, progress=stop_at_8)
+    assert not cfg.embeddings_dir.joinpath("foxtok.safetensors").exists()
+    lines: list[str] = []
+    cfg.resume = True
+    resumed = train(cfg, log=lines.append)
+    assert any("Resuming 'foxtok' at step 6" in line for line in lines)
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(str(whole.output))["emb_params"], load_file(str(resumed.output))["emb_params"])
+    assert whole.loss_csv.read_text() == resumed.loss_csv.read_text()
+    assert [p.name for p in resumed.checkpoints] == ["foxtok-3.safetensors", "foxtok-6.safetensors", "foxtok-9.safetensors", "foxtok-10.safetensors"]
+    assert resumed.loss_png is not None and resumed.loss_png.stat().st_size > 0
+
+
+def test_grad_accum_clip_alpha_and_v_prediction(tmp_path: Path) -> None:
+    from tihub.engine.tiny import build_tiny_sd1
+
+    model = build_tiny_sd1(tmp_path / "vpred", prediction_type="v_prediction")
+    pics = tmp_path / "alpha"
+    pics.mkdir()
+    arr = np.random.default_rng(0).integers(0, 255, (64, 80, 4), dtype=np.uint8)
+    Image.fromarray(arr, "RGBA").save(pics / "a.png")
+    result = train(
+        _cfg(tmp_path, model, images=pics, grad_accum=2, clip_grad="norm:0.01", alpha_as_loss_weight=True, latent_sampling="deterministic", init_text=""),
+        log=_quiet,
+    )
+    assert result.final_loss is not None and np.isfinite(result.final_loss)
+    rows = result.loss_csv.read_text().splitlines()
+    assert rows[0] == "step,epoch,epoch_step,loss,learn_rate" and len(rows) == 7
+
+
+def test_bad_inputs_stop_before_any_work(tmp_path: Path, tiny_sd1_dir: Path) -> None:
+    def refused(match: str, model: Path = tiny_sd1_dir, **kw) -> None:  # type: ignore[no-untyped-def]
+        cfg = _cfg(tmp_path, model, **kw)
+        with pytest.raises(ConfigError, match=match) as info:
+            train(cfg, log=_quiet)
+        assert "\n" not in str(info.value)
+        assert not Path(cfg.run_dir).exists()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused("holds no PNG", images=empty)
+    refused("is not a folder", images=tmp_path / "missing")
+    refused("--vectors 0 is out of range", vectors=0)
+    refused("--vectors 76 is out of range", vectors=76)
+    refused("cannot be used as a prompt word", name="../evil")
+    refused("not a valid schedule", lr="fast")
+    refused("--clip-grad", clip_grad="max:3")
+    refused("--resume found no checkpoint", resume=True)
+    refused("--model .* does not exist", model=tmp_path / "nomodel")
+    emb_dir = tmp_path / "home" / "embeddings"
+    emb_dir.mkdir(parents=True)
+    (emb_dir / "foxtok.pt").write_bytes(b"x")
+    refused("already exists", images=_pictures(tmp_path / "p2"))
+    (emb_dir / "foxtok.pt").unlink()
+    # an init embedding whose width does not fit the model (768 vs the tiny model's 32)
+    from safetensors.torch import save_file
+
+    wide = tmp_path / "wide.safetensors"
+    save_file({"emb_params": torch.zeros(1, 768)}, str(wide))
+    try:
+        import tihub.formats.reader  # noqa: F401
+    except ImportError:
+        return
+    refused("width", init_text=str(wide))

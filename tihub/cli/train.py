@@ -1,0 +1,153 @@
+"""`tihub train`: a folder of pictures in, a new embedding out (torch is imported only when it runs)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tihub.cli._common import Context, echo_json, pass_ctx
+
+TEMPLATE_HELP = "subject | style | subject_filewords | style_filewords | a text file (one prompt per line with [name] and [filewords])"
+
+
+class _Bar:
+    """Progress: a tqdm bar on a terminal, a line every 10% otherwise."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.every = 0
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        step, total = info["step"], info["total"]
+        loss = "-" if info["loss"] is None else f"{info['loss']:.4f}"
+        if sys.stderr.isatty():
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=step - 1, unit="step", dynamic_ncols=True, file=sys.stderr)
+            self.bar.set_postfix_str(f"loss {loss} lr {info['lr']:.3g}", refresh=False)
+            self.bar.update(1)
+            return
+        self.every = self.every or max(1, total // 10)
+        if step % self.every == 0 or step == total:
+            eta = info["eta_s"]
+            eta_txt = "-" if eta is None else f"{int(eta) // 60}:{int(eta) % 60:02d}"
+            click.echo(f"step {step}/{total}  loss {loss}  lr {info['lr']:.3g}  {info['it_s']:.2f} it/s  ETA {eta_txt}", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@click.command("train")
+@click.argument("name")
+@click.option("--images", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder of PNG/JPEG/WEBP pictures; captions in same-name .txt files (else the file name).")
+@click.option("--model", required=True, metavar="PATH", help="The model to train on (a diffusers folder or a model file).")
+@click.option("--vectors", default=1, show_default=True, type=int, help="Vectors per token (1-75).")
+@click.option("--init-text", default="*", show_default=True, help="Words the vectors start from (spread over the vectors; empty = zeros), or an embedding file.")
+@click.option("--steps", default=1000, show_default=True, type=int, help="Optimizer steps.")
+@click.option("--lr", default="0.005", show_default=True, help='Learning rate or A1111 schedule, e.g. "0.005:100, 1e-3:1000, 1e-5".')
+@click.option("--batch-size", default=1, show_default=True, type=int)
+@click.option("--grad-accum", default=1, show_default=True, type=int, help="Micro-batches per optimizer step.")
+@click.option("--size", default="auto", show_default=True, help="Training size: N, WxH, auto (the model's native size) or none (keep sizes; batches never mix sizes).")
+@click.option("--template", default="style_filewords", show_default=True, help=TEMPLATE_HELP)
+@click.option("--shuffle-tags", is_flag=True, help="Shuffle the comma-separated tags of each caption.")
+@click.option("--tag-dropout", default=0.0, show_default=True, type=float, help="Drop each caption tag with this probability.")
+@click.option("--flip", is_flag=True, help="Also train on mirror images of every picture.")
+@click.option("--clip-grad", default=None, metavar="value:V|norm:V", help="Gradient clipping (V may be a schedule).")
+@click.option("--latent-sampling", default="once", show_default=True, type=click.Choice(["once", "deterministic", "random"]))
+@click.option("--alpha-as-loss-weight", is_flag=True, help="Weight the loss by the pictures' transparency.")
+@click.option("--save-every", default=500, show_default=True, type=int, help="Checkpoint every N steps (0 = only at the end).")
+@click.option("--preview-every", default=0, show_default=True, type=int, help="Preview picture every N steps (0 = none).")
+@click.option("--preview-prompt", default=None, help="Prompt for previews ([name] = the embedding); default: the template's first line.")
+@click.option("--preview-steps", default=20, show_default=True, type=int)
+@click.option("--preview-seed", default=None, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--resume", is_flag=True, help="Continue from the run folder's last checkpoint (same step count, schedule and randomness).")
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "fp16", "bf16"]))
+@click.option("--gradient-checkpointing", is_flag=True, help="Less GPU memory, about 30% slower.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing embedding (and run folder) of this name.")
+@click.option("--also-pt", is_flag=True, help="Also write an A1111 .pt next to the .safetensors.")
+@click.option("--png-card", is_flag=True, help="Also write an A1111 PNG embedding card in the run folder.")
+@click.option("--run-dir", default=None, type=click.Path(file_okay=False, path_type=Path), help="Run folder (default WORKSPACE/train/NAME).")
+@click.option("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda when available).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_ctx
+def train_cmd(ctx: Context, name: str, images: Path, model: str, size: str, run_dir: Path | None, as_json: bool, **opts: Any) -> None:
+    """Train a new embedding NAME on a folder of pictures.
+
+    Only the new vectors learn (for SDXL: clip_l and clip_g); latents are computed once; the
+    result goes to embeddings/NAME.safetensors with the model's hash, checkpoints and the loss
+    log to the run folder, and the catalogue records the run (`tihub show NAME`).
+
+    \b
+    Example:
+      tihub train mycat --images ./cat-photos --model ./sd15 --vectors 4 \\
+          --template subject --steps 2000 --lr "0.005:200, 0.001" --flip
+      tihub train mycat --images ./cat-photos --model ./sd15 --steps 4000 --resume
+    """
+    from tihub.engine.lr_schedule import validate_schedule
+    from tihub.engine.train import TrainConfig, parse_size
+
+    ws = ctx.workspace
+    validate_schedule(opts["lr"])
+    preview_steps = opts.pop("preview_steps")
+    preview_seed = opts.pop("preview_seed")
+    cfg = TrainConfig(
+        name=name,
+        images=images,
+        model=model,
+        embeddings_dir=ws.embeddings_dir,
+        run_dir=run_dir or (ws.train_dir / name),
+        size=parse_size(size),
+        preview_steps=preview_steps,
+        preview_seed=preview_seed,
+        **opts,
+    )
+    from tihub.engine.train import check_config
+
+    check_config(cfg)  # every refusal before anything heavy is imported
+    try:
+        from tihub.catalog.store import Catalog
+
+        cfg.catalog = Catalog(ctx.engine(), ws)
+    except ImportError:  # pragma: no cover - catalogue not built in this install
+        cfg.catalog = None
+    from tihub.engine.train import train
+
+    click.echo(f"Run folder: {cfg.run_dir}", err=True)
+    bar = _Bar()
+    try:
+        result = train(cfg, log=lambda line: click.echo(line, err=True), progress=bar)
+    finally:
+        bar.close()
+    if as_json:
+        echo_json(
+            {
+                "name": result.name,
+                "output": str(result.output),
+                "extra_outputs": [str(p) for p in result.extra_outputs],
+                "run_dir": str(result.run_dir),
+                "steps": result.steps,
+                "pictures": result.pictures,
+                "final_loss": result.final_loss,
+                "sd_checkpoint": result.sd_checkpoint,
+                "checkpoints": [str(p) for p in result.checkpoints],
+                "previews": [str(p) for p in result.previews],
+                "loss_csv": str(result.loss_csv),
+                "loss_png": str(result.loss_png) if result.loss_png else None,
+                "seconds": round(result.seconds, 2),
+                "file_id": result.file_id,
+            }
+        )
+        return
+    loss = "-" if result.final_loss is None else f"{result.final_loss:.4f}"
+    click.echo(f"Trained {result.name} on {result.pictures}: {result.steps} steps in {result.seconds:.1f} s, last loss {loss}.")
+    for p in [result.output, *result.extra_outputs]:
+        click.echo(f"  wrote {p}")
+    click.echo(f"  model hash {result.sd_checkpoint or 'unknown'}; {len(result.checkpoints)} checkpoints, loss log {result.loss_csv}")
+    if result.loss_png:
+        click.echo(f"  loss plot {result.loss_png}")
