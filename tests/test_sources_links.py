@@ -187,7 +187,7 @@ def test_page_failures_and_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
             run_index(index, spec(srv.url + "/a", allow_private=False), Ctx())
         assert srv.server.requests == []
         # A multi-MB page is fine; past the cap it is refused, streamed or declared.
-        big = "<html><body>" + "<p>filler text</p>" * 300_000 + '<p><a href="https://files.catbox.moe/big123.pt">Big</a></p></body></html>'
+        big = "<html><body>" + "<div><p>filler text</p>" * 20_000 + "<p>" + "filler text " * 450_000 + "</p>" + "</div>" * 20_000 + '<p><a href="https://files.catbox.moe/big123.pt">Big</a></p></body></html>'
         url = srv.set("/big", big, chunks=20)
         assert len(big) > 5_000_000 and [c.name for c in run_index(index, spec(url), Ctx())] == ["Big"]
         monkeypatch.setattr(_http, "PAGE_CAP", 1_000_000)

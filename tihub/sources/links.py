@@ -250,7 +250,13 @@ class _Node:
         self.heading = heading
 
     def joined(self, limit: int = 4000) -> str:
-        return _clean(" ".join(self.text), limit)
+        out, size = [], 0
+        for t in self.text:  # only the first few KB of a block matter; never join megabytes
+            out.append(t)
+            size += len(t) + 1
+            if size > 4 * limit:
+                break
+        return _clean(" ".join(out)[: 4 * limit], limit)
 
 
 class _PageParser(HTMLParser):
