@@ -138,3 +138,12 @@ def test_like_fallback_without_fts(cat: Catalog, monkeypatch: pytest.MonkeyPatch
     for q in HOSTILE:
         assert isinstance(cat.search(q), list)
     assert cat.search("%") == [] and cat.search("_") == []
+
+
+def test_filtered_out_best_matches_do_not_hide_others(cat: Catalog) -> None:
+    # the 200 best-ranked matches are NSFW; the one safe match must still come back
+    cat.ingest(SourceSpec("lots", "civitai"), [c(f"g{i}", f"glitter{i}", title="glitter glitter", nsfw=True)
+                                               for i in range(200)])
+    cat.ingest(SourceSpec("one", "git"), [c("s", "safe-one", description="has some glitter in it")])
+    assert names(cat.search("glitter", limit=5)) == ["safe-one"]
+    assert len(cat.search("glitter", limit=5, nsfw=True)) == 5

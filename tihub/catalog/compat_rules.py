@@ -7,6 +7,7 @@ base model its source declares ("SD 1.5", "Pony", "Waifu Diffusion v1.3", ...).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 
@@ -45,6 +46,7 @@ _SD1_WORDS = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_base(declared: str | None) -> str:
     """Map a declared base-model text to sd1 | sd2 | sdxl | unknown."""
     if not declared:

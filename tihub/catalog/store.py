@@ -84,10 +84,15 @@ class SyncResult:
         return asdict(self)
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
 def _dumps(value: Any) -> str | None:
     if value is None:
         return None
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    if not value and isinstance(value, (list, dict)):
+        return "[]" if isinstance(value, list) else "{}"
+    return _ENCODER.encode(value)
 
 
 def _loads(value: str | None, default: Any = None) -> Any:
@@ -250,8 +255,8 @@ class Catalog:
         E, F, EF = S.entries, S.files, S.entry_files
         ecols = [E.c.id, E.c.remote_id] + [E.c[f] for f in _ENTRY_FIELDS]
         existing: dict[str, tuple[Any, ...]] = {}
-        for row in conn.execute(select(*ecols).where(E.c.source_id == sid)):
-            existing[row[1]] = tuple(row)
+        for row in conn.execute(select(*ecols).where(E.c.source_id == sid)).tuples():
+            existing[row[1]] = row
         links: dict[int, dict[int, tuple[str | None, int]]] = defaultdict(dict)
         for eid, fid, url, manual in conn.execute(
             select(EF.c.entry_id, EF.c.file_id, EF.c.url, EF.c.manual)
@@ -263,13 +268,14 @@ class Catalog:
         fcols = [F.c.id, F.c.sha256] + [F.c[f] for f in _FILE_META]
         files_by_id: dict[int, dict[str, Any]] = {}
         linked_ids = sorted({fid for d in links.values() for fid in d})
+        fkeys = ["id", "sha256", *_FILE_META]
         for chunk in _chunks(linked_ids):
-            for row in conn.execute(select(*fcols).where(F.c.id.in_(chunk))):
-                files_by_id[row.id] = dict(row._mapping)
+            for row in conn.execute(select(*fcols).where(F.c.id.in_(chunk))).tuples():
+                files_by_id[row[0]] = dict(zip(fkeys, row))
         need_shas = sorted({f.sha256.lower() for c in cands.values() for f in c.files if f.sha256})
         for chunk in _chunks(need_shas):
-            for row in conn.execute(select(*fcols).where(F.c.sha256.in_(chunk))):
-                files_by_id[row.id] = dict(row._mapping)
+            for row in conn.execute(select(*fcols).where(F.c.sha256.in_(chunk))).tuples():
+                files_by_id[row[0]] = dict(zip(fkeys, row))
         files_by_sha = {f["sha256"]: f for f in files_by_id.values() if f["sha256"]}
 
         new_files: dict[str, dict[str, Any]] = {}  # sha -> row (new, with a sha)
@@ -589,13 +595,24 @@ class Catalog:
                 if match is None:
                     return []
                 params["match"] = match
-                params["raw"] = q.lower()
+                filters = "".join(f" AND {w}" for w in where)
+                if lim > 0:
+                    # Rank inside FTS5 alone (like a bare MATCH ... ORDER BY rank LIMIT k), then
+                    # filter the few best; only when filters reject too many, rank every match.
+                    params["k"] = lim * 4 + 40
+                    fast = (
+                        f"SELECT e.id FROM (SELECT rowid AS rid, {_BM25} AS score FROM entries_fts "
+                        "WHERE entries_fts MATCH :match ORDER BY score LIMIT :k) h "
+                        "CROSS JOIN entries e ON e.id = h.rid WHERE 1 = 1" + filters + " ORDER BY h.score, e.id LIMIT :limit"
+                    )
+                    ids = [r[0] for r in conn.execute(text(fast), params)]
+                    if len(ids) == lim:
+                        rows = self._summaries(conn, ids)
+                        return self._with_fit(rows, family, model_hashes)
                 sql = (
-                    "SELECT e.id FROM entries_fts CROSS JOIN entries e ON e.id = entries_fts.rowid "
-                    "WHERE entries_fts MATCH :match"
-                    + "".join(f" AND {w}" for w in where)
-                    + f" ORDER BY (lower(e.name) = :raw) DESC, {_BM25}, e.id"
-                    + limit_sql
+                    f"SELECT e.id FROM (SELECT rowid AS rid, {_BM25} AS score FROM entries_fts "
+                    "WHERE entries_fts MATCH :match) h CROSS JOIN entries e ON e.id = h.rid WHERE 1 = 1"
+                    + filters + " ORDER BY h.score, e.id" + limit_sql
                 )
             elif q:
                 words = [w.lower() for w in re.findall(r"\w+", q)]
@@ -616,6 +633,10 @@ class Catalog:
                 sql += " ORDER BY e.name, e.id" + limit_sql
             ids = [r[0] for r in conn.execute(text(sql), params)]
             rows = self._summaries(conn, ids)
+        return self._with_fit(rows, family, model_hashes)
+
+    @staticmethod
+    def _with_fit(rows: list[dict[str, Any]], family: str | None, model_hashes: list[Any]) -> list[dict[str, Any]]:
         if family:
             for r in rows:
                 r["fit"] = fits(r["base"], family, r.get("sd_checkpoint"), model_hashes)
