@@ -1,0 +1,449 @@
+"""Index a git repository of embeddings without a full clone.
+
+1. `git ls-remote` gives the head commit of the branch (or HEAD); the same commit as last time
+   raises SourceUnchanged, so an unchanged repository costs one ls-remote.
+2. Otherwise a shallow, single-branch partial clone (`--filter=blob:limit=2k --no-checkout
+   --depth 1`) brings the trees and only the tiny blobs: git-LFS pointers (whose `oid sha256:`
+   is the file's content hash), `.gitattributes` and small READMEs. Embedding blobs stay on the
+   server; larger READMEs are fetched one by one, nothing else.
+3. `git ls-tree -r` lists the files; each `.pt/.bin/.safetensors` (optionally limited by `paths`
+   globs) becomes a Candidate. README sections that describe a file (heading matching its name)
+   give its description, declared model, steps and vector count.
+
+Hardened (research/security.md §7): only http/https/ssh/git (file only with `allow_file: true`),
+URLs starting with `-`, `ext::`/`transport::` forms and bare local paths refused, `--` before
+the URL, hooks off, symlinks and submodules ignored (never checked out), no credential prompts,
+no user/system git config, a time limit on every command; the clone lives in a temp dir that is
+removed afterwards.
+
+Download URLs: GitHub raw (media.githubusercontent.com for LFS), GitLab/gitgud `/-/raw/<commit>/`
+and Hugging Face `/resolve/<commit>/`; any other host (self-hosted, file://, git://, ssh) gets
+`git+<repo-url>@<commit>#path=<path>` with the parts in `CandidateFile.extra["git"]`
+({repo, commit, path, blob}) so the fetcher can read the blob with git.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import posixpath
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from tihub.errors import SourceError, UnsafeURL
+from tihub.net import URLPolicy, check_url, resolve
+from tihub.sources._http import SourceUnchanged, progress
+from tihub.sources.base import Candidate, CandidateFile
+
+log = logging.getLogger("tihub.sources")
+
+EMBED_SUFFIXES = (".pt", ".bin", ".safetensors")
+BLOB_LIMIT = 2048  # blobs at most this big come with the clone (LFS pointers, small READMEs)
+MAX_README = 1024 * 1024
+MAX_READMES = 8
+COMMAND_TIMEOUT = 300.0
+LFS_POINTER = re.compile(rb"^version https://git-lfs\.github\.com/spec/v1\noid sha256:([0-9a-f]{64})\nsize (\d+)\n?$")
+
+
+@dataclass(frozen=True)
+class GitURL:
+    url: str
+    scheme: str  # https | http | ssh | git | file
+    host: str | None
+    owner_repo: str | None  # "owner/repo" for web forges
+
+
+def parse_git_url(url: str, allow_file: bool, allow_private: bool) -> GitURL:
+    """Validate a git remote; raise UnsafeURL with the reason if it is refused."""
+    if not isinstance(url, str) or not url.strip():
+        raise UnsafeURL("The git source has no URL.")
+    url = url.strip()
+    if url.startswith("-") or any(c in url for c in "\r\n\t\x00 "):
+        raise UnsafeURL(f"The git URL {url!r} starts with '-' or contains whitespace; tihub refuses it.")
+    if "::" in url.split("/", 1)[0] or url.lower().startswith("ext::"):
+        raise UnsafeURL(f"The git URL {url!r} uses a transport helper (`<transport>::`); only https, ssh, git and file:// URLs are allowed.")
+    scp = re.match(r"^(?:([\w.+-]+)@)?([\w.-]+):(?!//)(.+)$", url)
+    if "://" not in url and scp:
+        user, host, path = scp.groups()
+        url = f"ssh://{user + '@' if user else ''}{host}/{path.lstrip('/')}"
+    if "://" not in url:
+        raise UnsafeURL(f"The git URL {url!r} is a local path; write it as file:///... and set `allow_file: true`.")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        raise UnsafeURL(f"The git URL {url!r} is malformed.") from None
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        if not allow_file:
+            raise UnsafeURL(f"The git URL {url!r} is a file:// URL; set `allow_file: true` on the source to index local repositories.")
+        return GitURL(url, "file", None, None)
+    if scheme not in ("https", "http", "ssh", "git"):
+        raise UnsafeURL(f"The git URL {url!r} uses {scheme!r}; only https, http, ssh and git (and file with allow_file) are allowed.")
+    host = parts.hostname
+    if not host or host.startswith("-"):
+        raise UnsafeURL(f"The git URL {url!r} has no valid host.")
+    if scheme in ("https", "http"):
+        check_url(url, URLPolicy(allow_private=allow_private))
+    else:
+        if parts.password or (parts.username or "").startswith("-"):
+            raise UnsafeURL(f"The git URL {url!r} carries a password or an option-like user; tihub refuses it.")
+        if not allow_private:
+            from tihub.net import _is_private
+
+            for ip in resolve(host):
+                if _is_private(ip):
+                    raise UnsafeURL(f"The git URL {url!r} points at the private or loopback address {ip}; set `allow_private: true` on the source to permit it.")
+    path = parts.path.strip("/")
+    path = path[:-4] if path.endswith(".git") else path
+    owner_repo = path if path.count("/") >= 1 else None
+    return GitURL(url, scheme, host.lower(), owner_repo)
+
+
+class Git:
+    """Run hardened git commands."""
+
+    def __init__(self, allow_file: bool, deadline: float | None, source: str) -> None:
+        protocols = ["http", "https", "ssh", "git"] + (["file"] if allow_file else [])
+        self.config = [
+            "-c", "protocol.allow=never",
+            *[x for p in protocols for x in ("-c", f"protocol.{p}.allow=always")],
+            "-c", "core.hooksPath=/dev/null",
+            "-c", "core.symlinks=false",
+            "-c", "core.fsmonitor=false",
+            "-c", "submodule.recurse=false",
+            "-c", "fetch.recurseSubmodules=false",
+            "-c", "credential.helper=",
+            "-c", "core.askPass=",
+            "-c", "http.followRedirects=initial",
+            "-c", "filter.lfs.smudge=",
+            "-c", "filter.lfs.process=",
+            "-c", "filter.lfs.required=false",
+            "-c", "safe.directory=*",
+        ]
+        keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "SSH_AUTH_SOCK", "SYSTEMROOT", "TMPDIR", "TEMP", "TMP")}
+        keep.setdefault("PATH", os.defpath)
+        self.env = {
+            **keep,
+            "LANG": "C",
+            "LC_ALL": "C",
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ASKPASS": "",
+            "SSH_ASKPASS": "",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_LFS_SKIP_SMUDGE": "1",
+            "GIT_PROTOCOL_FROM_USER": "0",
+            "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=20",
+        }
+        self.deadline = deadline
+        self.source = source
+
+    def run(self, args: list[str], cwd: str | None = None, input: bytes | None = None, what: str = "git") -> bytes:
+        timeout = COMMAND_TIMEOUT
+        if self.deadline is not None:
+            timeout = min(timeout, self.deadline - time.monotonic())
+            if timeout <= 0:
+                raise SourceError(f"Source {self.source!r} ran past its deadline during {what}; sync it again later.")
+        try:
+            proc = subprocess.run(
+                ["git", *self.config, *args], cwd=cwd, input=input, env=self.env,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, check=False,
+                stdin=None if input is not None else subprocess.DEVNULL,
+            )
+        except FileNotFoundError:
+            raise SourceError("git is not installed; install git to index git sources.") from None
+        except subprocess.TimeoutExpired:
+            raise SourceError(f"Source {self.source!r}: {what} took longer than {timeout:.0f} s; the repository may be too big or the server too slow.") from None
+        if proc.returncode != 0:
+            err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            last = next((line for line in reversed(err) if line.strip()), "no message")
+            raise SourceError(f"Source {self.source!r}: {what} failed ({_clean(last)}); check the URL and branch.")
+        return proc.stdout
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"[\x00-\x1f\x7f]", " ", text)[:300]
+
+
+def _ls_remote(git: Git, url: str, branch: str | None) -> str:
+    ref = f"refs/heads/{branch}" if branch else "HEAD"
+    out = git.run(["ls-remote", "--", url, ref], what="git ls-remote").decode("utf-8", "replace")
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 2 and re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", parts[0]) and parts[1] == ref:
+            return parts[0]
+    what = f"branch {branch!r}" if branch else "a default branch (HEAD)"
+    raise SourceError(f"Source {git.source!r}: the repository has no {what}; set `branch` to an existing one.")
+
+
+def raw_url(g: GitURL, commit: str, path: str, lfs: bool) -> str:
+    qpath = quote(path)
+    host = g.host or ""
+    if g.owner_repo and g.scheme in ("https", "http"):
+        base = f"{g.scheme}://{urlsplit(g.url).netloc}/{g.owner_repo}"
+        if host == "github.com":
+            owner, repo = g.owner_repo.split("/")[:2]
+            if lfs:
+                return f"https://media.githubusercontent.com/media/{owner}/{repo}/{commit}/{qpath}"
+            return f"https://raw.githubusercontent.com/{owner}/{repo}/{commit}/{qpath}"
+        if host in ("gitlab.com", "gitgud.io") or "gitlab" in host:
+            return f"{base}/-/raw/{commit}/{qpath}"
+        if host in ("huggingface.co", "hf.co"):
+            return f"{base}/resolve/{commit}/{qpath}"
+        if host == "codeberg.org":
+            return f"{base}/raw/commit/{commit}/{qpath}"
+    return f"git+{g.url}@{commit}#path={qpath}"
+
+
+def page_url(g: GitURL, commit: str, path: str) -> str | None:
+    if not g.owner_repo or g.scheme not in ("https", "http"):
+        return None
+    base = f"{g.scheme}://{urlsplit(g.url).netloc}/{g.owner_repo}"
+    if g.host == "github.com":
+        return f"{base}/blob/{commit}/{quote(path)}"
+    if g.host in ("gitlab.com", "gitgud.io") or "gitlab" in (g.host or ""):
+        return f"{base}/-/blob/{commit}/{quote(path)}"
+    return None
+
+
+# -- README sections ----------------------------------------------------------------------------
+
+_HEAD = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
+_SETEXT = re.compile(r"^\s{0,3}(=+|-+)\s*$")
+
+
+def readme_sections(text: str) -> list[tuple[str, str]]:
+    """(heading, body) pairs of a markdown README."""
+    lines = text.splitlines()
+    out: list[tuple[str, list[str]]] = [("", [])]
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = _HEAD.match(line)
+        if m:
+            out.append((m.group(2), []))
+        elif i + 1 < len(lines) and line.strip() and not line.lstrip().startswith(("-", "*", "|")) and _SETEXT.match(lines[i + 1]) and len(lines[i + 1].strip()) >= 3:
+            out.append((line.strip(), []))
+            i += 1
+        else:
+            out[-1][1].append(line)
+        i += 1
+    return [(h, "\n".join(b).strip()) for h, b in out]
+
+
+def _tokens(text: str) -> list[str]:
+    return [t for t in re.split(r"[^a-z0-9]+", text.lower()) if t]
+
+
+def split_stem(stem: str) -> tuple[str, int | None]:
+    """'bunyip-30000' -> ('bunyip', 30000); 'kanata-hololive' -> unchanged."""
+    m = re.match(r"^(.*?)[-_ ](\d{3,7})$", stem)
+    if m and m.group(1):
+        return m.group(1), int(m.group(2))
+    return stem, None
+
+
+def match_section(file_name: str, sections: list[tuple[str, str]]) -> tuple[str, str] | None:
+    stem = posixpath.splitext(file_name)[0]
+    core, _ = split_stem(stem)
+    want = set(_tokens(core))
+    if not want:
+        return None
+    best: tuple[int, int, tuple[str, str]] | None = None
+    for n, (heading, body) in enumerate(sections):
+        if not heading:
+            continue
+        if file_name in body or stem in body.split():
+            score = -1  # the section names the file itself
+        else:
+            have = set(_tokens(heading))
+            if not want <= have:
+                continue
+            score = len(have - want)
+        if best is None or (score, n) < best[:2]:
+            best = (score, n, (heading, body))
+    return best[2] if best else None
+
+
+def section_facts(heading: str, body: str) -> dict[str, Any]:
+    from tihub.sources.links import detect_base
+
+    facts: dict[str, Any] = {}
+    m = re.search(r"(?im)^\W*(?:base\s+)?model[^:\n]{0,20}:\s*(.+)$", body) or re.search(r"(?i)trained (?:on|with|using)\s+([^\n.,;]{3,80})", body)
+    if m:
+        facts["base_model"] = re.sub(r"[*_`]|\[([^\]]*)\]\([^)]*\)", r"\1", m.group(1)).strip()[:100]
+    else:
+        found = detect_base(f"{heading}\n{body}")
+        if found:
+            facts["base_model"] = found[0]
+    m = re.search(r"(?i)(\d[\d,.]*)\s*(k)?\s*steps", body) or re.search(r"(?i)steps?\W{0,3}(\d[\d,]*)(k)?", body)
+    if m:
+        try:
+            n = float(m.group(1).replace(",", ""))
+            facts["step"] = int(n * 1000) if m.group(2) else int(n)
+        except ValueError:
+            pass
+    m = re.search(r"(?i)(\d{1,3})\s*(?:vectors?|tokens?)(?:\s+per\s+token)?", body) or re.search(r"(?i)vectors?(?:\s+per\s+token)?\W{0,3}(\d{1,3})", body)
+    if m:
+        facts["vectors"] = int(m.group(1))
+    return facts
+
+
+# -- the indexer --------------------------------------------------------------------------------
+
+
+def _glob_ok(path: str, globs: list[str]) -> bool:
+    if not globs:
+        return True
+    return any(fnmatch.fnmatchcase(path, g) or fnmatch.fnmatchcase(path, g.rstrip("/") + "/*") for g in globs)
+
+
+def index(spec: Any, ctx: Any) -> Iterator[Candidate]:
+    """Yield one Candidate per embedding file in the repository."""
+    allow_file = bool(spec.get("allow_file", False))
+    g = parse_git_url(spec.get("url") or "", allow_file, bool(spec.allow_private))
+    branch = spec.get("branch") or None
+    if branch is not None and (branch.startswith("-") or not re.fullmatch(r"[\w./-]{1,200}", branch) or ".." in branch):
+        raise SourceError(f"Source {spec.name!r}: the branch name {branch!r} is not valid.")
+    globs = [p for p in spec.get("paths") or []]
+    git = Git(allow_file, getattr(ctx, "deadline", None), spec.name)
+    commit = _ls_remote(git, g.url, branch)
+    config_key = {"url": g.url, "branch": branch, "paths": globs}
+    state = ctx.state or {}
+    if state.get("commit") == commit and state.get("config") == config_key:
+        raise SourceUnchanged(spec.name)
+    progress(ctx, f"cloning {g.url} at {commit[:12]}")
+    tmp = tempfile.mkdtemp(prefix="tihub-git-")
+    try:
+        cands = list(_index_clone(git, g, branch, commit, globs, os.path.join(tmp, "repo")))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ctx.set_state("commit", commit)
+    ctx.set_state("config", config_key)
+    yield from cands
+
+
+def _index_clone(git: Git, g: GitURL, branch: str | None, commit: str, globs: list[str], dest: str) -> Iterator[Candidate]:
+    args = ["clone", "--quiet", f"--filter=blob:limit={BLOB_LIMIT}", "--no-checkout", "--depth", "1",
+            "--single-branch", "--no-tags", "--no-recurse-submodules"]
+    if branch:
+        args += ["--branch", branch]
+    git.run([*args, "--", g.url, dest], what="git clone")
+    head = git.run(["rev-parse", "HEAD"], cwd=dest, what="git rev-parse").decode().strip()
+    if head != commit:
+        log.info("%s moved from %s to %s during the sync", g.url, commit[:12], head[:12])
+        commit = head
+    listing = git.run(["ls-tree", "-r", "-z", "--full-tree", "HEAD"], cwd=dest, what="git ls-tree")
+    entries: list[tuple[str, str, str]] = []  # (mode, oid, path)
+    for rec in listing.split(b"\0"):
+        if not rec:
+            continue
+        meta, _, path_b = rec.partition(b"\t")
+        mode, otype, oid = meta.decode().split()
+        path = path_b.decode("utf-8", "replace")
+        if otype != "blob" or mode not in ("100644", "100755"):
+            continue  # symlinks (120000) and submodules (160000) are never followed
+        if path.startswith("/") or ".." in path.split("/"):
+            continue
+        entries.append((mode, oid, path))
+    missing = {
+        line[1:].split()[0]
+        for line in git.run(["rev-list", "--objects", "--missing=print", "HEAD"], cwd=dest, what="git rev-list").decode().splitlines()
+        if line.startswith("?")
+    }
+    embeds = [(oid, p) for _, oid, p in entries if p.lower().endswith(EMBED_SUFFIXES) and _glob_ok(p, globs)]
+    embed_dirs = {posixpath.dirname(p) for _, p in embeds}
+    readmes = [(oid, p) for _, oid, p in entries
+               if re.fullmatch(r"readme(\.(md|markdown|txt))?", posixpath.basename(p).lower())
+               and (posixpath.dirname(p) == "" or posixpath.dirname(p) in embed_dirs or any(d.startswith(posixpath.dirname(p) + "/") for d in embed_dirs))]
+    readmes.sort(key=lambda x: (x[1].count("/"), x[1]))
+    readmes = readmes[:MAX_READMES]
+    # Blobs we read: present small ones (LFS pointers, tiny embeddings) + READMEs (lazily fetched).
+    want = [oid for oid, _ in embeds if oid not in missing] + [oid for oid, _ in readmes]
+    blobs = _cat_blobs(git, dest, want)
+    sections: dict[str, list[tuple[str, str]]] = {}
+    for oid, p in readmes:
+        data = blobs.get(oid)
+        if data:
+            sections[p] = readme_sections(data[:MAX_README].decode("utf-8", "replace"))
+    for n, (oid, path) in enumerate(embeds):
+        data = blobs.get(oid)
+        sha256 = size = None
+        lfs = False
+        if data is not None:
+            m = LFS_POINTER.match(data)
+            if m:
+                sha256, size, lfs = m.group(1).decode(), int(m.group(2)), True
+            else:
+                import hashlib
+
+                sha256, size = hashlib.sha256(data).hexdigest(), len(data)
+        name = posixpath.basename(path)
+        stem = posixpath.splitext(name)[0]
+        core, steps = split_stem(stem)
+        section = None
+        # The README nearest to the file first, then the root one.
+        for rp in sorted(sections, key=lambda r: (-(posixpath.dirname(r) == posixpath.dirname(path)), r.count("/"))):
+            section = match_section(name, sections[rp])
+            if section:
+                anchor = re.sub(r"[^\w\- ]", "", section[0].lower()).strip().replace(" ", "-")
+                readme_path = rp
+                break
+        facts = section_facts(*section) if section else {}
+        url = raw_url(g, commit, path, lfs)
+        cfile = CandidateFile(
+            file_name=name,
+            url=url,
+            size=size,
+            sha256=sha256,
+            hashes={"git_blob": oid},
+            format=posixpath.splitext(name)[1].lstrip(".").lower(),
+            vectors=facts.get("vectors"),
+            step=facts.get("step", steps),
+            extra={"git": {"repo": g.url, "commit": commit, "path": path, "blob": oid}, "lfs": lfs},
+        )
+        desc = None
+        extra: dict[str, Any] = {"commit": commit, "path": path}
+        if section:
+            desc = re.sub(r"\s+", " ", f"{section[0]}: {section[1]}").strip()[:1000]
+            extra["readme"] = {"path": readme_path, "heading": section[0], "anchor": anchor}
+        yield Candidate(
+            remote_id=path,
+            name=stem,
+            title=section[0] if section else stem,
+            description=desc,
+            triggers={"a1111": stem},
+            base_model=facts.get("base_model"),
+            page_url=page_url(g, commit, path),
+            files=[cfile],
+            extra=extra,
+        )
+        del n
+
+
+def _cat_blobs(git: Git, cwd: str, oids: list[str]) -> dict[str, bytes]:
+    """Contents of `oids` via one `git cat-file --batch` (missing READMEs are fetched lazily)."""
+    if not oids:
+        return {}
+    out = git.run(["cat-file", "--batch"], cwd=cwd, input=("\n".join(oids) + "\n").encode(), what="git cat-file")
+    blobs: dict[str, bytes] = {}
+    pos = 0
+    while pos < len(out):
+        nl = out.index(b"\n", pos)
+        header = out[pos:nl].decode().split()
+        pos = nl + 1
+        if len(header) == 2 and header[1] == "missing":
+            continue
+        oid, _type, size = header[0], header[1], int(header[2])
+        blobs[oid] = out[pos : pos + size]
+        pos += size + 1
+    return blobs
