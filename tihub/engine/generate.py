@@ -1,0 +1,395 @@
+"""Text-to-image generation with A1111 prompt semantics and embeddings from the workspace.
+
+`Engine` is the long-lived object (one model + the embeddings folder as vocabulary); it sees
+embedding files added, replaced or removed on its next prompt. `generate(...)` is the one-call
+library entry point (used by the CLI, the grid and the trainer's previews).
+
+One image batch (`Engine.run`) goes through these stages:
+1. prompt schedules: `[from:to:when]` and `[a|b]` become per-step texts (A1111's rules);
+2. conditioning: every distinct text is encoded once, embeddings spliced in (conditioning.py);
+3. noise: one CPU generator per image seeded with its seed, so an image does not depend on the
+   batch it is in, and the same seed + settings give the same image on the same device;
+4. denoising: one diffusers pipeline call for the whole batch, classifier-free guidance as one
+   2N-batch UNet forward; when a schedule changes the text, a step-end callback swaps the
+   conditioning for the next step;
+5. output: PIL images; `generate` saves them as `00000-SEED.png` with A1111 infotext.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tihub import __version__
+from tihub.engine.conditioning import Cond, PromptEncoder
+from tihub.engine.models import LoadedModel, from_pipeline, load_model
+from tihub.engine.prompts import prompt_schedule
+from tihub.engine.samplers import DEFAULT, canonical, make_scheduler
+from tihub.engine.vocabulary import Vocabulary
+from tihub.errors import ConfigError
+from tihub.formats.model import Embedding
+from tihub.infotext import build_infotext, pnginfo_chunk, ti_hashes_value
+
+MAX_SEED = 2**32 - 1
+
+
+@dataclass
+class Settings:
+    steps: int = 20
+    sampler: str = DEFAULT
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    clip_skip: int = 1
+
+    def check(self) -> None:
+        if self.width % 8 or self.height % 8 or self.width < 8 or self.height < 8:
+            raise ConfigError(f"Size {self.width}x{self.height} is not a multiple of 8; use e.g. {max(8, self.width // 8 * 8)}x{max(8, self.height // 8 * 8)}.")
+        if self.steps < 1 or self.steps > 1000:
+            raise ConfigError(f"Steps {self.steps} is out of range; use 1 to 1000.")
+        if self.clip_skip < 1 or self.clip_skip > 12:
+            raise ConfigError(f"Clip skip {self.clip_skip} is out of range; use 1 to 12.")
+        self.sampler = canonical(self.sampler)
+
+
+@dataclass
+class Result:
+    images: list[Any]
+    seeds: list[int]
+    infotexts: list[str]
+    paths: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    used: list[str] = field(default_factory=list)  # embedding names used (prompt + negative)
+
+    @property
+    def path(self) -> Path | None:
+        return self.paths[0] if self.paths else None
+
+
+def parse_size(size: str | int | None, default: int = 512) -> tuple[int, int]:
+    """`WxH` or `N` (square) -> (width, height)."""
+    if size is None or size == "":
+        return default, default
+    text = str(size).strip().lower()
+    m = re.fullmatch(r"(\d+)(?:\s*[x×]\s*(\d+))?", text)
+    if not m:
+        raise ConfigError(f"Size '{size}' is not WxH or N; use e.g. 512x768 or 512.")
+    w = int(m.group(1))
+    return w, int(m.group(2) or w)
+
+
+def resolve_seed(seed: int | None) -> int:
+    if seed is None or int(seed) < 0:
+        return random.randrange(0, MAX_SEED)
+    return int(seed) & MAX_SEED
+
+
+class Engine:
+    """A model plus the embeddings vocabulary; reuse it for many generations."""
+
+    def __init__(
+        self,
+        model: LoadedModel | Any,
+        embeddings_dir: str | os.PathLike[str] | None = None,
+        extra: dict[str, Embedding] | None = None,
+    ) -> None:
+        self.model = model if isinstance(model, LoadedModel) else from_pipeline(model)
+        self.vocabulary = Vocabulary(Path(embeddings_dir) if embeddings_dir else None, dict(extra or {}))
+        self._encoders: dict[int, PromptEncoder] = {}
+        self._base_scheduler = dict(self.model.pipe.scheduler.config)
+
+    @classmethod
+    def load(cls, model: str | os.PathLike[str], embeddings_dir: Any = None, device: Any = None, dtype: Any = None, hash_cache: Any = None) -> Engine:
+        return cls(load_model(model, device=device, dtype=dtype, hash_cache=hash_cache), embeddings_dir)
+
+    def encoder(self, clip_skip: int = 1) -> PromptEncoder:
+        if clip_skip not in self._encoders:
+            self._encoders[clip_skip] = PromptEncoder(self.model.pipe, self.model.family, self.vocabulary, clip_skip)
+        return self._encoders[clip_skip]
+
+    def explain(self, prompt: str, steps: int = 20) -> dict[str, Any]:
+        return explain_prompt(prompt, steps, self.encoder().tokenizer, self.vocabulary)
+
+    # -- one batched pipeline call -----------------------------------------------------------
+
+    def run(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings) -> tuple[list[Any], list[list[str]]]:
+        """Images for parallel lists of prompts/negatives/seeds, in one pipeline call."""
+        import torch
+
+        settings.check()
+        pipe = self.model.pipe
+        family = self.model.family
+        enc = self.encoder(settings.clip_skip)
+        n = len(prompts)
+        steps = settings.steps
+
+        # 1. schedules: per image, the text in force at each step (A1111: step i uses the first
+        #    entry whose end_step >= i, counting steps from 0)
+        def per_step(text: str) -> list[str]:
+            sched = prompt_schedule(text, steps)
+            return [next((t for end, t in sched if i <= end), sched[-1][1]) for i in range(steps)]
+
+        pos_steps = [per_step(p) for p in prompts]
+        neg_steps = [per_step(q) for q in negatives]
+
+        # 2. conditioning: each distinct text once
+        cache: dict[str, Cond] = {}
+        used: list[list[str]] = [[] for _ in range(n)]
+        for b in range(n):
+            for text in dict.fromkeys(pos_steps[b] + neg_steps[b]):
+                if text not in cache:
+                    cache[text], tok = enc.encode(text)
+                else:
+                    tok = None
+                if tok is None:
+                    tok = enc.tokenizer.tokenize(text)
+                for name in tok.used:
+                    if name not in used[b]:
+                        used[b].append(name)
+        empty = cache.get("") or enc.encode("")[0]
+        longest = max(c.hidden.shape[0] for c in cache.values())
+        device, dtype = self.model.device, self.model.dtype
+
+        def stack(texts: list[str]) -> tuple[Any, Any]:
+            rows, pooled = [], []
+            for t in texts:
+                c = cache[t]
+                h = c.hidden
+                while h.shape[0] < longest:  # pad with empty-prompt chunks, as A1111
+                    h = torch.cat([h, empty.hidden], dim=0)
+                rows.append(h)
+                pooled.append(c.pooled)
+            hidden = torch.stack(rows).to(device=device, dtype=dtype)
+            pool = torch.stack(pooled).to(device=device, dtype=dtype) if family == "sdxl" else None
+            return hidden, pool
+
+        def at(i: int) -> tuple[Any, Any, Any, Any]:
+            ph, pp = stack([s[i] for s in pos_steps])
+            nh, np_ = stack([s[i] for s in neg_steps])
+            return ph, nh, pp, np_
+
+        # 3. noise: one CPU generator per image
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        shape = (pipe.unet.config.in_channels, settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor)
+        latents = torch.cat([torch.randn((1, *shape), generator=g, dtype=torch.float32) for g in gens]).to(device=device, dtype=dtype)
+
+        # 4. denoise in one call; swap conditioning when a schedule moves on
+        pipe.scheduler = make_scheduler(settings.sampler, self._base_scheduler)
+        ph, nh, pp, np_ = at(0)
+        cfg = settings.cfg_scale > 1.0
+        changes = {i for i in range(1, steps) if any(s[i] != s[i - 1] for s in pos_steps + neg_steps)}
+
+        def on_step_end(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if i + 1 not in changes:
+                return {}
+            ph2, nh2, pp2, np2 = at(i + 1)
+            out = {"prompt_embeds": torch.cat([nh2, ph2]) if cfg else ph2}
+            if family == "sdxl":
+                out["add_text_embeds"] = torch.cat([np2, pp2]) if cfg else pp2
+            return out
+
+        kwargs: dict[str, Any] = dict(
+            prompt_embeds=ph,
+            negative_prompt_embeds=nh,
+            num_inference_steps=steps,
+            guidance_scale=settings.cfg_scale,
+            width=settings.width,
+            height=settings.height,
+            generator=gens,
+            latents=latents,
+            output_type="pil",
+        )
+        if family == "sdxl":
+            kwargs.update(pooled_prompt_embeds=pp, negative_pooled_prompt_embeds=np_)
+        if changes:
+            kwargs["callback_on_step_end"] = on_step_end
+            kwargs["callback_on_step_end_tensor_inputs"] = ["prompt_embeds"] + (["add_text_embeds"] if family == "sdxl" else [])
+        with torch.inference_mode():
+            images = pipe(**kwargs).images
+        return images, used
+
+    # -- infotext ---------------------------------------------------------------------------
+
+    def infotext(self, prompt: str, negative: str, seed: int, settings: Settings, used: list[str], extra: dict[str, Any] | None = None) -> str:
+        hashes = {}
+        for name in used:
+            sha = self.vocabulary.sha256(name)
+            if sha:
+                hashes[name] = sha
+        params: dict[str, Any] = {
+            "Steps": settings.steps,
+            "Sampler": settings.sampler,
+            "CFG scale": f"{settings.cfg_scale:g}",
+            "Seed": seed,
+            "Size": f"{settings.width}x{settings.height}",
+            "Model hash": self.model.hash,
+            "Model": self.model.name,
+            "Clip skip": settings.clip_skip if settings.clip_skip > 1 else None,
+            "RNG": "CPU",
+            "TI hashes": ti_hashes_value(hashes),
+            "Version": f"tihub {__version__}",
+        }
+        params.update(extra or {})
+        return build_infotext(prompt, negative, params)
+
+    # -- the whole command ------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        *,
+        steps: int = 20,
+        sampler: str | None = None,
+        cfg_scale: float = 7.0,
+        seed: int | None = -1,
+        width: int | None = None,
+        height: int | None = None,
+        size: str | int | None = None,
+        batch_size: int = 1,
+        batch_count: int = 1,
+        clip_skip: int = 1,
+        out: str | os.PathLike[str] | None = None,
+    ) -> Result:
+        if batch_size < 1 or batch_count < 1:
+            raise ConfigError("--batch-size and --batch-count must be at least 1.")
+        native = 1024 if self.model.family == "sdxl" else (768 if self.model.family == "sd2" and self.model.prediction == "v_prediction" else 512)
+        w, h = parse_size(size, native) if size is not None else (width or native, height or width or native)
+        settings = Settings(steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg_scale, width=w, height=h, clip_skip=clip_skip)
+        settings.check()
+        first = resolve_seed(seed)
+        result = Result([], [], [])
+        for batch in range(batch_count):
+            seeds = [(first + batch * batch_size + i) & MAX_SEED for i in range(batch_size)]
+            images, used = self.run([prompt] * batch_size, [negative_prompt] * batch_size, seeds, settings)
+            for img, s, u in zip(images, seeds, used, strict=True):
+                result.images.append(img)
+                result.seeds.append(s)
+                result.infotexts.append(self.infotext(prompt, negative_prompt, s, settings, u))
+                for name in u:
+                    if name not in result.used:
+                        result.used.append(name)
+        result.warnings = self.vocabulary.take_warnings()
+        if out is not None:
+            result.paths = save_images(result.images, result.seeds, result.infotexts, Path(out))
+        return result
+
+
+def next_index(folder: Path) -> int:
+    """A1111-style numbering: one more than the highest leading number in the folder."""
+    best = -1
+    if folder.is_dir():
+        for p in folder.iterdir():
+            m = re.match(r"(\d+)-", p.name)
+            if m:
+                best = max(best, int(m.group(1)))
+    return best + 1
+
+
+def save_images(images: list[Any], seeds: list[int], infotexts: list[str], out: Path) -> list[Path]:
+    """Save as `out/NNNNN-SEED.png` (or exactly `out` when it names one .png file)."""
+    if out.suffix.lower() == ".png" and len(images) == 1:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        images[0].save(out, pnginfo=pnginfo_chunk(infotexts[0]))
+        return [out]
+    out.mkdir(parents=True, exist_ok=True)
+    index = next_index(out)
+    paths = []
+    for img, seed, text in zip(images, seeds, infotexts, strict=True):
+        path = out / f"{index:05d}-{seed}.png"
+        img.save(path, pnginfo=pnginfo_chunk(text))
+        paths.append(path)
+        index += 1
+    return paths
+
+
+def explain_prompt(prompt: str, steps: int, tokenizer: Any, vocabulary: Vocabulary | None) -> dict[str, Any]:
+    """What `tihub prompt --json` prints: schedule, attention, tokens, chunks, embeddings."""
+    from tihub.engine.prompts import parse_attention
+
+    schedule = prompt_schedule(prompt, steps)
+    texts = []
+    for _, text in schedule:
+        tok = tokenizer.tokenize(text)
+        texts.append({"text": text, "tokens": tok.token_count, "chunks": len(tok.chunks), "embeddings": tok.used})
+    final = schedule[-1][1]
+    tok = tokenizer.tokenize(final)
+    used = []
+    for name in dict.fromkeys(n for t in texts for n in t["embeddings"]):
+        emb = vocabulary.load(name) if vocabulary is not None else None
+        path = vocabulary.path_of(name) if vocabulary is not None else None
+        used.append({"name": name, "file": str(path) if path else None, "vectors": emb.vector_count if emb else None, "widths": emb.widths if emb else None})
+    return {
+        "prompt": prompt,
+        "steps": steps,
+        "schedule": [[end, text] for end, text in schedule],
+        "attention": [[t, w] for t, w in parse_attention(final)],
+        "tokens": tok.token_count,
+        "chunks": len(tok.chunks),
+        "chunk_tokens": [c.length for c in tok.chunks],
+        "per_text": texts,
+        "embeddings": used,
+        "warnings": vocabulary.take_warnings() if vocabulary is not None else [],
+    }
+
+
+def generate(
+    prompt: str,
+    negative_prompt: str = "",
+    *,
+    model: Any = None,
+    pipe: Any = None,
+    engine: Engine | None = None,
+    embeddings: dict[str, Embedding] | None = None,
+    embeddings_dir: str | os.PathLike[str] | None = None,
+    steps: int = 20,
+    sampler: str | None = None,
+    cfg_scale: float = 7.0,
+    seed: int | None = -1,
+    width: int | None = None,
+    height: int | None = None,
+    size: str | int | None = None,
+    batch_size: int = 1,
+    batch_count: int = 1,
+    clip_skip: int = 1,
+    out: str | os.PathLike[str] | None = None,
+    device: Any = None,
+    dtype: Any = None,
+) -> Result:
+    """Generate images in one call.
+
+    Give one of `engine` (reused), `pipe` (an in-memory diffusers pipeline) or `model` (a path,
+    repo id or LoadedModel). `embeddings` adds in-memory embeddings by name (they win over files
+    in `embeddings_dir`). With `out` the images are saved with infotext.
+    """
+    if engine is None:
+        if pipe is not None:
+            loaded = from_pipeline(pipe)
+        elif isinstance(model, LoadedModel):
+            loaded = model
+        elif model is not None:
+            loaded = load_model(model, device=device, dtype=dtype)
+        else:
+            raise ConfigError("generate() needs a model, a pipe or an engine.")
+        engine = Engine(loaded, embeddings_dir, embeddings)
+    elif embeddings:
+        engine.vocabulary.extra.update(embeddings)
+    return engine.generate(
+        prompt,
+        negative_prompt,
+        steps=steps,
+        sampler=sampler,
+        cfg_scale=cfg_scale,
+        seed=seed,
+        width=width,
+        height=height,
+        size=size,
+        batch_size=batch_size,
+        batch_count=batch_count,
+        clip_skip=clip_skip,
+        out=out,
+    )

@@ -1,0 +1,97 @@
+"""A1111 sampler names -> diffusers schedulers (built from the model's own scheduler config).
+
+The mapping follows diffusers' published A1111 correspondence. Two names are approximations,
+noted in SAMPLERS: diffusers has no ancestral single-step DPM++ ("DPM++ 2S a" uses the
+single-step DPM-Solver++). "DPM++ SDE" needs the optional `torchsde` package and "LMS" needs
+`scipy`; without them those names give a one-sentence error naming the package.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tihub.errors import ConfigError, EngineError
+
+# name -> (diffusers class, extra config, note)
+SAMPLERS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}, ""),
+    "Euler": ("EulerDiscreteScheduler", {}, ""),
+    "LMS": ("LMSDiscreteScheduler", {}, "needs scipy"),
+    "LMS Karras": ("LMSDiscreteScheduler", {"use_karras_sigmas": True}, "needs scipy"),
+    "Heun": ("HeunDiscreteScheduler", {}, ""),
+    "DPM2": ("KDPM2DiscreteScheduler", {}, ""),
+    "DPM2 Karras": ("KDPM2DiscreteScheduler", {"use_karras_sigmas": True}, ""),
+    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}, ""),
+    "DPM2 a Karras": ("KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": True}, ""),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, ""),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}, ""),
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, ""),
+    "DPM++ 2M SDE Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}, ""),
+    "DPM++ 3M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, ""),
+    "DPM++ 3M SDE Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "use_karras_sigmas": True}, ""),
+    "DPM++ SDE": ("DPMSolverSDEScheduler", {}, "needs torchsde"),
+    "DPM++ SDE Karras": ("DPMSolverSDEScheduler", {"use_karras_sigmas": True}, "needs torchsde"),
+    "DPM++ 2S a": ("DPMSolverSinglestepScheduler", {}, "approximation: not ancestral"),
+    "DPM++ 2S a Karras": ("DPMSolverSinglestepScheduler", {"use_karras_sigmas": True}, "approximation: not ancestral"),
+    "DDIM": ("DDIMScheduler", {}, ""),
+    "PLMS": ("PNDMScheduler", {"skip_prk_steps": True}, ""),
+    "UniPC": ("UniPCMultistepScheduler", {}, ""),
+    "DEIS": ("DEISMultistepScheduler", {}, ""),
+}
+
+DEFAULT = "Euler a"
+_BY_LOWER = {k.lower(): k for k in SAMPLERS}
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def missing_package(name: str) -> str | None:
+    """The optional package a sampler needs and this installation lacks, if any."""
+    note = SAMPLERS[canonical(name)][2]
+    if note.startswith("needs "):
+        pkg = note.split()[1]
+        return None if _installed(pkg) else pkg
+    return None
+
+
+def available() -> list[str]:
+    """Sampler names usable in this installation."""
+    return [n for n in SAMPLERS if missing_package(n) is None]
+
+
+def canonical(name: str | None, schedule_type: str | None = None) -> str:
+    """The A1111 name for `name` (case-insensitive); `schedule_type` "Karras" as newer infotext writes it."""
+    if not name:
+        return DEFAULT
+    key = name.strip().lower()
+    if schedule_type and schedule_type.strip().lower() == "karras" and not key.endswith(" karras"):
+        if key + " karras" in _BY_LOWER:
+            key += " karras"
+    if key not in _BY_LOWER:
+        raise ConfigError(f"Unknown sampler '{name}'; choose one of: {', '.join(SAMPLERS)}.")
+    return _BY_LOWER[key]
+
+
+def make_scheduler(name: str | None, base_config: Any) -> Any:
+    """A diffusers scheduler for the A1111 sampler `name`, from the model's scheduler config."""
+    import diffusers
+
+    canon = canonical(name)
+    cls_name, extra, note = SAMPLERS[canon]
+    pkg = missing_package(canon)
+    if pkg is not None:
+        alt = "DPM++ 2M SDE Karras" if pkg == "torchsde" else "Euler"
+        raise EngineError(f"Sampler '{canon}' needs the optional package {pkg} (pip install {pkg}); or use '{alt}', which needs nothing extra.")
+    cls = getattr(diffusers, cls_name)
+    config = dict(base_config)
+    # keep the model's prediction type and betas; drop options the target does not take
+    for key in ("use_karras_sigmas", "algorithm_type", "solver_order", "skip_prk_steps"):
+        config.pop(key, None)
+    config.update(extra)
+    if cls_name in ("DDIMScheduler", "PNDMScheduler") and config.get("prediction_type") == "v_prediction":
+        config.setdefault("rescale_betas_zero_snr", False)
+    return cls.from_config(config)
