@@ -71,6 +71,8 @@ class LoopbackServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # no 40 ms Nagle/delayed-ACK stalls per request
+            wbufsize = 1 << 16  # headers and body leave in one write; flushed after each request
 
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
