@@ -63,7 +63,6 @@ def _with_path(message: str, path: str) -> str:
 def inspect_file(path: str) -> dict[str, Any]:
     """One result object (the `--json` schema) for one file; never raises for a bad file."""
     from tihub.formats import read_embedding
-    from tihub.hashing import hash_file, shorthash
 
     row = _blank(path)
     data: bytes | None = None
@@ -82,7 +81,7 @@ def inspect_file(path: str) -> dict[str, Any]:
             except OSError as exc:
                 raise FormatError(f"Cannot read {path}: {exc.strerror or exc}.") from None
             row["sha256"] = hashlib.sha256(data).hexdigest()
-            row["shorthash"] = shorthash(row["sha256"])
+            row["shorthash"] = row["sha256"][:12]  # as `tihub.hashing.shorthash` (not imported: start-up)
         emb = read_embedding(path, data)
     except NotAnEmbedding as exc:
         row["error"] = _with_path(str(exc), path)
@@ -95,8 +94,10 @@ def inspect_file(path: str) -> dict[str, Any]:
         row["error"] = f"internal error reading {path}: {type(exc).__name__}: {exc} (please report it)."
         return row
     if row["sha256"] is None:
-        row["sha256"] = hash_file(path)[0]
-        row["shorthash"] = shorthash(row["sha256"])
+        from tihub.hashing import sha256_file
+
+        row["sha256"] = sha256_file(path)
+        row["shorthash"] = row["sha256"][:12]
     row.update(
         ok=True,
         format=emb.container,
