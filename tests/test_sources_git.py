@@ -170,3 +170,20 @@ def test_readme_matching_rules() -> None:
     setext = readme_sections("Kanata (hololive)\n-----------------\nWD 1.3, 5000 steps\n")
     assert match_section("kanata-hololive.bin", setext)[0] == "Kanata (hololive)"
     assert section_facts(*setext[1]) == {"base_model": "WD 1.3", "step": 5000}
+
+
+def test_through_sync_new_commits_add_entries(tmp_path: Path) -> None:
+    from tihub.catalog.store import Catalog
+    from tihub.config import Workspace
+    from tihub.sync import sync_source
+
+    ws = Workspace.locate(tmp_path / "ws").ensure()
+    cat = Catalog.open(ws)
+    bare = make_repo(tmp_path, "o/r", {"README.md": README, "embeddings/bunyip-30000.pt": b"PK" * 3000})
+    s = spec(bare.as_uri(), allow_file=True)
+    assert sync_source(cat, s, ws).new == 1
+    assert sync_source(cat, s, ws).status == "unchanged"
+    commit_more(tmp_path, "o/r", {"embeddings/other-2000.pt": b"x" * 5000})
+    rep = sync_source(cat, s, ws)
+    assert (rep.new, rep.removed) == (1, 0), rep
+    assert cat.entry("bunyip-30000")["base_model"] == "Waifu Diffusion v1.2"

@@ -166,3 +166,29 @@ def test_oversized_answer_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         f = _http.Fetcher(None, _http.URLPolicy(allow_private=True), source="hf")
         with pytest.raises(SourceError, match="over the cap"):
             f.get(srv.url + "/api/models", cap=1000)
+
+
+def test_through_sync_and_the_catalogue(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tihub.catalog.store import Catalog
+    from tihub.config import Workspace
+    from tihub.sync import sync_source
+
+    ws = Workspace.locate(tmp_path / "ws").ensure()
+    cat = Catalog.open(ws)
+    with hub() as h:
+        s = spec(h.url)
+        first = sync_source(cat, s, ws)
+        assert first.status == "ok" and first.new == 7, first.error
+        assert sync_source(cat, s, ws).status == "unchanged"
+        # One repo changes: it is re-read, the six others are kept (not marked removed).
+        h.repos[f"model:{ORG}/concept-0"].touch(42)
+        third = sync_source(cat, s, ws)
+        assert (third.status, third.removed, third.total) == ("ok", 0, 7), third
+        # A repo deleted upstream is marked removed, never deleted.
+        del h.repos[f"model:{ORG}/concept-3"]
+        fourth = sync_source(cat, s, ws)
+        assert fourth.status == "ok" and fourth.removed == 1, fourth
+        # The Hub failing leaves the catalogue as it was.
+        h.fail_listing = 100
+        assert sync_source(cat, s, ws).failed
+        assert cat.entry("concept-1")["name"] == "concept-1"

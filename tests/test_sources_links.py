@@ -224,3 +224,24 @@ def test_detect_base() -> None:
     assert detect_base("nothing here") is None
     assert classify("https://mega.nz/folder/abc#def", False).manual
     assert classify("https://files.catbox.moe/a.png", False) is None
+
+
+def test_through_sync_rows_gone_upstream_are_marked_removed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tihub.catalog.store import Catalog
+    from tihub.config import Workspace
+    from tihub.sync import sync_source
+
+    ws = Workspace.locate(tmp_path / "ws").ensure()
+    cat = Catalog.open(ws)
+    rows = "| Name | Model | Download |\n|-|-|-|\n| A | SD 1.5 | [dl](https://files.catbox.moe/aaaaaa.pt) |\n"
+    with PageServer() as srv:
+        url = srv.set("/p/raw", rows + "| B | NAI | [dl](https://files.catbox.moe/bbbbbb.pt) |\n", "text/markdown")
+        s = spec(url)
+        assert sync_source(cat, s, ws).new == 2
+        assert sync_source(cat, s, ws).status == "unchanged"
+        srv.set("/p/raw", rows, "text/markdown")
+        rep = sync_source(cat, s, ws)
+        assert (rep.status, rep.removed) == ("ok", 1), rep
+        srv.set("/p/raw", "<html>broken</html>", status=500)
+        assert sync_source(cat, s, ws).failed
+        assert cat.entry("A")["base_model"] == "SD 1.5"
