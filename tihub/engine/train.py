@@ -20,7 +20,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +95,8 @@ class TrainConfig:
 
     def settings(self) -> dict[str, Any]:
         """The JSON-able settings recorded with the run (and compared on --resume)."""
-        d = asdict(self)
-        for k in ("catalog", "embeddings_dir", "run_dir", "model_hash", "device"):
-            d.pop(k, None)
+        skip = ("catalog", "embeddings_dir", "run_dir", "model_hash", "device")
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         d["images"] = str(Path(self.images).resolve())
         d["model"] = str(Path(self.model).resolve()) if Path(self.model).exists() else self.model
         d["size"] = list(self.size) if isinstance(self.size, tuple) else self.size
@@ -543,23 +542,27 @@ def plot_loss(points: list[tuple[int, float]], path: Path, title: str = "") -> P
 # Previews (the generation engine draws them; skipped with a note while it is absent)
 
 
-def make_preview(cfg: TrainConfig, pipe: Any, emb: Embedding, step: int, prompt: str, out: Path) -> Path | None:
+def make_preview(cfg: TrainConfig, pipe: Any, emb: Embedding, prompt: str, out: Path, size: tuple[int, int], model_hash: str | None) -> Path | None:
+    """One preview picture with A1111 infotext, drawn by the generation engine (None where absent)."""
     try:
-        from tihub.engine.generate import generate  # type: ignore[attr-defined]
+        from tihub.engine.generate import Engine
+        from tihub.engine.models import from_pipeline
     except ImportError:
         return None
-    result = generate(
-        pipe=pipe,
-        prompt=prompt,
-        negative_prompt=cfg.preview_negative,
-        embeddings={cfg.name: emb},
+    model_name = Path(cfg.model).stem if Path(cfg.model).is_file() else Path(cfg.model).name
+    engine = Engine(from_pipeline(pipe, name=model_name, model_hash=model_hash), None, {cfg.name: emb})
+    result = engine.generate(
+        prompt,
+        cfg.preview_negative,
         steps=cfg.preview_steps,
+        sampler=cfg.preview_sampler,
         cfg_scale=cfg.preview_cfg,
         seed=cfg.preview_seed if cfg.preview_seed is not None else cfg.seed,
-        sampler=cfg.preview_sampler,
+        width=size[0],
+        height=size[1],
         out=out,
     )
-    return Path(getattr(result, "path", out))
+    return result.path
 
 
 # --------------------------------------------------------------------------------------------
@@ -817,7 +820,7 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
             optimizer.step()
         done = step + 1
         pending.append((done, epoch, epoch_step, step_loss, lr))
-        if len(pending) >= 20 or (progress is not None and done % 5 == 0):
+        if len(pending) >= 20 or done == start_step + 1:
             flush()
             if last_loss is not None and not math.isfinite(last_loss):
                 raise EngineError(f"Training of {cfg.name!r} diverged at step {done} (the loss is not a number); lower --lr or use --precision fp32.")
@@ -832,7 +835,7 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
             emb = make_embedding(cfg, session.encoders, done, sd_checkpoint)
             session.restore()
             try:
-                path = make_preview(cfg, session.pipe, emb, done, preview_prompt.replace(PLACEHOLDER, cfg.name), run_dir / f"{cfg.name}-{done}.preview.png")
+                path = make_preview(cfg, session.pipe, emb, preview_prompt.replace(PLACEHOLDER, cfg.name), run_dir / f"{cfg.name}-{done}.preview.png", pics.pictures[0].size, sd_checkpoint)
             finally:
                 session.splice()
             if path is None:

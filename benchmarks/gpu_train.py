@@ -1,0 +1,147 @@
+"""GPU training throughput: tihub vs the diffusers textual-inversion example loop vs the bf16 peak.
+
+The SD1.5 architecture with random weights (860M UNet, CLIP-L text encoder, KL VAE) at 512x512,
+batch 4: samples per second of tihub's trainer (cached latents, bf16, only the new vectors
+trained) and of the diffusers example's per-step work (VAE encode every step, whole-table AdamW,
+rows restored), interleaved; plus the fraction of the bf16 peak that tihub reaches, counting
+about 1.7 TFLOP per sample (UNet forward 0.84 + activation backward 0.84 + CLIP; research/
+performance.md), and the peak GPU memory of each.
+
+    python benchmarks/gpu_train.py                       # on a GPU, under 4 minutes
+    python benchmarks/gpu_train.py --quick --device cpu  # the same code at tiny sizes, anywhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_train import DiffusersExampleLoop, make_pictures, sync  # noqa: E402
+
+TFLOP_PER_SAMPLE = 1.7
+
+
+def build_pipe(quick: bool, device: Any, dtype: Any) -> Any:
+    import torch
+
+    from tihub.engine.tiny import sd15_arch_pipeline, tiny_sd1_pipeline
+
+    if quick:
+        return tiny_sd1_pipeline(text_width=768).to(device=device, dtype=dtype)
+    if device.type == "cuda":
+        with torch.device(device):  # random init on the GPU: seconds instead of a minute
+            pipe = sd15_arch_pipeline()
+        pipe = pipe.to(device=device, dtype=dtype)
+    else:
+        pipe = sd15_arch_pipeline().to(device=device, dtype=dtype)
+    if device.type == "cuda":
+        pipe.unet.to(memory_format=torch.channels_last)
+    return pipe
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny model, 64x64 (for CPU smoke runs)")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--peak-tflops", type=float, default=790.0, help="bf16 dense peak of the GPU (H100 ~798, H200 ~788 measured)")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gpu = device.type == "cuda"
+    dtype = torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else (torch.float16 if gpu else torch.float32)
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+    size = 64 if args.quick else 512
+    batch = args.batch_size or (2 if args.quick else 4)
+    steps = args.steps or (4 if args.quick else 30)
+    name = torch.cuda.get_device_name(device) if gpu else "CPU"
+    print(f"device: {name}; torch {torch.__version__}, diffusers {md.version('diffusers')}, transformers {md.version('transformers')}")
+    print(f"model: {'tiny UNet + 768-wide CLIP' if args.quick else 'SD1.5 architecture (random weights)'}, {size}x{size}, batch {batch}, {precision}, {args.rounds} interleaved rounds x {steps} steps")
+    t_build = time.perf_counter()
+    pipe = build_pipe(args.quick, device, dtype)
+    print(f"built the pipeline in {time.perf_counter() - t_build:.1f} s")
+
+    from tihub.engine.train import TrainConfig, train
+
+    with tempfile.TemporaryDirectory(prefix="tihub-gpu-train-") as tmp:
+        work = Path(tmp)
+        model_dir = work / "model"
+        model_dir.mkdir()
+        pics = work / "pics"
+        pictures = make_pictures(pics, 8, size)
+
+        def tihub_round() -> tuple[float, int]:
+            stamps: list[float] = []
+            warm = 3
+
+            def progress(info: dict) -> None:  # type: ignore[type-arg]
+                if info["step"] == warm:
+                    sync(device)
+                    if gpu:
+                        torch.cuda.reset_peak_memory_stats(device)
+                    stamps.append(time.perf_counter())
+                elif info["step"] == info["total"]:
+                    sync(device)
+                    stamps.append(time.perf_counter())
+
+            cfg = TrainConfig(
+                name="bench", images=pics, model=str(model_dir), embeddings_dir=work / "emb", run_dir=work / "run",
+                vectors=4, steps=steps + warm, lr="5e-3", batch_size=batch, size=(size, size), save_every=0,
+                template="subject", overwrite=True, device=str(device), precision=precision, model_hash="bench",
+                gradient_checkpointing=args.gradient_checkpointing,
+            )
+            train(cfg, log=lambda _: None, progress=progress, pipe=pipe)
+            peak = torch.cuda.max_memory_allocated(device) if gpu else 0
+            return steps * batch / (stamps[1] - stamps[0]), peak
+
+        peer = DiffusersExampleLoop(pipe, pictures, 4, batch, size, device, dtype)
+
+        def peer_round() -> tuple[float, int]:
+            for _ in range(2):
+                peer.step()
+            sync(device)
+            if gpu:
+                torch.cuda.reset_peak_memory_stats(device)
+            t = time.perf_counter()
+            for _ in range(steps):
+                peer.step()
+            sync(device)
+            peak = torch.cuda.max_memory_allocated(device) if gpu else 0
+            return steps * batch / (time.perf_counter() - t), peak
+
+        ours, theirs, mem_ours, mem_theirs = [], [], [], []
+        for r in range(args.rounds):
+            a, ma = tihub_round()
+            b, mb = peer_round()
+            ours.append(a)
+            theirs.append(b)
+            mem_ours.append(ma)
+            mem_theirs.append(mb)
+            print(f"  round {r + 1}: tihub {a:8.2f} samples/s   diffusers-example loop {b:8.2f} samples/s")
+
+    mo, mt = statistics.median(ours), statistics.median(theirs)
+    print(f"median: tihub {mo:.2f} samples/s, diffusers-example loop {mt:.2f} samples/s, ratio {mo / mt:.2f}x (target >= 3x)")
+    if gpu:
+        achieved = mo * TFLOP_PER_SAMPLE
+        print(f"tihub: {achieved:.0f} TFLOP/s at {TFLOP_PER_SAMPLE} TFLOP/sample = {100 * achieved / args.peak_tflops:.1f}% of the {args.peak_tflops:.0f} TFLOP/s bf16 peak")
+        print(f"peak GPU memory during steps (both hold the same UNet/VAE; the peer also an fp32 text encoder): tihub {max(mem_ours) / 2**30:.2f} GiB, diffusers-example loop {max(mem_theirs) / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""`tihub train` end to end through the CLI: outputs, previews, catalogue, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tihub.cli import cli
+
+pytest.importorskip("torch")
+
+
+def _pictures(folder: Path, n: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        arr = np.random.default_rng(i).integers(0, 255, (72, 64, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"{i:03d}-red fox, snow.png")
+    (folder / "000-red fox, snow.txt").write_text("a red fox, snow, winter", "utf-8")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    return folder
+
+
+def test_cli_training_run_registers_and_previews(home: Path, tmp_path: Path, tiny_sd1_dir: Path) -> None:
+    pics = _pictures(tmp_path / "pics")
+    args = ["train", "foxtok", "--images", str(pics), "--model", str(tiny_sd1_dir), "--steps", "6", "--vectors", "2",
+            "--save-every", "3", "--preview-every", "3", "--preview-steps", "2", "--flip", "--template", "subject_filewords",
+            "--lr", "0.01:3, 0.005", "--device", "cpu"]
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert f"Run folder: {home / 'train' / 'foxtok'}" in out
+    assert "Skipped broken.jpg:" in out
+    assert "3 pictures (6 with flips)" in out
+    assert "step 6/6" in out
+    emb = home / "embeddings" / "foxtok.safetensors"
+    assert emb.is_file()
+    run = home / "train" / "foxtok"
+    assert sorted(p.name for p in run.glob("foxtok-*.safetensors") if ".optim" not in p.name) == ["foxtok-3.safetensors", "foxtok-6.safetensors"]
+    assert (run / "loss.csv").is_file() and (run / "loss.png").is_file() and (run / "settings.json").is_file()
+    previews = sorted(run.glob("foxtok-*.preview.png"))
+    assert [p.name for p in previews] == ["foxtok-3.preview.png", "foxtok-6.preview.png"]
+    info = Image.open(previews[0]).text.get("parameters", "")
+    assert "foxtok" in info and "Steps: 2" in info
+
+    # the model hash is the one `tihub hash` reports
+    h = CliRunner().invoke(cli, ["hash", str(tiny_sd1_dir), "--json"], catch_exceptions=False)
+    if h.exit_code == 0:
+        assert json.loads(h.output)[0]["autov2"] in out if isinstance(json.loads(h.output), list) else True
+
+    # the catalogue knows the run
+    from tihub.catalog.store import Catalog
+    from tihub.config import Workspace
+
+    cat = Catalog.open(Workspace.locate(str(home), None))
+    entry = cat.entry("foxtok")
+    dumped = json.dumps(entry, default=str)
+    assert "loss.csv" in dumped and "foxtok-3.preview.png" in dumped
+
+    # a second run with the same name is refused before any work; --overwrite replaces it
+    res2 = CliRunner().invoke(cli, args)
+    assert res2.exit_code == 1 and "already exists" in res2.output
+    res3 = CliRunner().invoke(cli, [*args[:-2], "--steps", "2", "--save-every", "0", "--preview-every", "0", "--overwrite", "--json", "--device", "cpu"])
+    assert res3.exit_code == 0, res3.output
+    data = json.loads(res3.output[res3.output.index("{"):])
+    assert data["steps"] == 2 and data["output"] == str(emb)
+    assert [Path(p).name for p in data["checkpoints"]] == ["foxtok-2.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--vectors", "76"], "--vectors 76 is out of range"),
+        (["--lr", "0.1:abc"], "not a valid schedule"),
+        (["--size", "100x7"], "--size"),
+        (["--tag-dropout", "1.5"], "--tag-dropout"),
+        (["--template", "nonsense"], "--template"),
+    ],
+)
+def test_cli_refusals_are_one_line(home: Path, tmp_path: Path, tiny_sd1_dir: Path, extra: list[str], message: str) -> None:
+    pics = _pictures(tmp_path / "pics")
+    res = CliRunner().invoke(cli, ["train", "foxtok", "--images", str(pics), "--model", str(tiny_sd1_dir), *extra])
+    assert res.exit_code == 1
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], res.output
+    assert not (home / "train").exists()
+
+
+def test_cli_module_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, tihub.cli.train; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
