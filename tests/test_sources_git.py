@@ -187,3 +187,16 @@ def test_through_sync_new_commits_add_entries(tmp_path: Path) -> None:
     rep = sync_source(cat, s, ws)
     assert (rep.new, rep.removed) == (1, 0), rep
     assert cat.entry("bunyip-30000")["base_model"] == "Waifu Diffusion v1.2"
+
+
+def test_forge_tree_api_paginates_like_gitlab(tmp_path: Path) -> None:
+    import httpx
+
+    make_repo(tmp_path, "o/r", {f"e/{i}.pt": b"x%d" % i for i in range(5)})
+    with GitForge(tmp_path, page_size=2) as forge:
+        seen, page = [], "1"
+        while page:
+            r = httpx.get(f"{forge.url}/api/v4/projects/o%2Fr/repository/tree", params={"recursive": "true", "page": page, "per_page": "2"})
+            seen += [e["path"] for e in r.json() if e["type"] == "blob"]
+            page = r.headers["X-Next-Page"]
+        assert seen == [f"e/{i}.pt" for i in range(5)]

@@ -192,3 +192,33 @@ def test_through_sync_and_the_catalogue(tmp_path) -> None:  # type: ignore[no-un
         h.fail_listing = 100
         assert sync_source(cat, s, ws).failed
         assert cat.entry("concept-1")["name"] == "concept-1"
+
+
+def test_polite_http_429_retry_after_rate_limit_headers_and_deadline() -> None:
+    import time
+
+    from servers import LoopbackServer, Reply
+
+    from tihub.net import URLPolicy
+    from tihub.sources._http import Fetcher, retry_delay
+
+    assert retry_delay({"retry-after": "7"}, 0) == 7.0
+    assert retry_delay({"ratelimit": '"api";r=0;t=55'}, 0) == 55.0
+    assert retry_delay({"x-ratelimit-reset": "3"}, 0) == 3.0
+    assert retry_delay({}, 2) == _http.BACKOFF * 4
+    answers = iter([Reply.json({"error": "slow down"}, 429, Retry_After="1"), Reply.json({"error": "slow down"}, 429, RateLimit='"api";r=0;t=2'), Reply.json([])])
+    waits: list[float] = []
+    with LoopbackServer(lambda req: next(answers)) as srv:
+        f = Fetcher(None, URLPolicy(allow_private=True), source="hf", sleep=waits.append)
+        assert f.get(srv.url + "/api/models").json() == []
+        assert waits == [1.0, 2.0] and f.requests == 3
+    # A server asking for a wait longer than the deadline allows: stop now, one sentence.
+    with LoopbackServer(lambda req: Reply.json({}, 429, Retry_After="30")) as srv:
+        f = Fetcher(None, URLPolicy(allow_private=True), source="hf", deadline=time.monotonic() + 5, sleep=waits.append)
+        with pytest.raises(SourceError, match="deadline"):
+            f.get(srv.url + "/x")
+    # A slow server past the deadline.
+    with LoopbackServer(lambda req: Reply(200, iter([b"[", b"]"]), delay=0.3)) as srv:
+        f = Fetcher(None, URLPolicy(allow_private=True), source="hf", deadline=time.monotonic() + 0.1)
+        with pytest.raises(SourceError, match="deadline"):
+            f.get(srv.url + "/x")
