@@ -132,7 +132,7 @@ def test_inspect_errors_are_one_line_each_and_batch_continues(embeddings: Path, 
     for r in rows:
         if not r["ok"]:
             assert INSPECT_KEYS <= set(r) and "\n" not in r["error"]
-            assert Path(r["path"]).name in r["error"]
+            assert r["path"] in r["error"]  # the path as given, not only the file name
     # the bad files still get their hash (when readable): that is how users report them
     assert rows[0]["sha256"] == _sha(bad["lora"])
 
@@ -278,3 +278,13 @@ def test_hash_table_and_help(tmp_path: Path, home: Path) -> None:
     assert line.split()[2:4] == ["sd1", "768"] and _sha(model) in line
     help_ = run("hash", "--help")
     assert help_.exit_code == 0 and "Example:" in help_.output
+
+
+def test_hash_jobs_option(tmp_path: Path, home: Path) -> None:
+    for i in range(4):
+        (tmp_path / "models").mkdir(exist_ok=True)
+        (tmp_path / "models" / f"m{i}.ckpt").write_bytes(bytes([i]) * ((1 << 20) + i))
+    serial = json.loads(run("hash", str(tmp_path / "models"), "--json", "--no-cache").stdout)
+    parallel = json.loads(run("hash", str(tmp_path / "models"), "--json", "-j", "3").stdout)
+    assert [r["sha256"] for r in serial] == [r["sha256"] for r in parallel] == [_sha(Path(r["path"])) for r in serial]
+    assert run("hash", str(tmp_path / "models"), "-j", "0").exit_code == 2

@@ -387,3 +387,17 @@ def test_many_files_outside_one_folder(tmp_path: Path, engine, counted, monkeypa
     monkeypatch.setattr(hashing, "_common_folder", lambda _paths: "")  # force the IN-list path
     assert cache.hashes(paths) == first
     assert len(counted) == 12
+
+
+def test_parallel_hashing_gives_the_same_answers(tmp_path: Path, engine, counted) -> None:  # type: ignore[no-untyped-def]
+    paths = [_write(tmp_path / f"m{i}.safetensors", random.Random(i).randbytes(CHUNK + 70_000 * i)) for i in range(6)]
+    paths.insert(3, tmp_path / "missing.safetensors")
+    out = HashCache(engine, jobs=4).hashes_or_errors(paths)
+    assert isinstance(out[3], NotFound)
+    for p, fh in zip(paths, out, strict=True):
+        if p.exists():
+            data = p.read_bytes()
+            assert (fh.sha256, fh.old_hash) == (hashlib.sha256(data).hexdigest(), _ref_old(data))
+    assert len(counted) == 6
+    assert HashCache(engine, jobs=4).hashes(paths[:3]) == out[:3]
+    assert len(counted) == 6

@@ -252,6 +252,17 @@ def matches(model: FileHashes, any_hash: str) -> bool:
 # The cache
 
 
+def _hash_one(p: str) -> tuple[str, str, os.stat_result] | Exception:
+    """`(sha256, old_hash, stat after hashing)` of one file, or the error to report for it."""
+    try:
+        sha, old = hash_file(p)
+        return sha, old, os.stat(p)
+    except OSError as exc:
+        return _open_error(p, exc)
+    except (FormatError, NotFound) as exc:
+        return exc
+
+
 def _abs(path: str | os.PathLike[str]) -> str:
     p = os.fspath(path)
     if p.startswith(os.sep) and "/." not in p and "//" not in p and not p.endswith(os.sep):
@@ -276,8 +287,9 @@ class HashCache:
     # Above this many paths, one range query over the common folder replaces an IN list.
     RANGE_THRESHOLD = 64
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, jobs: int = 1) -> None:
         self.engine = engine
+        self.jobs = max(1, jobs)  # files hashed at once (hashlib releases the GIL); 1 suits HDDs
         self.hits = 0
         self.misses = 0
 
@@ -378,23 +390,24 @@ class HashCache:
         known = self._valid_rows(stats)
         store: list[dict[str, Any]] = []
         fresh = failed = 0
-        if len(known) < len(stats):
-            for p, st in stats.items():
-                if p in known:
-                    continue
-                try:
-                    sha, old = hash_file(p)
-                    after = os.stat(p)
-                except OSError as exc:
-                    errors[p] = _open_error(p, exc)
+        missing = [p for p in stats if p not in known]
+        if missing:
+            if self.jobs > 1 and len(missing) > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(min(self.jobs, len(missing)), thread_name_prefix="tihub-hash") as pool:
+                    outcomes = list(pool.map(_hash_one, missing))
+            else:
+                outcomes = [_hash_one(p) for p in missing]
+            for p, outcome in zip(missing, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    errors[p] = outcome
                     failed += 1
                     continue
-                except (FormatError, NotFound) as exc:
-                    errors[p] = exc
-                    failed += 1
-                    continue
+                sha, old, after = outcome
                 known[p] = (sha, old)
                 fresh += 1
+                st = stats[p]
                 if after.st_size == st.st_size and after.st_mtime_ns == st.st_mtime_ns:  # unchanged while hashed
                     store.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha, "old_hash": old})
         self.hits += len(stats) - fresh - failed

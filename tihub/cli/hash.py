@@ -56,12 +56,12 @@ def register_models(ctx: Context, rows: list[dict[str, Any]]) -> None:
         )
 
 
-def hash_models(ctx: Context, paths: tuple[str, ...], use_cache: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
+def hash_models(ctx: Context, paths: tuple[str, ...], use_cache: bool = True, jobs: int = 1) -> tuple[list[dict[str, Any]], list[str]]:
     """Hash and inspect every model under `paths`; return (result rows, error sentences)."""
     from tihub.checkpoints import inspect_model
     from tihub.hashing import HashCache, ModelHashes, model_hashes
 
-    cache = HashCache(ctx.engine()) if use_cache else None
+    cache = HashCache(ctx.engine(), jobs=jobs) if use_cache else None
     errors: list[str] = []
     targets: list[str] = []
     for p in paths:
@@ -114,8 +114,9 @@ def hash_models(ctx: Context, paths: tuple[str, ...], use_cache: bool = True) ->
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 @click.option("--no-cache", is_flag=True, help="Hash every file again instead of trusting the cache.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True, help="Files hashed at once (more helps on SSDs; keep 1 on spinning disks).")
 @pass_ctx
-def hash_cmd(ctx: Context, paths: tuple[str, ...], as_json: bool, no_cache: bool) -> None:
+def hash_cmd(ctx: Context, paths: tuple[str, ...], as_json: bool, no_cache: bool, jobs: int) -> None:
     """Print every hash of model files and diffusers folders, and their family.
 
     Hashes: full sha256, AutoV2 (A1111 `Model hash`, first 10 hex), the A1111 old hash (8 hex,
@@ -128,10 +129,10 @@ def hash_cmd(ctx: Context, paths: tuple[str, ...], as_json: bool, no_cache: bool
     \b
     Example:
       tihub hash ~/models/v1-5-pruned-emaonly.safetensors
-      tihub hash ~/models/ --json          # every model file under a folder
+      tihub hash ~/models/ --json -j 4     # every model file under a folder, 4 at a time
       tihub hash ./my-diffusers-model      # a diffusers folder (hash of its weight files)
     """
-    rows, errors = hash_models(ctx, paths, use_cache=not no_cache)
+    rows, errors = hash_models(ctx, paths, use_cache=not no_cache, jobs=jobs)
     for message in errors:
         fail(message)
     if rows:

@@ -57,7 +57,14 @@ def _blank(path: str) -> dict[str, Any]:
 
 
 def _with_path(message: str, path: str) -> str:
-    return message if path in message or os.path.basename(path) in message else f"{path}: {message}"
+    """Make sure the sentence names the file by the path the user gave (folders hold same names)."""
+    if path in message:
+        return message
+    base = os.path.basename(path)
+    for quoted in (f"'{base}'", f'"{base}"'):
+        if quoted in message:
+            return message.replace(quoted, f"'{path}'", 1)
+    return f"{path}: {message}"
 
 
 def inspect_file(path: str) -> dict[str, Any]:
