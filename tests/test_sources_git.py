@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not 
 README = b"""# Embeddings
 
 Put them in your embeddings folder.
+""" + b"Long introduction. " * 200 + b"""
 
 ## Bunyip (Monster Girl Encyclopedia)
 Model: Waifu Diffusion v1.2
