@@ -375,7 +375,7 @@ def _index_clone(git: Git, g: GitURL, branch: str | None, commit: str, globs: li
         data = blobs.get(oid)
         if data:
             sections[p] = readme_sections(data[:MAX_README].decode("utf-8", "replace"))
-    for n, (oid, path) in enumerate(embeds):
+    for oid, path in embeds:
         data = blobs.get(oid)
         sha256 = size = None
         lfs = False
@@ -427,7 +427,6 @@ def _index_clone(git: Git, g: GitURL, branch: str | None, commit: str, globs: li
             files=[cfile],
             extra=extra,
         )
-        del n
 
 
 def _cat_blobs(git: Git, cwd: str, oids: list[str]) -> dict[str, bytes]:

@@ -291,9 +291,8 @@ class _PageParser(HTMLParser):
             row = next((n for n in reversed(self.stack) if n.tag == "tr"), None)
             if row is not None and row.cells is not None:
                 row.cells.append(text[:300])
-        if node.tag == "tr" and self.tables and self.tables[-1] is None and node.cells:
-            if not node.links or all(c == "" or not any(ch.isalnum() for ch in c) for c in node.cells[:0]):
-                self.tables[-1] = node.cells if not node.links else None
+        if node.tag == "tr" and self.tables and self.tables[-1] is None and node.cells and not node.links:
+            self.tables[-1] = node.cells  # the first row without links names the columns
         if node.tag == "table" and self.tables:
             self.tables.pop()
         if node.links:
@@ -301,9 +300,7 @@ class _PageParser(HTMLParser):
             header = node.header if node.tag == "tr" else None
             self.blocks.append(Block(kind, text if node.tag != "tr" else CELL_SEP.join(c for c in node.cells or [] if c),
                                      node.links, node.cells, header, node.heading))
-        if parent is not None and node.tag not in ("td", "th"):
-            parent.text.append(text)
-        elif parent is not None:
+        if parent is not None:
             parent.text.append(text)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
