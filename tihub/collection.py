@@ -284,7 +284,7 @@ def import_file(
     force: bool = False,
 ) -> Imported:
     """Copy a file the user downloaded by hand into `folder`, read safely and matched to the catalogue."""
-    from tihub.download import PICKLE_CONTAINERS, place_file, sha256_path
+    from tihub.download import PICKLE_CONTAINERS, place_file, sha256_path, suffix_for
     from tihub.formats import read_embedding, write_embedding
 
     sp = Path(src)
@@ -309,7 +309,7 @@ def import_file(
         if is_generic_stem(stem):
             stem = token_stem(emb.internal_name) or entry_name or "embedding"
         stem = safe_stem(stem)
-        suffix = sp.suffix.lower() if sp.suffix.lower() in EMBEDDING_SUFFIXES else ".bin"
+        suffix = suffix_for(emb.container, sp.suffix.lower())
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{stem}.{os.getpid()}.{threading.get_ident()}.import"
         try:

@@ -471,7 +471,7 @@ class Downloader:
         force: bool = False,
         jobs: int = 4,
         retries: int = 4,
-        backoff: float = 1.0,
+        backoff: float = 0.5,
         max_wait: float = 120.0,
         deadline: float = 1800.0,
         timeout: httpx.Timeout | float | None = None,
@@ -662,7 +662,8 @@ class Downloader:
                 attempt += 1
                 left = self.deadline - (time.monotonic() - start)
                 if attempt > self.retries:
-                    raise NetworkError(f"{exc} Gave up after {attempt} tries; the partial download is kept, run the same fetch later to resume.") from None
+                    hint = "the partial download is kept, run the same fetch later to resume" if part.size() else "check the URL or try again later"
+                    raise NetworkError(f"{exc} Gave up after {attempt} tries; {hint}.") from None
                 wait = exc.wait if exc.wait is not None else min(8.0, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
                 if wait > left:
                     raise NetworkError(f"{exc} Waiting {wait:.0f} s more would pass the {self.deadline:.0f} s deadline; run the same fetch later to resume.") from None
@@ -727,6 +728,16 @@ class Downloader:
         if status in (404, 410):
             raise DownloadError(f"{_host(final_url)} has no file at {label} ({status}); the entry may be gone, run `tihub sync`.")
         if status == 416 and have:
+            m = re.match(r"bytes \*/(\d+)", resp.headers.get("content-range", ""))
+            etag = resp.headers.get("etag")
+            same = not etag or etag == sent.get("If-Range")
+            if m and int(m.group(1)) == have and sent.get("Range") and same:
+                # the partial file is already complete (killed between the last byte and the rename)
+                hasher = hashlib.sha256()
+                os.lseek(part.fd, 0, os.SEEK_SET)
+                while chunk := os.read(part.fd, CHUNK):
+                    hasher.update(chunk)
+                return Transfer(hasher.hexdigest(), have, final_url, have, resp.headers.get("content-disposition"))
             part.truncate()
             raise Transient(f"{_host(final_url)} refused the resume range for {label}.", 0.0)
         if status not in (200, 206):
@@ -827,8 +838,7 @@ class Downloader:
             raise DownloadError(f"The file from {label} could not be read as an embedding: {exc}") from None
         if is_generic_stem(stem):
             stem = safe_stem(token_stem(emb.internal_name) or req.entry_name or req.name or "embedding")
-        if not suffix:
-            suffix = SUFFIX_BY_CONTAINER.get(emb.container, ".bin")
+        suffix = suffix_for(emb.container, suffix)
         converted = False
         final_bytes_path = part.path
         final_sha = transfer.sha256
@@ -863,6 +873,14 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def suffix_for(container: str, suffix: str) -> str:
+    """The file suffix that matches the content: a safetensors or PNG file named `.pt` would be
+    misread by every app, while torch pickles may keep `.pt`/`.bin`/`.ckpt`."""
+    if container in PICKLE_CONTAINERS:
+        return suffix if suffix in (".pt", ".bin", ".ckpt") else ".pt"
+    return SUFFIX_BY_CONTAINER.get(container, suffix or ".bin")
 
 
 def same_stem(folder: Path, stem: str) -> list[Path]:
