@@ -245,3 +245,16 @@ def test_through_sync_rows_gone_upstream_are_marked_removed(tmp_path) -> None:  
         srv.set("/p/raw", "<html>broken</html>", status=500)
         assert sync_source(cat, s, ws).failed
         assert cat.entry("A")["base_model"] == "SD 1.5"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.1/a.pt", "http://0x7f.0.0.1/a.pt", "http://[::ffff:127.0.0.1]/a.pt", "http://[::1]/a.pt", "http://localhost./a.pt",
+     "http://10.1.2.3/a.pt", "http://100.64.0.1/a.pt", "https://u:p@files.catbox.moe/a.pt", " javascript:alert(1)//a.pt",
+     "gopher://x/a.pt", "ftp://x/a.pt", "https:///evil.com/a.pt", "http://x:99999/a.pt", "https://a.b/c\r\nd.pt"],
+)
+def test_private_and_odd_links_are_dropped(url: str) -> None:
+    from tihub.sources._http import clean_link
+
+    assert clean_link(url, False) is None
+    assert classify(url, False) is None

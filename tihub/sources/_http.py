@@ -310,6 +310,6 @@ def clean_link(url: str, allow_private: bool) -> str | None:
             continue
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified:
+        if not ip.is_global or ip.is_multicast:  # private, loopback, link-local, CGNAT, reserved, ...
             return None
     return url
