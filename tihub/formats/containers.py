@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import struct
-import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,7 @@ import numpy as np
 
 from tihub.errors import FormatError, NotAnEmbedding, UnsafeFile
 from tihub.formats import pickle_vm
-from tihub.formats.pickle_vm import ITEMSIZE, NUMPY_DTYPE, StorageRef, TensorInfo
+from tihub.formats.pickle_vm import ITEMSIZE, NUMPY_DTYPE, BF16Array, StorageRef, TensorInfo
 
 # Caps for embedding files (models use the larger caps in tensor_shapes/read_safetensors_header).
 MAX_EMBEDDING_FILE = 64 * 1024 * 1024
@@ -33,41 +32,18 @@ _TORCH_ENTRY = re.compile(
 )
 
 
-class BF16Array:
-    """A bfloat16 tensor widened to float32 (exact)."""
-
-    __slots__ = ("array",)
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
-
-
 def _normalize(value: Any) -> Any:
-    """Replace the VM's internal wrappers with public ones (BF16Array, plain dicts)."""
-    if isinstance(value, pickle_vm._BF16):
-        return BF16Array(value.array)
-    if isinstance(value, pickle_vm.Parameter):
-        return _normalize(value.data)
-    if isinstance(value, dict):
-        return {k: _normalize(v) for k, v in value.items()}
-    if isinstance(value, pickle_vm.ModuleObject):
-        out = {k: _normalize(v) for k, v in value.state.items()}
-        out["__module__"] = value.cls
-        return out
-    if isinstance(value, list):
-        return [_normalize(v) for v in value]
     return value
 
 
 # ---------------------------------------------------------------------------------------------
 # torch zip
 # ---------------------------------------------------------------------------------------------
-def _torch_zip_members(zf: zipfile.ZipFile, what: str) -> tuple[str, dict[str, zipfile.ZipInfo]]:
-    infos = zf.infolist()
+def _torch_zip_members(infos: list[Any], what: str) -> tuple[str, dict[str, Any]]:
     if not infos:
         raise NotAnEmbedding(f"{what} is an empty zip archive, not an embedding.", kind="archive")
     root = None
-    members: dict[str, zipfile.ZipInfo] = {}
+    members: dict[str, Any] = {}
     for info in infos:
         name = info.filename
         if "\\" in name or name.startswith("/") or "\x00" in name:
@@ -85,7 +61,7 @@ def _torch_zip_members(zf: zipfile.ZipFile, what: str) -> tuple[str, dict[str, z
             raise UnsafeFile(f"{what} has an unexpected zip entry {name[:60]!r} for a torch file; refusing it.")
         if tail in members:
             raise UnsafeFile(f"{what} holds the zip entry {name[:60]!r} twice; refusing it.")
-        if info.compress_type != zipfile.ZIP_STORED:
+        if info.compress_type != 0:  # ZIP_STORED
             raise UnsafeFile(f"{what} has a compressed zip entry {name[:60]!r}, which torch never writes; refusing it.")
         if info.flag_bits & 0x1:
             raise UnsafeFile(f"{what} has an encrypted zip entry; refusing it.")
@@ -94,7 +70,7 @@ def _torch_zip_members(zf: zipfile.ZipFile, what: str) -> tuple[str, dict[str, z
     return root, members
 
 
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, what: str) -> bytes:
+def _read_member(zf: Any, info: Any, cap: int, what: str) -> bytes:
     if info.file_size > cap:
         raise UnsafeFile(f"{what} has a zip entry of {info.file_size} bytes, over the {cap}-byte limit; refusing it.")
     with zf.open(info) as fh:
@@ -104,7 +80,9 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, what: str
     return out
 
 
-def open_zip(source: Any, what: str) -> zipfile.ZipFile:
+def open_zip(source: Any, what: str) -> Any:
+    import zipfile  # only model files (tensor_shapes) need the general zip reader
+
     try:
         return zipfile.ZipFile(source)
     except zipfile.BadZipFile:
@@ -115,43 +93,126 @@ def open_zip(source: Any, what: str) -> zipfile.ZipFile:
         raise FormatError(f"{what} is a corrupt zip archive ({type(exc).__name__}).") from None
 
 
+class _Entry:
+    """One central-directory record of a zip held in memory (duck-types zipfile.ZipInfo)."""
+
+    __slots__ = ("filename", "file_size", "compress_type", "flag_bits", "crc", "data_offset")
+
+    def __init__(self, filename: str, file_size: int, compress_type: int, flag_bits: int, crc: int, data_offset: int) -> None:
+        self.filename = filename
+        self.file_size = file_size
+        self.compress_type = compress_type
+        self.flag_bits = flag_bits
+        self.crc = crc
+        self.data_offset = data_offset
+
+
+def _truncated(what: str) -> NotAnEmbedding:
+    return NotAnEmbedding(f"{what} is a truncated or corrupt zip archive; download it again.", kind="truncated")
+
+
+def scan_zip(data: bytes, what: str) -> list[_Entry]:
+    """A strict zip reader for in-memory files: the central directory must agree with every local
+    header (name, sizes, position), entries may not overlap, and no zip64/multi-disk tricks."""
+    n = len(data)
+    end = data.rfind(b"PK\x05\x06", max(0, n - 65557))
+    if end < 0 or end + 22 > n:
+        raise _truncated(what)
+    _sig, disk, cd_disk, n_here, n_total, cd_size, cd_off, comment_len = struct.unpack_from("<IHHHHIIH", data, end)
+    if disk or cd_disk or n_here != n_total or end + 22 + comment_len != n:
+        raise UnsafeFile(f"{what} has an inconsistent zip end record (multi-disk, trailing data or two archives); refusing it.")
+    cd_end = end
+    if end >= 20 and data[end - 20 : end - 16] == b"PK\x06\x07":  # zip64 locator (torch writes one)
+        (z64_off,) = struct.unpack_from("<Q", data, end - 12)
+        if z64_off + 56 > end - 20 or data[z64_off : z64_off + 4] != b"PK\x06\x06":
+            raise _truncated(what)
+        z_total, z_cd_size, z_cd_off = struct.unpack_from("<8xQQQ", data, z64_off + 24)
+        if n_total == 0xFFFF:
+            n_total = z_total
+        if cd_size == 0xFFFFFFFF:
+            cd_size = z_cd_size
+        if cd_off == 0xFFFFFFFF:
+            cd_off = z_cd_off
+        if (z_total, z_cd_size, z_cd_off) != (n_total, cd_size, cd_off):
+            raise UnsafeFile(f"{what} has zip end records that disagree with each other; refusing it.")
+        cd_end = z64_off
+        if n_total > 100_000:
+            raise UnsafeFile(f"{what} declares {n_total} zip entries; refusing it.")
+    if cd_off + cd_size != cd_end:
+        raise _truncated(what) if cd_off + cd_size > cd_end else UnsafeFile(
+            f"{what} has bytes between its zip directory and end record; refusing it."
+        )
+    entries: list[_Entry] = []
+    pos = cd_off
+    spans: list[tuple[int, int]] = []
+    for _ in range(n_total):
+        if data[pos : pos + 4] != b"PK\x01\x02":
+            raise _truncated(what)
+        (flags, method, crc, csize, usize, nlen, elen, clen, loff) = _CD.unpack_from(data, pos)
+        raw_name = data[pos + 46 : pos + 46 + nlen]
+        pos += 46 + nlen + elen + clen
+        if pos > cd_end:
+            raise _truncated(what)
+        if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF or loff == 0xFFFFFFFF:
+            raise FormatError(f"{what} is a zip64 archive, which no embedding needs.")
+        if data[loff : loff + 4] != b"PK\x03\x04":
+            raise _truncated(what)
+        lflags, lmethod, lnlen, lelen = _LH.unpack_from(data, loff)
+        if data[loff + 30 : loff + 30 + lnlen] != raw_name or lmethod != method:
+            raise UnsafeFile(f"{what} has a zip entry whose local header disagrees with its directory; refusing it.")
+        doff = loff + 30 + lnlen + lelen
+        if doff + csize > cd_off:
+            raise _truncated(what)
+        spans.append((loff, doff + csize))
+        name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        if method == 0 and csize != usize:
+            raise FormatError(f"{what} has a stored zip entry whose sizes disagree; it is corrupt.")
+        entries.append(_Entry(name, usize, method, flags, crc, doff))
+    spans.sort()
+    for (a0, a1), (b0, _b1) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise UnsafeFile(f"{what} has overlapping zip entries; refusing it.")
+    return entries
+
+
+_CD = struct.Struct("<8xHH4xIIIHHH8xI")
+_LH = struct.Struct("<6xHH16xHH")
+
+
+def _member_bytes(data: bytes, entry: _Entry, cap: int, what: str, check_crc: bool = True) -> memoryview:
+    if entry.file_size > cap:
+        raise UnsafeFile(f"{what} has a zip entry of {entry.file_size} bytes, over the {cap}-byte limit; refusing it.")
+    view = memoryview(data)[entry.data_offset : entry.data_offset + entry.file_size]
+    if check_crc and zlib.crc32(view) != entry.crc:
+        raise FormatError(f"{what} has a zip entry {entry.filename[:60]!r} that fails its CRC check; it is corrupt.")
+    return view
+
+
 def read_torch_zip(data: bytes, what: str, max_storage_bytes: int = MAX_EMBEDDING_FILE) -> Any:
-    """Interpret `data.pkl` of a torch zip; tensors come back as numpy arrays."""
-    zf = open_zip(io.BytesIO(data), what)
-    try:
-        with zf:
-            _root, members = _torch_zip_members(zf, what)
-            pkl = members.get("data.pkl")
-            if pkl is None:
-                raise NotAnEmbedding(f"{what} is a zip archive without a torch data.pkl, not an embedding.", kind="archive")
-            version = members.get("version") or members.get(".data/version")
-            if version is not None:
-                text = _read_member(zf, version, 64, what).strip()
-                if not text.isdigit():
-                    raise UnsafeFile(f"{what} has a torch 'version' entry that is not a number; refusing it.")
-            pickle_bytes = _read_member(zf, pkl, MAX_EMBEDDING_PICKLE, what)
+    """Interpret `data.pkl` of a torch zip held in memory; tensors come back as numpy arrays."""
+    _root, members = _torch_zip_members(scan_zip(data, what), what)
+    pkl = members.get("data.pkl")
+    if pkl is None:
+        raise NotAnEmbedding(f"{what} is a zip archive without a torch data.pkl, not an embedding.", kind="archive")
+    version = members.get("version") or members.get(".data/version")
+    if version is not None:
+        text = bytes(_member_bytes(data, version, 64, what)).strip()  # type: ignore[arg-type]
+        if not text.isdigit():
+            raise UnsafeFile(f"{what} has a torch 'version' entry that is not a number; refusing it.")
+    pickle_bytes = bytes(_member_bytes(data, pkl, MAX_EMBEDDING_PICKLE, what))  # type: ignore[arg-type]
 
-            def load(ref: StorageRef) -> bytes:
-                info = members.get(f"data/{ref.key}")
-                if info is None:
-                    raise FormatError(f"{what} refers to tensor storage {ref.key!r} that the archive lacks.")
-                want = ref.numel * ITEMSIZE[ref.dtype]
-                if info.file_size != want:
-                    raise FormatError(
-                        f"{what} has tensor storage {ref.key!r} of {info.file_size} bytes where {want} were declared."
-                    )
-                return _read_member(zf, info, max_storage_bytes, what)
+    def load(ref: StorageRef) -> memoryview:
+        info = members.get(f"data/{ref.key}")
+        if info is None:
+            raise FormatError(f"{what} refers to tensor storage {ref.key!r} that the archive lacks.")
+        want = ref.numel * ITEMSIZE[ref.dtype]
+        if info.file_size != want:
+            raise FormatError(f"{what} has tensor storage {ref.key!r} of {info.file_size} bytes where {want} were declared.")
+        # tensor bytes skip the CRC (sizes are checked; the values are only floats, checked later)
+        return _member_bytes(data, info, max_storage_bytes, what, check_crc=False)  # type: ignore[arg-type]
 
-            result = pickle_vm.interpret(
-                pickle_bytes, load_storage=load, what=what, max_storage_bytes=max_storage_bytes
-            )
-    except zipfile.BadZipFile as exc:
-        raise FormatError(f"{what} is a corrupt zip archive ({exc}).") from None
-    except (OSError, EOFError, struct.error, NotImplementedError, ValueError) as exc:
-        if isinstance(exc, FormatError):
-            raise
-        raise FormatError(f"{what} is a corrupt zip archive ({type(exc).__name__}).") from None
-    return _normalize(result.value)
+    result = pickle_vm.interpret(pickle_bytes, load_storage=load, what=what, max_storage_bytes=max_storage_bytes)
+    return result.value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +240,10 @@ def read_legacy_torch(data: bytes, what: str, max_storage_bytes: int = MAX_EMBED
     refs: dict[str, StorageRef] = {}
     storages: dict[str, bytes] = {}
     # first pass: shapes only, to learn the storages; their data follows the object pickle
-    obj = pickle_vm.interpret(data, what=what, start=info.end, shapes_only=True, lenient=shapes_only, refs=refs)
+    max_ops = pickle_vm.MAX_MODEL_OPS if shapes_only else pickle_vm.MAX_OPS
+    obj = pickle_vm.interpret(
+        data, what=what, start=info.end, shapes_only=True, lenient=shapes_only, refs=refs, max_ops=max_ops
+    )
     if shapes_only:
         return _normalize(obj.value)
     keys = pickle_vm.interpret(data, what=what, start=obj.end)
@@ -382,20 +446,37 @@ def tensor_shapes(path: str | os.PathLike[str], max_pickle: int = MAX_MODEL_PICK
             if head[:4] == b"PK\x03\x04":
                 zf = open_zip(fh, what)
                 with zf:
-                    _root, members = _torch_zip_members(zf, what)
+                    _root, members = _torch_zip_members(zf.infolist(), what)
                     pkl = members.get("data.pkl")
                     if pkl is None:
                         raise NotAnEmbedding(f"{what} is a zip archive without a torch data.pkl.", kind="archive")
                     pickle_bytes = _read_member(zf, pkl, max_pickle, what)
-                value = pickle_vm.interpret(pickle_bytes, what=what, shapes_only=True, lenient=True).value
+                value = pickle_vm.interpret(
+                    pickle_bytes, what=what, shapes_only=True, lenient=True, max_ops=pickle_vm.MAX_MODEL_OPS
+                ).value
             elif is_legacy_torch(head):
-                fh.seek(0)
-                data = fh.read(max_pickle)
-                value = read_legacy_torch(data, what, shapes_only=True)
+                size = os.fstat(fh.fileno()).st_size
+                want = min(size, 4 << 20, max_pickle)
+                while True:  # the pickles come first: read a growing prefix until they parse
+                    fh.seek(0)
+                    data = fh.read(want)
+                    try:
+                        value = read_legacy_torch(data, what, shapes_only=True)
+                        break
+                    except UnsafeFile:
+                        raise
+                    except FormatError:
+                        if want >= min(size, max_pickle):
+                            raise
+                        want = min(size, max_pickle, want * 8)
             else:
                 raise FormatError(f"{what} is not a torch zip or legacy torch pickle.")
+    except FormatError:
+        raise
     except OSError as exc:
         raise FormatError(f"{what} cannot be read ({exc.strerror or exc}).") from None
+    except Exception as exc:  # zipfile.BadZipFile, bad CRC, struct errors from a damaged archive
+        raise FormatError(f"{what} is a damaged torch archive ({type(exc).__name__}).") from None
     value = _normalize(value)
     if isinstance(value, dict) and isinstance(value.get("state_dict"), dict):
         value = value["state_dict"]
@@ -411,5 +492,5 @@ def _flatten(value: Any, prefix: str, out: dict[str, tuple[tuple[int, ...], str]
         out[prefix] = (value.shape, value.dtype)
     elif isinstance(value, dict):
         for k, v in value.items():
-            if isinstance(k, str) and k != "__module__":
+            if isinstance(k, str):
                 _flatten(v, f"{prefix}.{k}" if prefix else k, out, depth + 1)

@@ -20,9 +20,9 @@ import numpy as np
 from tihub.errors import FormatError, UnsafeFile
 
 # Caps for one pickle stream.
-MAX_OPS = 5_000_000
+MAX_OPS = 200_000  # embeddings need ~100; model checkpoints pass a larger max_ops
+MAX_MODEL_OPS = 10_000_000
 MAX_MEMO = 1_000_000
-MAX_STACK = 1_000_000
 MAX_MARKS = 10_000
 MAX_TEXT = 64 * 1024 * 1024  # one string / bytes literal
 MAX_LONG_BYTES = 64  # LONG1/LONG4 payload (no 2**(8*2**32) integers)
@@ -99,19 +99,23 @@ class TensorInfo:
     dtype: str
 
 
-@dataclass
-class Parameter:
-    """An `nn.Parameter` wrapper: just marks its data."""
+class ModuleState(dict):  # type: ignore[type-arg]
+    """An allow-listed module class (ParameterDict) rebuilt as its plain state dict, never instantiated."""
 
-    data: Any
+    __slots__ = ("cls",)
+
+    def __init__(self, cls: str) -> None:
+        super().__init__()
+        self.cls = cls
 
 
-@dataclass
-class ModuleObject:
-    """An allow-listed module class (ParameterDict) rebuilt as plain state, never instantiated."""
+class BF16Array:
+    """A bfloat16 tensor widened to float32 (exactly); layouts record dtype 'bf16'."""
 
-    cls: str
-    state: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
 
 
 @dataclass
@@ -192,6 +196,7 @@ def interpret(
     lenient: bool = False,
     max_storage_bytes: int = 64 * 1024 * 1024,
     refs: dict[str, StorageRef] | None = None,
+    max_ops: int = MAX_OPS,
 ) -> PickleResult:
     """Interpret one pickle from `data[start:]`; return its value and the offset after STOP.
 
@@ -199,6 +204,7 @@ def interpret(
     shapes-only mode, where tensors come back as `TensorInfo`.
     """
     vm = _VM(data, load_storage, what, shapes_only, max_storage_bytes, lenient)
+    vm.max_ops = max_ops
     if refs is not None:
         vm.refs = refs
     try:
@@ -224,6 +230,7 @@ class _VM:
         lenient: bool = False,
     ) -> None:
         self.lenient = lenient
+        self.max_ops = MAX_OPS
         self.refs: dict[str, StorageRef] = {}
         self.data = bytes(data) if isinstance(data, memoryview) else data
         self.load_storage = load_storage
@@ -273,7 +280,7 @@ class _VM:
         if key == ("torch._utils", "_rebuild_parameter") or key == ("torch._utils", "_rebuild_parameter_with_state"):
             if not args:
                 raise self.bad("a parameter record is empty")
-            return Parameter(args[0])
+            return args[0]
         if key in (("__builtin__", "set"), ("builtins", "set")):
             if not args:
                 return set()
@@ -291,7 +298,7 @@ class _VM:
                 return args[0]
             raise self.bad("torch.Size of non-integers")
         if key == ("torch.nn.modules.container", "ParameterDict"):
-            return ModuleObject("ParameterDict")
+            return ModuleState("ParameterDict")
         if self.lenient:
             return Opaque(f"{func.module}.{func.name}")
         raise self.unsafe(f"calls {func.module}.{func.name}")  # pragma: no cover - guarded above
@@ -321,8 +328,17 @@ class _VM:
             return TensorInfo(tuple(size), storage.dtype)
         raw = self.storage_array(storage)
         itemsize = ITEMSIZE[storage.dtype]
+        contiguous = True
+        acc = 1
+        for s_, st in zip(reversed(size), reversed(stride)):
+            if s_ != 1 and st != acc:
+                contiguous = False
+                break
+            acc *= s_
         if numel == 0:
             arr = np.zeros(size, dtype=raw.dtype)
+        elif contiguous:
+            arr = raw[offset : offset + numel].reshape(size).copy()
         else:
             view = np.lib.stride_tricks.as_strided(
                 raw[offset:], shape=size, strides=tuple(st * itemsize for st in stride), writeable=False
@@ -330,7 +346,7 @@ class _VM:
             arr = np.array(view, copy=True)
         if storage.dtype == "BF16":
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
-            return _BF16(arr)
+            return BF16Array(arr)
         return arr
 
     def storage_array(self, ref: StorageRef) -> np.ndarray:
@@ -387,6 +403,7 @@ class _VM:
         memo: dict[int, Any] = {}
         unpack_from = struct.unpack_from
         ops = 0
+        max_ops = self.max_ops
 
         def take(k: int) -> bytes:
             nonlocal pos
@@ -420,67 +437,122 @@ class _VM:
 
         while True:
             ops += 1
-            if ops > MAX_OPS:
-                raise self.unsafe("runs more pickle operations than any data file needs")
+            if ops > max_ops:  # also bounds the stack, the memo and every container
+                raise self.unsafe("runs more pickle operations than this kind of file needs")
             if pos >= n:
                 raise self.bad("it ends before STOP")
             op = data[pos]
             pos += 1
-            if len(stack) > MAX_STACK:
-                raise self.unsafe("grows the pickle stack beyond limits")
-            if op == 0x80:  # PROTO
-                if take(1)[0] > 5:
-                    raise self.bad("unknown pickle protocol")
-            elif op == 0x95:  # FRAME
-                take(8)
-            elif op == 0x2E:  # STOP '.'
-                if len(stack) != 1 or marks:
-                    raise self.bad("the stack is unbalanced at STOP")
-                return PickleResult(_finish(stack[0]), pos)
-            elif op == 0x7D:  # EMPTY_DICT }
-                stack.append({})
-            elif op == 0x5D:  # EMPTY_LIST ]
-                stack.append([])
-            elif op == 0x29:  # EMPTY_TUPLE )
-                stack.append(())
-            elif op == 0x8F:  # EMPTY_SET
-                stack.append(set())
+            if op == 0x71:  # BINPUT q
+                idx = take(1)[0]
+                self._put(memo, idx, stack)
+            elif op == 0x58:  # BINUNICODE X
+                (k,) = unpack_from("<I", take(4))
+                stack.append(text(k))
             elif op == 0x28:  # MARK (
                 if len(marks) >= MAX_MARKS:
                     raise self.unsafe("nests pickle MARKs too deeply")
                 marks.append(len(stack))
-            elif op == 0x71:  # BINPUT q
-                idx = take(1)[0]
-                self._put(memo, idx, stack)
+            elif op == 0x4B:  # BININT1 K
+                stack.append(take(1)[0])
+            elif op == 0x74:  # TUPLE t
+                stack.append(tuple(pop_mark()))
+            elif op == 0x63:  # GLOBAL c
+                module = readline().decode("utf-8")
+                name = readline().decode("utf-8")
+                stack.append(self.resolve_global(module, name))
+            elif op == 0x51:  # BINPERSID Q
+                stack.append(self.persistent(stack.pop()))
+            elif op == 0x52:  # REDUCE R
+                args = stack.pop()
+                func = stack.pop()
+                stack.append(self.call(func, args))
+            elif op == 0x86:  # TUPLE2
+                if len(stack) < 2:
+                    raise self.bad("empty stack")
+                stack[-2:] = [(stack[-2], stack[-1])]
+            elif op == 0x89:  # NEWFALSE
+                stack.append(False)
+            elif op == 0x29:  # EMPTY_TUPLE )
+                stack.append(())
+            elif op == 0x75:  # SETITEMS u
+                items = pop_mark()
+                if len(items) % 2:
+                    raise self.bad("odd number of dict items")
+                target = _as(stack[-1], dict, self)
+                target.update(_dict_from(items, self))
+            elif op == 0x73:  # SETITEM s
+                v = stack.pop()
+                k = stack.pop()
+                _as(stack[-1], dict, self)[_hashable(k, self)] = v
+            elif op == 0x7D:  # EMPTY_DICT }
+                stack.append({})
+            elif op == 0x68:  # BINGET h
+                stack.append(self._get(memo, take(1)[0]))
+            elif op == 0x85:  # TUPLE1
+                stack[-1:] = [(stack[-1],)] if stack else _raise(self.bad("empty stack"))
+            elif op == 0x87:  # TUPLE3
+                if len(stack) < 3:
+                    raise self.bad("empty stack")
+                stack[-3:] = [(stack[-3], stack[-2], stack[-1])]
+            elif op == 0x4A:  # BININT J
+                stack.append(unpack_from("<i", take(4))[0])
+            elif op == 0x4D:  # BININT2 M
+                stack.append(unpack_from("<H", take(2))[0])
+            elif op == 0x88:  # NEWTRUE
+                stack.append(True)
+            elif op == 0x4E:  # NONE N
+                stack.append(None)
+            elif op == 0x94:  # MEMOIZE
+                self._put(memo, len(memo), stack)
+            elif op == 0x8C:  # SHORT_BINUNICODE
+                stack.append(text(take(1)[0]))
+            elif op == 0x93:  # STACK_GLOBAL
+                if len(stack) < 2:
+                    raise self.bad("STACK_GLOBAL on a short stack")
+                name = stack.pop()
+                module = stack.pop()
+                stack.append(self.resolve_global(module, name))
+            elif op == 0x62:  # BUILD b
+                state = stack.pop()
+                self.build(stack[-1], state)
+            elif op == 0x81:  # NEWOBJ
+                args = stack.pop()
+                cls = stack.pop()
+                stack.append(self.newobj(cls, args))
+            elif op == 0x65:  # APPENDS e
+                items = pop_mark()
+                _as(stack[-1], list, self).extend(items)
+            elif op == 0x61:  # APPEND a
+                v = stack.pop()
+                _as(stack[-1], list, self).append(v)
+            elif op == 0x5D:  # EMPTY_LIST ]
+                stack.append([])
+            elif op == 0x2E:  # STOP '.'
+                if len(stack) != 1 or marks:
+                    raise self.bad("the stack is unbalanced at STOP")
+                return PickleResult(_finish(stack[0]), pos)
+            elif op == 0x80:  # PROTO
+                if take(1)[0] > 5:
+                    raise self.bad("unknown pickle protocol")
+            elif op == 0x95:  # FRAME
+                take(8)
+            elif op == 0x8F:  # EMPTY_SET
+                stack.append(set())
             elif op == 0x72:  # LONG_BINPUT r
                 (idx,) = unpack_from("<I", take(4))
                 self._put(memo, idx, stack)
-            elif op == 0x94:  # MEMOIZE
-                self._put(memo, len(memo), stack)
             elif op == 0x70:  # PUT p
                 self._put(memo, _int_text(readline(), self), stack)
-            elif op == 0x68:  # BINGET h
-                stack.append(self._get(memo, take(1)[0]))
             elif op == 0x6A:  # LONG_BINGET j
                 stack.append(self._get(memo, unpack_from("<I", take(4))[0]))
             elif op == 0x67:  # GET g
                 stack.append(self._get(memo, _int_text(readline(), self)))
-            elif op == 0x58:  # BINUNICODE X
-                (k,) = unpack_from("<I", take(4))
-                stack.append(text(k))
-            elif op == 0x8C:  # SHORT_BINUNICODE
-                stack.append(text(take(1)[0]))
             elif op == 0x8D:  # BINUNICODE8
                 (k,) = unpack_from("<Q", take(8))
                 stack.append(text(k))
             elif op == 0x56:  # UNICODE V (raw-unicode-escape line)
                 stack.append(readline().decode("raw_unicode_escape"))
-            elif op == 0x4B:  # BININT1 K
-                stack.append(take(1)[0])
-            elif op == 0x4D:  # BININT2 M
-                stack.append(unpack_from("<H", take(2))[0])
-            elif op == 0x4A:  # BININT J
-                stack.append(unpack_from("<i", take(4))[0])
             elif op == 0x8A:  # LONG1
                 k = take(1)[0]
                 stack.append(int.from_bytes(take(k), "little", signed=True))
@@ -509,12 +581,6 @@ class _VM:
                 if len(line) > 64:
                     raise self.bad("an oversized float literal")
                 stack.append(float(line))
-            elif op == 0x4E:  # NONE N
-                stack.append(None)
-            elif op == 0x88:  # NEWTRUE
-                stack.append(True)
-            elif op == 0x89:  # NEWFALSE
-                stack.append(False)
             elif op == 0x55:  # SHORT_BINSTRING U
                 stack.append(take(take(1)[0]).decode("latin-1"))
             elif op == 0x54:  # BINSTRING T
@@ -541,18 +607,6 @@ class _VM:
                 if k > MAX_TEXT:
                     raise self.unsafe("holds an oversized byte string")
                 stack.append(take(k))
-            elif op == 0x85:  # TUPLE1
-                stack[-1:] = [(stack[-1],)] if stack else _raise(self.bad("empty stack"))
-            elif op == 0x86:  # TUPLE2
-                if len(stack) < 2:
-                    raise self.bad("empty stack")
-                stack[-2:] = [(stack[-2], stack[-1])]
-            elif op == 0x87:  # TUPLE3
-                if len(stack) < 3:
-                    raise self.bad("empty stack")
-                stack[-3:] = [(stack[-3], stack[-2], stack[-1])]
-            elif op == 0x74:  # TUPLE t
-                stack.append(tuple(pop_mark()))
             elif op == 0x6C:  # LIST l
                 stack.append(pop_mark())
             elif op == 0x64:  # DICT d
@@ -562,22 +616,6 @@ class _VM:
                 stack.append(_dict_from(items, self))
             elif op == 0x91:  # FROZENSET
                 stack.append(frozenset(_hashable_all(pop_mark(), self)))
-            elif op == 0x61:  # APPEND a
-                v = stack.pop()
-                _as(stack[-1], list, self).append(v)
-            elif op == 0x65:  # APPENDS e
-                items = pop_mark()
-                _as(stack[-1], list, self).extend(items)
-            elif op == 0x73:  # SETITEM s
-                v = stack.pop()
-                k = stack.pop()
-                _as(stack[-1], dict, self)[_hashable(k, self)] = v
-            elif op == 0x75:  # SETITEMS u
-                items = pop_mark()
-                if len(items) % 2:
-                    raise self.bad("odd number of dict items")
-                target = _as(stack[-1], dict, self)
-                target.update(_dict_from(items, self))
             elif op == 0x90:  # ADDITEMS
                 items = pop_mark()
                 _as(stack[-1], set, self).update(_hashable_all(items, self))
@@ -592,24 +630,6 @@ class _VM:
                 pop_mark()
             elif op == 0x32:  # DUP 2
                 stack.append(stack[-1])
-            elif op == 0x63:  # GLOBAL c
-                module = readline().decode("utf-8")
-                name = readline().decode("utf-8")
-                stack.append(self.resolve_global(module, name))
-            elif op == 0x93:  # STACK_GLOBAL
-                if len(stack) < 2:
-                    raise self.bad("STACK_GLOBAL on a short stack")
-                name = stack.pop()
-                module = stack.pop()
-                stack.append(self.resolve_global(module, name))
-            elif op == 0x52:  # REDUCE R
-                args = stack.pop()
-                func = stack.pop()
-                stack.append(self.call(func, args))
-            elif op == 0x81:  # NEWOBJ
-                args = stack.pop()
-                cls = stack.pop()
-                stack.append(self.newobj(cls, args))
             elif op == 0x92:  # NEWOBJ_EX
                 kwargs = stack.pop()
                 args = stack.pop()
@@ -617,11 +637,6 @@ class _VM:
                 if kwargs:
                     raise self.unsafe("constructs an object with keyword arguments")
                 stack.append(self.newobj(cls, args))
-            elif op == 0x62:  # BUILD b
-                state = stack.pop()
-                self.build(stack[-1], state)
-            elif op == 0x51:  # BINPERSID Q
-                stack.append(self.persistent(stack.pop()))
             elif op == 0x50:  # PERSID P
                 raise self.unsafe("uses a text persistent id")
             elif op in (0x69, 0x6F):  # INST i, OBJ o
@@ -648,7 +663,7 @@ class _VM:
 
     def newobj(self, cls: Any, args: Any) -> Any:
         if isinstance(cls, _Global) and (cls.module, cls.name) == ("torch.nn.modules.container", "ParameterDict"):
-            return ModuleObject("ParameterDict")
+            return ModuleState("ParameterDict")
         if isinstance(cls, _Global) and (cls.module, cls.name) == ("collections", "OrderedDict"):
             return {}
         if self.lenient and isinstance(cls, _Global):
@@ -657,29 +672,20 @@ class _VM:
         raise self.unsafe(f"constructs an object of {name}")
 
     def build(self, obj: Any, state: Any) -> None:
-        if isinstance(obj, ModuleObject):
+        if isinstance(obj, ModuleState):
             if isinstance(state, dict):
-                obj.state.update(state)
+                obj.update(state)
                 return
             raise self.bad("module state is not a dict")
         if isinstance(obj, Opaque):
             return
         if isinstance(obj, dict) and isinstance(state, dict) and not state:
             return
-        if isinstance(obj, (np.ndarray, _BF16, Parameter, TensorInfo)):
+        if isinstance(obj, (np.ndarray, BF16Array, TensorInfo)):
             # tensors carry python attributes via BUILD on some torch versions; ignore only empty ones
             if state in (None, {}) or (isinstance(state, dict) and all(isinstance(k, str) for k in state)):
                 return
         raise self.unsafe(f"sets state on a {type(obj).__name__} with BUILD")
-
-
-class _BF16:
-    """Marks an array widened from bfloat16 (so layouts can record dtype 'bf16')."""
-
-    __slots__ = ("array",)
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
 
 
 def _finish(value: Any) -> Any:
@@ -691,8 +697,6 @@ def _raise(exc: Exception) -> Any:
 
 
 def _as(obj: Any, kind: type, vm: _VM) -> Any:
-    if isinstance(obj, ModuleObject) and kind is dict:
-        return obj.state
     if not isinstance(obj, kind):
         raise vm.unsafe(f"adds items to a {type(obj).__name__} as if it were a {kind.__name__}")
     return obj
@@ -728,10 +732,3 @@ def _quoted_string(line: bytes, vm: _VM) -> str:
         body = line[1:-1]
         return body.decode("unicode_escape" if b"\\" in body else "latin-1")
     raise vm.bad("an unquoted STRING literal")
-
-
-def unwrap(value: Any) -> Any:
-    """Turn Parameter/_BF16 wrappers into (array, dtype-tag) friendly values for layout code."""
-    if isinstance(value, Parameter):
-        return unwrap(value.data)
-    return value

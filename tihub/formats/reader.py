@@ -25,6 +25,7 @@ from tihub.formats.containers import (
     read_torch_zip,
 )
 from tihub.formats.model import ENCODER_BY_WIDTH, Embedding
+from tihub.formats.pickle_vm import ModuleState
 
 MAX_VECTORS = 75
 _DTYPE_TAG = {np.dtype("float32"): "f32", np.dtype("float16"): "f16", np.dtype("float64"): "f64"}
@@ -55,8 +56,7 @@ def read_embedding(path: str | os.PathLike[str], data: bytes | None = None) -> E
             size = p.stat().st_size
             if size > MAX_EMBEDDING_FILE:
                 return _too_big(p, what, size)
-            with open(p, "rb") as fh:
-                data = fh.read(size + 1)  # not the cap: read() preallocates what it is asked for
+            data = _read_file(p, size)
             if len(data) > MAX_EMBEDDING_FILE:
                 return _too_big(p, what, len(data))
         except IsADirectoryError:
@@ -88,6 +88,24 @@ def read_embedding(path: str | os.PathLike[str], data: bytes | None = None) -> E
     ) as exc:
         msg = " ".join(str(exc).split())[:80].rstrip(".")
         raise FormatError(f"{what} is malformed ({type(exc).__name__}: {msg}).") from None
+
+
+def _read_file(p: Path, size: int) -> bytes:
+    """The whole file in one unbuffered read (asking for `size + 1` notices a file that grew;
+    never ask for the cap itself: read() preallocates what it is asked for)."""
+    fd = os.open(p, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    parts: list[bytes] = []
+    total = 0
+    try:
+        while total <= size:
+            chunk = os.read(fd, size + 1 - total)
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _too_big(p: Path, what: str, size: int) -> Embedding:
@@ -176,7 +194,8 @@ def _tensor(value: Any) -> tuple[np.ndarray, str] | None:
     if isinstance(value, BF16Array):
         return value.array, "bf16"
     if isinstance(value, np.ndarray):
-        return value, _DTYPE_TAG.get(value.dtype, str(value.dtype))
+        tag = _DTYPE_TAG.get(value.dtype)
+        return value, tag if tag is not None else str(value.dtype)
     return None
 
 
@@ -212,11 +231,19 @@ def _vectors(arr: np.ndarray, what: str, label: str) -> np.ndarray:
         raise FormatError(f"{what} holds {n} vectors; an embedding has 1 to {MAX_VECTORS}.")
     if arr.dtype.kind != "f":
         raise FormatError(f"{what} stores its vectors as {arr.dtype}, not floating point.")
-    if not np.isfinite(arr).all():
+    if not _finite(arr):
         raise FormatError(f"{what} has NaN or infinite values in its vectors; it is damaged.")
     out = np.ascontiguousarray(arr)
     out.flags.writeable = True
     return out
+
+
+def _finite(arr: np.ndarray) -> bool:
+    if arr.dtype == np.float16:  # numpy's float16 isfinite is slow; test the exponent bits
+        return not bool(((arr.view(np.uint16) & 0x7C00) == 0x7C00).any())
+    flat = arr.reshape(-1)
+    # fast path: a finite dot product proves every value is finite; otherwise check exactly
+    return bool(np.isfinite(np.dot(flat, flat))) or bool(np.isfinite(arr).all())
 
 
 def _pair(value: Any, what: str, label: str) -> tuple[np.ndarray, str]:
@@ -255,7 +282,7 @@ def from_object(obj: Any, name: str, what: str, container: str, from_image: bool
     if "string_to_param" in obj:
         stp = obj["string_to_param"]
         layout = "a1111"
-        if isinstance(stp, dict) and stp.get("__module__") == "ParameterDict":
+        if isinstance(stp, ModuleState):
             stp = stp.get("_parameters", {})
             layout = "original-ti"
         if not isinstance(stp, dict) or not stp:
@@ -264,7 +291,7 @@ def from_object(obj: Any, name: str, what: str, container: str, from_image: bool
             _is_tensor(v) for v in obj["string_to_token"].values()
         ):
             layout = "original-ti"
-        tensors = [(k, v) for k, v in stp.items() if k != "__module__"]
+        tensors = list(stp.items())
         token, value = tensors[0]
         arr, dtype = _pair(value, what, "in string_to_param")
         key = ENCODER_BY_WIDTH[arr.shape[1]]
@@ -352,7 +379,6 @@ def _sdxl(l_val: Any, g_val: Any, name: str, what: str, container: str, layout: 
 
 def from_safetensors(tensors: dict[str, Any], metadata: dict[str, str], name: str, what: str) -> Embedding:
     obj: dict[str, Any] = dict(tensors)
-    _refuse_non_embedding(obj, what)
     for k in ("name", "step", "sd_checkpoint", "sd_checkpoint_name"):
         if k in metadata and k not in obj:
             obj[k] = metadata[k]
