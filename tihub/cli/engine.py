@@ -1,0 +1,381 @@
+"""`tihub prompt | generate | png-info | grid | verify`: the generation engine's commands.
+
+torch/diffusers are imported inside the commands only (png-info never imports them).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tihub.cli._common import Context, echo_json, exit_status, fail, pass_ctx
+from tihub.errors import ConfigError, NotFound, TihubError
+
+MODEL_HELP = "Model: a diffusers folder, a .safetensors/.ckpt checkpoint, or a Hub repo id (online). Default: $TIHUB_MODEL."
+
+
+def _model(model: str | None) -> str:
+    model = model or os.environ.get("TIHUB_MODEL")
+    if not model:
+        raise ConfigError("No model given; pass --model PATH (a diffusers folder or checkpoint) or set TIHUB_MODEL.")
+    return model
+
+
+def _hash_cache(ctx: Context) -> Any:
+    try:
+        from tihub.hashing import HashCache
+
+        return HashCache(ctx.engine())
+    except Exception:  # the cache only saves time
+        return None
+
+
+def _engine(ctx: Context, model: str | None, device: str | None = None, dtype: str | None = None) -> Any:
+    from tihub.engine.generate import Engine
+
+    return Engine.load(_model(model), ctx.workspace.embeddings_dir, device=device, dtype=dtype, hash_cache=_hash_cache(ctx))
+
+
+def _warn(messages: list[str]) -> None:
+    for m in messages:
+        click.echo(f"Warning: {m}", err=True)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@click.command("prompt")
+@click.argument("prompt")
+@click.option("--steps", type=int, default=20, show_default=True, help="Sampling steps the schedule is computed for.")
+@click.option("--model", "model", default=None, help="Check embeddings against this model's text encoder (optional).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def prompt_cmd(ctx: Context, prompt: str, steps: int, model: str | None, as_json: bool) -> None:
+    """Explain PROMPT as A1111 reads it, without generating anything.
+
+    Shows the prompt-editing schedule ([from:to:when], [a|b]), the attention weights ((x), [x],
+    (x:1.3), BREAK), the token count and 75-token chunks, and the embeddings it uses from the
+    workspace's embeddings/ folder.
+
+    \b
+    Example:
+      tihub prompt "a photo of (mycat:1.2), [oil:watercolor:0.5] painting" --steps 20
+      tihub prompt "easynegative, lowres" --json
+    """
+    if steps < 1:
+        raise ConfigError("--steps must be at least 1.")
+    from tihub.engine.generate import explain_prompt
+
+    if model:
+        info = _engine(ctx, model).explain(prompt, steps)
+    else:
+        from tihub.clip_vocab import clip_tokenizer
+        from tihub.engine.conditioning import PromptTokenizer
+        from tihub.engine.vocabulary import Vocabulary
+
+        vocab = Vocabulary(ctx.workspace.embeddings_dir)
+        info = explain_prompt(prompt, steps, PromptTokenizer(clip_tokenizer(), vocab), vocab)
+    if as_json:
+        echo_json(info)
+        return
+    _warn(info["warnings"])
+    click.echo("Schedule:")
+    for end, text in info["schedule"]:
+        click.echo(f"  until step {end:>3}: {text}")
+    click.echo("Attention:")
+    for text, weight in info["attention"]:
+        click.echo("  BREAK" if weight == -1 and text == "BREAK" else f"  {weight:<8.4g} {text!r}")
+    click.echo(f"Tokens: {info['tokens']} in {info['chunks']} chunk(s) of 75 ({', '.join(map(str, info['chunk_tokens']))})")
+    if info["embeddings"]:
+        click.echo("Embeddings:")
+        for e in info["embeddings"]:
+            click.echo(f"  {e['name']}: {e['vectors']} vector(s), {e['file'] or 'in memory'}")
+    else:
+        click.echo("Embeddings: none")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _from_image(path: str) -> dict[str, Any]:
+    from tihub.infotext import NoInfotext, read_infotext
+
+    try:
+        info = read_infotext(path)
+    except NoInfotext as exc:
+        raise ConfigError(f"--from-image: {exc}") from exc
+    p = info.parameters
+    out: dict[str, Any] = {"prompt": info.prompt, "negative": info.negative_prompt}
+    if "Steps" in p:
+        out["steps"] = int(p["Steps"])
+    if "Sampler" in p:
+        from tihub.engine.samplers import canonical
+
+        out["sampler"] = canonical(p["Sampler"], p.get("Schedule type"))
+    if "CFG scale" in p:
+        out["cfg"] = float(p["CFG scale"])
+    if "Seed" in p:
+        out["seed"] = int(p["Seed"])
+    if "Size" in p:
+        out["size"] = p["Size"]
+    if "Clip skip" in p:
+        out["clip_skip"] = int(p["Clip skip"])
+    out["model_hash"] = p.get("Model hash")
+    return out
+
+
+@click.command("generate")
+@click.argument("prompt", required=False)
+@click.option("-n", "--negative", default=None, help="Negative prompt.")
+@click.option("--model", "model", default=None, help=MODEL_HELP)
+@click.option("--steps", type=int, default=None, help="Sampling steps [default: 20].")
+@click.option("--sampler", default=None, help="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M Karras' [default: Euler a].")
+@click.option("--cfg", type=float, default=None, help="CFG scale [default: 7].")
+@click.option("--seed", type=int, default=None, help="Seed; -1 picks one at random (recorded in the PNG) [default: -1].")
+@click.option("--size", default=None, help="WxH or N (square) [default: the model's native size].")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Images per pipeline call.")
+@click.option("--batch-count", type=int, default=1, show_default=True, help="Number of batches.")
+@click.option("--clip-skip", type=int, default=None, help="CLIP skip (1 = last layer) [default: 1].")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None, help="Output folder [default: WORKSPACE/outputs].")
+@click.option("--from-image", "from_image", type=click.Path(dir_okay=False), default=None, help="Re-run the settings in an image's infotext (options given here win).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or mps [default: best available].")
+@click.option("--dtype", default=None, type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="Compute precision [default: auto].")
+@click.option("--json", "as_json", is_flag=True, help="Print the saved files and settings as JSON.")
+@pass_ctx
+def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: str | None, steps: int | None, sampler: str | None, cfg: float | None, seed: int | None, size: str | None, batch_size: int, batch_count: int, clip_skip: int | None, out: str | None, from_image: str | None, device: str | None, dtype: str | None, as_json: bool) -> None:
+    """Generate images for PROMPT; each PNG carries A1111 infotext (PNG Info reads it).
+
+    Embeddings in the workspace's embeddings/ folder are used by their file name, as in A1111.
+
+    \b
+    Example:
+      tihub generate "a photo of mycat" -n easynegative --model ./sd15 --steps 25 --seed 42
+      tihub generate --from-image outputs/00003-42.png --model ./sd15
+    """
+    base: dict[str, Any] = _from_image(from_image) if from_image else {}
+    prompt = prompt if prompt is not None else base.get("prompt")
+    if prompt is None:
+        raise ConfigError("No prompt given; pass PROMPT or --from-image FILE.")
+    engine = _engine(ctx, model, device, dtype)
+    if base.get("model_hash") and engine.model.hash and base["model_hash"].lower() not in (engine.model.hash, (engine.model.sha256 or "")[:8]):
+        _warn([f"--from-image was made with model hash {base['model_hash']}, this model is {engine.model.hash}; images will differ."])
+    outdir = Path(out) if out else ctx.workspace.root / "outputs"
+    result = engine.generate(
+        prompt,
+        negative if negative is not None else base.get("negative", ""),
+        steps=steps if steps is not None else base.get("steps", 20),
+        sampler=sampler or base.get("sampler"),
+        cfg_scale=cfg if cfg is not None else base.get("cfg", 7.0),
+        seed=seed if seed is not None else base.get("seed", -1),
+        size=size or base.get("size"),
+        batch_size=batch_size,
+        batch_count=batch_count,
+        clip_skip=clip_skip if clip_skip is not None else base.get("clip_skip", 1),
+        out=outdir,
+    )
+    _warn(result.warnings)
+    if as_json:
+        echo_json({"files": [str(p) for p in result.paths], "seeds": result.seeds, "embeddings": result.used, "infotext": result.infotexts[0] if result.infotexts else None})
+        return
+    for p in result.paths:
+        click.echo(str(p))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@click.command("png-info")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="JSON: one object for one file, a list for several.")
+def png_info_cmd(files: tuple[str, ...], as_json: bool) -> None:
+    """Print the A1111 generation parameters stored in images (PNG, JPEG, WEBP).
+
+    Reads the PNG 'parameters' text chunk (tEXt/iTXt/zTXt), EXIF UserComment, and A1111 stealth
+    pnginfo. Images from ComfyUI, InvokeAI, NovelAI or Fooocus are named as such.
+
+    \b
+    Example:
+      tihub png-info outputs/00000-42.png
+      tihub png-info *.png --json
+    """
+    from tihub.infotext import build_infotext, png_info
+
+    records = [png_info(f) for f in files]
+    failed = any("error" in r for r in records)
+    if as_json:
+        echo_json(records[0] if len(records) == 1 else records)
+    else:
+        for r in records:
+            if len(records) > 1:
+                click.echo(f"== {r['file']}")
+            if "error" in r:
+                fail(r["error"])
+                continue
+            click.echo(build_infotext(r["prompt"], r["negative_prompt"], r["parameters"]))
+    exit_status(failed)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _resolve_embedding(ctx: Context, name: str) -> tuple[Path | None, int | None, int | None, str | None]:
+    """(local file, entry id, file id, kind) for a catalogue entry name or an embeddings/ stem."""
+    from tihub.catalog.store import Catalog
+
+    catalog = Catalog(ctx.engine(), ctx.workspace)
+    entry = None
+    try:
+        entry = catalog.entry(name)
+    except NotFound:
+        entry = None
+    path = None
+    file_id = None
+    if entry is not None:
+        for f in entry.get("files", []):
+            if f.get("local_path") and Path(f["local_path"]).is_file():
+                path, file_id = Path(f["local_path"]), f["id"]
+                break
+    if path is None:
+        folder = ctx.workspace.embeddings_dir
+        from tihub.formats import EMBEDDING_SUFFIXES
+
+        if folder.is_dir():
+            for p in sorted(folder.rglob("*")):
+                if p.is_file() and p.name.rsplit(".", 1)[0] == name and p.name.lower().endswith(EMBEDDING_SUFFIXES):
+                    path = p
+                    break
+    if path is None:
+        if entry is not None:
+            raise NotFound(f"Embedding '{name}' is in the catalogue but not downloaded; run `tihub fetch {name}` first.")
+        raise NotFound(f"No embedding named '{name}' in the catalogue or in {ctx.workspace.embeddings_dir}; check `tihub list` or import it.")
+    if file_id is None:
+        try:
+            from tihub.formats import read_embedding
+            from tihub.hashing import sha256_file
+
+            file_id = catalog.upsert_local_file(path, read_embedding(path), sha256_file(path))
+            entry = catalog.entry(name)
+        except TihubError:
+            pass
+    return path, (entry or {}).get("id"), file_id, (entry or {}).get("kind")
+
+
+@click.command("grid")
+@click.argument("name", required=False)
+@click.option("--model", "model", default=None, help=MODEL_HELP)
+@click.option("--x", "x", default=None, metavar="AXIS:VALUES", help="X axis, e.g. steps:10,20,30 or prompt:cat,dog.")
+@click.option("--y", "y", default=None, metavar="AXIS:VALUES", help="Y axis.")
+@click.option("--z", "z", default=None, metavar="AXIS:VALUES", help="Z axis (one grid per value, side by side).")
+@click.option("-p", "--prompt", "prompt", default=None, help="Base prompt; `{emb}` marks where embedding/checkpoint names go.")
+@click.option("-n", "--negative", default="", help="Negative prompt.")
+@click.option("--steps", type=int, default=20, show_default=True)
+@click.option("--sampler", default="Euler a", show_default=True)
+@click.option("--cfg", type=float, default=7.0, show_default=True)
+@click.option("--seed", type=int, default=-1, show_default=True, help="Seed of every cell (unless an axis sets it).")
+@click.option("--size", default=None, help="WxH or N [default: the model's native size].")
+@click.option("--batch", type=int, default=8, show_default=True, help="Most images per pipeline call.")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None, help="Output folder [default: WORKSPACE/grids].")
+@click.option("--device", default=None)
+@click.option("--dtype", default=None, type=click.Choice(["auto", "fp32", "fp16", "bf16"]))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y: str | None, z: str | None, prompt: str | None, negative: str, steps: int, sampler: str, cfg: float, seed: int, size: str | None, batch: int, out: str | None, device: str | None, dtype: str | None, as_json: bool) -> None:
+    """Make an A1111-style X/Y/Z grid, or the standard preview of embedding NAME.
+
+    With NAME and no axes: the standard preview (fixed prompts chosen by the entry's kind:
+    object, style or negative; fixed seeds), attached to the catalogue entry. With axes: a grid
+    over prompt S/R, seed, steps, cfg, sampler, size, clip-skip, embedding, checkpoint, model.
+
+    \b
+    Example:
+      tihub grid mycat --model ./sd15
+      tihub grid --model ./sd15 -p "a photo of {emb}" --x embedding:cat1,cat2 --y seed:1-3
+      tihub grid --model ./sd15 -p "a photo of mycat" --x checkpoint:mycat --y cfg:5,7,9
+    """
+    from tihub.engine.generate import Engine, Settings, parse_size
+    from tihub.engine.grid import make_grid, parse_axis, standard_preview
+    from tihub.engine.models import load_model
+
+    axes = [parse_axis(a) if a else None for a in (x, y, z)]
+    while axes and axes[-1] is None:
+        axes.pop()
+    outdir = Path(out) if out else ctx.workspace.root / "grids"
+    engines: dict[str | None, Engine] = {}
+    cache = _hash_cache(ctx)
+
+    def engine_for(m: str | None) -> Engine:
+        key = m or None
+        if key not in engines:
+            engines[key] = Engine(load_model(_model(key or model), device=device, dtype=dtype, hash_cache=cache), ctx.workspace.embeddings_dir)
+        return engines[key]
+
+    if not axes:
+        if not name:
+            raise ConfigError("Give an embedding NAME (standard preview) or at least one axis (--x AXIS:VALUES).")
+        path, entry_id, file_id, kind = _resolve_embedding(ctx, name)
+        engine = engine_for(None)
+        result = standard_preview(engine, name, kind, steps=steps, size=size, out=outdir, batch=batch)
+        from tihub.catalog.store import Catalog
+
+        Catalog(ctx.engine(), ctx.workspace).add_preview(entry_id=entry_id, file_id=file_id, path=str(result.path), model_hash=engine.model.hash, params={"model": engine.model.name, "steps": steps, "kind": kind, "infotext": result.infotext})
+    else:
+        if prompt is None:
+            prompt = "{emb}" if any(a is not None and a.kind in ("embedding", "checkpoint") for a in axes) else (name or "")
+        native = None
+        if size is None:
+            native = 1024 if engine_for(None).model.family == "sdxl" else 512
+        w, h = parse_size(size, native or 512)
+        settings = Settings(steps=steps, sampler=sampler, cfg_scale=cfg, width=w, height=h)
+        folders = [ctx.workspace.embeddings_dir, ctx.workspace.train_dir]
+        result = make_grid(engine_for, prompt, negative, axes, settings, seed, outdir, batch, folders)
+    for e in engines.values():
+        result.warnings += e.vocabulary.take_warnings()
+    _warn(result.warnings)
+    if as_json:
+        echo_json({"grid": str(result.path), "cells": [str(p) for p in result.cell_paths], "pipeline_calls": result.calls})
+        return
+    click.echo(str(result.path))
+
+
+@click.command("verify")
+@click.argument("name")
+@click.option("--model", "model", default=None, help=MODEL_HELP)
+@click.option("--steps", type=int, default=20, show_default=True, help="Steps of the preview grid.")
+@click.option("--size", default=None, help="Preview size, WxH or N [default: native].")
+@click.option("--no-grid", is_flag=True, help="Only check the numbers; no preview grid.")
+@click.option("--device", default=None)
+@click.option("--dtype", default=None, type=click.Choice(["auto", "fp32", "fp16", "bf16"]))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def verify_cmd(ctx: Context, name: str, model: str | None, steps: int, size: str | None, no_grid: bool, device: str | None, dtype: str | None, as_json: bool) -> None:
+    """Verify embedding NAME on a model and record the result in the catalogue.
+
+    Checks that it loads (width), that its numbers are finite, and its vector norms against
+    the model's own token embeddings (flags over-trained embeddings); renders the standard
+    preview grid.
+
+    \b
+    Example:
+      tihub verify mycat --model ./sd15
+      tihub verify easynegative --model ./sd15 --json
+    """
+    from tihub.catalog.store import Catalog
+    from tihub.engine.verify import record, verify
+
+    path, entry_id, file_id, kind = _resolve_embedding(ctx, name)
+    engine = _engine(ctx, model, device, dtype)
+    v = verify(engine, name, path=path, grid=not no_grid, steps=steps, size=size, out=ctx.workspace.root / "grids", kind=kind)
+    record(Catalog(ctx.engine(), ctx.workspace), v, entry_id, file_id)
+    if as_json:
+        echo_json(v.to_dict())
+    else:
+        _warn(v.warnings)
+        click.echo(f"{name} on {v.model} ({v.model_hash or 'no hash'}): {v.result}")
+        for c in v.checks:
+            click.echo(f"  {c['status']:<8} {c['check']}: {c['detail']}")
+        if v.grid:
+            click.echo(f"  grid: {v.grid}")
+    exit_status(v.result == "failed")
