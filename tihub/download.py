@@ -730,7 +730,7 @@ class Downloader:
         if status == 416 and have:
             m = re.match(r"bytes \*/(\d+)", resp.headers.get("content-range", ""))
             etag = resp.headers.get("etag")
-            same = not etag or etag == sent.get("If-Range")
+            same = (not etag or etag == sent.get("If-Range")) and part.read_sidecar().get("size") in (None, have)
             if m and int(m.group(1)) == have and sent.get("Range") and same:
                 # the partial file is already complete (killed between the last byte and the rename)
                 hasher = hashlib.sha256()
