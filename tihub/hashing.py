@@ -43,7 +43,6 @@ import re
 import stat as stat_mod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tihub.errors import FormatError, NotFound
