@@ -1,0 +1,71 @@
+"""Real embedding files of every readable SD1 layout, spliced into a tiny 768-wide SD1 model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from test_engine_generate import capture_encoder_inputs, token_rows  # noqa: E402
+
+from tihub.engine.generate import Engine  # noqa: E402
+from tihub.engine.models import from_pipeline  # noqa: E402
+from tihub.formats import read_embedding  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sd1_768():
+    from tihub.engine.tiny import tiny_sd1_pipeline
+
+    return from_pipeline(tiny_sd1_pipeline(text_width=768), name="tiny-768")
+
+
+def _one_per_kind(corpus: Path, want: str) -> list[Path]:
+    seen: dict[str, Path] = {}
+    for line in (corpus / "MANIFEST.tsv").read_text(encoding="utf-8").splitlines()[1:]:
+        cols = line.split("\t")
+        if want in cols[6] and "NOT an" not in cols[6]:
+            seen.setdefault(cols[6], corpus / cols[0])
+    return list(seen.values())
+
+
+def test_every_sd1_layout_reaches_the_encoder(corpus, sd1_768, tmp_path):
+    files = _one_per_kind(corpus, "SD1.x/CLIP-L") + _one_per_kind(corpus, "PNG embedding")
+    assert len(files) >= 5
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    names = []
+    for i, src in enumerate(files):
+        name = f"realemb{chr(ord('a') + i)}"
+        shutil.copy(src, folder / f"{name}{src.suffix}")
+        names.append(name)
+    engine = Engine(sd1_768, folder)
+    te = sd1_768.pipe.text_encoder
+    for name, src in zip(names, files, strict=True):
+        emb = read_embedding(folder / f"{name}{src.suffix}")
+        arr = emb.vectors["clip_l"][:20].astype(np.float32)
+        seen, handle = capture_encoder_inputs(te)
+        try:
+            r = engine.generate(f"{name} cat", steps=1, seed=1, size=64, cfg_scale=1.0)
+        finally:
+            handle.remove()
+        assert r.used == [name], src
+        assert any(np.allclose(token_rows(te, h[0], 1, len(arr)), arr, atol=1e-4) for h in seen), src
+        assert f"{name}: " in r.infotexts[0]
+
+
+def test_sdxl_and_sd2_files_are_skipped_on_sd1_with_reason(corpus, sd1_768, tmp_path):
+    files = _one_per_kind(corpus, "SDXL (768+1280)")[:1] + _one_per_kind(corpus, "SD2.x/OpenCLIP-H")[:1]
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    for i, src in enumerate(files):
+        shutil.copy(src, folder / f"other{chr(ord('a') + i)}{src.suffix}")
+    engine = Engine(sd1_768, folder)
+    r = engine.generate("othera otherb", steps=1, seed=1, size=64, cfg_scale=1.0)
+    assert r.used == []
+    assert any("width 2048" in w and "768 wide" in w for w in r.warnings)
+    assert any("width 1024" in w for w in r.warnings)
