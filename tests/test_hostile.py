@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from hostile_files import build_all, builders, os_system, zipped
-from tihub.errors import FormatError, UnsafeFile
-from tihub.formats import read_embedding, read_safetensors_header, tensor_shapes
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the builder sits next to this file
+from hostile_files import build_all, builders, os_system, zipped  # noqa: E402
+from tihub.errors import FormatError, UnsafeFile  # noqa: E402
+from tihub.formats import read_embedding, read_safetensors_header, tensor_shapes  # noqa: E402
 
 MEMORY_LIMIT = 64 * 1024 * 1024
 NAMES = sorted(builders())

@@ -29,10 +29,10 @@ def read_embedding(path, data=None):  # type: ignore[no-untyped-def]
     return _read(path, data)
 
 
-def write_embedding(emb, path, fmt="safetensors"):  # type: ignore[no-untyped-def]
+def write_embedding(emb, path, fmt="safetensors", **options):  # type: ignore[no-untyped-def]
     from tihub.formats.writer import write_embedding as _write
 
-    return _write(emb, path, fmt)
+    return _write(emb, path, fmt, **options)
 
 
 def tensor_shapes(path, max_pickle=256 * 1024 * 1024):  # type: ignore[no-untyped-def]

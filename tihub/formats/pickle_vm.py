@@ -377,7 +377,7 @@ class _VM:
         if numel < 0:
             raise self.bad("a storage declares a negative size")
         nbytes = numel * ITEMSIZE[stype.dtype]
-        prev = self.storage_cache.get("__ref__" + key)
+        prev = self.refs.get(key)
         if prev is None:
             if not self.shapes_only:
                 self.total_storage += nbytes
@@ -387,7 +387,6 @@ class _VM:
                         f"{self.max_storage_bytes}-byte limit for this kind of file"
                     )
             ref = StorageRef(stype.dtype, key, location, numel)
-            self.storage_cache["__ref__" + key] = ref
             self.refs[key] = ref
             return ref
         if prev.dtype != stype.dtype or prev.numel != numel:

@@ -83,8 +83,11 @@ def _tensors(emb: Embedding) -> dict[str, TensorBytes]:
     return {k: TensorBytes(v, _tensor_dtype(emb, v)) for k, v in emb.vectors.items()}
 
 
-def write_embedding(emb: Embedding, path: str | os.PathLike[str], fmt: str = "safetensors") -> Path:
-    """Write `emb` to `path` in `fmt`; returns the path. Atomic: the file appears complete or not at all."""
+def write_embedding(emb: Embedding, path: str | os.PathLike[str], fmt: str = "safetensors", preview: Any = None) -> Path:
+    """Write `emb` to `path` in `fmt`; returns the path. Atomic: the file appears complete or not at all.
+
+    `preview` (png only): a PIL image to show between the data blocks (A1111 uses the last
+    training preview); a plain card is drawn when it is None."""
     if fmt not in FORMATS:
         raise FormatError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     out = Path(path)
@@ -97,7 +100,7 @@ def write_embedding(emb: Embedding, path: str | os.PathLike[str], fmt: str = "sa
     elif fmt == "diffusers-bin":
         data = _torch_zip_bytes(_diffusers_object(emb), root=_archive_root(out))
     else:
-        data = _png_bytes(emb)
+        data = _png_bytes(emb, preview)
     atomic_write(out, data)
     return out
 
