@@ -26,6 +26,7 @@ from tihub.net import URLPolicy, check_url, make_client, stream
         "http://[::1]/x.pt",
         "http://[::ffff:127.0.0.1]/x.pt",
         "http://0.0.0.0/x.pt",
+        "http://100.64.1.1/x.pt",
         "http://user:pw@example.com/x.pt",
         "http:///nohost",
     ],

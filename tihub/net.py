@@ -39,14 +39,8 @@ class URLPolicy:
 def _is_private(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
+    # Anything not globally routable: private, loopback, link-local, CGNAT (100.64/10), reserved...
+    return not ip.is_global or ip.is_multicast
 
 
 def check_url(url: str, policy: URLPolicy = URLPolicy()) -> str:
