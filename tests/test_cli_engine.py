@@ -1,0 +1,139 @@
+"""The engine's commands end to end: prompt, generate, png-info, grid, verify."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tihub.cli import cli
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return r.exit_code, r.stdout, r.stderr
+
+
+def _emb768(home: Path, name: str, n: int = 2) -> Path:
+    from safetensors.numpy import save_file
+
+    path = home / "embeddings" / f"{name}.safetensors"
+    save_file({"emb_params": np.full((n, 768), 0.01, dtype=np.float32)}, str(path))
+    return path
+
+
+def test_cli_engine_module_does_not_import_torch():
+    code = "import sys, tihub.cli.engine; assert 'torch' not in sys.modules and 'diffusers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_prompt_json_without_model(home):
+    _emb768(home, "mystyle", 3)
+    code, out, _ = run("prompt", "a (mystyle:1.1), ((cat)) [dog] [x:y:0.5] BREAK z", "--steps", "10", "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["schedule"] == [[5, "a (mystyle:1.1), ((cat)) [dog] x BREAK z"], [10, "a (mystyle:1.1), ((cat)) [dog] y BREAK z"]]
+    assert info["attention"] == [["a ", 1.0], ["mystyle", 1.1], [", ", 1.0], ["cat", 1.2100000000000002], [" ", 1.0], ["dog", 0.9090909090909091], [" y", 1.0], ["BREAK", -1], ["z", 1.0]]
+    assert info["chunks"] == 2 and info["tokens"] == 1 + 3 + 1 + 1 + 1 + 1 + 1
+    assert info["embeddings"] == [{"name": "mystyle", "file": str(home / "embeddings" / "mystyle.safetensors"), "vectors": 3, "widths": {"clip_l": 768}}]
+    code, out, _ = run("prompt", "a cat")
+    assert code == 0 and "Embeddings: none" in out and "Tokens: 2" in out
+
+
+def test_png_info_one_many_and_lookalikes(home, tmp_path):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from tihub.infotext import pnginfo_chunk
+
+    a = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(a, pnginfo=pnginfo_chunk('cat\nNegative prompt: dog\nSteps: 5, Sampler: Euler, Seed: 3, TI hashes: "x: 0123456789ab"'))
+    code, out, _ = run("png-info", str(a), "--json")
+    assert code == 0
+    rec = json.loads(out)
+    assert rec["prompt"] == "cat" and rec["negative_prompt"] == "dog"
+    assert rec["parameters"] == {"Steps": "5", "Sampler": "Euler", "Seed": "3", "TI hashes": "x: 0123456789ab"}
+    c = tmp_path / "comfy.png"
+    info = PngInfo()
+    info.add_text("prompt", '{"1": {}}')
+    Image.new("RGB", (8, 8)).save(c, pnginfo=info)
+    code, out, err = run("png-info", str(a), str(c), "--json")
+    assert code == 1
+    recs = json.loads(out)
+    assert isinstance(recs, list) and recs[1]["tool"] == "ComfyUI" and "ComfyUI" in recs[1]["error"]
+    code, out, err = run("png-info", str(a), str(c))
+    assert code == 1 and "Steps: 5" in out and "ComfyUI" in err
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_sd1_dir):
+    return str(tiny_sd1_dir)
+
+
+def test_generate_and_rerun_from_image(home, model_dir, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, err = run("generate", "a photo of a cat", "-n", "blurry", "--model", model_dir, "--steps", "2", "--size", "64", "--seed", "-1", "--out", str(out), "--sampler", "DPM++ 2M Karras", "--clip-skip", "2", "--json")
+    assert code == 0, err
+    res = json.loads(stdout)
+    first = Path(res["files"][0])
+    assert first.name == f"00000-{res['seeds'][0]}.png"
+    code, stdout, _ = run("png-info", str(first), "--json")
+    params = json.loads(stdout)["parameters"]
+    assert params["Sampler"] == "DPM++ 2M Karras" and params["Clip skip"] == "2" and params["Seed"] == str(res["seeds"][0])
+    code, stdout, err = run("generate", "--from-image", str(first), "--model", model_dir, "--out", str(out))
+    assert code == 0, err
+    second = Path(stdout.strip())
+    assert second.name.startswith("00001-")
+    assert np.array_equal(np.asarray(__import__("PIL.Image").Image.open(first)), np.asarray(__import__("PIL.Image").Image.open(second)))
+
+
+def test_generate_bad_input(home, model_dir, tmp_path):
+    code, _, err = run("generate", "x", "--model", model_dir, "--sampler", "Nope", "--size", "64", "--steps", "1")
+    assert code == 1 and "Unknown sampler 'Nope'" in err and "Euler a" in err
+    code, _, err = run("generate", "x", "--model", model_dir, "--size", "65", "--steps", "1")
+    assert code == 1 and "multiple of 8" in err
+    code, _, err = run("generate", "x", "--model", str(tmp_path / "missing"))
+    assert code == 1 and "does not exist" in err
+    code, _, err = run("generate", "x")
+    assert code == 1 and "--model" in err
+
+
+def test_grid_axes_and_standard_preview_attached(home, model_dir, tmp_path):
+    code, out, err = run("grid", "--model", model_dir, "-p", "a cat", "--x", "seed:1,2", "--y", "steps:1,2", "--size", "64", "--json", "--out", str(tmp_path / "g"))
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["pipeline_calls"] == 2 and len(res["cells"]) == 4 and Path(res["grid"]).exists()
+    _emb768(home, "wideone")
+    code, out, err = run("grid", "wideone", "--model", model_dir, "--steps", "1", "--size", "64")
+    assert code == 0, err
+    assert "wideone" in err and "plain text" in err  # 768-wide on a 32-wide model: warned
+    from tihub.catalog.store import Catalog
+    from tihub.config import Workspace
+
+    entry = Catalog.open(Workspace.locate(str(home), None)).entry("wideone")
+    assert len(entry["previews"]) == 1 and entry["previews"][0]["path"].endswith("wideone.preview-grid.png")
+    assert entry["previews"][0]["model_hash"]
+    code, _, err = run("grid", "--model", model_dir)
+    assert code == 1 and "NAME" in err
+    code, _, err = run("grid", "--model", model_dir, "--x", "bogus:1")
+    assert code == 1 and "KIND one of" in err
+
+
+def test_verify_records_failure(home, model_dir):
+    _emb768(home, "toowide")
+    code, out, err = run("verify", "toowide", "--model", model_dir, "--json")
+    assert code == 1
+    res = json.loads(out)
+    assert res["result"] == "failed" and res["checks"][1]["check"] == "width"
+    from tihub.catalog.store import Catalog
+    from tihub.config import Workspace
+
+    entry = Catalog.open(Workspace.locate(str(home), None)).entry("toowide")
+    assert entry["verifications"][0]["result"] == "failed"
+    code, _, err = run("verify", "nosuchthing", "--model", model_dir)
+    assert code == 1 and "nosuchthing" in err
