@@ -15,6 +15,8 @@ sqlalchemy nor httpx is imported. Target: tihub median < 0.5 s, no torch.
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -40,10 +42,14 @@ def make_files(work: Path) -> tuple[Path, Path]:
     return st, pt
 
 
-def wall(cmd: list[str]) -> float:
+def wall(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user+sys) of one run; CPU time is what a busy machine distorts least."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def imported_modules(py: str, st: Path) -> set[str]:
@@ -81,13 +87,19 @@ def main() -> int:
         for cmd in contestants.values():  # warm-up: page cache, .pyc files
             wall(cmd)
         times: dict[str, list[float]] = {k: [] for k in contestants}
+        cpu: dict[str, list[float]] = {k: [] for k in contestants}
         for _ in range(rounds):
             for name, cmd in contestants.items():
-                times[name].append(wall(cmd))
+                w, c = wall(cmd)
+                times[name].append(w)
+                cpu[name].append(c)
         med = {k: statistics.median(v) for k, v in times.items()}
-        print(f"start-up, median wall time of {rounds} interleaved rounds (fresh process each):")
+        print(f"start-up, median of {rounds} interleaved rounds (fresh process each); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs:")
         for k, v in med.items():
-            print(f"   {k:6s} {v * 1000:7.1f} ms   (min {min(times[k]) * 1000:.1f}, max {max(times[k]) * 1000:.1f})")
+            print(
+                f"   {k:6s} wall {v * 1000:7.1f} ms (min {min(times[k]) * 1000:.1f}, max {max(times[k]) * 1000:.1f})"
+                f"   cpu {statistics.median(cpu[k]) * 1000:7.1f} ms"
+            )
         ratios_torch = [t / s for s, t in zip(times["tihub"], times["torch"], strict=True)]
         print(f"   torch-load peer / tihub: median {statistics.median(ratios_torch):.2f}x (tihub is that much faster)")
         print(f"   tihub - floor: {(med['tihub'] - med['floor']) * 1000:.1f} ms of tihub's own work (imports included)")
