@@ -442,18 +442,26 @@ class _VM:
                 raise self.bad("it ends before STOP")
             op = data[pos]
             pos += 1
+            # the hottest opcodes are inlined; IndexError/KeyError/struct.error become FormatError.
+            # The memo and the stack cannot outgrow max_ops.
             if op == 0x71:  # BINPUT q
-                idx = take(1)[0]
-                self._put(memo, idx, stack)
+                memo[data[pos]] = stack[-1]
+                pos += 1
             elif op == 0x58:  # BINUNICODE X
-                (k,) = unpack_from("<I", take(4))
-                stack.append(text(k))
+                (k,) = unpack_from("<I", data, pos)
+                pos += 4
+                end = pos + k
+                if end > n:
+                    raise self.bad("it is truncated")
+                stack.append(data[pos:end].decode("utf-8", "surrogatepass"))
+                pos = end
             elif op == 0x28:  # MARK (
                 if len(marks) >= MAX_MARKS:
                     raise self.unsafe("nests pickle MARKs too deeply")
                 marks.append(len(stack))
             elif op == 0x4B:  # BININT1 K
-                stack.append(take(1)[0])
+                stack.append(data[pos])
+                pos += 1
             elif op == 0x74:  # TUPLE t
                 stack.append(tuple(pop_mark()))
             elif op == 0x63:  # GLOBAL c
@@ -487,7 +495,8 @@ class _VM:
             elif op == 0x7D:  # EMPTY_DICT }
                 stack.append({})
             elif op == 0x68:  # BINGET h
-                stack.append(self._get(memo, take(1)[0]))
+                stack.append(self._get(memo, data[pos]))
+                pos += 1
             elif op == 0x85:  # TUPLE1
                 stack[-1:] = [(stack[-1],)] if stack else _raise(self.bad("empty stack"))
             elif op == 0x87:  # TUPLE3
