@@ -168,6 +168,7 @@ def main() -> int:
         print("openssl is not installed; it is the ceiling this benchmark compares against.")
         return 2
     work = Path(tempfile.mkdtemp(prefix="tihub-bench-hash-", dir=args.dir))
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (ratios are per interleaved round, so both sides see the same load)\n")
     try:
         size = (256 if args.quick else 1024) * MIB
         r1 = bench_throughput(work, size, args.rounds)
