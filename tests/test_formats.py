@@ -260,6 +260,19 @@ def test_tensor_shapes_reads_pickle_only(tmp_path: Path) -> None:
         }
 
 
+def test_tensor_shapes_of_module_state_dict_with_metadata(tmp_path: Path) -> None:
+    """`module.state_dict()` is an OrderedDict carrying `_metadata` (pickled with BUILD)."""
+    model = torch.nn.Sequential(torch.nn.Linear(768, 4), torch.nn.LayerNorm(4))
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": model.state_dict(), "epoch": 2}, path)
+    assert tensor_shapes(path) == {
+        "0.weight": ((4, 768), "F32"),
+        "0.bias": ((4,), "F32"),
+        "1.weight": ((4,), "F32"),
+        "1.bias": ((4,), "F32"),
+    }
+
+
 def test_read_safetensors_header(tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
     write_embedding(_emb("sdxl-f32"), path, "safetensors")

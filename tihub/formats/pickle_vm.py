@@ -687,8 +687,11 @@ class _VM:
             raise self.bad("module state is not a dict")
         if isinstance(obj, Opaque):
             return
-        if isinstance(obj, dict) and isinstance(state, dict) and not state:
-            return
+        if isinstance(obj, dict) and (
+            isinstance(state, dict)
+            or (isinstance(state, tuple) and len(state) == 2 and all(x is None or isinstance(x, dict) for x in state))
+        ):
+            return  # instance attributes of an OrderedDict (torch's state_dict `_metadata`): dropped, never set
         if isinstance(obj, (np.ndarray, BF16Array, TensorInfo)):
             # tensors carry python attributes via BUILD on some torch versions; ignore only empty ones
             if state in (None, {}) or (isinstance(state, dict) and all(isinstance(k, str) for k in state)):
