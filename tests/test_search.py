@@ -147,3 +147,15 @@ def test_filtered_out_best_matches_do_not_hide_others(cat: Catalog) -> None:
     cat.ingest(SourceSpec("one", "git"), [c("s", "safe-one", description="has some glitter in it")])
     assert names(cat.search("glitter", limit=5)) == ["safe-one"]
     assert len(cat.search("glitter", limit=5, nsfw=True)) == 5
+
+
+def test_bounded_ranking_falls_back_to_full_ranking(cat: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tihub.catalog.store as store
+
+    monkeypatch.setattr(store, "RANK_BOUND", 3)
+    cat.ingest(SourceSpec("bulk", "git"), [c(f"b{i}", f"bulk{i}", description="common word here") for i in range(12)])
+    cat.ingest(SourceSpec("rare", "git"), [c("r", "rare-one", description="common word too")])
+    assert len(cat.search("common", limit=5)) == 5  # bounded: enough without a full ranking
+    # the filter rejects every bounded candidate: the full ranking still finds the one match
+    assert names(cat.search("common", source="rare", limit=5)) == ["rare-one"]
+    assert len(cat.search("common", limit=0)) == 13

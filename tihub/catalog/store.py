@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 LOCAL_SOURCE = "local"  # the source that files recorded by fetch/import/train belong to
 _CHUNK = 500  # bound parameters per IN (...) query
+RANK_BOUND = 500  # matches ranked per search pass (a full ranking only for --limit 0 or narrow filters)
 
 # bm25 weights, in FTS column order: name, triggers, title, description, tags, source
 _BM25 = "bm25(entries_fts, 10.0, 6.0, 4.0, 1.0, 3.0, 2.0)"
@@ -157,6 +158,13 @@ class Catalog:
     @property
     def fts(self) -> bool:
         return is_sqlite(self.engine)
+
+    def _run(self, conn: Connection, sql: str, params: Mapping[str, Any]) -> Any:
+        """Run SQL with `:name` parameters; on SQLite straight through the driver (the hot
+        search path pays no statement compilation)."""
+        if is_sqlite(self.engine):
+            return conn.exec_driver_sql(sql, dict(params))
+        return conn.execute(text(sql), dict(params))
 
     # ------------------------------------------------------------------ sources
 
@@ -597,18 +605,9 @@ class Catalog:
                 params["match"] = match
                 filters = "".join(f" AND {w}" for w in where)
                 if lim > 0:
-                    # Rank inside FTS5 alone (like a bare MATCH ... ORDER BY rank LIMIT k), then
-                    # filter the few best; only when filters reject too many, rank every match.
-                    params["k"] = lim * 4 + 40
-                    fast = (
-                        f"SELECT e.id FROM (SELECT rowid AS rid, {_BM25} AS score FROM entries_fts "
-                        "WHERE entries_fts MATCH :match ORDER BY score LIMIT :k) h "
-                        "CROSS JOIN entries e ON e.id = h.rid WHERE 1 = 1" + filters + " ORDER BY h.score, e.id LIMIT :limit"
-                    )
-                    ids = [r[0] for r in conn.execute(text(fast), params)]
-                    if len(ids) == lim:
-                        rows = self._summaries(conn, ids)
-                        return self._with_fit(rows, family, model_hashes)
+                    ids = self._bounded_search(conn, match, where, params, lim)
+                    if ids is not None:
+                        return self._with_fit(self._summaries(conn, ids), family, model_hashes)
                 sql = (
                     f"SELECT e.id FROM (SELECT rowid AS rid, {_BM25} AS score FROM entries_fts "
                     "WHERE entries_fts MATCH :match) h CROSS JOIN entries e ON e.id = h.rid WHERE 1 = 1"
@@ -631,9 +630,55 @@ class Catalog:
             else:
                 sql = "SELECT e.id FROM entries e" + (" WHERE " + " AND ".join(where) if where else "")
                 sql += " ORDER BY e.name, e.id" + limit_sql
-            ids = [r[0] for r in conn.execute(text(sql), params)]
+            if q and not self.fts:
+                ids = [r[0] for r in conn.execute(text(sql), params)]
+            else:
+                ids = [r[0] for r in self._run(conn, sql, params)]
             rows = self._summaries(conn, ids)
         return self._with_fit(rows, family, model_hashes)
+
+    def _bounded_search(
+        self, conn: Connection, match: str, where: list[str], params: Mapping[str, Any], lim: int
+    ) -> list[int] | None:
+        """Ranked ids with bounded work, or None when only a full ranking can be exact.
+
+        Matches in name/trigger/title come first, then matches anywhere; each pass ranks (bm25)
+        at most RANK_BOUND matches, so a word found in half the catalogue costs the same as a
+        rare one. Candidates are filtered in small batches until `lim` are found. If filters
+        reject every bounded candidate while more matches exist, returns None (full ranking).
+        """
+        passes = [f"{{name triggers title}} : ({match})", match]
+        cond = " AND ".join(where)
+        seen: set[int] = set()
+        kept: list[int] = []
+        exhaustive = True
+        step = max(lim * 3, 60)
+        for expr in passes:
+            rows = conn.exec_driver_sql(
+                f"SELECT rowid, {_BM25} FROM entries_fts WHERE entries_fts MATCH ? LIMIT ?",
+                (expr, RANK_BOUND + 1),
+            ).all()
+            if len(rows) > RANK_BOUND:
+                exhaustive = False
+                rows = rows[:RANK_BOUND]
+            rows.sort(key=lambda r: (r[1], r[0]))
+            cand = [rid for rid, _score in rows if rid not in seen]
+            seen.update(cand)
+            if not cond:
+                kept += cand
+            else:
+                for i in range(0, len(cand), step):
+                    chunk = cand[i : i + step]
+                    p2 = dict(params)
+                    p2.update({f"i{n}": v for n, v in enumerate(chunk)})
+                    ph = ", ".join(f":i{n}" for n in range(len(chunk)))
+                    ok = {r[0] for r in self._run(conn, f"SELECT e.id FROM entries e WHERE e.id IN ({ph}) AND {cond}", p2)}
+                    kept += [x for x in chunk if x in ok]
+                    if len(kept) >= lim:
+                        break
+            if len(kept) >= lim:
+                return kept[:lim]
+        return kept if exhaustive else None
 
     @staticmethod
     def _with_fit(rows: list[dict[str, Any]], family: str | None, model_hashes: list[Any]) -> list[dict[str, Any]]:
@@ -668,24 +713,26 @@ class Catalog:
         for chunk in _chunks(ids):
             params = {f"i{k}": v for k, v in enumerate(chunk)}
             ph = ", ".join(f":i{k}" for k in range(len(chunk)))
-            for r in conn.execute(
-                text(
-                    "SELECT e.id, e.name, e.title, e.kind, e.base, e.base_model, e.nsfw, e.status, e.triggers, "
-                    "e.page_url, e.removed_at, e.remote_id, s.name AS source, s.kind AS source_kind "
-                    f"FROM entries e JOIN sources s ON s.id = e.source_id WHERE e.id IN ({ph})"
-                ),
+            ekeys = ("id", "name", "title", "kind", "base", "base_model", "nsfw", "status", "triggers",
+                     "page_url", "removed_at", "remote_id", "source", "source_kind")
+            for r in self._run(
+                conn,
+                "SELECT e.id, e.name, e.title, e.kind, e.base, e.base_model, e.nsfw, e.status, e.triggers, "
+                "e.page_url, e.removed_at, e.remote_id, s.name AS source, s.kind AS source_kind "
+                f"FROM entries e JOIN sources s ON s.id = e.source_id WHERE e.id IN ({ph})",
                 params,
-            ).mappings():
-                out[r["id"]] = dict(r)
-            for r in conn.execute(
-                text(
-                    "SELECT ef.entry_id, ef.url, ef.manual, f.id AS file_id, f.file_name, f.sha256, f.size, "
-                    "f.local_path, f.sd_checkpoint, f.format FROM entry_files ef JOIN files f ON f.id = ef.file_id "
-                    f"WHERE ef.entry_id IN ({ph}) ORDER BY ef.entry_id, f.id"
-                ),
+            ):
+                out[r[0]] = dict(zip(ekeys, r))
+            fkeys = ("entry_id", "url", "manual", "file_id", "file_name", "sha256", "size", "local_path",
+                     "sd_checkpoint", "format")
+            for r in self._run(
+                conn,
+                "SELECT ef.entry_id, ef.url, ef.manual, f.id AS file_id, f.file_name, f.sha256, f.size, "
+                "f.local_path, f.sd_checkpoint, f.format FROM entry_files ef JOIN files f ON f.id = ef.file_id "
+                f"WHERE ef.entry_id IN ({ph}) ORDER BY ef.entry_id, f.id",
                 params,
-            ).mappings():
-                files[r["entry_id"]].append(dict(r))
+            ):
+                files[r[0]].append(dict(zip(fkeys, r)))
         rows = []
         for eid in ids:
             e = out.get(eid)
