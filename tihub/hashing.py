@@ -362,12 +362,11 @@ class HashCache:
         Raises NotFound / FormatError for the first path that cannot be read; use
         `hashes_or_errors` to carry on past bad files.
         """
-        out = []
-        for item in self.hashes_or_errors(paths):
+        out = self.hashes_or_errors(paths)
+        for item in out:
             if isinstance(item, Exception):
                 raise item
-            out.append(item)
-        return out
+        return out  # type: ignore[return-value]
 
     def hashes_or_errors(self, paths: Iterable[str | os.PathLike[str]]) -> list[FileHashes | Exception]:
         """Like `hashes`, but an unreadable file yields its error in place instead of raising."""
@@ -386,42 +385,53 @@ class HashCache:
                 errors[p] = FormatError(f"{p} is not a regular file; pass a model or embedding file.")
                 continue
             stats[p] = st
-        known = self._valid_rows(stats)
-        store: list[dict[str, Any]] = []
-        fresh = failed = 0
-        missing = [p for p in stats if p not in known]
-        if missing:
-            if self.jobs > 1 and len(missing) > 1:
-                from concurrent.futures import ThreadPoolExecutor
+        rows = self._rows(list(stats))  # keys are unique absolute paths
 
-                with ThreadPoolExecutor(min(self.jobs, len(missing)), thread_name_prefix="tihub-hash") as pool:
-                    outcomes = list(pool.map(_hash_one, missing))
+        # One pass: cache hits become results at once; the rest are hashed below.
+        result: list[Any] = []
+        missing: dict[str, list[int]] = {}
+        get_row, get_stat = rows.get, stats.get
+        for i, (orig, p) in enumerate(zip(originals, abspaths, strict=True)):
+            st = get_stat(p)
+            if st is None:
+                result.append(errors[p])
+                continue
+            row = get_row(p)
+            if row is not None and row[0] == st.st_size and row[1] == st.st_mtime_ns:
+                sha = row[2]
+                result.append(FileHashes(orig, sha, sha[:10], row[3], sha[:12]))
             else:
-                outcomes = [_hash_one(p) for p in missing]
-            for p, outcome in zip(missing, outcomes, strict=True):
-                if isinstance(outcome, Exception):
-                    errors[p] = outcome
-                    failed += 1
-                    continue
-                sha, old, after = outcome
-                known[p] = (sha, old)
-                fresh += 1
-                st = stats[p]
-                if after.st_size == st.st_size and after.st_mtime_ns == st.st_mtime_ns:  # unchanged while hashed
-                    store.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha, "old_hash": old})
-        self.hits += len(stats) - fresh - failed
-        self.misses += fresh
+                result.append(None)
+                missing.setdefault(p, []).append(i)
+        self.hits += sum(1 for r in result if r.__class__ is FileHashes)
+        if missing:
+            self._hash_missing(missing, stats, originals, result)
+        return result
+
+    def _hash_missing(self, missing: dict[str, list[int]], stats: dict[str, os.stat_result], originals: list[str], result: list[Any]) -> None:
+        todo = list(missing)
+        if self.jobs > 1 and len(todo) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(self.jobs, len(todo)), thread_name_prefix="tihub-hash") as pool:
+                outcomes = list(pool.map(_hash_one, todo))
+        else:
+            outcomes = [_hash_one(p) for p in todo]
+        store: list[dict[str, Any]] = []
+        for p, outcome in zip(todo, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                for i in missing[p]:
+                    result[i] = outcome
+                continue
+            sha, old, after = outcome
+            self.misses += 1
+            for i in missing[p]:
+                result[i] = FileHashes(originals[i], sha, sha[:10], old, sha[:12])
+            st = stats[p]
+            if after.st_size == st.st_size and after.st_mtime_ns == st.st_mtime_ns:  # unchanged while hashed
+                store.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha, "old_hash": old})
         if store:
             self._store(store)
-        result: list[FileHashes | Exception] = []
-        for orig, p in zip(originals, abspaths, strict=True):
-            hit = known.get(p)
-            if hit is None:
-                result.append(errors[p])
-            else:
-                sha, old = hit
-                result.append(FileHashes(orig, sha, sha[:10], old, sha[:12]))
-        return result
 
     def _store(self, rows: list[dict[str, Any]]) -> None:
         from sqlalchemy import text
