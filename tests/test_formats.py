@@ -273,6 +273,23 @@ def test_tensor_shapes_of_module_state_dict_with_metadata(tmp_path: Path) -> Non
     }
 
 
+def test_checkpoint_extras_are_inert_in_model_mode_only(tmp_path: Path) -> None:
+    """Checkpoints carry numpy scalars etc.: model mode keeps them as inert values, embedding
+    reads refuse them."""
+    from tihub.formats.containers import read_torch_zip
+    from tihub.formats.pickle_vm import Opaque
+
+    path = tmp_path / "model.ckpt"
+    weight = torch.randn(3, 4)
+    torch.save({"state_dict": {"w": weight}, "loss": np.float32(0.5), "global_step": 10}, path)
+    obj = read_torch_zip(path.read_bytes(), "'model.ckpt'", model=True)
+    assert np.array_equal(obj["state_dict"]["w"], weight.numpy())
+    assert isinstance(obj["loss"], Opaque) and obj["global_step"] == 10
+    with pytest.raises(FormatError):
+        read_embedding(path)
+    assert tensor_shapes(path) == {"w": ((3, 4), "F32")}
+
+
 def test_read_safetensors_header(tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
     write_embedding(_emb("sdxl-f32"), path, "safetensors")

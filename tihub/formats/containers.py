@@ -153,8 +153,8 @@ def scan_zip(data: bytes, what: str) -> list[_Entry]:
         pos += 46 + nlen + elen + clen
         if pos > cd_end:
             raise _truncated(what)
-        if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF or loff == 0xFFFFFFFF:
-            raise FormatError(f"{what} is a zip64 archive, which no embedding needs.")
+        if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF or loff == 0xFFFFFFFF:  # zip64 (files over 4 GB)
+            usize, csize, loff = _zip64_extra(data[pos - elen - clen : pos - clen], usize, csize, loff, what)
         if data[loff : loff + 4] != b"PK\x03\x04":
             raise _truncated(what)
         lflags, lmethod, lnlen, lelen = _LH.unpack_from(data, loff)
@@ -175,6 +175,28 @@ def scan_zip(data: bytes, what: str) -> list[_Entry]:
     return entries
 
 
+def _zip64_extra(extra: bytes, usize: int, csize: int, loff: int, what: str) -> tuple[int, int, int]:
+    i = 0
+    while i + 4 <= len(extra):
+        tag, size = struct.unpack_from("<HH", extra, i)
+        body = extra[i + 4 : i + 4 + size]
+        if tag == 0x0001:
+            j = 0
+            vals = []
+            for field in (usize, csize, loff):
+                if field == 0xFFFFFFFF:
+                    if j + 8 > len(body):
+                        break
+                    vals.append(struct.unpack_from("<Q", body, j)[0])
+                    j += 8
+                else:
+                    vals.append(field)
+            if len(vals) == 3:
+                return vals[0], vals[1], vals[2]
+        i += 4 + size
+    raise FormatError(f"{what} has a zip64 entry without its size record; it is corrupt.")
+
+
 _CD = struct.Struct("<8xHH4xIIIHHH8xI")
 _LH = struct.Struct("<6xHH16xHH")
 
@@ -188,8 +210,11 @@ def _member_bytes(data: bytes, entry: _Entry, cap: int, what: str, check_crc: bo
     return view
 
 
-def read_torch_zip(data: bytes, what: str, max_storage_bytes: int = MAX_EMBEDDING_FILE) -> Any:
-    """Interpret `data.pkl` of a torch zip held in memory; tensors come back as numpy arrays."""
+def read_torch_zip(data: bytes, what: str, max_storage_bytes: int = MAX_EMBEDDING_FILE, model: bool = False) -> Any:
+    """Interpret `data.pkl` of a torch zip held in memory; tensors come back as numpy arrays
+    (bfloat16 as BF16Array). `model=True` (checkpoint conversion) allows a larger pickle and turns
+    the extra classes checkpoints carry (Lightning callbacks, numpy scalars) into inert Opaque
+    values; the tensor allow-list is the same."""
     _root, members = _torch_zip_members(scan_zip(data, what), what)
     pkl = members.get("data.pkl")
     if pkl is None:
@@ -199,7 +224,8 @@ def read_torch_zip(data: bytes, what: str, max_storage_bytes: int = MAX_EMBEDDIN
         text = bytes(_member_bytes(data, version, 64, what)).strip()  # type: ignore[arg-type]
         if not text.isdigit():
             raise UnsafeFile(f"{what} has a torch 'version' entry that is not a number; refusing it.")
-    pickle_bytes = bytes(_member_bytes(data, pkl, MAX_EMBEDDING_PICKLE, what))  # type: ignore[arg-type]
+    pickle_cap = MAX_MODEL_PICKLE if model else MAX_EMBEDDING_PICKLE
+    pickle_bytes = bytes(_member_bytes(data, pkl, pickle_cap, what))  # type: ignore[arg-type]
 
     def load(ref: StorageRef) -> memoryview:
         info = members.get(f"data/{ref.key}")
@@ -211,7 +237,14 @@ def read_torch_zip(data: bytes, what: str, max_storage_bytes: int = MAX_EMBEDDIN
         # tensor bytes skip the CRC (sizes are checked; the values are only floats, checked later)
         return _member_bytes(data, info, max_storage_bytes, what, check_crc=False)  # type: ignore[arg-type]
 
-    result = pickle_vm.interpret(pickle_bytes, load_storage=load, what=what, max_storage_bytes=max_storage_bytes)
+    result = pickle_vm.interpret(
+        pickle_bytes,
+        load_storage=load,
+        what=what,
+        max_storage_bytes=max_storage_bytes,
+        lenient=model,
+        max_ops=pickle_vm.MAX_MODEL_OPS if model else pickle_vm.MAX_OPS,
+    )
     return result.value
 
 
@@ -223,7 +256,9 @@ def is_legacy_torch(data: bytes) -> bool:
     return data[:4] == b"\x80\x02\x8a\x0a" and int.from_bytes(data[4:14], "little") == LEGACY_MAGIC
 
 
-def read_legacy_torch(data: bytes, what: str, max_storage_bytes: int = MAX_EMBEDDING_FILE, shapes_only: bool = False) -> Any:
+def read_legacy_torch(
+    data: bytes, what: str, max_storage_bytes: int = MAX_EMBEDDING_FILE, shapes_only: bool = False, model: bool = False
+) -> Any:
     """The pre-1.6 format: magic, protocol, sys-info pickles, the object pickle, storage keys,
     then each storage as <u64 numel><bytes>."""
     magic = pickle_vm.interpret(data, what=what)
@@ -240,10 +275,9 @@ def read_legacy_torch(data: bytes, what: str, max_storage_bytes: int = MAX_EMBED
     refs: dict[str, StorageRef] = {}
     storages: dict[str, bytes] = {}
     # first pass: shapes only, to learn the storages; their data follows the object pickle
-    max_ops = pickle_vm.MAX_MODEL_OPS if shapes_only else pickle_vm.MAX_OPS
-    obj = pickle_vm.interpret(
-        data, what=what, start=info.end, shapes_only=True, lenient=shapes_only, refs=refs, max_ops=max_ops
-    )
+    model = model or shapes_only
+    max_ops = pickle_vm.MAX_MODEL_OPS if model else pickle_vm.MAX_OPS
+    obj = pickle_vm.interpret(data, what=what, start=info.end, shapes_only=True, lenient=model, refs=refs, max_ops=max_ops)
     if shapes_only:
         return _normalize(obj.value)
     keys = pickle_vm.interpret(data, what=what, start=obj.end)
@@ -270,9 +304,15 @@ def read_legacy_torch(data: bytes, what: str, max_storage_bytes: int = MAX_EMBED
         return storages.get(ref.key)
 
     result = pickle_vm.interpret(
-        data, what=what, start=info.end, load_storage=load, max_storage_bytes=max_storage_bytes
+        data,
+        what=what,
+        start=info.end,
+        load_storage=load,
+        max_storage_bytes=max_storage_bytes,
+        lenient=model,
+        max_ops=max_ops,
     )
-    return _normalize(result.value)
+    return result.value
 
 
 # ---------------------------------------------------------------------------------------------
