@@ -401,3 +401,16 @@ def test_parallel_hashing_gives_the_same_answers(tmp_path: Path, engine, counted
     assert len(counted) == 6
     assert HashCache(engine, jobs=4).hashes(paths[:3]) == out[:3]
     assert len(counted) == 6
+
+
+def test_duplicate_paths_are_hashed_once(tmp_path: Path, engine, counted, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    path = _write(tmp_path / "a.pt", b"twice")
+    monkeypatch.chdir(tmp_path)
+    cache = HashCache(engine)
+    out = cache.hashes([path, "a.pt", path])
+    assert len(counted) == 1
+    assert [h.path for h in out] == [str(path), "a.pt", str(path)]
+    assert len({h.sha256 for h in out}) == 1
+    assert (cache.hits, cache.misses) == (0, 1)
+    cache.hashes([path, "a.pt"])
+    assert (cache.hits, cache.misses) == (2, 1)
