@@ -98,6 +98,24 @@ def test_torch_files_load_in_torch_weights_only(kind: str, fmt: str, tmp_path: P
     else:
         ((token, tensor),) = obj.items()
         assert token == f"<{emb.name}>"
+    # the zip holds exactly what A1111's safe loader allows
+    import re
+
+    names = zipfile.ZipFile(path).namelist()
+    assert all(re.match(r"^[^/]+/((data/\d+)|version|(data\.pkl))$", n) for n in names), names
+    import pickletools
+
+    pkl = zipfile.ZipFile(path).read(next(n for n in names if n.endswith("data.pkl")))
+    globals_ = {arg for op, arg, _ in pickletools.genops(pkl) if op.name == "GLOBAL"}
+    a1111_allowed = {
+        "collections OrderedDict",
+        "torch._utils _rebuild_tensor_v2",
+        "torch FloatStorage",
+        "torch HalfStorage",
+        "torch BFloat16Storage",
+        "torch DoubleStorage",
+    }
+    assert globals_ <= a1111_allowed, globals_
     expected = torch.from_numpy(want.copy())
     if emb.dtype == "bf16":
         expected = expected.to(torch.bfloat16)

@@ -299,7 +299,9 @@ def _torch_zip_bytes(obj: dict[str, Any], root: str) -> bytes:
     pickler = _Pickler()
     pkl = pickler.dump(obj)
     buf = io.BytesIO()
-    entries: list[tuple[str, bytes]] = [(f"{root}/data.pkl", pkl), (f"{root}/byteorder", b"little")]
+    # exactly the entries A1111's safe loader accepts (^[^/]+/((data/\d+)|version|(data\.pkl))$); torch
+    # reads a missing `byteorder` as little-endian, which is what we write
+    entries: list[tuple[str, bytes]] = [(f"{root}/data.pkl", pkl)]
     entries += [(f"{root}/data/{i}", t.raw) for i, t in enumerate(pickler.storages)]
     entries += [(f"{root}/version", b"3\n")]
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
