@@ -214,6 +214,17 @@ def png(width: int, height: int, chunks: list[bytes], pixels: bytes | None = Non
     return b"\x89PNG\r\n\x1a\n" + ihdr + b"".join(chunks) + _chunk(b"IDAT", pixels) + _chunk(b"IEND", b"")
 
 
+def black_columns_png() -> bytes:
+    """A 2048x2048 decoy: two black columns make the whole image look like pixel data blocks."""
+    from PIL import Image
+
+    arr = np.full((2048, 2048, 3), 17, np.uint8)
+    arr[:, 1000:1002] = 0
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def zlib_bomb(size: int) -> bytes:
     c = zlib.compressobj(9)
     block = b"\x00" * (1 << 20)
@@ -326,6 +337,7 @@ def builders() -> dict[str, Builder]:
             ],
         ),
         "png-pixel-bomb.png": lambda c: pixel_bomb_png(64 << 20),
+        "png-black-columns-decoy.png": lambda c: black_columns_png(),
         "webp-huge-dimensions.webp": lambda c: b"RIFF" + struct.pack("<I", 30) + b"WEBPVP8X" + struct.pack("<I", 10)
         + b"\x00\x00\x00\x00" + (16383).to_bytes(3, "little") + (16383).to_bytes(3, "little") + b"\x00" * 8,
         # safetensors

@@ -15,35 +15,45 @@ import numpy as np
 from tihub.errors import FormatError, NotAnEmbedding, UnsafeFile
 
 TEXT_KEY = "sd-ti-embedding"
-MAX_PIXELS = 16 * 1024 * 1024  # checked from the header, before any pixel is decoded
-MAX_TEXT_CHUNK = 16 * 1024 * 1024  # decompressed zTXt/iTXt per chunk
+MAX_PIXELS = 8 * 1024 * 1024  # checked from the header, before any pixel is decoded (cards are ~600x512)
+MAX_TEXT_CHUNK = 16 * 1024 * 1024  # an sd-ti-embedding value (Pillow itself caps compressed chunks at 1 MiB)
 MAX_JSON = 8 * 1024 * 1024  # decompressed pixel payload (75 SDXL vectors as JSON are ~4 MB)
 MAX_VECTORS_VALUES = 75 * 1280 * 2
 
 _LCG_CACHE = np.zeros(0, dtype=np.uint8)
+_LCG_BLOCK = 1 << 19
+_LCG_CACHE_MAX = 1 << 22
+MAX_BLOCK = 12 * 1024 * 1024  # elements of one pixel data block (a payload of up to 12 MB)
 
 
 def lcg_stream(count: int) -> np.ndarray:
-    """The first `count` values of A1111's generator, `& 0x0F` applied later by callers.
+    """The first `count` values of A1111's generator (callers apply `& 0x0F`).
 
-    seed = (1664525*seed + 1013904223) mod 2**32, yield seed % 255, starting at seed 0.
-    Computed by doubling with the composed affine map, so it is vectorised.
+    seed = (1664525*seed + 1013904223) mod 2**32, yield seed % 255, starting at seed 0. Vectorised:
+    the first block is built by doubling with the composed affine map, later blocks by jumping that
+    block ahead, so temporary memory stays at a few MB whatever `count` is.
     """
     global _LCG_CACHE
     if count <= len(_LCG_CACHE):
         return _LCG_CACHE[:count]
     mask = np.uint64(0xFFFFFFFF)
-    seeds = np.array([1013904223], dtype=np.uint64)  # seed after one step from 0
-    a_n, c_n = 1664525, 1013904223  # the map for len(seeds) steps
-    while len(seeds) < count:
-        k = len(seeds)
+    seeds = np.array([1013904223], dtype=np.uint64)  # the seed after one step from 0
+    a_n, c_n = 1664525, 1013904223  # the affine map for len(seeds) steps
+    while len(seeds) < min(count, _LCG_BLOCK):
         nxt = (seeds * np.uint64(a_n) + np.uint64(c_n)) & mask
         seeds = np.concatenate([seeds, nxt])
-        # compose the k-step map with itself -> 2k steps
         a_n, c_n = (a_n * a_n) & 0xFFFFFFFF, (a_n * c_n + c_n) & 0xFFFFFFFF
-        del k
-    _LCG_CACHE = (seeds % np.uint64(255)).astype(np.uint8)
-    return _LCG_CACHE[:count]
+    out = np.empty(max(count, len(seeds)), dtype=np.uint8)
+    out[: len(seeds)] = seeds % np.uint64(255)
+    pos = len(seeds)
+    while pos < count:
+        seeds = (seeds * np.uint64(a_n) + np.uint64(c_n)) & mask
+        k = min(len(seeds), count - pos)
+        out[pos : pos + k] = seeds[:k] % np.uint64(255)
+        pos += k
+    if len(out) <= _LCG_CACHE_MAX:
+        _LCG_CACHE = out
+    return out[:count]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +109,7 @@ def encode_json_payload(data: dict[str, Any]) -> bytes:
 def _open_image(data: bytes, what: str):  # type: ignore[no-untyped-def]
     import warnings
 
-    from PIL import Image, PngImagePlugin
+    from PIL import Image
 
     try:
         with warnings.catch_warnings():
@@ -116,7 +126,6 @@ def _open_image(data: bytes, what: str):  # type: ignore[no-untyped-def]
     w, h = im.size
     if w * h > MAX_PIXELS:
         raise UnsafeFile(f"{what} is a {w}x{h} image, over the {MAX_PIXELS}-pixel limit; refusing it.")
-    del PngImagePlugin
     return im
 
 
@@ -189,10 +198,12 @@ def _pixel_payload(im: Any, what: str) -> bytes | None:
     black = np.flatnonzero(arr.sum(axis=(0, 2), dtype=np.int64) == 0)
     if black.shape[0] < 2:
         return None
-    lower = _xor_block(np.ascontiguousarray(arr[:, : black.min(), :]))
-    upper = _xor_block(np.ascontiguousarray(arr[:, black.max() + 1 :, :]))
-    if lower.shape != upper.shape or lower.size == 0:
+    lo_raw = arr[:, : black.min(), :]
+    hi_raw = arr[:, black.max() + 1 :, :]
+    if lo_raw.shape != hi_raw.shape or lo_raw.size == 0 or lo_raw.size > MAX_BLOCK:
         return None
+    lower = _xor_block(np.ascontiguousarray(lo_raw))
+    upper = _xor_block(np.ascontiguousarray(hi_raw))
     block = (upper << 4) | lower
     d = zlib.decompressobj()
     try:
