@@ -63,7 +63,9 @@ def read_embedding(path: str | os.PathLike[str], data: bytes | None = None) -> E
             raise NotAnEmbedding(f"{what} is a folder, not an embedding file.", kind="folder") from None
         except OSError as exc:
             raise FormatError(f"{what} cannot be read ({exc.strerror or exc}).") from None
-    elif len(data) > MAX_EMBEDDING_FILE:
+    elif not isinstance(data, bytes):
+        data = bytes(data)  # bytearray / memoryview: one private, immutable copy
+    if len(data) > MAX_EMBEDDING_FILE:
         raise NotAnEmbedding(f"{what} is {len(data)} bytes, far too large for an embedding; it is probably a model.", kind="model")
     try:
         return _read(p, what, data)
