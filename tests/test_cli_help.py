@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 
 from tihub.cli import COMMANDS, cli
 
-from .conftest import ROOT
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_top_level_help_lists_every_command() -> None:
