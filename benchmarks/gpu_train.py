@@ -59,7 +59,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--peak-tflops", type=float, default=790.0, help="bf16 dense peak of the GPU (H100 ~798, H200 ~788 measured)")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="instead: train tiny SD1/SDXL models on the device in every precision and check the outputs")
     args = ap.parse_args()
+    if args.smoke:
+        smoke(args.device)
+        return
 
     import torch
 
@@ -141,6 +145,38 @@ def main() -> None:
         achieved = mo * TFLOP_PER_SAMPLE
         print(f"tihub: {achieved:.0f} TFLOP/s at {TFLOP_PER_SAMPLE} TFLOP/sample = {100 * achieved / args.peak_tflops:.1f}% of the {args.peak_tflops:.0f} TFLOP/s bf16 peak")
         print(f"peak GPU memory during steps (both hold the same UNet/VAE; the peer also an fp32 text encoder): tihub {max(mem_ours) / 2**30:.2f} GiB, diffusers-example loop {max(mem_theirs) / 2**30:.2f} GiB")
+
+
+def smoke(device_name: str | None) -> None:
+    """tihub train on the device: SD1 and SDXL (tiny), every precision, outputs checked."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from tihub.engine.tiny import build_tiny_sd1, build_tiny_sdxl
+    from tihub.engine.train import TrainConfig, train
+
+    device = device_name or ("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory(prefix="tihub-gpu-smoke-") as tmp:
+        work = Path(tmp)
+        pics = work / "pics"
+        make_pictures(pics, 3, 64)
+        models = {"sd1": build_tiny_sd1(work / "sd1"), "sdxl": build_tiny_sdxl(work / "sdxl"), "sd1-v": build_tiny_sd1(work / "sd1v", prediction_type="v_prediction")}
+        precisions = ["fp32", "bf16", "fp16", "auto"] if device.startswith("cuda") else ["fp32", "bf16"]
+        for family, model in models.items():
+            for precision in precisions:
+                for gc in (False, True):
+                    cfg = TrainConfig(
+                        name=f"smoke{family.replace('-', '')}{precision}{int(gc)}", images=pics, model=str(model), embeddings_dir=work / "emb",
+                        run_dir=work / "run" / f"{family}-{precision}-{gc}", vectors=3, steps=12, lr="0.02", batch_size=2, save_every=6,
+                        flip=True, device=device, precision=precision, gradient_checkpointing=gc, preview_every=12, preview_steps=2,
+                    )
+                    t = time.perf_counter()
+                    r = train(cfg, log=lambda _: None)
+                    sd = load_file(str(r.output))
+                    finite = all(bool(torch.isfinite(v).all()) for v in sd.values())
+                    ok = finite and r.final_loss is not None and np.isfinite(r.final_loss) and len(r.checkpoints) == 2
+                    print(f"  {'ok  ' if ok else 'FAIL'} {family:6s} {precision:5s} gc={int(gc)} loss {r.final_loss:.4f} keys {sorted(sd)} previews {len(r.previews)} {time.perf_counter() - t:.1f} s")
 
 
 if __name__ == "__main__":

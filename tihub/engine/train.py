@@ -577,6 +577,7 @@ def _pick_device_and_dtype(cfg: TrainConfig) -> tuple[Any, Any, bool]:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # shapes repeat every step: pick the fastest convs once
         if cfg.precision == "auto":
             bf16 = torch.cuda.is_bf16_supported()
             return device, (torch.bfloat16 if bf16 else torch.float16), not bf16
