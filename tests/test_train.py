@@ -184,6 +184,9 @@ def test_resume_continues_exactly(tmp_path: Path, tiny_sd1_dir: Path) -> None:
     assert whole.loss_csv.read_text() == resumed.loss_csv.read_text()
     assert [p.name for p in resumed.checkpoints] == ["foxtok-3.safetensors", "foxtok-6.safetensors", "foxtok-9.safetensors", "foxtok-10.safetensors"]
     assert resumed.loss_png is not None and resumed.loss_png.stat().st_size > 0
+    cfg.vectors = 3
+    with pytest.raises(ConfigError, match="--resume needs the settings of the run it continues, but vectors was 2"):
+        train(cfg, log=_quiet)
 
 
 def test_grad_accum_clip_alpha_and_v_prediction(tmp_path: Path) -> None:
@@ -194,8 +197,9 @@ def test_grad_accum_clip_alpha_and_v_prediction(tmp_path: Path) -> None:
     pics.mkdir()
     arr = np.random.default_rng(0).integers(0, 255, (64, 80, 4), dtype=np.uint8)
     Image.fromarray(arr, "RGBA").save(pics / "a.png")
+    Image.fromarray(arr[:, :64, :3], "RGB").save(pics / "b.png")
     result = train(
-        _cfg(tmp_path, model, images=pics, grad_accum=2, clip_grad="norm:0.01", alpha_as_loss_weight=True, latent_sampling="deterministic", init_text=""),
+        _cfg(tmp_path, model, images=pics, grad_accum=2, batch_size=2, size=None, clip_grad="norm:0.01", alpha_as_loss_weight=True, latent_sampling="deterministic", init_text=""),
         log=_quiet,
     )
     assert result.final_loss is not None and np.isfinite(result.final_loss)
