@@ -65,6 +65,7 @@ class PromptTokenizer:
         self._name_ids: dict[str, tuple[int, ...]] = {}
         self._lookup: dict[int, list[tuple[tuple[int, ...], str]]] = {}
         self._names: tuple[str, ...] = ()
+        self._key: tuple | None = None
 
     def ids(self, texts: list[str]) -> list[list[int]]:
         if not texts:
@@ -72,7 +73,13 @@ class PromptTokenizer:
         return [list(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def _refresh_lookup(self) -> None:
-        names = tuple(self.vocabulary.names()) + tuple(sorted(self.vocabulary.gone)) if self.vocabulary is not None else ()
+        if self.vocabulary is None:
+            return
+        key = self.vocabulary.key()
+        if key == self._key:
+            return
+        self._key = key
+        names = tuple(self.vocabulary.names()) + tuple(sorted(self.vocabulary.gone))
         if names == self._names:
             return
         new = [n for n in names if n not in self._name_ids]

@@ -53,6 +53,8 @@ class Vocabulary:
     warnings: list[str] = field(default_factory=list)
     gone: dict[str, Path] = field(default_factory=dict)  # names whose file disappeared while we lived
     scans: int = 0
+    version: int = 0  # bumped whenever the set of names changes
+    _racy: bool = field(default=True, repr=False)
 
     # -- reporting ---------------------------------------------------------------------------
 
@@ -69,17 +71,13 @@ class Vocabulary:
     # -- index -------------------------------------------------------------------------------
 
     def _dirs_changed(self) -> bool:
-        if not self._dirs:
-            return True
-        now = time.time()
-        if now - self._scanned_at < RACY_SECONDS + 0.05:
+        if not self._dirs or self._racy:
             return True
         for d, mtime in self._dirs.items():
             try:
-                st = os.stat(d)
+                if os.stat(d).st_mtime_ns != mtime:
+                    return True
             except OSError:
-                return True
-            if st.st_mtime_ns != mtime or now - st.st_mtime_ns / 1e9 < RACY_SECONDS:
                 return True
         return False
 
@@ -116,6 +114,9 @@ class Vocabulary:
             except OSError:
                 continue
         self._dirs = dirs
+        # a folder changed within RACY_SECONDS before this listing may change again within the
+        # same mtime tick; list again next time until its mtime is safely in the past
+        self._racy = any(self._scanned_at - m / 1e9 < RACY_SECONDS for m in dirs.values())
         entries: dict[str, Entry] = {}
         for name, files in found.items():
             files.sort(key=lambda f: (len(f[0].parts), str(f[0])))
@@ -133,6 +134,8 @@ class Vocabulary:
                 self.gone[name] = old_entry.path
         for name in entries:
             self.gone.pop(name, None)
+        if entries.keys() != self._entries.keys():
+            self.version += 1
         self._entries = entries
 
     def require(self, names: list[str]) -> list[str]:
@@ -147,6 +150,11 @@ class Vocabulary:
     def names(self) -> list[str]:
         self.refresh()
         return sorted(set(self._entries) | set(self.extra))
+
+    def key(self) -> tuple:
+        """Changes whenever names() may have changed (cheap; refreshes the index)."""
+        self.refresh()
+        return (self.version, tuple(self.extra), tuple(self.gone))
 
     def path_of(self, name: str) -> Path | None:
         entry = self._entries.get(name)
