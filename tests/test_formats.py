@@ -250,6 +250,20 @@ def test_png_pixel_encoding_alone_and_webp(tmp_path: Path) -> None:
     assert np.array_equal(np.array(payload["string_to_param"]["*"]["TORCHTENSOR"], np.float32), emb.vectors["clip_l"])
 
 
+def test_png_text_chunk_holding_a_torch_file(tmp_path: Path) -> None:
+    from PIL import Image, PngImagePlugin
+
+    pt = tmp_path / "inner.pt"
+    emb = _emb("sd1-f32")
+    write_embedding(emb, pt, "a1111")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("sd-ti-embedding", base64.b64encode(pt.read_bytes()).decode())
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(tmp_path / "card.png", pnginfo=info)
+    back = read_embedding(tmp_path / "card.png")
+    assert back.name == "card" and back.internal_name == emb.internal_name
+    _same(emb, back)
+
+
 def test_image_without_embedding_is_refused(tmp_path: Path) -> None:
     from PIL import Image, PngImagePlugin
 

@@ -158,6 +158,13 @@ def read_image_embedding(data: bytes, what: str) -> tuple[dict[str, Any], str]:
             raw = base64.b64decode(text_value.strip(), validate=True)
         except (binascii.Error, ValueError):
             raise FormatError(f"{what} has an sd-ti-embedding chunk that is not valid base64.") from None
+        if raw[:4] == b"PK\x03\x04":  # some tools embed the torch file itself rather than JSON
+            from tihub.formats.containers import read_torch_zip
+
+            obj = read_torch_zip(raw, what)
+            if not isinstance(obj, dict):
+                raise FormatError(f"{what} embeds a torch file that is not an embedding dict.")
+            return obj, "text"
         return decode_json_payload(raw, what), "text"
     try:
         payload = _pixel_payload(im, what)
