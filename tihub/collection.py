@@ -1,19 +1,20 @@
 """The local collection: what is in `embeddings/`, adding files by hand, removing and exporting.
 
 `scan()` walks `embeddings/` (subfolders included) and describes every embedding file. What it
-learned about a file is kept in a JSON index (`.tihub-cache/embeddings-index.json` in the
+learned about a file is kept in a JSON index (`.tihub-cache/embeddings-index.bin` in the
 workspace) keyed by relative path with the file's size and `st_mtime_ns`: re-listing an unchanged
 folder reads the index once and `stat`s each file, nothing more (per file, not the folder's
-mtime, so in-place overwrites and subfolder changes are seen). A JSON file beat a catalogue table
-here: one `json.load` of 10,000 rows is faster than the equivalent SQLite query + row decoding,
+mtime, so in-place overwrites and subfolder changes are seen). A marshal file beat both a
+catalogue table and JSON here (10,000 rows: SQLite query + decoding > json.load ~5x > marshal),
 and the index is a pure cache (deleting it only costs a re-read).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
-import json
+import marshal
 import os
 import shutil
 import threading
@@ -31,14 +32,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from tihub.catalog.store import Catalog
     from tihub.config import Workspace
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+# What the index keeps per file, in this order (lists decode about twice as fast as dicts).
+INFO_FIELDS = ("name", "format", "layout", "base", "vectors", "widths", "sd_checkpoint", "sd_checkpoint_name", "step", "internal_name", "sha256", "problem")
 MAX_FILE = 64 * 1024 * 1024
 APPS = ("a1111", "comfyui", "invokeai")
 INVOKEAI_BASE = {"sd1": "sd-1", "sd2": "sd-2", "sdxl": "sdxl"}
 
 
 def index_path(workspace: Workspace) -> Path:
-    return workspace.root / ".tihub-cache" / "embeddings-index.json"
+    return workspace.root / ".tihub-cache" / "embeddings-index.bin"
 
 
 def _is_candidate(name: str) -> bool:
@@ -51,6 +54,8 @@ def _is_candidate(name: str) -> bool:
 def walk(folder: Path) -> Iterable[tuple[str, os.DirEntry[str]]]:
     """(relative posix path, DirEntry) for every candidate file under `folder`, hidden dirs skipped."""
     stack = [("", str(folder))]
+    suffixes = EMBEDDING_SUFFIXES
+    skip = (".preview.png", ".preview.webp", ".thumb.webp", ".thumb.png")
     while stack:
         prefix, path = stack.pop()
         try:
@@ -59,12 +64,15 @@ def walk(folder: Path) -> Iterable[tuple[str, os.DirEntry[str]]]:
             continue
         with it:
             for e in it:
-                if e.name.startswith("."):
+                name = e.name
+                if name[0] == ".":
                     continue
-                if e.is_dir(follow_symlinks=False):
-                    stack.append((prefix + e.name + "/", e.path))
-                elif _is_candidate(e.name):
-                    yield prefix + e.name, e
+                low = name.lower()
+                if low.endswith(suffixes):
+                    if not low.endswith(skip) and not e.is_dir(follow_symlinks=False):
+                        yield prefix + name, e
+                elif e.is_dir(follow_symlinks=False):
+                    stack.append((prefix + name + "/", e.path))
 
 
 def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -104,63 +112,104 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 class LocalIndex:
-    """The per-file size+mtime cache of `describe()` results."""
+    """The per-file size+mtime cache of `describe()` results.
+
+    Stored with `marshal` (lists, strings, ints only): loading 10,000 rows takes about a fifth of
+    what `json` needs, which is what keeps a rescan near the cost of the `stat` calls. The file is
+    a cache that only tihub writes inside the workspace; anything unexpected in it (wrong magic,
+    version or shape, a decoding error) just means it is rebuilt.
+    """
+
+    MAGIC = b"TIHUBIDX"
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.files: dict[str, list[Any]] = {}
         self.dirty = False
-        if path is not None:
-            try:
-                with open(path, encoding="utf-8") as fh:
-                    data = json.load(fh)
+        if path is None:
+            return
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+            if raw[:8] == self.MAGIC:
+                data = marshal.loads(raw[8:])
                 if isinstance(data, dict) and data.get("version") == INDEX_VERSION and isinstance(data.get("files"), dict):
                     self.files = data["files"]
-            except (OSError, ValueError):
-                self.files = {}
+        except (OSError, ValueError, EOFError, TypeError):
+            self.files = {}
 
     def save(self) -> None:
         if self.path is None or not self.dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"version": INDEX_VERSION, "files": self.files}, fh, separators=(",", ":"))
+        with open(tmp, "wb") as fh:
+            fh.write(self.MAGIC + marshal.dumps({"version": INDEX_VERSION, "files": self.files}))
         os.replace(tmp, self.path)
         self.dirty = False
 
 
-def scan(folder: str | os.PathLike[str], index_file: Path | None = None) -> list[dict[str, Any]]:
-    """Describe every embedding file under `folder` (cached per file by size + mtime)."""
-    root = Path(folder)
+def _scan(folder: Path, index_file: Path | None) -> list[tuple[str, int, list[Any]]]:
+    """(relative path, size, info list in INFO_FIELDS order) for every file, via the index."""
     index = LocalIndex(index_file)
     cached = index.files
-    seen: set[str] = set()
-    out: list[dict[str, Any]] = []
-    for rel, entry in walk(root):
+    out: list[tuple[str, int, list[Any]]] = []
+    append = out.append
+    suffixes = EMBEDDING_SUFFIXES
+    skip = (".preview.png", ".preview.webp", ".thumb.webp", ".thumb.png")
+    stack = [("", str(folder))]
+    # walk() inlined: this loop runs once per file on every `tihub list`
+    while stack:
+        prefix, path = stack.pop()
         try:
-            st = entry.stat(follow_symlinks=True)
-        except OSError:
+            it = os.scandir(path)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
             continue
-        seen.add(rel)
-        row = cached.get(rel)
-        if row is not None and row[0] == st.st_size and row[1] == st.st_mtime_ns:
-            info = row[2]
-        else:
-            info = describe(entry.path)
-            cached[rel] = [st.st_size, st.st_mtime_ns, info]
-            index.dirty = True
-        item = dict(info)
-        item["path"] = rel
-        item["size"] = st.st_size
-        out.append(item)
-    if len(seen) != len(cached):
+        with it:
+            for entry in it:
+                name = entry.name
+                if name[0] == ".":
+                    continue
+                low = name.lower()
+                if not low.endswith(suffixes):
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((prefix + name + "/", entry.path))
+                    continue
+                if low.endswith(skip) or entry.is_dir(follow_symlinks=False):
+                    continue
+                rel = prefix + name
+                try:
+                    st = entry.stat()
+                except OSError:
+                    continue
+                row = cached.get(rel)
+                if row is not None and row[0] == st.st_size and row[1] == st.st_mtime_ns:
+                    append((rel, row[0], row[2]))
+                    continue
+                d = describe(entry.path)
+                info = [d.get(f) for f in INFO_FIELDS]
+                cached[rel] = [st.st_size, st.st_mtime_ns, info]
+                index.dirty = True
+                append((rel, st.st_size, info))
+    if len(out) != len(cached):
+        seen = {r[0] for r in out}
         for rel in [r for r in cached if r not in seen]:
             del cached[rel]
         index.dirty = True
     index.save()
-    out.sort(key=lambda d: d["path"])
+    out.sort()
     return out
+
+
+def scan(folder: str | os.PathLike[str], index_file: Path | None = None) -> list[dict[str, Any]]:
+    """Describe every embedding file under `folder` (cached per file by size + mtime)."""
+    rows = []
+    for rel, size, info in _scan(Path(folder), index_file):
+        d = dict(zip(INFO_FIELDS, info, strict=True))
+        d["path"] = rel
+        d["size"] = size
+        rows.append(d)
+    return rows
 
 
 def _entries_by_sha(catalog: Catalog | None, shas: list[str]) -> dict[str, tuple[str, str]]:
@@ -189,55 +238,75 @@ def _entries_by_sha(catalog: Catalog | None, shas: list[str]) -> dict[str, tuple
 
 def list_collection(workspace: Workspace, catalog: Catalog | None = None, folder: Path | None = None) -> list[dict[str, Any]]:
     """Rows for `tihub list`: name, path, format, base, vectors, trained_on, entry, problems."""
+    # Tens of thousands of small containers and no cycles: the cyclic GC would only rescan them.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _list_collection(workspace, catalog, folder)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _list_collection(workspace: Workspace, catalog: Catalog | None, folder: Path | None) -> list[dict[str, Any]]:
     from tihub.compat import builtin_lookup
 
     root = folder or workspace.embeddings_dir
-    items = scan(root, index_path(workspace) if folder is None else None)
-    entries = _entries_by_sha(catalog, sorted({i["sha256"] for i in items if i.get("sha256")}))
+    items = _scan(root, index_path(workspace) if folder is None else None)
+    i_name, i_fmt, i_base, i_vec, i_w = 0, 1, 3, 4, 5
+    i_ck, i_ckn, i_sha, i_prob = 6, 7, 10, 11
+    entries = _entries_by_sha(catalog, sorted({it[2][i_sha] for it in items if it[2][i_sha]}))
+    counts: dict[str, int] = defaultdict(int)
+    for _, _, info in items:
+        if info[i_prob] is None:
+            counts[info[i_name].lower()] += 1
+    dups: dict[str, list[str]] = defaultdict(list)
+    if any(c > 1 for c in counts.values()):
+        for rel, _, info in items:
+            if info[i_prob] is None and counts[info[i_name].lower()] > 1:
+                dups[info[i_name].lower()].append(rel)
     models: dict[str, str | None] = {}
-    by_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for it in items:
-        if not it.get("problem"):
-            by_name[it["name"].lower()].append(it)
     rows = []
-    for it in items:
+    for rel, size, info in items:
+        name = info[i_name]
         problems = []
-        if it.get("problem"):
-            problems.append(it["problem"]["message"])
-        same = by_name.get(it["name"].lower(), [])
-        if len(same) > 1:
-            others = ", ".join(o["path"] for o in same if o is not it)
-            problems.append(f"duplicate trigger name {it['name']!r} (also {others}); apps load only one of them")
-        ck = it.get("sd_checkpoint")
+        if info[i_prob]:
+            problems.append(info[i_prob]["message"])
+        elif dups:
+            same = dups.get(name.lower())
+            if same:
+                others = ", ".join(o for o in same if o != rel)
+                problems.append(f"duplicate trigger name {name!r} (also {others}); apps load only one of them")
+        ck = info[i_ck]
         trained = None
         if ck:
             if ck not in models:
-                name = None
+                mname = None
                 if catalog is not None:
                     with contextlib.suppress(TihubError):
                         row = catalog.find_model(ck)
                         if row and not row.get("not_found"):
-                            name = row.get("name")
-                if name is None:
+                            mname = row.get("name")
+                if mname is None:
                     b = builtin_lookup(ck)
-                    name = b.name if b else None
-                models[ck] = name
-            trained = f"{models[ck]} [{ck}]" if models[ck] else f"{it.get('sd_checkpoint_name') or '?'} [{ck}]"
-        ent = entries.get(it.get("sha256") or "")
+                    mname = b.name if b else None
+                models[ck] = mname
+            trained = f"{models[ck] or info[i_ckn] or '?'} [{ck}]"
+        ent = entries.get(info[i_sha] or "")
         rows.append(
             {
-                "name": it["name"],
-                "path": it["path"],
-                "format": it.get("format"),
-                "base": it.get("base"),
-                "vectors": it.get("vectors"),
-                "widths": it.get("widths"),
+                "name": name,
+                "path": rel,
+                "format": info[i_fmt],
+                "base": info[i_base],
+                "vectors": info[i_vec],
+                "widths": info[i_w],
                 "sd_checkpoint": ck,
                 "trained_on": trained,
                 "entry": ent[0] if ent else None,
                 "source": ent[1] if ent else None,
-                "sha256": it.get("sha256"),
-                "size": it.get("size"),
+                "sha256": info[i_sha],
+                "size": size,
                 "problems": problems,
             }
         )
