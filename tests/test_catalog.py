@@ -54,12 +54,12 @@ def test_migrations_applied_once_and_recorded(ws: Workspace) -> None:
     with read(engine) as conn:
         names = [r[0] for r in conn.execute(text("SELECT name FROM _migrations ORDER BY name"))]
         tables = {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master"))}
-    assert names == ["m001_hash_cache", "m002_catalog"]
+    assert names == ["m001_hash_cache", "m002_catalog", "m003_names_fts"]
     assert {"sources", "entries", "files", "entry_files", "models", "previews", "verifications",
             "training_runs", "entries_fts"} <= tables
     assert run_migrations(engine) == []  # second run applies nothing
     with read(engine) as conn:
-        assert conn.execute(text("SELECT COUNT(*) FROM _migrations")).scalar() == 2
+        assert conn.execute(text("SELECT COUNT(*) FROM _migrations")).scalar() == 3
 
 
 def test_wal_mode_and_foreign_keys(cat: Catalog) -> None:
@@ -114,6 +114,11 @@ def test_changed_entry_is_updated(cat: Catalog) -> None:
     assert (r.new, r.updated) == (0, 1)
     assert cat.search("new title")[0]["name"] == "one"
     assert cat.search("old") == []  # FTS follows updates
+    from tihub.catalog.db import write
+
+    with write(cat.engine) as conn:  # both indexes agree with the table (raises if not)
+        conn.execute(text("INSERT INTO entries_fts (entries_fts, rank) VALUES ('integrity-check', 1)"))
+        conn.execute(text("INSERT INTO entries_names_fts (entries_names_fts, rank) VALUES ('integrity-check', 1)"))
 
 
 def test_removed_marking_and_revival(cat: Catalog) -> None:

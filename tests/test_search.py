@@ -159,3 +159,13 @@ def test_bounded_ranking_falls_back_to_full_ranking(cat: Catalog, monkeypatch: p
     # the filter rejects every bounded candidate: the full ranking still finds the one match
     assert names(cat.search("common", source="rare", limit=5)) == ["rare-one"]
     assert len(cat.search("common", limit=0)) == 13
+
+
+def test_broad_query_puts_name_hits_first(cat: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tihub.catalog.store as store
+
+    monkeypatch.setattr(store, "RANK_BOUND", 3)
+    cat.ingest(SourceSpec("bulk", "git"), [c(f"b{i}", f"item{i}", description="sparkle everywhere") for i in range(10)])
+    cat.ingest(SourceSpec("z", "git"), [c("s1", "sparkle-long-name"), c("s2", "sparkle")])
+    assert names(cat.search("sparkle", limit=3))[:2] == ["sparkle", "sparkle-long-name"]
+    assert len(cat.search("sparkle", limit=3)) == 3

@@ -36,7 +36,18 @@ def m002_catalog(conn: Connection) -> None:
             conn.execute(text(ddl))
 
 
+def m003_names_fts(conn: Connection) -> None:
+    """On SQLite: a small FTS5 index over name, triggers and title, so broad searches can put
+    name hits first without ranking every match."""
+    from tihub.catalog.schema import NAMES_FTS_DDL
+
+    if conn.dialect.name == "sqlite":
+        for ddl in NAMES_FTS_DDL:
+            conn.execute(text(ddl))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m001_hash_cache", m001_hash_cache),
     ("m002_catalog", m002_catalog),
+    ("m003_names_fts", m003_names_fts),
 ]

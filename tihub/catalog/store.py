@@ -605,7 +605,7 @@ class Catalog:
                 params["match"] = match
                 filters = "".join(f" AND {w}" for w in where)
                 if lim > 0:
-                    ids = self._bounded_search(conn, match, where, params, lim)
+                    ids = self._bounded_search(conn, match, where, params, lim, q)
                     if ids is not None:
                         return self._with_fit(self._summaries(conn, ids), family, model_hashes)
                 sql = (
@@ -638,47 +638,65 @@ class Catalog:
         return self._with_fit(rows, family, model_hashes)
 
     def _bounded_search(
-        self, conn: Connection, match: str, where: list[str], params: Mapping[str, Any], lim: int
+        self, conn: Connection, match: str, where: list[str], params: Mapping[str, Any], lim: int, raw: str
     ) -> list[int] | None:
         """Ranked ids with bounded work, or None when only a full ranking can be exact.
 
-        Matches in name/trigger/title come first, then matches anywhere; each pass ranks (bm25)
-        at most RANK_BOUND matches, so a word found in half the catalogue costs the same as a
-        rare one. Candidates are filtered in small batches until `lim` are found. If filters
-        reject every bounded candidate while more matches exist, returns None (full ranking).
+        A query with at most RANK_BOUND matches is ranked exactly (bm25, names weighted most).
+        A broad one (a word in half the catalogue) is not ranked over every match, which would
+        cost as much as a table scan: entries matching in name/trigger/title come first, closest
+        names first, then other matches in catalogue order. If the filters reject too many of
+        these bounded candidates, returns None and the caller ranks every match.
         """
-        passes = [f"{{name triggers title}} : ({match})", match]
-        cond = " AND ".join(where)
-        seen: set[int] = set()
-        kept: list[int] = []
-        exhaustive = True
-        step = max(lim * 3, 60)
-        for expr in passes:
+        probe = [r[0] for r in conn.exec_driver_sql(
+            "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ? LIMIT ?", (match, RANK_BOUND + 1))]
+        if not probe:
+            return []
+        cond = " AND ".join(where) or "1 = 1"
+        if len(probe) <= RANK_BOUND:
             rows = conn.exec_driver_sql(
-                f"SELECT rowid, {_BM25} FROM entries_fts WHERE entries_fts MATCH ? LIMIT ?",
-                (expr, RANK_BOUND + 1),
+                f"SELECT rowid, {_BM25} FROM entries_fts WHERE entries_fts MATCH ?", (match,)
             ).all()
-            if len(rows) > RANK_BOUND:
-                exhaustive = False
-                rows = rows[:RANK_BOUND]
             rows.sort(key=lambda r: (r[1], r[0]))
-            cand = [rid for rid, _score in rows if rid not in seen]
-            seen.update(cand)
-            if not cond:
-                kept += cand
-            else:
-                for i in range(0, len(cand), step):
-                    chunk = cand[i : i + step]
-                    p2 = dict(params)
-                    p2.update({f"i{n}": v for n, v in enumerate(chunk)})
-                    ph = ", ".join(f":i{n}" for n in range(len(chunk)))
-                    ok = {r[0] for r in self._run(conn, f"SELECT e.id FROM entries e WHERE e.id IN ({ph}) AND {cond}", p2)}
-                    kept += [x for x in chunk if x in ok]
-                    if len(kept) >= lim:
-                        break
-            if len(kept) >= lim:
-                return kept[:lim]
-        return kept if exhaustive else None
+            ranked = [r[0] for r in rows]
+            if not where:
+                return ranked[:lim]
+            kept: list[int] = []
+            step = max(lim * 3, 60)
+            for i in range(0, len(ranked), step):
+                chunk = ranked[i : i + step]
+                ok = {r[0] for r in self._filter(conn, chunk, cond, params)}
+                kept += [x for x in chunk if x in ok]
+                if len(kept) >= lim:
+                    break
+            return kept[:lim]
+        named = [r[0] for r in conn.exec_driver_sql(
+            "SELECT rowid FROM entries_names_fts WHERE entries_names_fts MATCH ? LIMIT ?", (match, RANK_BOUND))]
+        named_set = set(named)
+        cand = list(dict.fromkeys(named + probe[:RANK_BOUND]))
+        names: dict[int, str] = {}
+        for chunk in _chunks(cand):
+            for eid, name in self._filter(conn, chunk, cond, params, "e.id, e.name"):
+                names[eid] = name
+        low = raw.lower()
+
+        def closeness(eid: int) -> tuple[int, int]:
+            n = (names[eid] or "").lower()
+            if eid not in named_set:
+                return (3, 0)
+            return (0 if n == low else 1 if n.startswith(low) else 2, len(n))
+
+        pos = {eid: i for i, eid in enumerate(cand)}
+        kept = sorted(names, key=lambda eid: (*closeness(eid), pos[eid]))
+        if len(kept) >= lim:
+            return kept[:lim]
+        return None
+
+    def _filter(self, conn: Connection, ids: list[int], cond: str, params: Mapping[str, Any], cols: str = "e.id") -> Any:
+        p2 = dict(params)
+        p2.update({f"i{n}": v for n, v in enumerate(ids)})
+        ph = ", ".join(f":i{n}" for n in range(len(ids)))
+        return self._run(conn, f"SELECT {cols} FROM entries e WHERE e.id IN ({ph}) AND {cond}", p2)
 
     @staticmethod
     def _with_fit(rows: list[dict[str, Any]], family: str | None, model_hashes: list[Any]) -> list[dict[str, Any]]:
