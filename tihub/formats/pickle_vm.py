@@ -394,15 +394,107 @@ class _VM:
         return prev
 
     # -- the loop ------------------------------------------------------------------------------
-    def run(self, pos: int) -> PickleResult:  # noqa: C901 - one opcode switch
+    def run(self, pos: int) -> PickleResult:
+        """The hot loop: the opcodes torch files use most, inlined with plain locals; the rest go
+        through `_one_op`. IndexError/KeyError/struct.error raised here become FormatError.
+        The ops cap also bounds the stack, the memo and every container."""
         data = self.data
         n = len(data)
         stack: list[Any] = []
         marks: list[int] = []
         memo: dict[int, Any] = {}
         unpack_from = struct.unpack_from
+        append = stack.append
+        pop = stack.pop
         ops = 0
         max_ops = self.max_ops
+        while True:
+            ops += 1
+            if ops > max_ops:
+                raise self.unsafe("runs more pickle operations than this kind of file needs")
+            op = data[pos]  # IndexError at the end: "it ends before STOP"
+            pos += 1
+            if op == 0x71:  # BINPUT
+                memo[data[pos]] = stack[-1]
+                pos += 1
+            elif op == 0x58:  # BINUNICODE
+                (k,) = unpack_from("<I", data, pos)
+                pos += 4
+                end = pos + k
+                if end > n:
+                    raise self.bad("it is truncated")
+                append(data[pos:end].decode("utf-8", "surrogatepass"))
+                pos = end
+            elif op == 0x28:  # MARK
+                if len(marks) >= MAX_MARKS:
+                    raise self.unsafe("nests pickle MARKs too deeply")
+                marks.append(len(stack))
+            elif op == 0x4B:  # BININT1
+                append(data[pos])
+                pos += 1
+            elif op == 0x4D:  # BININT2
+                append(data[pos] | (data[pos + 1] << 8))
+                pos += 2
+            elif op == 0x74:  # TUPLE
+                m = marks.pop()
+                items = tuple(stack[m:])
+                del stack[m:]
+                append(items)
+            elif op == 0x63:  # GLOBAL
+                end1 = data.find(b"\n", pos, min(n, pos + 256))
+                end2 = data.find(b"\n", end1 + 1, min(n, end1 + 257)) if end1 >= 0 else -1
+                if end2 < 0:
+                    raise self.bad("an unterminated global name")
+                append(self.resolve_global(data[pos:end1].decode("utf-8"), data[end1 + 1 : end2].decode("utf-8")))
+                pos = end2 + 1
+            elif op == 0x51:  # BINPERSID
+                append(self.persistent(pop()))
+            elif op == 0x52:  # REDUCE
+                args = pop()
+                append(self.call(pop(), args))
+            elif op == 0x86:  # TUPLE2
+                b = pop()
+                stack[-1] = (stack[-1], b)
+            elif op == 0x85:  # TUPLE1
+                stack[-1] = (stack[-1],)
+            elif op == 0x87:  # TUPLE3
+                c = pop()
+                b = pop()
+                stack[-1] = (stack[-1], b, c)
+            elif op == 0x89:  # NEWFALSE
+                append(False)
+            elif op == 0x88:  # NEWTRUE
+                append(True)
+            elif op == 0x4E:  # NONE
+                append(None)
+            elif op == 0x29:  # EMPTY_TUPLE
+                append(())
+            elif op == 0x7D:  # EMPTY_DICT
+                append({})
+            elif op == 0x73:  # SETITEM
+                v = pop()
+                k = pop()
+                _as(stack[-1], dict, self)[_hashable(k, self)] = v
+            elif op == 0x68:  # BINGET
+                append(self._get(memo, data[pos]))
+                pos += 1
+            elif op == 0x2E:  # STOP
+                if len(stack) != 1 or marks:
+                    raise self.bad("the stack is unbalanced at STOP")
+                return PickleResult(_finish(stack[0]), pos)
+            else:
+                pos, done = self._one_op(op, pos, stack, marks, memo)
+                if done is not None:
+                    return done  # type: ignore[no-any-return]
+
+    def _one_op(  # noqa: C901 - one opcode switch
+        self, op: int, pos: int, stack: list[Any], marks: list[int], memo: dict[int, Any]
+    ) -> tuple[int, Any]:
+        """Every opcode (the hot loop in `run` inlines the common ones). Returns the new offset
+        and, for STOP, a PickleResult."""
+        data = self.data
+        n = len(data)
+        unpack_from = struct.unpack_from
 
         def take(k: int) -> bytes:
             nonlocal pos
@@ -434,16 +526,7 @@ class _VM:
                 raise self.unsafe("holds an oversized string")
             return take(k).decode(enc, "surrogatepass")
 
-        while True:
-            ops += 1
-            if ops > max_ops:  # also bounds the stack, the memo and every container
-                raise self.unsafe("runs more pickle operations than this kind of file needs")
-            if pos >= n:
-                raise self.bad("it ends before STOP")
-            op = data[pos]
-            pos += 1
-            # the hottest opcodes are inlined; IndexError/KeyError/struct.error become FormatError.
-            # The memo and the stack cannot outgrow max_ops.
+        if True:
             if op == 0x71:  # BINPUT q
                 memo[data[pos]] = stack[-1]
                 pos += 1
@@ -539,7 +622,7 @@ class _VM:
             elif op == 0x2E:  # STOP '.'
                 if len(stack) != 1 or marks:
                     raise self.bad("the stack is unbalanced at STOP")
-                return PickleResult(_finish(stack[0]), pos)
+                return pos, PickleResult(_finish(stack[0]), pos)
             elif op == 0x80:  # PROTO
                 if take(1)[0] > 5:
                     raise self.bad("unknown pickle protocol")
@@ -655,6 +738,7 @@ class _VM:
                 raise self.unsafe("uses out-of-band pickle buffers")
             else:
                 raise self.bad(f"unknown opcode 0x{op:02x}")
+        return pos, None
 
     def _put(self, memo: dict[int, Any], idx: int, stack: list[Any]) -> None:
         if not stack:
