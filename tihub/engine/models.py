@@ -96,13 +96,30 @@ def family_of(pipe: Any) -> str:
 
 
 def config_folder(family: str, prediction: str | None = None) -> Path | None:
-    """The shipped diffusers config folder for a family (tihub/data/configs), if present."""
+    """A complete diffusers config folder for a family: the JSON shipped in tihub/data/configs
+    plus the CLIP tokenizer files (written once per process into a temp folder)."""
+    import shutil
+
+    from tihub import __version__
+    from tihub.clip_vocab import write_clip_tokenizer_files
+
     name = {"sd1": "sd1", "sd2": "sd2-v" if prediction == "v" else "sd2", "sdxl": "sdxl"}.get(family)
     if name is None:
         return None
-    root = resources.files("tihub.data").joinpath("configs", name)
-    path = Path(str(root))
-    return path if (path / "model_index.json").is_file() else None
+    src = Path(str(resources.files("tihub.data").joinpath("configs", name)))
+    if not (src / "model_index.json").is_file():
+        return None
+    dst = Path(tempfile.gettempdir()) / f"tihub-configs-{__version__}-{os.getuid() if hasattr(os, 'getuid') else 0}" / name
+    if not (dst / "tokenizer" / "merges.txt").is_file():
+        tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        for sub in ("tokenizer", "tokenizer_2"):
+            if (tmp / sub).is_dir():
+                write_clip_tokenizer_files(tmp / sub)
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(tmp, dst)
+    return dst
 
 
 def quiet() -> None:

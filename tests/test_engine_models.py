@@ -1,0 +1,68 @@
+"""Model loading: shipped config folders, safe .ckpt conversion, refusals, device/dtype choice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tihub.engine.models import _ckpt_to_safetensors, config_folder, family_of, load_model, pick_device, pick_dtype  # noqa: E402
+from tihub.errors import ConfigError, FormatError  # noqa: E402
+
+
+def test_config_folders_are_complete_and_match_real_model_sizes():
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    expected = {"sd1": 859.52, "sd2": 865.91, "sdxl": 2567.46}
+    for family, params in expected.items():
+        folder = config_folder(family)
+        index = json.loads((folder / "model_index.json").read_text())
+        for comp, spec in index.items():
+            if isinstance(spec, list) and spec[0]:
+                assert (folder / comp).is_dir(), (family, comp)
+        with init_empty_weights():
+            unet = UNet2DConditionModel.from_config(json.loads((folder / "unet" / "config.json").read_text()))
+        assert round(sum(p.numel() for p in unet.parameters()) / 1e6, 2) == params
+        tok = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
+        assert tok("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert json.loads((config_folder("sd2", "v") / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
+    assert CLIPTokenizer.from_pretrained(str(config_folder("sdxl") / "tokenizer_2")).pad_token_id == 0
+
+
+def test_ckpt_is_converted_without_unpickling_code(tmp_path):
+    from safetensors.numpy import load_file
+
+    sd = {"state_dict": {"model.diffusion_model.x.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3), "global_step": 5}}
+    path = tmp_path / "m.ckpt"
+    torch.save(sd, path)
+    out = _ckpt_to_safetensors(path, tmp_path)
+    tensors = load_file(str(out))
+    assert list(tensors) == ["model.diffusion_model.x.weight"]
+    assert tensors["model.diffusion_model.x.weight"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_non_sd_single_file_is_refused(tmp_path):
+    from safetensors.numpy import save_file
+    import numpy as np
+
+    path = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_down.lora_up.weight": np.zeros((4, 4), np.float32)}, str(path))
+    with pytest.raises(FormatError, match="not a Stable Diffusion"):
+        load_model(path, device="cpu")
+
+
+def test_device_and_dtype_choice(tiny_sd1_dir):
+    cpu = pick_device("cpu")
+    assert pick_dtype(cpu) == torch.float32 and pick_dtype(cpu, "bf16") == torch.bfloat16
+    with pytest.raises(ConfigError, match="Unknown dtype"):
+        pick_dtype(cpu, "fp8")
+    with pytest.raises(ConfigError, match="Unknown device"):
+        pick_device("toaster")
+    m = load_model(tiny_sd1_dir, device="cpu", dtype="bf16", compute_hash=False)
+    assert m.dtype == torch.bfloat16 and m.family == "sd1" and family_of(m.pipe) == "sd1" and m.widths == {"clip_l": 32}
+    img = __import__("tihub.engine.generate", fromlist=["Engine"]).Engine(m).generate("a cat", steps=1, seed=1, size=64)
+    assert img.images[0].size == (64, 64)
