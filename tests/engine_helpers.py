@@ -38,3 +38,21 @@ def tiny_reader(path: Path) -> Embedding:
 
 def vec(n: int, width: int = 32, seed: int = 0, scale: float = 1.0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal((n, width)) * scale).astype(np.float32)
+
+
+def capture_encoder_inputs(text_encoder):
+    """Record the hidden states entering the transformer (token + position embeddings)."""
+    seen = []
+
+    def pre(_m, args, kwargs):
+        seen.append((kwargs.get("inputs_embeds") if "inputs_embeds" in kwargs else args[0]).detach().clone())
+
+    enc = getattr(text_encoder, "encoder", None) or text_encoder.text_model.encoder
+    return seen, enc.register_forward_pre_hook(pre, with_kwargs=True)
+
+
+def token_rows(text_encoder, hidden, start, n):
+    """Subtract position embeddings: what the token-embedding table (or our splice) gave."""
+    emb = getattr(text_encoder, "embeddings", None) or text_encoder.text_model.embeddings
+    pos = emb.position_embedding.weight[start:start + n]
+    return (hidden[start:start + n] - pos).detach().numpy()

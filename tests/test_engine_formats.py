@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_engine_generate import capture_encoder_inputs, token_rows  # noqa: E402
+from engine_helpers import capture_encoder_inputs, token_rows  # noqa: E402
 
 from tihub.engine.generate import Engine  # noqa: E402
 from tihub.engine.models import from_pipeline  # noqa: E402

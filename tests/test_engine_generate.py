@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine_helpers import tiny_reader, vec, write_emb  # noqa: E402
+from engine_helpers import capture_encoder_inputs, tiny_reader, token_rows, vec, write_emb  # noqa: E402
 
 from tihub.engine.conditioning import CHUNK  # noqa: E402
 from tihub.engine.generate import Engine, Settings, generate, parse_size  # noqa: E402
@@ -40,24 +40,6 @@ def engine(sd1, tmp_path):
 
 def _img(result, i=0):
     return np.asarray(result.images[i]).astype(np.int16)
-
-
-def capture_encoder_inputs(text_encoder):
-    """Record the hidden states entering the transformer (token + position embeddings)."""
-    seen = []
-
-    def pre(_m, args, kwargs):
-        seen.append((kwargs.get("inputs_embeds") if "inputs_embeds" in kwargs else args[0]).detach().clone())
-
-    enc = getattr(text_encoder, "encoder", None) or text_encoder.text_model.encoder
-    return seen, enc.register_forward_pre_hook(pre, with_kwargs=True)
-
-
-def token_rows(text_encoder, hidden, start, n):
-    """Subtract position embeddings: what the token-embedding table (or our splice) gave."""
-    emb = getattr(text_encoder, "embeddings", None) or text_encoder.text_model.embeddings
-    pos = emb.position_embedding.weight[start:start + n]
-    return (hidden[start:start + n] - pos).detach().numpy()
 
 
 def test_same_seed_same_image_and_png_infotext(engine, tmp_path):

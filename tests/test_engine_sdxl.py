@@ -7,8 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine_helpers import tiny_reader, vec, write_emb  # noqa: E402
-from test_engine_generate import capture_encoder_inputs, token_rows  # noqa: E402
+from engine_helpers import capture_encoder_inputs, tiny_reader, token_rows, vec, write_emb  # noqa: E402
 
 from tihub.engine.generate import Engine  # noqa: E402
 from tihub.engine.models import load_model  # noqa: E402

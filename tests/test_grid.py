@@ -117,3 +117,18 @@ def test_standard_preview_by_kind(engine, tmp_path):
     assert preview_kind(None, "badstuff") == "negative" and preview_kind("Style", "x") == "style"
     assert [c.negative for c in neg.cells[:2]] == ["", "badstuff"]
     assert neg.calls == 1
+
+
+def test_model_axis_loads_each_model_once(tiny_sd1_dir, tiny_sdxl_dir, tmp_path):
+    loaded: dict = {}
+
+    def engine_for(m):
+        if m not in loaded:
+            loaded[m] = Engine(load_model(m, device="cpu", compute_hash=False))
+        return loaded[m]
+
+    axis = parse_axis(f"model:{tiny_sd1_dir},{tiny_sdxl_dir}")
+    r = make_grid(engine_for, "a cat", "", [axis, parse_axis("seed:1,2")], Settings(steps=1, width=64, height=64))
+    assert r.calls == 2 and len(loaded) == 2
+    assert {loaded[str(tiny_sd1_dir)].model.family, loaded[str(tiny_sdxl_dir)].model.family} == {"sd1", "sdxl"}
+    assert "Model: tiny-sdxl" in next(c for c in r.cells if c.x == 1).infotext
