@@ -496,6 +496,7 @@ class Downloader:
         self.env = env
         self.max_bytes = max_bytes
         self.host_kinds = host_kinds
+        _widen_reads()
         self._client = make_client(
             timeout=timeout,
             limits=httpx.Limits(max_connections=self.jobs * 2 + 2, max_keepalive_connections=self.jobs * 2 + 2),
@@ -878,7 +879,20 @@ class _LfsPointer(Exception):
         self.body = body
 
 
-THREADED_SINK_BYTES = 8 * 1024 * 1024  # bodies this big are written and hashed on a second thread
+def _widen_reads() -> None:
+    """Let httpcore read up to 1 MiB per recv instead of 64 KiB: a 512 MB body then costs ~500
+    trips through the HTTP parser instead of ~8,000, which is what lets a download keep up with
+    curl (measured in benchmarks/bench_fetch.py). Only the read size changes."""
+    try:
+        from httpcore._sync.http11 import HTTP11Connection
+    except ImportError:  # pragma: no cover - a future httpcore layout
+        return
+    if getattr(HTTP11Connection, "READ_NUM_BYTES", 0) < READ_BYTES:
+        HTTP11Connection.READ_NUM_BYTES = READ_BYTES
+
+
+READ_BYTES = 1 << 20
+THREADED_SINK_BYTES = 256 * 1024 * 1024  # bodies this big are written and hashed on a second thread (on a busy 2-core box inline was as fast)
 
 
 class _Sink:
