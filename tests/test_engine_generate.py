@@ -259,5 +259,7 @@ def test_library_generate_for_previews(sd1, tmp_path):
     # the trainer's call: an in-memory pipe + an in-memory embedding, saved to one file
     emb = Embedding("newthing", {"clip_l": vec(2, seed=8)})
     out = tmp_path / "newthing-10.preview.png"
-    r = generate(pipe=sd1.pipe, prompt="a newthing", embeddings={"newthing": emb}, steps=2, seed=1, size=64, out=out)
+    before = sd1.pipe.scheduler
+    r = generate(pipe=sd1.pipe, prompt="a newthing", embeddings={"newthing": emb}, steps=2, seed=1, size=64, out=out, sampler="DDIM")
     assert r.path == out and out.exists() and r.used == ["newthing"]
+    assert sd1.pipe.scheduler is before  # the caller's pipeline is left as it was

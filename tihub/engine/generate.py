@@ -177,7 +177,9 @@ class Engine:
         shape = (pipe.unet.config.in_channels, settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor)
         latents = torch.cat([torch.randn((1, *shape), generator=g, dtype=torch.float32) for g in gens]).to(device=device, dtype=dtype)
 
-        # 4. denoise in one call; swap conditioning when a schedule moves on
+        # 4. denoise in one call; swap conditioning when a schedule moves on. The pipeline's own
+        #    scheduler is put back afterwards (the trainer shares its pipeline with previews).
+        own_scheduler = pipe.scheduler
         pipe.scheduler = make_scheduler(settings.sampler, self._base_scheduler)
         ph, nh, pp, np_ = at(0)
         cfg = settings.cfg_scale > 1.0
@@ -208,8 +210,11 @@ class Engine:
         if changes:
             kwargs["callback_on_step_end"] = on_step_end
             kwargs["callback_on_step_end_tensor_inputs"] = ["prompt_embeds"] + (["add_text_embeds"] if family == "sdxl" else [])
-        with torch.inference_mode():
-            images = pipe(**kwargs).images
+        try:
+            with torch.inference_mode():
+                images = pipe(**kwargs).images
+        finally:
+            pipe.scheduler = own_scheduler
         return images, used
 
     # -- infotext ---------------------------------------------------------------------------
