@@ -162,3 +162,19 @@ def test_compat_catalog_entries(home, srv):
 def test_help_has_example(cmd):
     out = run(cmd, "--help").output
     assert "Example:" in out
+
+
+def test_compat_with_model_file(home, tmp_path):
+    from test_compat import _write_sd1_checkpoint
+
+    model = _write_sd1_checkpoint(tmp_path / "my-sd1.safetensors")
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    src = tmp_path / "mine.pt"
+    src.write_bytes(embedding_bytes("a1111", name="mine", sd_checkpoint=sha[:10]))
+    run("import", str(src))
+    (home / "sources.yaml").write_text("sources: []\n")
+    out = json.loads(run("compat", "--model", str(model), "--json").output)
+    assert out == [{"name": "mine", "status": "trained-on", "reason": out[0]["reason"]}]
+    # the model is now known by every hash form
+    again = json.loads(run("compat", "--model-hash", sha, "--json", "--offline").output)
+    assert again[0]["status"] == "trained-on"

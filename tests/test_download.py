@@ -409,3 +409,22 @@ def test_sidecar_records_validator(srv, tmp_path):
     info = json.loads((tmp_path / side[0]).read_text())
     assert info["etag"] and info["size"] == len(SD1) and info["url"] == url
     assert os.path.getsize(tmp_path / side[0][: -len(".json")]) == 1000
+
+
+def test_progress_line_on_a_terminal(srv, tmp_path):
+    import io
+
+    from tihub.download import Progress
+
+    out = io.StringIO()
+    prog = Progress(enabled=True, stream_=out)
+    urls = [srv.add(f"/p/e{i}.safetensors", embedding_bytes(name=f"e{i}", seed=i)) for i in range(3)]
+    with dl(tmp_path, progress=prog, jobs=2) as d:
+        results = d.fetch_all([Request(u, trusted=True, label=f"e{i}") for i, u in enumerate(urls)])
+    assert all(r.ok for r in results)
+    text = out.getvalue()
+    assert "[3/3]" in text and "MB" in text and "\r" in text
+    quiet = Progress(enabled=False, stream_=io.StringIO())
+    with dl(tmp_path / "q", progress=quiet) as d:
+        d.fetch_all([Request(urls[0], trusted=True)])
+    assert quiet.stream.getvalue() == ""
