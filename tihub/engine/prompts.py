@@ -6,7 +6,7 @@ Two independent passes, as in the A1111 web UI:
   `[from::when]` and alternation `[a|b]` into a list of `(end_step, text)`: the text to condition
   on up to and including `end_step`.
 * `parse_attention(text)` splits one of those texts into `(text, weight)` runs: `(x)` x1.1,
-  `[x]` /1.1, `(x:1.3)`, escapes `\\(`, and `BREAK` as `("BREAK", -1.0)`.
+  `[x]` /1.1, `(x:1.3)`, escapes `\\(`, and `BREAK` as `("BREAK", -1)`.
 
 Weights are multiplied in the same order A1111 multiplies them, so floats match exactly
 (`(((house:1.3)))` gives 1.5730000000000004). No torch import here.
@@ -70,7 +70,7 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
             # plain text (or an unmatched bracket, kept as text); BREAK splits it
             for i, part in enumerate(_BREAK.split(piece)):
                 if i:
-                    runs.append(["BREAK", -1.0])
+                    runs.append(["BREAK", -1])  # an int, as A1111 writes it
                 runs.append([part, 1.0])
 
     # brackets left open apply to the end of the prompt
