@@ -140,6 +140,9 @@ def test_long_prompt_chunks_and_embedding_never_split(engine):
     assert tuple(cond.hidden.shape) == (2 * 77, 32)
     # BREAK starts a new chunk; long negative and short positive still generate (padded)
     assert len(enc.tokenizer.tokenize("a BREAK b").chunks) == 2
+    # a negative weight of exactly -1 is a weight, not a BREAK; merged BREAKs stay text (as A1111)
+    tok = enc.tokenizer.tokenize("(cat:-1) dog BREAK BREAK x")
+    assert tok.chunks[0].multipliers[:2] == [-1.0, 1.0] and tok.token_count >= 3
     r = engine.generate("short", words + " " + words, steps=2, seed=1, size=64)
     assert len(r.images) == 1
     # a comma within 20 tokens of the end moves the tail to the next chunk (A1111 backtrack)
@@ -263,3 +266,22 @@ def test_library_generate_for_previews(sd1, tmp_path):
     r = generate(pipe=sd1.pipe, prompt="a newthing", embeddings={"newthing": emb}, steps=2, seed=1, size=64, out=out, sampler="DDIM")
     assert r.path == out and out.exists() and r.used == ["newthing"]
     assert sd1.pipe.scheduler is before  # the caller's pipeline is left as it was
+
+
+def test_tokenizer_never_fails_and_chunks_are_full(engine):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    write_emb(engine.vocabulary.folder / "zz.safetensors", vec(3))
+    tok = engine.encoder().tokenizer
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.text(alphabet=st.sampled_from(list("ab zz()[]:,.-1BREAK")), max_size=200))
+    def check(text):
+        t = tok.tokenize(text)
+        assert t.chunks and all(len(c.tokens) == 75 and len(c.multipliers) == 75 for c in t.chunks)
+        for c in t.chunks:
+            for f in c.fixes:
+                assert f.offset + f.count <= 75  # never split across chunks
+
+    check()

@@ -98,3 +98,20 @@ def test_prompts_module_does_not_import_torch():
 
     code = "import sys, tihub.engine.prompts, tihub.infotext; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+PROMPT_CHARS = st.text(alphabet=st.sampled_from(list("ab ()[]:|\\,.0123456789-BREAK")), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(PROMPT_CHARS, st.integers(min_value=1, max_value=30))
+def test_parsers_never_fail_on_any_text(text, steps):
+    sched = prompt_schedule(text, steps)
+    assert sched[-1][0] == steps and all(1 <= end <= steps for end, _ in sched)
+    assert [end for end, _ in sched] == sorted({end for end, _ in sched})
+    for _, t in sched:
+        runs = parse_attention(t)
+        assert runs and all(isinstance(w, (int, float)) for _, w in runs)

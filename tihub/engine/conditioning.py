@@ -107,7 +107,7 @@ class PromptTokenizer:
     def tokenize(self, text: str) -> Tokenized:
         self._refresh_lookup()
         runs = parse_attention(text)
-        run_ids = self.ids([t for t, w in runs if w != -1.0 and t])
+        run_ids = self.ids([t for t, w in runs if t and not (t == "BREAK" and w == -1)])
         chunks: list[Chunk] = []
         chunk = Chunk()
         used: list[str] = []
@@ -127,7 +127,7 @@ class PromptTokenizer:
 
         it = iter(run_ids)
         for text_part, weight in runs:
-            if weight == -1.0 and text_part == "BREAK":
+            if text_part == "BREAK" and weight == -1:
                 next_chunk()
                 continue
             if not text_part:
