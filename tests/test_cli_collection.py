@@ -88,8 +88,11 @@ def test_fetch_by_catalogue_name_records_entry(home, srv):
     rows = json.loads(run("list", "--json").output)
     assert rows[0]["entry"] == "easynegative" and rows[0]["source"] == "mirror"
     assert "NovelAI" in rows[0]["trained_on"]
-    again = run("fetch", "easynegative", "--as", "original")
-    assert "already here" in again.output
+    n = len(srv.requests)
+    again = run("fetch", "easynegative")
+    assert "already here" in again.output and len(srv.requests) == n  # known locally: no download
+    forced = run("fetch", "easynegative", "--as", "original", "--force")
+    assert forced.exit_code == 0 and len(srv.requests) == n + 1  # --force downloads again
 
 
 def test_catalogue_url_on_loopback_needs_allow_private(home, srv):

@@ -99,6 +99,10 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
             fail(str(exc))
             failed = True
             continue
+        here = [f for f in files if f.get("local_path") and Path(f["local_path"]).is_file()]
+        if here and not force and not to:
+            click.echo(f"already here: {t} -> {here[0]['local_path']} (pass --force to fetch it again)")
+            continue
         usable = [f for f in files if f.get("url") and not f.get("manual")]
         if not usable:
             page = next((f.get("url") or f.get("page_url") for f in files if f.get("url") or f.get("page_url")), None)
