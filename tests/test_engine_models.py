@@ -66,3 +66,26 @@ def test_device_and_dtype_choice(tiny_sd1_dir):
     assert m.dtype == torch.bfloat16 and m.family == "sd1" and family_of(m.pipe) == "sd1" and m.widths == {"clip_l": 32}
     img = __import__("tihub.engine.generate", fromlist=["Engine"]).Engine(m).generate("a cat", steps=1, seed=1, size=64)
     assert img.images[0].size == (64, 64)
+
+
+def test_samplers_keep_the_models_prediction_type(tmp_path):
+    from tihub.engine.samplers import SAMPLERS, make_scheduler, missing_package
+
+    base = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "v_prediction", "steps_offset": 1}
+    for name in SAMPLERS:
+        if missing_package(name):
+            continue
+        sched = make_scheduler(name, base)
+        assert sched.config.prediction_type == "v_prediction", name
+    assert make_scheduler("DPM++ 2M Karras", base).config.use_karras_sigmas is True
+    assert make_scheduler("DPM++ 2M", base).config.use_karras_sigmas is False
+
+
+def test_v_prediction_model_generates(tmp_path):
+    from tihub.engine.generate import Engine
+    from tihub.engine.tiny import build_tiny_sd1
+
+    m = load_model(build_tiny_sd1(tmp_path / "v", prediction_type="v_prediction"), device="cpu", compute_hash=False)
+    assert m.prediction == "v_prediction"
+    r = Engine(m).generate("a cat", steps=2, seed=1, size=64, sampler="DDIM")
+    assert r.images[0].size == (64, 64)
