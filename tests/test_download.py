@@ -428,3 +428,31 @@ def test_progress_line_on_a_terminal(srv, tmp_path):
     with dl(tmp_path / "q", progress=quiet) as d:
         d.fetch_all([Request(urls[0], trusted=True)])
     assert quiet.stream.getvalue() == ""
+
+
+def test_not_enough_disk_space_is_refused_before_writing(srv, tmp_path, monkeypatch):
+    import tihub.download as D
+
+    url = srv.add("/f/thing.safetensors", SD1)
+    monkeypatch.setattr(D, "_free_bytes", lambda folder: 100)
+    with dl(tmp_path) as d:
+        r = d.fetch(Request(url, trusted=True))
+    assert r.status == "failed" and "free" in r.error and "make room" in r.error
+    assert visible(tmp_path) == [] and hidden(tmp_path) == []
+
+
+def test_write_error_mid_body_removes_the_temp_file(srv, tmp_path, monkeypatch):
+    import errno
+
+    import tihub.download as D
+
+    url = srv.add("/f/thing.safetensors", SD1)
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(D, "_write_all", full)
+    with dl(tmp_path) as d:
+        r = d.fetch(Request(url, trusted=True))
+    assert r.status == "failed" and "No space left" in r.error
+    assert visible(tmp_path) == [] and hidden(tmp_path) == []

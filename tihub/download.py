@@ -779,6 +779,10 @@ class Downloader:
         part.write_sidecar({"url": url, "etag": etag, "last_modified": last_modified, "size": total})
         if total is not None and total > self.max_bytes:
             raise DownloadError(f"{label} is {total} bytes, more than any embedding ({self.max_bytes} bytes); it is probably a model, not an embedding.")
+        if total is not None:
+            free = _free_bytes(part.path.parent)
+            if free is not None and free < total - have:
+                raise DownloadError(f"{label} needs {total - have} bytes but {part.path.parent} has only {free} free; make room and fetch again.")
 
         self.progress.start(req.label or req.name or url, total, have)
         received = have
@@ -939,6 +943,15 @@ class _Sink:
             self.threaded = False
             if self.error is not None:
                 raise self.error
+
+
+def _free_bytes(folder: Path) -> int | None:
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 def _write_all(fd: int, data: bytes) -> None:
