@@ -19,6 +19,7 @@ Knobs (per path, keyword arguments of `add`):
   latency          seconds to wait before answering
   content_type     the Content-Type header (default application/octet-stream)
   etag             the ETag (default: a hash of the data); None for no validator
+  headers          extra response headers (e.g. Content-Encoding)
 The server also takes `latency` as a default for every path.
 """
 
@@ -47,6 +48,7 @@ class Served:
     latency: float | None = None
     content_type: str = "application/octet-stream"
     etag: str | None = ""
+    headers: dict[str, str] | None = None
     hits: int = 0
 
 
@@ -117,6 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Last-Modified", formatdate(owner.mtime, usegmt=True))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        for k, v in (spec.headers or {}).items():
+            self.send_header(k, v)
         if spec.truncate_at is not None or spec.content_length is not None:
             self.send_header("Connection", "close")
             self.close_connection = True

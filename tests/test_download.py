@@ -456,3 +456,31 @@ def test_write_error_mid_body_removes_the_temp_file(srv, tmp_path, monkeypatch):
         r = d.fetch(Request(url, trusted=True))
     assert r.status == "failed" and "No space left" in r.error
     assert visible(tmp_path) == [] and hidden(tmp_path) == []
+
+
+def test_gzip_bomb_is_capped_on_decoded_bytes(srv, tmp_path):
+    import gzip
+
+    bomb = gzip.compress(b"\0" * (80 * 1024 * 1024), 9)
+    assert len(bomb) < 200_000
+    url = srv.add("/f/bomb.safetensors", bomb, headers={"Content-Encoding": "gzip"})
+    with dl(tmp_path) as d:
+        r = d.fetch(Request(url, trusted=True))
+    assert r.status == "failed" and "more than" in r.error
+    assert visible(tmp_path) == [] and hidden(tmp_path) == []
+
+
+def test_symlink_planted_at_the_temp_name_is_not_followed(srv, tmp_path):
+    import hashlib as _h
+
+    url = srv.add("/f/thing.safetensors", SD1)
+    folder = tmp_path / "emb"
+    folder.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    key = _h.sha256(url.encode()).hexdigest()[:12]
+    (folder / f".thing.{key}.part").symlink_to(victim)
+    with dl(folder) as d:
+        r = d.fetch(Request(url, trusted=True))
+    assert r.status == "failed" and "temp file" in r.error
+    assert victim.read_text() == "precious"
