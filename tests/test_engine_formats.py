@@ -69,3 +69,26 @@ def test_sdxl_and_sd2_files_are_skipped_on_sd1_with_reason(corpus, sd1_768, tmp_
     assert r.used == []
     assert any("width 2048" in w and "768 wide" in w for w in r.warnings)
     assert any("width 1024" in w for w in r.warnings)
+
+
+def test_cli_generate_with_a_real_a1111_file(corpus, sd1_768, home, tmp_path):
+    import hashlib
+    import json
+
+    from click.testing import CliRunner
+
+    from tihub.cli import cli
+
+    model_dir = tmp_path / "tiny-768"
+    sd1_768.pipe.save_pretrained(model_dir)
+    src = next(p for p in _one_per_kind(corpus, "A1111 .pt (string_to_param dict)"))
+    shutil.copy(src, home / "embeddings" / "realstyle.pt")
+    r = CliRunner().invoke(cli, ["generate", "a (realstyle:0.8) house", "--model", str(model_dir), "--steps", "1", "--size", "64", "--seed", "7", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    assert out["embeddings"] == ["realstyle"] and f'TI hashes: "realstyle: {sha[:12]}"' in out["infotext"]
+    r = CliRunner().invoke(cli, ["verify", "realstyle", "--model", str(model_dir), "--steps", "1", "--size", "64", "--json"], catch_exceptions=False)
+    res = json.loads(r.stdout)
+    assert res["checks"][1] == {"check": "width", "status": "ok", "detail": "fits the SD1 model ({'clip_l': 768})"}
+    assert res["result"] in ("ok", "warning") and res["grid"]
