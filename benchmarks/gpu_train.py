@@ -32,7 +32,7 @@ from bench_train import DiffusersExampleLoop, make_pictures, sync  # noqa: E402
 TFLOP_PER_SAMPLE = 1.7
 
 
-def build_pipe(quick: bool, device: Any, dtype: Any) -> Any:
+def build_pipe(quick: bool, device: Any, dtype: Any, channels_last: bool = True) -> Any:
     import torch
 
     from tihub.engine.tiny import sd15_arch_pipeline, tiny_sd1_pipeline
@@ -45,7 +45,7 @@ def build_pipe(quick: bool, device: Any, dtype: Any) -> Any:
         pipe = pipe.to(device=device, dtype=dtype)
     else:
         pipe = sd15_arch_pipeline().to(device=device, dtype=dtype)
-    if device.type == "cuda":
+    if device.type == "cuda" and channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
     return pipe
 
@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--peak-tflops", type=float, default=790.0, help="bf16 dense peak of the GPU (H100 ~798, H200 ~788 measured)")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile tihub's UNet (the peer stays eager)")
+    ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="instead: train tiny SD1/SDXL models on the device in every precision and check the outputs")
     args = ap.parse_args()
     if args.smoke:
@@ -78,7 +80,7 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}, diffusers {md.version('diffusers')}, transformers {md.version('transformers')}")
     print(f"model: {'tiny UNet + 768-wide CLIP' if args.quick else 'SD1.5 architecture (random weights)'}, {size}x{size}, batch {batch}, {precision}, {args.rounds} interleaved rounds x {steps} steps")
     t_build = time.perf_counter()
-    pipe = build_pipe(args.quick, device, dtype)
+    pipe = build_pipe(args.quick, device, dtype, channels_last=not args.no_channels_last)
     print(f"built the pipeline in {time.perf_counter() - t_build:.1f} s")
 
     from tihub.engine.train import TrainConfig, train
@@ -92,7 +94,7 @@ def main() -> None:
 
         def tihub_round() -> tuple[float, int]:
             stamps: list[float] = []
-            warm = 3
+            warm = 8 if args.compile else 3
 
             def progress(info: dict) -> None:  # type: ignore[type-arg]
                 if info["step"] == warm:
@@ -108,7 +110,7 @@ def main() -> None:
                 name="bench", images=pics, model=str(model_dir), embeddings_dir=work / "emb", run_dir=work / "run",
                 vectors=4, steps=steps + warm, lr="5e-3", batch_size=batch, size=(size, size), save_every=0,
                 template="subject", overwrite=True, device=str(device), precision=precision, model_hash="bench",
-                gradient_checkpointing=args.gradient_checkpointing,
+                gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
             )
             train(cfg, log=lambda _: None, progress=progress, pipe=pipe)
             peak = torch.cuda.max_memory_allocated(device) if gpu else 0

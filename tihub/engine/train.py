@@ -86,6 +86,7 @@ class TrainConfig:
     resume: bool = False
     precision: str = "auto"
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the UNet for the training steps (slow start, faster steps)
     overwrite: bool = False
     also_pt: bool = False
     png_card: bool = False
@@ -622,6 +623,13 @@ class Session:
             self.encoders.append(Encoder(key, tok, te, vec, base.num_embeddings))
         self.splice()
         self.params = [e.vectors for e in self.encoders]
+        self._device_cache: dict[Any, Any] = {}
+        # autocast only where some frozen weights are not already in the compute dtype (a
+        # pipeline loaded in bf16 needs none: inputs are cast explicitly, and autocast's per-op
+        # checks cost CPU time that a launch-bound step does not have)
+        frozen = [self.unet, *(e.model for e in self.encoders)]
+        self.autocast = dtype != torch.float32 and any(p.dtype != dtype for m in frozen for p in m.parameters() if p.is_floating_point())
+        self.step_unet = self.unet
         # the noise schedule of the model (epsilon or v-prediction)
         from diffusers import DDPMScheduler
 
@@ -638,7 +646,7 @@ class Session:
 
         hidden, pooled = [], None
         for e in self.encoders:
-            ids = torch.tensor([e.ids(p, self.n) for p in prompts], device=self.device)
+            ids = torch.stack([self._to_device(("ids", e.key, p), lambda: e.ids(p, self.n), torch.long) for p in prompts])
             if self.xl:
                 out = e.model(ids, output_hidden_states=True)
                 hidden.append(out.hidden_states[-2])
@@ -650,8 +658,21 @@ class Session:
         if not self.add_time:
             return ehs, None
         side = [[64, 64, 0, 0, 64, 64]] * len(prompts)
-        times = torch.tensor(time_ids or side, device=self.device, dtype=ehs.dtype)
+        times = torch.stack([self._to_device(("time", tuple(row)), lambda: row, ehs.dtype) for row in (time_ids or side)])
         return ehs, {"text_embeds": pooled, "time_ids": times}
+
+    def _to_device(self, key: Any, make: Callable[[], list[int]], dtype: Any) -> Any:
+        """Small constant tensors (token ids, SDXL time ids), copied to the device once: a copy
+        from ordinary host memory would wait for the GPU and stall the step pipeline."""
+        got = self._device_cache.get(key)
+        if got is None:
+            import torch
+
+            t = torch.tensor(make(), dtype=dtype)
+            if self.device.type == "cuda":
+                t = t.pin_memory().to(self.device, non_blocking=True)
+            got = self._device_cache[key] = t.to(self.device)
+        return got
 
     def loss(self, latents: Any, noise: Any, t: Any, prompts: list[str], time_ids: list[list[int]] | None = None, weight: Any = None) -> Any:
         """Noise-prediction MSE (fp32) of one batch."""
@@ -660,9 +681,9 @@ class Session:
         a = self.alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         target = noise if self.prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * latents
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.autocast):
             ehs, added = self.condition(prompts, time_ids)
-            pred = self.unet(noisy.to(self.dtype), t, encoder_hidden_states=ehs, added_cond_kwargs=added).sample
+            pred = self.step_unet(noisy.to(self.dtype), t, encoder_hidden_states=ehs, added_cond_kwargs=added).sample
         err = (pred.float() - target) ** 2
         return (err * weight).mean() if weight is not None else err.mean()
 
@@ -746,6 +767,8 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
     # Stage 5: optimizer over the new vectors only; resume restores vectors, optimizer and step.
     if cfg.gradient_checkpointing:
         session.unet.enable_gradient_checkpointing()
+    if cfg.compile:
+        session.step_unet = torch.compile(session.unet)
     params = session.params
     optimizer = torch.optim.AdamW(params, lr=lr_schedule(0), weight_decay=0.0)
     scaler = torch.amp.GradScaler("cuda") if use_scaler and device.type == "cuda" else None
@@ -798,10 +821,11 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
             # every random draw of a micro-batch comes from (seed, micro-batch number)
             micro = step * cfg.grad_accum + k
             epoch, epoch_step, idx = plan.batch(micro)
-            g = torch.Generator().manual_seed(derive_seed(cfg.seed, "noise", micro))
-            latents = cache.draw(idx, g).to(device)
-            noise = torch.randn(latents.shape, generator=g).to(device)
-            t = torch.randint(0, session.n_train_t, (len(idx),), generator=g).to(device)
+            # drawn on the training device itself: no host-to-device copy stalls the GPU
+            g = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "noise", micro))
+            latents = cache.draw(idx, g)
+            noise = torch.randn(latents.shape, generator=g, device=device)
+            t = torch.randint(0, session.n_train_t, (len(idx),), generator=g, device=device)
             prompts = prompts_for(pics.pictures, idx, lines, cfg.seed, micro, cfg.shuffle_tags, cfg.tag_dropout)
             loss = session.loss(latents, noise, t, prompts, time_ids(idx), cache.weight(idx)) / cfg.grad_accum
             (scaler.scale(loss) if scaler is not None else loss).backward()

@@ -279,7 +279,7 @@ class LatentCache:
         lat = torch.stack([self.mean[i] for i in indices])
         if self.mode == "random" and self.std is not None:
             std = torch.stack([self.std[i] for i in indices])
-            eps = torch.randn(lat.shape, generator=generator, dtype=torch.float32).to(lat.device, lat.dtype)
+            eps = torch.randn(lat.shape, generator=generator, dtype=torch.float32, device=lat.device).to(lat.dtype)
             lat = lat + std * eps
         return lat
 
