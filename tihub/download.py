@@ -309,7 +309,7 @@ class Progress:
             done = self._done_bytes
             for key, (d, t) in list(self.files.items())[:3]:
                 pct = f"{100 * d // t:3d}%" if t else _mb(d)
-                parts.append(f"{key[:24]} {_bar(d, t)} {pct}")
+                parts.append(f"{_clean(key.split(chr(0), 1)[0])[:24]} {_bar(d, t)} {pct}")
             done += sum(d for d, _ in self.files.values())
             line = f"[{self.finished}/{self.count or '?'}] {_mb(done)}  " + "  ".join(parts)
         self.stream.write("\r\x1b[K" + line[:200])
@@ -784,7 +784,6 @@ class Downloader:
             if free is not None and free < total - have:
                 raise DownloadError(f"{label} needs {total - have} bytes but {part.path.parent} has only {free} free; make room and fetch again.")
 
-        self.progress.start(req.label or req.name or url, total, have)
         received = have
         first = status == 200 and sniff
         deadline_at = start + self.deadline
@@ -794,7 +793,9 @@ class Downloader:
         sink = _Sink(part.fd, hasher, threaded=(total or 0) - have >= THREADED_SINK_BYTES)
         pending: list[bytes] = []
         pending_n = 0
-        key = req.label or req.name or url
+        shown = req.name or req.entry_name or unquote(urlsplit(url).path.rsplit("/", 1)[-1]) or req.label or url
+        key = f"{shown}\x00{id(req)}"
+        self.progress.start(key, total, have)
         try:
             it = resp.iter_bytes() if encoded else resp.iter_raw()
             for chunk in it:
