@@ -54,12 +54,12 @@ def test_migrations_applied_once_and_recorded(ws: Workspace) -> None:
     with read(engine) as conn:
         names = [r[0] for r in conn.execute(text("SELECT name FROM _migrations ORDER BY name"))]
         tables = {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master"))}
-    assert names == ["m001_hash_cache", "m002_catalog", "m003_names_fts"]
+    assert names == ["m001_hash_cache", "m002_catalog", "m003_names_fts", "m004_names_prefix"]
     assert {"sources", "entries", "files", "entry_files", "models", "previews", "verifications",
             "training_runs", "entries_fts"} <= tables
     assert run_migrations(engine) == []  # second run applies nothing
     with read(engine) as conn:
-        assert conn.execute(text("SELECT COUNT(*) FROM _migrations")).scalar() == 3
+        assert conn.execute(text("SELECT COUNT(*) FROM _migrations")).scalar() == 4
 
 
 def test_wal_mode_and_foreign_keys(cat: Catalog) -> None:

@@ -46,8 +46,21 @@ def m003_names_fts(conn: Connection) -> None:
             conn.execute(text(ddl))
 
 
+def m004_names_prefix(conn: Connection) -> None:
+    """On SQLite: rebuild the names index with prefix indexes (2-6 characters) for type-ahead."""
+    from tihub.catalog.schema import NAMES_FTS_DDL
+
+    if conn.dialect.name == "sqlite":
+        for name in ("entries_names_ai", "entries_names_ad", "entries_names_au"):
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {name}"))
+        conn.execute(text("DROP TABLE IF EXISTS entries_names_fts"))
+        for ddl in NAMES_FTS_DDL:
+            conn.execute(text(ddl))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m001_hash_cache", m001_hash_cache),
     ("m002_catalog", m002_catalog),
     ("m003_names_fts", m003_names_fts),
+    ("m004_names_prefix", m004_names_prefix),
 ]

@@ -187,7 +187,7 @@ FTS_DDL = [
 NAMES_FTS_DDL = [
     """CREATE VIRTUAL TABLE entries_names_fts USING fts5(
         name, triggers, title, content = 'entries', content_rowid = 'id',
-        tokenize = 'unicode61 remove_diacritics 2'
+        tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3 4 5 6'
     )""",
     """CREATE TRIGGER entries_names_ai AFTER INSERT ON entries BEGIN
         INSERT INTO entries_names_fts (rowid, name, triggers, title) VALUES (new.id, new.name, new.triggers, new.title);

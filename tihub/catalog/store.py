@@ -32,10 +32,11 @@ if TYPE_CHECKING:
 
 LOCAL_SOURCE = "local"  # the source that files recorded by fetch/import/train belong to
 _CHUNK = 500  # bound parameters per IN (...) query
-RANK_BOUND = 500  # matches ranked per search pass (a full ranking only for --limit 0 or narrow filters)
+RANK_BOUND = 100  # matches ranked per search pass (a full ranking only for --limit 0 or narrow filters)
 
 # bm25 weights, in FTS column order: name, triggers, title, description, tags, source
 _BM25 = "bm25(entries_fts, 10.0, 6.0, 4.0, 1.0, 3.0, 2.0)"
+_NAMES_BM25 = "bm25(entries_names_fts, 10.0, 6.0, 4.0)"
 
 _ENTRY_FIELDS = (
     "name",
@@ -110,15 +111,16 @@ def _chunks(items: list[Any], n: int = _CHUNK) -> Iterable[list[Any]]:
         yield items[i : i + n]
 
 
-def fts_query(user_text: str) -> str | None:
-    """Turn free user text into a safe FTS5 query: every word a quoted string (AND-ed), the last
-    one a prefix. Quotes, operators (AND, OR, NOT, NEAR), `*`, `(`, `:` are just text here.
-    Returns None when the text holds no searchable word."""
+def fts_query(user_text: str, prefix: bool = True) -> str | None:
+    """Turn free user text into a safe FTS5 query: every word a quoted string (AND-ed); with
+    `prefix`, the last one (2+ characters, not followed by a space) also matches as a prefix.
+    Quotes, operators (AND, OR, NOT, NEAR), `*`, `(`, `:` are just text here. Returns None when
+    the text holds no searchable word."""
     words = re.findall(r"\w+", user_text or "")
     if not words:
         return None
     parts = ['"' + w.replace('"', '""') + '"' for w in words]
-    if len(words[-1]) >= 3 and not (user_text or "").endswith((" ", "\t")):
+    if prefix and len(words[-1]) >= 2 and not (user_text or "").endswith((" ", "\t")):
         parts[-1] += " *"
     return " ".join(parts)
 
@@ -159,12 +161,14 @@ class Catalog:
     def fts(self) -> bool:
         return is_sqlite(self.engine)
 
-    def _run(self, conn: Connection, sql: str, params: Mapping[str, Any]) -> Any:
-        """Run SQL with `:name` parameters; on SQLite straight through the driver (the hot
-        search path pays no statement compilation)."""
+    def _run(self, conn: Connection, sql: str, params: Mapping[str, Any] | tuple[Any, ...]) -> list[Any]:
+        """All rows of SQL with `:name` (or, SQLite only, `?`) parameters. On SQLite this goes
+        straight to the driver inside the current transaction: the hot search path pays no
+        statement compilation and no per-row wrapping."""
         if is_sqlite(self.engine):
-            return conn.exec_driver_sql(sql, dict(params))
-        return conn.execute(text(sql), dict(params))
+            raw = conn.connection.driver_connection
+            return raw.execute(sql, params if isinstance(params, tuple) else dict(params)).fetchall()  # type: ignore[union-attr]
+        return list(conn.execute(text(sql), dict(params)))
 
     # ------------------------------------------------------------------ sources
 
@@ -599,19 +603,23 @@ class Catalog:
         q = (query or "").strip()
         with read(self.engine) as conn:
             if q and self.fts:
-                match = fts_query(q)
-                if match is None:
+                # Whole words anywhere (main index) + the last word as a prefix in name, trigger
+                # and title (the small names index, with prefix indexes): typing "waterc" finds
+                # "watercolor" without merging every long posting list of the main index.
+                params["ma"] = fts_query(q, prefix=False)
+                params["mn"] = fts_query(q, prefix=True)
+                if params["ma"] is None:
                     return []
-                params["match"] = match
                 filters = "".join(f" AND {w}" for w in where)
                 if lim > 0:
-                    ids = self._bounded_search(conn, match, where, params, lim, q)
+                    ids = self._bounded_search(conn, params["ma"], params["mn"], where, params, lim, q)
                     if ids is not None:
                         return self._with_fit(self._summaries(conn, ids), family, model_hashes)
                 sql = (
-                    f"SELECT e.id FROM (SELECT rowid AS rid, {_BM25} AS score FROM entries_fts "
-                    "WHERE entries_fts MATCH :match) h CROSS JOIN entries e ON e.id = h.rid WHERE 1 = 1"
-                    + filters + " ORDER BY h.score, e.id" + limit_sql
+                    f"SELECT e.id FROM (SELECT rowid AS rid, {_BM25} AS score FROM entries_fts WHERE entries_fts MATCH :ma "
+                    f"UNION ALL SELECT rowid, {_NAMES_BM25} - 1e9 FROM entries_names_fts WHERE entries_names_fts MATCH :mn) h "
+                    "CROSS JOIN entries e ON e.id = h.rid WHERE 1 = 1"
+                    + filters + " GROUP BY e.id ORDER BY MIN(h.score), e.id" + limit_sql
                 )
             elif q:
                 words = [w.lower() for w in re.findall(r"\w+", q)]
@@ -638,57 +646,63 @@ class Catalog:
         return self._with_fit(rows, family, model_hashes)
 
     def _bounded_search(
-        self, conn: Connection, match: str, where: list[str], params: Mapping[str, Any], lim: int, raw: str
+        self,
+        conn: Connection,
+        match_all: str,
+        match_names: str,
+        where: list[str],
+        params: Mapping[str, Any],
+        lim: int,
+        raw: str,
     ) -> list[int] | None:
         """Ranked ids with bounded work, or None when only a full ranking can be exact.
 
-        A query with at most RANK_BOUND matches is ranked exactly (bm25, names weighted most).
-        A broad one (a word in half the catalogue) is not ranked over every match, which would
-        cost as much as a table scan: entries matching in name/trigger/title come first, closest
-        names first, then other matches in catalogue order. If the filters reject too many of
-        these bounded candidates, returns None and the caller ranks every match.
+        Name/trigger/title hits (prefix on the last word) come first, closest names first, then
+        whole-word hits anywhere by bm25. Each list ranks at most RANK_BOUND matches exactly;
+        past that (a word in half the catalogue) it keeps catalogue order instead of ranking
+        every match, which would cost as much as a table scan. If the filters reject too many
+        of these bounded candidates, returns None and the caller ranks every match.
         """
-        probe = [r[0] for r in conn.exec_driver_sql(
-            "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ? LIMIT ?", (match, RANK_BOUND + 1))]
-        if not probe:
+        exhaustive = True
+        named = self._run(
+            conn,
+            f"SELECT rowid, {_NAMES_BM25} FROM entries_names_fts WHERE entries_names_fts MATCH ? LIMIT ?",
+            (match_names, RANK_BOUND + 1),
+        )
+        if len(named) > RANK_BOUND:
+            exhaustive = False
+            named = named[:RANK_BOUND]
+        probe = [r[0] for r in self._run(
+            conn, "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ? LIMIT ?", (match_all, RANK_BOUND + 1))]
+        if len(probe) <= RANK_BOUND:
+            rows = self._run(
+                conn, f"SELECT rowid, {_BM25} FROM entries_fts WHERE entries_fts MATCH ?", (match_all,)
+            ) if probe else []
+            rows.sort(key=lambda r: (r[1], r[0]))
+            anywhere = [r[0] for r in rows]
+        else:
+            exhaustive = False
+            anywhere = probe[:RANK_BOUND]
+        name_score = {rid: score for rid, score in named}
+        cand = list(dict.fromkeys([r[0] for r in named] + anywhere))
+        if not cand:
             return []
         cond = " AND ".join(where) or "1 = 1"
-        if len(probe) <= RANK_BOUND:
-            rows = conn.exec_driver_sql(
-                f"SELECT rowid, {_BM25} FROM entries_fts WHERE entries_fts MATCH ?", (match,)
-            ).all()
-            rows.sort(key=lambda r: (r[1], r[0]))
-            ranked = [r[0] for r in rows]
-            if not where:
-                return ranked[:lim]
-            kept: list[int] = []
-            step = max(lim * 3, 60)
-            for i in range(0, len(ranked), step):
-                chunk = ranked[i : i + step]
-                ok = {r[0] for r in self._filter(conn, chunk, cond, params)}
-                kept += [x for x in chunk if x in ok]
-                if len(kept) >= lim:
-                    break
-            return kept[:lim]
-        named = [r[0] for r in conn.exec_driver_sql(
-            "SELECT rowid FROM entries_names_fts WHERE entries_names_fts MATCH ? LIMIT ?", (match, RANK_BOUND))]
-        named_set = set(named)
-        cand = list(dict.fromkeys(named + probe[:RANK_BOUND]))
         names: dict[int, str] = {}
         for chunk in _chunks(cand):
             for eid, name in self._filter(conn, chunk, cond, params, "e.id, e.name"):
                 names[eid] = name
-        low = raw.lower()
-
-        def closeness(eid: int) -> tuple[int, int]:
-            n = (names[eid] or "").lower()
-            if eid not in named_set:
-                return (3, 0)
-            return (0 if n == low else 1 if n.startswith(low) else 2, len(n))
-
+        low = raw.strip().lower()
         pos = {eid: i for i, eid in enumerate(cand)}
-        kept = sorted(names, key=lambda eid: (*closeness(eid), pos[eid]))
-        if len(kept) >= lim:
+
+        def key(eid: int) -> tuple[int, int, float, int]:
+            if eid not in name_score:
+                return (3, 0, 0.0, pos[eid])
+            n = (names[eid] or "").lower()
+            return (0 if n == low else 1 if n.startswith(low) else 2, len(n), name_score[eid], eid)
+
+        kept = sorted(names, key=key)
+        if len(kept) >= lim or exhaustive:
             return kept[:lim]
         return None
 
