@@ -484,3 +484,12 @@ def test_symlink_planted_at_the_temp_name_is_not_followed(srv, tmp_path):
         r = d.fetch(Request(url, trusted=True))
     assert r.status == "failed" and "temp file" in r.error
     assert victim.read_text() == "precious"
+
+
+def test_content_disposition_names_the_file_safely(srv, tmp_path):
+    url = srv.add("/api/download/models/5", SD1, headers={"Content-Disposition": 'attachment; filename="../../evil name.safetensors"'})
+    with dl(tmp_path / "emb") as d:
+        r = d.fetch(Request(url, trusted=True))
+    assert r.status == "fetched", r.error
+    assert r.path == (tmp_path / "emb" / "evil name.safetensors").resolve()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb"]
