@@ -43,8 +43,10 @@ def test_attention_weights_break_and_escapes():
     assert parse_attention("(a BREAK b)") == [("a", 1.1), ("BREAK", -1.1), ("b", 1.1)]
     assert parse_attention("") == [("", 1.0)]
     assert parse_attention("\\\\ back") == [("\\ back", 1.0)]
-    # a colon with no number stays text
+    # a colon with no number stays text; a malformed number (A1111 raises) stays text too
     assert parse_attention("a:b") == [("a:b", 1.0)]
+    assert parse_attention("(:.)") == [(":.)", 1.1)]
+    assert parse_attention("(a:1.2.3)") == [("a:1.2.3)", 1.1)]
 
 
 # A1111 get_learned_conditioning_prompt_schedules doctests (steps=10).

@@ -38,6 +38,15 @@ _ATTENTION_TOKEN = re.compile(
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 
 
+def _is_number(text: str) -> bool:
+    """`(x:.)` would make A1111 raise; tihub keeps such a 'weight' as text instead."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_attention(text: str) -> list[tuple[str, float]]:
     """Split `text` into `(text, weight)` runs with A1111's weighting rules.
 
@@ -60,7 +69,7 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
             round_open.append(len(runs))
         elif piece == "[":
             square_open.append(len(runs))
-        elif m.group("weight") and round_open:
+        elif m.group("weight") and round_open and _is_number(m.group("num")):
             scale(round_open.pop(), float(m.group("num")))
         elif piece == ")" and round_open:
             scale(round_open.pop(), ROUND)
