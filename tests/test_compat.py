@@ -208,3 +208,14 @@ def test_civitai_on_loopback_needs_allow_private(catalog):
     with FileServer() as srv:
         m = model_from_hash("abcdef0123", catalog, civitai_url=srv.base, allow_private=False)
         assert m.family is None and "lookup failed" in m.note and srv.requests == []
+
+
+def test_model_file_that_is_not_a_model(catalog, tmp_path):
+    from fileserver import embedding_bytes
+
+    p = tmp_path / "lora-or-embedding.safetensors"
+    p.write_bytes(embedding_bytes())
+    m = model_from_file(p, catalog)
+    assert m.family is None
+    status, reason = check(SD1_W, None, m)
+    assert status == "unknown" and "not an SD1, SD2 or SDXL model" in reason and "embedding" in reason

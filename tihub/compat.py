@@ -155,6 +155,8 @@ def check(
     if base == "unknown":
         return UNKNOWN, f"the embedding's widths ({shown}) match no known family"
     if family is None:
+        if model.origin == "hashed":
+            return UNKNOWN, f"{target} is not an SD1, SD2 or SDXL model{' (' + model.note + ')' if model.note else ''}"
         return UNKNOWN, f"the family of {target} is unknown; pass --model FILE so tihub can read it"
     return UNKNOWN, "no rule applies"
 
