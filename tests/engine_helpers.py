@@ -56,3 +56,95 @@ def token_rows(text_encoder, hidden, start, n):
     emb = getattr(text_encoder, "embeddings", None) or text_encoder.text_model.embeddings
     pos = emb.position_embedding.weight[start:start + n]
     return (hidden[start:start + n] - pos).detach().numpy()
+
+
+def to_ldm(pipe) -> dict:
+    """A diffusers SD1 pipeline as an original (LDM) single-file state dict (numpy arrays)."""
+    out = {}
+    unet_cfg = pipe.unet.config
+    L = unet_cfg.layers_per_block
+    n = len(unet_cfg.block_out_channels)
+
+    def res(prefix_d, prefix_l, sd, kind="unet"):
+        names = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+        if kind == "vae":
+            names = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
+        for k, v in sd.items():
+            if k.startswith(prefix_d + "."):
+                rest = k[len(prefix_d) + 1:]
+                head, _, tail = rest.partition(".")
+                out_key = f"{prefix_l}.{names[head]}.{tail}"
+                yield out_key, v
+
+    u = {k: v.detach().float().numpy() for k, v in pipe.unet.state_dict().items()}
+    P = "model.diffusion_model."
+    mapping = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2", "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    for k, v in u.items():
+        for d, l in mapping.items():
+            if k.startswith(d + "."):
+                out[P + l + k[len(d):]] = v
+    for i in range(n):
+        for j in range(L):
+            idx = 1 + i * (L + 1) + j
+            out.update({P + k: v for k, v in res(f"down_blocks.{i}.resnets.{j}", f"input_blocks.{idx}.0", u)})
+            for k, v in u.items():
+                if k.startswith(f"down_blocks.{i}.attentions.{j}."):
+                    out[P + f"input_blocks.{idx}.1." + k.split(f"attentions.{j}.", 1)[1]] = v
+        for k, v in u.items():
+            if k.startswith(f"down_blocks.{i}.downsamplers.0.conv."):
+                out[P + f"input_blocks.{(i + 1) * (L + 1)}.0.op." + k.rsplit(".", 1)[1]] = v
+        for j in range(L + 1):
+            idx = i * (L + 1) + j
+            out.update({P + k: v for k, v in res(f"up_blocks.{i}.resnets.{j}", f"output_blocks.{idx}.0", u)})
+            has_attn = False
+            for k, v in u.items():
+                if k.startswith(f"up_blocks.{i}.attentions.{j}."):
+                    has_attn = True
+                    out[P + f"output_blocks.{idx}.1." + k.split(f"attentions.{j}.", 1)[1]] = v
+            if j == L:
+                for k, v in u.items():
+                    if k.startswith(f"up_blocks.{i}.upsamplers.0.conv."):
+                        out[P + f"output_blocks.{idx}.{2 if has_attn else 1}.conv." + k.rsplit(".", 1)[1]] = v
+    out.update({P + k: v for k, v in res("mid_block.resnets.0", "middle_block.0", u)})
+    out.update({P + k: v for k, v in res("mid_block.resnets.1", "middle_block.2", u)})
+    for k, v in u.items():
+        if k.startswith("mid_block.attentions.0."):
+            out[P + "middle_block.1." + k[len("mid_block.attentions.0."):]] = v
+    # VAE
+    vs = {k: v.detach().float().numpy() for k, v in pipe.vae.state_dict().items()}
+    V = "first_stage_model."
+    nv = len(pipe.vae.config.block_out_channels)
+    for part in ("encoder", "decoder"):
+        for k, v in vs.items():
+            for name in ("conv_in", "conv_out"):
+                if k.startswith(f"{part}.{name}."):
+                    out[V + k] = v
+            if k.startswith(f"{part}.conv_norm_out."):
+                out[V + f"{part}.norm_out." + k.rsplit(".", 1)[1]] = v
+        for r, ldm in ((0, "block_1"), (1, "block_2")):
+            out.update({V + k: v for k, v in res(f"{part}.mid_block.resnets.{r}", f"{part}.mid.{ldm}", vs, "vae")})
+        attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+        for k, v in vs.items():
+            pre = f"{part}.mid_block.attentions.0."
+            if k.startswith(pre):
+                head, leaf = k[len(pre):].rsplit(".", 1)
+                arr = v.reshape(*v.shape, 1, 1) if leaf == "weight" and v.ndim == 2 else v
+                out[V + f"{part}.mid.attn_1.{attn[head]}.{leaf}"] = arr
+        for i in range(nv):
+            blocks = "down_blocks" if part == "encoder" else "up_blocks"
+            li = i if part == "encoder" else nv - 1 - i
+            ldm = "down" if part == "encoder" else "up"
+            for j in range(pipe.vae.config.layers_per_block + (0 if part == "encoder" else 1)):
+                out.update({V + k: v for k, v in res(f"{part}.{blocks}.{i}.resnets.{j}", f"{part}.{ldm}.{li}.block.{j}", vs, "vae")})
+            sampler = "downsamplers" if part == "encoder" else "upsamplers"
+            for k, v in vs.items():
+                if k.startswith(f"{part}.{blocks}.{i}.{sampler}.0.conv."):
+                    out[V + f"{part}.{ldm}.{li}.{'downsample' if part == 'encoder' else 'upsample'}.conv." + k.rsplit(".", 1)[1]] = v
+    for k, v in vs.items():
+        if k.startswith(("quant_conv.", "post_quant_conv.")):
+            out[V + k] = v
+    # text encoder (transformers 5 flattened keys -> text_model.*)
+    for k, v in pipe.text_encoder.state_dict().items():
+        key = k if k.startswith("text_model.") else "text_model." + k
+        out["cond_stage_model.transformer." + key] = v.detach().float().numpy()
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}

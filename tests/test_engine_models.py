@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -89,3 +91,21 @@ def test_v_prediction_model_generates(tmp_path):
     assert m.prediction == "v_prediction"
     r = Engine(m).generate("a cat", steps=2, seed=1, size=64, sampler="DDIM")
     assert r.images[0].size == (64, 64)
+
+
+def test_single_safetensors_checkpoint_with_config_folder(tiny_sd1_dir, tmp_path):
+    from engine_helpers import to_ldm
+    from safetensors.numpy import save_file
+
+    from tihub.engine.generate import Engine
+
+    folder_model = load_model(tiny_sd1_dir, device="cpu", compute_hash=False)
+    path = tmp_path / "tiny-single.safetensors"
+    save_file(to_ldm(folder_model.pipe), str(path))
+    single = load_model(path, device="cpu", config=tiny_sd1_dir)
+    assert single.name == "tiny-single" and single.hash and len(single.hash) == 10
+    a = Engine(folder_model).generate("a cat", steps=2, seed=3, size=64)
+    b = Engine(single).generate("a cat", steps=2, seed=3, size=64)
+    assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
+    with pytest.raises(ConfigError, match="not a diffusers folder"):
+        load_model(path, device="cpu", config=tmp_path)

@@ -160,20 +160,30 @@ def _from_folder(path: Path, dtype: Any) -> Any:
 def _from_single_file(path: Path, dtype: Any, config: str | Path | None) -> Any:
     from tihub.checkpoints import inspect_model
 
-    info = inspect_model(path)
-    if info.family not in ("sd1", "sd2", "sdxl"):
-        raise FormatError(f"{path} is not a Stable Diffusion 1/2/XL checkpoint ({info.reason or info.family}); pass an SD model.")
-    folder = Path(config) if config else config_folder(info.family, info.prediction)
-    if folder is None:
-        raise EngineError(f"No diffusers config for {info.family} ships with tihub; pass --config a diffusers folder of the same family (or convert {path.name} to a diffusers folder).")
-    cls = _pipeline_class(info.family)
+    if config:
+        # the caller's config folder decides the architecture
+        folder = Path(config)
+        index = folder / "model_index.json"
+        if not index.is_file():
+            raise ConfigError(f"--config {folder} is not a diffusers folder (no model_index.json).")
+        family = "sdxl" if "XL" in json.loads(index.read_text(encoding="utf-8")).get("_class_name", "") else "sd1"
+    else:
+        info = inspect_model(path)
+        if info.family not in ("sd1", "sd2", "sdxl"):
+            raise FormatError(f"{path} is not a Stable Diffusion 1/2/XL checkpoint ({info.reason or info.family}); pass an SD model.")
+        family = info.family
+        found = config_folder(info.family, info.prediction)
+        if found is None:
+            raise EngineError(f"No diffusers config for {info.family} ships with tihub; pass --config a diffusers folder of the same family (or convert {path.name} to a diffusers folder).")
+        folder = found
+    cls = _pipeline_class(family)
     kwargs: dict[str, Any] = {"config": str(folder), "dtype": dtype, "local_files_only": True}
     if cls.__name__ == "StableDiffusionPipeline":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
         return cls.from_single_file(str(path), **kwargs)
     except Exception as exc:
-        raise FormatError(f"{path} could not be loaded as a {info.family} checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).") from exc
+        raise FormatError(f"{path} could not be loaded as a {family} checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).") from exc
 
 
 def _ckpt_to_safetensors(path: Path, tmp: Path) -> Path:
