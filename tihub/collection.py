@@ -32,9 +32,30 @@ if TYPE_CHECKING:  # pragma: no cover
     from tihub.catalog.store import Catalog
     from tihub.config import Workspace
 
-INDEX_VERSION = 3
-# What the index keeps per file (a dict with these keys, straight from `describe()`).
-INFO_FIELDS = ("name", "format", "layout", "base", "vectors", "widths", "sd_checkpoint", "sd_checkpoint_name", "step", "internal_name", "sha256", "problem")
+INDEX_VERSION = 4
+
+
+def _row(rel: str, size: int, d: dict[str, Any]) -> dict[str, Any]:
+    """The `tihub list` row of one file, as kept in the index: the per-call fields (trained_on,
+    entry, source) start as None and are filled in only where something is known."""
+    problem = d.get("problem")
+    return {
+        "name": d["name"],
+        "path": rel,
+        "format": d.get("format"),
+        "base": d.get("base"),
+        "vectors": d.get("vectors"),
+        "widths": d.get("widths"),
+        "sd_checkpoint": d.get("sd_checkpoint"),
+        "sd_checkpoint_name": d.get("sd_checkpoint_name"),
+        "trained_on": None,
+        "entry": None,
+        "source": None,
+        "sha256": d.get("sha256"),
+        "size": size,
+        "problems": [problem["message"]] if problem else [],
+        "readable": problem is None,
+    }
 MAX_FILE = 64 * 1024 * 1024
 APPS = ("a1111", "comfyui", "invokeai")
 INVOKEAI_BASE = {"sd1": "sd-1", "sd2": "sd-2", "sdxl": "sdxl"}
@@ -125,6 +146,7 @@ class LocalIndex:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.files: dict[str, list[Any]] = {}
+        self.meta: dict[str, Any] = {}  # facts about the whole folder (duplicate names, hashes)
         self.dirty = False
         if path is None:
             return
@@ -135,6 +157,7 @@ class LocalIndex:
                 data = marshal.loads(raw[8:])
                 if isinstance(data, dict) and data.get("version") == INDEX_VERSION and isinstance(data.get("files"), dict):
                     self.files = data["files"]
+                    self.meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
         except (OSError, ValueError, EOFError, TypeError):
             self.files = {}
 
@@ -144,14 +167,14 @@ class LocalIndex:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
         with open(tmp, "wb") as fh:
-            fh.write(self.MAGIC + marshal.dumps({"version": INDEX_VERSION, "files": self.files}))
+            fh.write(self.MAGIC + marshal.dumps({"version": INDEX_VERSION, "files": self.files, "meta": self.meta}))
         os.replace(tmp, self.path)
         self.dirty = False
 
 
-def _scan(folder: Path, index_file: Path | None) -> list[tuple[str, int, dict[str, Any]]]:
-    """(relative path, size, info dict) for every file, via the index. The dicts are fresh
-    objects from the index (or `describe()`), so callers may extend them."""
+def _scan(folder: Path, index_file: Path | None) -> tuple[list[tuple[str, int, dict[str, Any]]], dict[str, Any]]:
+    """(relative path, size, row) for every file, via the index. The rows are fresh objects
+    decoded from the index (or just described), so callers may fill them in."""
     index = LocalIndex(index_file)
     cached = index.files
     out: list[tuple[str, int, dict[str, Any]]] = []
@@ -187,8 +210,7 @@ def _scan(folder: Path, index_file: Path | None) -> list[tuple[str, int, dict[st
                 if row is not None and row[0] == st.st_size and row[1] == st.st_mtime_ns:
                     append((rel, row[0], row[2]))
                     continue
-                d = describe(entry.path)
-                info = {f: d.get(f) for f in INFO_FIELDS}
+                info = _row(rel, st.st_size, describe(entry.path))
                 cached[rel] = [st.st_size, st.st_mtime_ns, info]
                 index.dirty = True
                 append((rel, st.st_size, info))
@@ -197,9 +219,24 @@ def _scan(folder: Path, index_file: Path | None) -> list[tuple[str, int, dict[st
         for rel in [r for r in cached if r not in seen]:
             del cached[rel]
         index.dirty = True
-    index.save()
     out.sort(key=_first)
-    return out
+    if index.dirty or "dups" not in index.meta or "shas" not in index.meta:
+        index.meta = _folder_facts(out)
+        index.dirty = True
+    index.save()
+    return out, index.meta
+
+
+def _folder_facts(items: list[tuple[str, int, dict[str, Any]]]) -> dict[str, Any]:
+    """What depends on the whole folder: trigger names used by several files, distinct hashes.
+    Kept in the index, so an unchanged folder does not recompute them."""
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for rel, _, row in items:
+        if row["readable"]:
+            by_name[row["name"].lower()].append(rel)
+    dups = {k: v for k, v in by_name.items() if len(v) > 1}
+    shas = sorted({row["sha256"] for _, _, row in items if row["sha256"]})
+    return {"dups": dups, "shas": shas}
 
 
 def _first(t: tuple[str, int, dict[str, Any]]) -> str:
@@ -209,10 +246,8 @@ def _first(t: tuple[str, int, dict[str, Any]]) -> str:
 def scan(folder: str | os.PathLike[str], index_file: Path | None = None) -> list[dict[str, Any]]:
     """Describe every embedding file under `folder` (cached per file by size + mtime)."""
     rows = []
-    for rel, size, info in _scan(Path(folder), index_file):
+    for _rel, _size, info in _scan(Path(folder), index_file)[0]:
         d = dict(info)
-        d["path"] = rel
-        d["size"] = size
         rows.append(d)
     return rows
 
@@ -257,31 +292,22 @@ def _list_collection(workspace: Workspace, catalog: Catalog | None, folder: Path
     from tihub.compat import builtin_lookup
 
     root = folder or workspace.embeddings_dir
-    items = _scan(root, index_path(workspace) if folder is None else None)
-    entries = _entries_by_sha(catalog, list({it[2]["sha256"] for it in items if it[2]["sha256"]}))
-    counts: dict[str, int] = defaultdict(int)
-    for _, _, info in items:
-        if info["problem"] is None:
-            counts[info["name"].lower()] += 1
-    dups: dict[str, list[str]] = defaultdict(list)
-    if any(c > 1 for c in counts.values()):
-        for rel, _, info in items:
-            if info["problem"] is None and counts[info["name"].lower()] > 1:
-                dups[info["name"].lower()].append(rel)
+    items, facts = _scan(root, index_path(workspace) if folder is None else None)
+    entries = _entries_by_sha(catalog, facts["shas"])
+    dups: dict[str, list[str]] = facts["dups"]
+    if dups:
+        for rel, _, row in items:
+            same = dups.get(row["name"].lower()) if row["readable"] else None
+            if same:
+                others = ", ".join(o for o in same if o != rel)
+                row["problems"].append(f"duplicate trigger name {row['name']!r} (also {others}); apps load only one of them")
     models: dict[str, str | None] = {}
     rows = []
     append = rows.append
-    for rel, size, row in items:
-        # `row` is this call's own dict (decoded from the index): extend it in place
-        problem = row.pop("problem")
-        problems = [problem["message"]] if problem else []
-        if dups and not problem:
-            same = dups.get(row["name"].lower())
-            if same:
-                others = ", ".join(o for o in same if o != rel)
-                problems.append(f"duplicate trigger name {row['name']!r} (also {others}); apps load only one of them")
+    get_entry = entries.get
+    for _, _, row in items:
+        # `row` is this call's own dict (decoded from the index): fill in what the catalogue knows
         ck = row["sd_checkpoint"]
-        trained = None
         if ck:
             if ck not in models:
                 mname = None
@@ -294,14 +320,11 @@ def _list_collection(workspace: Workspace, catalog: Catalog | None, folder: Path
                     b = builtin_lookup(ck)
                     mname = b.name if b else None
                 models[ck] = mname
-            trained = f"{models[ck] or row['sd_checkpoint_name'] or '?'} [{ck}]"
-        ent = entries.get(row["sha256"]) if row["sha256"] else None
-        row["path"] = rel
-        row["size"] = size
-        row["trained_on"] = trained
-        row["entry"] = ent[0] if ent else None
-        row["source"] = ent[1] if ent else None
-        row["problems"] = problems
+            row["trained_on"] = f"{models[ck] or row['sd_checkpoint_name'] or '?'} [{ck}]"
+        if entries:
+            ent = get_entry(row["sha256"])
+            if ent:
+                row["entry"], row["source"] = ent
         append(row)
     return rows
 
