@@ -109,3 +109,22 @@ def test_single_safetensors_checkpoint_with_config_folder(tiny_sd1_dir, tmp_path
     assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
     with pytest.raises(ConfigError, match="not a diffusers folder"):
         load_model(path, device="cpu", config=tmp_path)
+
+
+def test_ckpt_checkpoint_via_safe_reader_and_cli_config(tiny_sd1_dir, tmp_path, home):
+    from click.testing import CliRunner
+    from engine_helpers import to_ldm
+
+    from tihub.cli import cli
+    from tihub.engine.generate import Engine
+
+    folder_model = load_model(tiny_sd1_dir, device="cpu", compute_hash=False)
+    path = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in to_ldm(folder_model.pipe).items()}, "global_step": 1}, path)
+    ck = load_model(path, device="cpu", config=tiny_sd1_dir)
+    a = Engine(folder_model).generate("a cat", steps=1, seed=3, size=64)
+    b = Engine(ck).generate("a cat", steps=1, seed=3, size=64)
+    assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
+    r = CliRunner().invoke(cli, ["generate", "a cat", "--model", str(path), "--config", str(tiny_sd1_dir), "--steps", "1", "--size", "64", "--seed", "3", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    assert '"Model: tiny' in r.stdout or "Model: tiny" in r.stdout

@@ -33,10 +33,14 @@ def _hash_cache(ctx: Context) -> Any:
         return None
 
 
-def _engine(ctx: Context, model: str | None, device: str | None = None, dtype: str | None = None) -> Any:
+def _engine(ctx: Context, model: str | None, device: str | None = None, dtype: str | None = None, config: str | None = None) -> Any:
     from tihub.engine.generate import Engine
 
-    return Engine.load(_model(model), ctx.workspace.embeddings_dir, device=device, dtype=dtype, hash_cache=_hash_cache(ctx))
+    return Engine.load(_model(model), ctx.workspace.embeddings_dir, device=device, dtype=dtype, hash_cache=_hash_cache(ctx), config=config)
+
+
+config_option = click.option("--config", "config", type=click.Path(file_okay=False), default=None,
+                             help="Diffusers config folder for a single-file checkpoint [default: tihub's SD1/SD2/SDXL configs].")
 
 
 def _warn(messages: list[str]) -> None:
@@ -144,8 +148,9 @@ def _from_image(path: str) -> dict[str, Any]:
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or mps [default: best available].")
 @click.option("--dtype", default=None, type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="Compute precision [default: auto].")
 @click.option("--json", "as_json", is_flag=True, help="Print the saved files and settings as JSON.")
+@config_option
 @pass_ctx
-def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: str | None, steps: int | None, sampler: str | None, cfg: float | None, seed: int | None, size: str | None, batch_size: int, batch_count: int, clip_skip: int | None, out: str | None, from_image: str | None, device: str | None, dtype: str | None, as_json: bool) -> None:
+def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: str | None, steps: int | None, sampler: str | None, cfg: float | None, seed: int | None, size: str | None, batch_size: int, batch_count: int, clip_skip: int | None, out: str | None, from_image: str | None, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
     """Generate images for PROMPT; each PNG carries A1111 infotext (PNG Info reads it).
 
     Embeddings in the workspace's embeddings/ folder are used by their file name, as in A1111.
@@ -159,7 +164,7 @@ def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: 
     prompt = prompt if prompt is not None else base.get("prompt")
     if prompt is None:
         raise ConfigError("No prompt given; pass PROMPT or --from-image FILE.")
-    engine = _engine(ctx, model, device, dtype)
+    engine = _engine(ctx, model, device, dtype, config)
     if base.get("model_hash") and engine.model.hash and base["model_hash"].lower() not in (engine.model.hash, (engine.model.sha256 or "")[:8]):
         _warn([f"--from-image was made with model hash {base['model_hash']}, this model is {engine.model.hash}; images will differ."])
     outdir = Path(out) if out else ctx.workspace.root / "outputs"
@@ -281,8 +286,9 @@ def _resolve_embedding(ctx: Context, name: str) -> tuple[Path | None, int | None
 @click.option("--device", default=None)
 @click.option("--dtype", default=None, type=click.Choice(["auto", "fp32", "fp16", "bf16"]))
 @click.option("--json", "as_json", is_flag=True)
+@config_option
 @pass_ctx
-def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y: str | None, z: str | None, prompt: str | None, negative: str, steps: int, sampler: str, cfg: float, seed: int, size: str | None, batch: int, out: str | None, device: str | None, dtype: str | None, as_json: bool) -> None:
+def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y: str | None, z: str | None, prompt: str | None, negative: str, steps: int, sampler: str, cfg: float, seed: int, size: str | None, batch: int, out: str | None, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
     """Make an A1111-style X/Y/Z grid, or the standard preview of embedding NAME.
 
     With NAME and no axes: the standard preview (fixed prompts chosen by the entry's kind:
@@ -309,7 +315,7 @@ def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y
     def engine_for(m: str | None) -> Engine:
         key = m or None
         if key not in engines:
-            engines[key] = Engine(load_model(_model(key or model), device=device, dtype=dtype, hash_cache=cache), ctx.workspace.embeddings_dir)
+            engines[key] = Engine(load_model(_model(key or model), device=device, dtype=dtype, hash_cache=cache, config=config), ctx.workspace.embeddings_dir)
         return engines[key]
 
     if not axes:
@@ -349,8 +355,9 @@ def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y
 @click.option("--device", default=None)
 @click.option("--dtype", default=None, type=click.Choice(["auto", "fp32", "fp16", "bf16"]))
 @click.option("--json", "as_json", is_flag=True)
+@config_option
 @pass_ctx
-def verify_cmd(ctx: Context, name: str, model: str | None, steps: int, size: str | None, no_grid: bool, device: str | None, dtype: str | None, as_json: bool) -> None:
+def verify_cmd(ctx: Context, name: str, model: str | None, steps: int, size: str | None, no_grid: bool, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
     """Verify embedding NAME on a model and record the result in the catalogue.
 
     Checks that it loads (width), that its numbers are finite, and its vector norms against
@@ -366,7 +373,7 @@ def verify_cmd(ctx: Context, name: str, model: str | None, steps: int, size: str
     from tihub.engine.verify import record, verify
 
     path, entry_id, file_id, kind = _resolve_embedding(ctx, name)
-    engine = _engine(ctx, model, device, dtype)
+    engine = _engine(ctx, model, device, dtype, config)
     v = verify(engine, name, path=path, grid=not no_grid, steps=steps, size=size, out=ctx.workspace.root / "grids", kind=kind)
     record(Catalog(ctx.engine(), ctx.workspace), v, entry_id, file_id)
     if as_json:

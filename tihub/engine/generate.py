@@ -103,8 +103,8 @@ class Engine:
         self._base_scheduler = dict(self.model.pipe.scheduler.config)
 
     @classmethod
-    def load(cls, model: str | os.PathLike[str], embeddings_dir: Any = None, device: Any = None, dtype: Any = None, hash_cache: Any = None) -> Engine:
-        return cls(load_model(model, device=device, dtype=dtype, hash_cache=hash_cache), embeddings_dir)
+    def load(cls, model: str | os.PathLike[str], embeddings_dir: Any = None, device: Any = None, dtype: Any = None, hash_cache: Any = None, config: Any = None) -> Engine:
+        return cls(load_model(model, device=device, dtype=dtype, hash_cache=hash_cache, config=config), embeddings_dir)
 
     def encoder(self, clip_skip: int = 1) -> PromptEncoder:
         if clip_skip not in self._encoders:
