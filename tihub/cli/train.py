@@ -69,7 +69,7 @@ class _Bar:
 @click.option("--resume", is_flag=True, help="Continue from the run folder's last checkpoint (same step count, schedule and randomness).")
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "fp16", "bf16"]))
 @click.option("--gradient-checkpointing", is_flag=True, help="Less GPU memory, about 30% slower.")
-@click.option("--compile", "compile", is_flag=True, help="torch.compile the UNet (GPU: a slow first minute, faster steps after).")
+@click.option("--compile", "compile", is_flag=True, help="torch.compile the UNet for the steps (experimental; GPU: minutes of compiling first).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing embedding (and run folder) of this name.")
 @click.option("--also-pt", is_flag=True, help="Also write an A1111 .pt next to the .safetensors.")
 @click.option("--png-card", is_flag=True, help="Also write an A1111 PNG embedding card in the run folder.")

@@ -630,6 +630,7 @@ class Session:
         frozen = [self.unet, *(e.model for e in self.encoders)]
         self.autocast = dtype != torch.float32 and any(p.dtype != dtype for m in frozen for p in m.parameters() if p.is_floating_point())
         self.step_unet = self.unet
+        self.enabled_checkpointing = False
         # the noise schedule of the model (epsilon or v-prediction)
         from diffusers import DDPMScheduler
 
@@ -701,6 +702,13 @@ class Session:
             for m in eos_fixed:
                 m.eos_token_id = 2
 
+    def close(self) -> None:
+        """The end of training: the pipeline given back, gradient checkpointing undone."""
+        self.restore()
+        if self.enabled_checkpointing:
+            self.unet.disable_gradient_checkpointing()
+            self.enabled_checkpointing = False
+
 
 def train(cfg: TrainConfig, log: Log = print, progress: Progress | None = None, pipe: Any = None) -> TrainResult:
     """Run one training (or continue one with cfg.resume) and return what it produced.
@@ -740,7 +748,7 @@ def train(cfg: TrainConfig, log: Log = print, progress: Progress | None = None, 
     try:
         return _run(cfg, session, pics, lines, lr_schedule, total, clip, device, dtype, use_scaler, own_pipe, run_dir, notes, started, log, progress)
     finally:
-        session.restore()
+        session.close()
 
 
 def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str], lr_schedule: Schedule, total: int, clip: Any, device: Any, dtype: Any, use_scaler: bool, own_pipe: bool, run_dir: Path, notes: list[str], started: float, log: Log, progress: Progress | None) -> TrainResult:
@@ -765,8 +773,9 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
         vae.to(dtype=vae_dtype)
 
     # Stage 5: optimizer over the new vectors only; resume restores vectors, optimizer and step.
-    if cfg.gradient_checkpointing:
+    if cfg.gradient_checkpointing and not session.unet.is_gradient_checkpointing:
         session.unet.enable_gradient_checkpointing()
+        session.enabled_checkpointing = True
     if cfg.compile:
         session.step_unet = torch.compile(session.unet)
     params = session.params
@@ -870,8 +879,6 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
             else:
                 previews.append(path)
     flush()
-    if cfg.gradient_checkpointing:
-        session.unet.disable_gradient_checkpointing()
 
     # Stage 7: outputs: the embedding (+ A1111 .pt, + PNG card), a last checkpoint, the loss plot.
     emb = make_embedding(cfg, session.encoders, total, sd_checkpoint)
