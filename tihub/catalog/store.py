@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 LOCAL_SOURCE = "local"  # the source that files recorded by fetch/import/train belong to
 _CHUNK = 500  # bound parameters per IN (...) query
+BULK_FTS_MIN = 200  # new entries from which one ingest indexes them in bulk (SQLite)
 RANK_BOUND = 100  # matches ranked per search pass (a full ranking only for --limit 0 or narrow filters)
 
 # bm25 weights, in FTS column order: name, triggers, title, description, tags, source
@@ -286,7 +287,13 @@ class Catalog:
                 files_by_id[row[0]] = dict(zip(fkeys, row))
         need_shas = sorted({f.sha256.lower() for c in cands.values() for f in c.files if f.sha256})
         for chunk in _chunks(need_shas):
-            for row in conn.execute(select(*fcols).where(F.c.sha256.in_(chunk))).tuples():
+            if is_sqlite(self.engine):
+                rows_ = conn.exec_driver_sql(
+                    f"SELECT {', '.join(fkeys)} FROM files WHERE sha256 IN ({', '.join('?' * len(chunk))})", tuple(chunk)
+                ).all()
+            else:
+                rows_ = conn.execute(select(*fcols).where(F.c.sha256.in_(chunk))).tuples().all()
+            for row in rows_:
                 files_by_id[row[0]] = dict(zip(fkeys, row))
         files_by_sha = {f["sha256"]: f for f in files_by_id.values() if f["sha256"]}
 
@@ -338,15 +345,17 @@ class Catalog:
                     key = ("id", fid)
                     w = merged.get("widths")
                 elif sha:
-                    row = {"sha256": sha, **_merge_file({k: None for k in _FILE_META}, incoming)}
-                    new_files[sha] = row
+                    new_files[sha] = {"sha256": sha, **incoming}
                     key = ("sha", sha)
-                    w = row.get("widths")
+                    w = None
+                    if cf.widths:
+                        widths_seen.append(cf.widths)
                 else:
-                    row = {"sha256": None, **_merge_file({k: None for k in _FILE_META}, incoming)}
-                    new_nosha.append(row)
+                    new_nosha.append({"sha256": None, **incoming})
                     key = ("nosha", len(new_nosha) - 1)
-                    w = row.get("widths")
+                    w = None
+                    if cf.widths:
+                        widths_seen.append(cf.widths)
                 if w:
                     widths_seen.append(_loads(w, {}))
                 flist.append((key, cf.url, int(cf.manual)))
@@ -389,11 +398,18 @@ class Catalog:
 
         # -- files
         if new_files:
-            conn.execute(F.insert(), list(new_files.values()))
-            shas = list(new_files)
-            for chunk in _chunks(shas):
-                for fid, sha in conn.execute(select(F.c.id, F.c.sha256).where(F.c.sha256.in_(chunk))):
-                    new_files[sha]["id"] = fid
+            if is_sqlite(self.engine):
+                # the write lock is held: every id above the old maximum is one of ours
+                max_f = conn.exec_driver_sql("SELECT COALESCE(MAX(id), 0) FROM files").scalar() or 0
+                _insert_many(conn, F, list(new_files.values()))
+                for fid, sha in conn.exec_driver_sql("SELECT id, sha256 FROM files WHERE id > ?", (max_f,)):
+                    if sha in new_files:
+                        new_files[sha]["id"] = fid
+            else:
+                conn.execute(F.insert(), list(new_files.values()))
+                for chunk in _chunks(list(new_files)):
+                    for fid, sha in conn.execute(select(F.c.id, F.c.sha256).where(F.c.sha256.in_(chunk))):
+                        new_files[sha]["id"] = fid
         for row in new_nosha:
             row["id"] = conn.execute(F.insert().values(**row)).inserted_primary_key[0]
         result.files_new = len(new_files) + len(new_nosha)
@@ -407,7 +423,10 @@ class Catalog:
         ids: dict[str, int] = {rid: row[0] for rid, row in existing.items()}
         if new_entries:
             max_before = conn.execute(text("SELECT COALESCE(MAX(id), 0) FROM entries")).scalar() or 0
-            conn.execute(E.insert(), new_entries)
+            if is_sqlite(self.engine) and len(new_entries) >= BULK_FTS_MIN:
+                _bulk_insert_entries(conn, new_entries, sid, max_before)
+            else:
+                _insert_many(conn, E, new_entries)
             for eid, rid in conn.execute(
                 select(E.c.id, E.c.remote_id).where(E.c.source_id == sid, E.c.id > max_before)
             ):
@@ -446,7 +465,7 @@ class Catalog:
             if rid in existing and (want.keys() != have.keys() or any(have[f] != want[f] for f in want if f in have)):
                 touched.add(rid)
         if add_links:
-            conn.execute(EF.insert(), add_links)
+            _insert_many(conn, EF, add_links)
         if upd_links:
             conn.execute(
                 EF.update()
@@ -533,7 +552,8 @@ class Catalog:
             result.removed = len(gone)
 
         # -- last seen
-        seen_ids = [ids[r] for r in cands] + [existing[r][0] for r in keep_ids if r in existing]
+        # new entries already carry last_seen = t
+        seen_ids = [row[0] for r, row in existing.items() if r in cands or r in keep_ids]
         if complete and len(seen_ids) > 1000:
             conn.execute(
                 E.update().where(E.c.source_id == sid, E.c.removed_at.is_(None), E.c.last_seen != t).values(last_seen=t)
@@ -1186,6 +1206,41 @@ class Catalog:
                     )
                 ).inserted_primary_key[0]
             )
+
+
+def _insert_many(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
+    """executemany of same-keyed dict rows; on SQLite straight through the driver."""
+    if not rows:
+        return
+    if conn.dialect.name == "sqlite":
+        cols = list(rows[0])
+        sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows])
+    else:
+        conn.execute(table.insert(), rows)
+
+
+def _bulk_insert_entries(conn: Connection, rows: list[dict[str, Any]], sid: int, max_before: int) -> None:
+    """Insert many new entries, then index them in two INSERT ... SELECT statements instead of
+    one trigger call per row (about 4x faster). The insert triggers are dropped and recreated
+    inside the same write transaction, so no other connection ever sees them missing, and a
+    failure rolls the whole thing back."""
+    conn.exec_driver_sql("DROP TRIGGER IF EXISTS entries_fts_ai")
+    conn.exec_driver_sql("DROP TRIGGER IF EXISTS entries_names_ai")
+    _insert_many(conn, S.entries, rows)
+    conn.exec_driver_sql(
+        "INSERT INTO entries_fts (rowid, name, triggers, title, description, tags, source) "
+        "SELECT e.id, e.name, e.triggers, e.title, e.description, e.tags, s.name FROM entries e "
+        "JOIN sources s ON s.id = e.source_id WHERE e.id > ? AND e.source_id = ?",
+        (max_before, sid),
+    )
+    conn.exec_driver_sql(
+        "INSERT INTO entries_names_fts (rowid, name, triggers, title) "
+        "SELECT id, name, triggers, title FROM entries WHERE id > ? AND source_id = ?",
+        (max_before, sid),
+    )
+    conn.exec_driver_sql(S.FTS_DDL[1])
+    conn.exec_driver_sql(S.NAMES_FTS_DDL[1])
 
 
 def _file_values(cf: CandidateFile) -> dict[str, Any]:
