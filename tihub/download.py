@@ -790,9 +790,6 @@ class Downloader:
         encoded = resp.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
         if encoded:
             total = None  # Content-Length counts the compressed bytes; the hash checks the rest
-        sink = _Sink(part.fd, hasher, threaded=(total or 0) - have >= THREADED_SINK_BYTES)
-        pending: list[bytes] = []
-        pending_n = 0
         shown = req.name or req.entry_name or unquote(urlsplit(url).path.rsplit("/", 1)[-1]) or req.label or url
         key = f"{shown}\x00{id(req)}"
         self.progress.start(key, total, have)
@@ -814,20 +811,15 @@ class Downloader:
                 received += len(chunk)
                 if received > self.max_bytes:
                     raise DownloadError(f"{label} sent more than {self.max_bytes} bytes, more than any embedding; it is probably a model, not an embedding.")
-                pending.append(chunk)
-                pending_n += len(chunk)
-                if pending_n >= CHUNK or not sink.threaded:
-                    sink.put(pending[0] if len(pending) == 1 else b"".join(pending))
-                    self.progress.advance(key, pending_n)
-                    pending, pending_n = [], 0
+                # write, then hash (inline: a second hashing thread measured slower, see bench_fetch)
+                _write_all(part.fd, chunk)
+                hasher.update(chunk)
+                self.progress.advance(key, len(chunk))
                 if time.monotonic() > deadline_at:
                     raise NetworkError(
                         f"The download of {label} did not finish within the {self.deadline:.0f} s deadline ({received} bytes so far, the server is too slow); run the same fetch later to resume."
                     )
         finally:
-            if pending:
-                sink.put(b"".join(pending))  # bytes received before a failure are kept for resuming
-            sink.close()
             self.progress.finish(key)
         if total is not None and received != total:
             raise Transient(f"{_host(final_url)} ended the body of {label} after {received} of {total} bytes.")
@@ -897,55 +889,6 @@ def _widen_reads() -> None:
 
 
 READ_BYTES = 1 << 20
-THREADED_SINK_BYTES = 256 * 1024 * 1024  # bodies this big are written and hashed on a second thread (on a busy 2-core box inline was as fast)
-
-
-class _Sink:
-    """Writes received bytes to the temp file and hashes them, on a second thread for big bodies
-    (hashlib and os.write release the GIL, so hashing overlaps with receiving)."""
-
-    def __init__(self, fd: int, hasher: Any, threaded: bool) -> None:
-        self.fd = fd
-        self.hasher = hasher
-        self.threaded = threaded
-        self.error: BaseException | None = None
-        if threaded:
-            import queue
-
-            self.q: Any = queue.Queue(maxsize=16)
-            self.thread = threading.Thread(target=self._run, name="tihub-sink", daemon=True)
-            self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            data = self.q.get()
-            if data is None:
-                return
-            if self.error is None:
-                try:
-                    _write_all(self.fd, data)
-                    self.hasher.update(data)
-                except BaseException as exc:  # reported by put/close
-                    self.error = exc
-
-    def put(self, data: bytes) -> None:
-        if not self.threaded:
-            _write_all(self.fd, data)
-            self.hasher.update(data)
-            return
-        if self.error is not None:
-            raise self.error
-        self.q.put(data)
-
-    def close(self) -> None:
-        if self.threaded:
-            self.q.put(None)
-            self.thread.join()
-            self.threaded = False
-            if self.error is not None:
-                raise self.error
-
-
 def _free_bytes(folder: Path) -> int | None:
     import shutil
 
