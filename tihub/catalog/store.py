@@ -10,6 +10,7 @@ from a complete listing get `removed_at`, and lose it again when they come back.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import re
 from collections import defaultdict
@@ -402,7 +403,9 @@ class Catalog:
                 # the write lock is held: every id above the old maximum is one of ours
                 max_f = conn.exec_driver_sql("SELECT COALESCE(MAX(id), 0) FROM files").scalar() or 0
                 _insert_many(conn, F, list(new_files.values()))
-                for fid, sha in conn.exec_driver_sql("SELECT id, sha256 FROM files WHERE id > ?", (max_f,)):
+                for fid, sha in conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+                    "SELECT id, sha256 FROM files WHERE id > ?", (max_f,)
+                ).fetchall():
                     if sha in new_files:
                         new_files[sha]["id"] = fid
             else:
@@ -427,9 +430,13 @@ class Catalog:
                 _bulk_insert_entries(conn, new_entries, sid, max_before)
             else:
                 _insert_many(conn, E, new_entries)
-            for eid, rid in conn.execute(
-                select(E.c.id, E.c.remote_id).where(E.c.source_id == sid, E.c.id > max_before)
-            ):
+            if is_sqlite(self.engine):
+                got = conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+                    "SELECT id, remote_id FROM entries WHERE source_id = ? AND id > ?", (sid, max_before)
+                ).fetchall()
+            else:
+                got = conn.execute(select(E.c.id, E.c.remote_id).where(E.c.source_id == sid, E.c.id > max_before)).all()
+            for eid, rid in got:
                 ids[rid] = eid
         if changed_entries:
             conn.execute(
@@ -1215,7 +1222,8 @@ def _insert_many(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> No
     if conn.dialect.name == "sqlite":
         cols = list(rows[0])
         sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows])
+        get = operator.itemgetter(*cols)
+        conn.connection.driver_connection.executemany(sql, [get(r) for r in rows])  # type: ignore[union-attr]
     else:
         conn.execute(table.insert(), rows)
 
