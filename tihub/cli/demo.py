@@ -129,11 +129,11 @@ def demo_cmd(ctx: Context, no_engine: bool) -> None:
 
         model = ws.root / "models" / "tiny-sd1"
         if not (model / "model_index.json").exists():
+            # Random weights, but a 768-wide text encoder: real SD1 embeddings load on it.
             click.echo("\nBuilding a tiny random-weight SD1-shaped model (offline) ...")
-            build_tiny_sd1(model)
+            build_tiny_sd1(model, text_width=768)
         results.append(_run(ctx, ["hash", str(model)]))
-        # Train a 2-vector embedding on four pictures, then use it in a prompt: the tiny model's
-        # text encoder is 32 wide, so the 768-wide embeddings above are (rightly) skipped on it.
+        # Train a 2-vector embedding on four pictures, then use it in a prompt with a real one.
         pictures = ws.root / "pictures"
         _sample_pictures(pictures)
         results.append(
@@ -143,7 +143,7 @@ def demo_cmd(ctx: Context, no_engine: bool) -> None:
         results.append(_run(ctx, ["show", "demo-trained"]))
         out = ws.root / "outputs"
         results.append(
-            _run(ctx, ["generate", "a (demo-trained:1.1) castle", "--negative", "blurry", "--model", str(model),
+            _run(ctx, ["generate", "a (demo-trained:1.1) castle", "--negative", "bad-hands-5, blurry", "--model", str(model),
                        "--steps", "8", "--size", "64", "--seed", "42", "--out", str(out)])
         )
         pngs = sorted(out.glob("*.png"))

@@ -126,10 +126,15 @@ def tiny_sdxl_pipeline(seed: int = 0) -> Any:
     )
 
 
-def build_tiny_sd1(out_dir: str | Path, seed: int = 0, prediction_type: str = "epsilon") -> Path:
-    """Save a tiny SD1-shaped pipeline as a diffusers folder and return its path."""
+def build_tiny_sd1(
+    out_dir: str | Path, seed: int = 0, prediction_type: str = "epsilon", text_width: int = 32
+) -> Path:
+    """Save a tiny SD1-shaped pipeline as a diffusers folder and return its path.
+
+    `text_width=768` gives a text encoder as wide as SD1's CLIP-L, so real SD1 embeddings load.
+    """
     out = Path(out_dir)
-    tiny_sd1_pipeline(seed, prediction_type).save_pretrained(out)
+    tiny_sd1_pipeline(seed, prediction_type, text_width).save_pretrained(out)
     return out
 
 
