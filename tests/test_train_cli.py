@@ -49,8 +49,14 @@ def test_cli_training_run_registers_and_previews(home: Path, tmp_path: Path, tin
 
     # the model hash is the one `tihub hash` reports
     h = CliRunner().invoke(cli, ["hash", str(tiny_sd1_dir), "--json"], catch_exceptions=False)
-    if h.exit_code == 0:
-        assert json.loads(h.output)[0]["autov2"] in out if isinstance(json.loads(h.output), list) else True
+    assert h.exit_code == 0, h.output
+    reported = json.loads(h.output)[0]["autov2"]
+    assert f"model hash {reported}" in out
+    from safetensors import safe_open
+
+    with safe_open(str(emb), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["sd_checkpoint"] == reported and meta["name"] == "foxtok" and meta["step"] == "6"
 
     # the catalogue knows the run
     from tihub.catalog.store import Catalog
