@@ -432,7 +432,7 @@ class Catalog:
                 _insert_many(conn, E, new_entries)
             if is_sqlite(self.engine):
                 got = conn.connection.driver_connection.execute(  # type: ignore[union-attr]
-                    "SELECT id, remote_id FROM entries WHERE source_id = ? AND id > ?", (sid, max_before)
+                    "SELECT id, remote_id FROM entries WHERE id > ? ORDER BY id", (max_before,)
                 ).fetchall()
             else:
                 got = conn.execute(select(E.c.id, E.c.remote_id).where(E.c.source_id == sid, E.c.id > max_before)).all()
@@ -1229,8 +1229,9 @@ def _insert_many(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> No
 
 
 def _bulk_insert_entries(conn: Connection, rows: list[dict[str, Any]], sid: int, max_before: int) -> None:
-    """Insert many new entries, then index them in two INSERT ... SELECT statements instead of
-    one trigger call per row (about 4x faster). The insert triggers are dropped and recreated
+    """Insert many new entries, then index them in two INSERT ... SELECT statements, in rowid
+    order, instead of one trigger call per row (about 4x faster). Every row above `max_before`
+    is ours: the write lock is held. The insert triggers are dropped and recreated
     inside the same write transaction, so no other connection ever sees them missing, and a
     failure rolls the whole thing back."""
     conn.exec_driver_sql("DROP TRIGGER IF EXISTS entries_fts_ai")
@@ -1239,13 +1240,13 @@ def _bulk_insert_entries(conn: Connection, rows: list[dict[str, Any]], sid: int,
     conn.exec_driver_sql(
         "INSERT INTO entries_fts (rowid, name, triggers, title, description, tags, source) "
         "SELECT e.id, e.name, e.triggers, e.title, e.description, e.tags, s.name FROM entries e "
-        "JOIN sources s ON s.id = e.source_id WHERE e.id > ? AND e.source_id = ?",
-        (max_before, sid),
+        "JOIN sources s ON s.id = e.source_id WHERE e.id > ? ORDER BY e.id",
+        (max_before,),
     )
     conn.exec_driver_sql(
         "INSERT INTO entries_names_fts (rowid, name, triggers, title) "
-        "SELECT id, name, triggers, title FROM entries WHERE id > ? AND source_id = ?",
-        (max_before, sid),
+        "SELECT id, name, triggers, title FROM entries WHERE id > ? ORDER BY id",
+        (max_before,),
     )
     conn.exec_driver_sql(S.FTS_DDL[1])
     conn.exec_driver_sql(S.NAMES_FTS_DDL[1])
