@@ -2,8 +2,8 @@
 
 The mapping follows diffusers' published A1111 correspondence. Two names are approximations,
 noted in SAMPLERS: diffusers has no ancestral single-step DPM++ ("DPM++ 2S a" uses the
-single-step DPM-Solver++). "DPM++ SDE" needs the optional `torchsde` package and "LMS" needs
-`scipy`; without them those names give a one-sentence error naming the package.
+single-step DPM-Solver++). "DPM++ SDE" needs `torchsde` and "LMS" needs `scipy` (both in tihub's
+dependencies); an installation without them gives a one-sentence error naming the package.
 """
 
 from __future__ import annotations
