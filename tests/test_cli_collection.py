@@ -181,3 +181,13 @@ def test_compat_with_model_file(home, tmp_path):
     # the model is now known by every hash form
     again = json.loads(run("compat", "--model-hash", sha, "--json", "--offline").output)
     assert again[0]["status"] == "trained-on"
+
+
+def test_file_copied_by_hand_is_linked_without_download(home, srv):
+    data, _ = _catalogue(home, srv)
+    (home / "embeddings" / "easynegative.pt").write_bytes(data)  # the user put it there
+    n = len(srv.requests)
+    r = run("fetch", "easynegative", "--as", "original")
+    assert "already here" in r.output and len(srv.requests) == n
+    rows = json.loads(run("list", "--json").output)
+    assert rows[0]["entry"] == "easynegative" and rows[0]["source"] == "mirror"

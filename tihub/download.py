@@ -591,6 +591,10 @@ class Downloader:
                 existing = self._existing_with_sha(stem, req.sha256.lower())
                 if existing is not None:
                     part.discard()
+                    if self.record is not None:
+                        from tihub.formats import read_embedding
+
+                        self.record(existing, read_embedding(existing), req.sha256.lower(), req)
                     return Result(req, "exists", path=existing, sha256=req.sha256.lower(), size=existing.stat().st_size)
             try:
                 transfer, expected_sha, expected_size = self._transfer_with_retries(req, resolved, part)
