@@ -267,35 +267,52 @@ class Catalog:
         result: SyncResult,
     ) -> None:
         E, F, EF = S.entries, S.files, S.entry_files
+        raw = conn.connection.driver_connection if is_sqlite(self.engine) else None
         ecols = [E.c.id, E.c.remote_id] + [E.c[f] for f in _ENTRY_FIELDS]
         existing: dict[str, tuple[Any, ...]] = {}
-        for row in conn.execute(select(*ecols).where(E.c.source_id == sid)).tuples():
-            existing[row[1]] = row
+        if raw is not None:  # the driver directly: 100,000 rows in a fraction of the time
+            erows = raw.execute(
+                f"SELECT id, remote_id, {', '.join(_ENTRY_FIELDS)} FROM entries WHERE source_id = ?", (sid,)
+            ).fetchall()
+        else:
+            erows = conn.execute(select(*ecols).where(E.c.source_id == sid)).tuples().all()
+        for row in erows:
+            existing[row[1]] = tuple(row)
         links: dict[int, dict[int, tuple[str | None, int]]] = defaultdict(dict)
-        for eid, fid, url, manual in conn.execute(
-            select(EF.c.entry_id, EF.c.file_id, EF.c.url, EF.c.manual)
-            .join(E, E.c.id == EF.c.entry_id)
-            .where(E.c.source_id == sid)
-        ):
+        if raw is not None:
+            lrows = raw.execute(
+                "SELECT ef.entry_id, ef.file_id, ef.url, ef.manual FROM entries e "
+                "JOIN entry_files ef ON ef.entry_id = e.id WHERE e.source_id = ?",
+                (sid,),
+            ).fetchall()
+        else:
+            lrows = conn.execute(
+                select(EF.c.entry_id, EF.c.file_id, EF.c.url, EF.c.manual)
+                .join(E, E.c.id == EF.c.entry_id)
+                .where(E.c.source_id == sid)
+            ).all()
+        for eid, fid, url, manual in lrows:
             links[eid][fid] = (url, manual)
 
         fcols = [F.c.id, F.c.sha256] + [F.c[f] for f in _FILE_META]
         files_by_id: dict[int, dict[str, Any]] = {}
-        linked_ids = sorted({fid for d in links.values() for fid in d})
         fkeys = ["id", "sha256", *_FILE_META]
-        for chunk in _chunks(linked_ids):
-            for row in conn.execute(select(*fcols).where(F.c.id.in_(chunk))).tuples():
-                files_by_id[row[0]] = dict(zip(fkeys, row))
-        need_shas = sorted({f.sha256.lower() for c in cands.values() for f in c.files if f.sha256})
-        for chunk in _chunks(need_shas):
-            if is_sqlite(self.engine):
-                rows_ = conn.exec_driver_sql(
-                    f"SELECT {', '.join(fkeys)} FROM files WHERE sha256 IN ({', '.join('?' * len(chunk))})", tuple(chunk)
-                ).all()
-            else:
-                rows_ = conn.execute(select(*fcols).where(F.c.sha256.in_(chunk))).tuples().all()
-            for row in rows_:
-                files_by_id[row[0]] = dict(zip(fkeys, row))
+
+        def load_files(col: str, values: list[Any]) -> None:
+            for chunk in _chunks(values):
+                if raw is not None:
+                    rows_ = raw.execute(
+                        f"SELECT {', '.join(fkeys)} FROM files WHERE {col} IN ({', '.join('?' * len(chunk))})",
+                        tuple(chunk),
+                    ).fetchall()
+                else:
+                    rows_ = conn.execute(select(*fcols).where(F.c[col].in_(chunk))).tuples().all()
+                for row in rows_:
+                    files_by_id[row[0]] = dict(zip(fkeys, row))
+
+        load_files("id", sorted({fid for d in links.values() for fid in d}))
+        known = {f["sha256"] for f in files_by_id.values()}
+        load_files("sha256", sorted({f.sha256.lower() for c in cands.values() for f in c.files if f.sha256} - known))
         files_by_sha = {f["sha256"]: f for f in files_by_id.values() if f["sha256"]}
 
         new_files: dict[str, dict[str, Any]] = {}  # sha -> row (new, with a sha)
