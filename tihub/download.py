@@ -668,10 +668,12 @@ class Downloader:
                 left = self.deadline - (time.monotonic() - start)
                 if attempt > self.retries:
                     hint = "the partial download is kept, run the same fetch later to resume" if part.size() else "check the URL or try again later"
-                    raise NetworkError(f"{exc} Gave up after {attempt} tries; {hint}.") from None
+                    raise NetworkError(f"{str(exc).rstrip('.')}; gave up after {attempt} tries, {hint}.") from None
                 wait = exc.wait if exc.wait is not None else min(8.0, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
                 if wait > left:
-                    raise NetworkError(f"{exc} Waiting {wait:.0f} s more would pass the {self.deadline:.0f} s deadline; run the same fetch later to resume.") from None
+                    raise NetworkError(
+                        f"{str(exc).rstrip('.')}, and waiting {wait:.0f} s more would pass the {self.deadline:.0f} s deadline; run the same fetch later to resume."
+                    ) from None
                 time.sleep(wait)
 
     def _transfer(self, req: Request, url: str, resolved: Resolved, part: PartFile, start: float, sniff: bool = True) -> Transfer:
