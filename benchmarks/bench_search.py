@@ -166,6 +166,12 @@ def main() -> None:
     print(f"bare FTS5 MATCH+bm25 LIMIT 20 : p50 {statistics.median(t_bare):.2f} ms  p95 {pct(t_bare, 95):.2f} ms")
     print(f"tihub search (filters+details): p50 {statistics.median(t_tihub):.2f} ms  p95 {pct(t_tihub, 95):.2f} ms")
     print(f"tihub empty query --base sdxl  : p50 {statistics.median(t_empty):.2f} ms  p95 {pct(t_empty, 95):.2f} ms")
+    classes = ["one word"] * 4 + ["two words"] * 3 + ["prefix"] * 2 + ["common word"]
+    for cls in dict.fromkeys(classes):
+        idx = [i for i in range(len(qs)) if classes[i % 10] == cls]
+        tt, tb = [t_tihub[i] for i in idx], [t_bare[i] for i in idx]
+        print(f"  {cls:<12} tihub p50 {statistics.median(tt):6.2f} p95 {pct(tt, 95):6.2f} ms | "
+              f"bare p50 {statistics.median(tb):6.2f} p95 {pct(tb, 95):6.2f} ms")
     r95 = pct(t_tihub, 95) / pct(t_bare, 95)
     ok = pct(t_tihub, 95) <= 10 and r95 <= 2
     print(f"p95 ratio tihub/bare: {r95:.2f}x  (targets p95 <= 10 ms and <= 2x: {'met' if ok else 'NOT met'})")

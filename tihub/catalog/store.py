@@ -701,8 +701,8 @@ class Catalog:
     ) -> list[int] | None:
         """Ranked ids with bounded work, or None when only a full ranking can be exact.
 
-        Name/trigger/title hits (prefix on the last word) come first, closest names first, then
-        whole-word hits anywhere by bm25. Each list ranks at most RANK_BOUND matches exactly;
+        Name/trigger/title hits (prefix on the last word) come first, by bm25 over those short
+        texts (exact and short names first), then whole-word hits anywhere by bm25. Each list ranks at most RANK_BOUND matches exactly;
         past that (a word in half the catalogue) it keeps catalogue order instead of ranking
         every match, which would cost as much as a table scan. If the filters reject too many
         of these bounded candidates, returns None and the caller ranks every match.
@@ -727,25 +727,20 @@ class Catalog:
         else:
             exhaustive = False
             anywhere = probe[:RANK_BOUND]
-        name_score = {rid: score for rid, score in named}
-        cand = list(dict.fromkeys([r[0] for r in named] + anywhere))
-        if not cand:
-            return []
-        cond = " AND ".join(where) or "1 = 1"
-        names: dict[int, str] = {}
-        for chunk in _chunks(cand):
-            for eid, name in self._filter(conn, chunk, cond, params, "e.id, e.name"):
-                names[eid] = name
-        low = raw.strip().lower()
-        pos = {eid: i for i, eid in enumerate(cand)}
-
-        def key(eid: int) -> tuple[int, int, float, int]:
-            if eid not in name_score:
-                return (3, 0, 0.0, pos[eid])
-            n = (names[eid] or "").lower()
-            return (0 if n == low else 1 if n.startswith(low) else 2, len(n), name_score[eid], eid)
-
-        kept = sorted(names, key=key)
+        named.sort(key=lambda r: (r[1], r[0]))  # bm25 over short texts: exact, short names first
+        ordered = list(dict.fromkeys([r[0] for r in named] + anywhere))
+        if not where:
+            kept = ordered
+        else:
+            cond = " AND ".join(where)
+            kept = []
+            step = max(lim * 2, 40)
+            for i in range(0, len(ordered), step):  # filter lazily, best first
+                chunk = ordered[i : i + step]
+                ok = {r[0] for r in self._filter(conn, chunk, cond, params)}
+                kept += [x for x in chunk if x in ok]
+                if len(kept) >= lim:
+                    break
         if len(kept) >= lim or exhaustive:
             return kept[:lim]
         return None
