@@ -199,3 +199,12 @@ def test_catalog_commands_never_import_torch(synced: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=synced, timeout=120,
                          env={**__import__("os").environ, "TIHUB_HOME": str(synced)})
     assert out.stdout.strip().endswith("NOTORCH"), out.stderr
+
+
+def test_sources_lists_catalogue_only_sources(ws: Path) -> None:
+    from tihub.catalog.store import Catalog
+    from tihub.config import SourceSpec, Workspace
+
+    Catalog.open(Workspace.locate(ws)).ingest(SourceSpec("old-source", "git"), [])
+    code, out, _ = run("sources")
+    assert code == 0 and "old-source" in out and "not in sources.yaml" in out

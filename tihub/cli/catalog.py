@@ -64,6 +64,17 @@ def sources_cmd(ctx: Context, as_json: bool, init: bool) -> None:
                 "removed": r.get("removed") or 0,
             }
         )
+    configured = {s.name for s in specs}
+    for name, r in rows.items():  # known to the catalogue only (e.g. `local` made by fetch/import)
+        if name not in configured:
+            out.append(
+                {
+                    "name": name, "kind": r["kind"], "target": "", "enabled": False, "nsfw": bool(r["nsfw"]),
+                    "allow_private": False, "last_sync": r.get("last_sync"),
+                    "status": (r.get("last_status") or "-") + " (not in sources.yaml)", "error": r.get("last_error"),
+                    "entries": r.get("entry_count") or 0, "removed": r.get("removed") or 0,
+                }
+            )
     if as_json:
         echo_json(out)
         return
