@@ -91,11 +91,20 @@ class SyncResult:
 _ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
+_enc_str = json.encoder.encode_basestring  # the C escaper, as JSONEncoder(ensure_ascii=False) uses
+
+
 def _dumps(value: Any) -> str | None:
+    """Compact JSON with sorted keys; lists of strings and str->str maps (tags, triggers: most
+    of what ingest writes) skip the general encoder and give the very same text."""
     if value is None:
         return None
-    if not value and isinstance(value, (list, dict)):
-        return "[]" if isinstance(value, list) else "{}"
+    if type(value) is list:
+        if all(type(v) is str for v in value):
+            return "[" + ",".join(map(_enc_str, value)) + "]"
+    elif type(value) is dict:
+        if all(type(k) is str and type(v) is str for k, v in value.items()):
+            return "{" + ",".join(_enc_str(k) + ":" + _enc_str(v) for k, v in sorted(value.items())) + "}"
     return _ENCODER.encode(value)
 
 
