@@ -132,12 +132,28 @@ class _Mark:
 _MARK = _Mark()
 
 
+_K_OTHER, _K_REBUILD_TENSOR, _K_ORDERED_DICT, _K_REBUILD_PARAMETER, _K_SET, _K_ENCODE, _K_SIZE, _K_PARAMETER_DICT = range(8)
+_GLOBAL_KINDS = {
+    ("collections", "OrderedDict"): _K_ORDERED_DICT,
+    ("torch._utils", "_rebuild_tensor_v2"): _K_REBUILD_TENSOR,
+    ("torch._utils", "_rebuild_tensor"): _K_REBUILD_TENSOR,
+    ("torch._utils", "_rebuild_parameter"): _K_REBUILD_PARAMETER,
+    ("torch._utils", "_rebuild_parameter_with_state"): _K_REBUILD_PARAMETER,
+    ("torch.nn.modules.container", "ParameterDict"): _K_PARAMETER_DICT,
+    ("__builtin__", "set"): _K_SET,
+    ("builtins", "set"): _K_SET,
+    ("_codecs", "encode"): _K_ENCODE,
+    ("torch", "Size"): _K_SIZE,
+}
+
+
 @dataclass(frozen=True)
 class _Global:
     """A resolved allow-listed global: a callable of ours, or a marker value."""
 
     module: str
     name: str
+    kind: int = field(default=_K_OTHER, compare=False)
 
 
 def _is_torch_storage(module: str, name: str) -> bool:
@@ -173,6 +189,34 @@ CHECKPOINT_OPAQUE = {
     ("__builtin__", "frozenset"),
     ("builtins", "frozenset"),
 }
+
+
+def _resolve(module: str, name: str, lenient: bool) -> Any:
+    """The allow-list: a torch storage/dtype marker, one of our callables, or None (refused)."""
+    if _is_torch_storage(module, name):
+        return StorageType(STORAGE_TYPES[name][0])
+    if module == "torch" and name in TORCH_DTYPES:
+        return StorageType(TORCH_DTYPES[name])
+    if (module, name) in EMBEDDING_GLOBALS:
+        return _Global(module, name, _GLOBAL_KINDS.get((module, name), _K_OTHER))
+    if lenient and (module, name) in CHECKPOINT_OPAQUE:
+        return _Global(module, name, _GLOBAL_KINDS.get((module, name), _K_OTHER))
+    return None
+
+
+def _global_table(lenient: bool) -> dict[bytes, Any]:
+    """`b"module\\nname"` (the GLOBAL opcode's operand) -> the resolved value, for every allowed
+    pair; the values are immutable, so one shared instance serves every file."""
+    pairs = {("torch", n) for n in STORAGE_TYPES} | {("torch", n) for n in TORCH_DTYPES} | EMBEDDING_GLOBALS | CHECKPOINT_OPAQUE
+    table: dict[bytes, Any] = {}
+    for module, name in pairs:
+        found = _resolve(module, name, lenient)
+        if found is not None:
+            table[f"{module}\n{name}".encode()] = found
+    return table
+
+
+_GLOBALS_BY_LINE = {False: _global_table(False), True: _global_table(True)}
 
 
 class PickleResult:
@@ -250,54 +294,51 @@ class _VM:
     def resolve_global(self, module: str, name: str) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
             raise self.unsafe("names a global through non-string values")
-        if _is_torch_storage(module, name):
-            return StorageType(STORAGE_TYPES[name][0])
-        if module == "torch" and name in TORCH_DTYPES:
-            return StorageType(TORCH_DTYPES[name])
-        if (module, name) in EMBEDDING_GLOBALS:
-            return _Global(module, name)
-        if self.lenient and (module, name) in CHECKPOINT_OPAQUE:
-            return _Global(module, name)
-        raise self.unsafe(f"references the Python global {module}.{name}, which a data file never needs")
+        found = _resolve(module, name, self.lenient)
+        if found is None:
+            raise self.unsafe(f"references the Python global {module}.{name}, which a data file never needs")
+        return found
 
     def call(self, func: Any, args: Any) -> Any:
         if not isinstance(func, _Global):
             raise self.unsafe(f"calls a non-callable value ({type(func).__name__})")
-        if not isinstance(args, tuple):
-            raise self.bad("REDUCE arguments are not a tuple")
-        key = (func.module, func.name)
-        if key == ("collections", "OrderedDict"):
+        if type(args) is not tuple:
+            if not isinstance(args, tuple):
+                raise self.bad("REDUCE arguments are not a tuple")
+            args = tuple(args)
+        kind = func.kind
+        if kind == _K_REBUILD_TENSOR:
+            if len(args) < 4:
+                raise self.bad("a tensor record has too few fields")
+            return self.rebuild_tensor(args[0], args[1], args[2], args[3])
+        if kind == _K_ORDERED_DICT:
             out: dict[Any, Any] = {}
             if args:
                 for item in args[0]:
                     k, v = item
                     out[k] = v
             return out
-        if key in (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")):
-            if len(args) < 4:
-                raise self.bad("a tensor record has too few fields")
-            return self.rebuild_tensor(args[0], args[1], args[2], args[3])
-        if key == ("torch._utils", "_rebuild_parameter") or key == ("torch._utils", "_rebuild_parameter_with_state"):
+        if kind == _K_REBUILD_PARAMETER:
             if not args:
                 raise self.bad("a parameter record is empty")
             return args[0]
-        if key in (("__builtin__", "set"), ("builtins", "set")):
+        if kind == _K_SET:
             if not args:
                 return set()
             if not isinstance(args[0], (list, tuple, set, frozenset)):
                 raise self.unsafe("builds a set from something other than a list")
             return set(args[0])
-        if key == ("_codecs", "encode"):
+        if kind == _K_ENCODE:
             if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
                 if len(args[0]) > MAX_TEXT:
                     raise self.unsafe("holds an oversized byte string")
                 return args[0].encode("latin-1")
             raise self.unsafe("uses _codecs.encode with an unexpected encoding")
-        if key == ("torch", "Size"):
+        if kind == _K_SIZE:
             if len(args) == 1 and isinstance(args[0], tuple) and all(type(x) is int for x in args[0]):
                 return args[0]
             raise self.bad("torch.Size of non-integers")
-        if key == ("torch.nn.modules.container", "ParameterDict"):
+        if kind == _K_PARAMETER_DICT:
             return ModuleState("ParameterDict")
         if self.lenient:
             return Opaque(f"{func.module}.{func.name}")
@@ -395,17 +436,20 @@ class _VM:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, pos: int) -> PickleResult:
-        """The hot loop: the opcodes torch files use most, inlined with plain locals; the rest go
-        through `_one_op`. IndexError/KeyError/struct.error raised here become FormatError.
-        The ops cap also bounds the stack, the memo and every container."""
+        """The hot loop: the opcodes torch files use, inlined with plain locals and ordered by how
+        often torch pickles use them; the rest go through `_one_op`. IndexError/KeyError/
+        struct.error raised here become FormatError. The ops cap also bounds the stack, the memo
+        and every container."""
         data = self.data
         n = len(data)
         stack: list[Any] = []
         marks: list[int] = []
         memo: dict[int, Any] = {}
         unpack_from = struct.unpack_from
+        find = data.find
         append = stack.append
         pop = stack.pop
+        globals_by_line = _GLOBALS_BY_LINE[bool(self.lenient)]
         ops = 0
         max_ops = self.max_ops
         while True:
@@ -418,7 +462,7 @@ class _VM:
                 memo[data[pos]] = stack[-1]
                 pos += 1
             elif op == 0x58:  # BINUNICODE
-                (k,) = unpack_from("<I", data, pos)
+                k = data[pos] | (data[pos + 1] << 8) | (data[pos + 2] << 16) | (data[pos + 3] << 24)
                 pos += 4
                 end = pos + k
                 if end > n:
@@ -429,59 +473,99 @@ class _VM:
                 if len(marks) >= MAX_MARKS:
                     raise self.unsafe("nests pickle MARKs too deeply")
                 marks.append(len(stack))
-            elif op == 0x4B:  # BININT1
-                append(data[pos])
-                pos += 1
             elif op == 0x4D:  # BININT2
                 append(data[pos] | (data[pos + 1] << 8))
                 pos += 2
+            elif op == 0x63:  # GLOBAL
+                end1 = find(b"\n", pos, pos + 256)
+                end2 = find(b"\n", end1 + 1, end1 + 257) if end1 >= 0 else -1
+                if end2 < 0:
+                    raise self.bad("an unterminated global name")
+                found = globals_by_line.get(data[pos:end2])
+                if found is None:  # not allowed (or oddly spelled): the full check names it
+                    found = self.resolve_global(data[pos:end1].decode("utf-8"), data[end1 + 1 : end2].decode("utf-8"))
+                append(found)
+                pos = end2 + 1
+            elif op == 0x4B:  # BININT1
+                append(data[pos])
+                pos += 1
             elif op == 0x74:  # TUPLE
                 m = marks.pop()
                 items = tuple(stack[m:])
                 del stack[m:]
                 append(items)
-            elif op == 0x63:  # GLOBAL
-                end1 = data.find(b"\n", pos, min(n, pos + 256))
-                end2 = data.find(b"\n", end1 + 1, min(n, end1 + 257)) if end1 >= 0 else -1
-                if end2 < 0:
-                    raise self.bad("an unterminated global name")
-                append(self.resolve_global(data[pos:end1].decode("utf-8"), data[end1 + 1 : end2].decode("utf-8")))
-                pos = end2 + 1
-            elif op == 0x51:  # BINPERSID
-                append(self.persistent(pop()))
+            elif op == 0x7D:  # EMPTY_DICT
+                append({})
             elif op == 0x52:  # REDUCE
                 args = pop()
                 append(self.call(pop(), args))
-            elif op == 0x86:  # TUPLE2
-                b = pop()
-                stack[-1] = (stack[-1], b)
-            elif op == 0x85:  # TUPLE1
-                stack[-1] = (stack[-1],)
-            elif op == 0x87:  # TUPLE3
-                c = pop()
-                b = pop()
-                stack[-1] = (stack[-1], b, c)
-            elif op == 0x89:  # NEWFALSE
-                append(False)
-            elif op == 0x88:  # NEWTRUE
-                append(True)
-            elif op == 0x4E:  # NONE
-                append(None)
+            elif op == 0x75:  # SETITEMS
+                m = marks.pop()
+                items = stack[m:]
+                del stack[m:]
+                if len(items) % 2:
+                    raise self.bad("odd number of dict items")
+                target = stack[-1]
+                if type(target) is not dict:
+                    _as(target, dict, self)
+                for i in range(0, len(items), 2):
+                    k = items[i]
+                    if type(k) is not str:
+                        k = _hashable(k, self)
+                    target[k] = items[i + 1]
+            elif op == 0x80:  # PROTO
+                if data[pos] > 5:
+                    raise self.bad("unknown pickle protocol")
+                pos += 1
+            elif op == 0x51:  # BINPERSID
+                append(self.persistent(pop()))
             elif op == 0x29:  # EMPTY_TUPLE
                 append(())
-            elif op == 0x7D:  # EMPTY_DICT
-                append({})
-            elif op == 0x73:  # SETITEM
-                v = pop()
-                k = pop()
-                _as(stack[-1], dict, self)[_hashable(k, self)] = v
-            elif op == 0x68:  # BINGET
-                append(self._get(memo, data[pos]))
-                pos += 1
             elif op == 0x2E:  # STOP
                 if len(stack) != 1 or marks:
                     raise self.bad("the stack is unbalanced at STOP")
                 return PickleResult(_finish(stack[0]), pos)
+            elif op == 0x73:  # SETITEM
+                v = pop()
+                k = pop()
+                target = stack[-1]
+                if type(target) is not dict:
+                    _as(target, dict, self)
+                if type(k) is not str:
+                    k = _hashable(k, self)
+                target[k] = v
+            elif op == 0x86:  # TUPLE2
+                b = pop()
+                stack[-1] = (stack[-1], b)
+            elif op == 0x4E:  # NONE
+                append(None)
+            elif op == 0x89:  # NEWFALSE
+                append(False)
+            elif op == 0x68:  # BINGET
+                append(self._get(memo, data[pos]))
+                pos += 1
+            elif op == 0x85:  # TUPLE1
+                stack[-1] = (stack[-1],)
+            elif op == 0x88:  # NEWTRUE
+                append(True)
+            elif op == 0x87:  # TUPLE3
+                c = pop()
+                b = pop()
+                stack[-1] = (stack[-1], b, c)
+            elif op == 0x4A:  # BININT
+                (k,) = unpack_from("<i", data, pos)
+                pos += 4
+                append(k)
+            elif op == 0x8C:  # SHORT_BINUNICODE
+                k = data[pos]
+                pos += 1
+                end = pos + k
+                if end > n:
+                    raise self.bad("it is truncated")
+                append(data[pos:end].decode("utf-8", "surrogatepass"))
+                pos = end
+            elif op == 0x94:  # MEMOIZE
+                self._put(memo, len(memo), stack)
             else:
                 pos, done = self._one_op(op, pos, stack, marks, memo)
                 if done is not None:

@@ -6,7 +6,9 @@ that is not an embedding is refused with `NotAnEmbedding(sentence, kind=...)` sa
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 import struct
 import zlib
 from pathlib import Path
@@ -28,6 +30,9 @@ from tihub.formats.model import ENCODER_BY_WIDTH, Embedding
 from tihub.formats.pickle_vm import ModuleState
 
 MAX_VECTORS = 75
+_basename = os.path.basename
+_S_ISDIR = stat.S_ISDIR
+_isfinite = math.isfinite
 _DTYPE_TAG = {np.dtype("float32"): "f32", np.dtype("float16"): "f16", np.dtype("float64"): "f64"}
 _CHECKPOINT_PREFIXES = (
     "model.diffusion_model.",
@@ -49,16 +54,14 @@ _LORA_MARKERS = ("lora_up", "lora_down", "lora_A", "lora_B", ".alpha", "lora_une
 
 def read_embedding(path: str | os.PathLike[str], data: bytes | None = None) -> Embedding:
     """Read any supported embedding file; raise FormatError (or a subclass) otherwise."""
-    p = Path(path)
-    what = f"'{p.name}'"
+    fs = os.fspath(path)
+    base = _basename(fs) if isinstance(fs, str) else ""
+    if base in ("", ".", ".."):  # unusual spellings ('a/', 'a/.', bytes): let pathlib name them
+        base = Path(path).name
+    what = f"'{base}'"
     if data is None:
         try:
-            size = p.stat().st_size
-            if size > MAX_EMBEDDING_FILE:
-                return _too_big(p, what, size)
-            data = _read_file(p, size)
-            if len(data) > MAX_EMBEDDING_FILE:
-                return _too_big(p, what, len(data))
+            data = _read_file(fs, what)
         except IsADirectoryError:
             raise NotAnEmbedding(f"{what} is a folder, not an embedding file.", kind="folder") from None
         except OSError as exc:
@@ -68,7 +71,7 @@ def read_embedding(path: str | os.PathLike[str], data: bytes | None = None) -> E
     if len(data) > MAX_EMBEDDING_FILE:
         raise NotAnEmbedding(f"{what} is {len(data)} bytes, far too large for an embedding; it is probably a model.", kind="model")
     try:
-        return _read(p, what, data)
+        return _read(fs, base, what, data)
     except FormatError:
         raise
     except RecursionError:
@@ -92,13 +95,31 @@ def read_embedding(path: str | os.PathLike[str], data: bytes | None = None) -> E
         raise FormatError(f"{what} is malformed ({type(exc).__name__}: {msg}).") from None
 
 
-def _read_file(p: Path, size: int) -> bytes:
-    """The whole file in one unbuffered read (asking for `size + 1` notices a file that grew;
-    never ask for the cap itself: read() preallocates what it is asked for)."""
-    fd = os.open(p, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    parts: list[bytes] = []
-    total = 0
+def _stem(base: str) -> str:
+    """pathlib's `stem` of a file name."""
+    i = base.rfind(".")
+    return base[:i] if 0 < i < len(base) - 1 else base
+
+
+_O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _read_file(fs: Any, what: str) -> bytes:
+    """The whole file in one unbuffered read after one fstat (asking for `size + 1` notices a file
+    that grew; never ask for the cap itself: read() preallocates what it is asked for)."""
+    fd = os.open(fs, _O_READ)
     try:
+        st = os.fstat(fd)
+        if _S_ISDIR(st.st_mode):
+            raise IsADirectoryError(21, "Is a directory")
+        size = st.st_size
+        if size > MAX_EMBEDDING_FILE:
+            _too_big(fd, what, size)
+        chunk = os.read(fd, size + 1)
+        if len(chunk) == size or not chunk:
+            return chunk
+        parts = [chunk]
+        total = len(chunk)
         while total <= size:
             chunk = os.read(fd, size + 1 - total)
             if not chunk:
@@ -107,12 +128,15 @@ def _read_file(p: Path, size: int) -> bytes:
             total += len(chunk)
     finally:
         os.close(fd)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    data = b"".join(parts)
+    if len(data) > MAX_EMBEDDING_FILE:
+        _too_big(None, what, len(data), data[:64])
+    return data
 
 
-def _too_big(p: Path, what: str, size: int) -> Embedding:
-    with open(p, "rb") as fh:
-        head = fh.read(64)
+def _too_big(fd: int | None, what: str, size: int, head: bytes = b"") -> None:
+    if fd is not None:
+        head = os.pread(fd, 64, 0) if hasattr(os, "pread") else b""
     kind = "checkpoint" if head[:2] == b"PK" or head[:1] == b"\x80" else "model"
     if looks_like_safetensors(head, size):
         kind = "model"
@@ -122,8 +146,8 @@ def _too_big(p: Path, what: str, size: int) -> Embedding:
     )
 
 
-def _read(p: Path, what: str, data: bytes) -> Embedding:
-    name = p.stem
+def _read(fs: Any, base: str, what: str, data: bytes) -> Embedding:
+    name = _stem(base)
     if not data:
         raise NotAnEmbedding(f"{what} is an empty file; download it again.", kind="empty")
     head = data[:64]
@@ -137,7 +161,7 @@ def _read(p: Path, what: str, data: bytes) -> Embedding:
         from tihub.formats.image import read_image_embedding
 
         container = "png" if head[:1] == b"\x89" else "webp"
-        if p.name.lower().endswith((".preview.png", ".preview.webp")):
+        if base.lower().endswith((".preview.png", ".preview.webp")):
             raise NotAnEmbedding(f"{what} is a preview image next to an embedding, not an embedding.", kind="preview")
         payload, carrier = read_image_embedding(data, what)
         emb = from_object(payload, name, what, container, from_image=True)
@@ -153,12 +177,12 @@ def _read(p: Path, what: str, data: bytes) -> Embedding:
         return from_safetensors(tensors, metadata, name, what)
     if head[:1] == b"\x80":
         raise NotAnEmbedding(f"{what} is a plain Python pickle, not a torch file or embedding.", kind="pickle")
-    raise _identify_other(data, what, p)
+    raise _identify_other(data, what, base)
 
 
-def _identify_other(data: bytes, what: str, p: Path) -> NotAnEmbedding:
+def _identify_other(data: bytes, what: str, base: str) -> NotAnEmbedding:
     head = data[:512]
-    suffix = p.suffix.lower()
+    suffix = Path(base).suffix.lower() if base else ""
     if head[:3] == b"\xff\xd8\xff":
         if suffix in (".png", ".webp"):
             return NotAnEmbedding(f"{what} is a JPEG image named {suffix}, not an embedding.", kind="jpeg")
@@ -206,46 +230,66 @@ def _is_tensor(value: Any) -> bool:
 
 
 def _refuse_non_embedding(obj: dict[str, Any], what: str) -> None:
-    keys = [k for k in obj if isinstance(k, str)]
+    keys = [k for k in obj if type(k) is str or isinstance(k, str)][:5000]
     if isinstance(obj.get("state_dict"), dict):
         raise NotAnEmbedding(f"{what} is a model checkpoint (it has a state_dict), not an embedding.", kind="checkpoint")
-    if any(m in k for k in keys[:5000] for m in _LORA_MARKERS):
-        raise NotAnEmbedding(f"{what} is a LoRA/LyCORIS network, not an embedding; put it in the Lora folder.", kind="lora")
-    if any(k.startswith(_CHECKPOINT_PREFIXES) for k in keys[:5000]):
-        raise NotAnEmbedding(f"{what} is a model checkpoint (it holds model weights), not an embedding.", kind="checkpoint")
-    if "t5xxl" in obj or any(_is_tensor(v) and _tensor(v)[0].shape[-1:] == (4096,) for v in obj.values()):  # type: ignore[index]
+    joined = "\n".join(keys)  # no marker holds a newline, so a hit in the joined text is a hit in one key
+    for m in _LORA_MARKERS:
+        if m in joined:
+            raise NotAnEmbedding(f"{what} is a LoRA/LyCORIS network, not an embedding; put it in the Lora folder.", kind="lora")
+    for k in keys:
+        if k.startswith(_CHECKPOINT_PREFIXES):
+            raise NotAnEmbedding(f"{what} is a model checkpoint (it holds model weights), not an embedding.", kind="checkpoint")
+    t5 = "t5xxl" in obj
+    if not t5:
+        for v in obj.values():
+            if isinstance(v, BF16Array):
+                v = v.array
+            if isinstance(v, np.ndarray) and v.shape[-1:] == (4096,):
+                t5 = True
+                break
+    if t5:
         raise NotAnEmbedding(f"{what} is a T5 (4096-wide) text-encoder embedding, which SD1/SD2/SDXL cannot use.", kind="t5")
 
 
 def _vectors(arr: np.ndarray, what: str, label: str) -> np.ndarray:
-    if arr.ndim == 1:
+    ndim = arr.ndim
+    if ndim == 1:
         arr = arr.reshape(1, -1)
-    elif arr.ndim == 3 and arr.shape[0] == 1:
+    elif ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
-    if arr.ndim != 2:
-        raise NotAnEmbedding(f"{what} holds a {arr.ndim}-D tensor {label}, not embedding vectors.", kind="tensor")
+    elif ndim != 2:
+        raise NotAnEmbedding(f"{what} holds a {ndim}-D tensor {label}, not embedding vectors.", kind="tensor")
     n, w = arr.shape
-    if w == 4096:
-        raise NotAnEmbedding(f"{what} is a T5 (4096-wide) text-encoder embedding, which SD1/SD2/SDXL cannot use.", kind="t5")
     if w not in ENCODER_BY_WIDTH:
+        if w == 4096:
+            raise NotAnEmbedding(f"{what} is a T5 (4096-wide) text-encoder embedding, which SD1/SD2/SDXL cannot use.", kind="t5")
         raise NotAnEmbedding(f"{what} holds vectors {w} wide, which matches no CLIP text encoder (768/1024/1280).", kind="unknown")
     if n == 0 or n > MAX_VECTORS:
         raise FormatError(f"{what} holds {n} vectors; an embedding has 1 to {MAX_VECTORS}.")
-    if arr.dtype.kind != "f":
-        raise FormatError(f"{what} stores its vectors as {arr.dtype}, not floating point.")
-    if not _finite(arr):
+    dtype = arr.dtype
+    if dtype.kind != "f":
+        raise FormatError(f"{what} stores its vectors as {dtype}, not floating point.")
+    flags = arr.flags
+    if not flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+        flags = arr.flags
+    if not _finite(arr, dtype):
         raise FormatError(f"{what} has NaN or infinite values in its vectors; it is damaged.")
-    out = np.ascontiguousarray(arr)
-    out.flags.writeable = True
-    return out
+    if not flags.writeable:
+        arr = arr.copy()
+    return arr
 
 
-def _finite(arr: np.ndarray) -> bool:
-    if arr.dtype == np.float16:  # numpy's float16 isfinite is slow; test the exponent bits
+_F16 = np.dtype(np.float16)
+
+
+def _finite(arr: np.ndarray, dtype: np.dtype) -> bool:
+    if dtype == _F16:  # numpy's float16 isfinite is slow; test the exponent bits
         return not bool(((arr.view(np.uint16) & 0x7C00) == 0x7C00).any())
     flat = arr.reshape(-1)
     # fast path: a finite dot product proves every value is finite; otherwise check exactly
-    return bool(np.isfinite(np.dot(flat, flat))) or bool(np.isfinite(arr).all())
+    return _isfinite(np.dot(flat, flat)) or bool(np.isfinite(arr).all())
 
 
 def _pair(value: Any, what: str, label: str) -> tuple[np.ndarray, str]:
