@@ -8,6 +8,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# CLI lookups of unknown hashes on Civitai stay off unless a test turns them on (loopback only).
+os.environ["TIHUB_OFFLINE"] = "1"
 os.environ.pop("TIHUB_HOME", None)
 os.environ.pop("TIHUB_DB", None)
 os.environ.pop("CIVITAI_TOKEN", None)

@@ -139,7 +139,9 @@ def test_import_export_compat(home, tmp_path):
     xl = {v["name"]: v["status"] for v in json.loads(run("compat", "--model-hash", "31e35c80fc", "--json").output)}
     assert xl == {"neg": "partial", "sd2": "wont-load", "xl": "same-family"}
     named = json.loads(run("compat", "--model-hash", "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa", "neg", "--json").output)
-    assert named == [{"name": "neg", "status": "same-family", "reason": named[0]["reason"]}]
+    assert named == [{"name": "neg", "status": "same-family", "reason": named[0]["reason"],
+                      "made_on": "NovelAI animefinal-full-pruned [925997e9]"}]
+    assert named[0]["reason"].endswith("it was made on NovelAI animefinal-full-pruned [925997e9]")
     text = run("compat", "--model-hash", "7460a6fa").output
     assert "Stable Diffusion 1.4" in text and "same-family" in text
     unknown = run("compat", "--model-hash", "0123456789", "--offline").output
@@ -177,7 +179,7 @@ def test_compat_with_model_file(home, tmp_path):
     run("import", str(src))
     (home / "sources.yaml").write_text("sources: []\n")
     out = json.loads(run("compat", "--model", str(model), "--json").output)
-    assert out == [{"name": "mine", "status": "trained-on", "reason": out[0]["reason"]}]
+    assert out == [{"name": "mine", "status": "trained-on", "reason": out[0]["reason"], "made_on": f"my-sd1.safetensors [{sha[:10]}]"}]
     # the model is now known by every hash form
     again = json.loads(run("compat", "--model-hash", sha, "--json", "--offline").output)
     assert again[0]["status"] == "trained-on"

@@ -8,8 +8,9 @@ sha256. A hash is looked up, in order, among:
 2. the built-in table `tihub/data/known_models.json` (well-known checkpoints, each row citing
    where its hash was seen), which is also copied into the `models` table so `tihub search
    --model HASH` finds the same models;
-3. Civitai's `GET /api/v1/model-versions/by-hash/{hash}`, whose answer (or "not found", kept for
-   `NOT_FOUND_TTL` seconds) is cached in the `models` table.
+3. Civitai's `GET /api/v1/model-versions/by-hash/{hash}` (or, for many hashes at once,
+   `POST /api/v1/model-versions/by-hash` with a JSON array), whose answer (or "not found", kept
+   for `NOT_FOUND_TTL` seconds) is cached in the `models` table.
 
 The verdict for one embedding comes from `check()` (which applies the shared family rule
 `tihub.catalog.compat_rules.fits`): trained-on / same-family / partial / wont-load / unknown,
@@ -325,21 +326,141 @@ def civitai_by_hash(h: str, base_url: str, *, allow_private: bool = False, clien
         data = json.loads(body)
     except ValueError:
         raise NetworkError(f"Civitai's answer for the hash {h} is not JSON.") from None
-    if not isinstance(data, dict):
-        return None
+    return _version_model(h, data) if isinstance(data, dict) else None
+
+
+def _version_model(h: str, data: Mapping[str, Any]) -> KnownModel | None:
+    """The model a Civitai model-version object describes, if one of its files has hash `h`."""
     model_name = (data.get("model") or {}).get("name") if isinstance(data.get("model"), dict) else None
     name = " ".join(x for x in (model_name, data.get("name")) if isinstance(x, str)) or None
     family = normalize_base(data.get("baseModel"))
+    files = [f for f in (data.get("files") or []) if isinstance(f, dict)]
     sha = a2 = old = None
-    for f in data.get("files") or []:
-        hashes = {str(k).lower(): str(v).lower() for k, v in ((f or {}).get("hashes") or {}).items()}
+    for f in files:
+        raw = f.get("hashes")
+        hashes = {str(k).lower(): str(v).lower() for k, v in raw.items()} if isinstance(raw, dict) else {}
         cand = KnownModel(h, sha256=hashes.get("sha256"), autov2=hashes.get("autov2"), old_hash=hashes.get("autov1"))
-        if cand.matches(h) or len(data.get("files") or []) == 1:
+        if cand.matches(h) or len(files) == 1:
             sha, a2, old = cand.sha256, cand.autov2 or (cand.sha256 or "")[:10] or None, cand.old_hash
             break
     if not (sha or a2 or old):
         sha, a2, old = (h if len(h) == 64 else None), (h if len(h) == 10 else None), (h if len(h) == 8 else None)
     return KnownModel(h, name, family if family in FAMILY_WIDTHS else None, sha, a2, old, "civitai")
+
+
+BULK_SIZE = 100  # hashes per bulk request
+
+
+def civitai_by_hashes(
+    hashes: list[str], base_url: str, *, allow_private: bool = False, client: Any = None
+) -> dict[str, KnownModel]:
+    """Ask Civitai about many hashes at once (`POST /api/v1/model-versions/by-hash`, a JSON array).
+
+    Returns the hashes Civitai knows, each with its model; hashes it does not know are absent.
+    One request per `BULK_SIZE` hashes instead of one per hash.
+    """
+    from tihub.net import URLPolicy, make_client, stream
+
+    url = base_url.rstrip("/") + "/api/v1/model-versions/by-hash"
+    own = client is None
+    client = client or make_client(timeout=30.0)
+    found: dict[str, KnownModel] = {}
+    try:
+        for i in range(0, len(hashes), BULK_SIZE):
+            chunk = hashes[i : i + BULK_SIZE]
+            body = json.dumps(chunk).encode()
+            headers = {"Content-Type": "application/json", "Accept": "application/json"}
+            with stream(client, "POST", url, policy=URLPolicy(allow_private=allow_private), headers=headers, content=body) as resp:
+                if resp.status_code != 200:
+                    raise NetworkError(f"Civitai answered {resp.status_code} to a lookup of {len(chunk)} hashes.")
+                raw = resp.read()
+            if len(raw) > 32 * 1024 * 1024:
+                raise NetworkError(f"Civitai's answer to a lookup of {len(chunk)} hashes is too large.")
+            try:
+                versions = json.loads(raw)
+            except ValueError:
+                raise NetworkError(f"Civitai's answer to a lookup of {len(chunk)} hashes is not JSON.") from None
+            if not isinstance(versions, list):
+                raise NetworkError(f"Civitai's answer to a lookup of {len(chunk)} hashes is not a list.")
+            for version in versions:
+                if not isinstance(version, dict):
+                    continue
+                for h in chunk:
+                    if h in found:
+                        continue
+                    model = _version_model(h, version) if _names_hash(version, h) else None
+                    if model is not None:
+                        found[h] = model
+    finally:
+        if own:
+            client.close()
+    return found
+
+
+def _names_hash(version: Mapping[str, Any], h: str) -> bool:
+    """True when one of the version's files carries hash `h` in any form."""
+    for f in version.get("files") or []:
+        hashes = (f or {}).get("hashes") if isinstance(f, dict) else None
+        if not isinstance(hashes, dict):
+            continue
+        forms = {str(k).lower(): str(v).lower() for k, v in hashes.items()}
+        if KnownModel(h, sha256=forms.get("sha256"), autov2=forms.get("autov2"), old_hash=forms.get("autov1")).matches(h):
+            return True
+    return False
+
+
+def name_checkpoints(
+    values: list[str] | set[str],
+    catalog: Catalog | None = None,
+    *,
+    civitai_url: str | None = None,
+    allow_private: bool = False,
+    remote: bool = True,
+    client: Any = None,
+) -> dict[str, KnownModel]:
+    """Name the models behind many `sd_checkpoint` hashes: catalogue, built-in table, then one
+    bulk Civitai lookup for the rest (answers and "not found" cached like single lookups).
+
+    Returns {hash as given: KnownModel} for the hashes that could be named.
+    """
+    named: dict[str, KnownModel] = {}
+    ask: dict[str, list[str]] = {}
+    if catalog is not None:
+        seed_builtin(catalog)
+    for value in values:
+        try:
+            h = normalize_hash(value)
+        except ConfigError:
+            continue
+        if catalog is not None:
+            row = catalog.find_model(h)
+            if row is not None and not row.get("not_found"):
+                named[value] = _from_row(h, row)
+                continue
+            if row is not None and row.get("not_found") and not _expired(row.get("checked_at")):
+                continue
+        builtin = builtin_lookup(h)
+        if builtin is not None:
+            named[value] = builtin
+            continue
+        ask.setdefault(h, []).append(value)
+    if ask and remote and civitai_url:
+        try:
+            answers = civitai_by_hashes(sorted(ask), civitai_url, allow_private=allow_private, client=client)
+        except NetworkError:
+            return named  # unknown this time; nothing cached, asked again next time
+        for h, originals in ask.items():
+            model = answers.get(h)
+            if catalog is not None:
+                if model is None:
+                    _remember_not_found(catalog, h)
+                else:
+                    catalog.add_model(model.name, model.sha256, model.autov2, model.old_hash, model.family,
+                                      FAMILY_WIDTHS.get(model.family or ""), "civitai")
+            if model is not None:
+                for v in originals:
+                    named[v] = model
+    return named
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,7 +475,7 @@ def report_local(items: list[dict[str, Any]], model: KnownModel) -> list[dict[st
             out.append({"name": it["name"], "status": UNKNOWN, "reason": f"unreadable: {it['problem']}", "path": it.get("path")})
             continue
         status, reason = check(it.get("widths"), it.get("sd_checkpoint"), model)
-        out.append({"name": it["name"], "status": status, "reason": reason, "path": it.get("path")})
+        out.append({"name": it["name"], "status": status, "reason": reason, "path": it.get("path"), "sd_checkpoint": it.get("sd_checkpoint")})
     return out
 
 
@@ -374,5 +495,5 @@ def report_catalog(rows: list[dict[str, Any]], model: KnownModel) -> list[dict[s
             reason += " (widths from the source's declared base, not measured)"
         else:
             status, reason = check(widths, r.get("sd_checkpoint"), model)
-        out.append({"name": r.get("name"), "status": status, "reason": reason, "source": r.get("source")})
+        out.append({"name": r.get("name"), "status": status, "reason": reason, "source": r.get("source"), "sd_checkpoint": r.get("sd_checkpoint")})
     return out

@@ -118,12 +118,14 @@ def stream(
     headers: dict[str, str] | None = None,
     auth_host_headers: dict[str, str] | None = None,
     first_hop_trusted: bool = False,
+    content: bytes | None = None,
 ) -> Iterator[httpx.Response]:
     """Send a request, following redirects one hop at a time with every hop checked.
 
     `auth_host_headers` (e.g. a bearer token) are sent only while the URL stays on the origin of
     the first request. `first_hop_trusted` skips the private-address check for the URL itself
-    (a URL the user typed); redirects are always checked against `policy`.
+    (a URL the user typed); redirects are always checked against `policy`. `content` is the
+    request body (kept across 307/308 redirects, dropped when a 301/302/303 turns it into a GET).
     """
     current = url
     origin = url
@@ -137,7 +139,7 @@ def stream(
         if auth_host_headers and same_origin(current, origin):
             hdrs.update(auth_host_headers)
         try:
-            request = client.build_request(method, current, headers=hdrs)
+            request = client.build_request(method, current, headers=hdrs, content=content)
             response = client.send(request, stream=True)
         except httpx.TimeoutException:
             raise NetworkError(f"The request to {current} timed out.") from None
@@ -151,8 +153,8 @@ def stream(
             seen.add(location)
             check_url(location, policy)
             current = location
-            if response.status_code == 303:
-                method = "GET"
+            if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
+                method, content = "GET", None
             continue
         try:
             yield response

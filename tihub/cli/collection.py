@@ -353,7 +353,7 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
       tihub compat --model-hash 6ce0161689 --catalog --json
     """
     from tihub.collection import list_collection
-    from tihub.compat import FAMILY_NAMES, model_from_file, model_from_hash, report_catalog, report_local
+    from tihub.compat import FAMILY_NAMES, TRAINED_ON, model_from_file, model_from_hash, name_checkpoints, report_catalog, report_local
     from tihub.errors import NotFound, TihubError
 
     if bool(model_path) == bool(model_hash):
@@ -361,10 +361,10 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
     ws = ctx.workspace
     ws.ensure()
     catalog = _catalog(ctx)
+    url, allow_private = _civitai(ctx)
     if model_path:
         model = model_from_file(model_path, catalog)
     else:
-        url, allow_private = _civitai(ctx)
         model = model_from_hash(model_hash or "", catalog, civitai_url=url, allow_private=allow_private, remote=not offline)
     local = list_collection(ws, catalog)
     failed = False
@@ -399,8 +399,18 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
                 fail(str(exc))
                 rows = []
             results += report_catalog(rows, model)
+    # Name the model each embedding was made on (one bulk Civitai lookup for unknown hashes).
+    made_on = name_checkpoints(
+        {r["sd_checkpoint"] for r in results if r.get("sd_checkpoint")},
+        catalog, civitai_url=url, allow_private=allow_private, remote=not offline,
+    )
+    for r in results:
+        m = made_on.get(r.get("sd_checkpoint") or "")
+        r["made_on"] = m.label() if m is not None and m.name else None
+        if r["made_on"] and r["status"] != TRAINED_ON:
+            r["reason"] += f"; it was made on {r['made_on']}"
     if as_json:
-        echo_json([{"name": r["name"], "status": r["status"], "reason": r["reason"]} for r in results])
+        echo_json([{"name": r["name"], "status": r["status"], "reason": r["reason"], "made_on": r["made_on"]} for r in results])
     else:
         fam = FAMILY_NAMES.get(model.family or "", "unknown family")
         origin = {"hashed": "hashed file", "builtin": "built-in table", "civitai": "Civitai", "catalog": "catalogue"}.get(model.origin, "unknown")
