@@ -261,6 +261,9 @@ def read_legacy_torch(
 ) -> Any:
     """The pre-1.6 format: magic, protocol, sys-info pickles, the object pickle, storage keys,
     then each storage as <u64 numel><bytes>."""
+    buffer = data
+    if type(data) is not bytes:
+        data = bytes(data)  # the pickles are interpreted from bytes; storages are cut from `buffer`
     magic = pickle_vm.interpret(data, what=what)
     if magic.value != LEGACY_MAGIC:
         raise NotAnEmbedding(f"{what} is a plain Python pickle, not a torch file.", kind="pickle")
@@ -297,7 +300,7 @@ def read_legacy_torch(
         nbytes = numel * ITEMSIZE[ref.dtype]
         if pos + nbytes > len(data):
             raise FormatError(f"{what} is truncated inside its tensor data.")
-        storages[key] = data[pos : pos + nbytes]
+        storages[key] = buffer[pos : pos + nbytes]
         pos += nbytes
 
     def load(ref: StorageRef) -> bytes | None:
@@ -444,7 +447,10 @@ def read_safetensors(data: bytes, what: str) -> tuple[dict[str, Any], dict[str, 
         if dtype not in NUMPY_DTYPE:
             raise FormatError(f"{what} stores {name[:60]!r} as {dtype}, which is not an embedding dtype.")
         arr = np.frombuffer(data, dtype=NUMPY_DTYPE[dtype], count=(end - begin) // ITEMSIZE[dtype], offset=base + begin)
-        arr = arr.reshape(shape).copy()
+        arr = arr.reshape(shape)
+        flags = arr.flags
+        if not (flags.writeable and flags.aligned):  # a private writable buffer: entries never overlap
+            arr = arr.copy()
         if dtype == "BF16":
             out[name] = BF16Array((arr.astype(np.uint32) << 16).view(np.float32))
         else:

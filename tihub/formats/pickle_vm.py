@@ -276,12 +276,13 @@ class _VM:
         self.lenient = lenient
         self.max_ops = MAX_OPS
         self.refs: dict[str, StorageRef] = {}
-        self.data = bytes(data) if isinstance(data, memoryview) else data
+        self.data = data if type(data) is bytes else bytes(data)  # hashable slices (GLOBAL lookup)
         self.load_storage = load_storage
         self.what = what
         self.shapes_only = shapes_only
         self.max_storage_bytes = max_storage_bytes
         self.storage_cache: dict[str, Any] = {}
+        self.lent: set[str] = set()  # storages one tensor already uses in place
         self.total_storage = 0
 
     # -- helpers -------------------------------------------------------------------------------
@@ -345,41 +346,47 @@ class _VM:
         raise self.unsafe(f"calls {func.module}.{func.name}")  # pragma: no cover - guarded above
 
     def rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any) -> Any:
-        if not isinstance(storage, StorageRef):
+        if type(storage) is not StorageRef:
             raise self.unsafe("rebuilds a tensor from something that is not a storage record")
         if type(offset) is not int or not isinstance(size, tuple) or not isinstance(stride, tuple):
             raise self.bad("tensor offset/size/stride have the wrong types")
-        if len(size) != len(stride) or len(size) > MAX_TENSOR_RANK:
+        rank = len(size)
+        if rank != len(stride) or rank > MAX_TENSOR_RANK:
             raise self.bad("tensor size and stride disagree")
-        for v in (*size, *stride):
-            if type(v) is not int or v < 0:
-                raise self.bad("tensor sizes and strides must be non-negative integers")
         if offset < 0:
             raise self.bad("negative tensor offset")
+        # one pass, last axis first: types, element count, last element reached, contiguity
         numel = 1
-        for s in size:
-            numel *= s
-        if numel:
-            last = offset + sum((s - 1) * st for s, st in zip(size, stride))
-            if last >= storage.numel:
-                raise self.bad(
-                    f"a tensor of shape {list(size)} reaches past its storage of {storage.numel} elements"
-                )
+        last = offset
+        acc = 1
+        contiguous = True
+        for i in range(rank - 1, -1, -1):
+            s_ = size[i]
+            st = stride[i]
+            if type(s_) is not int or type(st) is not int or s_ < 0 or st < 0:
+                raise self.bad("tensor sizes and strides must be non-negative integers")
+            numel *= s_
+            last += (s_ - 1) * st
+            if s_ != 1 and st != acc:
+                contiguous = False
+            acc *= s_
+        if numel and last >= storage.numel:
+            raise self.bad(f"a tensor of shape {list(size)} reaches past its storage of {storage.numel} elements")
         if self.shapes_only:
             return TensorInfo(tuple(size), storage.dtype)
         raw = self.storage_array(storage)
         itemsize = ITEMSIZE[storage.dtype]
-        contiguous = True
-        acc = 1
-        for s_, st in zip(reversed(size), reversed(stride)):
-            if s_ != 1 and st != acc:
-                contiguous = False
-                break
-            acc *= s_
         if numel == 0:
             arr = np.zeros(size, dtype=raw.dtype)
         elif contiguous:
-            arr = raw[offset : offset + numel].reshape(size).copy()
+            arr = raw[offset : offset + numel].reshape(size)
+            # the first tensor of a private, writable, aligned storage keeps its bytes in place;
+            # a read-only buffer (the caller's bytes) or a second user of one storage gets a copy
+            flags = arr.flags
+            if flags.writeable and flags.aligned and storage.dtype != "BF16" and storage.key not in self.lent:
+                self.lent.add(storage.key)
+            else:
+                arr = arr.copy()
         else:
             view = np.lib.stride_tricks.as_strided(
                 raw[offset:], shape=size, strides=tuple(st * itemsize for st in stride), writeable=False
@@ -450,12 +457,7 @@ class _VM:
         append = stack.append
         pop = stack.pop
         globals_by_line = _GLOBALS_BY_LINE[bool(self.lenient)]
-        ops = 0
-        max_ops = self.max_ops
-        while True:
-            ops += 1
-            if ops > max_ops:
-                raise self.unsafe("runs more pickle operations than this kind of file needs")
+        for _ in range(self.max_ops):
             op = data[pos]  # IndexError at the end: "it ends before STOP"
             pos += 1
             if op == 0x71:  # BINPUT
@@ -570,6 +572,7 @@ class _VM:
                 pos, done = self._one_op(op, pos, stack, marks, memo)
                 if done is not None:
                     return done  # type: ignore[no-any-return]
+        raise self.unsafe("runs more pickle operations than this kind of file needs")
 
     def _one_op(  # noqa: C901 - one opcode switch
         self, op: int, pos: int, stack: list[Any], marks: list[int], memo: dict[int, Any]

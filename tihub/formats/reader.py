@@ -33,6 +33,7 @@ MAX_VECTORS = 75
 _basename = os.path.basename
 _S_ISDIR = stat.S_ISDIR
 _isfinite = math.isfinite
+_readv = os.readv
 _DTYPE_TAG = {np.dtype("float32"): "f32", np.dtype("float16"): "f16", np.dtype("float64"): "f64"}
 _CHECKPOINT_PREFIXES = (
     "model.diffusion_model.",
@@ -66,10 +67,14 @@ def read_embedding(path: str | os.PathLike[str], data: bytes | None = None) -> E
             raise NotAnEmbedding(f"{what} is a folder, not an embedding file.", kind="folder") from None
         except OSError as exc:
             raise FormatError(f"{what} cannot be read ({exc.strerror or exc}).") from None
-    elif not isinstance(data, bytes):
-        data = bytes(data)  # bytearray / memoryview: one private, immutable copy
-    if len(data) > MAX_EMBEDDING_FILE:
-        raise NotAnEmbedding(f"{what} is {len(data)} bytes, far too large for an embedding; it is probably a model.", kind="model")
+        if len(data) > MAX_EMBEDDING_FILE:  # it grew while being read
+            _too_big(None, what, len(data), bytes(data[:64]))
+    else:
+        if not isinstance(data, (bytes, bytearray)):
+            data = bytes(data)  # memoryview and other buffers: count bytes, not items
+        if len(data) > MAX_EMBEDDING_FILE:
+            raise NotAnEmbedding(f"{what} is {len(data)} bytes, far too large for an embedding; it is probably a model.", kind="model")
+        data = bytearray(data)  # one private copy: the tensors may live in it, never in the caller's buffer
     try:
         return _read(fs, base, what, data)
     except FormatError:
@@ -104,9 +109,9 @@ def _stem(base: str) -> str:
 _O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-def _read_file(fs: Any, what: str) -> bytes:
-    """The whole file in one unbuffered read after one fstat (asking for `size + 1` notices a file
-    that grew; never ask for the cap itself: read() preallocates what it is asked for)."""
+def _read_file(fs: Any, what: str) -> bytearray:
+    """The whole file, after one fstat, into one private buffer that the tensors then live in
+    (no second copy). At most `size + 1` bytes are read, so a file that grew is noticed."""
     fd = os.open(fs, _O_READ)
     try:
         st = os.fstat(fd)
@@ -115,23 +120,19 @@ def _read_file(fs: Any, what: str) -> bytes:
         size = st.st_size
         if size > MAX_EMBEDDING_FILE:
             _too_big(fd, what, size)
-        chunk = os.read(fd, size + 1)
-        if len(chunk) == size or not chunk:
-            return chunk
-        parts = [chunk]
-        total = len(chunk)
-        while total <= size:
-            chunk = os.read(fd, size + 1 - total)
-            if not chunk:
-                break
-            parts.append(chunk)
-            total += len(chunk)
+        buf = bytearray(size + 1)
+        total = _readv(fd, [buf])
+        if 0 < total <= size:
+            with memoryview(buf) as view:
+                while total <= size:
+                    got = _readv(fd, [view[total:]])
+                    if not got:
+                        break
+                    total += got
     finally:
         os.close(fd)
-    data = b"".join(parts)
-    if len(data) > MAX_EMBEDDING_FILE:
-        _too_big(None, what, len(data), data[:64])
-    return data
+    del buf[total:]
+    return buf
 
 
 def _too_big(fd: int | None, what: str, size: int, head: bytes = b"") -> None:
@@ -146,7 +147,9 @@ def _too_big(fd: int | None, what: str, size: int, head: bytes = b"") -> None:
     )
 
 
-def _read(fs: Any, base: str, what: str, data: bytes) -> Embedding:
+def _read(fs: Any, base: str, what: str, data: bytearray) -> Embedding:
+    """`data` is a private buffer: tensors may be views into it (containers copy only when a
+    buffer is read-only, misaligned, or one storage backs several tensors)."""
     name = _stem(base)
     if not data:
         raise NotAnEmbedding(f"{what} is an empty file; download it again.", kind="empty")
@@ -163,7 +166,7 @@ def _read(fs: Any, base: str, what: str, data: bytes) -> Embedding:
         container = "png" if head[:1] == b"\x89" else "webp"
         if base.lower().endswith((".preview.png", ".preview.webp")):
             raise NotAnEmbedding(f"{what} is a preview image next to an embedding, not an embedding.", kind="preview")
-        payload, carrier = read_image_embedding(data, what)
+        payload, carrier = read_image_embedding(bytes(data), what)
         emb = from_object(payload, name, what, container, from_image=True)
         emb.extra["carrier"] = carrier
         if emb.dtype == "f64" and payload.get("dtype") != "f64":  # JSON floats; A1111 casts them to float32 (exact for its own files)
