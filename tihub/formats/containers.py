@@ -32,6 +32,11 @@ _TORCH_ENTRY = re.compile(
 )
 
 
+_TORCH_FIXED_ENTRIES = frozenset(
+    ("data.pkl", "version", "byteorder", ".data/version", ".data/serialization_id", ".format_version", ".storage_alignment")
+)
+
+
 def _normalize(value: Any) -> Any:
     return value
 
@@ -55,7 +60,7 @@ def _torch_zip_members(infos: list[Any], what: str) -> tuple[str, dict[str, Any]
             root = head
         elif head != root:
             raise UnsafeFile(f"{what} mixes zip root folders {root[:30]!r} and {head[:30]!r}; refusing it.")
-        if not _TORCH_ENTRY.match(tail):
+        if tail not in _TORCH_FIXED_ENTRIES and not _TORCH_ENTRY.match(tail):
             if tail.endswith("/") and not info.file_size:
                 continue  # a directory entry
             raise UnsafeFile(f"{what} has an unexpected zip entry {name[:60]!r} for a torch file; refusing it.")
@@ -118,15 +123,15 @@ def scan_zip(data: bytes, what: str) -> list[_Entry]:
     end = data.rfind(b"PK\x05\x06", max(0, n - 65557))
     if end < 0 or end + 22 > n:
         raise _truncated(what)
-    _sig, disk, cd_disk, n_here, n_total, cd_size, cd_off, comment_len = struct.unpack_from("<IHHHHIIH", data, end)
+    _sig, disk, cd_disk, n_here, n_total, cd_size, cd_off, comment_len = _EOCD.unpack_from(data, end)
     if disk or cd_disk or n_here != n_total or end + 22 + comment_len != n:
         raise UnsafeFile(f"{what} has an inconsistent zip end record (multi-disk, trailing data or two archives); refusing it.")
     cd_end = end
     if end >= 20 and data[end - 20 : end - 16] == b"PK\x06\x07":  # zip64 locator (torch writes one)
-        (z64_off,) = struct.unpack_from("<Q", data, end - 12)
+        (z64_off,) = _U64.unpack_from(data, end - 12)
         if z64_off + 56 > end - 20 or data[z64_off : z64_off + 4] != b"PK\x06\x06":
             raise _truncated(what)
-        z_total, z_cd_size, z_cd_off = struct.unpack_from("<8xQQQ", data, z64_off + 24)
+        z_total, z_cd_size, z_cd_off = _Z64.unpack_from(data, z64_off + 24)
         if n_total == 0xFFFF:
             n_total = z_total
         if cd_size == 0xFFFFFFFF:
@@ -145,19 +150,22 @@ def scan_zip(data: bytes, what: str) -> list[_Entry]:
     entries: list[_Entry] = []
     pos = cd_off
     spans: list[tuple[int, int]] = []
+    cd_unpack = _CD.unpack_from
+    lh_unpack = _LH.unpack_from
     for _ in range(n_total):
         if data[pos : pos + 4] != b"PK\x01\x02":
             raise _truncated(what)
-        (flags, method, crc, csize, usize, nlen, elen, clen, loff) = _CD.unpack_from(data, pos)
-        raw_name = data[pos + 46 : pos + 46 + nlen]
-        pos += 46 + nlen + elen + clen
+        (flags, method, crc, csize, usize, nlen, elen, clen, loff) = cd_unpack(data, pos)
+        name_end = pos + 46 + nlen
+        raw_name = data[pos + 46 : name_end]
+        pos = name_end + elen + clen
         if pos > cd_end:
             raise _truncated(what)
         if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF or loff == 0xFFFFFFFF:  # zip64 (files over 4 GB)
             usize, csize, loff = _zip64_extra(data[pos - elen - clen : pos - clen], usize, csize, loff, what)
         if data[loff : loff + 4] != b"PK\x03\x04":
             raise _truncated(what)
-        lflags, lmethod, lnlen, lelen = _LH.unpack_from(data, loff)
+        lmethod, lnlen, lelen = lh_unpack(data, loff)
         if data[loff + 30 : loff + 30 + lnlen] != raw_name or lmethod != method:
             raise UnsafeFile(f"{what} has a zip entry whose local header disagrees with its directory; refusing it.")
         doff = loff + 30 + lnlen + lelen
@@ -168,10 +176,13 @@ def scan_zip(data: bytes, what: str) -> list[_Entry]:
         if method == 0 and csize != usize:
             raise FormatError(f"{what} has a stored zip entry whose sizes disagree; it is corrupt.")
         entries.append(_Entry(name, usize, method, flags, crc, doff))
-    spans.sort()
-    for (a0, a1), (b0, _b1) in zip(spans, spans[1:]):
-        if b0 < a1:
-            raise UnsafeFile(f"{what} has overlapping zip entries; refusing it.")
+    if len(spans) > 1:
+        spans.sort()
+        prev_end = spans[0][1]
+        for b0, b1 in spans[1:]:
+            if b0 < prev_end:
+                raise UnsafeFile(f"{what} has overlapping zip entries; refusing it.")
+            prev_end = b1
     return entries
 
 
@@ -198,7 +209,10 @@ def _zip64_extra(extra: bytes, usize: int, csize: int, loff: int, what: str) -> 
 
 
 _CD = struct.Struct("<8xHH4xIIIHHH8xI")
-_LH = struct.Struct("<6xHH16xHH")
+_EOCD = struct.Struct("<IHHHHIIH")
+_U64 = struct.Struct("<Q")
+_Z64 = struct.Struct("<8xQQQ")
+_LH = struct.Struct("<8xH16xHH")
 
 
 def _member_bytes(data: bytes, entry: _Entry, cap: int, what: str, check_crc: bool = True) -> memoryview:
@@ -358,17 +372,22 @@ def looks_like_safetensors(head: bytes, size: int) -> bool:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _Duplicate(k)
-        out[k] = v
+    out = dict(pairs)
+    if len(out) != len(pairs):  # a key came twice: name the first repeat
+        seen: set[str] = set()
+        for k, _v in pairs:
+            if k in seen:
+                raise _Duplicate(k)
+            seen.add(k)
     return out
 
 
 class _Duplicate(Exception):
     def __init__(self, key: str) -> None:
         self.key = key
+
+
+_HEADER_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)  # what json.loads builds per call
 
 
 def parse_safetensors_header(head: bytes, file_size: int, what: str, max_header: int) -> SafetensorsHeader:
@@ -381,7 +400,7 @@ def parse_safetensors_header(head: bytes, file_size: int, what: str, max_header:
     if 8 + n > file_size or 8 + n > len(head):
         raise FormatError(f"{what} is a truncated safetensors file (its header runs past the end).")
     try:
-        header = json.loads(bytes(head[8 : 8 + n]).decode("utf-8"), object_pairs_hook=_no_duplicates)
+        header = _HEADER_DECODER.decode(str(head[8 : 8 + n], "utf-8"))
     except _Duplicate as dup:
         raise UnsafeFile(f"{what} names the safetensors entry {dup.key[:60]!r} twice; refusing it.") from None
     except RecursionError:
@@ -405,18 +424,22 @@ def parse_safetensors_header(head: bytes, file_size: int, what: str, max_header:
         offsets = spec.get("data_offsets")
         if dtype not in SAFETENSORS_DTYPES:
             raise FormatError(f"{what} has a safetensors entry {name[:60]!r} of unknown dtype {str(dtype)[:20]!r}.")
-        if not isinstance(shape, list) or len(shape) > 16 or not all(type(d) is int and d >= 0 for d in shape):
+        if type(shape) is not list or len(shape) > 16:
             raise FormatError(f"{what} has a safetensors entry {name[:60]!r} with an invalid shape.")
+        numel = 1
+        for d in shape:
+            if type(d) is not int or d < 0:
+                raise FormatError(f"{what} has a safetensors entry {name[:60]!r} with an invalid shape.")
+            numel *= d
         if (
-            not isinstance(offsets, list)
+            type(offsets) is not list
             or len(offsets) != 2
-            or not all(type(o) is int and o >= 0 for o in offsets)
+            or type(offsets[0]) is not int
+            or type(offsets[1]) is not int
+            or offsets[0] < 0
             or offsets[0] > offsets[1]
         ):
             raise FormatError(f"{what} has a safetensors entry {name[:60]!r} with invalid data offsets.")
-        numel = 1
-        for d in shape:
-            numel *= d
         if numel * SAFETENSORS_DTYPES[dtype] != offsets[1] - offsets[0]:
             raise FormatError(
                 f"{what} has a safetensors entry {name[:60]!r} whose shape {shape} does not match its byte range."

@@ -228,8 +228,11 @@ def _tensor(value: Any) -> tuple[np.ndarray, str] | None:
     return None
 
 
+_TENSOR_TYPES = (np.ndarray, BF16Array)
+
+
 def _is_tensor(value: Any) -> bool:
-    return isinstance(value, (np.ndarray, BF16Array))
+    return isinstance(value, _TENSOR_TYPES)
 
 
 def _refuse_non_embedding(obj: dict[str, Any], what: str) -> None:
@@ -364,8 +367,8 @@ def from_object(obj: Any, name: str, what: str, container: str, from_image: bool
             container=container,
             extra=extra,
         )
-    meta = {k: obj.get(k) for k in ("name", "step", "sd_checkpoint", "sd_checkpoint_name")}
-    tensor_items = {k: v for k, v in obj.items() if _is_tensor(v)}
+    meta = {"name": obj.get("name"), "step": obj.get("step"), "sd_checkpoint": obj.get("sd_checkpoint"), "sd_checkpoint_name": obj.get("sd_checkpoint_name")}
+    tensor_items = {k: v for k, v in obj.items() if isinstance(v, _TENSOR_TYPES)}
     if not from_image:
         _refuse_non_embedding(obj, what)
     if "clip_l" in tensor_items and "clip_g" in tensor_items:
@@ -426,15 +429,20 @@ def _sdxl(l_val: Any, g_val: Any, name: str, what: str, container: str, layout: 
     )
 
 
+_META_KEYS = ("name", "step", "sd_checkpoint", "sd_checkpoint_name")
+
+
 def from_safetensors(tensors: dict[str, Any], metadata: dict[str, str], name: str, what: str) -> Embedding:
     obj: dict[str, Any] = dict(tensors)
-    for k in ("name", "step", "sd_checkpoint", "sd_checkpoint_name"):
-        if k in metadata and k not in obj:
-            obj[k] = metadata[k]
+    if metadata:
+        for k in _META_KEYS:
+            if k in metadata and k not in obj:
+                obj[k] = metadata[k]
     emb = from_object(obj, name, what, "safetensors")
-    extra = {k: v for k, v in metadata.items() if k not in ("name", "step", "sd_checkpoint", "sd_checkpoint_name")}
-    if extra:
-        emb.extra["metadata"] = extra
+    if metadata:
+        extra = {k: v for k, v in metadata.items() if k not in _META_KEYS}
+        if extra:
+            emb.extra["metadata"] = extra
     return emb
 
 
