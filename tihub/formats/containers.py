@@ -172,7 +172,8 @@ def scan_zip(data: bytes, what: str) -> list[_Entry]:
         if doff + csize > cd_off:
             raise _truncated(what)
         spans.append((loff, doff + csize))
-        name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        # ASCII names read the same in UTF-8 and cp437; skip the (Python-level) cp437 codec for them
+        name = raw_name.decode("ascii") if raw_name.isascii() else raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
         if method == 0 and csize != usize:
             raise FormatError(f"{what} has a stored zip entry whose sizes disagree; it is corrupt.")
         entries.append(_Entry(name, usize, method, flags, crc, doff))
@@ -367,7 +368,7 @@ class SafetensorsHeader:
 def looks_like_safetensors(head: bytes, size: int) -> bool:
     if len(head) < 10:
         return False
-    (n,) = struct.unpack_from("<Q", head, 0)
+    (n,) = _U64.unpack_from(head, 0)
     return head[8:9] == b"{" and n >= 2
 
 
@@ -394,7 +395,7 @@ def parse_safetensors_header(head: bytes, file_size: int, what: str, max_header:
     """Validate a safetensors header (`head` = at least the first 8 + N bytes)."""
     if file_size < 8 or len(head) < 8:
         raise FormatError(f"{what} is too short to be a safetensors file.")
-    (n,) = struct.unpack_from("<Q", head, 0)
+    (n,) = _U64.unpack_from(head, 0)
     if n > max_header:
         raise UnsafeFile(f"{what} declares a {n}-byte safetensors header, over the {max_header}-byte limit; refusing it.")
     if 8 + n > file_size or 8 + n > len(head):
@@ -410,8 +411,11 @@ def parse_safetensors_header(head: bytes, file_size: int, what: str, max_header:
     if not isinstance(header, dict):
         raise FormatError(f"{what} has a safetensors header that is not a JSON object.")
     metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+    if type(metadata) is not dict:
         raise FormatError(f"{what} has safetensors __metadata__ that is not a map of strings.")
+    for v in metadata.values():
+        if type(v) is not str:
+            raise FormatError(f"{what} has safetensors __metadata__ that is not a map of strings.")
     data_offset = 8 + n
     buffer_len = file_size - data_offset
     entries: list[tuple[int, int, str]] = []

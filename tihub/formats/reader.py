@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 import struct
 import zlib
@@ -31,6 +32,7 @@ from tihub.formats.pickle_vm import ModuleState
 
 MAX_VECTORS = 75
 _basename = os.path.basename
+_POSIX = os.sep == "/" and os.altsep is None
 _S_ISDIR = stat.S_ISDIR
 _isfinite = math.isfinite
 _readv = os.readv
@@ -51,12 +53,13 @@ _CHECKPOINT_PREFIXES = (
     "double_blocks.",
 )
 _LORA_MARKERS = ("lora_up", "lora_down", "lora_A", "lora_B", ".alpha", "lora_unet_", "lora_te", "hada_w", "lokr_")
+_LORA_SEARCH = re.compile("|".join(re.escape(m) for m in _LORA_MARKERS)).search
 
 
 def read_embedding(path: str | os.PathLike[str], data: bytes | None = None) -> Embedding:
     """Read any supported embedding file; raise FormatError (or a subclass) otherwise."""
     fs = os.fspath(path)
-    base = _basename(fs) if isinstance(fs, str) else ""
+    base = (fs[fs.rfind("/") + 1 :] if _POSIX else _basename(fs)) if isinstance(fs, str) else ""
     if base in ("", ".", ".."):  # unusual spellings ('a/', 'a/.', bytes): let pathlib name them
         base = Path(path).name
     what = f"'{base}'"
@@ -121,8 +124,8 @@ def _read_file(fs: Any, what: str) -> bytearray:
         if size > MAX_EMBEDDING_FILE:
             _too_big(fd, what, size)
         buf = bytearray(size + 1)
-        total = _readv(fd, [buf])
-        if 0 < total <= size:
+        total = _readv(fd, [buf])  # a regular file answers in full up to its end
+        if 0 < total < size:  # a short read (interrupted, or the file shrank): read on until the end
             with memoryview(buf) as view:
                 while total <= size:
                     got = _readv(fd, [view[total:]])
@@ -239,10 +242,8 @@ def _refuse_non_embedding(obj: dict[str, Any], what: str) -> None:
     keys = [k for k in obj if type(k) is str or isinstance(k, str)][:5000]
     if isinstance(obj.get("state_dict"), dict):
         raise NotAnEmbedding(f"{what} is a model checkpoint (it has a state_dict), not an embedding.", kind="checkpoint")
-    joined = "\n".join(keys)  # no marker holds a newline, so a hit in the joined text is a hit in one key
-    for m in _LORA_MARKERS:
-        if m in joined:
-            raise NotAnEmbedding(f"{what} is a LoRA/LyCORIS network, not an embedding; put it in the Lora folder.", kind="lora")
+    if _LORA_SEARCH("\n".join(keys)):  # no marker holds a newline: a hit in the joined keys is a hit in one key
+        raise NotAnEmbedding(f"{what} is a LoRA/LyCORIS network, not an embedding; put it in the Lora folder.", kind="lora")
     for k in keys:
         if k.startswith(_CHECKPOINT_PREFIXES):
             raise NotAnEmbedding(f"{what} is a model checkpoint (it holds model weights), not an embedding.", kind="checkpoint")
@@ -292,13 +293,16 @@ _F16 = np.dtype(np.float16)
 
 def _finite(arr: np.ndarray, dtype: np.dtype) -> bool:
     if dtype == _F16:  # numpy's float16 isfinite is slow; test the exponent bits
-        return not bool(((arr.view(np.uint16) & 0x7C00) == 0x7C00).any())
+        return int((arr.view(np.uint16) & 0x7FFF).max()) < 0x7C00  # exponent bits all set: inf/NaN
     flat = arr.reshape(-1)
     # fast path: a finite dot product proves every value is finite; otherwise check exactly
     return _isfinite(np.dot(flat, flat)) or bool(np.isfinite(arr).all())
 
 
 def _pair(value: Any, what: str, label: str) -> tuple[np.ndarray, str]:
+    if type(value) is np.ndarray:
+        tag = _DTYPE_TAG.get(value.dtype)
+        return _vectors(value, what, label), tag if tag is not None else str(value.dtype)
     t = _tensor(value)
     if t is None:
         raise FormatError(f"{what} has {label} that is not a tensor.")
@@ -396,14 +400,18 @@ def from_object(obj: Any, name: str, what: str, container: str, from_image: bool
 
 
 def _single(arr: np.ndarray, dtype: str, name: str, container: str, layout: str, meta: dict[str, Any], token: str | None) -> Embedding:
+    internal = token if token is not None else meta["name"]
+    step = meta["step"]
+    ckpt = meta["sd_checkpoint"]
+    ckpt_name = meta["sd_checkpoint_name"]
     return Embedding(
         name=name,
         vectors={ENCODER_BY_WIDTH[arr.shape[1]]: arr},
         dtype=dtype,
-        internal_name=token if token is not None else _str_or_none(meta.get("name")),
-        step=_int_or_none(meta.get("step")),
-        sd_checkpoint=_str_or_none(meta.get("sd_checkpoint")),
-        sd_checkpoint_name=_str_or_none(meta.get("sd_checkpoint_name")),
+        internal_name=internal if isinstance(internal, str) else None,
+        step=step if type(step) is int else _int_or_none(step),
+        sd_checkpoint=ckpt if isinstance(ckpt, str) else None,
+        sd_checkpoint_name=ckpt_name if isinstance(ckpt_name, str) else None,
         layout=layout,
         container=container,
     )
