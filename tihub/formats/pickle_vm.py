@@ -219,6 +219,9 @@ def _global_table(lenient: bool) -> dict[bytes, Any]:
 _GLOBALS_BY_LINE = {False: _global_table(False), True: _global_table(True)}
 
 
+_U32 = struct.Struct("<I")
+
+
 class PickleResult:
     __slots__ = ("value", "end")
 
@@ -453,9 +456,13 @@ class _VM:
         marks: list[int] = []
         memo: dict[int, Any] = {}
         unpack_from = struct.unpack_from
+        u32 = _U32.unpack_from
         find = data.find
         append = stack.append
         pop = stack.pop
+        mark_append = marks.append
+        mark_pop = marks.pop
+        max_marks = MAX_MARKS
         globals_by_line = _GLOBALS_BY_LINE[bool(self.lenient)]
         for _ in range(self.max_ops):
             op = data[pos]  # IndexError at the end: "it ends before STOP"
@@ -464,17 +471,16 @@ class _VM:
                 memo[data[pos]] = stack[-1]
                 pos += 1
             elif op == 0x58:  # BINUNICODE
-                k = data[pos] | (data[pos + 1] << 8) | (data[pos + 2] << 16) | (data[pos + 3] << 24)
+                end = pos + 4 + u32(data, pos)[0]
                 pos += 4
-                end = pos + k
                 if end > n:
                     raise self.bad("it is truncated")
                 append(data[pos:end].decode("utf-8", "surrogatepass"))
                 pos = end
             elif op == 0x28:  # MARK
-                if len(marks) >= MAX_MARKS:
+                if len(marks) >= max_marks:
                     raise self.unsafe("nests pickle MARKs too deeply")
-                marks.append(len(stack))
+                mark_append(len(stack))
             elif op == 0x4D:  # BININT2
                 append(data[pos] | (data[pos + 1] << 8))
                 pos += 2
@@ -492,7 +498,7 @@ class _VM:
                 append(data[pos])
                 pos += 1
             elif op == 0x74:  # TUPLE
-                m = marks.pop()
+                m = mark_pop()
                 items = tuple(stack[m:])
                 del stack[m:]
                 append(items)
@@ -502,7 +508,7 @@ class _VM:
                 args = pop()
                 append(self.call(pop(), args))
             elif op == 0x75:  # SETITEMS
-                m = marks.pop()
+                m = mark_pop()
                 items = stack[m:]
                 del stack[m:]
                 if len(items) % 2:
