@@ -267,6 +267,11 @@ def interpret(
 
 
 class _VM:
+    __slots__ = (
+        "lenient", "max_ops", "refs", "data", "load_storage", "what", "shapes_only", "max_storage_bytes",
+        "storage_cache", "total_storage", "lent",
+    )
+
     def __init__(
         self,
         data: bytes | memoryview,

@@ -343,10 +343,12 @@ def from_object(obj: Any, name: str, what: str, container: str, from_image: bool
             layout = "original-ti"
         if not isinstance(stp, dict) or not stp:
             raise FormatError(f"{what} has an empty or invalid string_to_param.")
-        if isinstance(obj.get("string_to_token"), dict) and any(
-            _is_tensor(v) for v in obj["string_to_token"].values()
-        ):
-            layout = "original-ti"
+        stt = obj.get("string_to_token")
+        if isinstance(stt, dict):
+            for v in stt.values():
+                if isinstance(v, _TENSOR_TYPES):
+                    layout = "original-ti"
+                    break
         tensors = list(stp.items())
         token, value = tensors[0]
         arr, dtype = _pair(value, what, "in string_to_param")
@@ -356,17 +358,20 @@ def from_object(obj: Any, name: str, what: str, container: str, from_image: bool
             extra["ignored_terms"] = [str(k) for k, _ in tensors[1:]]
         if isinstance(token, str):
             extra["placeholder"] = token
-        internal = _str_or_none(obj.get("name"))
-        if layout == "original-ti":
-            internal = internal or None
+        internal = obj.get("name")
+        if not isinstance(internal, str) or (layout == "original-ti" and not internal):
+            internal = None
+        step = obj.get("step")
+        ckpt = obj.get("sd_checkpoint")
+        ckpt_name = obj.get("sd_checkpoint_name")
         return Embedding(
             name=name,
             vectors={key: arr},
             dtype=dtype,
             internal_name=internal,
-            step=_int_or_none(obj.get("step")),
-            sd_checkpoint=_str_or_none(obj.get("sd_checkpoint")),
-            sd_checkpoint_name=_str_or_none(obj.get("sd_checkpoint_name")),
+            step=step if type(step) is int else _int_or_none(step),
+            sd_checkpoint=ckpt if isinstance(ckpt, str) else None,
+            sd_checkpoint_name=ckpt_name if isinstance(ckpt_name, str) else None,
             layout=layout,
             container=container,
             extra=extra,
