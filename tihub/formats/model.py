@@ -20,7 +20,8 @@ class Embedding:
     - SD2.x:  {"clip_h": [n, 1024]}
     - SDXL:   {"clip_l": [n, 768], "clip_g": [n, 1280]}
     Arrays keep the file's dtype (float32, float16, or bfloat16 widened to float32 with
-    `dtype == "bf16"` recorded) and are never views into a mutable buffer.
+    `dtype == "bf16"` recorded). They never alias the caller's bytes, another file's arrays or each
+    other (they may be views into a private buffer the reader allocated for this one call).
     """
 
     name: str  # trigger word: the file stem
