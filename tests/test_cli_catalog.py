@@ -164,6 +164,13 @@ def test_search_model_filter(synced: Path, tmp_path: Path) -> None:
     assert code == 0 and "watercolor" in {r["name"] for r in json.loads(out)}
     code, _, err = run("search", "--model", "0123456789")
     assert code == 1 and "neither a file nor the hash of a known model" in err
+    # Well-known models from the built-in table work without hashing anything first.
+    code, out, err = run("search", "--model", "7460a6fa", "--json")  # SD 1.4, A1111 old hash
+    assert code == 0, err
+    assert "watercolor" in {r["name"] for r in json.loads(out)} and "xl-detail" not in out
+    code, out, err = run("search", "--model", "31e35c80fc", "--json")  # SDXL base 1.0, AutoV2
+    assert code == 0, err
+    assert "xl-detail" in {r["name"] for r in json.loads(out)}
 
 
 def test_show_text_and_json(synced: Path) -> None:

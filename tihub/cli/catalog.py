@@ -173,6 +173,9 @@ def _model_arg(ctx: Context, cat: Any, value: str) -> Any:
         h = model_hashes(p, HashCache(cat.engine))
         cat.add_model(p.stem, h.sha256, h.autov2, h.old_hash, family, info.widths, "hashed", path=str(p.resolve()))
         return {"family": family, "sha256": h.sha256, "autov2": h.autov2, "old_hash": h.old_hash, "name": p.name}
+    from tihub.compat import seed_builtin
+
+    seed_builtin(cat)  # the built-in table of well-known models, as `tihub compat` sees it
     found = cat.find_model(value)
     if found is None:
         raise NotFound(
