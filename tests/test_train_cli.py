@@ -37,6 +37,14 @@ def test_cli_training_run_registers_and_previews(home: Path, tmp_path: Path, tin
     assert "Skipped broken.jpg:" in out
     assert "3 pictures (6 with flips)" in out
     assert "step 6/6" in out
+    # The progress line shows each step's own loss, the one loss.csv records.
+    import csv
+    import re
+
+    with (home / "train" / "foxtok" / "loss.csv").open() as fh:
+        logged = {int(r["step"]): float(r["loss"]) for r in csv.DictReader(fh)}
+    shown = {int(m[1]): float(m[2]) for m in re.finditer(r"step (\d+)/6\s+loss ([0-9.]+)", out)}
+    assert shown and all(abs(shown[k] - logged[k]) < 1e-4 for k in shown), (shown, logged)
     emb = home / "embeddings" / "foxtok.safetensors"
     assert emb.is_file()
     run = home / "train" / "foxtok"

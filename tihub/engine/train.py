@@ -807,6 +807,7 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
     pending: list[tuple[int, int, int, Any, float]] = []
     previews: list[Path] = []
     last_loss: float | None = None
+    flush_every = 1 if device.type == "cpu" else 20
     t0 = time.perf_counter()
     preview_prompt = cfg.preview_prompt or lines[0].replace("[filewords]", pics.pictures[0].caption)
 
@@ -854,7 +855,9 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
             optimizer.step()
         done = step + 1
         pending.append((done, epoch, epoch_step, step_loss, lr))
-        if len(pending) >= 20 or done == start_step + 1:
+        # Reading a loss back syncs the device: on a GPU, losses are read 20 steps at a time (the
+        # progress bar then shows a loss at most 20 steps old); on the CPU every step is free.
+        if len(pending) >= flush_every or done == start_step + 1:
             flush()
             if last_loss is not None and not math.isfinite(last_loss):
                 raise EngineError(f"Training of {cfg.name!r} diverged at step {done} (the loss is not a number); lower --lr or use --precision fp32.")
