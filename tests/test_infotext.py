@@ -114,7 +114,8 @@ def test_lookalikes_are_named(tmp_path: Path):
     assert "no A1111 infotext" in png_info(plain)["error"]
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"<html>not an image</html>")
-    assert "not a readable image" in png_info(bad)["error"]
+    error = png_info(bad)["error"]
+    assert error.endswith("is not an image tihub can read (PNG, JPEG or WEBP).") and "0x" not in error
     assert "cannot be read" in png_info(tmp_path / "missing.png")["error"]
 
 

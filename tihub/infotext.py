@@ -290,7 +290,9 @@ def _from_pillow(p: Path, data: bytes) -> str | None:
                 return comment.decode("utf-8", "replace") if isinstance(comment, bytes) else str(comment)
             if im.format == "PNG" and im.width * im.height <= 64_000_000:
                 return _stealth(im.convert("RGBA") if im.mode not in ("RGB", "RGBA") else im)
-    except (UnidentifiedImageError, OSError, ValueError, EOFError) as exc:
+    except UnidentifiedImageError as exc:
+        raise NoInfotext(f"{p} is not an image tihub can read (PNG, JPEG or WEBP).") from exc
+    except (OSError, ValueError, EOFError) as exc:
         raise NoInfotext(f"{p} is not a readable image ({exc}).") from exc
     return None
 
