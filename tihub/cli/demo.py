@@ -142,8 +142,10 @@ def demo_cmd(ctx: Context, no_engine: bool) -> None:
         )
         results.append(_run(ctx, ["show", "demo-trained"]))
         out = ws.root / "outputs"
+        # A real negative embedding from the corpus when it is here, else one the demo made.
+        negative = "bad-hands-5" if any(ws.embeddings_dir.glob("bad-hands-5.*")) else "demo-style"
         results.append(
-            _run(ctx, ["generate", "a (demo-trained:1.1) castle", "--negative", "bad-hands-5, blurry", "--model", str(model),
+            _run(ctx, ["generate", "a (demo-trained:1.1) castle", "--negative", f"{negative}, blurry", "--model", str(model),
                        "--steps", "8", "--size", "64", "--seed", "42", "--out", str(out)])
         )
         pngs = sorted(out.glob("*.png"))
