@@ -69,25 +69,23 @@ def memo_trick(canary: Path) -> bytes:
     return payload_pickle(body)
 
 
-def getattr_gadget(canary: Path) -> bytes:
-    # builtins.getattr(builtins.__import__('os'), 'system')('touch canary')
+def _getattr_system(importer: bytes, canary: Path) -> bytes:
+    """builtins.getattr(<importer>('os'), 'system')('touch canary'), `importer` a GLOBAL line pair."""
     body = (
         b"cbuiltins\ngetattr\n"
-        + b"cbuiltins\n__import__\n" + _unicode("os") + b"\x85R"
+        + importer + _unicode("os") + b"\x85R"
         + _unicode("system") + b"\x86R"
         + _unicode(touch_cmd(canary)) + b"\x85R"
     )
     return payload_pickle(body)
+
+
+def getattr_gadget(canary: Path) -> bytes:
+    return _getattr_system(b"cbuiltins\n__import__\n", canary)
 
 
 def importlib_gadget(canary: Path) -> bytes:
-    body = (
-        b"cbuiltins\ngetattr\n"
-        + b"cimportlib\nimport_module\n" + _unicode("os") + b"\x85R"
-        + _unicode("system") + b"\x86R"
-        + _unicode(touch_cmd(canary)) + b"\x85R"
-    )
-    return payload_pickle(body)
+    return _getattr_system(b"cimportlib\nimport_module\n", canary)
 
 
 def numpy_reconstruct(canary: Path) -> bytes:
