@@ -65,18 +65,14 @@ def index_path(workspace: Workspace) -> Path:
     return workspace.root / ".tihub-cache" / "embeddings-index.bin"
 
 
-def _is_candidate(name: str) -> bool:
-    low = name.lower()
-    if low.startswith(".") or not low.endswith(EMBEDDING_SUFFIXES):
-        return False
-    return not low.endswith((".preview.png", ".preview.webp", ".thumb.webp", ".thumb.png"))
+SIDECAR_SUFFIXES = (".preview.png", ".preview.webp", ".thumb.webp", ".thumb.png")  # previews, not embeddings
 
 
 def walk(folder: Path) -> Iterable[tuple[str, os.DirEntry[str]]]:
     """(relative posix path, DirEntry) for every candidate file under `folder`, hidden dirs skipped."""
     stack = [("", str(folder))]
     suffixes = EMBEDDING_SUFFIXES
-    skip = (".preview.png", ".preview.webp", ".thumb.webp", ".thumb.png")
+    skip = SIDECAR_SUFFIXES
     while stack:
         prefix, path = stack.pop()
         try:
@@ -179,41 +175,19 @@ def _scan(folder: Path, index_file: Path | None) -> tuple[list[tuple[str, int, d
     cached = index.files
     out: list[tuple[str, int, dict[str, Any]]] = []
     append = out.append
-    suffixes = EMBEDDING_SUFFIXES
-    skip = (".preview.png", ".preview.webp", ".thumb.webp", ".thumb.png")
-    stack = [("", str(folder))]
-    # walk() inlined: this loop runs once per file on every `tihub list`
-    while stack:
-        prefix, path = stack.pop()
+    for rel, entry in walk(folder):
         try:
-            it = os.scandir(path)
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            st = entry.stat()
+        except OSError:
             continue
-        with it:
-            for entry in it:
-                name = entry.name
-                if name[0] == ".":
-                    continue
-                low = name.lower()
-                if not low.endswith(suffixes):
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append((prefix + name + "/", entry.path))
-                    continue
-                if low.endswith(skip) or entry.is_dir(follow_symlinks=False):
-                    continue
-                rel = prefix + name
-                try:
-                    st = entry.stat()
-                except OSError:
-                    continue
-                row = cached.get(rel)
-                if row is not None and row[0] == st.st_size and row[1] == st.st_mtime_ns:
-                    append((rel, row[0], row[2]))
-                    continue
-                info = _row(rel, st.st_size, describe(entry.path))
-                cached[rel] = [st.st_size, st.st_mtime_ns, info]
-                index.dirty = True
-                append((rel, st.st_size, info))
+        row = cached.get(rel)
+        if row is not None and row[0] == st.st_size and row[1] == st.st_mtime_ns:
+            append((rel, row[0], row[2]))
+            continue
+        info = _row(rel, st.st_size, describe(entry.path))
+        cached[rel] = [st.st_size, st.st_mtime_ns, info]
+        index.dirty = True
+        append((rel, st.st_size, info))
     if len(out) != len(cached):
         seen = {r[0] for r in out}
         for rel in [r for r in cached if r not in seen]:
