@@ -9,33 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from model_files import write_st
 from tihub.checkpoints import classify, inspect_model, read_safetensors_header
 from tihub.errors import FormatError, NotFound
-
-ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8}
-
-
-def write_st(path: Path, tensors: dict[str, tuple[int, ...]], metadata: dict[str, str] | None = None, dtype: str = "F16") -> Path:
-    """A valid safetensors file with real key names and shapes; the data area is a sparse hole,
-    so multi-GB checkpoints cost nothing on disk."""
-    header: dict[str, object] = {}
-    offset = 0
-    for key, shape in tensors.items():
-        n = ITEMSIZE[dtype]
-        for d in shape:
-            n *= d
-        header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    if metadata:
-        header["__metadata__"] = metadata
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        f.truncate(8 + len(raw) + offset)
-    return path
-
 
 UNET = {
     "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),

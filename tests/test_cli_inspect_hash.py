@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import save_file
 
+from model_files import write_st
 import tihub.hashing as hashing
 from tihub.cli import cli
 
@@ -28,23 +28,6 @@ def run(*args: str):  # type: ignore[no-untyped-def]
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def write_st(path: Path, tensors: dict[str, tuple[int, ...]]) -> Path:
-    """A safetensors model file with real key names and shapes (data area is a sparse hole)."""
-    header: dict[str, object] = {}
-    offset = 0
-    for key, shape in tensors.items():
-        n = 2 * int(np.prod(shape)) if shape else 2
-        header[key] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        f.truncate(8 + len(raw) + offset)
-    return path
 
 
 SD1 = {
