@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 from tihub.sources.base import IndexContext
@@ -158,6 +158,24 @@ class LoopbackServer:
 
     def count(self, prefix: str = "") -> int:
         return sum(1 for p in self.paths() if p.startswith(prefix))
+
+
+class Served:
+    """Base of the fake services: `self.server` (a LoopbackServer running `self.app`) starts and
+    stops with the `with` block, and `url` is its address."""
+
+    server: LoopbackServer
+
+    def __enter__(self) -> Self:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
 
 
 class Ctx(IndexContext):

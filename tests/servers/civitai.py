@@ -11,7 +11,7 @@ import zlib
 from typing import Any
 from urllib.parse import urlencode
 
-from . import LoopbackServer, Reply, Request
+from . import LoopbackServer, Reply, Request, Served
 
 
 def make_model(mid: int, *, nsfw: bool = False, base: str = "SD 1.5", versions: int = 1, updated: str = "2023-05-01T00:00:00.000Z", server: str = "") -> dict[str, Any]:
@@ -110,7 +110,7 @@ def make_model(mid: int, *, nsfw: bool = False, base: str = "SD 1.5", versions: 
     }
 
 
-class CivitaiAPI:
+class CivitaiAPI(Served):
     def __init__(self, n_models: int = 7, page_size_cap: int = 100, cursors: bool = True) -> None:
         self.server = LoopbackServer(self.app)
         self.models: list[dict[str, Any]] = []
@@ -121,16 +121,9 @@ class CivitaiAPI:
         self.fail_next: int = 0
 
     def __enter__(self) -> "CivitaiAPI":
-        self.server.start()
+        super().__enter__()
         self.models = [make_model(i + 1, nsfw=(i + 1) % 4 == 0, base="SDXL 1.0" if (i + 1) % 3 == 0 else "SD 1.5", server=self.url) for i in range(self.n_models)]
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
-
-    @property
-    def url(self) -> str:
-        return self.server.url
 
     @property
     def api(self) -> str:

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import unquote
 
-from . import LoopbackServer, Reply, Request
+from . import LoopbackServer, Reply, Request, Served
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",
@@ -68,22 +68,11 @@ def commit_more(root: Path, name: str, files: dict[str, bytes | tuple[str, str]]
     return _git("rev-parse", "HEAD", cwd=work).decode().strip()
 
 
-class GitForge:
+class GitForge(Served):
     def __init__(self, root: Path, page_size: int = 20) -> None:
         self.root = root
         self.page_size = page_size
         self.server = LoopbackServer(self.app)
-
-    def __enter__(self) -> "GitForge":
-        self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
-
-    @property
-    def url(self) -> str:
-        return self.server.url
 
     def repo_url(self, name: str) -> str:
         return f"{self.url}/{name}.git"

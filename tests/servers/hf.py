@@ -16,7 +16,7 @@ import hashlib
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
-from . import LoopbackServer, Reply, Request
+from . import LoopbackServer, Reply, Request, Served
 
 
 @dataclass
@@ -73,7 +73,7 @@ def concept_repo(org: str, name: str, token: str, kind: str, embed: bytes, **kw:
     return repo
 
 
-class HFHub:
+class HFHub(Served):
     def __init__(self, repos: list[HFRepo] | None = None, page_size: int = 2, tree_page_size: int = 100) -> None:
         self.repos: dict[str, HFRepo] = {}
         for r in repos or []:
@@ -86,17 +86,6 @@ class HFHub:
 
     def add(self, repo: HFRepo) -> None:
         self.repos[f"{repo.repo_type}:{repo.id}"] = repo
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def __enter__(self) -> "HFHub":
-        self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
 
     # -- routing -----------------------------------------------------------------------------
 
@@ -124,6 +113,13 @@ class HFHub:
             rev, _, fpath = rest.partition("/")
             return self.resolve(req, rtype, repo_id, rev, fpath)
         return Reply.text("not found", 404)
+
+    @staticmethod
+    def _refusal(repo: HFRepo | None) -> Reply:
+        """The Hub's answer for a missing (404) or disabled (403) repo."""
+        if repo is None:
+            return Reply.json({"error": "Repository not found"}, 404, X_Error_Code="RepoNotFound")
+        return Reply.json({"error": "Access to this model has been disabled"}, 403, X_Error_Code="DisabledRepo")
 
     def _repo(self, rtype: str, repo_id: str) -> HFRepo | None:
         return self.repos.get(f"{rtype}:{repo_id}")
@@ -165,10 +161,8 @@ class HFHub:
 
     def tree(self, req: Request, rtype: str, repo_id: str, rev: str, sub: str) -> Reply:
         repo = self._repo(rtype, repo_id)
-        if repo is None:
-            return Reply.json({"error": "Repository not found"}, 404, X_Error_Code="RepoNotFound")
-        if repo.disabled:
-            return Reply.json({"error": "Access to this model has been disabled"}, 403, X_Error_Code="DisabledRepo")
+        if repo is None or repo.disabled:
+            return self._refusal(repo)
         if rev not in (repo.sha, "main"):
             return Reply.json({"error": "Invalid rev id"}, 404, X_Error_Code="RevisionNotFound")
         entries = []
@@ -191,10 +185,8 @@ class HFHub:
 
     def resolve(self, req: Request, rtype: str, repo_id: str, rev: str, fpath: str) -> Reply:
         repo = self._repo(rtype, repo_id)
-        if repo is None:
-            return Reply.json({"error": "Repository not found"}, 404, X_Error_Code="RepoNotFound")
-        if repo.disabled:
-            return Reply.json({"error": "Access to this model has been disabled"}, 403, X_Error_Code="DisabledRepo")
+        if repo is None or repo.disabled:
+            return self._refusal(repo)
         if repo.gated and req.headers.get("authorization") != f"Bearer {self.token}":
             return Reply.json({"error": "Access to model is restricted and you are not in the authorized list."}, 401, X_Error_Code="GatedRepo")
         f = repo.files.get(fpath)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from . import LoopbackServer, Reply, Request
+from . import LoopbackServer, Reply, Request, Served
 
 
 @dataclass
@@ -21,22 +21,11 @@ class Page:
 
 
 @dataclass
-class PageServer:
+class PageServer(Served):
     pages: dict[str, Page] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.server = LoopbackServer(self.app)
-
-    def __enter__(self) -> "PageServer":
-        self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
-
-    @property
-    def url(self) -> str:
-        return self.server.url
 
     def set(self, path: str, body: str | bytes, content_type: str = "text/html; charset=utf-8", **kw: object) -> str:
         self.pages[path] = Page(body.encode() if isinstance(body, str) else body, content_type, **kw)  # type: ignore[arg-type]
