@@ -219,3 +219,16 @@ def test_model_file_that_is_not_a_model(catalog, tmp_path):
     assert m.family is None
     status, reason = check(SD1_W, None, m)
     assert status == "unknown" and "not an SD1, SD2 or SDXL model" in reason and "embedding" in reason
+
+
+def test_civitai_answer_not_json_or_too_large_is_one_sentence():
+    from tihub.compat import civitai_by_hash
+    from tihub.errors import NetworkError
+
+    with FileServer() as srv:
+        srv.add("/api/v1/model-versions/by-hash/abcdef0123", b"<html>busy</html>", content_type="text/html")
+        srv.add("/api/v1/model-versions/by-hash/abcdef0124", b"[" + b"0," * (4_200_000) + b"0]", content_type="application/json")
+        with pytest.raises(NetworkError, match=r"^Civitai's answer for the hash abcdef0123 is not JSON\.$"):
+            civitai_by_hash("abcdef0123", srv.base, allow_private=True)
+        with pytest.raises(NetworkError, match=r"^Civitai's answer for the hash abcdef0124 is too large\.$"):
+            civitai_by_hash("abcdef0124", srv.base, allow_private=True)

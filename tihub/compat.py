@@ -316,17 +316,27 @@ def civitai_by_hash(h: str, base_url: str, *, allow_private: bool = False, clien
                 return None
             if resp.status_code != 200:
                 raise NetworkError(f"Civitai answered {resp.status_code} for the hash {h}.")
-            body = resp.read()
-            if len(body) > 8 * 1024 * 1024:
-                raise NetworkError(f"Civitai's answer for the hash {h} is too large.")
+            data = _read_json(resp, 8 * 1024 * 1024, f"for the hash {h}")
     finally:
         if own:
             client.close()
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise NetworkError(f"Civitai's answer for the hash {h} is not JSON.") from None
     return _version_model(h, data) if isinstance(data, dict) else None
+
+
+def _read_json(resp: Any, cap: int, what: str) -> Any:
+    """Civitai's JSON answer, read at most `cap` bytes (stops reading past it); `what` ends the
+    sentence "Civitai's answer ..." in the errors."""
+    chunks: list[bytes] = []
+    total = 0
+    for part in resp.iter_bytes():
+        total += len(part)
+        if total > cap:
+            raise NetworkError(f"Civitai's answer {what} is too large.")
+        chunks.append(part)
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError:
+        raise NetworkError(f"Civitai's answer {what} is not JSON.") from None
 
 
 def _version_model(h: str, data: Mapping[str, Any]) -> KnownModel | None:
@@ -373,13 +383,7 @@ def civitai_by_hashes(
             with stream(client, "POST", url, policy=URLPolicy(allow_private=allow_private), headers=headers, content=body) as resp:
                 if resp.status_code != 200:
                     raise NetworkError(f"Civitai answered {resp.status_code} to a lookup of {len(chunk)} hashes.")
-                raw = resp.read()
-            if len(raw) > 32 * 1024 * 1024:
-                raise NetworkError(f"Civitai's answer to a lookup of {len(chunk)} hashes is too large.")
-            try:
-                versions = json.loads(raw)
-            except ValueError:
-                raise NetworkError(f"Civitai's answer to a lookup of {len(chunk)} hashes is not JSON.") from None
+                versions = _read_json(resp, 32 * 1024 * 1024, f"to a lookup of {len(chunk)} hashes")
             if not isinstance(versions, list):
                 raise NetworkError(f"Civitai's answer to a lookup of {len(chunk)} hashes is not a list.")
             for version in versions:
