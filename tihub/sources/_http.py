@@ -145,6 +145,12 @@ class Fetcher:
         if self._own_client:
             self.client.close()
 
+    def __enter__(self) -> "Fetcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _check_deadline(self, url: str, wait: float = 0.0) -> None:
         if self.deadline is not None and time.monotonic() + wait > self.deadline:
             raise SourceError(f"Source {self.source!r} ran past its deadline while fetching {url}; sync it again later.")

@@ -281,7 +281,5 @@ class _Civitai:
 def index(spec: Any, ctx: Any) -> Iterator[Candidate]:
     """Yield one Candidate per Civitai textual-inversion model version."""
     c = _Civitai(spec, ctx)
-    try:
+    with c.fetch:
         yield from c.run()
-    finally:
-        c.fetch.close()

@@ -307,7 +307,5 @@ def _size(e: dict[str, Any]) -> int | None:
 def index(spec: Any, ctx: Any) -> Iterator[Candidate]:
     """Yield one Candidate per concept repo (or per embedding file in other repos)."""
     indexer = _Indexer(spec, ctx)
-    try:
+    with indexer.fetch:
         yield from indexer.run()
-    finally:
-        indexer.fetch.close()

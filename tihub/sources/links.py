@@ -586,17 +586,14 @@ def index(spec: Any, ctx: Any) -> Iterator[Candidate]:
     if not isinstance(url, str) or not url:
         raise SourceError(f"Source {spec.name!r} needs a `url` for its link page.")
     state = ctx.state or {}
-    fetch = fetcher_for(spec, ctx)
-    try:
-        headers = {"Accept": "text/html, text/markdown;q=0.9, text/plain;q=0.8, */*;q=0.1"}
-        same = state.get("url") == url
-        if same and state.get("etag"):
-            headers["If-None-Match"] = state["etag"]
-        if same and state.get("last_modified"):
-            headers["If-Modified-Since"] = state["last_modified"]
+    headers = {"Accept": "text/html, text/markdown;q=0.9, text/plain;q=0.8, */*;q=0.1"}
+    same = state.get("url") == url
+    if same and state.get("etag"):
+        headers["If-None-Match"] = state["etag"]
+    if same and state.get("last_modified"):
+        headers["If-Modified-Since"] = state["last_modified"]
+    with fetcher_for(spec, ctx) as fetch:
         reply = fetch.get(url, headers=headers, cap=PAGE_CAP)
-    finally:
-        fetch.close()
     if reply.status == 304 and same:
         raise SourceUnchanged(spec.name)
     if not reply.ok:
