@@ -51,10 +51,6 @@ def normalize_hash(value: str) -> str:
     return h
 
 
-def hash_kind(h: str) -> str:
-    return {8: "old hash", 10: "AutoV2", 12: "short hash", 64: "sha256"}.get(len(h), "hash")
-
-
 @dataclass
 class KnownModel:
     """A model tihub can name: by file or by hash."""
