@@ -82,9 +82,6 @@ class FileHashes:
     def of(cls, path: str | os.PathLike[str], sha256: str, old_hash: str | None) -> FileHashes:
         return cls(str(path), sha256, autov2(sha256), old_hash, shorthash(sha256))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "sha256": self.sha256, "autov2": self.autov2, "old_hash": self.old_hash, "shorthash": self.shorthash}
-
 
 @dataclass(slots=True)
 class ModelHashes(FileHashes):
@@ -292,12 +289,6 @@ class HashCache:
         self.hits = 0
         self.misses = 0
 
-    @classmethod
-    def open(cls, url: str) -> HashCache:
-        from tihub.catalog.db import open_engine
-
-        return cls(open_engine(url))
-
     # -- lookups ----------------------------------------------------------------------------
 
     def _rows(self, paths: Sequence[str]) -> dict[str, tuple[int, int, str, str | None]]:
@@ -340,18 +331,12 @@ class HashCache:
                 stats[p] = os.stat(p)
             except OSError:
                 continue
-        return self._valid(stats)
-
-    def _valid(self, stats: dict[str, os.stat_result]) -> dict[str, FileHashes]:
-        return {p: FileHashes.of(p, sha, old) for p, (sha, old) in self._valid_rows(stats).items()}
-
-    def _valid_rows(self, stats: dict[str, os.stat_result]) -> dict[str, tuple[str, str | None]]:
         rows = self._rows(list(stats))  # keys are unique absolute paths
-        out: dict[str, tuple[str, str | None]] = {}
+        out: dict[str, FileHashes] = {}
         for p, st in stats.items():
             row = rows.get(p)
             if row is not None and row[0] == st.st_size and row[1] == st.st_mtime_ns:
-                out[p] = (row[2], row[3])
+                out[p] = FileHashes.of(p, row[2], row[3])
         return out
 
     # -- hashing through the cache -----------------------------------------------------------
