@@ -261,6 +261,8 @@ def test_forget(tmp_path: Path, engine, counted) -> None:  # type: ignore[no-unt
     path = _write(tmp_path / "a.pt", b"a")
     cache = HashCache(engine)
     cache.hashes([path])
+    found = cache.lookup([path])  # absolute path -> what is cached for it
+    assert list(found) == [os.path.abspath(path)] and found[os.path.abspath(path)].sha256 == hashlib.sha256(b"a").hexdigest()
     cache.forget([path])
     assert cache.lookup([path]) == {}
     cache.hashes([path])
