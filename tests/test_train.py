@@ -241,3 +241,19 @@ def test_bad_inputs_stop_before_any_work(tmp_path: Path, tiny_sd1_dir: Path) -> 
     except ImportError:
         return
     refused("width", init_text=str(wide))
+
+
+@pytest.mark.parametrize("readback", [1, 20], ids=["every-step", "gpu-batched"])
+def test_a_diverging_run_stops_with_one_sentence_and_writes_no_embedding(readback: int, tmp_path: Path, tiny_sd1_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tihub.engine.train as train_mod
+    from tihub.errors import EngineError
+
+    # "gpu-batched" reads losses back 20 steps at a time, as on a GPU: NaN steps not yet read
+    # back must still stop the run before a checkpoint or the final embedding is written
+    monkeypatch.setattr(train_mod, "LOSS_READBACK_EVERY", {"cpu": readback})
+    cfg = _cfg(tmp_path, tiny_sd1_dir, lr="1e30", steps=4, save_every=2)
+    with pytest.raises(EngineError, match=r"'foxtok' diverged at step \d+ \(the loss is not a number\)") as info:
+        train(cfg, log=_quiet)
+    assert "\n" not in str(info.value)
+    assert not cfg.embeddings_dir.joinpath("foxtok.safetensors").exists()
+    assert not list(Path(cfg.run_dir).glob("foxtok-*.safetensors"))

@@ -47,6 +47,8 @@ LATENT_MODES = ("once", "deterministic", "random")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 PLACEHOLDER = "[name]"
 OPTIM_SUFFIX = ".optim.safetensors"
+# steps between loss readbacks (each one syncs the device): every step on the CPU, where it is free
+LOSS_READBACK_EVERY = {"cpu": 1}
 # settings that must match for --resume to continue a run exactly
 RESUME_KEYS = ("model", "vectors", "init_text", "batch_size", "grad_accum", "size", "template", "shuffle_tags", "tag_dropout", "flip", "latent_sampling", "alpha_as_loss_weight", "seed", "images")
 
@@ -807,7 +809,7 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
     pending: list[tuple[int, int, int, Any, float]] = []
     previews: list[Path] = []
     last_loss: float | None = None
-    flush_every = 1 if device.type == "cpu" else 20
+    flush_every = LOSS_READBACK_EVERY.get(device.type, 20)
     t0 = time.perf_counter()
     preview_prompt = cfg.preview_prompt or lines[0].replace("[filewords]", pics.pictures[0].caption)
 
@@ -820,6 +822,11 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
         write_loss_csv(loss_csv, rows)
         last_loss = values[-1]
         pending.clear()
+        # checked at every readback (not only in the loop), so no checkpoint or final embedding
+        # is written from vectors that went NaN in steps not yet read back
+        bad = next((row[0] for row in rows if not math.isfinite(row[3])), None)
+        if bad is not None:
+            raise EngineError(f"Training of {cfg.name!r} diverged at step {bad} (the loss is not a number); lower --lr or use --precision fp32.")
 
     for step in range(start_step, total):
         lr = lr_schedule(step)
@@ -859,8 +866,6 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
         # progress bar then shows a loss at most 20 steps old); on the CPU every step is free.
         if len(pending) >= flush_every or done == start_step + 1:
             flush()
-            if last_loss is not None and not math.isfinite(last_loss):
-                raise EngineError(f"Training of {cfg.name!r} diverged at step {done} (the loss is not a number); lower --lr or use --precision fp32.")
         if progress is not None:
             elapsed = time.perf_counter() - t0
             rate = (done - start_step) / elapsed if elapsed > 0 else 0.0
