@@ -381,5 +381,7 @@ def test_convert_cli_errors_are_one_sentence(tmp_path: Path) -> None:
     assert res.exit_code == 1
     assert res.output.strip().startswith("Error:") and "HTML" in res.output
     assert len(res.output.strip().splitlines()) == 1
+    gone = runner.invoke(cli, ["convert", str(tmp_path / "gone.pt")])
+    assert gone.exit_code == 1 and gone.output.strip() == f"Error: '{tmp_path / 'gone.pt'}' does not exist; check the path."
     help_text = runner.invoke(cli, ["convert", "--help"]).output
     assert "Example:" in help_text

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from tihub.errors import FormatError
+from tihub.errors import FormatError, NotFound
 
 _FORMATS = ("safetensors", "a1111", "diffusers-bin", "diffusers-safetensors", "png")
 
@@ -39,13 +39,11 @@ def convert_cmd(file: Path, fmt: str, out: Path | None, force: bool) -> None:
     from tihub.formats import read_embedding, write_embedding
 
     if not file.exists():
-        raise FormatError(f"'{file}' does not exist; check the path.")
+        raise NotFound(f"'{file}' does not exist; check the path.")
     emb = read_embedding(file)
     target = out if out is not None else _default_out(file, fmt)
     if target.exists() and not force:
         raise FormatError(f"'{target}' already exists; pass --force to overwrite it or -o to choose another name.")
-    if target.resolve() == file.resolve() and not force:
-        raise FormatError(f"'{target}' is the input file; choose another output with -o.")
     emb.name = target.stem if out is not None else emb.name
     write_embedding(emb, target, fmt)
     click.echo(f"{target}  ({fmt}, {emb.base}, {emb.vector_count} vectors, {emb.dtype})")
