@@ -27,6 +27,9 @@ def test_command_help_has_example(name: str) -> None:
     result = CliRunner().invoke(cli, [name, "--help"])
     assert result.exit_code == 0, result.output
     assert "Example" in result.output, f"`tihub {name} --help` has no example"
+    example = result.output.split("Example", 1)[1]
+    lines = [ln.split() for ln in example.splitlines() if ln.strip().startswith("tihub ")]
+    assert any(name in words for words in lines), f"`tihub {name} --help` has no example running `tihub {name}`"
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
