@@ -4,6 +4,7 @@ removal marking, sha256 dedupe, local files, models and records."""
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,10 @@ import pytest
 from sqlalchemy import text
 
 from tihub.catalog.compat_rules import base_from_widths, fits, normalize_base
-from tihub.catalog.db import open_engine, read, run_migrations
+from tihub.catalog.db import open_engine, read, run_migrations, write
 from tihub.catalog.store import Catalog, fts_query
 from tihub.config import SourceSpec, Workspace
-from tihub.errors import NotFound
+from tihub.errors import CatalogError, NotFound
 from tihub.formats.model import Embedding
 from tihub.sources.base import Candidate, CandidateFile
 
@@ -66,6 +67,33 @@ def test_wal_mode_and_foreign_keys(cat: Catalog) -> None:
     with read(cat.engine) as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar().lower() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_write_locks_up_front_read_does_not_and_errors_are_one_sentence(ws: Workspace) -> None:
+    engine = open_engine(ws.db_url)
+    other = sqlite3.connect(engine.url.database, timeout=0, isolation_level=None)
+    try:
+        with write(engine) as conn:
+            conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        with write(engine):  # BEGIN IMMEDIATE: the write lock is held before any statement
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        with read(engine) as conn:  # plain BEGIN: a reader never keeps a writer out
+            assert conn.execute(text("SELECT COUNT(*) FROM t")).scalar() == 0
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("INSERT INTO t VALUES (1)")
+            other.execute("COMMIT")
+    finally:
+        other.close()
+    with pytest.raises(CatalogError, match=r"^The catalogue write failed: no such table: nope\.$"):
+        with write(engine) as conn:
+            conn.execute(text("INSERT INTO t VALUES (2)"))
+            conn.execute(text("INSERT INTO nope VALUES (3)"))
+    with pytest.raises(CatalogError, match=r"^The catalogue read failed: no such table: nope\.$"):
+        with read(engine) as conn:
+            conn.execute(text("SELECT * FROM nope"))
+    with read(engine) as conn:  # the failed write was rolled back whole
+        assert [r[0] for r in conn.execute(text("SELECT x FROM t"))] == [1]
 
 
 def _writer(url: str, name: str, n: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -81,28 +81,26 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write", True) else "BEGIN")
 
 
-@contextmanager
-def write(engine: Engine) -> Iterator[Connection]:
+def write(engine: Engine) -> AbstractContextManager[Connection]:
     """A write transaction (BEGIN IMMEDIATE on SQLite); commits on success, rolls back on error."""
-    try:
-        with engine.connect() as conn:
-            conn.info["write"] = True
-            with conn.begin():
-                yield conn
-    except SQLAlchemyError as exc:
-        raise CatalogError(f"The catalogue write failed: {_short(exc)}.") from None
+    return _transaction(engine, writing=True)
+
+
+def read(engine: Engine) -> AbstractContextManager[Connection]:
+    """A read-only transaction (plain BEGIN on SQLite, which never blocks writers in WAL mode)."""
+    return _transaction(engine, writing=False)
 
 
 @contextmanager
-def read(engine: Engine) -> Iterator[Connection]:
-    """A read-only transaction (plain BEGIN on SQLite, which never blocks writers in WAL mode)."""
+def _transaction(engine: Engine, writing: bool) -> Iterator[Connection]:
+    # conn.info["write"] picks BEGIN IMMEDIATE or BEGIN in _on_begin.
     try:
         with engine.connect() as conn:
-            conn.info["write"] = False
+            conn.info["write"] = writing
             with conn.begin():
                 yield conn
     except SQLAlchemyError as exc:
-        raise CatalogError(f"The catalogue read failed: {_short(exc)}.") from None
+        raise CatalogError(f"The catalogue {'write' if writing else 'read'} failed: {_short(exc)}.") from None
 
 
 def _short(exc: BaseException) -> str:
