@@ -130,7 +130,7 @@ def test_inspect_table_mode_failure_exit_status(bad: dict[str, Path]) -> None:
 def test_inspect_empty_folder_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = run("inspect", str(tmp_path / "empty"))
-    assert result.exit_code == 1 and "no embedding files" in result.stderr
+    assert result.exit_code == 1 and "no embedding files" in result.stderr and ".ckpt" in result.stderr  # every suffix walked
 
 
 def test_inspect_corpus_files(corpus: Path) -> None:

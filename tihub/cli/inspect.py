@@ -125,12 +125,14 @@ def inspect_file(path: str) -> dict[str, Any]:
 
 def inspect_paths(paths: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
     """Inspect every file named or found under the folders named, in order."""
+    from tihub.formats import EMBEDDING_SUFFIXES
+
     rows: list[dict[str, Any]] = []
     for p in paths:
         files = embedding_files(p)
         if not files:
             row = _blank(p)
-            row["error"] = f"{p} is a folder holding no embedding files (.pt, .bin, .safetensors, .png, .webp)."
+            row["error"] = f"{p} is a folder holding no embedding files ({', '.join(EMBEDDING_SUFFIXES)})."
             rows.append(row)
         rows.extend(inspect_file(f) for f in files)
     return rows
