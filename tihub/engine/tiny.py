@@ -1,7 +1,7 @@
 """Random-weight Stable Diffusion pipelines, for tests, benchmarks and the offline demo.
 
 `build_tiny_sd1(dir)` and `build_tiny_sdxl(dir)` save small pipelines (hidden size 32, real CLIP
-vocabulary of 49,408 tokens) as diffusers folders that load like any user model. `build_sd15_arch`
+vocabulary of 49,408 tokens) as diffusers folders that load like any user model. `sd15_arch_pipeline()`
 gives the full SD1.5 architecture with random weights, for GPU benchmarks that need the real
 compute. Nothing is downloaded.
 """
