@@ -52,16 +52,6 @@ class ModelInfo:
         """Total text-encoder width: 768, 1024 or 2048 (SDXL), as an embedding's `width`."""
         return sum(self.widths.values())
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "format": self.format,
-            "family": self.family,
-            "widths": dict(self.widths),
-            "prediction": self.prediction,
-            "reason": self.reason,
-        }
-
 
 # --------------------------------------------------------------------------------------------
 # Reading headers
