@@ -244,14 +244,12 @@ def _resolve_embedding(ctx: Context, name: str) -> tuple[Path | None, int | None
                 path, file_id = Path(f["local_path"]), f["id"]
                 break
     if path is None:
-        folder = ctx.workspace.embeddings_dir
-        from tihub.formats import EMBEDDING_SUFFIXES
+        # the same name -> file lookup prompts use (skips checkpoints, previews, partial files)
+        from tihub.engine.vocabulary import Vocabulary
 
-        if folder.is_dir():
-            for p in sorted(folder.rglob("*")):
-                if p.is_file() and p.name.rsplit(".", 1)[0] == name and p.name.lower().endswith(EMBEDDING_SUFFIXES):
-                    path = p
-                    break
+        vocabulary = Vocabulary(ctx.workspace.embeddings_dir)
+        vocabulary.refresh()
+        path = vocabulary.path_of(name)
     if path is None:
         if entry is not None:
             raise NotFound(f"Embedding '{name}' is in the catalogue but not downloaded; run `tihub fetch {name}` first.")
