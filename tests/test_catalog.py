@@ -244,15 +244,28 @@ def test_records_show_up_in_entry(cat: Catalog) -> None:
                                     sd_checkpoint="cccccccccc", sd_checkpoint_name="sdxl-base")])])
     e = cat.entry("thing")
     fid = e["files"][0]["id"]
-    cat.add_preview(entry_id=e["id"], path="/tmp/p.png", model_hash="7460a6fa", params={"seed": 1})
-    cat.add_verification(entry_id=e["id"], file_id=fid, model_hash="abc", model_name="sd15", result="ok",
-                         details={"similarity": 0.9}, grid_path="/tmp/g.png")
-    cat.add_training_run(entry_id=e["id"], file_id=fid, settings={"lr": 0.005}, pictures=12,
-                         loss_csv="/tmp/l.csv", checkpoints=["a.pt"])
+    cat.add_preview(entry_id=e["id"], url="https://x/p0.png")
+    pid = cat.add_preview(entry_id=e["id"], path=Path("/tmp/p.png"), model_hash="7460a6fa", params={"seed": 1})
+    vid = cat.add_verification(entry_id=e["id"], file_id=fid, model_hash="abc", model_name="sd15", result="ok",
+                               details={"similarity": 0.9}, grid_path=Path("/tmp/g.png"))
+    tid = cat.add_training_run(entry_id=e["id"], file_id=fid, settings={"lr": 0.005}, pictures=12,
+                               loss_csv=Path("/tmp/l.csv"), checkpoints=["a.pt"])
     e = cat.entry(e["id"])
-    assert e["previews"][0]["params"] == {"seed": 1}
-    assert e["verifications"][0]["details"] == {"similarity": 0.9}
-    assert e["training_runs"][0]["settings"] == {"lr": 0.005}
+
+    def rec(kind: str, rid: int) -> dict:
+        row = next(r for r in e[kind] if r["id"] == rid)
+        assert row.pop("created_at")
+        return row
+
+    assert pid == 2 and rec("previews", pid) == {
+        "id": pid, "entry_id": e["id"], "file_id": None, "url": None, "path": "/tmp/p.png",
+        "model_hash": "7460a6fa", "params": {"seed": 1}}
+    assert rec("verifications", vid) == {
+        "id": vid, "entry_id": e["id"], "file_id": fid, "model_hash": "abc", "model_name": "sd15",
+        "result": "ok", "details": {"similarity": 0.9}, "grid_path": "/tmp/g.png"}
+    assert rec("training_runs", tid) == {
+        "id": tid, "entry_id": e["id"], "file_id": fid, "settings": {"lr": 0.005}, "pictures": 12,
+        "loss_csv": "/tmp/l.csv", "loss_png": None, "checkpoints": ["a.pt"]}
     assert e["compat"] == [{"model": "sdxl-base", "family": "sdxl", "sha256": "c" * 64, "autov2": "c" * 10,
                             "fit": "partial"}]
 

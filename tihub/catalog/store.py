@@ -188,11 +188,7 @@ class Catalog:
             select(S.sources.c.id, S.sources.c.kind, S.sources.c.nsfw).where(S.sources.c.name == spec.name)
         ).first()
         if row is None:
-            return int(
-                conn.execute(
-                    S.sources.insert().values(name=spec.name, kind=spec.kind, nsfw=int(spec.nsfw), entry_count=0)
-                ).inserted_primary_key[0]
-            )
+            return _insert_id(conn, S.sources, name=spec.name, kind=spec.kind, nsfw=int(spec.nsfw), entry_count=0)
         if row.kind != spec.kind or row.nsfw != int(spec.nsfw):
             conn.execute(
                 S.sources.update().where(S.sources.c.id == row.id).values(kind=spec.kind, nsfw=int(spec.nsfw))
@@ -440,7 +436,7 @@ class Catalog:
                     for fid, sha in conn.execute(select(F.c.id, F.c.sha256).where(F.c.sha256.in_(chunk))):
                         new_files[sha]["id"] = fid
         for row in new_nosha:
-            row["id"] = conn.execute(F.insert().values(**row)).inserted_primary_key[0]
+            row["id"] = _insert_id(conn, F, **row)
         result.files_new = len(new_files) + len(new_nosha)
         if changed_files:
             conn.execute(
@@ -1044,7 +1040,7 @@ class Catalog:
             conn.execute(F.update().where(F.c.local_path == str(p), F.c.sha256 != sha).values(local_path=None))
             row = conn.execute(select(F.c.id).where(F.c.sha256 == sha)).first()
             if row is None:
-                fid = int(conn.execute(F.insert().values(sha256=sha, **meta)).inserted_primary_key[0])
+                fid = _insert_id(conn, F, sha256=sha, **meta)
             else:
                 fid = int(row.id)
                 conn.execute(F.update().where(F.c.id == fid).values(**meta))
@@ -1064,13 +1060,7 @@ class Catalog:
                     "last_seen": t,
                 }
                 if er is None:
-                    entry_id = int(
-                        conn.execute(
-                            S.entries.insert().values(
-                                source_id=sid, remote_id=rid, first_seen=t, nsfw=0, **values
-                            )
-                        ).inserted_primary_key[0]
-                    )
+                    entry_id = _insert_id(conn, S.entries, source_id=sid, remote_id=rid, first_seen=t, nsfw=0, **values)
                 else:
                     entry_id = int(er.id)
                     conn.execute(S.entries.update().where(S.entries.c.id == entry_id).values(**values))
@@ -1087,11 +1077,7 @@ class Catalog:
         row = conn.execute(select(S.sources.c.id).where(S.sources.c.name == LOCAL_SOURCE)).first()
         if row is not None:
             return int(row.id)
-        return int(
-            conn.execute(
-                S.sources.insert().values(name=LOCAL_SOURCE, kind="local", nsfw=0, entry_count=0)
-            ).inserted_primary_key[0]
-        )
+        return _insert_id(conn, S.sources, name=LOCAL_SOURCE, kind="local", nsfw=0, entry_count=0)
 
     def forget_local(self, path: str | os.PathLike[str]) -> None:
         """A file left `embeddings/`: clear its local path; its `local` entry is marked removed."""
@@ -1146,7 +1132,7 @@ class Catalog:
                 if val and row is None:
                     row = conn.execute(select(M).where(col == val)).mappings().first()
             if row is None:
-                return int(conn.execute(M.insert().values(**values)).inserted_primary_key[0])
+                return _insert_id(conn, M, **values)
             merged = {k: (v if v is not None else row[k]) for k, v in values.items()}
             conn.execute(M.update().where(M.c.id == row["id"]).values(**merged))
             return int(row["id"])
@@ -1183,13 +1169,9 @@ class Catalog:
         params: Mapping[str, Any] | None = None,
     ) -> int:
         with write(self.engine) as conn:
-            return int(
-                conn.execute(
-                    S.previews.insert().values(
-                        entry_id=entry_id, file_id=file_id, url=url, path=str(path) if path else None,
-                        model_hash=model_hash, params=_dumps(dict(params or {})), created_at=now(),
-                    )
-                ).inserted_primary_key[0]
+            return _insert_id(
+                conn, S.previews, entry_id=entry_id, file_id=file_id, url=url, path=str(path) if path else None,
+                model_hash=model_hash, params=_dumps(dict(params or {})), created_at=now(),
             )
 
     def add_verification(
@@ -1203,14 +1185,10 @@ class Catalog:
         grid_path: str | None = None,
     ) -> int:
         with write(self.engine) as conn:
-            return int(
-                conn.execute(
-                    S.verifications.insert().values(
-                        entry_id=entry_id, file_id=file_id, model_hash=model_hash, model_name=model_name,
-                        created_at=now(), result=result, details=_dumps(dict(details or {})),
-                        grid_path=str(grid_path) if grid_path else None,
-                    )
-                ).inserted_primary_key[0]
+            return _insert_id(
+                conn, S.verifications, entry_id=entry_id, file_id=file_id, model_hash=model_hash,
+                model_name=model_name, created_at=now(), result=result, details=_dumps(dict(details or {})),
+                grid_path=str(grid_path) if grid_path else None,
             )
 
     def add_training_run(
@@ -1224,16 +1202,17 @@ class Catalog:
         checkpoints: list[Any] | None = None,
     ) -> int:
         with write(self.engine) as conn:
-            return int(
-                conn.execute(
-                    S.training_runs.insert().values(
-                        entry_id=entry_id, file_id=file_id, settings=_dumps(dict(settings or {})),
-                        pictures=pictures, loss_csv=str(loss_csv) if loss_csv else None,
-                        loss_png=str(loss_png) if loss_png else None,
-                        checkpoints=_dumps(list(checkpoints or [])), created_at=now(),
-                    )
-                ).inserted_primary_key[0]
+            return _insert_id(
+                conn, S.training_runs, entry_id=entry_id, file_id=file_id, settings=_dumps(dict(settings or {})),
+                pictures=pictures, loss_csv=str(loss_csv) if loss_csv else None,
+                loss_png=str(loss_png) if loss_png else None,
+                checkpoints=_dumps(list(checkpoints or [])), created_at=now(),
             )
+
+
+def _insert_id(conn: Connection, table: Any, **values: Any) -> int:
+    """Insert one row; return its new id."""
+    return int(conn.execute(table.insert().values(**values)).inserted_primary_key[0])
 
 
 def _insert_many(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
