@@ -191,12 +191,10 @@ def classify(shapes: Shapes, meta: Mapping[str, str] | None = None) -> tuple[str
     tok = _find(shapes, "text_model.embeddings.token_embedding.weight")
     if tok is not None:
         w = _width(tok, 1)
-        return "other", ({_encoder_key(w): w} if w else {}), prediction, "a text encoder alone, not a full model"
+        from tihub.formats.model import ENCODER_BY_WIDTH
+
+        return "other", ({ENCODER_BY_WIDTH.get(w, "text_encoder"): w} if w else {}), prediction, "a text encoder alone, not a full model"
     return "other", {}, prediction, "no known Stable Diffusion text-encoder keys"
-
-
-def _encoder_key(width: int | None) -> str:
-    return {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}.get(width or 0, "text_encoder")
 
 
 def _caveat(widths: dict[str, int], expected: dict[str, int], keys: list[str]) -> str | None:
