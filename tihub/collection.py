@@ -343,8 +343,9 @@ def import_file(
     force: bool = False,
 ) -> Imported:
     """Copy a file the user downloaded by hand into `folder`, read safely and matched to the catalogue."""
-    from tihub.download import PICKLE_CONTAINERS, place_file, sha256_path, suffix_for
+    from tihub.download import PICKLE_CONTAINERS, place_file, suffix_for
     from tihub.formats import read_embedding, write_embedding
+    from tihub.hashing import sha256_file
 
     sp = Path(src)
     try:
@@ -376,7 +377,7 @@ def import_file(
                 emb.name = stem
                 write_embedding(emb, tmp, "safetensors")
                 suffix = ".safetensors"
-                final_sha = sha256_path(tmp)
+                final_sha = sha256_file(tmp)
             else:
                 with open(tmp, "xb") as fh:
                     fh.write(data)
@@ -463,8 +464,9 @@ class Exported:
 def export(workspace: Workspace, names: list[str], to: Path, app: str, *, force: bool = False) -> list[Exported]:
     """Copy embeddings where `app` expects them; PNG embeddings become safetensors for apps
     that cannot read images (ComfyUI, InvokeAI)."""
-    from tihub.download import place_file, sha256_path
+    from tihub.download import place_file
     from tihub.formats import read_embedding, write_embedding
+    from tihub.hashing import sha256_file
 
     if app not in APPS:
         raise ConfigError(f"--app {app!r} is not known; choose a1111, comfyui or invokeai.")
@@ -484,7 +486,7 @@ def export(workspace: Workspace, names: list[str], to: Path, app: str, *, force:
                     suffix = ".safetensors"
                 else:
                     shutil.copyfile(src, tmp)
-                sha = sha256_path(tmp)
+                sha = sha256_file(tmp)
                 final = inside(dest_dir, safe_filename(stem, suffix))
                 placed = place_file(tmp, final, sha, stem, force=force)
             finally:

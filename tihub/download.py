@@ -65,6 +65,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 
 from tihub.errors import DownloadError, FormatError, HashMismatch, NetworkError, NotAnEmbedding, TihubError, UnsafeURL
+from tihub.hashing import sha256_file
 from tihub.naming import inside, is_generic_stem, safe_filename, safe_stem, token_stem
 from tihub.net import URLPolicy, make_client, stream
 
@@ -632,9 +633,9 @@ class Downloader:
     def _existing_with_sha(self, stem: str, sha: str) -> Path | None:
         for p in same_stem(self.folder, stem):
             try:
-                if sha256_path(p) == sha:
+                if sha256_file(p) == sha:
                     return p
-            except OSError:
+            except (OSError, TihubError):
                 continue
         return None
 
@@ -861,7 +862,7 @@ class Downloader:
             conv_tmp = part.path.with_name(part.path.name + ".safetensors")
             emb.name = stem
             write_embedding(emb, conv_tmp, "safetensors")
-            final_bytes_path, final_sha, suffix, converted = conv_tmp, sha256_path(conv_tmp), ".safetensors", True
+            final_bytes_path, final_sha, suffix, converted = conv_tmp, sha256_file(conv_tmp), ".safetensors", True
         try:
             final = inside(self.folder, safe_filename(stem, suffix))
             placed = place_file(final_bytes_path, final, final_sha, stem, force=self.force)
@@ -947,7 +948,7 @@ def place_file(src: Path, final: Path, sha: str, stem: str, *, force: bool = Fal
     if final.exists() or final.is_symlink():
         others.append(final)
     for p in others:
-        if not p.is_symlink() and p.is_file() and sha256_path(p) == sha:
+        if not p.is_symlink() and p.is_file() and sha256_file(p) == sha:
             return False
     if others and not force:
         shown = ", ".join(sorted(p.name for p in others))
@@ -966,7 +967,7 @@ def place_file(src: Path, final: Path, sha: str, stem: str, *, force: bool = Fal
     try:
         os.link(src, final)  # fails if anything appeared there meanwhile: never overwrites
     except FileExistsError:
-        if sha256_path(final) == sha:
+        if sha256_file(final) == sha:
             return False
         raise DownloadError(f"{final} appeared meanwhile with different content; pass --name NEW to keep both, or --force to replace it.") from None
     except OSError:
@@ -975,14 +976,6 @@ def place_file(src: Path, final: Path, sha: str, stem: str, *, force: bool = Fal
             while chunk := s.read(CHUNK):
                 d.write(chunk)
     return True
-
-
-def sha256_path(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
