@@ -15,7 +15,7 @@ The outcome is `ok`, `warning` (loads, but flagged) or `failed`, and is recorded
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,17 +47,7 @@ class Verification:
             self.result = "warning"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "file": self.file,
-            "model": self.model,
-            "model_hash": self.model_hash,
-            "result": self.result,
-            "checks": self.checks,
-            "norms": self.norms,
-            "grid": self.grid,
-            "warnings": self.warnings,
-        }
+        return asdict(self)
 
 
 def vocabulary_norms(table: Any) -> dict[str, float]:
