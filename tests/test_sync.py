@@ -210,6 +210,19 @@ def local_ws(tmp_path: Path) -> Workspace:
     return Workspace.locate(root)
 
 
+def test_local_big_file_is_streamed_and_a_vanished_one_is_an_error_entry(local_ws: Workspace) -> None:
+    from tihub.sources.local import READ_WHOLE, read_candidate
+
+    p = local_ws.root / "embeddings" / "watercolor.safetensors"
+    whole = read_candidate(p, "w", p.stat().st_size)
+    streamed = read_candidate(p, "w", READ_WHOLE + 1)  # the size picks the streamed hash path
+    assert whole.status == streamed.status == "ok"
+    assert streamed.files[0].sha256 == whole.files[0].sha256 and streamed.files[0].vectors == 2
+    gone = local_ws.root / "embeddings" / "gone.pt"  # listed, then deleted before it was hashed
+    c = read_candidate(gone, "gone.pt", READ_WHOLE + 1)
+    assert c.status == "error" and str(gone) in c.extra["error"] and c.files[0].sha256 is None
+
+
 def test_local_source_end_to_end(local_ws: Workspace) -> None:
     (r,) = sync(local_ws)
     assert (r.status, r.new) == ("ok", 4), r.error

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tihub.errors import FormatError, NotAnEmbedding, SourceError
+from tihub.errors import FormatError, NotAnEmbedding, NotFound, SourceError
 from tihub.formats import EMBEDDING_SUFFIXES
+from tihub.hashing import sha256_file
 from tihub.sources.base import Candidate, CandidateFile, IndexContext, SourceUnchanged
 
 READ_WHOLE = 64 * 1024 * 1024  # files up to this size are read once for both hash and parse
@@ -79,19 +80,6 @@ def index(spec: Any, ctx: IndexContext) -> Iterator[Candidate]:
         raise SourceUnchanged(spec.name)
 
 
-def _sha256(p: Path) -> str:
-    try:
-        from tihub.hashing import sha256_file
-
-        return sha256_file(p)
-    except ImportError:  # pragma: no cover - hashing module absent
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
-
-
 def read_candidate(p: Path, rid: str, size: int) -> Candidate:
     """One local file as a Candidate: read safely, hashed, everything it says recorded."""
     from tihub.formats import read_embedding
@@ -105,14 +93,15 @@ def read_candidate(p: Path, rid: str, size: int) -> Candidate:
             data = p.read_bytes()
             sha = hashlib.sha256(data).hexdigest()
         else:
-            sha = _sha256(p)
-    except OSError as exc:
+            sha = sha256_file(p)
+    except (OSError, FormatError, NotFound) as exc:  # sha256_file turns OSError into these
+        reason = f"{p} cannot be read ({exc.strerror or exc})." if isinstance(exc, OSError) else str(exc)
         return Candidate(
             remote_id=rid,
             name=stem,
             files=[CandidateFile(file_name=p.name, url=None, size=size, format=fmt, local_path=local_path)],
             status="error",
-            extra={"error": f"{p} cannot be read ({exc.strerror or exc})."},
+            extra={"error": reason},
         )
     cf = CandidateFile(file_name=p.name, url=None, size=size, sha256=sha, format=fmt, local_path=local_path)
     try:
