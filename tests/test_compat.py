@@ -232,3 +232,6 @@ def test_civitai_answer_not_json_or_too_large_is_one_sentence():
             civitai_by_hash("abcdef0123", srv.base, allow_private=True)
         with pytest.raises(NetworkError, match=r"^Civitai's answer for the hash abcdef0124 is too large\.$"):
             civitai_by_hash("abcdef0124", srv.base, allow_private=True)
+        srv.add("/api/v1/model-versions/by-hash/abcdef0125", b'{"name": "v1", "files": []}', truncate_at=10, content_type="application/json")
+        with pytest.raises(NetworkError, match=r"^Reading Civitai's answer for the hash abcdef0125 failed: "):
+            civitai_by_hash("abcdef0125", srv.base, allow_private=True)

@@ -322,13 +322,18 @@ def civitai_by_hash(h: str, base_url: str, *, allow_private: bool = False, clien
 def _read_json(resp: Any, cap: int, what: str) -> Any:
     """Civitai's JSON answer, read at most `cap` bytes (stops reading past it); `what` ends the
     sentence "Civitai's answer ..." in the errors."""
+    import httpx
+
     chunks: list[bytes] = []
     total = 0
-    for part in resp.iter_bytes():
-        total += len(part)
-        if total > cap:
-            raise NetworkError(f"Civitai's answer {what} is too large.")
-        chunks.append(part)
+    try:
+        for part in resp.iter_bytes():
+            total += len(part)
+            if total > cap:
+                raise NetworkError(f"Civitai's answer {what} is too large.")
+            chunks.append(part)
+    except httpx.HTTPError as exc:  # cut or timed out mid-body: a lookup failure, not a crash
+        raise NetworkError(f"Reading Civitai's answer {what} failed: {exc}.") from None
     try:
         return json.loads(b"".join(chunks))
     except ValueError:
