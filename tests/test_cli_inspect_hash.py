@@ -189,6 +189,22 @@ def test_hash_json_contract_and_family(tmp_path: Path, home: Path) -> None:
     assert (rows["base.safetensors"]["family"], rows["base.safetensors"]["widths"]) == ("sdxl", {"clip_l": 768, "clip_g": 1280})
 
 
+def test_hash_does_not_import_torch(tmp_path: Path, home: Path) -> None:
+    model = write_st(tmp_path / "m.safetensors", SD1)
+    code = (
+        "import sys, json\n"
+        "from tihub.cli import cli\n"
+        "try:\n"
+        f"    cli.main(['hash', {str(model)!r}, '--json'], prog_name='tihub')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('HEAVY=' + json.dumps(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules)))\n"
+    )
+    env = {**os.environ, "TIHUB_HOME": str(home)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=True)
+    assert "HEAVY=[]" in out.stdout and '"family": "sd1"' in out.stdout, out.stdout[-500:] + out.stderr[-2000:]
+
+
 def test_hash_uses_the_workspace_cache(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = write_st(tmp_path / "m.safetensors", SD1)
     calls: list[str] = []
