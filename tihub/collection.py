@@ -1,7 +1,7 @@
 """The local collection: what is in `embeddings/`, adding files by hand, removing and exporting.
 
 `scan()` walks `embeddings/` (subfolders included) and describes every embedding file. What it
-learned about a file is kept in a JSON index (`.tihub-cache/embeddings-index.bin` in the
+learned about a file is kept in an index (`.tihub-cache/embeddings-index.bin`, marshal, in the
 workspace) keyed by relative path with the file's size and `st_mtime_ns`: re-listing an unchanged
 folder reads the index once and `stat`s each file, nothing more (per file, not the folder's
 mtime, so in-place overwrites and subfolder changes are seen). A marshal file beat both a
