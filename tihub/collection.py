@@ -219,11 +219,7 @@ def _first(t: tuple[str, int, dict[str, Any]]) -> str:
 
 def scan(folder: str | os.PathLike[str], index_file: Path | None = None) -> list[dict[str, Any]]:
     """Describe every embedding file under `folder` (cached per file by size + mtime)."""
-    rows = []
-    for _rel, _size, info in _scan(Path(folder), index_file)[0]:
-        d = dict(info)
-        rows.append(d)
-    return rows
+    return [info for _rel, _size, info in _scan(Path(folder), index_file)[0]]  # already fresh dicts
 
 
 def _entries_by_sha(catalog: Catalog | None, shas: list[str]) -> dict[str, tuple[str, str]]:
