@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from tihub.errors import NetworkError, SourceError, UnsafeURL
-from tihub.net import URLPolicy, make_client, stream
+from tihub.net import URLPolicy, _is_private, make_client, stream
 from tihub.sources.base import SourceUnchanged
 
 __all__ = ["Fetcher", "Reply", "SourceUnchanged", "StatusError", "clean_link", "fetcher_for", "keep", "mark_partial"]
@@ -314,8 +314,6 @@ def clean_link(url: str, allow_private: bool) -> str | None:
             ip = ipaddress.ip_address(c.strip("[]"))
         except ValueError:
             continue
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if not ip.is_global or ip.is_multicast:  # private, loopback, link-local, CGNAT, reserved, ...
+        if _is_private(ip):  # the same rule net.check_url applies after resolving
             return None
     return url
