@@ -347,8 +347,9 @@ def import_file(
     try:
         if not sp.is_file():
             raise NotFound(f"{sp} is not a file; check the path.")
-        if sp.stat().st_size > MAX_FILE:
-            raise NotAnEmbedding(f"{sp} is {sp.stat().st_size} bytes, far too large for an embedding; it is probably a model.")
+        size = sp.stat().st_size
+        if size > MAX_FILE:
+            raise NotAnEmbedding(f"{sp} is {size} bytes, far too large for an embedding; it is probably a model.")
         data = sp.read_bytes()
         sha = hashlib.sha256(data).hexdigest()
         emb = read_embedding(sp, data)
@@ -358,7 +359,7 @@ def import_file(
             if hit:
                 entry_id, entry_name, matched = hit[0], hit[1], "sha256"
             else:
-                with contextlib.suppress(NotFound, TihubError):
+                with contextlib.suppress(TihubError):  # NotFound included
                     e = catalog.entry(name or sp.stem)
                     entry_id, entry_name, matched = int(e["id"]), str(e["name"]), "name"
         stem = name or sp.stem
