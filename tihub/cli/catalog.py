@@ -157,7 +157,7 @@ def sync_cmd(ctx: Context, names: tuple[str, ...], as_json: bool, deadline: floa
 # ----------------------------------------------------------------------------------- search
 
 
-def _model_arg(ctx: Context, cat: Any, value: str) -> Any:
+def _model_arg(cat: Any, value: str) -> Any:
     """--model FILE|HASH|FAMILY -> what Catalog.search takes."""
     from tihub.errors import NotFound
 
@@ -221,7 +221,7 @@ def search_cmd(
       tihub search "" --model ~/models/sd_xl_base_1.0.safetensors
     """
     cat = _catalog(ctx)
-    model_arg = _model_arg(ctx, cat, model) if model else None
+    model_arg = _model_arg(cat, model) if model else None
     rows = cat.search(
         query, base=base, source=source, kind=kind, model=model_arg, local=True if local else None,
         nsfw=nsfw, limit=limit, include_removed=removed,
