@@ -145,9 +145,6 @@ def sync_source(
     return report
 
 
-_DONE = object()
-
-
 def _collect(spec: SourceSpec, ctx: IndexContext, deadline_s: float) -> list[Candidate]:
     """Run the indexer to the end in a worker thread, so a hung request cannot outlive the
     deadline; every candidate is checked before it is accepted."""
