@@ -876,6 +876,7 @@ class Downloader:
             self.record(final, emb, final_sha, req)
         return Result(req, "fetched" if placed else "exists", final, final_sha, size, transfer.resumed_from, converted)
 
+
 class _LfsPointer(Exception):
     def __init__(self, pointer: LfsPointer, body: bytes) -> None:
         super().__init__("lfs pointer")
@@ -896,6 +897,8 @@ def _widen_reads() -> None:
 
 
 READ_BYTES = 1 << 20
+
+
 def _free_bytes(folder: Path) -> int | None:
     import shutil
 
