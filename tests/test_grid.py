@@ -78,6 +78,9 @@ def test_grid_is_batched_and_laid_out_with_labels(engine, tmp_path):
     info = read_infotext(r.path)
     assert info.parameters["X Type"] == "Seed" and info.parameters["X Values"] == "1, 2, 3, 4"
     assert info.parameters["Z Type"] == "CFG Scale" and len(r.cell_paths) == 16
+    # the grid's infotext is the first cell's (prompt and parameters) plus the script's keys
+    assert info.prompt == "a cat" and info.parameters["Script"] == "X/Y/Z plot"
+    assert info.parameters["Steps"] == "2" and info.parameters["Seed"] == "1" and info.parameters["Size"] == "64x64"
     assert read_infotext(r.cell_paths[5]).parameters["Seed"] == "2"
 
 

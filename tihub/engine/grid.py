@@ -29,7 +29,7 @@ from typing import Any
 
 from tihub.engine.generate import Engine, Settings, parse_size, resolve_seed, save_images
 from tihub.errors import ConfigError
-from tihub.infotext import build_infotext, pnginfo_chunk
+from tihub.infotext import build_infotext, parse_infotext, pnginfo_chunk
 
 AXIS_KINDS = {
     "prompt": "Prompt S/R",
@@ -363,8 +363,7 @@ def make_grid(
             extra[f"{name} Type"] = axis.title
             extra[f"{name} Values"] = ", ".join(labels["XYZ".index(name)])
     first = cells[0]
-    base = first.infotext.rsplit("\n", 1)[-1]
-    text = build_infotext(first.prompt, first.negative, {**_params(base), "Script": "X/Y/Z plot", **extra})
+    text = build_infotext(first.prompt, first.negative, {**parse_infotext(first.infotext).parameters, "Script": "X/Y/Z plot", **extra})
     result = GridResult(image, cells, calls=calls, infotext=text)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -375,12 +374,6 @@ def make_grid(
         image.save(path, pnginfo=pnginfo_chunk(text))
         result.path = path
     return result
-
-
-def _params(line: str) -> dict[str, str]:
-    from tihub.infotext import parse_infotext
-
-    return dict(parse_infotext("x\n" + line).parameters)
 
 
 # ---------------------------------------------------------------------------------------------
