@@ -221,7 +221,8 @@ def test_hash_uses_the_workspace_cache(tmp_path: Path, home: Path, monkeypatch: 
 
 
 def test_hash_registers_models_in_the_catalogue(tmp_path: Path, home: Path) -> None:
-    store = pytest.importorskip("tihub.catalog.store")
+    from tihub.catalog import store
+
     model = write_st(tmp_path / "dreamshaper.safetensors", SD1)
     result = run("hash", str(model), "--json")
     assert result.exit_code == 0, result.output

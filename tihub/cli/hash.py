@@ -29,16 +29,10 @@ def _models_in(path: str) -> list[str]:
 
 
 def register_models(ctx: Context, rows: list[dict[str, Any]]) -> None:
-    """Record hashed models in the catalogue's `models` table (a no-op until the catalogue has it)."""
-    try:
-        from tihub.catalog.store import Catalog
-    except ImportError:
-        return
+    """Record hashed models in the catalogue's `models` table, so `compat --model-hash` can name them."""
+    from tihub.catalog.store import Catalog
     from tihub.hashing import EMPTY_SHA256
 
-    add = getattr(Catalog, "add_model", None)
-    if add is None:
-        return
     catalog = Catalog(ctx.engine())
     for row in rows:
         name = os.path.basename(os.path.normpath(row["path"]))
