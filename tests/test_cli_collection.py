@@ -163,12 +163,6 @@ def test_compat_catalog_entries(home, srv):
     assert nai["easynegative"]["status"] == "trained-on"
 
 
-@pytest.mark.parametrize("cmd", ["fetch", "import", "list", "remove", "export", "compat"])
-def test_help_has_example(cmd):
-    out = run(cmd, "--help").output
-    assert "Example:" in out
-
-
 def test_compat_with_model_file(home, tmp_path):
     from test_compat import _write_sd1_checkpoint
 
