@@ -41,7 +41,7 @@ def vocab_and_merges() -> tuple[dict[str, int], list[str]]:
 
 
 def write_clip_tokenizer_files(out_dir: str | Path) -> Path:
-    """Write vocab.json, merges.txt and a tokenizer_config.json (model_max_length 77)."""
+    """Write vocab.json and merges.txt into `out_dir` (its tokenizer_config.json, if any, is the caller's)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab, merges = vocab_and_merges()
