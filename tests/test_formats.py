@@ -384,3 +384,6 @@ def test_convert_cli_errors_are_one_sentence(tmp_path: Path) -> None:
     assert gone.exit_code == 1 and gone.output.strip() == f"Error: '{tmp_path / 'gone.pt'}' does not exist; check the path."
     help_text = runner.invoke(cli, ["convert", "--help"]).output
     assert "Example:" in help_text
+    from tihub.cli.convert import _FORMATS
+
+    assert _FORMATS == FORMATS  # --to offers every format the writer has, and only those

@@ -8,7 +8,7 @@ import click
 
 from tihub.errors import FormatError, NotFound
 
-_FORMATS = ("safetensors", "a1111", "diffusers-bin", "diffusers-safetensors", "png")
+_FORMATS = ("safetensors", "a1111", "diffusers-bin", "diffusers-safetensors", "png")  # = writer.FORMATS, not imported (numpy) for --help
 
 
 def _default_out(src: Path, fmt: str) -> Path:
