@@ -39,6 +39,7 @@ from tihub.engine.train_data import (
     prompts_for,
 )
 from tihub.errors import ConfigError, EngineError
+from tihub.formats import write_embedding
 from tihub.formats.model import Embedding
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -390,44 +391,13 @@ def make_embedding(cfg: TrainConfig, encoders: list[Encoder], step: int, sd_chec
     )
 
 
-def write_output(emb: Embedding, path: Path, fmt: str) -> Path:
-    """Write through the formats writer (atomic); a local writer stands in where it is absent."""
-    try:
-        from tihub.formats.writer import write_embedding as _write
-    except ImportError:
-        tmp = path.with_name(f".{path.name}.tmp")
-        _fallback_write(emb, tmp, fmt)
-        os.replace(tmp, path)
-        return path
-    _write(emb, path, fmt)
-    return path
-
-
-def _fallback_write(emb: Embedding, path: Path, fmt: str) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    meta = {"name": emb.name, "step": str(emb.step), "sd_checkpoint": str(emb.sd_checkpoint or ""), "sd_checkpoint_name": str(emb.sd_checkpoint_name or "")}
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in emb.vectors.items()}
-    xl = set(tensors) == {"clip_l", "clip_g"}
-    if fmt == "safetensors":
-        save_file(tensors if xl else {"emb_params": next(iter(tensors.values()))}, str(path), metadata=meta)
-    elif fmt == "a1111":
-        data: dict[str, Any] = dict(tensors) if xl else {"string_to_token": {"*": 265}, "string_to_param": {"*": next(iter(tensors.values()))}}
-        data.update(name=emb.name, step=emb.step, sd_checkpoint=emb.sd_checkpoint, sd_checkpoint_name=emb.sd_checkpoint_name)
-        with open(path, "wb") as fh:
-            torch.save(data, fh)
-    else:
-        raise EngineError(f"The {fmt} embedding format needs tihub.formats.writer, which this install lacks; leave out that option.")
-
-
 def save_checkpoint(run_dir: Path, cfg: TrainConfig, emb: Embedding, encoders: list[Encoder], optimizer: Any, scaler: Any, step: int) -> Path:
     """`NAME-STEP.safetensors` (a loadable embedding) + `NAME-STEP.optim.safetensors` (exact
     vectors, optimizer and loss-scaler state) so --resume continues bit for bit."""
     import torch
     from safetensors.torch import save_file
 
-    out = write_output(emb, run_dir / f"{cfg.name}-{step}.safetensors", "safetensors")
+    out = write_embedding(emb, run_dir / f"{cfg.name}-{step}.safetensors", "safetensors")
     tensors: dict[str, Any] = {}
     for e in encoders:
         tensors[f"vectors.{e.key}"] = e.vectors.detach().float().cpu().contiguous()
@@ -542,16 +512,14 @@ def plot_loss(points: list[tuple[int, float]], path: Path, title: str = "") -> P
 
 
 # --------------------------------------------------------------------------------------------
-# Previews (the generation engine draws them; skipped with a note while it is absent)
+# Previews (drawn by the generation engine)
 
 
-def make_preview(cfg: TrainConfig, pipe: Any, emb: Embedding, prompt: str, out: Path, size: tuple[int, int], model_hash: str | None) -> Path | None:
-    """One preview picture with A1111 infotext, drawn by the generation engine (None where absent)."""
-    try:
-        from tihub.engine.generate import Engine
-        from tihub.engine.models import from_pipeline
-    except ImportError:
-        return None
+def make_preview(cfg: TrainConfig, pipe: Any, emb: Embedding, prompt: str, out: Path, size: tuple[int, int], model_hash: str | None) -> Path:
+    """One preview picture with A1111 infotext, drawn by the generation engine."""
+    from tihub.engine.generate import Engine
+    from tihub.engine.models import from_pipeline
+
     model_name = Path(cfg.model).stem if Path(cfg.model).is_file() else Path(cfg.model).name
     engine = Engine(from_pipeline(pipe, name=model_name, model_hash=model_hash), None, {cfg.name: emb})
     result = engine.generate(
@@ -565,7 +533,7 @@ def make_preview(cfg: TrainConfig, pipe: Any, emb: Embedding, prompt: str, out: 
         height=size[1],
         out=out,
     )
-    return result.path
+    return result.paths[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -877,15 +845,9 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
             emb = make_embedding(cfg, session.encoders, done, sd_checkpoint)
             session.restore()
             try:
-                path = make_preview(cfg, session.pipe, emb, preview_prompt.replace(PLACEHOLDER, cfg.name), run_dir / f"{cfg.name}-{done}.preview.png", pics.pictures[0].size, sd_checkpoint)
+                previews.append(make_preview(cfg, session.pipe, emb, preview_prompt.replace(PLACEHOLDER, cfg.name), run_dir / f"{cfg.name}-{done}.preview.png", pics.pictures[0].size, sd_checkpoint))
             finally:
                 session.splice()
-            if path is None:
-                if not any("Previews" in n for n in notes):
-                    notes.append("Previews skipped: the generation engine is not available in this install.")
-                    log(notes[-1])
-            else:
-                previews.append(path)
     flush()
 
     # Stage 7: outputs: the embedding (+ A1111 .pt, + PNG card), a last checkpoint, the loss plot.
@@ -894,17 +856,17 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in existing_outputs(out_dir, cfg.name):
         old.unlink()
-    output = write_output(emb, out_dir / f"{cfg.name}.safetensors", "safetensors")
+    output = write_embedding(emb, out_dir / f"{cfg.name}.safetensors", "safetensors")
     extra: list[Path] = []
     if cfg.also_pt and session.xl:
         notes.append("No .pt written: A1111 .pt files hold one text encoder; SDXL embeddings are .safetensors (clip_l + clip_g).")
         log(notes[-1])
     elif cfg.also_pt:
-        extra.append(write_output(emb, out_dir / f"{cfg.name}.pt", "a1111"))
+        extra.append(write_embedding(emb, out_dir / f"{cfg.name}.pt", "a1111"))
     save_checkpoint(run_dir, cfg, emb, session.encoders, optimizer, scaler, total)
     if cfg.png_card:
         try:
-            extra.append(write_output(emb, run_dir / f"{cfg.name}.png", "png"))
+            extra.append(write_embedding(emb, run_dir / f"{cfg.name}.png", "png"))
         except Exception as exc:  # noqa: BLE001 - the card is optional
             notes.append(f"PNG card not written: {exc}")
             log(notes[-1])
