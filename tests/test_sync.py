@@ -223,6 +223,22 @@ def test_local_big_file_is_streamed_and_a_vanished_one_is_an_error_entry(local_w
     assert c.status == "error" and str(gone) in c.extra["error"] and c.files[0].sha256 is None
 
 
+def test_progress_is_reported_and_a_failing_display_does_not_break_the_sync(local_ws: Workspace) -> None:
+    seen: list[tuple] = []
+    (r,) = sync(local_ws, progress=lambda *a: seen.append(a))
+    assert r.status == "ok" and r.new == 4
+    assert ("mine", "listing", None, None) in seen
+    assert [a[2:] for a in seen if a[2] is not None] == [(1, 4), (2, 4), (3, 4), (4, 4)]  # one per file read
+    (local_ws.root / "embeddings" / "new.pt").write_bytes(b"not an embedding")
+
+    def broken(source: str, message: str, done: int | None, total: int | None) -> None:
+        if done is not None:
+            raise RuntimeError("terminal gone")
+
+    (r,) = sync(local_ws, progress=broken)
+    assert (r.status, r.new, r.error) == ("ok", 1, None)
+
+
 def test_local_source_end_to_end(local_ws: Workspace) -> None:
     (r,) = sync(local_ws)
     assert (r.status, r.new) == ("ok", 4), r.error

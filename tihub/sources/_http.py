@@ -23,7 +23,7 @@ from tihub.errors import NetworkError, SourceError, UnsafeURL
 from tihub.net import URLPolicy, _is_private, make_client, stream
 from tihub.sources.base import SourceUnchanged
 
-__all__ = ["Fetcher", "Reply", "SourceUnchanged", "StatusError", "clean_link", "fetcher_for", "keep", "mark_partial"]
+__all__ = ["Fetcher", "Reply", "SourceUnchanged", "StatusError", "clean_link", "fetcher_for"]
 
 log = logging.getLogger("tihub.sources")
 
@@ -247,32 +247,6 @@ def fetcher_for(spec: Any, ctx: Any, **kwargs: Any) -> Fetcher:
     )
     fetcher._own_client = fetcher._own_client or own
     return fetcher
-
-
-def keep(ctx: Any, remote_id: str) -> bool:
-    """Tell the catalogue an unchanged item is still there (IndexContext.keep); False if the
-    context cannot, in which case the caller must yield the item again."""
-    fn = getattr(ctx, "keep", None)
-    if callable(fn):
-        fn(remote_id)
-        return True
-    return False
-
-
-def mark_partial(ctx: Any) -> None:
-    """Tell the catalogue this listing is incomplete (nothing missing is marked removed)."""
-    fn = getattr(ctx, "partial", None)
-    if callable(fn):
-        fn()
-
-
-def progress(ctx: Any, message: str, done: int | None = None, total: int | None = None) -> None:
-    fn = getattr(ctx, "progress", None)
-    if callable(fn):
-        try:
-            fn(message, done, total)
-        except Exception:  # progress display must never break a sync
-            pass
 
 
 def clean_link(url: str, allow_private: bool) -> str | None:

@@ -140,4 +140,7 @@ class IndexContext:
 
     def progress(self, message: str, done: int | None = None, total: int | None = None) -> None:
         if self.progress_cb is not None:
-            self.progress_cb(message, done, total)
+            try:
+                self.progress_cb(message, done, total)
+            except Exception:  # a progress display must never break a sync
+                pass

@@ -25,7 +25,7 @@ from urllib.parse import urlencode, urlsplit
 
 from tihub.errors import SourceError
 from tihub.net import URLPolicy
-from tihub.sources._http import SourceUnchanged, clean_link, fetcher_for, mark_partial
+from tihub.sources._http import SourceUnchanged, clean_link, fetcher_for
 from tihub.sources.base import Candidate, CandidateFile
 
 log = logging.getLogger("tihub.sources")
@@ -267,7 +267,7 @@ class _Civitai:
         if seen == prev and not self.truncated and self.ctx.state.get("query") == self._query_key():
             raise SourceUnchanged(self.spec.name)
         if self.truncated:
-            mark_partial(self.ctx)
+            self.ctx.partial()
         for m in models:
             yield from self.candidates(m)
         self.ctx.set_state("models", seen)

@@ -40,7 +40,7 @@ from urllib.parse import quote, urlsplit
 
 from tihub.errors import SourceError, UnsafeURL
 from tihub.net import URLPolicy, check_url, resolve
-from tihub.sources._http import SourceUnchanged, progress
+from tihub.sources._http import SourceUnchanged
 from tihub.sources.base import Candidate, CandidateFile
 
 log = logging.getLogger("tihub.sources")
@@ -321,7 +321,7 @@ def index(spec: Any, ctx: Any) -> Iterator[Candidate]:
     state = ctx.state or {}
     if state.get("commit") == commit and state.get("config") == config_key:
         raise SourceUnchanged(spec.name)
-    progress(ctx, f"cloning {g.url} at {commit[:12]}")
+    ctx.progress(f"cloning {g.url} at {commit[:12]}")
     tmp = tempfile.mkdtemp(prefix="tihub-git-")
     try:
         cands = list(_index_clone(git, g, branch, commit, globs, os.path.join(tmp, "repo")))

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from tihub.errors import SourceError
-from tihub.sources._http import SMALL_CAP, Fetcher, SourceUnchanged, StatusError, fetcher_for, keep, mark_partial, progress
+from tihub.sources._http import SMALL_CAP, Fetcher, SourceUnchanged, StatusError, fetcher_for
 from tihub.sources.base import Candidate, CandidateFile
 
 log = logging.getLogger("tihub.sources")
@@ -251,6 +251,11 @@ class _Indexer:
             out.append(c)
         return out
 
+    def _keep(self, record: dict[str, Any]) -> None:
+        """The repo's entries from the last sync stay as they are (not yielded again)."""
+        for rid in record["ids"]:
+            self.ctx.keep(rid)
+
     def run(self) -> Iterator[Candidate]:
         prev: dict[str, Any] = self.ctx.state.get("repos") or {}
         if self.ctx.state.get("endpoint") not in (None, self.endpoint):
@@ -259,7 +264,7 @@ class _Indexer:
         for rtype in self.repo_types:
             for item in self.listing(rtype):
                 listed.append((f"{rtype}:{item['id']}", rtype, item))
-                progress(self.ctx, f"listed {len(listed)} repos")
+                self.ctx.progress(f"listed {len(listed)} repos")
         keys = {k for k, _, _ in listed}
 
         def same(key: str, item: dict[str, Any]) -> bool:
@@ -273,10 +278,11 @@ class _Indexer:
         for n, (key, rtype, item) in enumerate(listed):
             record = {"sha": item.get("sha"), "lastModified": item.get("lastModified"),
                       "disabled": bool(item.get("disabled")), "gated": item.get("gated")}
-            if same(key, item) and all(keep(self.ctx, rid) for rid in prev[key]["ids"]):
+            if same(key, item):
+                self._keep(prev[key])
                 new[key] = prev[key]
                 continue
-            progress(self.ctx, f"reading {item['id']}", n + 1, len(listed))
+            self.ctx.progress(f"reading {item['id']}", n + 1, len(listed))
             try:
                 cands = self.repo_candidates(rtype, item)
             except SourceError as exc:
@@ -285,10 +291,8 @@ class _Indexer:
                     continue
                 # Keep what we knew, with the old sha so that the next sync retries this repo.
                 log.warning("%s (keeping the previous record of %s)", exc, item["id"])
-                if all(keep(self.ctx, rid) for rid in prev[key]["ids"]):
-                    new[key] = prev[key]
-                else:
-                    mark_partial(self.ctx)
+                self._keep(prev[key])
+                new[key] = prev[key]
                 continue
             record["ids"] = [c.remote_id for c in cands]
             new[key] = record
