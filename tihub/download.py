@@ -741,11 +741,7 @@ class Downloader:
             same = (not etag or etag == sent.get("If-Range")) and part.read_sidecar().get("size") in (None, have)
             if m and int(m.group(1)) == have and sent.get("Range") and same:
                 # the partial file is already complete (killed between the last byte and the rename)
-                hasher = hashlib.sha256()
-                os.lseek(part.fd, 0, os.SEEK_SET)
-                while chunk := os.read(part.fd, CHUNK):
-                    hasher.update(chunk)
-                return Transfer(hasher.hexdigest(), have, final_url, have, resp.headers.get("content-disposition"))
+                return Transfer(_hash_prefix(part.fd, have).hexdigest(), have, final_url, have, resp.headers.get("content-disposition"))
             part.truncate()
             raise Transient(f"{_host(final_url)} refused the resume range for {label}.", 0.0)
         if status not in (200, 206):
@@ -758,7 +754,6 @@ class Downloader:
             body_len = int(clen) if clen is not None else None
         except ValueError:
             body_len = None
-        hasher = hashlib.sha256()
         resumed_from = 0
         if status == 206:
             m = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", resp.headers.get("content-range", ""))
@@ -766,15 +761,7 @@ class Downloader:
                 part.truncate()
                 raise Transient(f"{_host(final_url)} answered {label} with a range that does not continue the partial file; restarting.", 0.0)
             total = int(m.group(3)) if m.group(3) != "*" else None
-            # Hash what is already on disk before appending.
-            os.lseek(part.fd, 0, os.SEEK_SET)
-            left = have
-            while left > 0:
-                chunk = os.read(part.fd, min(CHUNK, left))
-                if not chunk:
-                    break
-                hasher.update(chunk)
-                left -= len(chunk)
+            hasher = _hash_prefix(part.fd, have)  # what is already on disk, before appending
             os.lseek(part.fd, have, os.SEEK_SET)
             resumed_from = have
         else:
@@ -782,6 +769,7 @@ class Downloader:
                 part.truncate()  # the server ignored the range or the content changed: start over
             have = 0
             total = body_len
+            hasher = hashlib.sha256()
             os.lseek(part.fd, 0, os.SEEK_SET)
         part.write_sidecar({"url": url, "etag": etag, "last_modified": last_modified, "size": total})
         if total is not None and total > self.max_bytes:
@@ -906,6 +894,20 @@ def _free_bytes(folder: Path) -> int | None:
         return shutil.disk_usage(folder).free
     except OSError:
         return None
+
+
+def _hash_prefix(fd: int, size: int) -> Any:
+    """A sha256 object fed the first `size` bytes of the open file `fd` (a partial download)."""
+    hasher = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    left = size
+    while left > 0:
+        chunk = os.read(fd, min(CHUNK, left))
+        if not chunk:
+            break
+        hasher.update(chunk)
+        left -= len(chunk)
+    return hasher
 
 
 def _write_all(fd: int, data: bytes) -> None:
