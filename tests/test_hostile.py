@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the builder sits next to this file
+import hostile_files  # noqa: E402
 from hostile_files import build_all, builders, os_system, zipped  # noqa: E402
 from tihub.errors import FormatError, UnsafeFile  # noqa: E402
 from tihub.formats import read_embedding, read_safetensors_header, tensor_shapes  # noqa: E402
@@ -94,3 +95,23 @@ def test_the_payload_is_real(tmp_path: Path) -> None:
     with pytest.raises(UnsafeFile):
         read_embedding(zpath)
     assert not canary.exists()
+
+
+# Gadgets that run code under Python's own unpickler (the rest are refused for their structure).
+LIVE_GADGETS = (
+    "os_system", "eval_stack_global", "exec_global", "memo_trick", "getattr_gadget",
+    "importlib_gadget", "nested_pickle", "subprocess_gadget", "obj_opcode", "inst_opcode",
+)
+
+
+def test_every_code_gadget_is_live(tmp_path: Path) -> None:
+    """Each code gadget, unpickled by Python in a child process, creates its canary: a gadget
+    that broke would otherwise still be 'refused' above and prove nothing."""
+    paths = []
+    for name in LIVE_GADGETS:
+        payload = tmp_path / f"{name}.pkl"
+        payload.write_bytes(getattr(hostile_files, name)(tmp_path / f"CANARY-{name}"))
+        paths.append(str(payload))
+    code = "import pickle, sys\nfor p in sys.argv[1:]:\n    pickle.loads(open(p, 'rb').read())"
+    subprocess.run([sys.executable, "-c", code, *paths], check=True, timeout=60, capture_output=True)
+    assert [n for n in LIVE_GADGETS if not (tmp_path / f"CANARY-{n}").exists()] == []
