@@ -114,12 +114,9 @@ def train_cmd(ctx: Context, name: str, images: Path, model: str, size: str, run_
     from tihub.engine.train import check_config
 
     check_config(cfg)  # every refusal before anything heavy is imported
-    try:
-        from tihub.catalog.store import Catalog
+    from tihub.catalog.store import Catalog
 
-        cfg.catalog = Catalog(ctx.engine(), ws)
-    except ImportError:  # pragma: no cover - catalogue not built in this install
-        cfg.catalog = None
+    cfg.catalog = Catalog(ctx.engine(), ws)
     from tihub.engine.train import train
 
     click.echo(f"Run folder: {cfg.run_dir}", err=True)

@@ -222,41 +222,10 @@ def check_config(cfg: TrainConfig) -> None:
 
 
 def load_pipeline(model: str, device: Any, dtype: Any) -> Any:
-    """A diffusers pipeline for `model` (a diffusers folder, or a single file via the models module)."""
-    try:
-        from tihub.engine import models as _models
+    """A diffusers pipeline for `model` (a diffusers folder or a single-file checkpoint)."""
+    from tihub.engine.models import load_pipeline as load
 
-        loader = getattr(_models, "load_pipeline", None)
-    except ImportError:
-        loader = None
-    if loader is not None:
-        try:
-            return loader(model, device=device, dtype=dtype)
-        except TypeError:
-            pipe = loader(model)
-            return pipe.to(device=device, dtype=dtype)
-    path = Path(model)
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise ConfigError(f"--model {model} is not a diffusers folder (no model_index.json); convert it or point at a diffusers folder.")
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    cls_name = json.loads(index.read_text("utf-8")).get("_class_name", "")
-    cls = StableDiffusionXLPipeline if "XL" in cls_name else StableDiffusionPipeline
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if cls is StableDiffusionPipeline:
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    dlog.disable_progress_bar()
-    tlog.disable_progress_bar()
-    try:
-        pipe = cls.from_pretrained(str(path), **kwargs)
-    finally:
-        dlog.enable_progress_bar()
-        tlog.enable_progress_bar()
-    return pipe.to(device)
+    return load(model, device=device, dtype=dtype)
 
 
 def model_autov2(model: str) -> str | None:
