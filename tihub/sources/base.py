@@ -62,9 +62,6 @@ class SourceUnchanged(Exception):
     they are; state recorded with `ctx.set_state` before raising is still saved."""
 
 
-Unchanged = SourceUnchanged  # short alias
-
-
 @dataclass
 class IndexContext:
     """Everything an indexer may use besides its spec.
