@@ -225,6 +225,21 @@ def test_truncated_body_then_resume_with_range(srv, tmp_path):
     assert r.path.read_bytes() == SD1 and hidden(tmp_path) == []
 
 
+def test_part_already_complete_is_finished_from_a_416(srv, tmp_path):
+    # killed between the last byte and the rename: the server answers the resume range with 416
+    url = srv.add("/f/thing.safetensors", SD1, truncate_at=3000)
+    with dl(tmp_path, retries=0) as d:
+        assert d.fetch(Request(url, trusted=True)).status == "failed"
+    (part,) = [p for p in hidden(tmp_path) if p.endswith(".part")]
+    (tmp_path / part).write_bytes(SD1)
+    srv.files["/f/thing.safetensors"].truncate_at = None
+    with dl(tmp_path) as d:
+        r = d.fetch(Request(url, trusted=True, sha256=SHA))
+    assert r.status == "fetched", r.error
+    assert r.resumed_from == len(SD1) and r.sha256 == SHA and r.path.read_bytes() == SD1
+    assert srv.requests_for("/f/thing.safetensors")[-1].get("Range") == f"bytes={len(SD1)}-"
+
+
 def test_server_ignoring_range_restarts_cleanly(srv, tmp_path):
     url = srv.add("/f/thing.safetensors", SD1, truncate_at=2000)
     with dl(tmp_path, retries=0) as d:
