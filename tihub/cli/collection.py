@@ -75,7 +75,7 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
       tihub fetch https://civitai.com/api/download/models/9208 --name easynegative
     """
     from tihub.download import Downloader, Progress, Request
-    from tihub.errors import NotFound, TihubError
+    from tihub.errors import NotFound
 
     if name and len(targets) > 1:
         raise click.UsageError("--name only works with one target.")
@@ -137,11 +137,8 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
 
     results = []
     if requests:
-        try:
-            with Downloader(folder, convert=as_, force=force, jobs=jobs, deadline=timeout, progress=Progress(), record=record) as dl:
-                results = dl.fetch_all(requests)
-        except TihubError:
-            raise
+        with Downloader(folder, convert=as_, force=force, jobs=jobs, deadline=timeout, progress=Progress(), record=record) as dl:
+            results = dl.fetch_all(requests)
     out = []
     for r in results:
         label = r.request.label or r.request.url
