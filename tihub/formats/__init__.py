@@ -4,6 +4,8 @@ Public API:
     read_embedding(path, data=None) -> Embedding       raises FormatError (or a subclass)
     write_embedding(emb, path, fmt="safetensors")      fmt: safetensors | a1111 | diffusers-bin |
                                                         diffusers-safetensors | png
+    tensor_shapes(path), read_safetensors_header(path) model files: names and shapes, no weights
+    EMBEDDING_SUFFIXES                                 the suffixes a folder walk looks at
 No byte of a file is ever executed: pickles are interpreted against an allow-list.
 """
 
