@@ -142,6 +142,11 @@ def test_search_hostile_queries(synced: Path, q: str) -> None:
     code, out, err = run("search", q, "--json")
     assert code == 0, err
     assert isinstance(json.loads(out), list)
+    code, out, err = run("search", f"watercolor {q}", "--json")  # an operator next to a real word is just text
+    assert code == 0, err
+    assert {r["name"] for r in json.loads(out)} <= {"watercolor", "watercolor-remote"}
+    code, out, _ = run("search", "--nsfw", "--limit", "0", "--json")  # the catalogue is intact
+    assert len(json.loads(out)) == 5
 
 
 def test_search_model_filter(synced: Path, tmp_path: Path) -> None:
