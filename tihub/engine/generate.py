@@ -314,14 +314,14 @@ def save_images(images: list[Any], seeds: list[int], infotexts: list[str], out: 
 
 def explain_prompt(prompt: str, steps: int, tokenizer: Any, vocabulary: Vocabulary | None) -> dict[str, Any]:
     """What `tihub prompt --json` prints: schedule, attention, tokens, chunks, embeddings."""
-    from tihub.engine.prompts import parse_attention
+    from tihub.engine.prompts import explain
 
-    schedule = prompt_schedule(prompt, steps)
+    parsed = explain(prompt, steps)
     texts = []
-    for _, text in schedule:
+    for _, text in parsed["schedule"]:
         tok = tokenizer.tokenize(text)
         texts.append({"text": text, "tokens": tok.token_count, "chunks": len(tok.chunks), "embeddings": tok.used})
-    final = schedule[-1][1]
+    final = parsed["schedule"][-1][1]
     tok = tokenizer.tokenize(final)
     used = []
     for name in dict.fromkeys(n for t in texts for n in t["embeddings"]):
@@ -331,8 +331,7 @@ def explain_prompt(prompt: str, steps: int, tokenizer: Any, vocabulary: Vocabula
     return {
         "prompt": prompt,
         "steps": steps,
-        "schedule": [[end, text] for end, text in schedule],
-        "attention": [[t, w] for t, w in parse_attention(final)],
+        **parsed,  # schedule, attention
         "tokens": tok.token_count,
         "chunks": len(tok.chunks),
         "chunk_tokens": [c.length for c in tok.chunks],
