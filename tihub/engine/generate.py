@@ -1,8 +1,9 @@
 """Text-to-image generation with A1111 prompt semantics and embeddings from the workspace.
 
 `Engine` is the long-lived object (one model + the embeddings folder as vocabulary); it sees
-embedding files added, replaced or removed on its next prompt. `generate(...)` is the one-call
-library entry point (used by the CLI, the grid and the trainer's previews).
+embedding files added, replaced or removed on its next prompt; the CLI, the grid and the
+trainer's previews call `Engine.generate`. `generate(...)` is the one-call library entry point
+(builds an Engine from a model, a pipeline or an existing engine, then calls it).
 
 One image batch (`Engine.run`) goes through these stages:
 1. prompt schedules: `[from:to:when]` and `[a|b]` become per-step texts (A1111's rules);
