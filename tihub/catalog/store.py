@@ -934,23 +934,17 @@ class Catalog:
                 ).mappings():
                     also.append(dict(r))
             fcond = f" OR file_id IN ({', '.join(str(int(i)) for i in file_ids)})" if file_ids else ""
-            previews = [dict(r) for r in conn.execute(
-                text(f"SELECT * FROM previews WHERE entry_id = :i{fcond} ORDER BY id"), {"i": eid}
-            ).mappings()]
-            verifications = [dict(r) for r in conn.execute(
-                text(f"SELECT * FROM verifications WHERE entry_id = :i{fcond} ORDER BY id"), {"i": eid}
-            ).mappings()]
-            runs = [dict(r) for r in conn.execute(
-                text(f"SELECT * FROM training_runs WHERE entry_id = :i{fcond} ORDER BY id"), {"i": eid}
-            ).mappings()]
+            records = {
+                table: [dict(r) for r in conn.execute(
+                    text(f"SELECT * FROM {table} WHERE entry_id = :i{fcond} ORDER BY id"), {"i": eid}
+                ).mappings()]
+                for table in _RECORD_JSON
+            }
             models = [dict(r) for r in conn.execute(text("SELECT * FROM models ORDER BY name, id")).mappings()]
-        for p in previews:
-            p["params"] = _loads(p["params"], {}) or {}
-        for v in verifications:
-            v["details"] = _loads(v["details"], {}) or {}
-        for r in runs:
-            r["settings"] = _loads(r["settings"], {}) or {}
-            r["checkpoints"] = _loads(r["checkpoints"], []) or []
+        for table, json_cols in _RECORD_JSON.items():
+            for rec in records[table]:
+                for col, empty in json_cols.items():
+                    rec[col] = _loads(rec[col], empty) or type(empty)()
         sd_ck = next((f["sd_checkpoint"] for f in files if f["sd_checkpoint"]), None)
         compat = []
         for m in models:
@@ -961,9 +955,7 @@ class Catalog:
         e["trigger"] = e["triggers"].get("a1111") or e["name"]
         e["trigger_syntax"] = trigger_syntax(e["name"], e["triggers"], e["base"])
         e["also_in"] = also
-        e["previews"] = previews
-        e["verifications"] = verifications
-        e["training_runs"] = runs
+        e.update(records)
         e["compat"] = compat
         e["same_name"] = others
         e["local"] = any(f["local_path"] for f in files)
@@ -1208,6 +1200,14 @@ class Catalog:
                 loss_png=str(loss_png) if loss_png else None,
                 checkpoints=_dumps(list(checkpoints or [])), created_at=now(),
             )
+
+
+# The record tables an entry shows, and their JSON columns with the value an empty one reads as.
+_RECORD_JSON: dict[str, dict[str, Any]] = {
+    "previews": {"params": {}},
+    "verifications": {"details": {}},
+    "training_runs": {"settings": {}, "checkpoints": []},
+}
 
 
 def _insert_id(conn: Connection, table: Any, **values: Any) -> int:
