@@ -17,7 +17,7 @@ from tihub import sources as registry
 from tihub.catalog.db import read
 from tihub.catalog.store import Catalog
 from tihub.config import Workspace
-from tihub.errors import ConfigError, NetworkError, SourceError
+from tihub.errors import ConfigError, NetworkError
 from tihub.sources.base import Candidate, CandidateFile, SourceUnchanged
 from tihub.sync import sync
 
