@@ -33,6 +33,15 @@ def test_cli_training_run_registers_and_previews(home: Path, tmp_path: Path, tin
     res = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     out = res.output
+    # the model was hashed through the workspace's hash cache: a later run does not read it again
+    from sqlalchemy import text
+
+    from tihub.catalog.db import open_engine, read
+    from tihub.config import Workspace
+
+    with read(open_engine(Workspace.locate(str(home), None).db_url)) as conn:
+        cached = [r[0] for r in conn.execute(text("SELECT path FROM hash_cache"))]
+    assert any(p.startswith(str(tiny_sd1_dir)) for p in cached), cached
     assert f"Run folder: {home / 'train' / 'foxtok'}" in out
     assert "Skipped broken.jpg:" in out
     assert "3 pictures (6 with flips)" in out

@@ -115,8 +115,11 @@ def train_cmd(ctx: Context, name: str, images: Path, model: str, size: str, run_
 
     check_config(cfg)  # every refusal before anything heavy is imported
     from tihub.catalog.store import Catalog
+    from tihub.engine.train import model_autov2
+    from tihub.hashing import HashCache
 
     cfg.catalog = Catalog(ctx.engine(), ws)
+    cfg.model_hash = model_autov2(model, HashCache(ctx.engine()))  # the workspace's hash cache
     from tihub.engine.train import train
 
     click.echo(f"Run folder: {cfg.run_dir}", err=True)

@@ -228,12 +228,13 @@ def load_pipeline(model: str, device: Any, dtype: Any) -> Any:
     return load(model, device=device, dtype=dtype)
 
 
-def model_autov2(model: str) -> str | None:
-    """AutoV2 of the model exactly as `tihub hash` reports it (folders included)."""
+def model_autov2(model: str, cache: Any = None) -> str | None:
+    """AutoV2 of the model exactly as `tihub hash` reports it (folders included); `cache` is a
+    tihub.hashing.HashCache, so an unchanged model is not read again."""
     try:
         from tihub.hashing import model_hashes
 
-        return model_hashes(model).autov2
+        return model_hashes(model, cache).autov2
     except Exception:  # noqa: BLE001 - a missing hash is recorded as unknown, never fatal
         return None
 
