@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# File suffixes a remote listing (HF tree, git tree, link page) takes as embeddings; a local
+# folder (tihub.formats.EMBEDDING_SUFFIXES) also takes .png/.webp/.ckpt.
+EMBED_SUFFIXES = (".pt", ".bin", ".safetensors")
+
 
 @dataclass
 class CandidateFile:

@@ -41,11 +41,10 @@ from urllib.parse import quote, urlsplit
 from tihub.errors import SourceError, UnsafeURL
 from tihub.net import URLPolicy, check_url, resolve
 from tihub.sources._http import SourceUnchanged
-from tihub.sources.base import Candidate, CandidateFile
+from tihub.sources.base import EMBED_SUFFIXES, Candidate, CandidateFile
 
 log = logging.getLogger("tihub.sources")
 
-EMBED_SUFFIXES = (".pt", ".bin", ".safetensors")
 BLOB_LIMIT = 2048  # blobs at most this big come with the clone (LFS pointers, small READMEs)
 MAX_README = 1024 * 1024
 MAX_READMES = 8

@@ -27,13 +27,12 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from tihub.errors import SourceError
 from tihub.sources._http import SMALL_CAP, Fetcher, SourceUnchanged, StatusError, fetcher_for
-from tihub.sources.base import Candidate, CandidateFile
+from tihub.sources.base import EMBED_SUFFIXES, Candidate, CandidateFile
 
 log = logging.getLogger("tihub.sources")
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_AUTHOR = "sd-concepts-library"
-EMBED_SUFFIXES = (".pt", ".bin", ".safetensors")
 MAX_EMBED_SIZE = 50 * 1024 * 1024  # bigger "embeddings" are checkpoints / model weights
 # Weight files of whole models, never embeddings.
 NOT_EMBEDDINGS = {

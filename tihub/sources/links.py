@@ -25,11 +25,10 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from tihub.errors import SourceError
 from tihub.sources._http import PAGE_CAP, SourceUnchanged, clean_link, fetcher_for
-from tihub.sources.base import Candidate, CandidateFile
+from tihub.sources.base import EMBED_SUFFIXES, Candidate, CandidateFile
 
 log = logging.getLogger("tihub.sources")
 
-EMBED_SUFFIXES = (".pt", ".bin", ".safetensors")
 GENERIC_STEMS = {"learned_embeds", "download", "file", "model", "embedding", "embeddings", "uc", "view", "raw", "index"}
 GENERIC_TEXT = re.compile(r"^(download|link|here|click here|mirror|file|dl|get it|\W*|[\w.-]+\.(com|moe|nz|io|org|net|co|la|gg|app))$", re.I)
 VIDEO_TEXT = re.compile(r"click to play|\bvideo\b|\bwatch\b|youtube", re.I)
