@@ -128,3 +128,12 @@ def test_ckpt_checkpoint_via_safe_reader_and_cli_config(tiny_sd1_dir, tmp_path, 
     r = CliRunner().invoke(cli, ["generate", "a cat", "--model", str(path), "--config", str(tiny_sd1_dir), "--steps", "1", "--size", "64", "--seed", "3", "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.stderr
     assert '"Model: tiny' in r.stdout or "Model: tiny" in r.stdout
+
+
+def test_native_size_by_family_and_prediction():
+    from tihub.engine.models import LoadedModel
+
+    def side(family: str, prediction: str = "epsilon") -> int:
+        return LoadedModel(pipe=None, family=family, name="m", path="m", prediction=prediction).native_size
+
+    assert (side("sd1"), side("sd2"), side("sd2", "v_prediction"), side("sdxl")) == (512, 512, 768, 1024)

@@ -328,10 +328,8 @@ def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y
     else:
         if prompt is None:
             prompt = "{emb}" if any(a is not None and a.kind in ("embedding", "checkpoint") for a in axes) else (name or "")
-        native = None
-        if size is None:
-            native = 1024 if engine_for(None).model.family == "sdxl" else 512
-        w, h = parse_size(size, native or 512)
+        native = engine_for(None).model.native_size if size is None else 512
+        w, h = parse_size(size, native)
         settings = Settings(steps=steps, sampler=sampler, cfg_scale=cfg, width=w, height=h)
         folders = [ctx.workspace.embeddings_dir, ctx.workspace.train_dir]
         result = make_grid(engine_for, prompt, negative, axes, settings, seed, outdir, batch, folders)

@@ -263,7 +263,7 @@ class Engine:
     ) -> Result:
         if batch_size < 1 or batch_count < 1:
             raise ConfigError("--batch-size and --batch-count must be at least 1.")
-        native = 1024 if self.model.family == "sdxl" else (768 if self.model.family == "sd2" and self.model.prediction == "v_prediction" else 512)
+        native = self.model.native_size
         w, h = parse_size(size, native) if size is not None else (width or native, height or width or native)
         settings = Settings(steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg_scale, width=w, height=h, clip_skip=clip_skip)
         settings.check()

@@ -402,7 +402,7 @@ def standard_preview(engine: Engine, name: str, kind: str | None = None, steps: 
     For a negative embedding the columns are each prompt without and with it in the negative.
     """
     k = preview_kind(kind, name)
-    native = 1024 if engine.model.family == "sdxl" else 512
+    native = engine.model.native_size
     w, h = parse_size(size, native) if size is not None else (native, native)
     settings = Settings(steps=steps, sampler="Euler a", cfg_scale=7.0, width=w, height=h)
     engine.vocabulary.require([name])

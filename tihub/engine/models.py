@@ -50,6 +50,13 @@ class LoadedModel:
         return self.pipe.unet.dtype
 
     @property
+    def native_size(self) -> int:
+        """The side the model was trained at: SDXL 1024, SD2 v-prediction 768, else 512."""
+        if self.family == "sdxl":
+            return 1024
+        return 768 if self.family == "sd2" and self.prediction == "v_prediction" else 512
+
+    @property
     def widths(self) -> dict[str, int]:
         te = self.pipe.text_encoder.get_input_embeddings().weight.shape[1]
         if self.family == "sdxl":
