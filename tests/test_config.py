@@ -60,7 +60,7 @@ def test_bad_types() -> None:
     msg = err("sources:\n  - name: a\n    kind: local\n    path: x\n    nsfw: 'yes'\n")
     assert "line 5" in msg and "`nsfw` must be a bool" in msg and "'yes'" in msg
     msg = err("sources:\n  - name: a\n    kind: civitai\n    limit: lots\n")
-    assert "line 4" in msg and "`limit` must be a int" in msg and "'lots'" in msg
+    assert "line 4" in msg and "`limit` must be an int" in msg and "'lots'" in msg
     msg = err("sources:\n  - name: a\n    kind: civitai\n    limit: true\n")
     assert "line 4" in msg and "True" in msg
     msg = err("sources:\n  - name: a\n    kind: git\n    url: https://x/y.git\n    paths: [1, 2]\n")

@@ -218,7 +218,8 @@ def _validate(raw: dict[str, Any], lines: dict[str, int], line: int, where: str,
         expected = allowed[key]
         if value is None or (expected is not bool and isinstance(value, bool)) or not isinstance(value, expected):
             tname = expected.__name__ if isinstance(expected, type) else "/".join(t.__name__ for t in expected)
-            raise ConfigError(f"{where} line {lines[key]}: `{key}` must be a {tname}, not {value!r}.")
+            article = "an" if tname[0] in "aeiou" else "a"
+            raise ConfigError(f"{where} line {lines[key]}: `{key}` must be {article} {tname}, not {value!r}.")
         if expected is list and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where} line {lines[key]}: `{key}` must be a list of strings, not {value!r}.")
     for key in _REQUIRED.get(kind, ()):
