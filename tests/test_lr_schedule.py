@@ -63,3 +63,11 @@ def test_bad_schedules_are_one_sentence(bad: str) -> None:
 def test_validate_names_the_option() -> None:
     with pytest.raises(ConfigError, match="--clip-grad"):
         validate_schedule("zz", what="--clip-grad")
+
+
+def test_absurd_learning_rate_is_refused_up_front() -> None:
+    with pytest.raises(ConfigError, match=r"--lr 1e\+38 is too large"):
+        parse_schedule("1e38", 100)
+    with pytest.raises(ConfigError, match="too large"):
+        parse_schedule("0.005:10, 50", 100)
+    assert parse_schedule("100", 10, what="--clip-grad").pieces == ((100.0, 10),)  # other schedules are not capped

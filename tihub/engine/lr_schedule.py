@@ -47,6 +47,10 @@ class Schedule:
         return self.pieces[-1][0] if value is None else value
 
 
+# A learning rate above this only makes the vectors overflow (AdamW then fails deep inside torch).
+MAX_LR = 10.0
+
+
 def parse_schedule(text: str | float | int, max_steps: int, cur_step: int = 0, what: str = "--lr") -> Schedule:
     """Parse an A1111 schedule string for a run of `max_steps` steps resumed at `cur_step`.
 
@@ -66,6 +70,8 @@ def parse_schedule(text: str | float | int, max_steps: int, cur_step: int = 0, w
             rate = float(parts[0])
             if rate != rate or rate in (float("inf"), float("-inf")) or rate < 0:
                 raise ValueError(pair)
+            if what == "--lr" and rate > MAX_LR:
+                raise ConfigError(f"--lr {rate:g} is too large to train with; use a rate of at most {MAX_LR:g} (A1111's default is 0.005).")
             if len(parts) == 1:
                 pieces.append((rate, max_steps))
                 break
