@@ -246,6 +246,8 @@ def test_a_diverging_run_stops_with_one_sentence_and_writes_no_embedding(readbac
     # "gpu-batched" reads losses back 20 steps at a time, as on a GPU: NaN steps not yet read
     # back must still stop the run before a checkpoint or the final embedding is written
     monkeypatch.setattr(train_mod, "LOSS_READBACK_EVERY", {"cpu": readback})
+    # a rate past the CLI's sanity cap is the quickest way to make the tiny model diverge
+    monkeypatch.setattr("tihub.engine.lr_schedule.MAX_LR", 1e31)
     cfg = _cfg(tmp_path, tiny_sd1_dir, lr="1e30", steps=4, save_every=2)
     with pytest.raises(EngineError, match=r"'foxtok' diverged at step \d+ \(the loss is not a number\)") as info:
         train(cfg, log=_quiet)
