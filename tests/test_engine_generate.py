@@ -193,12 +193,12 @@ def test_nan_embedding_is_a_clear_error(engine):
         engine.generate("a nanny", steps=2, seed=1, size=64)
 
 
-def test_prompt_editing_switches_conditioning_at_a1111_steps(engine):
+def _texts_per_model_call(engine, prompt, sampler, steps=4):
     unet = engine.model.pipe.unet
     seen = []
     handle = unet.register_forward_pre_hook(lambda m, a, k: seen.append(k["encoder_hidden_states"].detach().clone()), with_kwargs=True)
     try:
-        engine.generate("[cat:dog:1]", steps=4, seed=1, size=64, sampler="Euler")
+        engine.generate(prompt, steps=steps, seed=1, size=64, sampler=sampler)
     finally:
         handle.remove()
     enc = engine.encoder()
@@ -208,8 +208,22 @@ def test_prompt_editing_switches_conditioning_at_a1111_steps(engine):
     for ehs in seen:  # [negative, positive]
         pos = ehs[1]
         used.append("cat" if torch.allclose(pos, cat.hidden, atol=1e-5) else "dog" if torch.allclose(pos, dog.hidden, atol=1e-5) else "?")
+    return used
+
+
+def test_prompt_editing_switches_conditioning_at_a1111_steps(engine):
     # A1111: steps 0 and 1 (0-based) satisfy step <= 1, then the new text
-    assert used == ["cat", "cat", "dog", "dog"]
+    assert _texts_per_model_call(engine, "[cat:dog:1]", "Euler") == ["cat", "cat", "dog", "dog"]
+    # a fraction: int(0.5 * 4) = 2, so steps 0-2 keep the old text
+    assert _texts_per_model_call(engine, "[cat:dog:0.5]", "Euler") == ["cat", "cat", "cat", "dog"]
+
+
+@pytest.mark.parametrize("sampler", ["Heun", "DPM2 a", "DPM++ 2S a"])
+def test_prompt_editing_counts_model_calls_for_second_order_samplers(engine, sampler):
+    # A1111 schedules second-order samplers over 2 x steps and counts model calls: 4 steps are
+    # 7 calls (the last step is one Euler call); int(0.5 * 8) = 4, so calls 0-4 keep "cat"
+    assert _texts_per_model_call(engine, "[cat:dog:0.5]", sampler) == ["cat"] * 5 + ["dog"] * 2
+    assert _texts_per_model_call(engine, "[cat:dog:1]", sampler) == ["cat"] * 2 + ["dog"] * 5
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))

@@ -29,7 +29,7 @@ from tihub import __version__
 from tihub.engine.conditioning import Cond, PromptEncoder
 from tihub.engine.models import LoadedModel, from_pipeline, load_model
 from tihub.engine.prompts import prompt_schedule
-from tihub.engine.samplers import DEFAULT, canonical, make_scheduler
+from tihub.engine.samplers import DEFAULT, calls_per_step, canonical, make_scheduler
 from tihub.engine.vocabulary import Vocabulary
 from tihub.errors import ConfigError
 from tihub.formats.model import Embedding
@@ -126,10 +126,12 @@ class Engine:
         family = self.model.family
         enc = self.encoder(settings.clip_skip)
         n = len(prompts)
-        steps = settings.steps
+        scheduler = make_scheduler(settings.sampler, self._base_scheduler)
+        # A1111 schedules prompt editing over model calls: twice the steps for second-order samplers
+        steps = settings.steps * calls_per_step(scheduler)
 
-        # 1. schedules: per image, the text in force at each step (A1111: step i uses the first
-        #    entry whose end_step >= i, counting steps from 0)
+        # 1. schedules: per image, the text in force at each model call (A1111: call i uses the
+        #    first entry whose end_step >= i, counting from 0)
         def per_step(text: str) -> list[str]:
             sched = prompt_schedule(text, steps)
             return [next((t for end, t in sched if i <= end), sched[-1][1]) for i in range(steps)]
@@ -181,7 +183,7 @@ class Engine:
         # 4. denoise in one call; swap conditioning when a schedule moves on. The pipeline's own
         #    scheduler is put back afterwards (the trainer shares its pipeline with previews).
         own_scheduler = pipe.scheduler
-        pipe.scheduler = make_scheduler(settings.sampler, self._base_scheduler)
+        pipe.scheduler = scheduler
         ph, nh, pp, np_ = at(0)
         cfg = settings.cfg_scale > 1.0
         changes = {i for i in range(1, steps) if any(s[i] != s[i - 1] for s in pos_steps + neg_steps)}
@@ -198,7 +200,7 @@ class Engine:
         kwargs: dict[str, Any] = dict(
             prompt_embeds=ph,
             negative_prompt_embeds=nh,
-            num_inference_steps=steps,
+            num_inference_steps=settings.steps,
             guidance_scale=settings.cfg_scale,
             width=settings.width,
             height=settings.height,

@@ -1,9 +1,13 @@
 """A1111 sampler names -> diffusers schedulers (built from the model's own scheduler config).
 
-The mapping follows diffusers' published A1111 correspondence. Two names are approximations,
-noted in SAMPLERS: diffusers has no ancestral single-step DPM++ ("DPM++ 2S a" uses the
-single-step DPM-Solver++). "DPM++ SDE" needs `torchsde` and "LMS" needs `scipy` (both in tihub's
-dependencies); an installation without them gives a one-sentence error naming the package.
+The mapping follows diffusers' published A1111 correspondence. diffusers has no ancestral
+single-step DPM++, so "DPM++ 2S a" is tihub's own scheduler (tihub.engine.schedulers).
+"DPM++ SDE" needs `torchsde` and "LMS" needs `scipy` (both in tihub's dependencies); an
+installation without them gives a one-sentence error naming the package.
+
+Second-order samplers (scheduler `order` 2: Heun, DPM2, DPM2 a, DPM++ SDE, DPM++ 2S a) call the
+model twice per step; A1111 schedules prompt editing over twice the steps for them and counts
+model calls, and `calls_per_step` lets the engine do the same.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any], str]] = {
     "DPM++ 3M SDE Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "use_karras_sigmas": True}, ""),
     "DPM++ SDE": ("DPMSolverSDEScheduler", {}, "needs torchsde"),
     "DPM++ SDE Karras": ("DPMSolverSDEScheduler", {"use_karras_sigmas": True}, "needs torchsde"),
-    "DPM++ 2S a": ("DPMSolverSinglestepScheduler", {}, "approximation: not ancestral"),
-    "DPM++ 2S a Karras": ("DPMSolverSinglestepScheduler", {"use_karras_sigmas": True}, "approximation: not ancestral"),
+    "DPM++ 2S a": ("DPMPP2SAncestralScheduler", {}, ""),
+    "DPM++ 2S a Karras": ("DPMPP2SAncestralScheduler", {"use_karras_sigmas": True}, ""),
     "DDIM": ("DDIMScheduler", {}, ""),
     "PLMS": ("PNDMScheduler", {"skip_prk_steps": True}, ""),
     "UniPC": ("UniPCMultistepScheduler", {}, ""),
@@ -86,7 +90,10 @@ def make_scheduler(name: str | None, base_config: Any) -> Any:
     if pkg is not None:
         alt = "DPM++ 2M SDE Karras" if pkg == "torchsde" else "Euler"
         raise EngineError(f"Sampler '{canon}' needs the optional package {pkg} (pip install {pkg}); or use '{alt}', which needs nothing extra.")
-    cls = getattr(diffusers, cls_name)
+    if cls_name == "DPMPP2SAncestralScheduler":
+        from tihub.engine.schedulers import DPMPP2SAncestralScheduler as cls
+    else:
+        cls = getattr(diffusers, cls_name)
     config = dict(base_config)
     # keep the model's prediction type and betas; drop options the target does not take
     for key in ("use_karras_sigmas", "algorithm_type", "solver_order", "skip_prk_steps"):
@@ -95,3 +102,8 @@ def make_scheduler(name: str | None, base_config: Any) -> Any:
     if cls_name in ("DDIMScheduler", "PNDMScheduler") and config.get("prediction_type") == "v_prediction":
         config.setdefault("rescale_betas_zero_snr", False)
     return cls.from_config(config)
+
+
+def calls_per_step(scheduler: Any) -> int:
+    """Model calls per sampling step: 2 for second-order schedulers, as A1111 counts them."""
+    return 2 if getattr(scheduler, "order", 1) == 2 else 1
