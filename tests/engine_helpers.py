@@ -59,7 +59,7 @@ def token_rows(text_encoder, hidden, start, n):
 
 
 def to_ldm(pipe) -> dict:
-    """A diffusers SD1 pipeline as an original (LDM) single-file state dict (numpy arrays)."""
+    """A diffusers SD1 or SDXL pipeline as an original (LDM/SGM) single-file state dict (numpy arrays)."""
     out = {}
     unet_cfg = pipe.unet.config
     L = unet_cfg.layers_per_block
@@ -78,7 +78,8 @@ def to_ldm(pipe) -> dict:
 
     u = {k: v.detach().float().numpy() for k, v in pipe.unet.state_dict().items()}
     P = "model.diffusion_model."
-    mapping = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2", "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    mapping = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2", "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+               "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
     for k, v in u.items():
         for d, l in mapping.items():
             if k.startswith(d + "."):
@@ -143,8 +144,33 @@ def to_ldm(pipe) -> dict:
     for k, v in vs.items():
         if k.startswith(("quant_conv.", "post_quant_conv.")):
             out[V + k] = v
-    # text encoder (transformers 5 flattened keys -> text_model.*)
+    # text encoders: SD1 CLIP-L under cond_stage_model; SDXL CLIP-L and OpenCLIP-G under conditioner
+    te_prefix = "conditioner.embedders.0.transformer." if getattr(pipe, "text_encoder_2", None) is not None else "cond_stage_model.transformer."
     for k, v in pipe.text_encoder.state_dict().items():
-        key = k if k.startswith("text_model.") else "text_model." + k
-        out["cond_stage_model.transformer." + key] = v.detach().float().numpy()
+        key = k if k.startswith("text_model.") else "text_model." + k  # transformers 5 flattened keys
+        out[te_prefix + key] = v.detach().float().numpy()
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        out.update(_open_clip(pipe.text_encoder_2, "conditioner.embedders.1.model."))
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def _open_clip(te, prefix: str) -> dict:
+    """A transformers CLIPTextModelWithProjection in OpenCLIP's key layout (fused q/k/v)."""
+    sd = {k: v.detach().float().numpy() for k, v in te.state_dict().items()}
+    sd = {k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v for k, v in sd.items()}
+    out = {
+        prefix + "token_embedding.weight": sd["text_model.embeddings.token_embedding.weight"],
+        prefix + "positional_embedding": sd["text_model.embeddings.position_embedding.weight"],
+        prefix + "ln_final.weight": sd["text_model.final_layer_norm.weight"],
+        prefix + "ln_final.bias": sd["text_model.final_layer_norm.bias"],
+        prefix + "text_projection": sd["text_projection.weight"].T,
+    }
+    names = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    for i in range(te.config.num_hidden_layers):
+        d = f"text_model.encoder.layers.{i}."
+        o = f"{prefix}transformer.resblocks.{i}."
+        for leaf in ("weight", "bias"):
+            out[o + f"attn.in_proj_{leaf}"] = np.concatenate([sd[d + f"self_attn.{q}_proj.{leaf}"] for q in "qkv"])
+            for dn, on in names.items():
+                out[o + f"{on}.{leaf}"] = sd[d + f"{dn}.{leaf}"]
+    return out

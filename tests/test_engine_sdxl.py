@@ -64,3 +64,51 @@ def test_sd1_embedding_on_sdxl_is_skipped_with_both_widths(engine):
     assert r.used == []
     msg = [w for w in r.warnings if "sd1only" in w]
     assert len(msg) == 1 and "width 32" in msg[0] and "64 wide" in msg[0] and "plain text" in msg[0]
+
+
+def test_sdxl_single_safetensors_checkpoint_loads_and_generates(tmp_path, home):
+    """An SGM-layout SDXL .safetensors (OpenCLIP-G keys, fused q/k/v) loads like its diffusers folder."""
+    from click.testing import CliRunner
+    from engine_helpers import to_ldm
+    from safetensors.numpy import save_file
+
+    from tihub.checkpoints import inspect_model
+    from tihub.cli import cli
+    from tihub.engine.tiny import build_tiny_sdxl
+
+    # the encoders differ in width, as in real SDXL (768 and 1280), so the checkpoint is unambiguous
+    folder_dir = build_tiny_sdxl(tmp_path / "xl", seed=4, g_width=48)
+    folder = load_model(folder_dir, device="cpu", compute_hash=False)
+    path = tmp_path / "tiny-xl.safetensors"
+    save_file(to_ldm(folder.pipe), str(path))
+    info = inspect_model(path)
+    assert info.family == "sdxl" and info.widths == {"clip_l": 32, "clip_g": 48}
+
+    single = load_model(path, device="cpu", config=folder_dir)
+    assert single.family == "sdxl" and single.widths == {"clip_l": 32, "clip_g": 48}
+    assert single.name == "tiny-xl" and len(single.hash) == 10
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        a, b = getattr(folder.pipe, part).state_dict(), getattr(single.pipe, part).state_dict()
+        assert a.keys() == b.keys(), part
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+
+    # an SDXL embedding (clip_l 32 wide, clip_g 48 wide) works on both, with the same result
+    images = []
+    for model in (folder, single):
+        eng = Engine(model, tmp_path / "embeddings")
+        eng.vocabulary.reader = tiny_reader
+        write_emb(eng.vocabulary.folder / "xlthing.safetensors", vec(2, seed=1), vec(2, width=48, seed=2))
+        r = eng.generate("a xlthing", "blurry", steps=2, seed=5, size=64)
+        assert r.used == ["xlthing"]
+        images.append(np.asarray(r.images[0]).astype(np.int16))
+    # same weights; kernels may round differently by one level in a few pixels
+    assert np.abs(images[0] - images[1]).max() <= 1
+
+    r = CliRunner().invoke(cli, ["generate", "a cat", "--model", str(path), "--config", str(folder_dir), "--steps", "1", "--size", "64", "--seed", "3", "--out", str(tmp_path / "out")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    pngs = list((tmp_path / "out").glob("*.png"))
+    assert len(pngs) == 1
+    from tihub.infotext import read_infotext
+
+    params = read_infotext(pngs[0]).parameters
+    assert params["Model"] == "tiny-xl" and params["Model hash"] == single.hash and params["Size"] == "64x64"

@@ -92,15 +92,20 @@ def tiny_sd1_pipeline(seed: int = 0, prediction_type: str = "epsilon", text_widt
     )
 
 
-def tiny_sdxl_pipeline(seed: int = 0) -> Any:
-    """An SDXL-shaped StableDiffusionXLPipeline with random weights (two text encoders)."""
+def tiny_sdxl_pipeline(seed: int = 0, g_width: int = 32) -> Any:
+    """An SDXL-shaped StableDiffusionXLPipeline with random weights (two text encoders).
+
+    `g_width` sets the second (OpenCLIP-G-shaped) encoder's width; real SDXL has 768 and 1280, and
+    diffusers' single-file loader tells the encoders apart by width, so give it a different one
+    (e.g. 48) when the pipeline is to be saved as a single checkpoint.
+    """
     import torch
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     te = CLIPTextModel(_text_config())
-    te2 = CLIPTextModelWithProjection(_text_config(act="gelu"))
+    te2 = CLIPTextModelWithProjection(_text_config(hidden=g_width, act="gelu"))
     unet = UNet2DConditionModel(
         sample_size=8,
         layers_per_block=1,
@@ -112,8 +117,8 @@ def tiny_sdxl_pipeline(seed: int = 0) -> Any:
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=6 * 8 + 32,
-        cross_attention_dim=32 + 32,
+        projection_class_embeddings_input_dim=6 * 8 + g_width,
+        cross_attention_dim=32 + g_width,
     )
     return StableDiffusionXLPipeline(
         vae=_tiny_vae(),
@@ -138,10 +143,10 @@ def build_tiny_sd1(
     return out
 
 
-def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_sdxl(out_dir: str | Path, seed: int = 0, g_width: int = 32) -> Path:
     """Save a tiny SDXL-shaped pipeline as a diffusers folder and return its path."""
     out = Path(out_dir)
-    tiny_sdxl_pipeline(seed).save_pretrained(out)
+    tiny_sdxl_pipeline(seed, g_width).save_pretrained(out)
     return out
 
 
