@@ -67,7 +67,7 @@ def test_sdxl_and_sd2_files_are_skipped_on_sd1_with_reason(corpus, sd1_768, tmp_
     engine = Engine(sd1_768, folder)
     r = engine.generate("othera otherb", steps=1, seed=1, size=64, cfg_scale=1.0)
     assert r.used == []
-    assert any("width 2048" in w and "768 wide" in w for w in r.warnings)
+    assert any("width 2048" in w and "an SDXL embedding" in w and "768 wide" in w for w in r.warnings)
     assert any("width 1024" in w for w in r.warnings)
 
 
@@ -92,3 +92,69 @@ def test_cli_generate_with_a_real_a1111_file(corpus, sd1_768, home, tmp_path):
     res = json.loads(r.stdout)
     assert res["checks"][1] == {"check": "width", "status": "ok", "detail": "fits the SD1 model ({'clip_l': 768})"}
     assert res["result"] in ("ok", "warning") and res["grid"]
+
+
+@pytest.fixture(scope="module")
+def sdxl_wide():
+    """A tiny SDXL-shaped model whose encoders are as wide as SDXL's (768 and 1280)."""
+    from tihub.engine.tiny import tiny_sdxl_pipeline
+
+    return from_pipeline(tiny_sdxl_pipeline(l_width=768, g_width=1280), name="tiny-xl-wide")
+
+
+def test_every_sdxl_layout_reaches_both_encoders(corpus, sdxl_wide, tmp_path):
+    files = _one_per_kind(corpus, "SDXL (768+1280)")
+    assert len(files) >= 2  # clip_l/clip_g safetensors and the {emb, emb2} torch pickle
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    pipe = sdxl_wide.pipe
+    engine = Engine(sdxl_wide, folder)
+    for i, src in enumerate(files):
+        name = f"xlreal{chr(ord('a') + i)}"
+        shutil.copy(src, folder / f"{name}{src.suffix}")
+        emb = read_embedding(folder / f"{name}{src.suffix}")
+        rows = {part: emb.vectors[part][:20].astype(np.float32) for part in ("clip_l", "clip_g")}
+        seen1, h1 = capture_encoder_inputs(pipe.text_encoder)
+        seen2, h2 = capture_encoder_inputs(pipe.text_encoder_2)
+        try:
+            r = engine.generate(f"{name} cat", steps=1, seed=1, size=64, cfg_scale=1.0)
+        finally:
+            h1.remove()
+            h2.remove()
+        assert r.used == [name], src
+        n = len(rows["clip_l"])
+        assert any(np.allclose(token_rows(pipe.text_encoder, h[0], 1, n), rows["clip_l"], atol=1e-2) for h in seen1), src
+        assert any(np.allclose(token_rows(pipe.text_encoder_2, h[0], 1, n), rows["clip_g"], atol=1e-2) for h in seen2), src
+        assert f"{name}: " in r.infotexts[0]
+
+
+def test_sd1_file_is_skipped_on_sdxl_with_reason(corpus, sdxl_wide, tmp_path):
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    src = _one_per_kind(corpus, "A1111 .pt (string_to_param dict)")[0]
+    shutil.copy(src, folder / "oldstyle.pt")
+    r = Engine(sdxl_wide, folder).generate("oldstyle cat", steps=1, seed=1, size=64, cfg_scale=1.0)
+    assert r.used == []
+    assert any("oldstyle" in w and "an SD1 embedding" in w and "2048 wide" in w for w in r.warnings), r.warnings
+
+
+def test_cli_generate_and_verify_with_a_real_sdxl_file(corpus, sdxl_wide, home, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from tihub.cli import cli
+
+    model_dir = tmp_path / "tiny-xl-wide"
+    sdxl_wide.pipe.save_pretrained(model_dir)
+    src = next(p for p in _one_per_kind(corpus, "SDXL (768+1280)") if p.suffix == ".safetensors")
+    shutil.copy(src, home / "embeddings" / "xlstyle.safetensors")
+    r = CliRunner().invoke(cli, ["generate", "a (xlstyle:0.9) house", "-n", "xlstyle", "--model", str(model_dir), "--steps", "1", "--size", "64", "--seed", "7", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["embeddings"] == ["xlstyle"] and 'TI hashes: "xlstyle: ' in out["infotext"]
+    r = CliRunner().invoke(cli, ["verify", "xlstyle", "--model", str(model_dir), "--steps", "1", "--size", "64", "--json"], catch_exceptions=False)
+    res = json.loads(r.stdout)
+    width = next(c for c in res["checks"] if c["check"] == "width")
+    assert width["status"] == "ok" and "SDXL" in width["detail"], width
+    assert res["grid"]

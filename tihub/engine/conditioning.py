@@ -236,8 +236,9 @@ class PromptEncoder:
             where = self.vocabulary.path_of(name) or "in memory"
             widths = "+".join(f"{k} {v}" for k, v in emb.widths.items())
             model = "+".join(f"{e.key} {e.width}" for e in self.encoders)
+            made_for = f", an {emb.base.upper()} embedding," if emb.base in ("sd1", "sd2", "sdxl") else ""
             self.vocabulary.warn(
-                f"Embedding '{name}' ({where}) has width {emb.width} ({widths}) but the {self.family.upper()} model's text encoder is {self.model_width()} wide ({model}); it is skipped and '{name}' is read as plain text."
+                f"Embedding '{name}' ({where}) has width {emb.width} ({widths}){made_for} but the {self.family.upper()} model's text encoder is {self.model_width()} wide ({model}); it is skipped and '{name}' is read as plain text."
             )
         return False
 

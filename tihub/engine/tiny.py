@@ -92,19 +92,20 @@ def tiny_sd1_pipeline(seed: int = 0, prediction_type: str = "epsilon", text_widt
     )
 
 
-def tiny_sdxl_pipeline(seed: int = 0, g_width: int = 32) -> Any:
+def tiny_sdxl_pipeline(seed: int = 0, g_width: int = 32, l_width: int = 32) -> Any:
     """An SDXL-shaped StableDiffusionXLPipeline with random weights (two text encoders).
 
     `g_width` sets the second (OpenCLIP-G-shaped) encoder's width; real SDXL has 768 and 1280, and
     diffusers' single-file loader tells the encoders apart by width, so give it a different one
-    (e.g. 48) when the pipeline is to be saved as a single checkpoint.
+    (e.g. 48) when the pipeline is to be saved as a single checkpoint. `l_width=768, g_width=1280`
+    gives encoders as wide as SDXL's, so real SDXL embeddings load.
     """
     import torch
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    te = CLIPTextModel(_text_config())
+    te = CLIPTextModel(_text_config(hidden=l_width))
     te2 = CLIPTextModelWithProjection(_text_config(hidden=g_width, act="gelu"))
     unet = UNet2DConditionModel(
         sample_size=8,
@@ -118,7 +119,7 @@ def tiny_sdxl_pipeline(seed: int = 0, g_width: int = 32) -> Any:
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=6 * 8 + g_width,
-        cross_attention_dim=32 + g_width,
+        cross_attention_dim=l_width + g_width,
     )
     return StableDiffusionXLPipeline(
         vae=_tiny_vae(),
