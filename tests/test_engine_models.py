@@ -137,3 +137,44 @@ def test_native_size_by_family_and_prediction():
         return LoadedModel(pipe=None, family=family, name="m", path="m", prediction=prediction).native_size
 
     assert (side("sd1"), side("sd2"), side("sd2", "v_prediction"), side("sdxl")) == (512, 512, 768, 1024)
+
+
+def test_hub_repo_id_downloads_from_a_loopback_hub_then_loads_from_the_cache(tiny_sd1_dir, tmp_path, home):
+    """`--model owner/name` goes through huggingface_hub against a loopback Hub, in a fresh process
+    (the Hub endpoint is read at import); offline, the same id loads from the cache."""
+    import os
+    import subprocess
+    import sys
+
+    from servers.hf import HFFile, HFHub, HFRepo
+
+    repo = HFRepo(id="tihub-test/tiny-sd")
+    for f in sorted(p for p in tiny_sd1_dir.rglob("*") if p.is_file()):
+        rel = f.relative_to(tiny_sd1_dir).as_posix()
+        repo.files[rel] = HFFile(f.read_bytes(), lfs=f.suffix == ".safetensors")
+    repo.touch(1)
+
+    def generate(env: dict, out: str) -> subprocess.CompletedProcess:
+        args = [sys.executable, "-m", "tihub", "generate", "a cat", "--model", "tihub-test/tiny-sd", "--steps", "1", "--size", "64", "--seed", "3", "--out", str(tmp_path / out)]
+        return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+
+    base = dict(os.environ, HF_HOME=str(tmp_path / "hf"), TIHUB_HOME=str(home))
+    with HFHub([repo]) as hub:
+        hub.cdn_host = "localhost"  # LFS redirects leave the host, as the real Hub's do
+        online = generate(dict(base, HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0"), "online")
+        fetched = [r.path for r in hub.server.requests if "/resolve/" in r.path or "/cdn/" in r.path]
+    assert online.returncode == 0, online.stderr
+    assert any(p.endswith("unet/diffusion_pytorch_model.safetensors") for p in fetched)
+    # offline, no server: the cached snapshot is enough, and gives the same image
+    offline = generate(dict(base, HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_OFFLINE="1"), "offline")
+    assert offline.returncode == 0, offline.stderr
+    a, b = (next((tmp_path / d).glob("*.png")) for d in ("online", "offline"))
+    assert np.array_equal(np.asarray(__import__("PIL.Image").Image.open(a)), np.asarray(__import__("PIL.Image").Image.open(b)))
+    from tihub.infotext import read_infotext
+
+    params = read_infotext(a).parameters
+    assert params["Model"] == "tiny-sd" and len(params["Model hash"]) == 10
+    # an id that is neither local nor cached, offline: one sentence
+    missing = subprocess.run([sys.executable, "-m", "tihub", "generate", "x", "--model", "nobody/nothing"], env=dict(base, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1] == "Error: Model 'nobody/nothing' does not exist as a local path and is not in the Hugging Face cache (HF_HUB_OFFLINE is set); pass a local model or go online."

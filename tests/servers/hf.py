@@ -5,7 +5,9 @@
   private, gated, disabled, tags, cardData, siblings[{rfilename}]`.
 - `GET /api/{models|datasets}/{id}/tree/{rev}?recursive=true`: `[{type, oid, size, path,
   lfs?: {oid, size, pointerSize}}]`, paginated the same way.
-- `GET /{id}/resolve/{rev}/{path}` (datasets under `/datasets/`): plain files directly, LFS files
+- `GET /api/{models|datasets}/{id}[/revision/{rev}]`: one repo's info (`id, sha, siblings, ...`),
+  what `huggingface_hub.snapshot_download` and diffusers' `from_pretrained` ask first.
+- `GET|HEAD /{id}/resolve/{rev}/{path}` (datasets under `/datasets/`): plain files directly, LFS files
   by a 302 to `/cdn/...`; gated repos answer 401 with `X-Error-Code: GatedRepo` without a token;
   disabled repos answer 403 `X-Error-Code: DisabledRepo`.
 """
@@ -82,6 +84,9 @@ class HFHub(Served):
         self.tree_page_size = tree_page_size
         self.token: str | None = None  # when set, gated repos open with `Authorization: Bearer <token>`
         self.fail_listing: int = 0  # answer the next N listing requests with 503
+        # where LFS redirects point; the real CDN is another host, and huggingface_hub follows a
+        # HEAD redirect only within one host, so clients of the metadata flow want "localhost"
+        self.cdn_host: str | None = None
         self.server = LoopbackServer(self.app)
 
     def add(self, repo: HFRepo) -> None:
@@ -99,6 +104,9 @@ class HFHub(Served):
                 repo_id, rest = path[len(prefix):].split("/tree/", 1)
                 rev, _, sub = rest.partition("/")
                 return self.tree(req, rtype[:-1], repo_id, rev, sub)
+            if path.startswith(prefix):
+                repo_id, _, rev = path[len(prefix):].partition("/revision/")
+                return self.info(rtype[:-1], repo_id, rev or "main")
         if path.startswith("/cdn/"):
             key, _, fpath = path[len("/cdn/"):].partition("/-/")
             repo = self.repos.get(key.replace("~", ":", 1))
@@ -136,28 +144,38 @@ class HFHub(Served):
         if start + self.page_size < len(items):
             nxt = f"{self.url}/api/{rtype}s?author={quote(author or '')}&full=true&cursor={start + self.page_size}"
             headers["Link"] = f'<{nxt}>; rel="next"'
-        out = []
-        for r in page:
-            item = {
-                "_id": hashlib.md5(r.id.encode()).hexdigest()[:24],
-                "id": r.id,
-                "author": r.id.split("/")[0],
-                "sha": r.sha,
-                "lastModified": r.last_modified,
-                "createdAt": "2022-09-09T00:00:00.000Z",
-                "private": False,
-                "gated": r.gated,
-                "disabled": r.disabled,
-                "downloads": 3,
-                "likes": 1,
-                "tags": r.tags or ["license:mit", "region:us"],
-                "cardData": r.card_data,
-                "siblings": [{"rfilename": p} for p in sorted(r.files)],
-            }
-            if r.repo_type == "model":
-                item["modelId"] = r.id
-            out.append(item)
-        return Reply.json(out, **headers)
+        return Reply.json([self._item(r) for r in page], **headers)
+
+    def info(self, rtype: str, repo_id: str, rev: str) -> Reply:
+        repo = self._repo(rtype, repo_id)
+        if repo is None or repo.disabled:
+            return self._refusal(repo)
+        if rev not in (repo.sha, "main"):
+            return Reply.json({"error": "Invalid rev id"}, 404, X_Error_Code="RevisionNotFound")
+        return Reply.json(self._item(repo))
+
+    @staticmethod
+    def _item(r: HFRepo) -> dict:
+        """A repo as the Hub's JSON describes it (listings and repo info)."""
+        item = {
+            "_id": hashlib.md5(r.id.encode()).hexdigest()[:24],
+            "id": r.id,
+            "author": r.id.split("/")[0],
+            "sha": r.sha,
+            "lastModified": r.last_modified,
+            "createdAt": "2022-09-09T00:00:00.000Z",
+            "private": False,
+            "gated": r.gated,
+            "disabled": r.disabled,
+            "downloads": 3,
+            "likes": 1,
+            "tags": r.tags or ["license:mit", "region:us"],
+            "cardData": r.card_data,
+            "siblings": [{"rfilename": p} for p in sorted(r.files)],
+        }
+        if r.repo_type == "model":
+            item["modelId"] = r.id
+        return item
 
     def tree(self, req: Request, rtype: str, repo_id: str, rev: str, sub: str) -> Reply:
         repo = self._repo(rtype, repo_id)
@@ -194,5 +212,6 @@ class HFHub(Served):
             return Reply.json({"error": "Entry not found"}, 404, X_Error_Code="EntryNotFound")
         if f.lfs:
             key = f"{rtype}~{repo_id}"
-            return Reply(302, b"", {"Location": f"{self.url}/cdn/{key}/-/{fpath}", "X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(len(f.data)), "X-Repo-Commit": repo.sha})
+            cdn = self.url if self.cdn_host is None else self.url.replace("127.0.0.1", self.cdn_host)
+            return Reply(302, b"", {"Location": f"{cdn}/cdn/{key}/-/{fpath}", "X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(len(f.data)), "X-Repo-Commit": repo.sha})
         return Reply(200, f.data, {"Content-Type": "text/plain; charset=utf-8", "ETag": f'"{f.git_oid}"', "X-Repo-Commit": repo.sha})

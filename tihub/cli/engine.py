@@ -14,7 +14,7 @@ import click
 from tihub.cli._common import Context, echo_json, exit_status, fail, pass_ctx
 from tihub.errors import ConfigError, NotFound, TihubError
 
-MODEL_HELP = "Model: a diffusers folder, a .safetensors/.ckpt checkpoint, or a Hub repo id (online). Default: $TIHUB_MODEL."
+MODEL_HELP = "Model: a diffusers folder, a .safetensors/.ckpt checkpoint, or a Hub repo id (downloaded once, then read from the Hugging Face cache). Default: $TIHUB_MODEL."
 
 
 def _model(model: str | None) -> str:

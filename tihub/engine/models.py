@@ -9,7 +9,8 @@ dtype, its family (sd1 | sd2 | sdxl), the name infotext shows (`Model`), and its
   from `tihub/data/configs/<family>` or the `config` argument (never fetched from the Hub);
 - a `.ckpt`/`.pt` checkpoint is read by tihub's safe pickle reader (never `torch.load`),
   written as a temporary safetensors file and loaded as above;
-- anything else that looks like `owner/name` is a Hub repo id, loaded when online.
+- anything else that looks like `owner/name` is a Hub repo id: downloaded when online (the
+  files the pipeline needs, into the Hugging Face cache), from that cache when offline.
 
 Device: CUDA (bf16 where supported, else fp16), Apple MPS (fp16), else CPU (fp32); `device=` and
 `dtype=` override. Attention runs on PyTorch SDPA (diffusers' default processor on torch 2).
@@ -193,6 +194,19 @@ def _from_single_file(path: Path, dtype: Any, config: str | Path | None) -> Any:
         raise FormatError(f"{path} could not be loaded as a {family} checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).") from exc
 
 
+def _hub_snapshot(repo_id: str) -> Path:
+    """The local snapshot folder of a Hub diffusers repo: downloaded when online, cached otherwise."""
+    from diffusers import DiffusionPipeline
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    try:
+        return Path(DiffusionPipeline.download(repo_id, local_files_only=offline))
+    except Exception as exc:
+        if offline:
+            raise NotFound(f"Model '{repo_id}' does not exist as a local path and is not in the Hugging Face cache (HF_HUB_OFFLINE is set); pass a local model or go online.") from exc
+        raise NotFound(f"Model '{repo_id}' does not exist as a local path and the Hugging Face repo of that name could not be downloaded ({type(exc).__name__}); check the id and your connection.") from exc
+
+
 def _ckpt_to_safetensors(path: Path, tmp: Path) -> Path:
     """Read a torch pickle checkpoint safely (no code runs) and write its tensors as safetensors."""
     import numpy as np
@@ -250,13 +264,11 @@ def load_model(
         else:
             raise FormatError(f"{path} is not a model file (.safetensors, .ckpt) or diffusers folder.")
         name = path.stem
-    elif re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0"):
-        from diffusers import DiffusionPipeline
-
-        try:
-            pipe = DiffusionPipeline.from_pretrained(spec, dtype=dt)
-        except Exception as exc:
-            raise NotFound(f"The Hugging Face repo '{spec}' could not be loaded ({type(exc).__name__}); check the id and your connection.") from exc
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+        # a Hub repo id: download (or find in the cache) the files the pipeline needs, then load
+        # that snapshot folder like any other, so family, hash and errors follow the folder rules
+        path = _hub_snapshot(spec)
+        pipe = _from_folder(path, dt)
         name = spec.split("/")[-1]
     else:
         raise NotFound(f"Model '{spec}' does not exist; pass a diffusers folder, a .safetensors/.ckpt file, or a Hugging Face repo id (online).")
