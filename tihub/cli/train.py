@@ -73,6 +73,7 @@ class _Bar:
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "fp16", "bf16"]))
 @click.option("--gradient-checkpointing", is_flag=True, help="Less GPU memory (about half), slower steps (about 40% on an H200).")
 @click.option("--compile", "compile", is_flag=True, help="torch.compile the UNet for the steps (experimental; GPU: minutes of compiling first).")
+@click.option("--cuda-graphs", "cuda_graphs", flag_value="on", default="off", help="Replay each step from a captured CUDA graph: no per-step launch overhead (CUDA, bf16/fp32; not with checkpointing or --compile).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing embedding (and run folder) of this name.")
 @click.option("--also-pt", is_flag=True, help="Also write an A1111 .pt next to the .safetensors.")
 @click.option("--png-card", is_flag=True, help="Also write an A1111 PNG embedding card in the run folder.")

@@ -38,6 +38,7 @@ from tihub.engine.train_data import (
     load_template,
     prompts_for,
 )
+from tihub.engine.train_step import EagerStep, GraphedStep, MicroBatch, graphs_refusal
 from tihub.errors import ConfigError, EngineError
 from tihub.formats import write_embedding
 from tihub.formats.model import Embedding
@@ -90,6 +91,7 @@ class TrainConfig:
     precision: str = "auto"
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the UNet for the training steps (slow start, faster steps)
+    cuda_graphs: str = "off"  # on: replay each step from a captured CUDA graph; emulate: its data flow without CUDA (tests)
     overwrite: bool = False
     also_pt: bool = False
     png_card: bool = False
@@ -186,6 +188,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"--latent-sampling {cfg.latent_sampling!r} is not one of {', '.join(LATENT_MODES)}.")
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"--precision {cfg.precision!r} is not one of {', '.join(PRECISIONS)}.")
+    if cfg.cuda_graphs not in ("off", "on", "emulate"):
+        raise ConfigError(f"cuda_graphs {cfg.cuda_graphs!r} is not one of off, on, emulate.")
     if cfg.save_every < 0 or cfg.preview_every < 0:
         raise ConfigError("--save-every and --preview-every must be 0 (off) or a positive number of steps.")
     parse_schedule(cfg.lr, cfg.steps)
@@ -581,26 +585,38 @@ class Session:
         self.n_train_t = int(ddpm.config.num_train_timesteps)
         self.add_time = getattr(self.unet.config, "addition_embed_type", None) == "text_time"
 
-    def condition(self, prompts: list[str], time_ids: list[list[int]] | None = None) -> tuple[Any, dict[str, Any] | None]:
-        """Text-encoder outputs for prompts whose `[name]` stands for the new vectors."""
+    def token_ids(self, prompts: list[str]) -> list[Any]:
+        """Per text encoder, the [batch, 77] token ids of prompts whose `[name]` stands for the new vectors."""
+        import torch
+
+        return [torch.stack([self._to_device(("ids", e.key, p), lambda e=e, p=p: e.ids(p, self.n), torch.long) for p in prompts]) for e in self.encoders]
+
+    def time_tensor(self, batch: int, time_ids: list[list[int]] | None = None) -> Any:
+        """SDXL's size-and-crop conditioning as a [batch, 6] tensor (None for other models)."""
+        import torch
+
+        if not self.add_time:
+            return None
+        rows = time_ids or [[64, 64, 0, 0, 64, 64]] * batch
+        return torch.stack([self._to_device(("time", tuple(row)), lambda row=row: row, self.dtype) for row in rows])
+
+    def condition(self, ids: list[Any], times: Any = None) -> tuple[Any, dict[str, Any] | None]:
+        """Text-encoder outputs (and SDXL's added conditioning) for token ids from `token_ids`."""
         import torch
 
         hidden, pooled = [], None
-        for e in self.encoders:
-            ids = torch.stack([self._to_device(("ids", e.key, p), lambda: e.ids(p, self.n), torch.long) for p in prompts])
+        for e, batch_ids in zip(self.encoders, ids, strict=True):
             if self.xl:
-                out = e.model(ids, output_hidden_states=True)
+                out = e.model(batch_ids, output_hidden_states=True)
                 hidden.append(out.hidden_states[-2])
                 if e.key == "clip_g":
                     pooled = out[0]
             else:
-                hidden.append(e.model(ids)[0])
+                hidden.append(e.model(batch_ids)[0])
         ehs = torch.cat(hidden, dim=-1)
         if not self.add_time:
             return ehs, None
-        side = [[64, 64, 0, 0, 64, 64]] * len(prompts)
-        times = torch.stack([self._to_device(("time", tuple(row)), lambda: row, ehs.dtype) for row in (time_ids or side)])
-        return ehs, {"text_embeds": pooled, "time_ids": times}
+        return ehs, {"text_embeds": pooled, "time_ids": times.to(ehs.dtype)}
 
     def _to_device(self, key: Any, make: Callable[[], list[int]], dtype: Any) -> Any:
         """Small constant tensors (token ids, SDXL time ids), copied to the device once: a copy
@@ -616,14 +632,18 @@ class Session:
         return got
 
     def loss(self, latents: Any, noise: Any, t: Any, prompts: list[str], time_ids: list[list[int]] | None = None, weight: Any = None) -> Any:
-        """Noise-prediction MSE (fp32) of one batch."""
+        """Noise-prediction MSE (fp32) of one batch of prompts."""
+        return self.loss_from(latents, noise, t, self.token_ids(prompts), self.time_tensor(len(prompts), time_ids), weight)
+
+    def loss_from(self, latents: Any, noise: Any, t: Any, ids: list[Any], times: Any = None, weight: Any = None) -> Any:
+        """The same loss from tensors only (no Python-side inputs), so a CUDA graph can capture it."""
         import torch
 
         a = self.alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         target = noise if self.prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * latents
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.autocast):
-            ehs, added = self.condition(prompts, time_ids)
+            ehs, added = self.condition(ids, times)
             pred = self.step_unet(noisy.to(self.dtype), t, encoder_hidden_states=ehs, added_cond_kwargs=added).sample
         err = (pred.float() - target) ** 2
         return (err * weight).mean() if weight is not None else err.mean()
@@ -721,6 +741,15 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
     params = session.params
     optimizer = torch.optim.AdamW(params, lr=lr_schedule(0), weight_decay=0.0)
     scaler = torch.amp.GradScaler("cuda") if use_scaler and device.type == "cuda" else None
+    # one micro-batch's forward and backward: eager, or replayed from a captured CUDA graph
+    run_micro: Any = EagerStep(session, 1.0 / cfg.grad_accum, scaler)
+    if cfg.cuda_graphs != "off":
+        refusal = graphs_refusal(device, scaler is not None, cfg.gradient_checkpointing, cfg.compile)
+        if refusal is None or cfg.cuda_graphs == "emulate":
+            run_micro = GraphedStep(session, 1.0 / cfg.grad_accum, cfg.batch_size, emulate=cfg.cuda_graphs == "emulate")
+        else:
+            notes.append(refusal + "; training runs eagerly.")
+            log(notes[-1])
     start_step = 0
     loss_csv = run_dir / "loss.csv"
     if cfg.resume:
@@ -770,8 +799,8 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
         lr = lr_schedule(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=device)
+        grads: list[Any] | None = None
         for k in range(cfg.grad_accum):
             # every random draw of a micro-batch comes from (seed, micro-batch number)
             micro = step * cfg.grad_accum + k
@@ -782,9 +811,19 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
             noise = torch.randn(latents.shape, generator=g, device=device)
             t = torch.randint(0, session.n_train_t, (len(idx),), generator=g, device=device)
             prompts = prompts_for(pics.pictures, idx, lines, cfg.seed, micro, cfg.shuffle_tags, cfg.tag_dropout)
-            loss = session.loss(latents, noise, t, prompts, time_ids(idx), cache.weight(idx)) / cfg.grad_accum
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            step_loss += loss.detach()
+            mb = MicroBatch(latents, noise, t, session.token_ids(prompts), session.time_tensor(len(idx), time_ids(idx)), cache.weight(idx))
+            loss, micro_grads = run_micro(mb)
+            # the step's gradient is the sum over micro-batches (each loss is already / grad_accum);
+            # a graph's outputs are overwritten by its next replay, so they are copied or used now
+            if grads is None:
+                grads = [g_.clone() for g_ in micro_grads] if cfg.grad_accum > 1 else list(micro_grads)
+            else:
+                for acc, g_ in zip(grads, micro_grads, strict=True):
+                    acc.add_(g_)
+            step_loss += loss
+        assert grads is not None
+        for p, g_ in zip(params, grads, strict=True):
+            p.grad = g_
         if scaler is not None:
             scaler.unscale_(optimizer)
         if clip is not None:

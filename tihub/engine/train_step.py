@@ -1,0 +1,149 @@
+"""One training micro-batch: forward and backward, run eagerly or replayed from a CUDA graph.
+
+A textual-inversion step at batch 4 is thousands of small kernel launches, and on a fast GPU the
+Python and dispatcher work to launch them takes longer than the kernels (research/performance.md:
+"at bs 1 the UNet is launch-bound"). With `cuda_graphs`, the first full-size micro-batch's
+forward and backward are captured once as a CUDA graph: later micro-batches copy their tensors
+into the captured input buffers and replay the graph, a single launch.
+
+Rules that keep a replay equal to an eager step:
+- the captured function reads only the static input buffers (`MicroBatch` tensors made once);
+  every Python-side input (prompts, SDXL sizes) is turned into tensors before the copy;
+- gradients and the loss come back in graph-owned tensors that the next replay overwrites, so
+  the caller consumes them (adds them up, or hands them to the optimizer) before the next call;
+- one batch shape is captured; other shapes (an epoch's last, smaller batch) run eagerly;
+- capture needs no host syncs in the step, static shapes, no loss scaler (fp16 runs eagerly),
+  and no gradient checkpointing (it reads the RNG state, which a capture forbids).
+
+`emulate=True` replays by re-running the captured function on the static buffers and writing
+its results into the captured output tensors, the same data flow without CUDA; the CPU tests use
+it to check the buffer handling against eager steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class MicroBatch:
+    """The tensors of one micro-batch, all on the training device."""
+
+    latents: Any
+    noise: Any
+    t: Any
+    ids: list[Any]  # per text encoder, [batch, 77] token ids
+    times: Any = None  # SDXL [batch, 6]
+    weight: Any = None  # alpha loss weights [batch, 1, h, w]
+
+    def tensors(self) -> list[Any]:
+        return [self.latents, self.noise, self.t, *self.ids, self.times, self.weight]
+
+    def shape_key(self) -> tuple[Any, ...]:
+        return tuple(None if x is None else (tuple(x.shape), x.dtype) for x in self.tensors())
+
+
+class EagerStep:
+    """Forward and backward of one micro-batch; returns (loss, gradients of the new vectors)."""
+
+    def __init__(self, session: Any, scale: float, scaler: Any = None) -> None:
+        self.session, self.scale, self.scaler = session, scale, scaler
+
+    def __call__(self, mb: MicroBatch) -> tuple[Any, list[Any]]:
+        for p in self.session.params:
+            p.grad = None
+        loss = self.session.loss_from(mb.latents, mb.noise, mb.t, mb.ids, mb.times, mb.weight) * self.scale
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        return loss.detach(), [p.grad for p in self.session.params]
+
+
+class GraphedStep:
+    """Like EagerStep, but replays a captured graph for the first full-size batch shape."""
+
+    WARMUP = 3  # eager runs on a side stream before capture: lazy library set-up happens there
+
+    def __init__(self, session: Any, scale: float, batch_size: int, emulate: bool = False) -> None:
+        self.session, self.scale, self.batch_size, self.emulate = session, scale, batch_size, emulate
+        self.eager = EagerStep(session, scale)
+        self.key: tuple[Any, ...] | None = None
+        self.static: MicroBatch | None = None
+        self.static_loss: Any = None
+        self.static_grads: list[Any] = []
+        self.graph: Any = None
+        self.replays = 0
+
+    def __call__(self, mb: MicroBatch) -> tuple[Any, list[Any]]:
+        if self.key is None and mb.latents.shape[0] == self.batch_size:
+            self._capture(mb)
+        if mb.shape_key() != self.key:
+            return self.eager(mb)
+        # copy this micro-batch into the captured buffers, then one launch for the whole step
+        assert self.static is not None
+        for dst, src in zip(self.static.tensors(), mb.tensors(), strict=True):
+            if dst is not None:
+                dst.copy_(src)
+        self._replay()
+        self.replays += 1
+        return self.static_loss, self.static_grads
+
+    def _body(self) -> Any:
+        """The captured work: reads only the static buffers."""
+        s = self.static
+        assert s is not None
+        loss = self.session.loss_from(s.latents, s.noise, s.t, s.ids, s.times, s.weight) * self.scale
+        loss.backward()
+        return loss.detach()
+
+    def _capture(self, mb: MicroBatch) -> None:
+        import torch
+
+        params = self.session.params
+        self.static = MicroBatch(*(None if x is None else x.clone() for x in (mb.latents, mb.noise, mb.t)), [x.clone() for x in mb.ids],
+                                 None if mb.times is None else mb.times.clone(), None if mb.weight is None else mb.weight.clone())
+        self.key = mb.shape_key()
+        if self.emulate:
+            for p in params:
+                p.grad = None
+            self.static_loss = self._body()
+        else:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(self.WARMUP):
+                    for p in params:
+                        p.grad = None
+                    self._body()
+            torch.cuda.current_stream().wait_stream(side)
+            for p in params:
+                p.grad = None
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.static_loss = self._body()
+        # the gradient tensors the graph writes on every replay
+        self.static_grads = [p.grad for p in params]
+
+    def _replay(self) -> None:
+        if not self.emulate:
+            self.graph.replay()
+            return
+        # emulation: the same function on the same buffers, results written into the same tensors
+        for p in self.session.params:
+            p.grad = None
+        loss = self._body()
+        self.static_loss.copy_(loss)
+        for dst, p in zip(self.static_grads, self.session.params, strict=True):
+            dst.copy_(p.grad)
+
+
+def graphs_refusal(device: Any, use_scaler: bool, checkpointing: bool, compiled: bool) -> str | None:
+    """Why CUDA graphs cannot run in this configuration (None when they can)."""
+    if device.type != "cuda":
+        return f"CUDA graphs need a CUDA device, not {device.type}"
+    if use_scaler:
+        return "CUDA graphs are not used with fp16 loss scaling; use --precision bf16 or fp32"
+    if checkpointing:
+        return "CUDA graphs are not used with --gradient-checkpointing"
+    if compiled:
+        return "CUDA graphs are not used with --compile"
+    return None
