@@ -2,10 +2,11 @@
 
 The SD1.5 architecture with random weights (860M UNet, CLIP-L text encoder, KL VAE) at 512x512,
 batch 4: samples per second of tihub's trainer (cached latents, bf16, only the new vectors
-trained) and of the diffusers example's per-step work (VAE encode every step, whole-table AdamW,
-rows restored), interleaved; plus the fraction of the bf16 peak that tihub reaches, counting
-about 1.7 TFLOP per sample (UNet forward 0.84 + activation backward 0.84 + CLIP; research/
-performance.md), and the peak GPU memory of each.
+trained; eager and with --cuda-graphs) and of the diffusers example's per-step work (VAE encode
+every step, whole-table AdamW, rows restored), interleaved; plus the fraction of the bf16 peak
+that tihub reaches, counting about 1.7 TFLOP per sample (UNet forward 0.84 + activation backward
+0.84 + CLIP; research/performance.md), and the peak GPU memory of each. `--smoke` instead trains
+tiny SD1/SDXL models in every precision and checks --cuda-graphs against eager runs.
 
     python benchmarks/gpu_train.py                       # on a GPU, under 4 minutes
     python benchmarks/gpu_train.py --quick --device cpu  # the same code at tiny sizes, anywhere
@@ -60,6 +61,7 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=790.0, help="bf16 dense peak of the GPU (H100 ~798, H200 ~788 measured)")
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile tihub's UNet (the peer stays eager)")
+    ap.add_argument("--no-graphs", action="store_true", help="skip the --cuda-graphs variant of tihub")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="instead: train tiny SD1/SDXL models on the device in every precision and check the outputs")
     args = ap.parse_args()
@@ -92,7 +94,7 @@ def main() -> None:
         pics = work / "pics"
         pictures = make_pictures(pics, 8, size)
 
-        def tihub_round() -> tuple[float, int]:
+        def tihub_round(graphs: bool = False) -> tuple[float, int]:
             stamps: list[float] = []
             warm = 8 if args.compile else 3
 
@@ -111,6 +113,7 @@ def main() -> None:
                 vectors=4, steps=steps + warm, lr="5e-3", batch_size=batch, size=(size, size), save_every=0,
                 template="subject", overwrite=True, device=str(device), precision=precision, model_hash="bench",
                 gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
+                cuda_graphs="on" if graphs else "off",
             )
             train(cfg, log=lambda _: None, progress=progress, pipe=pipe)
             peak = torch.cuda.max_memory_allocated(device) if gpu else 0
@@ -131,22 +134,37 @@ def main() -> None:
             peak = torch.cuda.max_memory_allocated(device) if gpu else 0
             return steps * batch / (time.perf_counter() - t), peak
 
-        ours, theirs, mem_ours, mem_theirs = [], [], [], []
+        graphs = gpu and not args.no_graphs and not args.gradient_checkpointing and not args.compile
+        ours, graphed, theirs, mem_ours, mem_graphed, mem_theirs = [], [], [], [], [], []
         for r in range(args.rounds):
             a, ma = tihub_round()
-            b, mb = peer_round()
             ours.append(a)
-            theirs.append(b)
             mem_ours.append(ma)
+            line = f"  round {r + 1}: tihub {a:8.2f} samples/s"
+            if graphs:
+                c, mc = tihub_round(graphs=True)
+                graphed.append(c)
+                mem_graphed.append(mc)
+                line += f"   tihub --cuda-graphs {c:8.2f} samples/s"
+            b, mb = peer_round()
+            theirs.append(b)
             mem_theirs.append(mb)
-            print(f"  round {r + 1}: tihub {a:8.2f} samples/s   diffusers-example loop {b:8.2f} samples/s")
+            print(f"{line}   diffusers-example loop {b:8.2f} samples/s")
 
     mo, mt = statistics.median(ours), statistics.median(theirs)
     print(f"median: tihub {mo:.2f} samples/s, diffusers-example loop {mt:.2f} samples/s, ratio {mo / mt:.2f}x (target >= 3x)")
+    best = mo
+    if graphed:
+        mg = statistics.median(graphed)
+        best = max(mo, mg)
+        print(f"median: tihub --cuda-graphs {mg:.2f} samples/s, ratio {mg / mt:.2f}x the diffusers-example loop, {mg / mo:.2f}x eager tihub")
     if gpu:
-        achieved = mo * TFLOP_PER_SAMPLE
-        print(f"tihub: {achieved:.0f} TFLOP/s at {TFLOP_PER_SAMPLE} TFLOP/sample = {100 * achieved / args.peak_tflops:.1f}% of the {args.peak_tflops:.0f} TFLOP/s bf16 peak")
-        print(f"peak GPU memory during steps (both hold the same UNet/VAE; the peer also an fp32 text encoder): tihub {max(mem_ours) / 2**30:.2f} GiB, diffusers-example loop {max(mem_theirs) / 2**30:.2f} GiB")
+        achieved = best * TFLOP_PER_SAMPLE
+        print(f"tihub (best): {achieved:.0f} TFLOP/s at {TFLOP_PER_SAMPLE} TFLOP/sample = {100 * achieved / args.peak_tflops:.1f}% of the {args.peak_tflops:.0f} TFLOP/s bf16 peak")
+        mem = f"tihub {max(mem_ours) / 2**30:.2f} GiB"
+        if mem_graphed:
+            mem += f", tihub --cuda-graphs {max(mem_graphed) / 2**30:.2f} GiB"
+        print(f"peak GPU memory during steps (all hold the same UNet/VAE; the peer also an fp32 text encoder): {mem}, diffusers-example loop {max(mem_theirs) / 2**30:.2f} GiB")
 
 
 def smoke(device_name: str | None) -> None:
@@ -179,6 +197,19 @@ def smoke(device_name: str | None) -> None:
                     finite = all(bool(torch.isfinite(v).all()) for v in sd.values())
                     ok = finite and r.final_loss is not None and np.isfinite(r.final_loss) and len(r.checkpoints) == 2
                     print(f"  {'ok  ' if ok else 'FAIL'} {family:6s} {precision:5s} gc={int(gc)} loss {r.final_loss:.4f} keys {sorted(sd)} previews {len(r.previews)} {time.perf_counter() - t:.1f} s")
+                    if precision in ("fp32", "bf16") and not gc:
+                        # the same run replayed from a CUDA graph (emulated off CUDA): the same
+                        # vectors, up to the order of floating-point sums in the kernels
+                        cfg.name, cfg.run_dir = cfg.name + "g", Path(str(cfg.run_dir) + "-graphs")
+                        cfg.cuda_graphs = "on" if device.startswith("cuda") else "emulate"
+                        lines: list[str] = []
+                        t = time.perf_counter()
+                        rg = train(cfg, log=lines.append)
+                        sg = load_file(str(rg.output))
+                        diff = max(float((sd[k].float() - sg[k].float()).abs().max()) for k in sd)
+                        scale = max(float(v.float().abs().max()) for v in sd.values())
+                        same = diff <= (1e-4 if precision == "fp32" else 2e-2) * max(scale, 1.0) and not any("runs eagerly" in x for x in lines)
+                        print(f"  {'ok  ' if same else 'FAIL'} {family:6s} {precision:5s} cuda-graphs: max |graphs - eager| {diff:.2e} (vectors up to {scale:.2f}) {time.perf_counter() - t:.1f} s {' '.join(lines[-1:]) if not same else ''}")
 
 
 if __name__ == "__main__":

@@ -172,3 +172,17 @@ def test_emulated_capture_reads_only_its_own_buffers(tmp_path: Path, tiny_sd1_di
         assert graphed.static is not None and not torch.equal(graphed.static.latents, first.latents)
     finally:
         session.close()
+
+
+def test_a_failed_capture_is_a_note_and_the_run_goes_on_eagerly(tmp_path: Path, tiny_sd1_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self, mb):  # type: ignore[no-untyped-def]
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(GraphedStep, "_capture", refuse)
+    eager = train(_cfg(tmp_path / "eager", tiny_sd1_dir), log=_quiet)
+    lines: list[str] = []
+    graphed = train(_cfg(tmp_path / "graphed", tiny_sd1_dir, cuda_graphs="emulate"), log=lines.append)
+    note = "The CUDA graph capture failed (RuntimeError: operation not permitted when stream is capturing); training runs eagerly."
+    assert note in lines and graphed.notes == [note]
+    a, b = _vectors(eager), _vectors(graphed)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -746,7 +746,12 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
     if cfg.cuda_graphs != "off":
         refusal = graphs_refusal(device, scaler is not None, cfg.gradient_checkpointing, cfg.compile)
         if refusal is None or cfg.cuda_graphs == "emulate":
-            run_micro = GraphedStep(session, 1.0 / cfg.grad_accum, cfg.batch_size, emulate=cfg.cuda_graphs == "emulate")
+
+            def fallback(message: str) -> None:
+                notes.append(message)
+                log(message)
+
+            run_micro = GraphedStep(session, 1.0 / cfg.grad_accum, cfg.batch_size, emulate=cfg.cuda_graphs == "emulate", on_fallback=fallback)
         else:
             notes.append(refusal + "; training runs eagerly.")
             log(notes[-1])

@@ -22,6 +22,7 @@ it to check the buffer handling against eager steps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +64,9 @@ class GraphedStep:
 
     WARMUP = 3  # eager runs on a side stream before capture: lazy library set-up happens there
 
-    def __init__(self, session: Any, scale: float, batch_size: int, emulate: bool = False) -> None:
+    def __init__(self, session: Any, scale: float, batch_size: int, emulate: bool = False, on_fallback: Callable[[str], None] | None = None) -> None:
         self.session, self.scale, self.batch_size, self.emulate = session, scale, batch_size, emulate
+        self.on_fallback = on_fallback
         self.eager = EagerStep(session, scale)
         self.key: tuple[Any, ...] | None = None
         self.static: MicroBatch | None = None
@@ -75,7 +77,15 @@ class GraphedStep:
 
     def __call__(self, mb: MicroBatch) -> tuple[Any, list[Any]]:
         if self.key is None and mb.latents.shape[0] == self.batch_size:
-            self._capture(mb)
+            try:
+                self._capture(mb)
+            except Exception as exc:  # noqa: BLE001 - any capture failure: the run goes on eagerly
+                self.key = ("capture failed",)
+                self.static = self.graph = self.static_loss = None
+                self.static_grads = []
+                if self.on_fallback is not None:
+                    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                    self.on_fallback(f"The CUDA graph capture failed ({type(exc).__name__}: {first}); training runs eagerly.")
         if mb.shape_key() != self.key:
             return self.eager(mb)
         # copy this micro-batch into the captured buffers, then one launch for the whole step
