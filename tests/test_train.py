@@ -254,3 +254,31 @@ def test_a_diverging_run_stops_with_one_sentence_and_writes_no_embedding(readbac
     assert "\n" not in str(info.value)
     assert not cfg.embeddings_dir.joinpath("foxtok.safetensors").exists()
     assert not list(Path(cfg.run_dir).glob("foxtok-*.safetensors"))
+
+
+def test_autocast_only_when_frozen_weights_are_in_another_dtype(tiny_sd1_dir: Path) -> None:
+    """A pipeline already in the compute dtype runs without autocast (its per-op checks cost CPU
+    time on a launch-bound GPU step); the fp32 trainable vectors inside the encoder do not count."""
+    cpu = torch.device("cpu")
+
+    def autocast(pipe_dtype, compute):  # type: ignore[no-untyped-def]
+        pipe = load_pipeline(str(tiny_sd1_dir), cpu, pipe_dtype)
+        session = Session(pipe, 2, cpu, compute, lambda tok, table, key: np.zeros((2, table.shape[1]), np.float32))
+        try:
+            assert session.params[0].dtype == torch.float32
+            return session.autocast
+        finally:
+            session.close()
+
+    assert autocast(torch.bfloat16, torch.bfloat16) is False
+    assert autocast(torch.float32, torch.bfloat16) is True
+    assert autocast(torch.float32, torch.float32) is False
+
+
+def test_bf16_training_without_autocast_learns(tmp_path: Path, tiny_sd1_dir: Path) -> None:
+    result = train(_cfg(tmp_path, tiny_sd1_dir, precision="bf16", steps=8), log=_quiet)
+    from safetensors.torch import load_file
+
+    vec = load_file(str(result.output))["emb_params"]
+    assert vec.dtype == torch.float32 and bool(torch.isfinite(vec).all())
+    assert result.final_loss is not None and np.isfinite(result.final_loss)

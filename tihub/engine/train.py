@@ -570,9 +570,10 @@ class Session:
         self._device_cache: dict[Any, Any] = {}
         # autocast only where some frozen weights are not already in the compute dtype (a
         # pipeline loaded in bf16 needs none: inputs are cast explicitly, and autocast's per-op
-        # checks cost CPU time that a launch-bound step does not have)
+        # checks cost CPU time that a launch-bound step does not have). The new vectors are fp32
+        # by design and sit inside the text encoders now, so they do not count.
         frozen = [self.unet, *(e.model for e in self.encoders)]
-        self.autocast = dtype != torch.float32 and any(p.dtype != dtype for m in frozen for p in m.parameters() if p.is_floating_point())
+        self.autocast = dtype != torch.float32 and any(p.dtype != dtype for m in frozen for p in m.parameters() if p.is_floating_point() and not p.requires_grad)
         self.step_unet = self.unet
         self.enabled_checkpointing = False
         # the noise schedule of the model (epsilon or v-prediction)
