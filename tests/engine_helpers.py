@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from tihub.formats.model import Embedding
 
@@ -174,3 +175,37 @@ def _open_clip(te, prefix: str) -> dict:
             for dn, on in names.items():
                 out[o + f"{on}.{leaf}"] = sd[d + f"{dn}.{leaf}"]
     return out
+
+
+def train_pictures(folder: Path, n: int = 3, size: int = 64) -> Path:
+    """n random pictures whose names are their captions."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        arr = np.random.default_rng(i).integers(0, 255, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"{i:03d}-red fox, snow.png")
+    return folder
+
+
+def train_cfg(tmp: Path, model: Path, **kw):  # type: ignore[no-untyped-def]
+    """A short CPU training run of the token 'foxtok' under tmp (keywords override)."""
+    from tihub.engine.train import TrainConfig
+
+    base = dict(
+        name="foxtok",
+        images=train_pictures(tmp / "pics"),
+        model=str(model),
+        embeddings_dir=tmp / "home" / "embeddings",
+        run_dir=tmp / "home" / "train" / "foxtok",
+        vectors=2,
+        steps=6,
+        lr="0.05",
+        save_every=0,
+        template="subject_filewords",
+        device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def quiet(_line: str) -> None:
+    pass

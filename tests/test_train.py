@@ -10,38 +10,10 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from tihub.engine.train import Session, TrainConfig, load_pipeline, train  # noqa: E402
+from engine_helpers import quiet as _quiet, train_cfg as _cfg, train_pictures as _pictures  # noqa: E402
+
+from tihub.engine.train import Session, load_pipeline, train  # noqa: E402
 from tihub.errors import ConfigError  # noqa: E402
-
-
-def _pictures(folder: Path, n: int = 3, size: int = 64) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        arr = np.random.default_rng(i).integers(0, 255, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(arr).save(folder / f"{i:03d}-red fox, snow.png")
-    return folder
-
-
-def _cfg(tmp: Path, model: Path, **kw) -> TrainConfig:  # type: ignore[no-untyped-def]
-    base = dict(
-        name="foxtok",
-        images=_pictures(tmp / "pics"),
-        model=str(model),
-        embeddings_dir=tmp / "home" / "embeddings",
-        run_dir=tmp / "home" / "train" / "foxtok",
-        vectors=2,
-        steps=6,
-        lr="0.05",
-        save_every=0,
-        template="subject_filewords",
-        device="cpu",
-    )
-    base.update(kw)
-    return TrainConfig(**base)  # type: ignore[arg-type]
-
-
-def _quiet(_line: str) -> None:
-    pass
 
 
 def _snapshot(pipe) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from test_train import _cfg, _pictures, _quiet  # noqa: E402
+from engine_helpers import quiet as _quiet, train_cfg as _cfg, train_pictures as _pictures  # noqa: E402
 
 from tihub.engine import train_step  # noqa: E402
 from tihub.engine.train import PLACEHOLDER, Session, train  # noqa: E402
