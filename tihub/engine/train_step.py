@@ -109,8 +109,11 @@ class GraphedStep:
         import torch
 
         params = self.session.params
-        self.static = MicroBatch(*(None if x is None else x.clone() for x in (mb.latents, mb.noise, mb.t)), [x.clone() for x in mb.ids],
-                                 None if mb.times is None else mb.times.clone(), None if mb.weight is None else mb.weight.clone())
+        def own(x: Any) -> Any:
+            return None if x is None else x.clone()
+
+        # the graph's input buffers: copies, so the first batch's tensors stay the caller's
+        self.static = MicroBatch(own(mb.latents), own(mb.noise), own(mb.t), [own(x) for x in mb.ids], own(mb.times), own(mb.weight))
         self.key = mb.shape_key()
         if self.emulate:
             for p in params:
