@@ -92,6 +92,37 @@ def test_generate_and_rerun_from_image(home, model_dir, tmp_path):
     assert np.array_equal(np.asarray(__import__("PIL.Image").Image.open(first)), np.asarray(__import__("PIL.Image").Image.open(second)))
 
 
+def test_schedule_type_from_cli_and_from_a1111_infotext(home, model_dir, tmp_path):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    out = tmp_path / "out"
+    code, stdout, err = run("generate", "a cat", "--model", model_dir, "--steps", "3", "--size", "64", "--seed", "5", "--sampler", "DPM++ 2M", "--schedule-type", "Exponential", "--out", str(out))
+    assert code == 0, err
+    first = Path(stdout.strip())
+    code, stdout, _ = run("png-info", str(first), "--json")
+    assert json.loads(stdout)["parameters"]["Schedule type"] == "Exponential"
+    code, stdout, err = run("generate", "--from-image", str(first), "--model", model_dir, "--out", str(out))
+    assert code == 0 and err == "", err
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(stdout.strip())))
+    # A1111 1.9+ writes the schedule apart from the sampler; Karras folds into the sampler name
+    def a1111_png(name: str, params: str) -> Path:
+        info = PngInfo()
+        info.add_text("parameters", f"a cat\nSteps: 2, {params}, CFG scale: 7, Seed: 5, Size: 64x64")
+        path = tmp_path / name
+        Image.new("RGB", (64, 64)).save(path, pnginfo=info)
+        return path
+
+    code, stdout, err = run("generate", "--from-image", str(a1111_png("k.png", "Sampler: DPM++ 2M, Schedule type: Karras")), "--model", model_dir, "--out", str(out), "--json")
+    assert code == 0 and "Sampler: DPM++ 2M Karras," in json.loads(stdout)["infotext"]
+    code, stdout, err = run("generate", "--from-image", str(a1111_png("ays.png", "Sampler: DPM++ 2M, Schedule type: Align Your Steps")), "--model", model_dir, "--out", str(out), "--json")
+    assert code == 0
+    assert "Warning: The image's schedule type 'Align Your Steps' has no equivalent for tihub's DPM++ 2M sampler; its own schedule is used, so the image will differ." in err
+    assert "Schedule type" not in json.loads(stdout)["infotext"]
+    code, _, err = run("generate", "x", "--model", model_dir, "--size", "64", "--steps", "1", "--schedule-type", "Polyexponential")
+    assert code == 1 and "Unknown schedule type 'Polyexponential'" in err
+
+
 def test_generate_bad_input(home, model_dir, tmp_path):
     code, _, err = run("generate", "x", "--model", model_dir, "--sampler", "Nope", "--size", "64", "--steps", "1")
     assert code == 1 and "Unknown sampler 'Nope'" in err and "Euler a" in err

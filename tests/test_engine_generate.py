@@ -299,3 +299,13 @@ def test_tokenizer_never_fails_and_chunks_are_full(engine):
                 assert f.offset + f.count <= 75  # never split across chunks
 
     check()
+
+
+def test_schedule_type_changes_the_image_and_is_recorded(engine):
+    auto = engine.generate("a cat", steps=3, seed=4, size=64, sampler="DPM++ 2M")
+    expo = engine.generate("a cat", steps=3, seed=4, size=64, sampler="DPM++ 2M", schedule_type="exponential")
+    assert not np.array_equal(_img(auto), _img(expo))
+    assert "Schedule type" not in auto.infotexts[0]
+    assert "Sampler: DPM++ 2M, Schedule type: Exponential, CFG scale: 7" in expo.infotexts[0]
+    with pytest.raises(ConfigError, match="Schedule type Karras does not apply to the Euler a sampler"):
+        engine.generate("a cat", steps=2, seed=4, size=64, sampler="Euler a", schedule_type="Karras")

@@ -107,3 +107,28 @@ def test_calls_per_step_marks_second_order_samplers():
     second = {"Heun", "DPM2", "DPM2 a", "DPM++ 2S a"}
     for name in ["Euler a", "Euler", "Heun", "DPM2", "DPM2 a", "DPM++ 2M Karras", "DPM++ 2S a", "DDIM", "UniPC"]:
         assert calls_per_step(make_scheduler(name, SD_CONFIG)) == (2 if name in second else 1), name
+
+
+def test_schedule_types_set_the_matching_diffusers_options():
+    from tihub.engine.samplers import SCHEDULE_TYPES, canonical_schedule
+    from tihub.errors import ConfigError
+
+    euler = {kind: make_scheduler("Euler", SD_CONFIG, kind) for kind in SCHEDULE_TYPES}
+    assert euler["Karras"].config.use_karras_sigmas and euler["Exponential"].config.use_exponential_sigmas and euler["Beta"].config.use_beta_sigmas
+    assert euler["SGM Uniform"].config.timestep_spacing == "trailing" and euler["Automatic"].config.timestep_spacing == "linspace"
+    for s in euler.values():
+        s.set_timesteps(10)
+    # exponential sigmas are evenly spaced in log sigma; the default ones are not
+    logs = euler["Exponential"].sigmas[:-1].double().log()
+    steps = logs[:-1] - logs[1:]
+    assert torch.allclose(steps, steps.mean().expand_as(steps), rtol=1e-4)
+    assert not torch.allclose(euler["Automatic"].sigmas, euler["Exponential"].sigmas)
+    assert canonical_schedule(None) == "Automatic" and canonical_schedule("sgm uniform") == "SGM Uniform"
+    with pytest.raises(ConfigError, match="Unknown schedule type 'Align Your Steps'; choose one of: Automatic, Uniform, Karras"):
+        canonical_schedule("Align Your Steps")
+    with pytest.raises(ConfigError, match="Schedule type Exponential does not apply to the DDIM sampler"):
+        make_scheduler("DDIM", SD_CONFIG, "Exponential")
+    with pytest.raises(ConfigError, match="Sampler 'DPM\\+\\+ 2M Karras' already uses the Karras schedule; pass 'DPM\\+\\+ 2M' with schedule type Beta"):
+        make_scheduler("DPM++ 2M Karras", SD_CONFIG, "Beta")
+    # the model's own option never leaks into another schedule type
+    assert not make_scheduler("Euler", dict(SD_CONFIG, use_karras_sigmas=True), "Exponential").config.use_karras_sigmas

@@ -116,9 +116,17 @@ def _from_image(path: str) -> dict[str, Any]:
     if "Steps" in p:
         out["steps"] = int(p["Steps"])
     if "Sampler" in p:
-        from tihub.engine.samplers import canonical
+        from tihub.engine.samplers import canonical, canonical_schedule, check_schedule_type
 
-        out["sampler"] = canonical(p["Sampler"], p.get("Schedule type"))
+        kind = (p.get("Schedule type") or "").strip()
+        out["sampler"] = canonical(p["Sampler"], kind)
+        if kind and not out["sampler"].endswith(" Karras"):  # Karras is folded into the name
+            try:
+                out["schedule_type"] = canonical_schedule(kind)
+                check_schedule_type(out["sampler"], out["schedule_type"])
+            except ConfigError:
+                out.pop("schedule_type", None)
+                out["warnings"] = [f"The image's schedule type '{kind}' has no equivalent for tihub's {out['sampler']} sampler; its own schedule is used, so the image will differ."]
     if "CFG scale" in p:
         out["cfg"] = float(p["CFG scale"])
     if "Seed" in p:
@@ -137,6 +145,7 @@ def _from_image(path: str) -> dict[str, Any]:
 @click.option("--model", "model", default=None, help=MODEL_HELP)
 @click.option("--steps", type=int, default=None, help="Sampling steps [default: 20].")
 @click.option("--sampler", default=None, help="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M Karras' [default: Euler a].")
+@click.option("--schedule-type", default=None, help="A1111 schedule type: Automatic, Uniform, Karras, Exponential, SGM Uniform or Beta [default: Automatic].")
 @click.option("--cfg", type=float, default=None, help="CFG scale [default: 7].")
 @click.option("--seed", type=int, default=None, help="Seed; -1 picks one at random (recorded in the PNG) [default: -1].")
 @click.option("--size", default=None, help="WxH or N (square) [default: the model's native size].")
@@ -150,7 +159,7 @@ def _from_image(path: str) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print the saved files and settings as JSON.")
 @config_option
 @pass_ctx
-def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: str | None, steps: int | None, sampler: str | None, cfg: float | None, seed: int | None, size: str | None, batch_size: int, batch_count: int, clip_skip: int | None, out: str | None, from_image: str | None, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
+def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: str | None, steps: int | None, sampler: str | None, schedule_type: str | None, cfg: float | None, seed: int | None, size: str | None, batch_size: int, batch_count: int, clip_skip: int | None, out: str | None, from_image: str | None, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
     """Generate images for PROMPT; each PNG carries A1111 infotext (PNG Info reads it).
 
     Embeddings in the workspace's embeddings/ folder are used by their file name, as in A1111.
@@ -164,6 +173,7 @@ def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: 
     prompt = prompt if prompt is not None else base.get("prompt")
     if prompt is None:
         raise ConfigError("No prompt given; pass PROMPT or --from-image FILE.")
+    _warn(base.get("warnings", []))
     engine = _engine(ctx, model, device, dtype, config)
     if base.get("model_hash") and engine.model.hash and base["model_hash"].lower() not in (engine.model.hash, (engine.model.sha256 or "")[:8]):
         _warn([f"--from-image was made with model hash {base['model_hash']}, this model is {engine.model.hash}; images will differ."])
@@ -173,6 +183,8 @@ def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: 
         negative if negative is not None else base.get("negative", ""),
         steps=steps if steps is not None else base.get("steps", 20),
         sampler=sampler or base.get("sampler"),
+        # an explicit --sampler starts from its own schedule unless --schedule-type is given too
+        schedule_type=schedule_type or (None if sampler else base.get("schedule_type")),
         cfg_scale=cfg if cfg is not None else base.get("cfg", 7.0),
         seed=seed if seed is not None else base.get("seed", -1),
         size=size or base.get("size"),

@@ -29,7 +29,7 @@ from tihub import __version__
 from tihub.engine.conditioning import Cond, PromptEncoder
 from tihub.engine.models import LoadedModel, from_pipeline, load_model
 from tihub.engine.prompts import prompt_schedule
-from tihub.engine.samplers import DEFAULT, calls_per_step, canonical, make_scheduler
+from tihub.engine.samplers import DEFAULT, calls_per_step, canonical, canonical_schedule, check_schedule_type, make_scheduler
 from tihub.engine.vocabulary import Vocabulary
 from tihub.errors import ConfigError
 from tihub.formats.model import Embedding
@@ -46,6 +46,7 @@ class Settings:
     width: int = 512
     height: int = 512
     clip_skip: int = 1
+    schedule_type: str = "Automatic"  # A1111's "Schedule type": Karras, Exponential, SGM Uniform, Beta, ...
 
     def check(self) -> None:
         if self.width % 8 or self.height % 8 or self.width < 8 or self.height < 8:
@@ -55,6 +56,8 @@ class Settings:
         if self.clip_skip < 1 or self.clip_skip > 12:
             raise ConfigError(f"Clip skip {self.clip_skip} is out of range; use 1 to 12.")
         self.sampler = canonical(self.sampler)
+        self.schedule_type = canonical_schedule(self.schedule_type)
+        check_schedule_type(self.sampler, self.schedule_type)
 
 
 @dataclass
@@ -126,7 +129,7 @@ class Engine:
         family = self.model.family
         enc = self.encoder(settings.clip_skip)
         n = len(prompts)
-        scheduler = make_scheduler(settings.sampler, self._base_scheduler)
+        scheduler = make_scheduler(settings.sampler, self._base_scheduler, settings.schedule_type)
         # A1111 schedules prompt editing over model calls: twice the steps for second-order samplers
         steps = settings.steps * calls_per_step(scheduler)
 
@@ -231,6 +234,7 @@ class Engine:
         params: dict[str, Any] = {
             "Steps": settings.steps,
             "Sampler": settings.sampler,
+            "Schedule type": settings.schedule_type if settings.schedule_type != "Automatic" else None,
             "CFG scale": f"{settings.cfg_scale:g}",
             "Seed": seed,
             "Size": f"{settings.width}x{settings.height}",
@@ -262,12 +266,13 @@ class Engine:
         batch_count: int = 1,
         clip_skip: int = 1,
         out: str | os.PathLike[str] | None = None,
+        schedule_type: str | None = None,
     ) -> Result:
         if batch_size < 1 or batch_count < 1:
             raise ConfigError("--batch-size and --batch-count must be at least 1.")
         native = self.model.native_size
         w, h = parse_size(size, native) if size is not None else (width or native, height or width or native)
-        settings = Settings(steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg_scale, width=w, height=h, clip_skip=clip_skip)
+        settings = Settings(steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg_scale, width=w, height=h, clip_skip=clip_skip, schedule_type=schedule_type or "Automatic")
         settings.check()
         first = resolve_seed(seed)
         result = Result([], [], [])
@@ -366,6 +371,7 @@ def generate(
     out: str | os.PathLike[str] | None = None,
     device: Any = None,
     dtype: Any = None,
+    schedule_type: str | None = None,
 ) -> Result:
     """Generate images in one call.
 
@@ -399,4 +405,5 @@ def generate(
         batch_count=batch_count,
         clip_skip=clip_skip,
         out=out,
+        schedule_type=schedule_type,
     )

@@ -46,6 +46,31 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any], str]] = {
 DEFAULT = "Euler a"
 _BY_LOWER = {k.lower(): k for k in SAMPLERS}
 
+# A1111's "Schedule type" (infotext of v1.9 and later) -> diffusers scheduler options. "Uniform" is
+# the model's own evenly spaced sigmas, which is what "Automatic" gives for these samplers. Other
+# A1111 types (Polyexponential, Align Your Steps, Simple, Normal, DDIM, KL Optimal) have no
+# diffusers equivalent.
+SCHEDULE_TYPES: dict[str, dict[str, Any]] = {
+    "Automatic": {},
+    "Uniform": {},
+    "Karras": {"use_karras_sigmas": True},
+    "Exponential": {"use_exponential_sigmas": True},
+    "SGM Uniform": {"timestep_spacing": "trailing"},
+    "Beta": {"use_beta_sigmas": True},
+}
+_SCHEDULE_BY_LOWER = {k.lower(): k for k in SCHEDULE_TYPES}
+_SIGMA_OPTIONS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+def canonical_schedule(name: str | None) -> str:
+    """The A1111 name of a schedule type (case-insensitive); None is "Automatic"."""
+    if not name:
+        return "Automatic"
+    key = name.strip().lower()
+    if key not in _SCHEDULE_BY_LOWER:
+        raise ConfigError(f"Unknown schedule type '{name}'; choose one of: {', '.join(SCHEDULE_TYPES)}.")
+    return _SCHEDULE_BY_LOWER[key]
+
 
 def _installed(module: str) -> bool:
     import importlib.util
@@ -80,25 +105,49 @@ def canonical(name: str | None, schedule_type: str | None = None) -> str:
     return _BY_LOWER[key]
 
 
-def make_scheduler(name: str | None, base_config: Any) -> Any:
-    """A diffusers scheduler for the A1111 sampler `name`, from the model's scheduler config."""
+def check_schedule_type(sampler: str, kind: str) -> None:
+    """Refuse a schedule type the sampler cannot follow (one sentence)."""
+    options = SCHEDULE_TYPES[kind]
+    if not options:
+        return
+    if sampler.endswith(" Karras") and kind != "Karras":
+        raise ConfigError(f"Sampler '{sampler}' already uses the Karras schedule; pass '{sampler[: -len(' Karras')]}' with schedule type {kind}.")
+    import inspect
+
+    cls = _scheduler_class(SAMPLERS[sampler][0])
+    accepted = inspect.signature(cls.__init__).parameters
+    if any(key not in accepted for key in options):
+        raise ConfigError(f"Schedule type {kind} does not apply to the {sampler} sampler; use Automatic, or a sampler such as Euler or DPM++ 2M.")
+
+
+def _scheduler_class(cls_name: str) -> Any:
+    if cls_name == "DPMPP2SAncestralScheduler":
+        from tihub.engine.schedulers import DPMPP2SAncestralScheduler
+
+        return DPMPP2SAncestralScheduler
     import diffusers
 
+    return getattr(diffusers, cls_name)
+
+
+def make_scheduler(name: str | None, base_config: Any, kind: str | None = None) -> Any:
+    """A diffusers scheduler for the A1111 sampler `name` (and schedule type `kind`), from the
+    model's scheduler config."""
     canon = canonical(name)
+    kind = canonical_schedule(kind)
+    check_schedule_type(canon, kind)
     cls_name, extra, note = SAMPLERS[canon]
     pkg = missing_package(canon)
     if pkg is not None:
         alt = "DPM++ 2M SDE Karras" if pkg == "torchsde" else "Euler"
         raise EngineError(f"Sampler '{canon}' needs the optional package {pkg} (pip install {pkg}); or use '{alt}', which needs nothing extra.")
-    if cls_name == "DPMPP2SAncestralScheduler":
-        from tihub.engine.schedulers import DPMPP2SAncestralScheduler as cls
-    else:
-        cls = getattr(diffusers, cls_name)
+    cls = _scheduler_class(cls_name)
     config = dict(base_config)
     # keep the model's prediction type and betas; drop options the target does not take
-    for key in ("use_karras_sigmas", "algorithm_type", "solver_order", "skip_prk_steps"):
+    for key in (*_SIGMA_OPTIONS, "algorithm_type", "solver_order", "skip_prk_steps"):
         config.pop(key, None)
     config.update(extra)
+    config.update(SCHEDULE_TYPES[kind])
     if cls_name in ("DDIMScheduler", "PNDMScheduler") and config.get("prediction_type") == "v_prediction":
         config.setdefault("rescale_betas_zero_snr", False)
     return cls.from_config(config)
