@@ -118,7 +118,10 @@ def test_schedule_type_from_cli_and_from_a1111_infotext(home, model_dir, tmp_pat
     code, stdout, err = run("generate", "--from-image", str(a1111_png("ays.png", "Sampler: DPM++ 2M, Schedule type: Align Your Steps")), "--model", model_dir, "--out", str(out), "--json")
     assert code == 0
     assert "Warning: The image's schedule type 'Align Your Steps' has no equivalent for tihub's DPM++ 2M sampler; its own schedule is used, so the image will differ." in err
-    assert "Schedule type" not in json.loads(stdout)["infotext"]
+    assert "Sampler: DPM++ 2M, Schedule type: Uniform," in json.loads(stdout)["infotext"]
+    # "Automatic" from A1111 1.9+ is that sampler's A1111 default (Karras for DPM++ 2M)
+    code, stdout, err = run("generate", "--from-image", str(a1111_png("auto.png", "Sampler: DPM++ 2M, Schedule type: Automatic")), "--model", model_dir, "--out", str(out), "--json")
+    assert code == 0 and "Sampler: DPM++ 2M Karras," in json.loads(stdout)["infotext"]
     code, _, err = run("generate", "x", "--model", model_dir, "--size", "64", "--steps", "1", "--schedule-type", "Polyexponential")
     assert code == 1 and "Unknown schedule type 'Polyexponential'" in err
 

@@ -305,7 +305,9 @@ def test_schedule_type_changes_the_image_and_is_recorded(engine):
     auto = engine.generate("a cat", steps=3, seed=4, size=64, sampler="DPM++ 2M")
     expo = engine.generate("a cat", steps=3, seed=4, size=64, sampler="DPM++ 2M", schedule_type="exponential")
     assert not np.array_equal(_img(auto), _img(expo))
-    assert "Schedule type" not in auto.infotexts[0]
+    # A1111 1.9+ would read a bare "DPM++ 2M" as its Karras default, so the uniform one is named
+    assert "Sampler: DPM++ 2M, Schedule type: Uniform, CFG scale: 7" in auto.infotexts[0]
+    assert "Schedule type" not in engine.generate("a cat", steps=1, seed=4, size=64, sampler="Euler").infotexts[0]
     assert "Sampler: DPM++ 2M, Schedule type: Exponential, CFG scale: 7" in expo.infotexts[0]
     with pytest.raises(ConfigError, match="Schedule type Karras does not apply to the Euler a sampler"):
         engine.generate("a cat", steps=2, seed=4, size=64, sampler="Euler a", schedule_type="Karras")

@@ -132,3 +132,34 @@ def test_schedule_types_set_the_matching_diffusers_options():
         make_scheduler("DPM++ 2M Karras", SD_CONFIG, "Beta")
     # the model's own option never leaks into another schedule type
     assert not make_scheduler("Euler", dict(SD_CONFIG, use_karras_sigmas=True), "Exponential").config.use_karras_sigmas
+
+
+def test_infotext_schedule_types_read_as_a1111_means_them():
+    from tihub.engine.samplers import from_infotext, infotext_schedule
+
+    # no key: older A1111 (or tihub), the sampler's own schedule
+    assert from_infotext("DPM++ 2M", None) == ("DPM++ 2M", "Automatic", None)
+    assert from_infotext("DPM++ 2M Karras", None) == ("DPM++ 2M Karras", "Automatic", None)
+    # A1111 1.9+: "Automatic" is the sampler's A1111 default
+    assert from_infotext("DPM++ 2M", "Automatic") == ("DPM++ 2M Karras", "Automatic", None)
+    assert from_infotext("DPM++ 2M SDE", "Automatic") == ("DPM++ 2M SDE", "Exponential", None)
+    assert from_infotext("Euler", "Automatic") == ("Euler", "Automatic", None)
+    assert from_infotext("dpm++ 2m", "Karras") == ("DPM++ 2M Karras", "Automatic", None)
+    assert from_infotext("DPM++ 2M", "Uniform") == ("DPM++ 2M", "Uniform", None)
+    assert from_infotext("Euler", "SGM Uniform") == ("Euler", "SGM Uniform", None)
+    name, kind, warning = from_infotext("Euler a", "Karras")
+    assert (name, kind) == ("Euler a", "Automatic") and warning and "'Karras' has no equivalent for tihub's Euler a sampler" in warning
+    name, kind, warning = from_infotext("DPM++ 2M", "Align Your Steps")
+    assert (name, kind) == ("DPM++ 2M", "Automatic") and warning
+    # what tihub writes reads back to the same schedule, in tihub and in A1111 1.9+
+    for sampler in ("DPM++ 2M", "DPM++ 2M Karras", "Euler", "DPM++ 2M SDE"):
+        for kind in ("Automatic", "Exponential"):
+            if sampler.endswith("Karras") and kind != "Automatic":
+                continue
+            written = infotext_schedule(sampler, kind)
+            back_name, back_kind, _ = from_infotext(sampler, written)
+            a = make_scheduler(sampler, SD_CONFIG, kind)
+            b = make_scheduler(back_name, SD_CONFIG, back_kind)
+            a.set_timesteps(8)
+            b.set_timesteps(8)
+            assert torch.equal(a.sigmas, b.sigmas), (sampler, kind, written)

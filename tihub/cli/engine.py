@@ -116,17 +116,10 @@ def _from_image(path: str) -> dict[str, Any]:
     if "Steps" in p:
         out["steps"] = int(p["Steps"])
     if "Sampler" in p:
-        from tihub.engine.samplers import canonical, canonical_schedule, check_schedule_type
+        from tihub.engine.samplers import from_infotext
 
-        kind = (p.get("Schedule type") or "").strip()
-        out["sampler"] = canonical(p["Sampler"], kind)
-        if kind and not out["sampler"].endswith(" Karras"):  # Karras is folded into the name
-            try:
-                out["schedule_type"] = canonical_schedule(kind)
-                check_schedule_type(out["sampler"], out["schedule_type"])
-            except ConfigError:
-                out.pop("schedule_type", None)
-                out["warnings"] = [f"The image's schedule type '{kind}' has no equivalent for tihub's {out['sampler']} sampler; its own schedule is used, so the image will differ."]
+        out["sampler"], out["schedule_type"], warning = from_infotext(p["Sampler"], p.get("Schedule type"))
+        out["warnings"] = [warning] if warning else []
     if "CFG scale" in p:
         out["cfg"] = float(p["CFG scale"])
     if "Seed" in p:

@@ -29,7 +29,7 @@ from tihub import __version__
 from tihub.engine.conditioning import Cond, PromptEncoder
 from tihub.engine.models import LoadedModel, from_pipeline, load_model
 from tihub.engine.prompts import prompt_schedule
-from tihub.engine.samplers import DEFAULT, calls_per_step, canonical, canonical_schedule, check_schedule_type, make_scheduler
+from tihub.engine.samplers import DEFAULT, calls_per_step, canonical, canonical_schedule, check_schedule_type, infotext_schedule, make_scheduler
 from tihub.engine.vocabulary import Vocabulary
 from tihub.errors import ConfigError
 from tihub.formats.model import Embedding
@@ -234,7 +234,7 @@ class Engine:
         params: dict[str, Any] = {
             "Steps": settings.steps,
             "Sampler": settings.sampler,
-            "Schedule type": settings.schedule_type if settings.schedule_type != "Automatic" else None,
+            "Schedule type": infotext_schedule(settings.sampler, settings.schedule_type),
             "CFG scale": f"{settings.cfg_scale:g}",
             "Seed": seed,
             "Size": f"{settings.width}x{settings.height}",

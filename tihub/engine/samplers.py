@@ -8,6 +8,12 @@ installation without them gives a one-sentence error naming the package.
 Second-order samplers (scheduler `order` 2: Heun, DPM2, DPM2 a, DPM++ SDE, DPM++ 2S a) call the
 model twice per step; A1111 schedules prompt editing over twice the steps for them and counts
 model calls, and `calls_per_step` lets the engine do the same.
+
+Schedule types (A1111 1.9+ writes `Schedule type` beside `Sampler`): Karras, Exponential, SGM
+Uniform and Beta map to diffusers options. tihub's names keep the older A1111 style, where
+"DPM++ 2M" is the uniform schedule and "DPM++ 2M Karras" the Karras one; `from_infotext` reads
+newer infotext ("Automatic" meaning A1111's default for the sampler), and `infotext_schedule`
+writes "Uniform" where newer A1111 would otherwise read its own default.
 """
 
 from __future__ import annotations
@@ -59,6 +65,19 @@ SCHEDULE_TYPES: dict[str, dict[str, Any]] = {
     "Beta": {"use_beta_sigmas": True},
 }
 _SCHEDULE_BY_LOWER = {k.lower(): k for k in SCHEDULE_TYPES}
+
+# What A1111 1.9 and later mean by "Schedule type: Automatic" for samplers whose own default is not
+# the uniform schedule (its sampler table's `scheduler` option). Infotext without the key comes
+# from older A1111 (or tihub), where "DPM++ 2M" meant the uniform schedule.
+A1111_AUTOMATIC = {
+    "DPM++ 2M": "Karras",
+    "DPM++ SDE": "Karras",
+    "DPM++ 2S a": "Karras",
+    "DPM2": "Karras",
+    "DPM2 a": "Karras",
+    "DPM++ 2M SDE": "Exponential",
+    "DPM++ 3M SDE": "Exponential",
+}
 _SIGMA_OPTIONS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 
 
@@ -103,6 +122,37 @@ def canonical(name: str | None, schedule_type: str | None = None) -> str:
     if key not in _BY_LOWER:
         raise ConfigError(f"Unknown sampler '{name}'; choose one of: {', '.join(SAMPLERS)}.")
     return _BY_LOWER[key]
+
+
+def from_infotext(sampler: str, schedule: str | None) -> tuple[str, str, str | None]:
+    """(sampler, schedule type, warning) for an infotext's `Sampler` and `Schedule type` values.
+
+    "Automatic" from A1111 1.9+ becomes that sampler's A1111 default; Karras folds into the
+    sampler name where tihub has a Karras variant; a type tihub cannot follow gives a warning and
+    the sampler's own schedule."""
+    name = canonical(sampler)
+    if schedule is None or not schedule.strip():
+        return name, "Automatic", None
+    kind = schedule.strip()
+    if kind.lower() == "automatic":
+        kind = A1111_AUTOMATIC.get(name, "Automatic")
+    name = canonical(sampler, kind)
+    if kind.lower() == "karras" and name.endswith(" Karras"):
+        return name, "Automatic", None
+    try:
+        kind = canonical_schedule(kind)
+        check_schedule_type(name, kind)
+    except ConfigError:
+        return name, "Automatic", f"The image's schedule type '{schedule.strip()}' has no equivalent for tihub's {name} sampler; its own schedule is used, so the image will differ."
+    return name, kind, None
+
+
+def infotext_schedule(sampler: str, kind: str) -> str | None:
+    """The `Schedule type` to write: the chosen type, or "Uniform" where A1111 1.9+ would read a
+    missing key as its own default for this sampler (None: nothing to write)."""
+    if kind != "Automatic":
+        return kind
+    return "Uniform" if sampler in A1111_AUTOMATIC else None
 
 
 def check_schedule_type(sampler: str, kind: str) -> None:
