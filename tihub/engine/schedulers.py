@@ -24,7 +24,15 @@ from diffusers.utils.torch_utils import randn_tensor
 class DPMPP2SAncestralScheduler(KDPM2AncestralDiscreteScheduler):  # type: ignore[misc]
     """DPM-Solver++(2S) with ancestral noise; see the module docstring."""
 
-    def _denoised(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def set_timesteps(self, num_inference_steps: int, device: Any = None, num_train_timesteps: int | None = None) -> None:  # type: ignore[override]
+        super().set_timesteps(num_inference_steps, device, num_train_timesteps)
+        # step() reads these as Python floats: keep them on the CPU so reading one never waits
+        # for the GPU (the parent leaves all but `sigmas` on the pipeline's device)
+        self.sigmas_interpol = self.sigmas_interpol.cpu()
+        self.sigmas_up = self.sigmas_up.cpu()
+        self.sigmas_down = self.sigmas_down.cpu()
+
+    def _denoised(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: float) -> torch.Tensor:
         """The model's estimate of the clean sample at noise level `sigma`."""
         kind = self.config.prediction_type
         if kind == "epsilon":
@@ -47,10 +55,11 @@ class DPMPP2SAncestralScheduler(KDPM2AncestralDiscreteScheduler):  # type: ignor
         # the schedule arrays repeat each step's values, so the step's own index is this call's
         # index in the first call and the previous one in the second
         k = self.step_index if first else self.step_index - 1
-        sigma = self.sigmas[k].to(sample.device)
-        sigma_mid = self.sigmas_interpol[k].to(sample.device)
-        sigma_down = self.sigmas_down[k].to(sample.device)
-        sigma_up = self.sigmas_up[k].to(sample.device)
+        # the schedule lives on the CPU: plain floats, no device copies per step
+        sigma = float(self.sigmas[k])
+        sigma_mid = float(self.sigmas_interpol[k])
+        sigma_down = float(self.sigmas_down[k])
+        sigma_up = float(self.sigmas_up[k])
 
         if first:
             # 1. the model was called at sigma: its clean estimate
