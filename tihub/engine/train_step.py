@@ -11,7 +11,10 @@ Rules that keep a replay equal to an eager step:
   every Python-side input (prompts, SDXL sizes) is turned into tensors before the copy;
 - gradients and the loss come back in graph-owned tensors that the next replay overwrites, so
   the caller consumes them (adds them up, or hands them to the optimizer) before the next call;
-- one batch shape is captured; other shapes (an epoch's last, smaller batch) run eagerly;
+- one batch shape is captured; other shapes (pictures of another size, without resizing) run
+  eagerly;
+- the first replay on new data is checked once against an eager step on the same batch; a
+  mismatch (or a failed capture) is one note and the rest of the run is eager;
 - capture needs no host syncs in the step, static shapes, no loss scaler (fp16 runs eagerly),
   and no gradient checkpointing (it reads the RNG state, which a capture forbids).
 
@@ -63,6 +66,7 @@ class GraphedStep:
     """Like EagerStep, but replays a captured graph for the first full-size batch shape."""
 
     WARMUP = 3  # eager runs on a side stream before capture: lazy library set-up happens there
+    TOLERANCE = 1e-2  # relative difference allowed in the self-check (kernel sum order, atomics)
 
     def __init__(self, session: Any, scale: float, batch_size: int, emulate: bool = False, on_fallback: Callable[[str], None] | None = None) -> None:
         self.session, self.scale, self.batch_size, self.emulate = session, scale, batch_size, emulate
@@ -80,22 +84,48 @@ class GraphedStep:
             try:
                 self._capture(mb)
             except Exception as exc:  # noqa: BLE001 - any capture failure: the run goes on eagerly
-                self.key = ("capture failed",)
-                self.static = self.graph = self.static_loss = None
-                self.static_grads = []
+                self._drop("capture failed")
                 if self.on_fallback is not None:
                     first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
                     self.on_fallback(f"The CUDA graph capture failed ({type(exc).__name__}: {first}); training runs eagerly.")
         if mb.shape_key() != self.key:
             return self.eager(mb)
         # copy this micro-batch into the captured buffers, then one launch for the whole step
+        self._load(mb)
+        self._replay()
+        self.replays += 1
+        if self.replays == 2:
+            # the first replay on new data: checked once against an eager step on the same batch
+            return self._self_check(mb)
+        return self.static_loss, self.static_grads
+
+    def _self_check(self, mb: MicroBatch) -> tuple[Any, list[Any]]:
+        """Compare this replay with an eager step; on a mismatch, drop the graph for good."""
+        import torch
+
+        got = [self.static_loss.clone(), *(g.clone() for g in self.static_grads)]
+        loss, grads = self.eager(mb)
+        want = [loss, *grads]
+        worst = max(float((a.float() - b.float()).norm() / (b.float().norm() + 1e-12)) for a, b in zip(got, want, strict=True))
+        if worst <= self.TOLERANCE:
+            return loss, grads
+        self._drop()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self.on_fallback is not None:
+            self.on_fallback(f"The CUDA graph replay differed from an eager step by {worst:.1%}; training runs eagerly.")
+        return loss, grads
+
+    def _drop(self, why: str = "graph dropped") -> None:
+        self.key = (why,)
+        self.static = self.graph = self.static_loss = None
+        self.static_grads = []
+
+    def _load(self, mb: MicroBatch) -> None:
         assert self.static is not None
         for dst, src in zip(self.static.tensors(), mb.tensors(), strict=True):
             if dst is not None:
                 dst.copy_(src)
-        self._replay()
-        self.replays += 1
-        return self.static_loss, self.static_grads
 
     def _body(self) -> Any:
         """The captured work: reads only the static buffers."""
@@ -130,6 +160,9 @@ class GraphedStep:
             torch.cuda.current_stream().wait_stream(side)
             for p in params:
                 p.grad = None
+            # the warm-up's cached blocks cannot serve the graph's private pool: hand them back
+            # so capturing does not hold two copies of the activations
+            torch.cuda.empty_cache()
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self.static_loss = self._body()
