@@ -57,6 +57,14 @@ def tiny_sd1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sd1(tmp_path_factory.mktemp("models") / "tiny-sd1")
 
 
+@pytest.fixture(scope="module")
+def sd1(tiny_sd1_dir: Path):  # type: ignore[no-untyped-def]
+    """The tiny SD1 model loaded on the CPU, shared by one test module."""
+    from tihub.engine.models import load_model
+
+    return load_model(tiny_sd1_dir, device="cpu")
+
+
 @pytest.fixture(scope="session")
 def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SDXL-shaped diffusers folder."""

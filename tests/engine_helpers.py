@@ -37,6 +37,17 @@ def tiny_reader(path: Path) -> Embedding:
     return Embedding(path.stem, {"clip_l": d["emb_params"]})
 
 
+def engine_on(model, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """An Engine on a loaded tiny model with an empty embeddings folder, reading 32-wide files."""
+    from tihub.engine.generate import Engine
+
+    folder = tmp_path / "embeddings"
+    folder.mkdir(exist_ok=True)
+    eng = Engine(model, folder)
+    eng.vocabulary.reader = tiny_reader
+    return eng
+
+
 def vec(n: int, width: int = 32, seed: int = 0, scale: float = 1.0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal((n, width)) * scale).astype(np.float32)
 

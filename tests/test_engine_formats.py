@@ -123,8 +123,8 @@ def test_every_sdxl_layout_reaches_both_encoders(corpus, sdxl_wide, tmp_path):
             h2.remove()
         assert r.used == [name], src
         n = len(rows["clip_l"])
-        assert any(np.allclose(token_rows(pipe.text_encoder, h[0], 1, n), rows["clip_l"], atol=1e-2) for h in seen1), src
-        assert any(np.allclose(token_rows(pipe.text_encoder_2, h[0], 1, n), rows["clip_g"], atol=1e-2) for h in seen2), src
+        assert any(np.allclose(token_rows(pipe.text_encoder, h[0], 1, n), rows["clip_l"], atol=1e-5) for h in seen1), src
+        assert any(np.allclose(token_rows(pipe.text_encoder_2, h[0], 1, n), rows["clip_g"], atol=1e-5) for h in seen2), src
         assert f"{name}: " in r.infotexts[0]
 
 

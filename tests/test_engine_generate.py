@@ -11,10 +11,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine_helpers import capture_encoder_inputs, tiny_reader, token_rows, vec, write_emb  # noqa: E402
+from engine_helpers import capture_encoder_inputs, engine_on, token_rows, vec, write_emb  # noqa: E402
 
 from tihub.engine.conditioning import CHUNK  # noqa: E402
-from tihub.engine.generate import Engine, Settings, generate, parse_size  # noqa: E402
+from tihub.engine.generate import Settings, generate, parse_size  # noqa: E402
 from tihub.engine.models import load_model  # noqa: E402
 from tihub.engine.samplers import SAMPLERS, available, canonical  # noqa: E402
 from tihub.errors import ConfigError, EngineError, FormatError, NotFound  # noqa: E402
@@ -24,18 +24,9 @@ from tihub.infotext import read_infotext  # noqa: E402
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def sd1(tiny_sd1_dir):
-    return load_model(tiny_sd1_dir, device="cpu")
-
-
 @pytest.fixture
 def engine(sd1, tmp_path):
-    folder = tmp_path / "embeddings"
-    folder.mkdir()
-    eng = Engine(sd1, folder)
-    eng.vocabulary.reader = tiny_reader
-    return eng
+    return engine_on(sd1, tmp_path)
 
 
 def _img(result, i=0):

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine_helpers import capture_encoder_inputs, tiny_reader, token_rows, vec, write_emb  # noqa: E402
+from engine_helpers import capture_encoder_inputs, engine_on, tiny_reader, token_rows, vec, write_emb  # noqa: E402
 
 from tihub.engine.generate import Engine  # noqa: E402
 from tihub.engine.models import load_model  # noqa: E402
@@ -20,9 +20,7 @@ def sdxl(tiny_sdxl_dir):
 
 @pytest.fixture
 def engine(sdxl, tmp_path):
-    eng = Engine(sdxl, tmp_path / "embeddings")
-    eng.vocabulary.reader = tiny_reader
-    return eng
+    return engine_on(sdxl, tmp_path)
 
 
 def test_sdxl_splices_clip_l_and_clip_g_into_their_encoders(engine, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from engine_helpers import tiny_reader, vec, write_emb  # noqa: E402
+from engine_helpers import engine_on, tiny_reader, vec, write_emb  # noqa: E402
 
 from tihub.engine.generate import Engine, Settings  # noqa: E402
 from tihub.engine.grid import build_cells, checkpoint_files, draw_grid, make_grid, parse_axis, preview_kind, standard_preview  # noqa: E402
@@ -18,16 +18,9 @@ from tihub.errors import ConfigError  # noqa: E402
 from tihub.infotext import read_infotext  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def sd1(tiny_sd1_dir):
-    return load_model(tiny_sd1_dir, device="cpu")
-
-
 @pytest.fixture
 def engine(sd1, tmp_path):
-    eng = Engine(sd1, tmp_path / "embeddings")
-    eng.vocabulary.reader = tiny_reader
-    return eng
+    return engine_on(sd1, tmp_path)
 
 
 def test_parse_axis():

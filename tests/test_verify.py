@@ -6,24 +6,15 @@ import pytest
 
 pytest.importorskip("torch")
 
-from engine_helpers import tiny_reader, vec, write_emb  # noqa: E402
+from engine_helpers import engine_on, vec, write_emb  # noqa: E402
 
-from tihub.engine.generate import Engine  # noqa: E402
-from tihub.engine.models import load_model  # noqa: E402
 from tihub.engine.verify import record, verify  # noqa: E402
 from tihub.formats.model import Embedding  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def sd1(tiny_sd1_dir):
-    return load_model(tiny_sd1_dir, device="cpu")
-
-
 @pytest.fixture
 def engine(sd1, tmp_path):
-    eng = Engine(sd1, tmp_path / "embeddings")
-    eng.vocabulary.reader = tiny_reader
-    return eng
+    return engine_on(sd1, tmp_path)
 
 
 def _table_scale(engine):

@@ -101,8 +101,6 @@ class GraphedStep:
 
     def _self_check(self, mb: MicroBatch) -> tuple[Any, list[Any]]:
         """Compare this replay with an eager step; on a mismatch, drop the graph for good."""
-        import torch
-
         got = [self.static_loss.clone(), *(g.clone() for g in self.static_grads)]
         loss, grads = self.eager(mb)
         want = [loss, *grads]
@@ -110,16 +108,19 @@ class GraphedStep:
         if worst <= self.TOLERANCE:
             return loss, grads
         self._drop()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
         if self.on_fallback is not None:
             self.on_fallback(f"The CUDA graph replay differed from an eager step by {worst:.1%}; training runs eagerly.")
         return loss, grads
 
     def _drop(self, why: str = "graph dropped") -> None:
+        """Forget the graph for good (later batches run eagerly) and give back its memory."""
+        import torch
+
         self.key = (why,)
         self.static = self.graph = self.static_loss = None
         self.static_grads = []
+        if not self.emulate and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _load(self, mb: MicroBatch) -> None:
         assert self.static is not None
