@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile tihub's UNet (the peer stays eager)")
     ap.add_argument("--no-graphs", action="store_true", help="skip the --cuda-graphs variant of tihub")
     ap.add_argument("--no-channels-last", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="also profile a few eager tihub steps: kernel time against wall time, and the kernels that dominate")
     ap.add_argument("--smoke", action="store_true", help="instead: train tiny SD1/SDXL models on the device in every precision and check the outputs")
     args = ap.parse_args()
     if args.smoke:
@@ -94,7 +95,9 @@ def main() -> None:
         pics = work / "pics"
         pictures = make_pictures(pics, 8, size)
 
-        def tihub_round(graphs: bool = False) -> tuple[float, int]:
+        notes: list[str] = []
+
+        def tihub_round(graphs: bool = False, profiler: Any = None) -> tuple[float, int]:
             stamps: list[float] = []
             warm = 8 if args.compile else 3
 
@@ -103,10 +106,14 @@ def main() -> None:
                     sync(device)
                     if gpu:
                         torch.cuda.reset_peak_memory_stats(device)
+                    if profiler is not None:
+                        profiler.start()
                     stamps.append(time.perf_counter())
                 elif info["step"] == info["total"]:
                     sync(device)
                     stamps.append(time.perf_counter())
+                    if profiler is not None:
+                        profiler.stop()
 
             cfg = TrainConfig(
                 name="bench", images=pics, model=str(model_dir), embeddings_dir=work / "emb", run_dir=work / "run",
@@ -115,7 +122,8 @@ def main() -> None:
                 gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
                 cuda_graphs="on" if graphs else "off",
             )
-            train(cfg, log=lambda _: None, progress=progress, pipe=pipe)
+            # a failed capture or self-check is one log line; shown, since it changes the figures
+            train(cfg, log=lambda line: notes.append(line) if "CUDA graph" in line else None, progress=progress, pipe=pipe)
             peak = torch.cuda.max_memory_allocated(device) if gpu else 0
             return steps * batch / (stamps[1] - stamps[0]), peak
 
@@ -150,6 +158,10 @@ def main() -> None:
             theirs.append(b)
             mem_theirs.append(mb)
             print(f"{line}   diffusers-example loop {b:8.2f} samples/s")
+        for note in dict.fromkeys(notes):
+            print(f"  note: {note}")
+        if args.profile:
+            profile_steps(tihub_round, device, steps, batch)
 
     mo, mt = statistics.median(ours), statistics.median(theirs)
     print(f"median: tihub {mo:.2f} samples/s, diffusers-example loop {mt:.2f} samples/s, ratio {mo / mt:.2f}x (target >= 3x)")
@@ -165,6 +177,29 @@ def main() -> None:
         if mem_graphed:
             mem += f", tihub --cuda-graphs {max(mem_graphed) / 2**30:.2f} GiB"
         print(f"peak GPU memory during steps (all hold the same UNet/VAE; the peer also an fp32 text encoder): {mem}, diffusers-example loop {max(mem_theirs) / 2**30:.2f} GiB")
+
+
+def profile_steps(tihub_round: Any, device: Any, steps: int, batch: int) -> None:
+    """Where an eager step's time goes: the GPU's kernel time against the wall time, per step."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    prof = profile(activities=activities)
+    t = time.perf_counter()
+    rate, _ = tihub_round(profiler=prof)
+    wall_ms = 1000 * batch / rate
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    if not kernels:
+        print(f"profile: {wall_ms:.1f} ms per step (profiled); no kernel events recorded ({time.perf_counter() - t:.0f} s)")
+        return
+    busy: dict[str, float] = {}
+    for e in kernels:
+        busy[e.name] = busy.get(e.name, 0.0) + e.time_range.elapsed_us()
+    total_ms = sum(busy.values()) / 1000 / steps
+    print(f"profile (eager, {steps} steps): wall {wall_ms:.1f} ms/step, kernels {total_ms:.1f} ms/step ({100 * total_ms / wall_ms:.0f}% busy), {len(kernels) / steps:.0f} kernels/step")
+    for name, us in sorted(busy.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"  {us / 1000 / steps:7.2f} ms/step  {100 * us / 1000 / steps / total_ms:4.1f}%  {name[:110]}")
 
 
 def smoke(device_name: str | None) -> None:
