@@ -46,6 +46,9 @@ def test_cli_training_run_registers_and_previews(home: Path, tmp_path: Path, tin
     assert "Skipped broken.jpg:" in out
     assert "3 pictures (6 with flips)" in out
     assert "step 6/6" in out
+    # CUDA graphs are the default where they can run; on the CPU that is silently eager
+    assert "CUDA graph" not in out and "Trained foxtok on 3 pictures (6 with flips): 6 steps in " in out
+    assert json.loads((home / "train" / "foxtok" / "settings.json").read_text())["cuda_graphs"] == "auto"
     # The progress line shows each step's own loss, the one loss.csv records.
     import csv
     import re
@@ -87,10 +90,11 @@ def test_cli_training_run_registers_and_previews(home: Path, tmp_path: Path, tin
     # a second run with the same name is refused before any work; --overwrite replaces it
     res2 = CliRunner().invoke(cli, args)
     assert res2.exit_code == 1 and "already exists" in res2.output
-    res3 = CliRunner().invoke(cli, [*args[:-2], "--steps", "2", "--save-every", "0", "--preview-every", "0", "--overwrite", "--json", "--device", "cpu"])
+    res3 = CliRunner().invoke(cli, [*args[:-2], "--steps", "2", "--save-every", "0", "--preview-every", "0", "--overwrite", "--json", "--device", "cpu", "--cuda-graphs"])
     assert res3.exit_code == 0, res3.output
+    assert "CUDA graphs need a CUDA device, not cpu; training runs eagerly." in res3.output  # asked for: a note
     data = json.loads(res3.output[res3.output.index("{"):])
-    assert data["steps"] == 2 and data["output"] == str(emb)
+    assert data["steps"] == 2 and data["output"] == str(emb) and data["steps_from"] == "eager"
     assert [Path(p).name for p in data["checkpoints"]] == ["foxtok-2.safetensors"]
 
 

@@ -61,6 +61,7 @@ def test_emulated_graph_replays_match_eager_steps_exactly(which: str, tmp_path: 
     graphed = train(_cfg(tmp_path / "graphed", model, cuda_graphs="emulate", **kw), log=lines.append)
     # every micro-batch was a replay; one eager step checked the second replay
     assert replays == [6 * 2, 1] and graphed.notes == [] and not any("eagerly" in x for x in lines)
+    assert (eager.steps_from, graphed.steps_from) == ("eager", "cuda graph")
     a, b = _vectors(eager), _vectors(graphed)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -89,6 +90,33 @@ def test_cuda_graphs_on_cpu_is_a_note_and_an_eager_run(tmp_path: Path, tiny_sd1_
     assert "CUDA graphs need a CUDA device, not cpu; training runs eagerly." in lines
     assert result.notes == ["CUDA graphs need a CUDA device, not cpu; training runs eagerly."]
     assert replays[0] == 0
+
+
+def test_the_step_runner_for_each_mode() -> None:
+    from tihub.engine.train_step import EagerStep, make_step
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    scaler = object()
+
+    def pick(mode: str, device=cuda, scaler=None, checkpointing=False, compiled=False):  # type: ignore[no-untyped-def]
+        notes: list[str] = []
+        step = make_step(mode, None, 1.0, 2, device, scaler, checkpointing, compiled, notes.append)
+        return type(step), getattr(step, "emulate", None), notes
+
+    # auto (the default): a graph wherever one can run, silently eager elsewhere
+    assert pick("auto") == (GraphedStep, False, [])
+    assert pick("auto", device=cpu) == (EagerStep, None, [])
+    assert pick("auto", scaler=scaler) == (EagerStep, None, [])
+    assert pick("auto", checkpointing=True) == (EagerStep, None, [])
+    assert pick("auto", compiled=True) == (EagerStep, None, [])
+    # on: the same choice, with a note where a graph cannot run
+    assert pick("on") == (GraphedStep, False, [])
+    assert pick("on", device=cpu) == (EagerStep, None, ["CUDA graphs need a CUDA device, not cpu; training runs eagerly."])
+    assert pick("on", scaler=scaler)[2] == ["CUDA graphs are not used with fp16 loss scaling; use --precision bf16 or fp32; training runs eagerly."]
+    assert pick("off") == (EagerStep, None, [])
+    assert pick("emulate", device=cpu) == (GraphedStep, True, [])
+    # the eager runner keeps the fp16 loss scaler
+    assert make_step("auto", None, 1.0, 2, cuda, scaler, False, False, print).scaler is scaler
 
 
 def test_cuda_graphs_refusals() -> None:
@@ -186,6 +214,7 @@ def test_a_failed_capture_is_a_note_and_the_run_goes_on_eagerly(tmp_path: Path, 
     graphed = train(_cfg(tmp_path / "graphed", tiny_sd1_dir, cuda_graphs="emulate"), log=lines.append)
     note = "The CUDA graph capture failed (RuntimeError: operation not permitted when stream is capturing); training runs eagerly."
     assert note in lines and graphed.notes == [note]
+    assert graphed.steps_from == "eager"
     a, b = _vectors(eager), _vectors(graphed)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -200,6 +229,7 @@ def test_a_replay_that_differs_from_eager_is_caught_once_and_the_run_goes_on_eag
     graphed = train(_cfg(tmp_path / "graphed", tiny_sd1_dir, cuda_graphs="emulate", **kw), log=lines.append)
     assert len(graphed.notes) == 1 and graphed.notes[0].startswith("The CUDA graph replay differed from an eager step by ")
     assert graphed.notes[0].endswith("; training runs eagerly.") and graphed.notes[0] in lines
+    assert graphed.steps_from == "eager"
     assert replays == [2, 1 + 4]  # two replays (the second checked), then eager steps only
     a, b = _vectors(eager), _vectors(graphed)
     assert all(torch.equal(a[k], b[k]) for k in a)  # the wrong replay never reached the optimizer

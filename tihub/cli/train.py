@@ -73,7 +73,7 @@ class _Bar:
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "fp16", "bf16"]))
 @click.option("--gradient-checkpointing", is_flag=True, help="Less GPU memory (about half), slower steps (about 40% on an H200).")
 @click.option("--compile", "compile", is_flag=True, help="torch.compile the UNet for the steps (experimental; GPU: minutes of compiling first).")
-@click.option("--cuda-graphs", "cuda_graphs", flag_value="on", default="off", help="Replay each step from a captured CUDA graph: no per-step launch overhead (CUDA, bf16/fp32; not with checkpointing or --compile).")
+@click.option("--cuda-graphs/--no-cuda-graphs", "cuda_graphs", default=None, help="Replay each step from a captured CUDA graph, with no per-step launch overhead. Default: wherever one can run (CUDA in bf16/fp32, without --gradient-checkpointing or --compile); --cuda-graphs adds a note where it cannot.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing embedding (and run folder) of this name.")
 @click.option("--also-pt", is_flag=True, help="Also write an A1111 .pt next to the .safetensors.")
 @click.option("--png-card", is_flag=True, help="Also write an A1111 PNG embedding card in the run folder.")
@@ -101,6 +101,7 @@ def train_cmd(ctx: Context, name: str, images: Path, model: str, size: str, run_
     validate_schedule(opts["lr"])
     preview_steps = opts.pop("preview_steps")
     preview_seed = opts.pop("preview_seed")
+    opts["cuda_graphs"] = {None: "auto", True: "on", False: "off"}[opts["cuda_graphs"]]
     cfg = TrainConfig(
         name=name,
         images=images,
@@ -145,12 +146,14 @@ def train_cmd(ctx: Context, name: str, images: Path, model: str, size: str, run_
                 "loss_csv": str(result.loss_csv),
                 "loss_png": str(result.loss_png) if result.loss_png else None,
                 "seconds": round(result.seconds, 2),
+                "steps_from": result.steps_from,
                 "file_id": result.file_id,
             }
         )
         return
     loss = "-" if result.final_loss is None else f"{result.final_loss:.4f}"
-    click.echo(f"Trained {result.name} on {result.pictures}: {result.steps} steps in {result.seconds:.1f} s, last loss {loss}.")
+    graph = " (replayed from a CUDA graph)" if result.steps_from == "cuda graph" else ""
+    click.echo(f"Trained {result.name} on {result.pictures}: {result.steps} steps{graph} in {result.seconds:.1f} s, last loss {loss}.")
     for p in [result.output, *result.extra_outputs]:
         click.echo(f"  wrote {p}")
     click.echo(f"  model hash {result.sd_checkpoint or 'unknown'}; {len(result.checkpoints)} checkpoints, loss log {result.loss_csv}")

@@ -38,7 +38,7 @@ from tihub.engine.train_data import (
     load_template,
     prompts_for,
 )
-from tihub.engine.train_step import EagerStep, GraphedStep, MicroBatch, graphs_refusal
+from tihub.engine.train_step import GraphedStep, MicroBatch, make_step
 from tihub.errors import ConfigError, EngineError
 from tihub.formats import write_embedding
 from tihub.formats.model import Embedding
@@ -91,7 +91,7 @@ class TrainConfig:
     precision: str = "auto"
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the UNet for the training steps (slow start, faster steps)
-    cuda_graphs: str = "off"  # on: replay each step from a captured CUDA graph; emulate: its data flow without CUDA (tests)
+    cuda_graphs: str = "auto"  # auto/on: replay each step from a captured CUDA graph where one can run (on: a note where not); off; emulate: its data flow without CUDA (tests)
     overwrite: bool = False
     also_pt: bool = False
     png_card: bool = False
@@ -126,6 +126,7 @@ class TrainResult:
     seconds: float
     file_id: int | None = None
     notes: list[str] = field(default_factory=list)
+    steps_from: str = "eager"  # or "cuda graph": how the micro-batches ran (replayed where they could)
 
 
 Log = Callable[[str], None]
@@ -188,8 +189,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"--latent-sampling {cfg.latent_sampling!r} is not one of {', '.join(LATENT_MODES)}.")
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"--precision {cfg.precision!r} is not one of {', '.join(PRECISIONS)}.")
-    if cfg.cuda_graphs not in ("off", "on", "emulate"):
-        raise ConfigError(f"cuda_graphs {cfg.cuda_graphs!r} is not one of off, on, emulate.")
+    if cfg.cuda_graphs not in ("auto", "on", "off", "emulate"):
+        raise ConfigError(f"cuda_graphs {cfg.cuda_graphs!r} is not one of auto, on, off, emulate.")
     if cfg.save_every < 0 or cfg.preview_every < 0:
         raise ConfigError("--save-every and --preview-every must be 0 (off) or a positive number of steps.")
     parse_schedule(cfg.lr, cfg.steps)
@@ -743,19 +744,12 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
     optimizer = torch.optim.AdamW(params, lr=lr_schedule(0), weight_decay=0.0)
     scaler = torch.amp.GradScaler("cuda") if use_scaler and device.type == "cuda" else None
     # one micro-batch's forward and backward: eager, or replayed from a captured CUDA graph
-    run_micro: Any = EagerStep(session, 1.0 / cfg.grad_accum, scaler)
-    if cfg.cuda_graphs != "off":
-        refusal = graphs_refusal(device, scaler is not None, cfg.gradient_checkpointing, cfg.compile)
-        if refusal is None or cfg.cuda_graphs == "emulate":
 
-            def fallback(message: str) -> None:
-                notes.append(message)
-                log(message)
+    def note(message: str) -> None:
+        notes.append(message)
+        log(message)
 
-            run_micro = GraphedStep(session, 1.0 / cfg.grad_accum, cfg.batch_size, emulate=cfg.cuda_graphs == "emulate", on_fallback=fallback)
-        else:
-            notes.append(refusal + "; training runs eagerly.")
-            log(notes[-1])
+    run_micro = make_step(cfg.cuda_graphs, session, 1.0 / cfg.grad_accum, cfg.batch_size, device, scaler, cfg.gradient_checkpointing, cfg.compile, note)
     start_step = 0
     loss_csv = run_dir / "loss.csv"
     if cfg.resume:
@@ -904,6 +898,7 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
         sd_checkpoint=sd_checkpoint,
         seconds=time.perf_counter() - started,
         notes=notes,
+        steps_from="cuda graph" if isinstance(run_micro, GraphedStep) and run_micro.replaying else "eager",
     )
 
     # Stage 8: the catalogue: a local entry with its training story.
@@ -925,7 +920,7 @@ def register(cfg: TrainConfig, result: TrainResult, emb: Embedding, count: int, 
     except Exception:  # noqa: BLE001 - the run is still recorded against the file
         entry_id = None
     settings = cfg.settings()
-    settings.update(sd_checkpoint=result.sd_checkpoint, pictures_with_flips=count, seconds=round(result.seconds, 1), final_loss=result.final_loss)
+    settings.update(sd_checkpoint=result.sd_checkpoint, steps_from=result.steps_from, pictures_with_flips=count, seconds=round(result.seconds, 1), final_loss=result.final_loss)
     step_every = max(1, len(points) // 200)
     cat.add_training_run(
         entry_id=entry_id,

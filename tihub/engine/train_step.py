@@ -79,6 +79,11 @@ class GraphedStep:
         self.graph: Any = None
         self.replays = 0
 
+    @property
+    def replaying(self) -> bool:
+        """Whether steps are being replayed from the graph (captured, checked and not dropped)."""
+        return self.static is not None and self.replays >= 2
+
     def __call__(self, mb: MicroBatch) -> tuple[Any, list[Any]]:
         if self.key is None and mb.latents.shape[0] == self.batch_size:
             try:
@@ -181,6 +186,21 @@ class GraphedStep:
         self.static_loss.copy_(loss)
         for dst, p in zip(self.static_grads, self.session.params, strict=True):
             dst.copy_(p.grad)
+
+
+def make_step(mode: str, session: Any, scale: float, batch_size: int, device: Any, scaler: Any, checkpointing: bool, compiled: bool, note: Callable[[str], None]) -> EagerStep | GraphedStep:
+    """The micro-batch runner for a `--cuda-graphs` mode.
+
+    auto: a graph wherever one can run (CUDA, no loss scaler, no checkpointing, not compiled),
+    eager elsewhere without a word; on: the same, with a note where it cannot; off: eager;
+    emulate: the graph's data flow without CUDA (tests). A failed capture or self-check is a note.
+    """
+    refusal = graphs_refusal(device, scaler is not None, checkpointing, compiled)
+    if mode == "emulate" or (mode in ("auto", "on") and refusal is None):
+        return GraphedStep(session, scale, batch_size, emulate=mode == "emulate", on_fallback=note)
+    if mode == "on":
+        note(f"{refusal}; training runs eagerly.")
+    return EagerStep(session, scale, scaler)
 
 
 def graphs_refusal(device: Any, use_scaler: bool, checkpointing: bool, compiled: bool) -> str | None:
