@@ -2,9 +2,11 @@
 
 A textual-inversion step at batch 4 is thousands of small kernel launches, and on a fast GPU the
 Python and dispatcher work to launch them takes longer than the kernels (research/performance.md:
-"at bs 1 the UNet is launch-bound"). With `cuda_graphs`, the first full-size micro-batch's
-forward and backward are captured once as a CUDA graph: later micro-batches copy their tensors
-into the captured input buffers and replay the graph, a single launch.
+"at bs 1 the UNet is launch-bound"). With CUDA graphs (the default on CUDA in bf16 and fp32),
+the first full-size micro-batch's forward and backward are captured once as a CUDA graph: later
+micro-batches copy their tensors into the captured input buffers and replay the graph, a single
+launch. On an H200 (SD1.5 architecture, 512x512, batch 4, bf16) an eager step took 92 ms for
+38 ms of kernels, and a replayed one 38 ms: 2.4x.
 
 Rules that keep a replay equal to an eager step:
 - the captured function reads only the static input buffers (`MicroBatch` tensors made once);
