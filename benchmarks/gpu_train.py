@@ -226,14 +226,14 @@ def smoke(device_name: str | None) -> None:
                     cfg = TrainConfig(
                         name=f"smoke{family.replace('-', '')}{precision}{int(gc)}", images=pics, model=str(model), embeddings_dir=work / "emb",
                         run_dir=work / "run" / f"{family}-{precision}-{gc}", vectors=3, steps=12, lr="0.02", batch_size=2, save_every=6,
-                        flip=True, device=device, precision=precision, gradient_checkpointing=gc, preview_every=12, preview_steps=2,
+                        flip=True, device=device, precision=precision, gradient_checkpointing=gc, preview_every=6, preview_steps=2,  # a preview mid-run: replays go on after it
                         cuda_graphs="off",
                     )
                     t = time.perf_counter()
                     r = train(cfg, log=lambda _: None)
                     sd = load_file(str(r.output))
                     finite = all(bool(torch.isfinite(v).all()) for v in sd.values())
-                    ok = finite and r.final_loss is not None and np.isfinite(r.final_loss) and len(r.checkpoints) == 2
+                    ok = finite and r.final_loss is not None and np.isfinite(r.final_loss) and len(r.checkpoints) == 2 and len(r.previews) == 2
                     print(f"  {'ok  ' if ok else 'FAIL'} {family:6s} {precision:5s} gc={int(gc)} loss {r.final_loss:.4f} keys {sorted(sd)} previews {len(r.previews)} {time.perf_counter() - t:.1f} s")
                     if precision in ("fp32", "bf16") and not gc:
                         # the same run replayed from a CUDA graph (emulated off CUDA): the same
@@ -254,14 +254,16 @@ def smoke(device_name: str | None) -> None:
 
         os.environ["TIHUB_HOME"] = str(work / "home")
         (work / "home" / "embeddings").mkdir(parents=True)
-        cmd = [sys.executable, "-m", "tihub", "train", "clitok", "--images", str(pics), "--model", str(models["sd1"]), "--steps", "30", "--device", device]
-        t = time.perf_counter()
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        last = (run.stdout.strip().splitlines() or ["(no output)"])[0]
-        ok = run.returncode == 0 and ("replayed from a CUDA graph" in last) == device.startswith("cuda")
-        print(f"  {'ok  ' if ok else 'FAIL'} tihub train (CLI, defaults): {last} [{time.perf_counter() - t:.1f} s]")
-        if run.returncode:
-            print(run.stderr.strip()[-800:])
+        cmd = [sys.executable, "-m", "tihub", "train", "clitok", "--images", str(pics), "--model", str(models["sd1"]), "--device", device, "--save-every", "10"]
+        for extra in (["--steps", "30"], ["--steps", "40", "--resume"]):  # then resumed: a new capture
+            t = time.perf_counter()
+            run = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=120)
+            last = (run.stdout.strip().splitlines() or ["(no output)"])[0]
+            ok = run.returncode == 0 and ("replayed from a CUDA graph" in last) == device.startswith("cuda")
+            print(f"  {'ok  ' if ok else 'FAIL'} tihub train {' '.join(extra)} (CLI, defaults): {last} [{time.perf_counter() - t:.1f} s]")
+            if run.returncode:
+                print(run.stderr.strip()[-800:])
+
 
 if __name__ == "__main__":
     main()
