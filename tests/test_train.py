@@ -129,6 +129,44 @@ def test_sdxl_output_loads_in_diffusers_both_encoders(tmp_path: Path, tiny_sdxl_
     assert torch.equal(pipe.text_encoder_2.get_input_embeddings().weight[ids], sd["clip_g"])
 
 
+def test_sd2_shaped_training(tmp_path: Path) -> None:
+    """SD2: a 1024-wide OpenCLIP-H text encoder whose tokenizer pads with "!", and v-prediction."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from tihub.engine.models import family_of
+    from tihub.engine.tiny import tiny_sd2_pipeline
+    from tihub.formats import read_embedding
+
+    pipe = tiny_sd2_pipeline()
+    assert family_of(pipe) == "sd2" and pipe.tokenizer.pad_token_id == 0
+    model = tmp_path / "sd2"
+    pipe.save_pretrained(model)
+    # the training prompts are tokenized as diffusers tokenizes them: padded with "!", not <eos>
+    session = Session(pipe, 2, torch.device("cpu"), torch.float32, lambda tok, table, key: table[[265, 265]].detach().numpy())
+    try:
+        got = session.token_ids(["a photo of a fox"])[0][0].tolist()
+    finally:
+        session.restore()
+    assert got == pipe.tokenizer("a photo of a fox", padding="max_length", max_length=77).input_ids and got[-1] == 0
+
+    before = _snapshot(pipe)
+    result = train(_cfg(tmp_path, model, also_pt=True), log=_quiet, pipe=pipe)
+    after = _snapshot(pipe)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    vec = load_file(str(result.output))["emb_params"]
+    assert vec.shape == (2, 1024) and not torch.allclose(vec[0], pipe.text_encoder.get_input_embeddings().weight[265])
+    pt = result.extra_outputs[0]
+    assert torch.equal(torch.load(pt, weights_only=True)["string_to_param"]["*"], vec)
+    for path in (result.output, pt):
+        emb = read_embedding(path)
+        assert emb.widths == {"clip_h": 1024} and emb.vector_count == 2, path
+    loaded = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None, requires_safety_checker=False)
+    loaded.load_textual_inversion(str(result.output), token="foxtok")
+    ids = loaded.tokenizer.convert_tokens_to_ids(["foxtok", "foxtok_1"])
+    assert torch.equal(loaded.text_encoder.get_input_embeddings().weight[ids], vec)
+
+
 class _Stop(Exception):
     pass
 

@@ -92,6 +92,39 @@ def tiny_sd1_pipeline(seed: int = 0, prediction_type: str = "epsilon", text_widt
     )
 
 
+def tiny_sd2_pipeline(seed: int = 0, prediction_type: str = "v_prediction") -> Any:
+    """An SD2-shaped StableDiffusionPipeline with random weights: a 1024-wide OpenCLIP-H-shaped
+    text encoder (GELU, pad token "!"), linear-projection attention, v-prediction by default."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    te = CLIPTextModel(_text_config(hidden=1024, layers=1, heads=8, act="gelu", inter=16))
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=1024,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+    )
+    return StableDiffusionPipeline(
+        vae=_tiny_vae(),
+        text_encoder=te,
+        tokenizer=clip_tokenizer(pad_token="!"),
+        unet=unet,
+        scheduler=_scheduler(prediction_type),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def tiny_sdxl_pipeline(seed: int = 0, g_width: int = 32, l_width: int = 32) -> Any:
     """An SDXL-shaped StableDiffusionXLPipeline with random weights (two text encoders).
 
