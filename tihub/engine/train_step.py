@@ -83,8 +83,8 @@ class GraphedStep:
 
     @property
     def replaying(self) -> bool:
-        """Whether steps are being replayed from the graph (captured, checked and not dropped)."""
-        return self.static is not None and self.replays >= 2
+        """Whether steps are replayed from the graph: captured, replayed, and not dropped."""
+        return self.static is not None and self.replays >= 1
 
     def __call__(self, mb: MicroBatch) -> tuple[Any, list[Any]]:
         if self.key is None and mb.latents.shape[0] == self.batch_size:
