@@ -123,3 +123,29 @@ def test_cli_module_does_not_import_torch() -> None:
 
     code = "import sys, tihub.cli.train; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_grid_name_x_checkpoints_compares_a_runs_checkpoints(home: Path, tmp_path: Path) -> None:
+    """The issue's `tihub grid NAME --x checkpoints` after a `tihub train` run with checkpoints."""
+    from tihub.infotext import read_infotext
+    from tihub.engine.tiny import tiny_sd1_pipeline
+
+    model = tmp_path / "sd1-768"  # real CLIP-L width, so the checkpoints pass tihub's reader
+    tiny_sd1_pipeline(text_width=768).save_pretrained(model)
+    pics = _pictures(tmp_path / "pics")
+    res = CliRunner().invoke(cli, ["train", "foxtok", "--images", str(pics), "--model", str(model), "--steps", "4", "--save-every", "2", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    grid = ["grid", "foxtok", "--model", str(model), "--steps", "2", "--size", "64", "--seed", "5", "--device", "cpu", "--json"]
+    res = CliRunner().invoke(cli, [*grid, "--x", "checkpoints"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output[res.output.index("{"):])
+    assert len(data["cells"]) == 3 and data["pipeline_calls"] == 1
+    prompts = [read_infotext(Path(p)).prompt for p in data["cells"]]
+    assert prompts == ["foxtok-2", "foxtok-4", "foxtok"]  # by step, the final embedding last
+    images = [np.asarray(Image.open(p)) for p in data["cells"]]
+    assert not np.array_equal(images[0], images[1])
+    # without NAME, a bare checkpoints axis is refused in one sentence
+    res = CliRunner().invoke(cli, ["grid", "--model", str(model), "--x", "checkpoints"])
+    assert res.exit_code != 0 and res.output.strip().splitlines() == [
+        "Error: Axis 'checkpoints' needs the embedding whose checkpoints it compares: give its NAME (tihub grid NAME --x checkpoints) or write checkpoint:NAME."
+    ]

@@ -303,12 +303,13 @@ def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y
       tihub grid mycat --model ./sd15
       tihub grid --model ./sd15 -p "a photo of {emb}" --x embedding:cat1,cat2 --y seed:1-3
       tihub grid --model ./sd15 -p "a photo of mycat" --x checkpoint:mycat --y cfg:5,7,9
+      tihub grid mycat --model ./sd15 --x checkpoints --y seed:1-3
     """
     from tihub.engine.generate import Engine, Settings, parse_size
     from tihub.engine.grid import make_grid, parse_axis, standard_preview
     from tihub.engine.models import load_model
 
-    axes = [parse_axis(a) if a else None for a in (x, y, z)]
+    axes = [parse_axis(a, name) if a else None for a in (x, y, z)]
     while axes and axes[-1] is None:
         axes.pop()
     outdir = Path(out) if out else ctx.workspace.root / "grids"

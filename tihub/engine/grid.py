@@ -10,7 +10,8 @@ Axes (`KIND:V1,V2,...`, values as CSV so a value may be quoted to hold a comma):
     embedding   embedding names; each cell puts the name where the prompt says `{emb}` (or at
                 its end when it does not)
     checkpoint  an embedding's training checkpoints: `checkpoint:NAME` expands to NAME-500,
-                NAME-1000, ... found beside it (and NAME itself, last); `{emb}` as above
+                NAME-1000, ... found beside it (and NAME itself, last); `{emb}` as above; a
+                bare `checkpoints` means those of the grid's embedding NAME
     model       model paths; each model is loaded once
 
 Cells that share model, steps, sampler, CFG, size and clip skip are generated together: one
@@ -94,10 +95,15 @@ def _expand_range(value: str, kind: str) -> list[str]:
     return [value.strip()]
 
 
-def parse_axis(text: str) -> Axis:
-    """`KIND:V1,V2` -> Axis. Unknown kinds list the valid ones."""
+def parse_axis(text: str, name: str | None = None) -> Axis:
+    """`KIND:V1,V2` -> Axis. Unknown kinds list the valid ones. A bare `checkpoint(s)` stands for
+    `checkpoint:NAME`, the checkpoints of the embedding the grid is about."""
     kind, sep, rest = text.partition(":")
     kind = ALIASES.get(kind.strip().lower(), kind.strip().lower())
+    if not sep and kind == "checkpoint":
+        if not name:
+            raise ConfigError(f"Axis '{text}' needs the embedding whose checkpoints it compares: give its NAME (tihub grid NAME --x checkpoints) or write checkpoint:NAME.")
+        sep, rest = ":", name
     if not sep or kind not in AXIS_KINDS:
         raise ConfigError(f"Axis '{text}' is not KIND:VALUES with KIND one of {', '.join(AXIS_KINDS)}; e.g. --x steps:10,20,30.")
     row = next(csv.reader(io.StringIO(rest), skipinitialspace=True), [])
