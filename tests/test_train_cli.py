@@ -86,6 +86,15 @@ def test_cli_training_run_registers_and_previews(home: Path, tmp_path: Path, tin
     entry = cat.entry("foxtok")
     dumped = json.dumps(entry, default=str)
     assert "loss.csv" in dumped and "foxtok-3.preview.png" in dumped
+    # and `tihub show` tells the run's story: what was trained how, how the loss went, where things are
+    shown = CliRunner().invoke(cli, ["show", "foxtok"], catch_exceptions=False).output
+    story = shown[shown.index("Training runs:"):]
+    assert "  6 steps, 3 pictures (6 with flips), " in story
+    assert "    settings:    2 vectors, init '*', lr 0.01:3, 0.005, batch 1, template subject_filewords, seed 0, precision auto" in story
+    first = next(r for r in csv.DictReader((run / "loss.csv").open()) if r["step"] == "1")
+    assert f"    loss:        {float(first['loss']):.4f} at step 1 -> " in story and f"at the end; plot {run / 'loss.png'}, log {run / 'loss.csv'}" in story
+    assert f"    checkpoints: 2 (steps 3, 6) in {run}" in story
+    assert str(previews[0]) in shown[shown.index("Previews:"):]
 
     # a second run with the same name is refused before any work; --overwrite replaces it
     res2 = CliRunner().invoke(cli, args)

@@ -256,6 +256,44 @@ def search_cmd(
 # ------------------------------------------------------------------------------------- show
 
 
+def _training_story(run: dict[str, Any]) -> list[str]:
+    """A recorded training run as `tihub show` tells it: what was trained how, and how it went."""
+    st = run.get("settings") or {}
+    pictures = f"{run['pictures']} pictures" if run.get("pictures") else "? pictures"
+    if st.get("flip") and st.get("pictures_with_flips"):
+        pictures += f" ({st['pictures_with_flips']} with flips)"
+    head = [f"{st['steps']} steps" if st.get("steps") else None, pictures, f"{st['seconds']} s" if st.get("seconds") is not None else None]
+    lines = [f"  {run['created_at']}  " + ", ".join(x for x in head if x)]
+    size = st.get("size")
+    batch = st.get("batch_size")
+    how = [
+        f"{st['vectors']} vector{'s' if st['vectors'] != 1 else ''}" if st.get("vectors") else None,
+        f"init {st['init_text']!r}" if "init_text" in st else None,
+        f"lr {st['lr']}" if st.get("lr") else None,
+        (f"batch {batch}" + (f" x {st['grad_accum']} accumulated" if (st.get("grad_accum") or 1) > 1 else "")) if batch else None,
+        f"size {size[0]}x{size[1]}" if isinstance(size, list) and len(size) == 2 else None,
+        f"template {st['template']}" if st.get("template") else None,
+        f"seed {st['seed']}" if "seed" in st else None,
+        f"precision {st['precision']}" if st.get("precision") else None,
+        "steps replayed from a CUDA graph" if st.get("steps_from") == "cuda graph" else None,
+    ]
+    if any(how):
+        lines.append("    settings:    " + ", ".join(x for x in how if x))
+    curve = [pt for pt in st.get("loss_curve") or [] if isinstance(pt, list | tuple) and len(pt) == 2]
+    loss = [f"{curve[0][1]:.4f} at step {curve[0][0]}"] if curve else []
+    if st.get("final_loss") is not None:
+        loss.append(f"{st['final_loss']:.4f} at the end")
+    where = ", ".join(f"{k} {v}" for k, v in (("plot", run.get("loss_png")), ("log", run.get("loss_csv"))) if v)
+    if loss or where:
+        lines.append("    loss:        " + "; ".join(x for x in (" -> ".join(loss), where) if x))
+    checkpoints = [c for c in run.get("checkpoints") or [] if isinstance(c, dict) and c.get("path")]
+    if checkpoints:
+        steps = [str(c["step"]) for c in checkpoints if c.get("step") is not None]
+        span = f" (steps {', '.join(steps)})" if steps else ""
+        lines.append(f"    checkpoints: {len(checkpoints)}{span} in {Path(checkpoints[0]['path']).parent}")
+    return lines
+
+
 @click.command("show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -337,7 +375,8 @@ def show_cmd(ctx: Context, name: str, as_json: bool) -> None:
     if e["training_runs"]:
         out("Training runs:")
         for r in e["training_runs"]:
-            out(f"  {r['created_at']}  {r['pictures'] or '?'} pictures" + (f"  loss {r['loss_csv']}" if r["loss_csv"] else ""))
+            for line in _training_story(r):
+                out(line)
     if e["compat"]:
         out("Compatibility with known models:")
         for c in e["compat"]:
