@@ -74,7 +74,9 @@ def main() -> None:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = device.type == "cuda"
-    dtype = torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else (torch.float16 if gpu else torch.float32)
+    from tihub.engine.models import native_bf16
+
+    dtype = torch.bfloat16 if gpu and native_bf16(device) else (torch.float16 if gpu else torch.float32)
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
     size = 64 if args.quick else 512
     batch = args.batch_size or (2 if args.quick else 4)

@@ -178,3 +178,25 @@ def test_hub_repo_id_downloads_from_a_loopback_hub_then_loads_from_the_cache(tin
     missing = subprocess.run([sys.executable, "-m", "tihub", "generate", "x", "--model", "nobody/nothing"], env=dict(base, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300)
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines()[-1] == "Error: Model 'nobody/nothing' does not exist as a local path and is not in the Hugging Face cache (HF_HUB_OFFLINE is set); pass a local model or go online."
+
+
+@pytest.mark.parametrize("major,hip,want", [(7, None, "float16"), (8, None, "bfloat16"), (9, None, "bfloat16"), (7, "6.2", "bfloat16")])
+def test_auto_precision_takes_bf16_only_where_the_gpu_has_it(monkeypatch, tmp_path, major, hip, want):
+    """A T4 or V100 (compute 7.x) only emulates bf16, though torch.cuda.is_bf16_supported() says
+    yes: generation and training pick fp16 there (training with loss scaling)."""
+    import types
+
+    from tihub.engine.train import TrainConfig, _pick_device_and_dtype
+
+    monkeypatch.setattr(torch.version, "hip", hip)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: types.SimpleNamespace(major=major))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert pick_dtype(torch.device("cuda")) == getattr(torch, want)
+    cfg = TrainConfig(name="x", images=tmp_path, model="m", embeddings_dir=tmp_path, run_dir=tmp_path, device="cuda")
+    # _pick_device_and_dtype sets these flags for CUDA runs: given back after
+    flags = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        device, dtype, loss_scaling = _pick_device_and_dtype(cfg)
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+    assert device.type == "cuda" and dtype == getattr(torch, want) and loss_scaling == (want == "float16")

@@ -80,6 +80,16 @@ def pick_device(device: str | Any | None = None) -> Any:
     return torch.device("cpu")
 
 
+def native_bf16(device: Any) -> bool:
+    """Whether a CUDA device computes bf16 natively (Ampere and newer, or ROCm). Older cards (T4,
+    V100) only emulate it, far slower than fp16, though torch.cuda.is_bf16_supported() says yes."""
+    import torch
+
+    if torch.version.hip:
+        return True
+    return int(torch.cuda.get_device_properties(device).major) >= 8
+
+
 def pick_dtype(device: Any, dtype: str | Any | None = None) -> Any:
     import torch
 
@@ -90,7 +100,7 @@ def pick_dtype(device: Any, dtype: str | Any | None = None) -> Any:
             raise ConfigError(f"Unknown dtype '{dtype}'; use fp32, fp16 or bf16.")
         return getattr(torch, DTYPES[dtype])
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     if device.type == "mps":
         return torch.float16
     return torch.float32

@@ -525,7 +525,9 @@ def _pick_device_and_dtype(cfg: TrainConfig) -> tuple[Any, Any, bool]:
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True  # shapes repeat every step: pick the fastest convs once
         if cfg.precision == "auto":
-            bf16 = torch.cuda.is_bf16_supported()
+            from tihub.engine.models import native_bf16
+
+            bf16 = native_bf16(device)  # where bf16 is only emulated, fp16 with loss scaling
             return device, (torch.bfloat16 if bf16 else torch.float16), not bf16
     elif cfg.precision == "fp16":
         raise ConfigError(f"--precision fp16 needs a GPU, and this run is on {device.type}; use fp32 or bf16.")
