@@ -70,7 +70,7 @@ class _Bar:
 @click.option("--preview-cfg", default=7.0, show_default=True, type=float, help="CFG scale for previews.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue from the run folder's last checkpoint (same step count, schedule and randomness).")
-@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "fp16", "bf16"]))
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="auto: bf16 on GPUs that compute it natively (Ampere and newer), else fp16 with loss scaling; fp32 on the CPU.")
 @click.option("--gradient-checkpointing", is_flag=True, help="Less GPU memory (about half), slower steps (about 40% on an H200).")
 @click.option("--compile", "compile", is_flag=True, help="torch.compile the UNet for the steps (experimental; GPU: minutes of compiling first).")
 @click.option("--cuda-graphs/--no-cuda-graphs", "cuda_graphs", default=None, help="Replay each step from a captured CUDA graph, with no per-step launch overhead. Default: wherever one can run (CUDA in bf16/fp32, without --gradient-checkpointing or --compile); --cuda-graphs adds a note where it cannot.")
