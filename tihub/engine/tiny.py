@@ -63,12 +63,24 @@ def _scheduler(prediction_type: str = "epsilon"):  # type: ignore[no-untyped-def
 
 def tiny_sd1_pipeline(seed: int = 0, prediction_type: str = "epsilon", text_width: int = 32) -> Any:
     """An SD1-shaped StableDiffusionPipeline with random weights (in memory)."""
+    return _one_encoder_pipeline(seed, prediction_type, text_width, pad_token="<|endoftext|>", attention_head_dim=8)
+
+
+def tiny_sd2_pipeline(seed: int = 0, prediction_type: str = "v_prediction") -> Any:
+    """An SD2-shaped StableDiffusionPipeline with random weights: a 1024-wide OpenCLIP-H-shaped
+    text encoder (GELU, pad token "!"), linear-projection attention, v-prediction by default."""
+    text = {"layers": 1, "heads": 8, "act": "gelu", "inter": 16}
+    return _one_encoder_pipeline(seed, prediction_type, 1024, pad_token="!", text=text, attention_head_dim=(2, 4), use_linear_projection=True)
+
+
+def _one_encoder_pipeline(seed: int, prediction_type: str, text_width: int, pad_token: str, text: dict[str, Any] | None = None, **unet_options: Any) -> Any:
+    """A StableDiffusionPipeline (one text encoder, SD1/SD2 layout) with random weights."""
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
-    te = CLIPTextModel(_text_config(hidden=text_width))
+    te = CLIPTextModel(_text_config(hidden=text_width, **(text or {})))
     unet = UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
@@ -78,45 +90,12 @@ def tiny_sd1_pipeline(seed: int = 0, prediction_type: str = "epsilon", text_widt
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=text_width,
-        attention_head_dim=8,
+        **unet_options,
     )
     return StableDiffusionPipeline(
         vae=_tiny_vae(),
         text_encoder=te,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=_scheduler(prediction_type),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def tiny_sd2_pipeline(seed: int = 0, prediction_type: str = "v_prediction") -> Any:
-    """An SD2-shaped StableDiffusionPipeline with random weights: a 1024-wide OpenCLIP-H-shaped
-    text encoder (GELU, pad token "!"), linear-projection attention, v-prediction by default."""
-    import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    torch.manual_seed(seed)
-    te = CLIPTextModel(_text_config(hidden=1024, layers=1, heads=8, act="gelu", inter=16))
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=1024,
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-    )
-    return StableDiffusionPipeline(
-        vae=_tiny_vae(),
-        text_encoder=te,
-        tokenizer=clip_tokenizer(pad_token="!"),
+        tokenizer=clip_tokenizer(pad_token=pad_token),
         unet=unet,
         scheduler=_scheduler(prediction_type),
         safety_checker=None,
