@@ -13,6 +13,7 @@ The fast recipe (research/feasibility.md 4.2, performance.md 1):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -709,8 +710,11 @@ def train(cfg: TrainConfig, log: Log = print, progress: Progress | None = None, 
         return _initial_vectors(cfg, tok, table, key, cfg.vectors, init_emb)
 
     session = Session(pipe, cfg.vectors, device, dtype, init)
+    # on cuda:N the run's streams, generators and graph belong to that GPU, not the current one
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     try:
-        return _run(cfg, session, pics, lines, lr_schedule, total, clip, device, dtype, use_scaler, own_pipe, run_dir, notes, started, log, progress)
+        with on_device:
+            return _run(cfg, session, pics, lines, lr_schedule, total, clip, device, dtype, use_scaler, own_pipe, run_dir, notes, started, log, progress)
     finally:
         session.close()
 
