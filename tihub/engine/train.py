@@ -39,7 +39,7 @@ from tihub.engine.train_data import (
     load_template,
     prompts_for,
 )
-from tihub.engine.train_step import GraphedStep, MicroBatch, make_step
+from tihub.engine.train_step import MicroBatch, make_step
 from tihub.errors import ConfigError, EngineError
 from tihub.formats import write_embedding
 from tihub.formats.model import Embedding
@@ -749,12 +749,12 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
     params = session.params
     optimizer = torch.optim.AdamW(params, lr=lr_schedule(0), weight_decay=0.0)
     scaler = torch.amp.GradScaler("cuda") if use_scaler and device.type == "cuda" else None
-    # one micro-batch's forward and backward: eager, or replayed from a captured CUDA graph
-
     def note(message: str) -> None:
+        """Something the user should know about this run: logged now, kept in the result."""
         notes.append(message)
         log(message)
 
+    # one micro-batch's forward and backward: eager, or replayed from a captured CUDA graph
     run_micro = make_step(cfg.cuda_graphs, session, 1.0 / cfg.grad_accum, cfg.batch_size, device, scaler, cfg.gradient_checkpointing, cfg.compile, note)
     start_step = 0
     loss_csv = run_dir / "loss.csv"
@@ -874,8 +874,7 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
     output = write_embedding(emb, out_dir / f"{cfg.name}.safetensors", "safetensors")
     extra: list[Path] = []
     if cfg.also_pt and session.xl:
-        notes.append("No .pt written: A1111 .pt files hold one text encoder; SDXL embeddings are .safetensors (clip_l + clip_g).")
-        log(notes[-1])
+        note("No .pt written: A1111 .pt files hold one text encoder; SDXL embeddings are .safetensors (clip_l + clip_g).")
     elif cfg.also_pt:
         extra.append(write_embedding(emb, out_dir / f"{cfg.name}.pt", "a1111"))
     save_checkpoint(run_dir, cfg, emb, session.encoders, optimizer, scaler, total)
@@ -883,8 +882,7 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
         try:
             extra.append(write_embedding(emb, run_dir / f"{cfg.name}.png", "png"))
         except Exception as exc:  # noqa: BLE001 - the card is optional
-            notes.append(f"PNG card not written: {exc}")
-            log(notes[-1])
+            note(f"PNG card not written: {exc}")
     points = read_loss_csv(loss_csv)
     loss_png = plot_loss(points, run_dir / "loss.png", cfg.name)
     ckpts = [p for p in run_dir.glob(f"{cfg.name}-*.safetensors") if not p.name.endswith(OPTIM_SUFFIX)]
@@ -904,7 +902,7 @@ def _run(cfg: TrainConfig, session: Session, pics: PictureSet, lines: list[str],
         sd_checkpoint=sd_checkpoint,
         seconds=time.perf_counter() - started,
         notes=notes,
-        steps_from="cuda graph" if isinstance(run_micro, GraphedStep) and run_micro.replaying else "eager",
+        steps_from="cuda graph" if run_micro.replaying else "eager",
     )
 
     # Stage 8: the catalogue: a local entry with its training story.

@@ -53,6 +53,8 @@ class MicroBatch:
 class EagerStep:
     """Forward and backward of one micro-batch; returns (loss, gradients of the new vectors)."""
 
+    replaying = False  # never from a graph
+
     def __init__(self, session: Any, scale: float, scaler: Any = None) -> None:
         self.session, self.scale, self.scaler = session, scale, scaler
 
