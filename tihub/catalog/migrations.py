@@ -58,9 +58,50 @@ def m004_names_prefix(conn: Connection) -> None:
             conn.execute(text(ddl))
 
 
+def m006_knowledge(conn: Connection) -> None:
+    """Issue 14 (pictures, deep sync, similarity, updates): a `kind` on previews (concept_image,
+    readme, preview, link_page, civitai, local, grid); `file_vectors`, the measured vectors of every
+    file tihub has read (local files and deep-synced ones) for the similarity index; and
+    `fetch_origins`, which catalogue entry (and which version of it) each fetched file came from,
+    for `tihub outdated`."""
+    from sqlalchemy import inspect as sa_inspect
+
+    if "kind" not in {c["name"] for c in sa_inspect(conn).get_columns("previews")}:
+        conn.execute(text("ALTER TABLE previews ADD COLUMN kind TEXT"))
+    conn.execute(
+        text(
+            """
+            CREATE TABLE IF NOT EXISTS file_vectors (
+                file_id INTEGER PRIMARY KEY REFERENCES files(id),
+                sha256 TEXT,
+                shapes TEXT NOT NULL,
+                data BLOB NOT NULL
+            )
+            """
+        )
+    )
+    conn.execute(
+        text(
+            """
+            CREATE TABLE IF NOT EXISTS fetch_origins (
+                path TEXT PRIMARY KEY,
+                sha256 TEXT NOT NULL,
+                entry_id INTEGER REFERENCES entries(id),
+                source TEXT,
+                remote_id TEXT,
+                url TEXT,
+                version TEXT,
+                fetched_at TEXT NOT NULL
+            )
+            """
+        )
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m001_hash_cache", m001_hash_cache),
     ("m002_catalog", m002_catalog),
     ("m003_names_fts", m003_names_fts),
     ("m004_names_prefix", m004_names_prefix),
+    ("m006_knowledge", m006_knowledge),
 ]

@@ -123,6 +123,7 @@ previews = Table(
     Column("model_hash", Text),
     Column("params", Text),  # JSON
     Column("created_at", Text, nullable=False),
+    Column("kind", Text),  # added by m006_knowledge: concept_image | readme | preview | link_page | civitai | local | grid
 )
 Index("ix_previews_entry", previews.c.entry_id)
 

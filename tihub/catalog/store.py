@@ -541,10 +541,10 @@ class Catalog:
                     have_prev.add((eid, url))
                     meta = p.get("meta") or {}
                     mh = meta.get("Model hash") or meta.get("model_hash") or p.get("model_hash")
-                    params = {k: v for k, v in p.items() if k != "url"}
+                    params = {k: v for k, v in p.items() if k not in ("url", "path", "kind")}
                     add_prev.append(
-                        {"entry_id": eid, "file_id": None, "url": url, "path": None, "model_hash": mh,
-                         "params": _dumps(params), "created_at": t}
+                        {"entry_id": eid, "file_id": None, "url": url, "path": p.get("path"), "model_hash": mh,
+                         "params": _dumps(params), "created_at": t, "kind": p.get("kind")}
                     )
                     if rid in existing:
                         touched.add(rid)
@@ -1159,11 +1159,12 @@ class Catalog:
         path: str | None = None,
         model_hash: str | None = None,
         params: Mapping[str, Any] | None = None,
+        kind: str | None = None,
     ) -> int:
         with write(self.engine) as conn:
             return _insert_id(
                 conn, S.previews, entry_id=entry_id, file_id=file_id, url=url, path=str(path) if path else None,
-                model_hash=model_hash, params=_dumps(dict(params or {})), created_at=now(),
+                model_hash=model_hash, params=_dumps(dict(params or {})), created_at=now(), kind=kind,
             )
 
     def add_verification(
