@@ -55,12 +55,15 @@ def test_migrations_applied_once_and_recorded(ws: Workspace) -> None:
     with read(engine) as conn:
         names = [r[0] for r in conn.execute(text("SELECT name FROM _migrations ORDER BY name"))]
         tables = {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master"))}
-    assert names == ["m001_hash_cache", "m002_catalog", "m003_names_fts", "m004_names_prefix"]
+    from tihub.catalog.migrations import MIGRATIONS
+
+    assert names[:4] == ["m001_hash_cache", "m002_catalog", "m003_names_fts", "m004_names_prefix"]
+    assert names == sorted(n for n, _ in MIGRATIONS) and "m006_knowledge" in names
     assert {"sources", "entries", "files", "entry_files", "models", "previews", "verifications",
-            "training_runs", "entries_fts"} <= tables
+            "training_runs", "entries_fts", "file_vectors", "fetch_origins"} <= tables
     assert run_migrations(engine) == []  # second run applies nothing
     with read(engine) as conn:
-        assert conn.execute(text("SELECT COUNT(*) FROM _migrations")).scalar() == 4
+        assert conn.execute(text("SELECT COUNT(*) FROM _migrations")).scalar() == len(MIGRATIONS)
 
 
 def test_wal_mode_and_foreign_keys(cat: Catalog) -> None:
@@ -259,7 +262,7 @@ def test_records_show_up_in_entry(cat: Catalog) -> None:
 
     assert pid == 2 and rec("previews", pid) == {
         "id": pid, "entry_id": e["id"], "file_id": None, "url": None, "path": "/tmp/p.png",
-        "model_hash": "7460a6fa", "params": {"seed": 1}}
+        "model_hash": "7460a6fa", "params": {"seed": 1}, "kind": None}
     assert rec("verifications", vid) == {
         "id": vid, "entry_id": e["id"], "file_id": fid, "model_hash": "abc", "model_name": "sd15",
         "result": "ok", "details": {"similarity": 0.9}, "grid_path": "/tmp/g.png"}

@@ -384,6 +384,7 @@ def import_file(
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        copy_sidecars(sp, final)
         if catalog is not None:
             catalog.upsert_local_file(final, emb, final_sha, entry_id)
         return Imported(str(sp), "imported" if placed else "exists", final, entry_name, matched)
@@ -621,3 +622,53 @@ def remove_sidecars(path: str | os.PathLike[str]) -> list[Path]:
             p.unlink()
             gone.append(p)
     return gone
+
+
+def after_fetch(catalog: Catalog, path: str | os.PathLike[str], sha256: str, entry_id: int | None,
+                url: str | None = None, *, sidecars: bool = True, allow_private: bool = False) -> list[Path]:
+    """What follows a fetch from a catalogue entry: remember where the file came from (for
+    `tihub outdated`) and write its `NAME.json` and `NAME.preview.png` sidecars (the entry's first
+    picture, fetched through tihub's URL checks; a picture that cannot be fetched is skipped)."""
+    from tihub.errors import TihubError
+    from tihub.updates import record_origin
+
+    if entry_id is None:
+        return []
+    record_origin(catalog, path, sha256, entry_id, url)
+    if not sidecars:
+        return []
+    entry = catalog.entry(int(entry_id))
+    picture = None
+    if not preview_files(path):
+        from tihub.previews import describe, fetch_image
+
+        for row in entry.get("previews") or []:
+            d = describe(row)
+            if d.get("nsfw"):
+                continue
+            try:
+                picture = fetch_image(row.get("url") or "", allow_private=allow_private) if not d["path"] else Path(d["path"]).read_bytes()
+                break
+            except (TihubError, OSError):
+                continue
+    try:
+        return write_sidecars(path, entry, sha256, picture)
+    except (TihubError, OSError):
+        return write_sidecars(path, entry, sha256, None)
+
+
+def copy_sidecars(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> list[Path]:
+    """On import: bring `NAME.json` and `NAME.preview.*` from beside `src` to beside `dest`
+    (renamed to dest's stem; files already there are kept). Local sync then reads them."""
+    out: list[Path] = []
+    d = _stem_path(Path(dest))
+    pairs = [(p, d.with_name(d.name + p.name[len(_stem_path(Path(src)).name):])) for p in preview_files(src)]
+    if sidecar_json(src).is_file() and read_sidecar(src):
+        pairs.append((sidecar_json(src), sidecar_json(dest)))
+    for a, b in pairs:
+        if b.exists() or a.resolve() == b.resolve():
+            continue
+        with contextlib.suppress(OSError):
+            shutil.copyfile(a, b)
+            out.append(b)
+    return out

@@ -1,0 +1,308 @@
+"""Similar and near-duplicate embeddings: a per-encoder cosine index over every measured vector.
+
+**The rule for multi-vector embeddings.** Each embedding is summarised per text encoder (clip_l
+768, clip_h 1024, clip_g 1280) by one vector: every one of its vectors is scaled to unit length,
+the unit vectors are averaged, and the average is scaled to unit length again. The order and the
+count of vectors are ignored, so a 1-vector concept, a 16-vector negative and a re-upload with
+its vectors reordered are all comparable, and a vector's length (which training drifts) does not
+dominate. The score of two embeddings is the cosine of their summaries, averaged over the
+encoders both have (an SDXL pair: clip_l and clip_g; an SD1 file against an SDXL file: clip_l
+only, the space they share). Scores run from -1 to 1; 1.0 means the same directions.
+
+Search is exact brute force with numpy (one matrix-vector product per encoder and
+`argpartition` for the top hits): at 100,000 embeddings one query is a few milliseconds of BLAS
+work on two cores (benchmarks/bench_similar.py), so an approximate index (faiss, HNSW) would add
+a dependency and recall loss for no gain at this size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+DEFAULT_DUPES_THRESHOLD = 0.95
+
+
+def summarize(vectors: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """{encoder: unit summary vector} following the module's rule (encoders with no usable
+    vector, e.g. all zeros or non-finite, are left out)."""
+    out: dict[str, np.ndarray] = {}
+    for enc, arr in vectors.items():
+        a = np.asarray(arr, dtype=np.float32)
+        if a.ndim == 1:
+            a = a[None, :]
+        if a.ndim != 2 or a.shape[0] == 0 or not np.isfinite(a).all():
+            continue
+        norms = np.linalg.norm(a, axis=1, keepdims=True)
+        keep = norms[:, 0] > 0
+        if not keep.any():
+            continue
+        mean = (a[keep] / norms[keep]).mean(axis=0)
+        n = float(np.linalg.norm(mean))
+        if n > 0:
+            out[enc] = (mean / n).astype(np.float32)
+    return out
+
+
+def score(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float | None:
+    """The similarity of two summaries (None when they share no encoder)."""
+    shared = [k for k in a if k in b and a[k].shape == b[k].shape]
+    if not shared:
+        return None
+    return float(np.mean([float(a[k] @ b[k]) for k in shared]))
+
+
+@dataclass
+class SimilarityIndex:
+    """Summaries of N items, stored per encoder as one [n_enc, width] float32 matrix."""
+
+    keys: list[Any] = field(default_factory=list)  # item key (e.g. file id) by global position
+    mats: dict[str, np.ndarray] = field(default_factory=dict)  # encoder -> [n_enc, width]
+    rows: dict[str, np.ndarray] = field(default_factory=dict)  # encoder -> global position of each row
+    summaries: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, items: Iterable[tuple[Any, Mapping[str, Any]]], *, summarized: bool = False) -> "SimilarityIndex":
+        """Index `(key, vectors)` pairs (`vectors`: {encoder: [n, width]}, or summaries)."""
+        idx = cls()
+        parts: dict[str, list[np.ndarray]] = {}
+        pos: dict[str, list[int]] = {}
+        for key, vecs in items:
+            s = {k: np.asarray(v, dtype=np.float32) for k, v in vecs.items()} if summarized else summarize(vecs)
+            if not s:
+                continue
+            g = len(idx.keys)
+            idx.keys.append(key)
+            idx.summaries.append(s)
+            for enc, v in s.items():
+                parts.setdefault(enc, []).append(v)
+                pos.setdefault(enc, []).append(g)
+        for enc, vs in parts.items():
+            idx.mats[enc] = np.ascontiguousarray(np.vstack(vs), dtype=np.float32)
+            idx.rows[enc] = np.asarray(pos[enc], dtype=np.int64)
+        return idx
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _scores(self, query: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(global positions, scores) of every item sharing an encoder with `query`."""
+        encs = [e for e in query if e in self.mats and self.mats[e].shape[1] == query[e].shape[0]]
+        if not encs:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        if len(encs) == 1:  # the common case: one matrix-vector product
+            e = encs[0]
+            return self.rows[e], self.mats[e] @ query[e]
+        total = np.zeros(len(self.keys), np.float32)
+        count = np.zeros(len(self.keys), np.float32)
+        for e in encs:
+            total[self.rows[e]] += self.mats[e] @ query[e]
+            count[self.rows[e]] += 1
+        hit = np.nonzero(count)[0]
+        return hit, total[hit] / count[hit]
+
+    def query(self, vectors: Mapping[str, Any], limit: int = 10, exclude: Iterable[Any] = (),
+              *, summarized: bool = False) -> list[tuple[Any, float]]:
+        """The `limit` nearest items (key, score), best first; `exclude`: keys to leave out."""
+        q = {k: np.asarray(v, dtype=np.float32) for k, v in vectors.items()} if summarized else summarize(vectors)
+        pos, sc = self._scores(q)
+        if len(pos) == 0:
+            return []
+        skip = set(exclude)
+        want = min(len(pos), max(0, limit) + len(skip))
+        if want <= 0:
+            return []
+        if want < len(pos):
+            top = np.argpartition(-sc, want - 1)[:want]
+        else:
+            top = np.arange(len(pos))
+        top = top[np.argsort(-sc[top], kind="stable")]
+        out = []
+        for t in top:
+            key = self.keys[int(pos[t])]
+            if key in skip:
+                continue
+            out.append((key, float(sc[t])))
+            if len(out) >= limit:
+                break
+        return out
+
+    def pairs(self, threshold: float, block: int = 2048) -> dict[tuple[int, int], float]:
+        """{(i, j): score} of every pair of global positions i < j scoring >= `threshold`."""
+        found: dict[tuple[int, int], float] = {}
+        cand: set[tuple[int, int]] = set()
+        for enc, mat in self.mats.items():
+            rows = self.rows[enc]
+            for start in range(0, len(mat), block):
+                sims = mat[start : start + block] @ mat.T
+                ii, jj = np.nonzero(sims >= threshold - 1e-6)
+                for a, b in zip(ii.tolist(), jj.tolist()):
+                    i, j = int(rows[start + a]), int(rows[b])
+                    if i < j:
+                        cand.add((i, j))
+        for i, j in cand:
+            s = score(self.summaries[i], self.summaries[j])
+            if s is not None and s >= threshold - 1e-6:
+                found[(i, j)] = s
+        return found
+
+    def groups(self, threshold: float = DEFAULT_DUPES_THRESHOLD) -> list[dict[str, Any]]:
+        """Near-duplicate groups: items linked by pairs scoring >= `threshold` (single linkage),
+        biggest group first; each group gives its keys and its lowest and highest pair score."""
+        found = self.pairs(threshold)
+        parent = list(range(len(self.keys)))
+
+        def root(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for i, j in found:
+            ri, rj = root(i), root(j)
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
+        members: dict[int, list[int]] = {}
+        for i, j in found:
+            r = root(i)
+            members.setdefault(r, [])
+            for x in (i, j):
+                if x not in members[r]:
+                    members[r].append(x)
+        out = []
+        for r, ms in members.items():
+            scores = [s for (i, j), s in found.items() if root(i) == r]
+            out.append({"keys": [self.keys[m] for m in sorted(ms)], "min_score": min(scores), "max_score": max(scores)})
+        out.sort(key=lambda g: (-len(g["keys"]), -g["max_score"]))
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# the catalogue's index
+
+
+def backfill_local(catalog: Any) -> int:
+    """Read the vectors of local files recorded without them (fetched or imported before the
+    index existed, or by a path that skips sync) with the safe readers; returns how many."""
+    from sqlalchemy import text
+
+    from tihub.catalog import vectors as V
+    from tihub.catalog.db import read
+    from tihub.errors import TihubError
+    from tihub.formats import read_embedding
+
+    with read(catalog.engine) as conn:
+        todo = conn.execute(
+            text("SELECT f.sha256, f.local_path FROM files f LEFT JOIN file_vectors v ON v.file_id = f.id "
+                 "WHERE f.local_path IS NOT NULL AND f.sha256 IS NOT NULL AND v.file_id IS NULL")
+        ).all()
+    found: dict[str, dict[str, Any]] = {}
+    for sha, path in todo:
+        try:
+            found[sha] = dict(read_embedding(path).vectors)
+        except (TihubError, OSError):
+            continue
+    return V.save(catalog.engine, found)
+
+
+def file_facts(catalog: Any, file_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """For each file id: the entry users know it by (a local file's own name first), its source,
+    base, widths, vector count, sha256 and local path."""
+    import json
+
+    from sqlalchemy import text
+
+    from tihub.catalog.db import read
+
+    ids = sorted({int(i) for i in file_ids})
+    out: dict[int, dict[str, Any]] = {}
+    with read(catalog.engine) as conn:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = conn.execute(
+                text(
+                    "SELECT f.id, f.sha256, f.local_path, f.widths, f.vectors, f.base, e.id, e.name, e.base, s.name, "
+                    "e.removed_at FROM files f JOIN entry_files ef ON ef.file_id = f.id JOIN entries e ON e.id = ef.entry_id "
+                    f"JOIN sources s ON s.id = e.source_id WHERE f.id IN ({', '.join(str(i) for i in chunk)}) "
+                    "ORDER BY f.id, (s.kind = 'local') DESC, (e.removed_at IS NULL) DESC, e.id"
+                )
+            ).all()
+            for fid, sha, lp, widths, nvec, fbase, eid, ename, ebase, sname, _removed in rows:
+                if fid in out:
+                    out[fid]["also"].append({"entry_id": eid, "name": ename, "source": sname})
+                    continue
+                out[fid] = {"entry_id": eid, "name": ename, "source": sname, "sha256": sha, "path": lp,
+                            "widths": json.loads(widths) if widths else None, "vectors": nvec,
+                            "base": fbase or ebase, "also": []}
+    return out
+
+
+def catalog_index(catalog: Any) -> SimilarityIndex:
+    """Every catalogued vector (local files and deep-synced ones), keyed by file id."""
+    from tihub.catalog import vectors as V
+
+    backfill_local(catalog)
+    return SimilarityIndex.build((fid, vecs) for fid, _sha, vecs in V.rows(catalog.engine))
+
+
+def _query_vectors(catalog: Any, name: str) -> tuple[dict[str, Any], set[int], dict[str, Any]]:
+    """(vectors, its file ids, the entry) of a catalogue name, or of an embedding file path."""
+    from pathlib import Path
+
+    from tihub.catalog import vectors as V
+    from tihub.errors import NotFound
+    from tihub.formats import read_embedding
+
+    p = Path(name).expanduser()
+    if p.is_file():
+        emb = read_embedding(p)
+        return dict(emb.vectors), set(), {"name": p.stem, "id": None}
+    entry = catalog.entry(name)
+    fids = {int(f["id"]) for f in entry["files"]}
+    for fid, _sha, vecs in V.rows(catalog.engine):
+        if fid in fids:
+            return vecs, fids, entry
+    for f in entry["files"]:
+        if f.get("local_path") and Path(f["local_path"]).is_file():
+            return dict(read_embedding(f["local_path"]).vectors), fids, entry
+    raise NotFound(
+        f"The vectors of {entry['name']!r} are not known yet; `tihub fetch {entry['name']}` it, or run "
+        "`tihub sync` with a --deep-budget that covers it."
+    )
+
+
+def similar(catalog: Any, name: str, limit: int = 10, index: SimilarityIndex | None = None) -> list[dict[str, Any]]:
+    """The `limit` catalogued embeddings nearest to `name` (a catalogue name or a file), best first."""
+    vecs, fids, _entry = _query_vectors(catalog, name)
+    idx = index if index is not None else catalog_index(catalog)
+    hits = idx.query(vecs, limit=limit, exclude=fids)
+    facts = file_facts(catalog, [k for k, _ in hits])
+    out = []
+    for fid, sc in hits:
+        f = facts.get(int(fid), {})
+        out.append({"ok": True, "name": f.get("name"), "score": round(sc, 4), "source": f.get("source"),
+                    "base": f.get("base"), "widths": f.get("widths"), "vectors": f.get("vectors"),
+                    "sha256": f.get("sha256"), "path": f.get("path"), "entry_id": f.get("entry_id")})
+    return out
+
+
+def dupes(catalog: Any, threshold: float = DEFAULT_DUPES_THRESHOLD, index: SimilarityIndex | None = None) -> list[dict[str, Any]]:
+    """Groups of near-duplicate catalogued embeddings (re-uploads, renamed copies, light
+    fine-tunes): pairs scoring >= `threshold`, linked into groups."""
+    idx = index if index is not None else catalog_index(catalog)
+    groups = idx.groups(threshold)
+    facts = file_facts(catalog, [k for g in groups for k in g["keys"]])
+    out = []
+    for n, g in enumerate(groups, 1):
+        members = []
+        for fid in g["keys"]:
+            f = facts.get(int(fid), {})
+            members.append({"name": f.get("name"), "source": f.get("source"), "base": f.get("base"),
+                            "sha256": f.get("sha256"), "path": f.get("path"), "entry_id": f.get("entry_id"),
+                            "also": [a["name"] for a in f.get("also", []) if a["name"] != f.get("name")]})
+        out.append({"ok": True, "group": n, "min_score": round(g["min_score"], 4),
+                    "max_score": round(g["max_score"], 4), "members": members})
+    return out
