@@ -29,8 +29,8 @@ class BlobCache:
     @classmethod
     def for_workspace(cls, workspace: object) -> "BlobCache":
         """The cache of a workspace (`tihub.config.Workspace` or its root folder)."""
-        root = getattr(workspace, "root", workspace)
-        return cls(Path(root) / ".tihub-cache" / "blobs")  # type: ignore[arg-type]
+        root = workspace if isinstance(workspace, (str, os.PathLike)) else workspace.root  # type: ignore[attr-defined]
+        return cls(Path(root) / ".tihub-cache" / "blobs")
 
     def path(self, sha256: str) -> Path:
         sha = sha256.strip().lower()

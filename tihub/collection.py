@@ -599,7 +599,7 @@ def write_sidecars(path: str | os.PathLike[str], entry: dict[str, Any], sha256: 
             current = {}
     merged = dict(current)
     for k, v in sidecar_values(entry, sha256).items():
-        if merged.get(k) in (None, "") and v not in (None, ""):
+        if k not in merged or (merged[k] in (None, "") and v not in (None, "")):
             merged[k] = v
     if merged != current:
         atomic_write(p, json.dumps(merged, ensure_ascii=False, indent=4).encode("utf-8"))

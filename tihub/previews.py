@@ -117,7 +117,8 @@ def as_png(data: bytes, what: str = "the picture") -> bytes:
 
 
 def thumb_dir(workspace: Any) -> Path:
-    return Path(getattr(workspace, "root", workspace)) / ".tihub-cache" / "thumbs"
+    root = workspace if isinstance(workspace, (str, os.PathLike)) else workspace.root
+    return Path(root) / ".tihub-cache" / "thumbs"
 
 
 def thumb_path(workspace: Any, key: str, size: int = THUMB_SIZE) -> Path:

@@ -550,6 +550,23 @@ class Catalog:
                         touched.add(rid)
             if add_prev:
                 conn.execute(S.previews.insert(), add_prev)
+            # a source's pictures of a re-listed entry are what it lists now (commit-pinned URLs
+            # move with each commit); grids and other records without a kind stay
+            stale = [
+                {"_e": ids[rid], "_u": url}
+                for rid, plist in previews_wanted.items()
+                if rid in existing
+                for (eid, url) in list(have_prev)
+                if eid == ids[rid] and url not in {p.get("url") for p in plist}
+            ]
+            if stale:
+                conn.execute(
+                    S.previews.delete().where(
+                        S.previews.c.entry_id == bindparam("_e"), S.previews.c.url == bindparam("_u"),
+                        S.previews.c.kind.is_not(None),
+                    ),
+                    stale,
+                )
 
         changed_ids = {row["_id"] for row in changed_entries}
         updated = changed_ids | {existing[r][0] for r in touched if r in existing}
