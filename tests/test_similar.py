@@ -133,3 +133,24 @@ def test_cli_stays_light() -> None:
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_faiss_ivf_path_scores_exactly_what_it_finds() -> None:
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((100, 768)).astype(np.float32)
+    items = [(i, {"clip_l": base[i % 100][None, :] + 0.7 * rng.standard_normal((2, 768)).astype(np.float32)}) for i in range(3000)]
+    items.append((9999, {"clip_l": items[3][1]["clip_l"], "clip_g": rng.standard_normal((2, 1280)).astype(np.float32)}))
+    exact = SimilarityIndex.build(items, approx=False)
+    approx = SimilarityIndex.build(items, approx=True)
+    assert set(approx.ann) == {"clip_l", "clip_g"} and not exact.ann
+    hits = 0
+    for qi in range(0, 3000, 150):
+        want = dict(exact.query(items[qi][1], limit=10, exclude=[qi]))
+        got = approx.query(items[qi][1], limit=10, exclude=[qi])
+        assert all(s == pytest.approx(want.get(k, s), abs=1e-5) for k, s in got)  # found ones are scored exactly
+        hits += len(set(want) & {k for k, _ in got})
+    assert hits / (20 * 10) >= 0.8
+    # a two-encoder query ranks the union of each encoder's candidates by the combined score
+    top = approx.query(items[-1][1], limit=3, exclude=[9999])
+    assert top[0][0] == 3 and top[0][1] == pytest.approx(1.0, abs=1e-5)
