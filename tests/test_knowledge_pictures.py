@@ -195,7 +195,7 @@ def test_link_page_pictures_deep_read_and_resync(home: Path, tmp_path: Path) -> 
         srv.set("/files/huge.pt", b"\0" * 300_000, "application/octet-stream")
         srv.set("/shots/ink.png", picture((7, 7, 7)), "image/png")
         page = ("<html><body><table><tr><th>Name</th><th>Preview</th><th>Model</th></tr>"
-                "<tr><td><a href='/files/ink.pt'>ink</a></td><td><img src='/shots/ink.png' alt='ink sample'></td><td>NAI</td></tr>"
+                "<tr><td><a href='/files/ink.pt'>ink</a></td><td><img src='/shots/ink.png' alt='ink sample'></td><td>SDXL</td></tr>"
                 "<tr><td><a href='/files/huge.pt'>huge</a></td><td></td><td>NAI</td></tr></table></body></html>")
         url = srv.set("/page", page)
         ws = workspace(home, f"  - {{name: rentry, kind: links, url: '{url}', allow_private: true}}\n")
@@ -207,6 +207,13 @@ def test_link_page_pictures_deep_read_and_resync(home: Path, tmp_path: Path) -> 
         assert e["files"][0]["sha256"] == hashlib.sha256(data).hexdigest() and e["files"][0]["vectors"] == 3
         assert [(p["kind"], p["url"]) for p in e["previews"]] == [("link_page", srv.url + "/shots/ink.png")]
         assert cat.entry("huge")["files"][0]["sha256"] is None  # over the 100 KB cap: left for fetch
+        # the row says SDXL, the file is SD1 (768 wide): measured facts win, in search --model too
+        assert e["base_model"] == "SDXL" and e["base"] == "sd1"
+        code, out, err = run("--home", str(home), "search", "", "--model", "sdxl", "--json")
+        assert code == 0, err
+        assert {r["fit"] for r in json.loads(out) if r["name"] == "ink"} <= {"partial"}  # an SD1 file on SDXL
+        code, out, err = run("--home", str(home), "search", "", "--model", "sd1", "--json")
+        assert [r["fit"] for r in json.loads(out) if r["name"] == "ink"] == ["same-family"]
         # the page changes (a new row), the linked file does not: it is not read again
         srv.set("/page", page.replace("</table>", "<tr><td><a href='/files/other.pt'>other</a></td></tr></table>"))
         srv.server.reset()
