@@ -43,8 +43,14 @@ def test_hf_commit_with_new_bytes_is_outdated_and_upgrades(home: Path, tmp_path:
         assert code == 0 and json.loads(out) == []
         code, out, err = run("outdated")
         assert "All 2 fetched files are current." in out
-        # upstream: a new commit with other bytes for inky only
+        # a new commit that leaves the file alone changes nothing (the local copy is converted
+        # to safetensors: its own sha differs from the upstream one, which is what is compared)
         repo = h.repos[f"model:{ORG}/inky"]
+        repo.touch(41)
+        assert run("sync")[0] == 0
+        code, out, err = run("outdated", "--json")
+        assert json.loads(out) == []
+        # upstream: a new commit with other bytes for inky only
         repo.files["learned_embeds.bin"].data = new
         repo.touch(42)
         assert run("sync")[0] == 0

@@ -625,7 +625,8 @@ def remove_sidecars(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def after_fetch(catalog: Catalog, path: str | os.PathLike[str], sha256: str, entry_id: int | None,
-                url: str | None = None, *, sidecars: bool = True, allow_private: bool = False) -> list[Path]:
+                url: str | None = None, *, sidecars: bool = True, allow_private: bool = False,
+                upstream_sha256: str | None = None) -> list[Path]:
     """What follows a fetch from a catalogue entry: remember where the file came from (for
     `tihub outdated`) and write its `NAME.json` and `NAME.preview.png` sidecars (the entry's first
     picture, fetched through tihub's URL checks; a picture that cannot be fetched is skipped)."""
@@ -634,7 +635,7 @@ def after_fetch(catalog: Catalog, path: str | os.PathLike[str], sha256: str, ent
 
     if entry_id is None:
         return []
-    record_origin(catalog, path, sha256, entry_id, url)
+    record_origin(catalog, path, sha256, entry_id, url, upstream_sha256)
     if not sidecars:
         return []
     entry = catalog.entry(int(entry_id))

@@ -34,8 +34,10 @@ def _version_of(entry: dict[str, Any]) -> str | None:
     return None
 
 
-def record_origin(catalog: Any, path: str | os.PathLike[str], sha256: str, entry_id: int, url: str | None = None) -> None:
-    """Remember that `path` (bytes `sha256`) was fetched from entry `entry_id` (at `url`)."""
+def record_origin(catalog: Any, path: str | os.PathLike[str], sha256: str, entry_id: int, url: str | None = None,
+                  upstream_sha256: str | None = None) -> None:
+    """Remember that `path` (bytes `sha256`) was fetched from entry `entry_id` (at `url`, whose
+    bytes were `upstream_sha256` before any conversion to safetensors)."""
     with read(catalog.engine) as conn:
         row = conn.execute(
             text("SELECT e.remote_id, e.extra, s.name, s.kind FROM entries e JOIN sources s ON s.id = e.source_id WHERE e.id = :i"),
@@ -51,11 +53,11 @@ def record_origin(catalog: Any, path: str | os.PathLike[str], sha256: str, entry
         conn.execute(text("DELETE FROM fetch_origins WHERE path = :p"), {"p": str(Path(path).resolve())})
         conn.execute(
             text(
-                "INSERT INTO fetch_origins (path, sha256, entry_id, source, remote_id, url, version, fetched_at) "
-                "VALUES (:p, :s, :e, :src, :r, :u, :v, :t)"
+                "INSERT INTO fetch_origins (path, sha256, upstream_sha256, entry_id, source, remote_id, url, version, fetched_at) "
+                "VALUES (:p, :s, :us, :e, :src, :r, :u, :v, :t)"
             ),
-            {"p": str(Path(path).resolve()), "s": sha256.lower(), "e": int(entry_id), "src": row[2], "r": row[0],
-             "u": url, "v": version, "t": now()},
+            {"p": str(Path(path).resolve()), "s": sha256.lower(), "us": (upstream_sha256 or sha256).lower(),
+             "e": int(entry_id), "src": row[2], "r": row[0], "u": url, "v": version, "t": now()},
         )
 
 
@@ -112,9 +114,9 @@ def outdated(catalog: Any) -> list[dict[str, Any]]:
     out = []
     with read(catalog.engine) as conn:
         origins = conn.execute(
-            text("SELECT path, sha256, entry_id, source, remote_id, url, version FROM fetch_origins ORDER BY path")
+            text("SELECT path, sha256, upstream_sha256, entry_id, source, remote_id, url, version FROM fetch_origins ORDER BY path")
         ).all()
-        for path, sha, entry_id, source, remote_id, url, version in origins:
+        for path, sha, upstream, entry_id, source, remote_id, url, version in origins:
             p = Path(path)
             if not p.is_file():
                 continue
@@ -139,7 +141,7 @@ def outdated(catalog: Any) -> list[dict[str, Any]]:
                 urls = {f["url"] for f in files if f["url"]}
                 f0 = files[0] if files else {}
                 latest = {"entry_id": cur["id"], "version": _version_of(cur), "url": f0.get("url"), "sha256": f0.get("sha256")}
-                if shas and sha not in shas:
+                if shas and (upstream or sha) not in shas and sha not in shas:
                     what = {"huggingface": "a newer commit of the repository", "git": "a newer commit"}.get(cur["kind"], "the linked file")
                     row.update(status="newer", latest=latest, reason=f"{source} now has different bytes for {remote_id!r} ({what}).")
                 elif url and urls and url not in urls and cur["kind"] == "links":

@@ -86,6 +86,7 @@ def m006_knowledge(conn: Connection) -> None:
             CREATE TABLE IF NOT EXISTS fetch_origins (
                 path TEXT PRIMARY KEY,
                 sha256 TEXT NOT NULL,
+                upstream_sha256 TEXT,
                 entry_id INTEGER REFERENCES entries(id),
                 source TEXT,
                 remote_id TEXT,

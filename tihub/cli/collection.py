@@ -153,7 +153,7 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
         catalog.upsert_local_file(path, emb, sha, req.entry_id)
         from tihub.collection import after_fetch
 
-        after_fetch(catalog, path, sha, req.entry_id, req.url, allow_private=req.allow_private)
+        after_fetch(catalog, path, sha, req.entry_id, req.url, allow_private=req.allow_private, upstream_sha256=req.sha256)
 
     results = []
     if requests:

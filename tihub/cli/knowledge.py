@@ -202,7 +202,7 @@ def run_upgrade(ctx: Context, names: tuple[str, ...], all_: bool, keep_old: bool
 
     def record(path: Path, emb: Any, sha: str, req: Request) -> None:
         catalog.upsert_local_file(path, emb, sha, req.entry_id)
-        after_fetch(catalog, path, sha, req.entry_id, req.url, allow_private=req.allow_private)
+        after_fetch(catalog, path, sha, req.entry_id, req.url, allow_private=req.allow_private, upstream_sha256=req.sha256)
 
     results = []
     if requests:
