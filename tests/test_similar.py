@@ -154,3 +154,16 @@ def test_faiss_ivf_path_scores_exactly_what_it_finds() -> None:
     # a two-encoder query ranks the union of each encoder's candidates by the combined score
     top = approx.query(items[-1][1], limit=3, exclude=[9999])
     assert top[0][0] == 3 and top[0][1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_index_round_trips_through_its_disk_cache(tmp_path: Path) -> None:
+    items = [(i, {"clip_l": rng_vec(i, 2), **({"clip_g": rng_vec(50 + i, 2, 1280)} if i % 2 else {})}) for i in range(40)]
+    idx = SimilarityIndex.build(items, approx=bool(pytest.importorskip("faiss")))
+    idx.save(tmp_path / "sim", "fp1")
+    assert SimilarityIndex.load(tmp_path / "sim", "fp2") is None  # another catalogue state
+    back = SimilarityIndex.load(tmp_path / "sim", "fp1")
+    assert back is not None and set(back.ann) == set(idx.ann) == {"clip_l", "clip_g"}
+    for q in (items[3][1], items[4][1]):
+        a, b = back.query(q, limit=5), idx.query(q, limit=5)
+        assert [k for k, _ in a] == [k for k, _ in b] and [s for _, s in a] == pytest.approx([s for _, s in b])
+    assert back.groups(0.5) == idx.groups(0.5)

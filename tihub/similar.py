@@ -22,8 +22,10 @@ union by the exact combined score.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -129,6 +131,52 @@ class SimilarityIndex:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    # -- on disk (integer keys): a folder of .npy files, faiss indexes and a fingerprint -------
+
+    def save(self, folder: str | os.PathLike[str], fingerprint: str) -> None:
+        import shutil
+        import tempfile
+
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".similar-", dir=folder.parent))
+        try:
+            np.save(tmp / "keys.npy", np.asarray(self.keys, dtype=np.int64))
+            for enc, mat in self.mats.items():
+                np.save(tmp / f"{enc}.npy", mat)
+                np.save(tmp / f"{enc}.rows.npy", self.rows[enc])
+                if enc in self.ann:
+                    _faiss().write_index(self.ann[enc], str(tmp / f"{enc}.ivf"))
+            (tmp / "fingerprint").write_text(fingerprint)
+            old = folder.with_name(folder.name + f".old-{os.getpid()}")
+            if folder.exists():
+                os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # a cache that cannot be written is only slower
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], fingerprint: str) -> "SimilarityIndex | None":
+        folder = Path(folder)
+        try:
+            if (folder / "fingerprint").read_text() != fingerprint:
+                return None
+            idx = cls(keys=np.load(folder / "keys.npy").tolist())
+            for f in sorted(folder.glob("*.rows.npy")):
+                enc = f.name[: -len(".rows.npy")]
+                idx.rows[enc] = np.load(f)
+                idx.mats[enc] = np.load(folder / f"{enc}.npy")
+                if (folder / f"{enc}.ivf").is_file() and _faiss() is not None:
+                    idx.ann[enc] = _faiss().read_index(str(folder / f"{enc}.ivf"))
+        except (OSError, ValueError):
+            return None
+        idx.summaries = [{} for _ in idx.keys]
+        for enc, rows in idx.rows.items():
+            for i, g in enumerate(rows.tolist()):
+                idx.summaries[g][enc] = idx.mats[enc][i]
+        return idx
 
     def _scores(self, query: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(global positions, scores) of every item sharing an encoder with `query`."""
@@ -303,11 +351,21 @@ def file_facts(catalog: Any, file_ids: Iterable[int]) -> dict[int, dict[str, Any
 
 
 def catalog_index(catalog: Any) -> SimilarityIndex:
-    """Every catalogued vector (local files and deep-synced ones), keyed by file id."""
+    """Every catalogued vector (local files and deep-synced ones), keyed by file id. Built from
+    the stored summaries and kept in `WORKSPACE/.tihub-cache/similar/` until the set changes."""
     from tihub.catalog import vectors as V
 
     backfill_local(catalog)
-    return SimilarityIndex.build((fid, vecs) for fid, _sha, vecs in V.rows(catalog.engine))
+    fp = V.fingerprint(catalog.engine)
+    folder = Path(catalog.workspace.root) / ".tihub-cache" / "similar" if catalog.workspace is not None else None
+    if folder is not None:
+        cached = SimilarityIndex.load(folder, fp)
+        if cached is not None:
+            return cached
+    idx = SimilarityIndex.build(((fid, s) for fid, _sha, s in V.summaries(catalog.engine)), summarized=True)
+    if folder is not None:
+        idx.save(folder, fp)
+    return idx
 
 
 def _query_vectors(catalog: Any, name: str) -> tuple[dict[str, Any], set[int], dict[str, Any]]:

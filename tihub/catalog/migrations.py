@@ -75,7 +75,8 @@ def m006_knowledge(conn: Connection) -> None:
                 file_id INTEGER PRIMARY KEY REFERENCES files(id),
                 sha256 TEXT,
                 shapes TEXT NOT NULL,
-                data BLOB NOT NULL
+                data BLOB NOT NULL,
+                summary BLOB
             )
             """
         )

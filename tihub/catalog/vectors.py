@@ -1,8 +1,9 @@
 """Measured vectors of catalogued files (table `file_vectors`, migration m006_knowledge).
 
 One row per file: `shapes` is JSON `{encoder: [n, width]}` in storage order and `data` the float32
-little-endian values of each encoder's [n, width] array one after the other. The similarity index
-(`tihub.similar`) is built from these rows.
+little-endian values of each encoder's [n, width] array one after the other. `summary` holds the
+file's per-encoder summary vectors (`tihub.similar.summarize`) in the same encoding behind a JSON
+line of their shapes: the similarity index is built from the summaries alone.
 """
 
 from __future__ import annotations
@@ -57,15 +58,45 @@ def save(engine: Engine, by_sha: Mapping[str, Mapping[str, Any]]) -> int:
         for sha, vecs in by_sha.items():
             if sha in ids and vecs:
                 shapes, data = encode(vecs)
-                rows.append({"f": ids[sha], "s": sha, "sh": shapes, "d": data})
+                rows.append({"f": ids[sha], "s": sha, "sh": shapes, "d": data, "m": encode_summary(vecs)})
         if rows:
+            if conn.dialect.name != "sqlite":
+                conn.execute(text("DELETE FROM file_vectors WHERE file_id = :f"), [{"f": r["f"]} for r in rows])
             conn.execute(
-                text("INSERT OR REPLACE INTO file_vectors (file_id, sha256, shapes, data) VALUES (:f, :s, :sh, :d)")
-                if conn.dialect.name == "sqlite"
-                else text("INSERT INTO file_vectors (file_id, sha256, shapes, data) VALUES (:f, :s, :sh, :d)"),
+                text(("INSERT OR REPLACE" if conn.dialect.name == "sqlite" else "INSERT")
+                     + " INTO file_vectors (file_id, sha256, shapes, data, summary) VALUES (:f, :s, :sh, :d, :m)"),
                 rows,
             )
     return len(rows)
+
+
+def encode_summary(vecs: Mapping[str, Any]) -> bytes:
+    from tihub.similar import summarize
+
+    shapes, data = encode(summarize(vecs))
+    return shapes.encode("utf-8") + b"\n" + data
+
+
+def summaries(engine: Engine) -> Iterator[tuple[int, str | None, dict[str, np.ndarray]]]:
+    """(file_id, sha256, {encoder: unit summary [width]}) of every stored file."""
+    with read(engine) as conn:
+        got = conn.execute(text("SELECT file_id, sha256, summary FROM file_vectors ORDER BY file_id")).all()
+    for fid, sha, summary in got:
+        if summary is None:
+            continue
+        head, _, data = bytes(summary).partition(b"\n")
+        yield int(fid), sha, {k: v[0] for k, v in decode(head.decode("utf-8"), data).items()}
+
+
+def fingerprint(engine: Engine) -> str:
+    """Changes whenever a stored file is added, replaced or removed (for on-disk index caches)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with read(engine) as conn:
+        for fid, sha in conn.execute(text("SELECT file_id, sha256 FROM file_vectors ORDER BY file_id")):
+            h.update(f"{fid}:{sha};".encode())
+    return h.hexdigest()
 
 
 def measured_shas(engine: Engine) -> set[str]:
