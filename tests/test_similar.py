@@ -167,3 +167,14 @@ def test_index_round_trips_through_its_disk_cache(tmp_path: Path) -> None:
         a, b = back.query(q, limit=5), idx.query(q, limit=5)
         assert [k for k, _ in a] == [k for k, _ in b] and [s for _, s in a] == pytest.approx([s for _, s in b])
     assert back.groups(0.5) == idx.groups(0.5)
+
+
+def test_dupes_through_faiss_range_search_match_exact() -> None:
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((400, 768)).astype(np.float32)
+    items = [(i, {"clip_l": base[i] + 0.1 * rng.standard_normal((1, 768)).astype(np.float32)}) for i in range(400)]
+    items += [(1000 + i, {"clip_l": base[i] + 0.1 * rng.standard_normal((2, 768)).astype(np.float32)}) for i in range(0, 400, 40)]
+    exact = SimilarityIndex.build(items, approx=False).groups(0.95)
+    approx = SimilarityIndex.build(items, approx=True).groups(0.95)
+    assert len(exact) == 10 and [sorted(g["keys"]) for g in approx] == [sorted(g["keys"]) for g in exact]

@@ -17,7 +17,9 @@ index adds a faiss inverted-file index (`IndexIVFFlat`, inner product, about 2*s
 them exactly; the lists it does not visit are where recall can be lost (measured in
 benchmarks/bench_similar.py against the exact numpy scan). Without faiss installed the exact
 scan is used at every size. Multi-encoder queries take each encoder's candidates and rank their
-union by the exact combined score.
+union by the exact combined score. `dupes` finds pairs above its threshold with faiss range
+searches where the IVF index exists (the same lists visited per item), else with exact blocked
+all-pairs products; every candidate pair is then scored exactly.
 """
 
 from __future__ import annotations
@@ -247,8 +249,13 @@ class SimilarityIndex:
         for enc, mat in self.mats.items():
             rows = self.rows[enc]
             for start in range(0, len(mat), block):
-                sims = mat[start : start + block] @ mat.T
-                ii, jj = np.nonzero(sims >= threshold - 1e-6)
+                if enc in self.ann:  # faiss: every pair above the threshold within the probed lists
+                    lims, _d, found_ids = self.ann[enc].range_search(mat[start : start + block], float(threshold) - 1e-6)
+                    ii = np.repeat(np.arange(len(lims) - 1), np.diff(lims.astype(np.int64)))
+                    jj = found_ids
+                else:  # exact: one block of the all-pairs product
+                    sims = mat[start : start + block] @ mat.T
+                    ii, jj = np.nonzero(sims >= threshold - 1e-6)
                 for a, b in zip(ii.tolist(), jj.tolist()):
                     i, j = int(rows[start + a]), int(rows[b])
                     if i < j:
