@@ -18,8 +18,10 @@ them exactly; the lists it does not visit are where recall can be lost (measured
 benchmarks/bench_similar.py against the exact numpy scan). Without faiss installed the exact
 scan is used at every size. Multi-encoder queries take each encoder's candidates and rank their
 union by the exact combined score. `dupes` finds pairs above its threshold with faiss range
-searches where the IVF index exists (the same lists visited per item), else with exact blocked
-all-pairs products; every candidate pair is then scored exactly.
+searches where the IVF index exists (visiting 1/64 of the lists, at least 4, for thresholds of
+0.9 and above, where near-duplicates fall into the same or a neighbouring list; the query's
+nprobe below), else with exact blocked all-pairs products; every candidate pair is then scored
+exactly.
 """
 
 from __future__ import annotations
@@ -250,7 +252,14 @@ class SimilarityIndex:
             rows = self.rows[enc]
             for start in range(0, len(mat), block):
                 if enc in self.ann:  # faiss: every pair above the threshold within the probed lists
-                    lims, _d, found_ids = self.ann[enc].range_search(mat[start : start + block], float(threshold) - 1e-6)
+                    ann = self.ann[enc]
+                    probe = ann.nprobe
+                    if threshold >= 0.9:  # near-duplicates share a list or its neighbours: probe fewer
+                        ann.nprobe = max(4, ann.nlist // 64)
+                    try:
+                        lims, _d, found_ids = ann.range_search(mat[start : start + block], float(threshold) - 1e-6)
+                    finally:
+                        ann.nprobe = probe
                     ii = np.repeat(np.arange(len(lims) - 1), np.diff(lims.astype(np.int64)))
                     jj = found_ids
                 else:  # exact: one block of the all-pairs product
