@@ -8,8 +8,9 @@ explicitly configured endpoint (a mirror or a test server).
 
 Requests per sync: the listing pages (`/api/models?author=...&full=true`, `Link` pagination),
 then for each repo whose head commit (`sha`) or `lastModified` changed since the stored state:
-its file tree at that commit (sha256 of every LFS file, without downloading it) and its
-`token_identifier.txt` / `type_of_concept.txt`. Unchanged repos are not re-read: their entries
+its file tree at that commit (sha256 of every LFS file, without downloading it), its
+`token_identifier.txt` / `type_of_concept.txt`, its README (for the images it embeds; the
+`concept_images/` come from the tree) and, with deep sync, the small embedding file itself. Unchanged repos are not re-read: their entries
 are kept with `ctx.keep(remote_id)`, so an unchanged organisation costs only its listing pages
 (and raises SourceUnchanged).
 """
