@@ -13,7 +13,7 @@ only, the space they share). Scores run from -1 to 1; 1.0 means the same directi
 numpy (one matrix-vector product and `argpartition`). Above it, a query scans the whole matrix
 (100,000 x 768 float32 is 307 MB of memory traffic, about 0.1 s on a busy two-core box), so the
 index adds a faiss inverted-file index (`IndexIVFFlat`, inner product, about 2*sqrt(N) lists, a
-`nprobe` of 1/8 of them but at least 16): a query reads a few percent of the vectors and scores
+`nprobe` of 1/16 of them but at least 16): a query reads a few percent of the vectors and scores
 them exactly; the lists it does not visit are where recall can be lost (measured in
 benchmarks/bench_similar.py against the exact numpy scan). Without faiss installed the exact
 scan is used at every size. Multi-encoder queries take each encoder's candidates and rank their
@@ -62,7 +62,7 @@ def ivf_index(mat: np.ndarray, seed: int = 0) -> Any:
     index.cp.niter = 10  # k-means iterations: the lists only need to be roughly balanced
     index.train(np.ascontiguousarray(sample))
     index.add(mat)
-    index.nprobe = max(16, nlist // 8)
+    index.nprobe = max(16, nlist // 16)
     return index
 
 
