@@ -401,7 +401,7 @@ def show_cmd(ctx: Context, name: str, as_json: bool, thumbnails: bool = False) -
     if e["previews"]:
         from tihub.previews import describe
 
-        out(f"Previews ({len(e['previews'])}):")
+        out("Previews:")
         pics = e.get("pictures") or [describe(p) for p in e["previews"]]
         for p in pics[:10]:
             facts = [x for x in (p["kind"], f"model hash {p['model_hash']}" if p["model_hash"] else None) if x]
