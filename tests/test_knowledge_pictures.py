@@ -274,3 +274,22 @@ def test_blob_cache_rejects_altered_bytes(tmp_path: Path) -> None:
     assert c.put(b"hello", "0" * 64) is None
     c.path(sha).write_bytes(b"tampered")
     assert c.get(sha) is None and not c.has(sha)
+
+
+def test_civitai_pictures_keep_generation_metadata_and_sidecar_keys(home: Path) -> None:
+    from servers.civitai import CivitaiAPI
+    from tihub.collection import sidecar_values
+
+    with CivitaiAPI(n_models=3) as api:
+        ws = workspace(home, f"  - {{name: civitai, kind: civitai, url: '{api.api}', allow_private: true}}\n")
+        (r,) = sync(ws)
+        assert r.status == "ok", r.error
+        code, out, err = run("--home", str(home), "show", "model3v0", "--json")
+        assert code == 0, err
+        e = json.loads(out)
+        (pic,) = e["pictures"]
+        assert pic["kind"] == "civitai" and pic["model_hash"] == "38c1ebe3"
+        assert pic["generation"]["seed"] == 1234 and pic["generation"]["prompt"]
+        values = sidecar_values(Catalog.open(ws).entry("model3v0"), "ab" * 32)
+        assert values["activation text"] == "word3, alt3" and values["modelId"] == 3 and values["modelVersionId"] == 300
+        assert values["sd version"] == "SDXL" and values["sha256"] == "ab" * 32
