@@ -384,7 +384,7 @@ def catalog_index(catalog: Any) -> SimilarityIndex:
     return idx
 
 
-def _query_vectors(catalog: Any, name: str) -> tuple[dict[str, Any], set[int], dict[str, Any]]:
+def vectors_of(catalog: Any, name: str) -> tuple[dict[str, Any], set[int], dict[str, Any]]:
     """(vectors, its file ids, the entry) of a catalogue name, or of an embedding file path."""
     from pathlib import Path
 
@@ -412,7 +412,7 @@ def _query_vectors(catalog: Any, name: str) -> tuple[dict[str, Any], set[int], d
 
 def similar(catalog: Any, name: str, limit: int = 10, index: SimilarityIndex | None = None) -> list[dict[str, Any]]:
     """The `limit` catalogued embeddings nearest to `name` (a catalogue name or a file), best first."""
-    vecs, fids, _entry = _query_vectors(catalog, name)
+    vecs, fids, _entry = vectors_of(catalog, name)
     idx = index if index is not None else catalog_index(catalog)
     hits = idx.query(vecs, limit=limit, exclude=fids)
     facts = file_facts(catalog, [k for k, _ in hits])

@@ -108,11 +108,11 @@ def explain_cmd(ctx: Context, name: str, model: str, top: int, as_json: bool) ->
     """
     from tihub.errors import TihubError
     from tihub.explain import explain, token_tables
-    from tihub.similar import _query_vectors
+    from tihub.similar import vectors_of
 
     try:
         p = Path(name).expanduser()
-        vecs = _query_vectors(None, name)[0] if p.is_file() else _query_vectors(_catalog(ctx), name)[0]
+        vecs = vectors_of(None, name)[0] if p.is_file() else vectors_of(_catalog(ctx), name)[0]
         rows = explain(vecs, token_tables(model), top)
     except TihubError as exc:
         _json_fail(as_json, str(exc))
