@@ -178,3 +178,23 @@ def test_dupes_through_faiss_range_search_match_exact() -> None:
     exact = SimilarityIndex.build(items, approx=False).groups(0.95)
     approx = SimilarityIndex.build(items, approx=True).groups(0.95)
     assert len(exact) == 10 and [sorted(g["keys"]) for g in approx] == [sorted(g["keys"]) for g in exact]
+
+
+def test_real_files_easynegative_in_two_containers_are_one_group(home: Path, corpus: Path) -> None:
+    import shutil
+
+    e = home / "embeddings"
+    shutil.copy(corpus / "fgjd4j23423f__sd" / "embeddings" / "EasyNegative.pt", e / "EasyNegative.pt")
+    shutil.copy(corpus / "lazealia__Stable_Diff_WebUI_with_Ext" / "embeddings" / "easynegative.safetensors", e / "en-copy.safetensors")
+    for rel in ("lazealia__Stable_Diff_WebUI_with_Ext/embeddings/HyperStylizeV6.pt",
+                "lazealia__Stable_Diff_WebUI_with_Ext/embeddings/charturnerv2_1.5.pt"):
+        shutil.copy(corpus / rel, e / Path(rel).name)
+    (home / "sources.yaml").write_text("sources:\n  - {name: local, kind: local, path: embeddings}\n")
+    assert run("sync")[0] == 0
+    code, out, err = run("dupes", "--json")
+    assert code == 0, err
+    (group,) = json.loads(out)  # a pickle and a safetensors file of the same vectors: different bytes, one group
+    assert sorted(m["name"] for m in group["members"]) == ["EasyNegative", "en-copy"] and group["min_score"] > 0.9999
+    code, out, err = run("similar", "EasyNegative", "--json")
+    rows = json.loads(out)
+    assert rows[0]["name"] == "en-copy" and rows[0]["sha256"] != rows[1]["sha256"] and rows[1]["score"] < 0.9
