@@ -692,7 +692,10 @@ class Downloader:
         policy = URLPolicy(allow_private=req.allow_private)
         auth = resolved.auth_headers or None
         try:
-            with stream(self._client, "GET", url, policy=policy, headers=headers, auth_host_headers=auth, first_hop_trusted=req.trusted) as resp:
+            with stream(
+                self._client, "GET", url, policy=policy, headers=headers, auth_host_headers=auth,
+                first_hop_trusted=req.trusted, deadline=start + self.deadline,
+            ) as resp:
                 return self._receive(req, url, resolved, part, resp, have, headers, start, sniff)
         except (Transient, DownloadError, _LfsPointer):
             raise
@@ -782,14 +785,12 @@ class Downloader:
         received = have
         first = status == 200 and sniff
         deadline_at = start + self.deadline
-        encoded = resp.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
-        if encoded:
-            total = None  # Content-Length counts the compressed bytes; the hash checks the rest
+        # (an answer with a Content-Encoding was refused by `stream`: these are the file's bytes)
         shown = req.name or req.entry_name or unquote(urlsplit(url).path.rsplit("/", 1)[-1]) or req.label or url
         key = f"{shown}\x00{id(req)}"
         self.progress.start(key, total, have)
         try:
-            it = resp.iter_bytes() if encoded else resp.iter_raw()
+            it = resp.iter_raw()
             for chunk in it:
                 if first:
                     first = False
