@@ -570,7 +570,8 @@ class Downloader:
 
     def _wanted_stem(self, req: Request, url: str) -> tuple[str, str]:
         """(stem, suffix) guessed before the download (the suffix may change after reading)."""
-        remote = req.file_name or unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+        tail = url.rpartition("#path=")[2] if url.startswith("git+") else urlsplit(url).path
+        remote = req.file_name or unquote(tail.rsplit("/", 1)[-1])
         suffix = ""
         for s in KNOWN_SUFFIXES:
             if remote.lower().endswith(s):
@@ -679,6 +680,14 @@ class Downloader:
 
     def _transfer(self, req: Request, url: str, resolved: Resolved, part: PartFile, start: float, sniff: bool = True) -> Transfer:
         label = req.label or req.url
+        if url.startswith("git+"):  # a file in a git repository on a host without a raw-file URL
+            from tihub.sources.git import fetch_blob
+
+            sha, size = fetch_blob(
+                url, part.fd, self.max_bytes, allow_private=req.allow_private or req.trusted,
+                deadline=start + self.deadline, label=label,
+            )
+            return Transfer(sha, size, url)
         have = part.size()
         side = part.read_sidecar()
         validator = side.get("etag") or side.get("last_modified")
