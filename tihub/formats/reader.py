@@ -30,6 +30,7 @@ from tihub.formats.containers import (
 from tihub.formats.budget import EMBEDDING_BUDGET, MemoryBudget
 from tihub.formats.model import ENCODER_BY_WIDTH, Embedding
 from tihub.formats.pickle_vm import ModuleState
+from tihub.formats.regular import open_regular
 
 MAX_VECTORS = 75
 _basename = os.path.basename
@@ -116,7 +117,7 @@ _O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 def _read_file(fs: Any, what: str) -> bytearray:
     """The whole file, after one fstat, into one private buffer that the tensors then live in
     (no second copy). At most `size + 1` bytes are read, so a file that grew is noticed."""
-    fd = os.open(fs, _O_READ)
+    fd = open_regular(fs, _O_READ)  # a FIFO or device is refused without blocking
     try:
         st = os.fstat(fd)
         if _S_ISDIR(st.st_mode):
