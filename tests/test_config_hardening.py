@@ -71,6 +71,7 @@ def test_an_alias_bomb_in_a_text_option_is_refused_too() -> None:
         ("sources:\n  - name: \"evil\\e]0;owned\\a\\e[2J\"\n    kind: local\n    path: x\n", "control"),
         ("sources:\n  - name: \"a\\u202eb\"\n    kind: local\n    path: x\n", "control"),
         ("sources:\n  - name: a\n    kind: \"loc\\eal\"\n    path: x\n", "unknown kind"),
+        ("sources:\n  - name: a\x00b\n    kind: local\n", "control character"),  # found by `make fuzz`
     ],
 )
 def test_malformed_sources_files_are_one_sentence_with_a_line(text: str, words: str) -> None:

@@ -230,18 +230,24 @@ def parse_sources(text: str, where: str = "sources.yaml") -> list[SourceSpec]:
 
     if len(text) > MAX_SOURCES_BYTES:
         raise ConfigError(f"{where} is {len(text)} characters long, over the {MAX_SOURCES_BYTES}-character limit for a sources file.")
-    loader = _loader(text)
+    loader = None
     try:
+        loader = _loader(text)  # the reader refuses control characters here already
         root = loader.get_single_node()
     except _TooDeep as deep:
         raise ConfigError(f"{where} line {deep.line}: the YAML nests deeper than {MAX_YAML_DEPTH} levels.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "malformed YAML"
+        if mark is None and isinstance(exc, yaml.reader.ReaderError):  # a control character: find its line
+            line = f" line {text.count(chr(10), 0, exc.position) + 1}"
+            problem = f"a control character (code {exc.character:#x}) is not allowed"
+        else:
+            line = f" line {mark.line + 1}" if mark is not None else " line 1"
+            problem = getattr(exc, "problem", None) or "malformed YAML"
         raise ConfigError(f"{where}{line}: {problem}.") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if root is None:
         return []
     if not isinstance(root, yaml.MappingNode):
