@@ -14,7 +14,7 @@ from collections.abc import Callable
 from tihub.errors import TihubError
 from tihub.formats.budget import EMBEDDING_BUDGET
 
-SLACK = 16 * 1024 * 1024  # Python objects around a read: names, messages, a few small arrays
+SLACK = 4 * 1024 * 1024  # Python objects around a read: names, messages, a few small arrays
 WHAT = "'fuzz.bin'"
 
 
@@ -23,8 +23,9 @@ class OverBudget(AssertionError):
 
 
 def limit_for(data: bytes) -> int:
-    """The peak one read of `data` may reach: the budget, a few copies of the input, slack."""
-    return EMBEDDING_BUDGET + 4 * len(data) + SLACK
+    """The peak one read of `data` may reach: the budget, the input and the copies the target
+    and the reader make of it (a signature prepended, the reader's private buffer), and slack."""
+    return EMBEDDING_BUDGET + 3 * len(data) + SLACK
 
 
 # -- the readers ----------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from tihub.errors import NetworkError, UnsafeURL
 USER_AGENT = f"tihub/{__version__} (+https://github.com/tihub)"
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=30.0, write=30.0, pool=10.0)
 MAX_REDIRECTS = 10
+DEFAULT_DEADLINE_S = 900.0  # one exchange (all hops, headers and body) when the caller sets none
 
 
 @dataclass(frozen=True)
@@ -270,14 +271,16 @@ def stream(
     the first request, and only over https. `first_hop_trusted` skips the private-address check
     for the URL itself (a URL the user typed); redirects are always checked against `policy`.
     `content` is the request body (kept across 307/308 redirects, dropped when a 301/302/303
-    turns it into a GET). `deadline` (a `time.monotonic()` value) bounds every socket operation
-    of every hop, the body read inside the `with` included. An answer with a Content-Encoding
+    turns it into a GET). `deadline` (a `time.monotonic()` value; by default DEFAULT_DEADLINE_S
+    from now) bounds every socket operation of every hop, the body read inside the `with` included. An answer with a Content-Encoding
     is refused (UnsafeURL); a malformed Location is one sentence (UnsafeURL).
     """
     current = url
     origin = url
     seen: set[str] = set()
     first = True
+    if deadline is None:
+        deadline = time.monotonic() + DEFAULT_DEADLINE_S
     for _hop in range(MAX_REDIRECTS + 1):
         hop_policy = URLPolicy(allow_private=True, schemes=policy.schemes) if (first and first_hop_trusted) else policy
         addresses = checked_addresses(current, hop_policy)

@@ -251,6 +251,8 @@ def read_torch_zip(
         elif text != b"little":
             raise FormatError(f"{what} has a torch 'byteorder' entry that says neither little nor big; it is corrupt.")
     pickle_cap = MAX_MODEL_PICKLE if model else MAX_EMBEDDING_PICKLE
+    if budget is not None:
+        budget.charge(pkl.file_size, "a copy of its data.pkl")
     pickle_bytes = bytes(_member_bytes(data, pkl, pickle_cap, what))  # type: ignore[arg-type]
 
     def load(ref: StorageRef) -> memoryview:

@@ -170,7 +170,8 @@ def read_image_embedding(data: bytes, what: str, budget: MemoryBudget | None = N
             raise FormatError(f"{what} has an empty or corrupt sd-ti-embedding text chunk.")
         if len(text_value) > MAX_TEXT_CHUNK * 2:
             raise UnsafeFile(f"{what} has an oversized sd-ti-embedding chunk; refusing it.")
-        budget.charge(len(text_value) * 3 // 4, "its decoded sd-ti-embedding chunk")
+        # the chunk's text (Pillow holds it, capped by its own limits), then its base64 decoding
+        budget.charge(len(text_value) + len(text_value) * 3 // 4, "its sd-ti-embedding chunk")
         try:
             raw = base64.b64decode(text_value.strip(), validate=True)
         except (binascii.Error, ValueError):

@@ -28,6 +28,7 @@ MAX_MARKS = 10_000
 MAX_TEXT = 64 * 1024 * 1024  # one string / bytes literal
 MAX_LONG_BYTES = 64  # LONG1/LONG4 payload (no 2**(8*2**32) integers)
 MAX_TENSOR_RANK = 8
+_BIG_LITERAL = 64 * 1024  # string/bytes literals above this are charged to the memory budget
 
 
 @dataclass(frozen=True)
@@ -508,6 +509,8 @@ class _VM:
                 pos += 4
                 if end > n:
                     raise self.bad("it is truncated")
+                if end - pos > _BIG_LITERAL:
+                    self.budget.charge(end - pos, "a string")
                 append(data[pos:end].decode("utf-8", "surrogatepass"))
                 pos = end
             elif op == 0x28:  # MARK
@@ -626,6 +629,8 @@ class _VM:
             nonlocal pos
             if k < 0 or pos + k > n:
                 raise self.bad("it is truncated")
+            if k > _BIG_LITERAL:  # a literal is a new object (strings and bytes are copied out)
+                self.budget.charge(k, "a string")
             out = data[pos : pos + k]
             pos += k
             return out
@@ -662,6 +667,8 @@ class _VM:
                 end = pos + k
                 if end > n:
                     raise self.bad("it is truncated")
+                if k > _BIG_LITERAL:
+                    self.budget.charge(k, "a string")
                 stack.append(data[pos:end].decode("utf-8", "surrogatepass"))
                 pos = end
             elif op == 0x28:  # MARK (

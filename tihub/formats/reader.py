@@ -172,6 +172,7 @@ def _read(fs: Any, base: str, what: str, data: bytearray) -> Embedding:
         container = "png" if head[:1] == b"\x89" else "webp"
         if base.lower().endswith((".preview.png", ".preview.webp")):
             raise NotAnEmbedding(f"{what} is a preview image next to an embedding, not an embedding.", kind="preview")
+        budget.charge(len(data), "a copy of the image for Pillow")
         payload, carrier = read_image_embedding(bytes(data), what, budget)
         emb = from_object(payload, name, what, container, from_image=True)
         emb.extra["carrier"] = carrier
