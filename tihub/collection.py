@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from tihub.errors import ConfigError, FormatError, NotAnEmbedding, NotFound, TihubError
 from tihub.formats import EMBEDDING_SUFFIXES
+from tihub.formats.regular import regular_opener
 from tihub.naming import inside, is_generic_stem, safe_filename, safe_stem, token_stem
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -100,8 +101,11 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
     info: dict[str, Any] = {"name": p.stem, "format": None, "base": None, "vectors": None, "widths": None,
                             "sd_checkpoint": None, "sd_checkpoint_name": None, "step": None, "sha256": None, "problem": None}
     try:
-        with open(p, "rb") as fh:
+        with open(p, "rb", opener=regular_opener) as fh:  # a FIFO is refused, never waited on
             data = fh.read(MAX_FILE + 1)
+    except NotAnEmbedding as exc:
+        info["problem"] = {"kind": exc.kind, "message": str(exc)}
+        return info
     except OSError as exc:
         info["problem"] = {"kind": "unreadable", "message": f"cannot read it ({exc.strerror or exc})"}
         return info

@@ -5,11 +5,15 @@ write transaction starts with `BEGIN IMMEDIATE` so two tihub processes queue ins
 half-way. Any other SQLAlchemy URL (e.g. PostgreSQL) works through the same code.
 
 Schema changes are named, ordered functions in `tihub.catalog.migrations.MIGRATIONS`; the names
-already applied are recorded in the `_migrations` table.
+already applied are recorded in the `_migrations` table. A database that records a migration
+this tihub does not know was written by a newer tihub: it is read, never written (every write
+transaction refuses it in one sentence). A database SQLite reports damaged, or whose tables are
+not the ones tihub reads, is one sentence naming `tihub db check` / `tihub db repair`.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -25,6 +29,7 @@ BUSY_TIMEOUT_MS = 30_000
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
+_read_only: dict[int, str] = {}  # id(engine) -> why it must not be written (a newer tihub's database)
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -48,6 +53,7 @@ def dispose_all() -> None:
     with _lock:
         for engine in _engines.values():
             engine.dispose()
+            _read_only.pop(id(engine), None)
         _engines.clear()
 
 
@@ -82,7 +88,11 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def write(engine: Engine) -> AbstractContextManager[Connection]:
-    """A write transaction (BEGIN IMMEDIATE on SQLite); commits on success, rolls back on error."""
+    """A write transaction (BEGIN IMMEDIATE on SQLite); commits on success, rolls back on error.
+    A database written by a newer tihub is refused here, before anything is written."""
+    why = _read_only.get(id(engine))
+    if why is not None:
+        raise CatalogError(why)
     return _transaction(engine, writing=True)
 
 
@@ -99,12 +109,28 @@ def _transaction(engine: Engine, writing: bool) -> Iterator[Connection]:
             conn.info["write"] = writing
             with conn.begin():
                 yield conn
-    except SQLAlchemyError as exc:
-        raise CatalogError(f"The catalogue {'write' if writing else 'read'} failed: {_short(exc)}.") from None
+    except (SQLAlchemyError, sqlite3.DatabaseError) as exc:
+        raise _catalog_error(exc, engine, writing) from None
+
+
+# SQLite messages that mean the file is damaged or not the schema tihub wrote (not a busy lock)
+_DAMAGE = ("malformed", "vtable constructor failed", "no such table", "no such column", "not a database",
+           "fts5:", "corrupt", "has no column", "database disk image")
+
+
+def _catalog_error(exc: BaseException, engine: Engine, writing: bool) -> CatalogError:
+    message = _short(exc)
+    if any(m in message.lower() for m in _DAMAGE):
+        where = engine.url.database if is_sqlite(engine) else engine.url.render_as_string(hide_password=True)
+        return CatalogError(
+            f"The catalogue {where} is damaged or was written by another program ({message.rstrip('.')}); "
+            "run `tihub db check` to see what, then `tihub db repair`."
+        )
+    return CatalogError(f"The catalogue {'write' if writing else 'read'} failed: {message}.")
 
 
 def _short(exc: BaseException) -> str:
-    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
 
 
 def now() -> str:
@@ -112,10 +138,35 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def run_migrations(engine: Engine) -> list[str]:
-    """Apply every migration not yet recorded; return the names applied now."""
+def future_migrations(engine: Engine) -> list[str]:
+    """Migration names the database records that this tihub does not know (a newer tihub's)."""
     from tihub.catalog.migrations import MIGRATIONS
 
+    known = {name for name, _fn in MIGRATIONS}
+    with read(engine) as conn:
+        if not _has_migrations_table(conn):
+            return []
+        return sorted(row[0] for row in conn.execute(text("SELECT name FROM _migrations")) if row[0] not in known)
+
+
+def _has_migrations_table(conn: Connection) -> bool:
+    from sqlalchemy import inspect
+
+    return bool(inspect(conn).has_table("_migrations"))
+
+
+def run_migrations(engine: Engine) -> list[str]:
+    """Apply every migration not yet recorded; return the names applied now. A database that
+    records migrations this tihub does not know is left as it is and marked read-only."""
+    from tihub.catalog.migrations import MIGRATIONS
+
+    future = future_migrations(engine)
+    if future:
+        _read_only[id(engine)] = (
+            f"The catalogue {engine.url.database or engine.url} was written by a newer tihub (it records the migration "
+            f"{future[0]}); tihub reads it but will not write to it, so upgrade tihub or use another --db."
+        )
+        return []
     applied_now: list[str] = []
     with write(engine) as conn:
         conn.execute(text("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"))

@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "verify": "tihub.cli.engine:verify_cmd",
     "train": "tihub.cli.train:train_cmd",
     "demo": "tihub.cli.demo:demo_cmd",
+    "db": "tihub.cli.db:db_cmd",
 }
 
 

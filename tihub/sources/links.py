@@ -347,7 +347,7 @@ class _PageParser(HTMLParser):
             names = re.findall(r"""['"]([^'"/\\]{1,200}\.(?:pt|bin|safetensors))['"]""", value) if key == "onclick" else []
             for m in _ATTR_URL.finditer(value):
                 u = m.group(0)
-                if urlsplit(u).path.lower().endswith(EMBED_SUFFIXES):
+                if _path_of(u).lower().endswith(EMBED_SUFFIXES):
                     # downloadAs('https://.../learned_embeds.bin', 'name.pt'): the second string names the file
                     target.links.append(Link(u, _clean(names[0], 200) if names else "", attr=True))
 
@@ -497,12 +497,27 @@ def _base_from(block: Block) -> tuple[str | None, str | None]:
     return (found[0], found[1]) if found else (None, None)
 
 
+def _join(base: str, raw: str) -> str | None:
+    """`raw` made absolute against `base`, or None for a malformed link (e.g. `http://[x`)."""
+    try:
+        return urljoin(base, raw)
+    except ValueError:
+        return None
+
+
+def _path_of(url: str) -> str:
+    try:
+        return urlsplit(url).path
+    except ValueError:
+        return ""
+
+
 def candidates_from(blocks: list[Block], page_url: str, allow_private: bool, base_href: str | None = None) -> tuple[list[Candidate], int]:
     """Candidates from parsed blocks, and how many links were dropped as unsafe."""
     base = page_url
     if base_href:
-        joined = urljoin(page_url, base_href)
-        if clean_link(joined, allow_private):
+        joined = _join(page_url, base_href)
+        if joined and clean_link(joined, allow_private):
             base = joined
     out: dict[str, Candidate] = {}
     dropped = 0
@@ -514,8 +529,8 @@ def candidates_from(blocks: list[Block], page_url: str, allow_private: bool, bas
             raw = link.url.strip()
             if raw.startswith("#") or not raw:
                 continue
-            absolute = urljoin(base, raw)
-            if clean_link(absolute, allow_private) is None:
+            absolute = _join(base, raw)
+            if absolute is None or clean_link(absolute, allow_private) is None:
                 dropped += 1
                 continue
             if link.image:

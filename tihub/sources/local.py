@@ -16,6 +16,7 @@ from typing import Any
 
 from tihub.errors import FormatError, NotAnEmbedding, NotFound, SourceError
 from tihub.formats import EMBEDDING_SUFFIXES
+from tihub.formats.regular import read_regular
 from tihub.hashing import sha256_file
 from tihub.sources.base import Candidate, CandidateFile, IndexContext, SourceUnchanged
 
@@ -90,7 +91,7 @@ def read_candidate(p: Path, rid: str, size: int) -> Candidate:
     data: bytes | None = None
     try:
         if size <= READ_WHOLE:
-            data = p.read_bytes()
+            data = read_regular(p)  # a FIFO or device is refused without blocking
             sha = hashlib.sha256(data).hexdigest()
         else:
             sha = sha256_file(p)
