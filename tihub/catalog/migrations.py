@@ -58,9 +58,28 @@ def m004_names_prefix(conn: Connection) -> None:
             conn.execute(text(ddl))
 
 
+def m016_pg_wide_integers(conn: Connection) -> None:
+    """On PostgreSQL: sizes and nanosecond mtimes are 64-bit (INTEGER there is 32-bit, and a
+    file's mtime_ns overflowed it: `tihub hash` failed with "integer out of range")."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ALTER TABLE hash_cache ALTER COLUMN size TYPE BIGINT, ALTER COLUMN mtime_ns TYPE BIGINT"))
+        conn.execute(text("ALTER TABLE files ALTER COLUMN size TYPE BIGINT"))
+
+
+def m016_pg_search(conn: Connection) -> None:
+    """On PostgreSQL: the full-text (tsvector) and pg_trgm indexes the search uses."""
+    from tihub.catalog.search_pg import DDL
+
+    if conn.dialect.name == "postgresql":
+        for ddl in DDL:
+            conn.execute(text(ddl))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m001_hash_cache", m001_hash_cache),
     ("m002_catalog", m002_catalog),
     ("m003_names_fts", m003_names_fts),
     ("m004_names_prefix", m004_names_prefix),
+    ("m016_pg_wide_integers", m016_pg_wide_integers),
+    ("m016_pg_search", m016_pg_search),
 ]
