@@ -156,3 +156,17 @@ def test_cli_end_to_end_on_postgresql(pg_url: str, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     r = tihub(*db, "search", "", "--json", env=env)
     assert [x["name"] for x in json.loads(r.stdout)] == ["watercolor"]  # removed upstream: hidden
+
+
+def test_a_catalogue_made_before_the_search_migration_is_indexed_by_it(pg_url: str, monkeypatch) -> None:
+    from tihub.catalog import migrations
+    from tihub.catalog.db import dispose_all, run_migrations
+
+    older = [m for m in migrations.MIGRATIONS if not m[0].startswith("m016_")]
+    monkeypatch.setattr(migrations, "MIGRATIONS", older)
+    engine = open_engine(pg_url)
+    Catalog(engine).ingest(SourceSpec("old", "git"), [c("1", "EasyNegative"), c("2", "watercolor")])
+    monkeypatch.undo()
+    assert run_migrations(engine) == ["m016_pg_wide_integers", "m016_pg_search"]
+    assert names(Catalog(engine).search("negative")) == ["EasyNegative"]
+    dispose_all()
