@@ -67,13 +67,13 @@ def test_migrations_applied_once_and_recorded(ws: Workspace) -> None:
         names = [r[0] for r in conn.execute(text("SELECT name FROM _migrations ORDER BY name"))]
     tables = set(inspect(engine).get_table_names())
     assert names == ["m001_hash_cache", "m002_catalog", "m003_names_fts", "m004_names_prefix",
-                     "m016_pg_search", "m016_pg_wide_integers"]
+                     "m016_pg_search", "m016_pg_wide_integers", "m016_record_indexes"]
     assert {"sources", "entries", "files", "entry_files", "models", "previews", "verifications",
             "training_runs"} <= tables
     assert engine.dialect.name != "sqlite" or "entries_fts" in tables
     assert run_migrations(engine) == []  # second run applies nothing
     with read(engine) as conn:
-        assert conn.execute(text("SELECT COUNT(*) FROM _migrations")).scalar() == 6
+        assert conn.execute(text("SELECT COUNT(*) FROM _migrations")).scalar() == 7
 
 
 def test_wal_mode_and_foreign_keys(sqlite_ws: Workspace) -> None:

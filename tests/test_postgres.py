@@ -167,6 +167,6 @@ def test_a_catalogue_made_before_the_search_migration_is_indexed_by_it(pg_url: s
     engine = open_engine(pg_url)
     Catalog(engine).ingest(SourceSpec("old", "git"), [c("1", "EasyNegative"), c("2", "watercolor")])
     monkeypatch.undo()
-    assert run_migrations(engine) == ["m016_pg_wide_integers", "m016_pg_search"]
+    assert run_migrations(engine) == ["m016_pg_wide_integers", "m016_pg_search", "m016_record_indexes"]
     assert names(Catalog(engine).search("negative")) == ["EasyNegative"]
     dispose_all()

@@ -75,6 +75,13 @@ def m016_pg_search(conn: Connection) -> None:
             conn.execute(text(ddl))
 
 
+def m016_record_indexes(conn: Connection) -> None:
+    """Verifications and previews by file: `tihub farm` asks "is this file done on this model?"
+    for every task."""
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_verifications_file ON verifications (file_id, model_hash)"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_previews_file ON previews (file_id, model_hash)"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m001_hash_cache", m001_hash_cache),
     ("m002_catalog", m002_catalog),
@@ -82,4 +89,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m004_names_prefix", m004_names_prefix),
     ("m016_pg_wide_integers", m016_pg_wide_integers),
     ("m016_pg_search", m016_pg_search),
+    ("m016_record_indexes", m016_record_indexes),
 ]
