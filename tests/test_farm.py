@@ -104,7 +104,7 @@ def records(url: str) -> list[tuple]:
 
 def test_verify_a_catalogue_with_a_worker_killed_then_rerun(ray_local, server, tiny_sd1_dir, tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    kinds = catalogue(url, server, tmp_path / "files", "v")
+    kinds = catalogue(url, server, tmp_path / "files", "v", good=10)
     killed: list[int] = []
 
     def kill_one(p) -> None:  # the first progress report: kill a live worker, mid-run
@@ -135,7 +135,7 @@ def test_verify_a_catalogue_with_a_worker_killed_then_rerun(ray_local, server, t
         widths = dict(conn.execute(text("SELECT file_name, widths FROM files WHERE file_name LIKE 'vgood%'")).all())
     assert set(widths.values()) == {'{"clip_l":32}'}
 
-    again = farm(cat, [str(tiny_sd1_dir)], settings(), "", {"source": "vsrc"}, **run_args)
+    again = farm(cat, [str(tiny_sd1_dir)], settings(), "", {"source": "vsrc"}, **{**run_args, "workers": 1})
     assert again.skipped == len(rows)  # nothing done twice ...
     assert [r.name for r in again.results] == ["vliar"] and not again.results[0].ok  # ... but the download
     assert records(url) == rows

@@ -81,6 +81,7 @@ class Task:
     file_name: str | None
     model: str  # ModelRef.spec
     model_hash: str
+    model_name: str
     attempts: int = 0
 
 
@@ -228,7 +229,7 @@ def plan(catalog: Any, models: list[ModelRef], settings: FarmSettings, query: st
                 skipped += 1
                 continue
             tasks.append(Task(r["id"], f["id"], r["name"], r.get("kind"), sha, f["url"], f["local_path"], f["size"],
-                              f["file_name"], m.spec, m.hash))
+                              f["file_name"], m.spec, m.hash, m.name))
     return tasks, unrunnable, skipped
 
 
@@ -251,21 +252,30 @@ class FarmWorker:
 
     def __init__(self, model: str, db_url: str, cache_dir: str, out_dir: str, settings: FarmSettings,
                  device: str | None = None, threads: int | None = None) -> None:
-        import torch
-
         from tihub.catalog.db import open_engine
         from tihub.catalog.store import Catalog
-        from tihub.engine.generate import Engine
 
-        if threads:
-            torch.set_num_threads(threads)
+        self.model, self.device, self.threads = model, device, threads
         self.settings = settings
         self.cache = Path(cache_dir)
         self.out = Path(out_dir)
         self.catalog = Catalog(open_engine(db_url))
-        self.engine = Engine.load(model, None, device=device)
         self.read = load_reader(settings.reader)
+        self._engine: Any = None
         self.calls = 0
+
+    @property
+    def engine(self) -> Any:
+        """The model, loaded on first use and kept for every later batch."""
+        if self._engine is None:
+            import torch
+
+            from tihub.engine.generate import Engine
+
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            self._engine = Engine.load(self.model, None, device=self.device)
+        return self._engine
 
     def pid(self) -> int:
         return os.getpid()
@@ -285,7 +295,7 @@ class FarmWorker:
         with read(self.catalog.engine) as conn:
             for sql in ("SELECT id, result, details FROM verifications WHERE file_id = :f AND model_hash = :m",
                         "SELECT id, NULL, params FROM previews WHERE file_id = :f AND model_hash = :m"):
-                for rid, result, blob in conn.execute(text(sql), {"f": t.file_id, "m": self.engine.model.hash or t.model_hash}):
+                for rid, result, blob in conn.execute(text(sql), {"f": t.file_id, "m": t.model_hash}):
                     farm = (json.loads(blob or "{}") or {}).get("farm") or {}
                     if farm.get("farm_key") == key and farm.get("sha256") == t.sha256:
                         return int(rid), result
@@ -298,14 +308,14 @@ class FarmWorker:
         ready: list[tuple[Task, Any, Any]] = []  # (task, embedding, verification)
         # 1. fetch and read each file; check its numbers (a failure stays with its task)
         for i, t in enumerate(tasks):
-            res = TaskResult(t.entry_id, t.name, self.engine.model.name, False, sha256=t.sha256, worker=os.getpid())
+            res = TaskResult(t.entry_id, t.name, t.model_name, False, sha256=t.sha256, worker=os.getpid())
             results[i] = res
             prior = self.already(t)
             if prior is not None:
                 res.record_id, res.result = prior[0], prior[1] or "ok"
                 res.ok = res.result != "failed"
                 if not res.ok:
-                    res.error = f"{t.name} failed on {self.engine.model.name} (recorded earlier)."
+                    res.error = f"{t.name} failed on {t.model_name} (recorded earlier)."
                 continue
             try:
                 path = self.fetch(t)
@@ -319,8 +329,7 @@ class FarmWorker:
             except Exception as exc:  # a reader bug on a hostile file is still that file's failure
                 emb, err = None, f"{path.name} could not be read: {exc}"
             if emb is None:
-                model = self.engine.model
-                v = Verification(name=t.name, file=str(path), model=model.name, model_hash=model.hash)
+                v = Verification(name=t.name, file=str(path), model=t.model_name, model_hash=t.model_hash)
                 v.add("readable", False, err)
             else:
                 v = verify(self.engine, t.name, embedding=emb, grid=False)
@@ -400,18 +409,18 @@ class FarmWorker:
         failed = v.result == "failed"
         if self.settings.action == "verify" or failed:
             res.record_id = self.catalog.add_verification(
-                entry_id=t.entry_id, file_id=t.file_id, model_hash=self.engine.model.hash or t.model_hash,
-                model_name=self.engine.model.name, result=v.result, details=details, grid_path=v.grid)
+                entry_id=t.entry_id, file_id=t.file_id, model_hash=t.model_hash,
+                model_name=t.model_name, result=v.result, details=details, grid_path=v.grid)
         else:
             res.record_id = self.catalog.add_preview(
-                entry_id=t.entry_id, file_id=t.file_id, path=v.grid, model_hash=self.engine.model.hash or t.model_hash,
-                params={"model": self.engine.model.name, "steps": self.settings.steps, "norms": v.norms, "farm": farm})
+                entry_id=t.entry_id, file_id=t.file_id, path=v.grid, model_hash=t.model_hash,
+                params={"model": t.model_name, "steps": self.settings.steps, "norms": v.norms, "farm": farm})
         if emb is not None and t.file_id is not None:
             record_widths(self.catalog, t.file_id, dict(emb.widths), int(emb.vector_count))
         res.result, res.grid = v.result, v.grid
         res.ok = not failed
         if failed:
-            res.error = f"{t.name} failed on {self.engine.model.name}: " + next(
+            res.error = f"{t.name} failed on {t.model_name}: " + next(
                 (c["detail"] for c in v.checks if c["status"] == "failed"), "a check failed") + "."
 
 
