@@ -106,8 +106,10 @@ def test_verify_a_catalogue_with_a_worker_killed_then_rerun(ray_local, server, t
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
     kinds = catalogue(url, server, tmp_path / "files", "v", good=10)
     killed: list[int] = []
+    lines: list[str] = []
 
     def kill_one(p) -> None:  # the first progress report: kill a live worker, mid-run
+        lines.append(p.line())
         if not killed and p.remaining > 6 and p.workers:
             killed.append(p.workers[-1])
             os.kill(p.workers[-1], signal.SIGKILL)
@@ -118,6 +120,7 @@ def test_verify_a_catalogue_with_a_worker_killed_then_rerun(ray_local, server, t
     report = farm(cat, [str(tiny_sd1_dir)], settings(), "", {"source": "vsrc"}, on_progress=kill_one, **run_args)
     by = {r.name: r for r in report.results}
     assert killed and report.retried >= 1 and report.workers_started >= 3  # a replacement took over
+    assert lines[-1].startswith(f"{report.done} done, {report.failed} failed, 0 remaining") and "entries/s, ETA" in lines[-1]
     assert len(by) == sum(len(v) for k, v in kinds.items() if k != "canary")
     for name in kinds["good"]:
         assert by[name].ok and by[name].result in ("ok", "warning") and Path(by[name].grid).is_file(), by[name]
