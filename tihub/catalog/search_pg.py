@@ -162,8 +162,8 @@ def search_ids(
 
 
 def after_ingest(conn: Connection, new_entries: int) -> None:
-    """After a large ingest, refresh the planner's statistics of `entries` (its expression
-    indexes included), so the next search uses the indexes rather than a table scan."""
+    """After a large ingest, refresh the planner's statistics of `entries` and `entries_search`,
+    so the next search picks index scans rather than a table scan."""
     if new_entries >= ANALYZE_AFTER:
         conn.execute(text("ANALYZE entries"))
         conn.execute(text("ANALYZE entries_search"))
