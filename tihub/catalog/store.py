@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, bindparam, func, select, text
 
 from tihub.catalog import schema as S
+from tihub.catalog import search_pg
 from tihub.catalog.compat_rules import FAMILIES, base_from_widths, fits, normalize_base
 from tihub.catalog.db import is_sqlite, now, open_engine, read, write
 from tihub.errors import NotFound
@@ -609,6 +610,8 @@ class Catalog:
                 E.update().where(E.c.id == bindparam("_id"), E.c.last_seen != t).values(last_seen=t),
                 [{"_id": i} for i in seen_ids],
             )
+        if conn.dialect.name == "postgresql":
+            search_pg.after_ingest(conn, len(new_entries))
         result.total = int(
             conn.execute(
                 select(func.count()).select_from(E).where(E.c.source_id == sid, E.c.removed_at.is_(None))
@@ -687,6 +690,9 @@ class Catalog:
                     "CROSS JOIN entries e ON e.id = h.rid WHERE 1 = 1"
                     + filters + " GROUP BY e.id ORDER BY MIN(h.score), e.id" + limit_sql
                 )
+            elif q and self.engine.dialect.name == "postgresql":
+                ids = search_pg.search_ids(conn, q, where, params, lim)
+                return self._with_fit(self._summaries(conn, ids), family, model_hashes)
             elif q:
                 words = [w.lower() for w in re.findall(r"\w+", q)]
                 if not words:

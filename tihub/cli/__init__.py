@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "grid": "tihub.cli.engine:grid_cmd",
     "verify": "tihub.cli.engine:verify_cmd",
     "train": "tihub.cli.train:train_cmd",
+    "farm": "tihub.cli.farm:farm_cmd",
     "demo": "tihub.cli.demo:demo_cmd",
     "db": "tihub.cli.db:db_cmd",
 }
