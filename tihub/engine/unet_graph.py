@@ -19,6 +19,9 @@ eager against 38 ms replayed for the same kernels, research/performance.md and t
 - the correctness gate is training's: each graph's first replay on new data (its second call) is
   checked against an eager call on the same inputs; a mismatch, or a failed capture, is one note
   and every later call runs eagerly;
+- the graphs read the UNet's weights where they were at capture: while a runner holds graphs the
+  weights must stay put (no `.to()`, no memory-format change, no fused LoRA); make a new runner
+  after any of those;
 - `emulate=True` replays by re-running the UNet on the static buffers and writing its output into
   the captured output tensor: the same data flow without CUDA, which the CPU tests check against
   eager calls.
@@ -241,15 +244,17 @@ def unet_runner(unet: Any, device: Any, mode: str = "auto", note: Callable[[str]
 
 
 @contextlib.contextmanager
-def replayed_unet(pipe: Any, mode: str = "auto", note: Callable[[str], None] | None = None) -> Iterator[EagerUNet]:
+def replayed_unet(pipe: Any, mode: str = "auto", note: Callable[[str], None] | None = None, runner: EagerUNet | None = None) -> Iterator[EagerUNet]:
     """Route a diffusers pipeline's UNet calls through `unet_runner` for the duration of a call.
 
     diffusers calls `unet(x, t, encoder_hidden_states=..., return_dict=False)[0]` (or reads
     `.sample` with return_dict=True); both are answered. The UNet is given back as it was.
+    Pass the `runner` yielded by an earlier call to keep its graphs (one capture per shape for
+    many calls); a new one is made otherwise.
     """
     unet = pipe.unet
-    device = next(unet.parameters()).device
-    runner = unet_runner(unet, device, mode, note, clone_output=True)
+    if runner is None:
+        runner = unet_runner(unet, next(unet.parameters()).device, mode, note, clone_output=True)
 
     def forward(sample: Any, timestep: Any, encoder_hidden_states: Any = None, return_dict: bool = True, **kw: Any) -> Any:
         out = runner(sample, timestep, encoder_hidden_states, **kw)
