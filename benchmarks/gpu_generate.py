@@ -15,8 +15,8 @@ Printed: medians of images/s, the ratio to each peer (target: >= 1.5x peer 1), t
 TFLOP/s and its share of the GPU's dense bf16 datasheet peak and of a bf16 matmul measured here,
 and peak memory. The work per image is counted, not assumed: FLOPs of one UNet CFG pair and one
 VAE decode are counted on the meta device with torch.utils.flop_counter (matmul, conv,
-attention; SD1.5 512: 1.61 + 2.51 TFLOP, close to NVIDIA's 1.68 + 2.54 in research/performance.md;
-SDXL 1024: 13.5 + 10.5 TFLOP).
+attention; SD1.5 512: 1.61 + 2.51 TFLOP, 34.6 per image at 20 steps, close to NVIDIA's 1.68 + 2.54 in research/performance.md;
+SDXL 1024: 13.5 + 10.5 TFLOP, 281 per image).
 
 Dense bf16 peaks (NVIDIA datasheets; the datasheets print the sparse figure, twice these):
 H100 SXM and H200 SXM 989; H100 NVL and H200 NVL 835; H100 PCIe 756; A100 312; L40S 362; L4 121;
@@ -367,19 +367,20 @@ def preview_rate(pipe: Any, arch: str, steps: int, size: int | None, timed: Call
     names = [f"benchemb{i}" for i in range(3)]
     extra = {n: Embedding(n, {k: (rng.standard_normal((2, w)) * 0.01).astype(np.float32) for k, w in widths.items()}) for n in names}
     engine = Engine(from_pipeline(pipe, f"{arch}-arch"), extra=extra)
-    per_hour: dict[str, float] = {}
-    for graphs in (True, False):
-        def grids(_n: int, graphs: bool = graphs) -> None:
-            for n in names:
+
+    def grids(which: list[str], graphs: bool) -> Callable[[int], None]:
+        def go(_n: int) -> None:
+            for n in which:
                 if graphs:
                     with replayed_unet(pipe, runner=runner):
                         standard_preview(engine, n, "object", steps=steps, size=size)
                 else:
                     standard_preview(engine, n, "object", steps=steps, size=size)
 
-        timed(grids, 1)  # warm-up (and the capture of this batch shape)
-        passes_per_s = timed(grids, 1)[0]
-        per_hour["graphs" if graphs else "eager"] = 3600 * len(names) * passes_per_s
+        return go
+
+    timed(grids(names[:1], True), 1)  # warm-up: the capture of the grid's batch shape
+    per_hour = {label: 3600 * 2 * timed(grids(names[1:], graphs), 1)[0] for label, graphs in (("graphs", True), ("eager", False))}
     print(f"  standard preview grid (6 images, Euler a, {steps} steps): {per_hour['graphs']:.0f} embeddings per GPU-hour with UNet graphs, {per_hour['eager']:.0f} eager")
 
 

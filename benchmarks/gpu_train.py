@@ -8,7 +8,7 @@ example's per-step work (textual_inversion.py, or textual_inversion_sdxl.py's wi
 encoders: VAE encode every step, whole-table AdamW, rows restored), interleaved; the share of the
 GPU's dense bf16 datasheet peak that tihub reaches (gpu_generate.PEAK_BF16: 989 TFLOP/s for an
 H100/H200 SXM) and of a bf16 matmul measured here, counting the UNet forward and its activation
-backward on the meta device (SD1.5 512: about 1.6 TFLOP per sample, close to research's 1.7);
+backward on the meta device (SD1.5 512: 1.67 TFLOP per sample, research says 1.7; SDXL 1024: 14.3);
 and the peak GPU memory of each. `--precision fp16` gives the fp16 row: tihub with loss scaling
 (its steps replayed from a graph that reads the GradScaler's scale) against the example loop in
 fp16 autocast. `--smoke` instead trains tiny SD1/SDXL models in every precision, checks the
@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="instead: train tiny SD1/SDXL models on the device in every precision and check the outputs")
     args = ap.parse_args()
     if args.smoke:
-        smoke(args.device)
+        smoke(args.device, args.quick)
         return
 
     import torch
@@ -301,8 +301,9 @@ def profile_steps(tihub_round: Any, device: Any, steps: int, batch: int) -> None
         print(f"  {us / 1000 / steps:7.2f} ms/step  {100 * us / 1000 / steps / total_ms:4.1f}%  {name[:110]}")
 
 
-def smoke(device_name: str | None) -> None:
-    """tihub train on the device: SD1 and SDXL (tiny), every precision, outputs checked."""
+def smoke(device_name: str | None, quick: bool = False) -> None:
+    """tihub train on the device: SD1 and SDXL (tiny), every precision, outputs checked.
+    `quick` (CPU smoke runs): SD1 and SDXL in fp32 only, fewer steps, one CLI run."""
     import numpy as np
     import torch
     from safetensors.torch import load_file
@@ -315,15 +316,20 @@ def smoke(device_name: str | None) -> None:
         work = Path(tmp)
         pics = work / "pics"
         make_pictures(pics, 3, 64)
-        models = {"sd1": build_tiny_sd1(work / "sd1"), "sdxl": build_tiny_sdxl(work / "sdxl"), "sd1-v": build_tiny_sd1(work / "sd1v", prediction_type="v_prediction")}
+        models = {"sd1": build_tiny_sd1(work / "sd1"), "sdxl": build_tiny_sdxl(work / "sdxl")}
+        if not quick:
+            models["sd1-v"] = build_tiny_sd1(work / "sd1v", prediction_type="v_prediction")
         precisions = ["fp32", "bf16", "fp16", "auto"] if device.startswith("cuda") else ["fp32", "bf16"]
+        if quick:
+            precisions = precisions[:1]
+        steps = 4 if quick else 12
         for family, model in models.items():
             for precision in precisions:
                 for gc in (False, True) if precision == "auto" else (False,):
                     cfg = TrainConfig(
                         name=f"smoke{family.replace('-', '')}{precision}{int(gc)}", images=pics, model=str(model), embeddings_dir=work / "emb",
-                        run_dir=work / "run" / f"{family}-{precision}-{gc}", vectors=3, steps=12, lr="0.02", batch_size=2, save_every=6,
-                        flip=True, device=device, precision=precision, gradient_checkpointing=gc, preview_every=6, preview_steps=2,  # a preview mid-run: replays go on after it
+                        run_dir=work / "run" / f"{family}-{precision}-{gc}", vectors=3, steps=steps, lr="0.02", batch_size=2, save_every=steps // 2,
+                        flip=True, device=device, precision=precision, gradient_checkpointing=gc, preview_every=steps // 2, preview_steps=2,  # a preview mid-run: replays go on after it
                         cuda_graphs="off",
                     )
                     t = time.perf_counter()
@@ -352,7 +358,8 @@ def smoke(device_name: str | None) -> None:
         os.environ["TIHUB_HOME"] = str(work / "home")
         (work / "home" / "embeddings").mkdir(parents=True)
         cmd = [sys.executable, "-m", "tihub", "train", "clitok", "--images", str(pics), "--model", str(models["sd1"]), "--device", device, "--save-every", "10"]
-        for extra in (["--steps", "30"], ["--steps", "40", "--resume"]):  # then resumed: a new capture
+        runs = [["--steps", "4"]] if quick else [["--steps", "30"], ["--steps", "40", "--resume"]]  # then resumed: a new capture
+        for extra in runs:
             t = time.perf_counter()
             run = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=120)
             last = (run.stdout.strip().splitlines() or ["(no output)"])[0]
