@@ -95,7 +95,7 @@ def main() -> None:
     xl = args.arch == "sdxl"
     size = 64 if args.quick else (1024 if xl else 512)
     batch = args.batch_size or (2 if args.quick or xl else 4)
-    steps = args.steps or (4 if args.quick else 30)
+    steps = args.steps or (2 if args.quick else 30)
     name = torch.cuda.get_device_name(device) if gpu else "CPU"
     print(f"device: {name}; torch {torch.__version__}, diffusers {md.version('diffusers')}, transformers {md.version('transformers')}; {time.strftime('%Y-%m-%d')}")
     model = ("tiny SDXL-shaped UNet" if xl else "tiny UNet + 768-wide CLIP") if args.quick else ("SDXL base" if xl else "SD1.5") + " architecture (random weights)"
@@ -118,7 +118,7 @@ def main() -> None:
 
         def tihub_round(graphs: bool = False, profiler: Any = None) -> tuple[float, int]:
             stamps: list[float] = []
-            warm = 8 if args.compile else 3
+            warm = 8 if args.compile else (1 if args.quick else 3)
 
             def progress(info: dict) -> None:  # type: ignore[type-arg]
                 if info["step"] == warm:
