@@ -16,9 +16,9 @@
 #   benchmarks/gpu_check.sh --cpu-smoke [STAGE...]
 # runs every stage's script at tiny sizes on the CPU with the current python ($PYTHON, default
 # python3), no wheels installed: the same code paths (CUDA graphs emulated; fp16 needs a GPU and
-# the torch.compile peer is left out, as compiling on a CPU takes minutes). The scripts need about
-# 3 minutes of CPU time in all; on the shared 2-core development box, at a load average of 10-17,
-# that was 18 minutes of wall time, hence the wide stage limits.
+# the torch.compile peer is left out, as compiling on a CPU takes minutes). On the shared 2-core
+# development box at a load average of 10-17 the five stages took 14 minutes (one training script:
+# 34 s of CPU time in 2 min 50 s of wall time), hence the wide stage limits.
 cpu=0
 if [ "$1" = "--cpu-smoke" ]; then
     cpu=1

@@ -184,7 +184,10 @@ def main() -> None:
         try:
             run_arch(arch, args, device, dtype, peak, ceiling, compile_peer)
         except Exception as exc:  # noqa: BLE001 - one architecture failing still lets the other report
+            import traceback
+
             print(f"  {arch}: FAILED ({type(exc).__name__}: {str(exc).strip()[:300]})")
+            print("".join(traceback.format_exc().splitlines(keepends=True)[-12:]))  # device time is scarce: enough to mend it
         finally:
             if gpu:
                 torch.cuda.empty_cache()
