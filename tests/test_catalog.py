@@ -55,12 +55,16 @@ def test_migrations_applied_once_and_recorded(ws: Workspace) -> None:
     with read(engine) as conn:
         names = [r[0] for r in conn.execute(text("SELECT name FROM _migrations ORDER BY name"))]
         tables = {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master"))}
-    assert names == ["m001_hash_cache", "m002_catalog", "m003_names_fts", "m004_names_prefix"]
+    from tihub.catalog.migrations import MIGRATIONS
+
+    assert names == sorted(m[0] for m in MIGRATIONS)
+    assert names[:5] == ["m001_hash_cache", "m002_catalog", "m003_names_fts", "m004_names_prefix",
+                         "m005_substring_search"]
     assert {"sources", "entries", "files", "entry_files", "models", "previews", "verifications",
-            "training_runs", "entries_fts"} <= tables
+            "training_runs", "entries_fts", "entries_sub_fts"} <= tables
     assert run_migrations(engine) == []  # second run applies nothing
     with read(engine) as conn:
-        assert conn.execute(text("SELECT COUNT(*) FROM _migrations")).scalar() == 4
+        assert conn.execute(text("SELECT COUNT(*) FROM _migrations")).scalar() == len(MIGRATIONS)
 
 
 def test_wal_mode_and_foreign_keys(cat: Catalog) -> None:

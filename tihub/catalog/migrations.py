@@ -58,9 +58,40 @@ def m004_names_prefix(conn: Connection) -> None:
             conn.execute(text(ddl))
 
 
+def m005_substring_search(conn: Connection) -> None:
+    """On SQLite: a trigram index over names and trigger words (substring search) and a
+    case-blind name index (exact names first). Everywhere: entries without a kind get the one
+    their name, triggers, tags or description show (`negative` only)."""
+    import json
+
+    from tihub.catalog.kinds import infer_kind
+    from tihub.catalog.schema import SUB_FTS_DDL
+
+    if conn.dialect.name == "sqlite":
+        for ddl in SUB_FTS_DDL:
+            conn.execute(text(ddl))
+    rows = conn.execute(
+        text("SELECT id, name, triggers, description, tags FROM entries WHERE kind IS NULL")
+    ).all()
+    found = []
+    for r in rows:
+        try:
+            trig = json.loads(r.triggers or "{}") or {}
+            tags = json.loads(r.tags or "[]") or []
+        except ValueError:
+            trig, tags = {}, []
+        triggers = trig.values() if isinstance(trig, dict) else []
+        kind = infer_kind(r.name, [str(t) for t in triggers], r.description, [str(t) for t in tags])
+        if kind:
+            found.append({"k": kind, "i": r.id})
+    if found:
+        conn.execute(text("UPDATE entries SET kind = :k WHERE id = :i"), found)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m001_hash_cache", m001_hash_cache),
     ("m002_catalog", m002_catalog),
     ("m003_names_fts", m003_names_fts),
     ("m004_names_prefix", m004_names_prefix),
+    ("m005_substring_search", m005_substring_search),
 ]

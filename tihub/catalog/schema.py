@@ -203,3 +203,37 @@ NAMES_FTS_DDL = [
     END""",
     "INSERT INTO entries_names_fts (entries_names_fts) VALUES ('rebuild')",
 ]
+
+# Substring search (migration m005): an FTS5 trigram index over each entry's name and trigger
+# words as one text, so "negative" finds EasyNegative and ng_deepnegative_v1_75t, and "bad"
+# finds badhandv4 (whole-word indexes above cannot: those names are one token). It stores its
+# text (short: names), which the typo-tolerant pass reads back without touching `entries`.
+
+
+def sub_text_sql(alias: str) -> str:
+    """SQL for the substring-indexed text of the entry row `alias`: the name, then the trigger
+    words that differ from it (most repeat the name; indexing those twice would only lengthen
+    every posting list)."""
+    return (
+        f"({alias}.name || COALESCE(' ' || (SELECT group_concat(value, ' ') FROM json_each("
+        f"CASE WHEN json_valid({alias}.triggers) THEN {alias}.triggers END) "
+        f"WHERE value <> {alias}.name COLLATE NOCASE AND value <> '<' || {alias}.name || '>'), ''))"
+    )
+
+
+SUB_FTS_DDL = [
+    "CREATE VIRTUAL TABLE entries_sub_fts USING fts5(text, tokenize = 'trigram')",
+    f"""CREATE TRIGGER entries_sub_ai AFTER INSERT ON entries BEGIN
+        INSERT INTO entries_sub_fts (rowid, text) VALUES (new.id, {sub_text_sql('new')});
+    END""",
+    f"""CREATE TRIGGER entries_sub_au AFTER UPDATE OF name, triggers ON entries BEGIN
+        DELETE FROM entries_sub_fts WHERE rowid = old.id;
+        INSERT INTO entries_sub_fts (rowid, text) VALUES (new.id, {sub_text_sql('new')});
+    END""",
+    """CREATE TRIGGER entries_sub_ad AFTER DELETE ON entries BEGIN
+        DELETE FROM entries_sub_fts WHERE rowid = old.id;
+    END""",
+    f"INSERT INTO entries_sub_fts (rowid, text) SELECT e.id, {sub_text_sql('e')} FROM entries e ORDER BY e.id",
+    # exact names first: `name = ? COLLATE NOCASE` through an index
+    "CREATE INDEX IF NOT EXISTS ix_entries_name_nocase ON entries (name COLLATE NOCASE)",
+]

@@ -24,6 +24,11 @@ from sqlalchemy import Connection, Engine, bindparam, func, select, text
 from tihub.catalog import schema as S
 from tihub.catalog.compat_rules import FAMILIES, base_from_widths, fits, normalize_base
 from tihub.catalog.db import is_sqlite, now, open_engine, read, write
+from tihub.catalog.kinds import infer_kind
+from tihub.catalog.rows import chunks as _chunks
+from tihub.catalog.rows import loads as _loads
+from tihub.catalog.rows import primary_file as _primary_file
+from tihub.catalog.search import _BM25, _NAMES_BM25, RANK_BOUND, SearchMixin, fts_query  # noqa: F401 (re-exported)
 from tihub.errors import NotFound
 
 if TYPE_CHECKING:
@@ -32,13 +37,7 @@ if TYPE_CHECKING:
     from tihub.sources.base import Candidate, CandidateFile
 
 LOCAL_SOURCE = "local"  # the source that files recorded by fetch/import/train belong to
-_CHUNK = 500  # bound parameters per IN (...) query
 BULK_FTS_MIN = 200  # new entries from which one ingest indexes them in bulk (SQLite)
-RANK_BOUND = 100  # matches ranked per search pass (a full ranking only for --limit 0 or narrow filters)
-
-# bm25 weights, in FTS column order: name, triggers, title, description, tags, source
-_BM25 = "bm25(entries_fts, 10.0, 6.0, 4.0, 1.0, 3.0, 2.0)"
-_NAMES_BM25 = "bm25(entries_names_fts, 10.0, 6.0, 4.0)"
 
 _ENTRY_FIELDS = (
     "name",
@@ -108,34 +107,6 @@ def _dumps(value: Any) -> str | None:
     return _ENCODER.encode(value)
 
 
-def _loads(value: str | None, default: Any = None) -> Any:
-    if value is None or value == "":
-        return default
-    try:
-        return json.loads(value)
-    except ValueError:
-        return default
-
-
-def _chunks(items: list[Any], n: int = _CHUNK) -> Iterable[list[Any]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
-
-
-def fts_query(user_text: str, prefix: bool = True) -> str | None:
-    """Turn free user text into a safe FTS5 query: every word a quoted string (AND-ed); with
-    `prefix`, the last one (2+ characters, not followed by a space) also matches as a prefix.
-    Quotes, operators (AND, OR, NOT, NEAR), `*`, `(`, `:` are just text here. Returns None when
-    the text holds no searchable word."""
-    words = re.findall(r"\w+", user_text or "")
-    if not words:
-        return None
-    parts = ['"' + w.replace('"', '""') + '"' for w in words]
-    if prefix and len(words[-1]) >= 2 and not (user_text or "").endswith((" ", "\t")):
-        parts[-1] += " *"
-    return " ".join(parts)
-
-
 def trigger_syntax(name: str, triggers: Mapping[str, str] | None = None, base: str | None = None) -> dict[str, str]:
     """How to call an embedding installed under `name` in each runtime (A1111 and ComfyUI use
     the file stem; InvokeAI `<stem>`; diffusers the token given at load time)."""
@@ -156,7 +127,7 @@ def trigger_syntax(name: str, triggers: Mapping[str, str] | None = None, base: s
     }
 
 
-class Catalog:
+class Catalog(SearchMixin):
     """The catalogue database of one workspace (or any SQLAlchemy URL)."""
 
     def __init__(self, engine: Engine, workspace: Workspace | None = None) -> None:
@@ -398,7 +369,7 @@ class Catalog:
                 "name": c.name,
                 "title": c.title,
                 "description": c.description,
-                "kind": c.kind,
+                "kind": c.kind or infer_kind(c.name, (c.triggers or {}).values(), c.description, c.tags or ()),
                 "tags": _dumps(list(c.tags or [])),
                 "base_model": c.base_model,
                 "base": base,
@@ -599,255 +570,6 @@ class Catalog:
             or 0
         )
 
-    # ------------------------------------------------------------------ search
-
-    def search(
-        self,
-        query: str = "",
-        base: str | None = None,
-        source: str | None = None,
-        kind: str | None = None,
-        model: str | Mapping[str, Any] | None = None,
-        local: bool | None = None,
-        nsfw: bool = False,
-        limit: int | None = 20,
-        include_removed: bool = False,
-    ) -> list[dict[str, Any]]:
-        """Entries matching `query` (ranked full-text search; empty: everything, by name).
-
-        `model`: a family (sd1/sd2/sdxl), a model hash (resolved with `find_model`) or a model
-        dict (`family`, hashes): keeps entries whose base is that family or unknown, each with
-        a `fit` verdict. `local`: only entries with a file on disk. `limit` 0/None: no limit.
-        """
-        family, model_hashes = self._model_family(model)
-        where = []
-        params: dict[str, Any] = {}
-        if not nsfw:
-            where.append("e.nsfw = 0")
-        if not include_removed:
-            where.append("e.removed_at IS NULL")
-        if base:
-            where.append("e.base = :base")
-            params["base"] = base.lower()
-        if source:
-            where.append("e.source_id IN (SELECT id FROM sources WHERE name = :source)")
-            params["source"] = source
-        if kind:
-            where.append("e.kind = :kind")
-            params["kind"] = kind.lower()
-        if family:
-            where.append("e.base IN (:family, 'unknown')")
-            params["family"] = family
-        if local is not None:
-            cond = (
-                "EXISTS (SELECT 1 FROM entry_files ef JOIN files f ON f.id = ef.file_id "
-                "WHERE ef.entry_id = e.id AND f.local_path IS NOT NULL)"
-            )
-            where.append(cond if local else f"NOT {cond}")
-        lim = int(limit) if limit else 0
-        limit_sql = " LIMIT :limit" if lim > 0 else ""
-        if lim > 0:
-            params["limit"] = lim
-
-        q = (query or "").strip()
-        with read(self.engine) as conn:
-            if q and self.fts:
-                # Whole words anywhere (main index) + the last word as a prefix in name, trigger
-                # and title (the small names index, with prefix indexes): typing "waterc" finds
-                # "watercolor" without merging every long posting list of the main index.
-                params["ma"] = fts_query(q, prefix=False)
-                params["mn"] = fts_query(q, prefix=True)
-                if params["ma"] is None:
-                    return []
-                filters = "".join(f" AND {w}" for w in where)
-                if lim > 0:
-                    ids = self._bounded_search(conn, params["ma"], params["mn"], where, params, lim, q)
-                    if ids is not None:
-                        return self._with_fit(self._summaries(conn, ids), family, model_hashes)
-                sql = (
-                    f"SELECT e.id FROM (SELECT rowid AS rid, {_BM25} AS score FROM entries_fts WHERE entries_fts MATCH :ma "
-                    f"UNION ALL SELECT rowid, {_NAMES_BM25} - 1e9 FROM entries_names_fts WHERE entries_names_fts MATCH :mn) h "
-                    "CROSS JOIN entries e ON e.id = h.rid WHERE 1 = 1"
-                    + filters + " GROUP BY e.id ORDER BY MIN(h.score), e.id" + limit_sql
-                )
-            elif q:
-                words = [w.lower() for w in re.findall(r"\w+", q)]
-                if not words:
-                    return []
-                hay = (
-                    "lower(COALESCE(e.name,'') || ' ' || COALESCE(e.triggers,'') || ' ' || COALESCE(e.title,'') || ' ' "
-                    "|| COALESCE(e.description,'') || ' ' || COALESCE(e.tags,'') || ' ' || "
-                    "(SELECT name FROM sources WHERE id = e.source_id))"
-                )
-                for i, w in enumerate(words):
-                    params[f"w{i}"] = "%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-                    where.append(f"{hay} LIKE :w{i} ESCAPE '\\'")
-                sql = "SELECT e.id FROM entries e" + (" WHERE " + " AND ".join(where) if where else "")
-                sql += " ORDER BY e.name, e.id" + limit_sql
-            else:
-                sql = "SELECT e.id FROM entries e" + (" WHERE " + " AND ".join(where) if where else "")
-                sql += " ORDER BY e.name, e.id" + limit_sql
-            if q and not self.fts:
-                ids = [r[0] for r in conn.execute(text(sql), params)]
-            else:
-                ids = [r[0] for r in self._run(conn, sql, params)]
-            rows = self._summaries(conn, ids)
-        return self._with_fit(rows, family, model_hashes)
-
-    def _bounded_search(
-        self,
-        conn: Connection,
-        match_all: str,
-        match_names: str,
-        where: list[str],
-        params: Mapping[str, Any],
-        lim: int,
-        raw: str,
-    ) -> list[int] | None:
-        """Ranked ids with bounded work, or None when only a full ranking can be exact.
-
-        Name/trigger/title hits (prefix on the last word) come first, by bm25 over those short
-        texts (exact and short names first), then whole-word hits anywhere by bm25. Each list ranks at most RANK_BOUND matches exactly;
-        past that (a word in half the catalogue) it keeps catalogue order instead of ranking
-        every match, which would cost as much as a table scan. If the filters reject too many
-        of these bounded candidates, returns None and the caller ranks every match.
-        """
-        exhaustive = True
-        named = self._run(
-            conn,
-            f"SELECT rowid, {_NAMES_BM25} FROM entries_names_fts WHERE entries_names_fts MATCH ? LIMIT ?",
-            (match_names, RANK_BOUND + 1),
-        )
-        if len(named) > RANK_BOUND:
-            exhaustive = False
-            named = named[:RANK_BOUND]
-        probe = [r[0] for r in self._run(
-            conn, "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ? LIMIT ?", (match_all, RANK_BOUND + 1))]
-        if len(probe) <= RANK_BOUND:
-            rows = self._run(
-                conn, f"SELECT rowid, {_BM25} FROM entries_fts WHERE entries_fts MATCH ?", (match_all,)
-            ) if probe else []
-            rows.sort(key=lambda r: (r[1], r[0]))
-            anywhere = [r[0] for r in rows]
-        else:
-            exhaustive = False
-            anywhere = probe[:RANK_BOUND]
-        named.sort(key=lambda r: (r[1], r[0]))  # bm25 over short texts: exact, short names first
-        ordered = list(dict.fromkeys([r[0] for r in named] + anywhere))
-        if not where:
-            kept = ordered
-        else:
-            cond = " AND ".join(where)
-            kept = []
-            step = max(lim * 2, 40)
-            for i in range(0, len(ordered), step):  # filter lazily, best first
-                chunk = ordered[i : i + step]
-                ok = {r[0] for r in self._filter(conn, chunk, cond, params)}
-                kept += [x for x in chunk if x in ok]
-                if len(kept) >= lim:
-                    break
-        if len(kept) >= lim or exhaustive:
-            return kept[:lim]
-        return None
-
-    def _filter(self, conn: Connection, ids: list[int], cond: str, params: Mapping[str, Any], cols: str = "e.id") -> Any:
-        p2 = dict(params)
-        p2.update({f"i{n}": v for n, v in enumerate(ids)})
-        ph = ", ".join(f":i{n}" for n in range(len(ids)))
-        return self._run(conn, f"SELECT {cols} FROM entries e WHERE e.id IN ({ph}) AND {cond}", p2)
-
-    @staticmethod
-    def _with_fit(rows: list[dict[str, Any]], family: str | None, model_hashes: list[Any]) -> list[dict[str, Any]]:
-        if family:
-            for r in rows:
-                r["fit"] = fits(r["base"], family, r.get("sd_checkpoint"), model_hashes)
-                if r["base"] == "unknown":
-                    r["note"] = "base unknown: check before use"
-        return rows
-
-    def _model_family(self, model: str | Mapping[str, Any] | None) -> tuple[str | None, list[str]]:
-        if model is None or model == "":
-            return None, []
-        if isinstance(model, Mapping):
-            hashes = [model.get(k) for k in ("sha256", "autov2", "old_hash") if model.get(k)]
-            return (model.get("family") or "unknown"), hashes
-        if model.lower() in FAMILIES:
-            return model.lower(), []
-        found = self.find_model(model)
-        if found is None:
-            raise NotFound(
-                f"No known model has the hash {model!r}; pass the model file instead, or a family (sd1, sd2, sdxl)."
-            )
-        return found["family"] or "unknown", [found.get("sha256"), found.get("autov2"), found.get("old_hash")]
-
-    def _summaries(self, conn: Connection, ids: list[int]) -> list[dict[str, Any]]:
-        """Search-result dicts for entry ids, in the given order."""
-        if not ids:
-            return []
-        out: dict[int, dict[str, Any]] = {}
-        files: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for chunk in _chunks(ids):
-            params = {f"i{k}": v for k, v in enumerate(chunk)}
-            ph = ", ".join(f":i{k}" for k in range(len(chunk)))
-            ekeys = ("id", "name", "title", "kind", "base", "base_model", "nsfw", "status", "triggers",
-                     "page_url", "removed_at", "remote_id", "source", "source_kind")
-            for r in self._run(
-                conn,
-                "SELECT e.id, e.name, e.title, e.kind, e.base, e.base_model, e.nsfw, e.status, e.triggers, "
-                "e.page_url, e.removed_at, e.remote_id, s.name AS source, s.kind AS source_kind "
-                f"FROM entries e JOIN sources s ON s.id = e.source_id WHERE e.id IN ({ph})",
-                params,
-            ):
-                out[r[0]] = dict(zip(ekeys, r))
-            fkeys = ("entry_id", "url", "manual", "file_id", "file_name", "sha256", "size", "local_path",
-                     "sd_checkpoint", "format")
-            for r in self._run(
-                conn,
-                "SELECT ef.entry_id, ef.url, ef.manual, f.id AS file_id, f.file_name, f.sha256, f.size, "
-                "f.local_path, f.sd_checkpoint, f.format FROM entry_files ef JOIN files f ON f.id = ef.file_id "
-                f"WHERE ef.entry_id IN ({ph}) ORDER BY ef.entry_id, f.id",
-                params,
-            ):
-                files[r[0]].append(dict(zip(fkeys, r)))
-        rows = []
-        for eid in ids:
-            e = out.get(eid)
-            if e is None:
-                continue
-            triggers = _loads(e.pop("triggers"), {}) or {}
-            fl = files.get(eid, [])
-            primary = _primary_file(fl)
-            url = None
-            if primary is not None:
-                url = primary["url"] if primary["url"] and not primary["manual"] else (primary["url"] or e["page_url"])
-            else:
-                url = e["page_url"]
-            rows.append(
-                {
-                    "id": eid,
-                    "name": e["name"],
-                    "trigger": triggers.get("a1111") or e["name"],
-                    "source": e["source"],
-                    "base": e["base"],
-                    "url": url,
-                    "sha256": primary["sha256"] if primary else None,
-                    "local": any(f["local_path"] for f in fl),
-                    "title": e["title"],
-                    "kind": e["kind"],
-                    "base_model": e["base_model"],
-                    "nsfw": bool(e["nsfw"]),
-                    "status": e["status"],
-                    "manual": bool(primary["manual"]) if primary else e["status"] == "manual",
-                    "file_name": primary["file_name"] if primary else None,
-                    "size": primary["size"] if primary else None,
-                    "files": len(fl),
-                    "removed": e["removed_at"] is not None,
-                    "page_url": e["page_url"],
-                    "sd_checkpoint": next((f["sd_checkpoint"] for f in fl if f["sd_checkpoint"]), None),
-                }
-            )
-        return rows
-
     # ------------------------------------------------------------------ one entry
 
     def _resolve(self, conn: Connection, name_or_id: str | int) -> tuple[int, list[int]]:
@@ -1044,6 +766,7 @@ class Catalog:
                 ).first()
                 values = {
                     "name": p.stem,
+                    "kind": infer_kind(p.stem),
                     "base": emb.base,
                     "triggers": _dumps({"a1111": p.stem}),
                     "tags": "[]",
@@ -1236,6 +959,7 @@ def _bulk_insert_entries(conn: Connection, rows: list[dict[str, Any]], sid: int,
     failure rolls the whole thing back."""
     conn.exec_driver_sql("DROP TRIGGER IF EXISTS entries_fts_ai")
     conn.exec_driver_sql("DROP TRIGGER IF EXISTS entries_names_ai")
+    conn.exec_driver_sql("DROP TRIGGER IF EXISTS entries_sub_ai")
     _insert_many(conn, S.entries, rows)
     conn.exec_driver_sql(
         "INSERT INTO entries_fts (rowid, name, triggers, title, description, tags, source) "
@@ -1248,8 +972,14 @@ def _bulk_insert_entries(conn: Connection, rows: list[dict[str, Any]], sid: int,
         "SELECT id, name, triggers, title FROM entries WHERE id > ? ORDER BY id",
         (max_before,),
     )
+    conn.exec_driver_sql(
+        f"INSERT INTO entries_sub_fts (rowid, text) SELECT e.id, {S.sub_text_sql('e')} FROM entries e "
+        "WHERE e.id > ? ORDER BY e.id",
+        (max_before,),
+    )
     conn.exec_driver_sql(S.FTS_DDL[1])
     conn.exec_driver_sql(S.NAMES_FTS_DDL[1])
+    conn.exec_driver_sql(S.SUB_FTS_DDL[1])
 
 
 def _file_values(cf: CandidateFile) -> dict[str, Any]:
@@ -1285,9 +1015,3 @@ def _merge_file(current: Mapping[str, Any], incoming: Mapping[str, Any]) -> dict
         else:
             merged[k] = v
     return merged
-
-
-def _primary_file(files: list[dict[str, Any]]) -> dict[str, Any] | None:
-    if not files:
-        return None
-    return sorted(files, key=lambda f: (not f["local_path"], bool(f["manual"]), not f["url"], f["file_id"]))[0]

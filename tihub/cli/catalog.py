@@ -212,7 +212,10 @@ def search_cmd(
 ) -> None:
     """Full-text search of the catalogue (name, trigger, title, description, tags, source).
 
-    An empty QUERY lists everything the filters admit. NSFW entries are hidden unless --nsfw.
+    Words match whole words anywhere and parts of names and trigger words ("negative" finds
+    EasyNegative); an exact name comes first; when nothing matches, names within a typo or two
+    are shown. An empty QUERY lists everything the filters admit. NSFW entries are hidden
+    unless --nsfw.
 
     \b
     Example:
@@ -222,16 +225,23 @@ def search_cmd(
     """
     cat = _catalog(ctx)
     model_arg = _model_arg(cat, model) if model else None
-    rows = cat.search(
-        query, base=base, source=source, kind=kind, model=model_arg, local=True if local else None,
-        nsfw=nsfw, limit=limit, include_removed=removed,
-    )
+    from tihub.errors import ConfigError
+
+    try:
+        rows = cat.search(
+            query, base=base, source=source, kind=kind, model=model_arg, local=True if local else None,
+            nsfw=nsfw, limit=limit, include_removed=removed,
+        )
+    except ConfigError as exc:  # an unknown --kind/--source: a usage error naming the valid values
+        raise click.UsageError(str(exc)) from None
     if as_json:
         echo_json(rows)
         return
     if not rows:
         click.echo("No matching entries; try fewer words, --nsfw, or `tihub sync` first.", err=True)
         return
+    if rows[0].get("fuzzy"):
+        click.echo(f"Nothing matches {query!r} exactly; these names are close:", err=True)
     wn = min(40, max(len(r["name"]) for r in rows))
     ws = max(len(r["source"]) for r in rows)
     for r in rows:
