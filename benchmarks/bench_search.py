@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tihub.catalog.db import dispose_all, now, open_engine  # noqa: E402
-from tihub.catalog.schema import FTS_DDL, NAMES_FTS_DDL, SUB_FTS_DDL, sub_text_sql  # noqa: E402
+from tihub.catalog.schema import FTS_DDL, NAMES_FTS_DDL, SUB_DDL, sub_bulk_sql  # noqa: E402
 from tihub.catalog.store import _BM25, Catalog, fts_query  # noqa: E402
 
 TAGS = ["style", "object", "negative", "anime", "portrait", "landscape", "character", "concept", "photo", "art"]
@@ -100,8 +100,8 @@ def build(path: Path, n: int) -> tuple[list[str], list[str]]:
     con.execute(FTS_DDL[1])
     con.execute("INSERT INTO entries_names_fts (entries_names_fts) VALUES ('rebuild')")
     con.execute(NAMES_FTS_DDL[1])
-    con.execute(f"INSERT INTO entries_sub_fts (rowid, text) SELECT e.id, {sub_text_sql('e')} FROM entries e ORDER BY e.id")
-    con.execute(SUB_FTS_DDL[1])
+    con.execute(sub_bulk_sql())
+    con.execute(SUB_DDL[3])
     con.execute("COMMIT")
     con.execute("INSERT INTO entries_fts (entries_fts) VALUES ('optimize')")
     con.execute("ANALYZE")
@@ -139,7 +139,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=400)
     args = ap.parse_args()
     n = args.n or (100_000 if args.quick else 1_000_000)
-    path = Path(f"/tmp/tihub_bench_search_v3_{n}.db")
+    path = Path(f"/tmp/tihub_bench_search_v4_{n}.db")
     vocab, by_freq = build(path, n)
     qs = queries(vocab, by_freq, args.queries)
     cat = Catalog(open_engine(f"sqlite:///{path}"))

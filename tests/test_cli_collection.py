@@ -139,8 +139,9 @@ def test_import_export_compat(home, tmp_path):
     xl = {v["name"]: v["status"] for v in json.loads(run("compat", "--model-hash", "31e35c80fc", "--json").output)}
     assert xl == {"neg": "partial", "sd2": "wont-load", "xl": "same-family"}
     named = json.loads(run("compat", "--model-hash", "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa", "neg", "--json").output)
-    assert named == [{"name": "neg", "status": "same-family", "reason": named[0]["reason"],
-                      "made_on": "NovelAI animefinal-full-pruned [925997e9]"}]
+    assert len(named) == 1 and {k: named[0][k] for k in ("name", "status", "made_on")} == {
+        "name": "neg", "status": "same-family", "made_on": "NovelAI animefinal-full-pruned [925997e9]"}
+    assert set(named[0]["apps"]) == {"a1111", "forge", "comfyui", "invokeai", "diffusers"}
     assert named[0]["reason"].endswith("it was made on NovelAI animefinal-full-pruned [925997e9]")
     text = run("compat", "--model-hash", "7460a6fa").output
     assert "Stable Diffusion 1.4" in text and "same-family" in text

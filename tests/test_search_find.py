@@ -157,3 +157,19 @@ def test_real_corpus_names(corpus: Path, tmp_path: Path) -> None:
     negatives = set(names(cat.search("", kind="negative", limit=0)))
     assert {"EasyNegative", "bad-hands-5", "SDXL-HandsNeg", "Pony-ScoresNeg", "bad-picture-chill-75v"} <= negatives
     assert not {"HyperStylizeV6", "Pony-ScoresPos", "charturnerv2_1.5", "SDXL-Detail"} & negatives
+
+
+def test_substring_index_follows_renames_and_bulk_ingest(tmp_path: Path) -> None:
+    cat = Catalog.open(Workspace.locate(tmp_path / "ws"))
+    cat.ingest(SourceSpec("a", "git"), [c("1", "oldname", triggers={"a1111": "oldtrigger"})])
+    assert names(cat.search("dtrig")) == ["oldname"]
+    cat.ingest(SourceSpec("a", "git"), [c("1", "freshname", triggers={"a1111": "freshword"})])
+    assert cat.search("dtrig") == [] and names(cat.search("shwor")) == ["freshname"]
+    with cat.engine.begin() as conn:  # deletes clean the index too
+        conn.execute(text("DELETE FROM entry_files"))
+        conn.execute(text("DELETE FROM entries"))
+        assert conn.execute(text("SELECT COUNT(*) FROM entries_sub")).scalar() == 0
+    many = [c(f"m{i}", f"bulkitem{i:04d}xyz") for i in range(300)]  # the bulk ingest path
+    cat.ingest(SourceSpec("b", "git"), many)
+    assert len(cat.search("item0123x", limit=0)) == 1
+    assert len(cat.search("4xyz", limit=0)) == 30

@@ -59,16 +59,16 @@ def m004_names_prefix(conn: Connection) -> None:
 
 
 def m005_substring_search(conn: Connection) -> None:
-    """On SQLite: a trigram index over names and trigger words (substring search) and a
-    case-blind name index (exact names first). Everywhere: entries without a kind get the one
+    """On SQLite: a suffix index over names and trigger words (substring search, see
+    `schema.SUB_DDL`) and a case-blind name index (exact names first). Everywhere: entries without a kind get the one
     their name, triggers, tags or description show (`negative` only)."""
     import json
 
     from tihub.catalog.kinds import infer_kind
-    from tihub.catalog.schema import SUB_FTS_DDL
+    from tihub.catalog.schema import SUB_DDL
 
     if conn.dialect.name == "sqlite":
-        for ddl in SUB_FTS_DDL:
+        for ddl in SUB_DDL:
             conn.execute(text(ddl))
     rows = conn.execute(
         text("SELECT id, name, triggers, description, tags FROM entries WHERE kind IS NULL")

@@ -204,36 +204,60 @@ NAMES_FTS_DDL = [
     "INSERT INTO entries_names_fts (entries_names_fts) VALUES ('rebuild')",
 ]
 
-# Substring search (migration m005): an FTS5 trigram index over each entry's name and trigger
-# words as one text, so "negative" finds EasyNegative and ng_deepnegative_v1_75t, and "bad"
-# finds badhandv4 (whole-word indexes above cannot: those names are one token). It stores its
-# text (short: names), which the typo-tolerant pass reads back without touching `entries`.
+# Substring search (migration m005): every suffix of each entry's lower-cased name and trigger
+# words (first SUB_LEN characters of each, from each of the first SUB_POSITIONS positions) in a
+# B-tree, so a substring is one index range: "negative" finds EasyNegative and
+# ng_deepnegative_v1_75t, "bad" finds badhandv4, at a cost proportional to the matches (a
+# trigram FTS5 index costs the length of every trigram's posting list: ~10 ms per word over a
+# million names). `name_positions` holds 0..SUB_POSITIONS-1 so triggers can expand a text into
+# its suffixes in plain SQL (triggers cannot use recursive CTEs).
+SUB_LEN = 12
+SUB_POSITIONS = 64
 
 
-def sub_text_sql(alias: str) -> str:
-    """SQL for the substring-indexed text of the entry row `alias`: the name, then the trigger
-    words that differ from it (most repeat the name; indexing those twice would only lengthen
-    every posting list)."""
-    return (
-        f"({alias}.name || COALESCE(' ' || (SELECT group_concat(value, ' ') FROM json_each("
+def sub_rows_sql(alias: str) -> str:
+    """SELECT (suffix, entry id) rows for the entry row `alias` (`new`, `old` or a table alias):
+    its name and the trigger words that differ from it (most repeat the name)."""
+    texts = (
+        f"SELECT lower({alias}.name) AS text UNION SELECT lower(value) FROM json_each("
         f"CASE WHEN json_valid({alias}.triggers) THEN {alias}.triggers END) "
-        f"WHERE value <> {alias}.name COLLATE NOCASE AND value <> '<' || {alias}.name || '>'), ''))"
+        f"WHERE value <> {alias}.name COLLATE NOCASE AND value <> '<' || {alias}.name || '>'"
+    )
+    return (
+        f"SELECT substr(t.text, p.n + 1, {SUB_LEN}) AS suffix, {alias}.id AS entry_id FROM ({texts}) t "
+        "JOIN name_positions p ON p.n < length(t.text) - 1"
     )
 
 
-SUB_FTS_DDL = [
-    "CREATE VIRTUAL TABLE entries_sub_fts USING fts5(text, tokenize = 'trigram')",
+def sub_bulk_sql(where: str = "1 = 1") -> str:
+    """INSERT the suffix rows of every entry `e` matching `where`, sorted (a sorted insert into
+    the B-tree is several times faster than one trigger call per entry)."""
+    return (
+        "INSERT OR IGNORE INTO entries_sub (suffix, entry_id) "
+        f"SELECT substr(t.text, p.n + 1, {SUB_LEN}) AS suffix, t.id FROM ("
+        f"SELECT e.id, lower(e.name) AS text FROM entries e WHERE {where} "
+        "UNION SELECT e.id, lower(j.value) FROM entries e, json_each(CASE WHEN json_valid(e.triggers) THEN e.triggers END) j "
+        f"WHERE {where} AND j.value <> e.name COLLATE NOCASE AND j.value <> '<' || e.name || '>'"
+        ") t JOIN name_positions p ON p.n < length(t.text) - 1 ORDER BY suffix, t.id"
+    )
+
+
+SUB_DDL = [
+    "CREATE TABLE name_positions (n INTEGER PRIMARY KEY)",
+    f"WITH RECURSIVE c(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM c WHERE n < {SUB_POSITIONS - 1}) "
+    "INSERT INTO name_positions (n) SELECT n FROM c",
+    "CREATE TABLE entries_sub (suffix TEXT NOT NULL, entry_id INTEGER NOT NULL, PRIMARY KEY (suffix, entry_id)) WITHOUT ROWID",
     f"""CREATE TRIGGER entries_sub_ai AFTER INSERT ON entries BEGIN
-        INSERT INTO entries_sub_fts (rowid, text) VALUES (new.id, {sub_text_sql('new')});
+        INSERT OR IGNORE INTO entries_sub (suffix, entry_id) {sub_rows_sql('new')};
     END""",
     f"""CREATE TRIGGER entries_sub_au AFTER UPDATE OF name, triggers ON entries BEGIN
-        DELETE FROM entries_sub_fts WHERE rowid = old.id;
-        INSERT INTO entries_sub_fts (rowid, text) VALUES (new.id, {sub_text_sql('new')});
+        DELETE FROM entries_sub WHERE entry_id = old.id AND suffix IN (SELECT suffix FROM ({sub_rows_sql('old')}));
+        INSERT OR IGNORE INTO entries_sub (suffix, entry_id) {sub_rows_sql('new')};
     END""",
-    """CREATE TRIGGER entries_sub_ad AFTER DELETE ON entries BEGIN
-        DELETE FROM entries_sub_fts WHERE rowid = old.id;
+    f"""CREATE TRIGGER entries_sub_ad AFTER DELETE ON entries BEGIN
+        DELETE FROM entries_sub WHERE entry_id = old.id AND suffix IN (SELECT suffix FROM ({sub_rows_sql('old')}));
     END""",
-    f"INSERT INTO entries_sub_fts (rowid, text) SELECT e.id, {sub_text_sql('e')} FROM entries e ORDER BY e.id",
+    sub_bulk_sql(),
     # exact names first: `name = ? COLLATE NOCASE` through an index
     "CREATE INDEX IF NOT EXISTS ix_entries_name_nocase ON entries (name COLLATE NOCASE)",
 ]

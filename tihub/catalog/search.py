@@ -4,13 +4,14 @@ On SQLite a query is answered from four FTS5 indexes, best tier first:
 
 1. exact name (case-blind, through an index),
 2. whole words and a typed prefix in name, trigger and title (`entries_names_fts`),
-3. substrings of names and trigger words (`entries_sub_fts`, trigram tokenizer): `negative`
-   finds EasyNegative and ng_deepnegative_v1_75t, `bad` finds badhandv4,
+3. substrings of names and trigger words (`entries_sub`, a B-tree of their suffixes: one index
+   range per word): `negative` finds EasyNegative and ng_deepnegative_v1_75t, `bad` finds
+   badhandv4,
 4. whole words anywhere: description, tags, source (`entries_fts`, bm25).
 
 When nothing matches, names within a small edit distance of each query word are offered
-(typo tolerance, `fuzzy: true` on those rows): candidates come from the trigram index (pieces of
-each word, so one typo leaves a piece intact), distances from rapidfuzz.
+(typo tolerance, `fuzzy: true` on those rows): candidates come from pieces of
+each word, so one typo leaves a piece intact) in the suffix index, distances from rapidfuzz.
 
 Other databases (PostgreSQL) get a LIKE scan over the same text, exact names first.
 """
@@ -28,13 +29,14 @@ from tihub.catalog.compat_rules import FAMILIES, fits
 from tihub.catalog.db import read
 from tihub.catalog.kinds import KINDS
 from tihub.catalog.rows import chunks, loads, primary_file
+from tihub.catalog.schema import SUB_LEN
 from tihub.errors import ConfigError, NotFound
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 RANK_BOUND = 100  # matches ranked per search pass (a full ranking only for --limit 0 or narrow filters)
-FUZZY_CANDIDATES = 1000  # names read per word piece by the typo-tolerant pass
+FUZZY_CANDIDATES = 500  # suffix rows read per word piece by the typo-tolerant pass
 
 # bm25 weights, in FTS column order: name, triggers, title, description, tags, source
 _BM25 = "bm25(entries_fts, 10.0, 6.0, 4.0, 1.0, 3.0, 2.0)"
@@ -57,13 +59,30 @@ def fts_query(user_text: str, prefix: bool = True) -> str | None:
     return " ".join(parts)
 
 
-def substring_query(user_text: str) -> str | None:
-    """A safe trigram-index query: every word a quoted substring (AND-ed). None when a word is
-    shorter than 3 characters (a trigram index cannot look those up)."""
-    words = re.findall(r"\w+", user_text or "")
-    if not words or any(len(w) < 3 for w in words):
-        return None
-    return " ".join('"' + w + '"' for w in words)
+def substring_words(user_text: str) -> list[str]:
+    """The lower-cased words of a query for the substring tier; empty when a word has fewer than
+    2 characters (the suffix index holds suffixes of 2 or more)."""
+    words = [w.lower() for w in re.findall(r"\w+", user_text or "")]
+    if not words or any(len(w) < 2 for w in words):
+        return []
+    return words
+
+
+def _range(word: str) -> tuple[str, str]:
+    """The suffix-index range of every suffix starting with `word` (cut to SUB_LEN)."""
+    key = word[:SUB_LEN]
+    return key, key + "\U0010ffff"
+
+
+def _texts(conn_run: Any, conn: Connection, ids: list[int]) -> dict[int, tuple[str, str]]:
+    """{id: (name, lower-cased name + triggers)} for entry ids (the triggers' JSON text as it
+    is: parsing it would cost more than the few extra characters)."""
+    out: dict[int, tuple[str, str]] = {}
+    for part in chunks(ids):
+        ph = ", ".join("?" * len(part))
+        for eid, name, trig in conn_run(conn, f"SELECT id, name, triggers FROM entries WHERE id IN ({ph})", tuple(part)):
+            out[eid] = (name or "", f"{name or ''} {trig or ''}".lower())
+    return out
 
 
 def _tolerance(word: str) -> int:
@@ -72,13 +91,11 @@ def _tolerance(word: str) -> int:
 
 
 def _pieces(word: str) -> list[str]:
-    """Pieces of `word` (3+ characters each) such that a word within its tolerance of edits
-    keeps at least one piece intact (pigeonhole), so the trigram index finds it."""
+    """k + 1 pieces of `word` (2+ characters each) for k allowed edits: a word within k edits
+    keeps at least one piece intact (pigeonhole), so the suffix index finds it."""
     n, k = len(word), _tolerance(word)
     if k == 0:
         return []
-    if n < 6:
-        return list(dict.fromkeys([word[:3], word[-3:]]))
     parts = k + 1
     size = n // parts
     return [word[i * size : (i + 1) * size if i < parts - 1 else n] for i in range(parts)]
@@ -183,8 +200,12 @@ class SearchMixin:
                 params["mn"] = fts_query(q, prefix=True)
                 if params["ma"] is None:
                     return []
-                params["ms"] = substring_query(q)
                 params["exact"] = q
+                subs = substring_words(q)
+                if subs:
+                    params["sl"], params["sh"] = _range(max(subs, key=len))
+                    params.update({f"sw{i}": w for i, w in enumerate(subs)})
+                params["subs"] = subs
                 ids: list[int] | None = None
                 if lim > 0:
                     ids = self._bounded_search(conn, params, where, lim)
@@ -236,14 +257,20 @@ class SearchMixin:
             f"SELECT rowid, {_BM25} FROM entries_fts WHERE entries_fts MATCH :ma",
             f"SELECT rowid, {_NAMES_BM25} + {_NAMED} FROM entries_names_fts WHERE entries_names_fts MATCH :mn",
         ]
-        if params.get("ms"):
-            tiers.append(f"SELECT rowid, length(text) + {_SUBSTRING} FROM entries_sub_fts WHERE entries_sub_fts MATCH :ms")
+        if params.get("subs"):
+            has = " AND ".join(
+                f"instr(lower(e2.name || ' ' || COALESCE(e2.triggers, '')), :sw{i}) > 0" for i in range(len(params["subs"]))
+            )
+            tiers.append(
+                f"SELECT s.entry_id, length(e2.name) + {_SUBSTRING} FROM entries_sub s JOIN entries e2 ON e2.id = s.entry_id "
+                f"WHERE s.suffix >= :sl AND s.suffix < :sh AND {has}"
+            )
         filters = "".join(f" AND {w}" for w in where)
         sql = (
             f"SELECT e.id FROM ({' UNION ALL '.join(tiers)}) h "
             "CROSS JOIN entries e ON e.id = h.rid WHERE 1 = 1" + filters + " GROUP BY e.id ORDER BY MIN(h.score), e.id" + limit_sql
         )
-        return [r[0] for r in self._run(conn, sql, params)]
+        return [r[0] for r in self._run(conn, sql, {k: v for k, v in params.items() if k != "subs"})]
 
     def _bounded_search(
         self, conn: Connection, params: Mapping[str, Any], where: list[str], lim: int
@@ -272,18 +299,10 @@ class SearchMixin:
         named.sort(key=lambda r: (r[1], r[0]))  # bm25 over short texts: exact, short names first
         head = list(dict.fromkeys(exact + [r[0] for r in named]))
         sub: list[int] = []
-        if params.get("ms") and len(head) < lim:
-            found = self._run(
-                conn,
-                "SELECT rowid, length(text) FROM entries_sub_fts WHERE entries_sub_fts MATCH ? LIMIT ?",
-                (params["ms"], RANK_BOUND + 1),
-            )
-            if len(found) > RANK_BOUND:
-                exhaustive = False
-                found = found[:RANK_BOUND]
-            found.sort(key=lambda r: (r[1], r[0]))  # shortest names first
-            sub = [r[0] for r in found]
-        elif params.get("ms"):
+        if params.get("subs") and len(self._keep(conn, head, where, params, lim)) < lim:
+            sub, complete = self._substring_ids(conn, params["subs"], RANK_BOUND)
+            exhaustive = exhaustive and complete
+        elif params.get("subs"):
             exhaustive = False  # substring hits not read: the page is full of better ones
         probe = [r[0] for r in self._run(
             conn, "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ? LIMIT ?", (params["ma"], RANK_BOUND + 1))]
@@ -304,11 +323,11 @@ class SearchMixin:
 
     def _keep(self, conn: Connection, ordered: list[int], where: list[str], params: Mapping[str, Any], lim: int) -> list[int]:
         """`ordered` ids that pass the filters, in order, reading only as many as `lim` needs."""
-        if not where:
+        if not where or not ordered:
             return ordered
         cond = " AND ".join(where)
         kept: list[int] = []
-        step = max(lim * 2, 40) if lim else len(ordered) or 1
+        step = max(lim * 2, 40) if lim else len(ordered)
         for i in range(0, len(ordered), step):  # filter lazily, best first
             chunk = ordered[i : i + step]
             ok = {r[0] for r in self._filter(conn, chunk, cond, params)}
@@ -317,44 +336,60 @@ class SearchMixin:
                 break
         return kept
 
+    def _substring_ids(self, conn: Connection, words: list[str], bound: int) -> tuple[list[int], bool]:
+        """Entries whose name or trigger words contain every word (lower-cased), shortest names
+        first, at most `bound`; and whether that is all of them. The longest word is looked up
+        in the suffix index (one range); other words, and the tail of a word longer than the
+        indexed SUB_LEN characters, are checked on those few candidates."""
+        longest = max(words, key=len)
+        exact = len(words) == 1 and len(longest) <= SUB_LEN  # the range alone is the answer
+        cap = bound + 1 if exact else bound * 4 + 1
+        lo, hi = _range(longest)
+        rows = self._run(conn, "SELECT entry_id FROM entries_sub WHERE suffix >= ? AND suffix < ? LIMIT ?", (lo, hi, cap))
+        complete = len(rows) < cap
+        ids = list(dict.fromkeys(r[0] for r in rows))
+        found: list[tuple[int, int]] = []
+        for part in chunks(ids):
+            ph = ", ".join("?" * len(part))
+            if exact:
+                found += [(n or 0, eid) for eid, n in self._run(
+                    conn, f"SELECT id, length(name) FROM entries WHERE id IN ({ph})", tuple(part))]
+            else:
+                found += [(len(name), eid) for eid, (name, hay) in _texts(self._run, conn, part).items()
+                          if all(w in hay for w in words)]
+        found.sort()
+        if len(found) > bound:
+            found, complete = found[:bound], False
+        return [eid for _, eid in found], complete
+
     def _fuzzy_search(
         self, conn: Connection, q: str, where: list[str], params: Mapping[str, Any], lim: int
     ) -> list[int]:
-        """Entries whose name or trigger words are within a typo or two of every query word
-        (see `_tolerance`), closest first. Candidates come from the trigram index by word
-        pieces; at most FUZZY_CANDIDATES per piece are read."""
+        """Entries whose name or a trigger word is within `_tolerance` edits of a one-word query,
+        closest first. Candidates: entries holding a piece of the word (`_pieces`), at most
+        FUZZY_CANDIDATES per piece."""
+        from rapidfuzz import fuzz, process
+
         words = [w.lower() for w in re.findall(r"\w+", q)]
         if len(words) != 1 or not _tolerance(words[0]):
             return []  # one word: a name (a typo in a phrase of description words finds noise)
-        # candidates: entries hit by some piece of every word (3-letter words: the word itself)
-        cand: set[int] | None = None
-        for w in words:
-            pieces = _pieces(w) or ([w] if len(w) >= 3 else [])
-            if not pieces:
-                continue
-            hit: set[int] = set()
-            for piece in pieces:
-                hit.update(r[0] for r in self._run(
-                    conn,
-                    "SELECT rowid FROM entries_sub_fts WHERE entries_sub_fts MATCH ? LIMIT ?",
-                    ('"' + piece + '"', FUZZY_CANDIDATES),
-                ))
-            cand = hit if cand is None else cand & hit
-            if not cand:
-                return []
-        from rapidfuzz import fuzz, process
-
         word = words[0]
+        cand: dict[int, None] = {}
+        for piece in _pieces(word):
+            lo, hi = _range(piece)
+            for (eid,) in self._run(
+                conn, "SELECT entry_id FROM entries_sub WHERE suffix >= ? AND suffix < ? LIMIT ?", (lo, hi, FUZZY_CANDIDATES)
+            ):
+                cand[eid] = None
+        texts = _texts(self._run, conn, list(cand))
+        ids = list(texts)
+        hays = [texts[i][1] for i in ids]
         scored = []
-        for part in chunks(sorted(cand or ())):
-            ph = ", ".join("?" * len(part))
-            found = self._run(conn, f"SELECT rowid, text FROM entries_sub_fts WHERE rowid IN ({ph})", tuple(part))
-            hays = [t.lower() for _, t in found]
-            # a cheap first cut in C (best-aligned stretch), then exact edit counts on the few left
-            for _, _, i in process.extract_iter(word, hays, scorer=fuzz.partial_ratio, score_cutoff=70):
-                d = _word_distance(word, hays[i])
-                if d is not None:
-                    scored.append((d, len(hays[i]), found[i][0]))
+        # a cheap first cut in C (best-aligned stretch), then exact edit counts on the few left
+        for _, _, i in process.extract_iter(word, hays, scorer=fuzz.partial_ratio, score_cutoff=70):
+            d = _word_distance(word, hays[i])
+            if d is not None:
+                scored.append((d, len(texts[ids[i]][0]), ids[i]))
         scored.sort()
         return self._keep(conn, [r[2] for r in scored], where, params, lim)[: lim or None]
 

@@ -692,7 +692,7 @@ class Catalog(SearchMixin):
                 text(
                     "SELECT f.id, ef.entry_id, e.name AS entry_name, f.file_name, ef.url, ef.manual, f.size, "
                     "f.sha256, f.format, f.hashes, f.local_path, f.widths, f.base, s.name AS source, "
-                    "s.kind AS source_kind, e.page_url FROM entry_files ef JOIN files f ON f.id = ef.file_id "
+                    "s.kind AS source_kind, e.page_url, e.base_model FROM entry_files ef JOIN files f ON f.id = ef.file_id "
                     "JOIN entries e ON e.id = ef.entry_id JOIN sources s ON s.id = e.source_id "
                     "WHERE ef.entry_id = :i ORDER BY ef.manual, f.id"
                 ),
@@ -972,14 +972,10 @@ def _bulk_insert_entries(conn: Connection, rows: list[dict[str, Any]], sid: int,
         "SELECT id, name, triggers, title FROM entries WHERE id > ? ORDER BY id",
         (max_before,),
     )
-    conn.exec_driver_sql(
-        f"INSERT INTO entries_sub_fts (rowid, text) SELECT e.id, {S.sub_text_sql('e')} FROM entries e "
-        "WHERE e.id > ? ORDER BY e.id",
-        (max_before,),
-    )
+    conn.exec_driver_sql(S.sub_bulk_sql(f"e.id > {int(max_before)}"))
     conn.exec_driver_sql(S.FTS_DDL[1])
     conn.exec_driver_sql(S.NAMES_FTS_DDL[1])
-    conn.exec_driver_sql(S.SUB_FTS_DDL[1])
+    conn.exec_driver_sql(S.SUB_DDL[3])
 
 
 def _file_values(cf: CandidateFile) -> dict[str, Any]:

@@ -334,23 +334,38 @@ def _civitai(ctx: Context) -> tuple[str | None, bool]:
 @click.option("--model-hash", help="A model hash: A1111 old (8 hex), AutoV2 (10 hex) or sha256.")
 @click.option("--catalog", "include_catalog", is_flag=True, help="Also judge catalogue entries that are not fetched.")
 @click.option("--offline", is_flag=True, envvar="TIHUB_OFFLINE", help="Do not ask Civitai about unknown hashes.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, status, reason}.")
+@click.option("--app", type=click.Choice(["a1111", "forge", "comfyui", "invokeai", "diffusers"]),
+              help="Judge for this app (its status and reason); --json always has every app under `apps`.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, status, reason, apps, ...}.")
 @pass_ctx
-def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, model_hash: str | None, include_catalog: bool, offline: bool, as_json: bool) -> None:
+def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, model_hash: str | None, include_catalog: bool, offline: bool, app: str | None, as_json: bool) -> None:
     """Say which embeddings work on a model: trained-on, same-family, partial, wont-load, unknown.
 
     The model is a file (hashed with the cache, family read from its headers) or any hash form;
     hashes are looked up among models tihub hashed, a built-in table of well-known models and
-    Civitai (answers cached). Without NAMEs every local embedding is judged.
+    Civitai (answers cached). Without NAMEs every local embedding is judged. The verdict depends
+    on the app: A1111 and Forge skip an SD1 embedding on SDXL, ComfyUI applies it to CLIP-L only,
+    InvokeAI refuses it; --app picks one, otherwise apps that differ are listed. Models may also
+    be SDXL refiners, SD3 or Flux; an embedding made for Pony, Illustrious or NoobAI is flagged on
+    other SDXL models.
 
     \b
     Example:
       tihub compat --model-hash 7460a6fa
-      tihub compat --model ~/models/sd_xl_base_1.0.safetensors easynegative
+      tihub compat --model ~/models/sd_xl_base_1.0.safetensors easynegative --app comfyui
       tihub compat --model-hash 6ce0161689 --catalog --json
     """
     from tihub.collection import list_collection
-    from tihub.compat import FAMILY_NAMES, TRAINED_ON, model_from_file, model_from_hash, name_checkpoints, report_catalog, report_local
+    from tihub.compat import (
+        FAMILY_NAMES,
+        TRAINED_ON,
+        app_summary,
+        model_from_file,
+        model_from_hash,
+        name_checkpoints,
+        report_catalog,
+        report_local,
+    )
     from tihub.errors import NotFound, TihubError
 
     if bool(model_path) == bool(model_hash):
@@ -365,13 +380,14 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
         model = model_from_hash(model_hash or "", catalog, civitai_url=url, allow_private=allow_private, remote=not offline)
     local = list_collection(ws, catalog)
     failed = False
-    results: list[dict[str, Any]] = []
+    # what to judge: ("local", items) and ("catalog", rows), in order
+    groups: list[tuple[str, list[dict[str, Any]]]] = []
     if names:
         for n in names:
             low = n.lower()
             mine = [r for r in local if r["name"].lower() == low or r["path"].lower() == low]
             if mine:
-                results += report_local([_local_item(r) for r in mine], model)
+                groups.append(("local", [_local_item(r) for r in mine]))
                 continue
             try:
                 files = catalog.files_for(n)
@@ -383,31 +399,39 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
             for f in files[:1]:
                 full = catalog.file_by_sha256(f["sha256"]) if f.get("sha256") else None
                 rows.append({"name": f.get("entry_name") or n, "base": f.get("base"), "widths": f.get("widths"),
-                             "sd_checkpoint": (full or {}).get("sd_checkpoint"), "source": f.get("source")})
+                             "sd_checkpoint": (full or {}).get("sd_checkpoint"), "source": f.get("source"),
+                             "base_model": f.get("base_model")})
             if not rows:
                 rows.append({"name": n, "base": None, "widths": None, "sd_checkpoint": None})
-            results += report_catalog(rows, model)
+            groups.append(("catalog", rows))
     else:
-        results += report_local([_local_item(r) for r in local], model)
+        groups.append(("local", [_local_item(r) for r in local]))
         if include_catalog:
             try:
                 rows = catalog.search(local=False, limit=None)
             except TihubError as exc:
                 fail(str(exc))
                 rows = []
-            results += report_catalog(rows, model)
+            groups.append(("catalog", rows))
     # Name the model each embedding was made on (one bulk Civitai lookup for unknown hashes).
     made_on = name_checkpoints(
-        {r["sd_checkpoint"] for r in results if r.get("sd_checkpoint")},
+        {r["sd_checkpoint"] for _, items in groups for r in items if r.get("sd_checkpoint")},
         catalog, civitai_url=url, allow_private=allow_private, remote=not offline,
     )
+    results: list[dict[str, Any]] = []
+    for kind, items in groups:
+        results += (report_local if kind == "local" else report_catalog)(items, model, made_on)
     for r in results:
         m = made_on.get(r.get("sd_checkpoint") or "")
         r["made_on"] = m.label() if m is not None and m.name else None
         if r["made_on"] and r["status"] != TRAINED_ON:
             r["reason"] += f"; it was made on {r['made_on']}"
+        if app:
+            r["app"] = app
+            r["status"], r["reason"] = r["apps"][app]["status"], r["apps"][app]["reason"]
     if as_json:
-        echo_json([{"name": r["name"], "status": r["status"], "reason": r["reason"], "made_on": r["made_on"]} for r in results])
+        echo_json([{k: r.get(k) for k in ("name", "status", "reason", "made_on", "app", "apps", "line", "path", "source")
+                    if k != "app" or app} for r in results])
     else:
         fam = FAMILY_NAMES.get(model.family or "", "unknown family")
         origin = {"hashed": "hashed file", "builtin": "built-in table", "civitai": "Civitai", "catalog": "catalogue"}.get(model.origin, "unknown")
@@ -417,10 +441,16 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
         w = min(40, max((len(str(r["name"])) for r in results), default=4))
         for r in results:
             click.echo(f"{str(r['name']):<{w}}  {r['status']:<12} {r['reason']}")
+            if not app and len({v["status"] for v in r["apps"].values()}) > 1:
+                click.echo(f"{'':<{w}}  {'per app:':<12} {app_summary(r['apps'])}")
     exit_status(failed)
 
 
 def _local_item(row: dict[str, Any]) -> dict[str, Any]:
-    return {"name": row["name"], "widths": row.get("widths"), "sd_checkpoint": row.get("sd_checkpoint"),
-            "problem": "; ".join(row["problems"]) if row.get("problems") and not row.get("widths") else None, "path": row["path"]}
+    widths = row.get("widths")
+    problem = "; ".join(row["problems"]) if row.get("problems") and not widths else None
+    if problem and "T5 (4096-wide)" in problem:  # the reader refuses T5 embeddings; compat can judge them
+        widths, problem = {"t5xxl": 4096}, None
+    return {"name": row["name"], "widths": widths, "sd_checkpoint": row.get("sd_checkpoint"),
+            "sd_checkpoint_name": row.get("sd_checkpoint_name"), "problem": problem, "path": row["path"]}
 
