@@ -135,6 +135,7 @@ ENCODERS: dict[str, frozenset[str]] = {
     "sd3": frozenset({"clip_l", "clip_g", "t5xxl"}),
     "flux": frozenset({"clip_l", "t5xxl"}),
 }
+ENCODER_LABELS = {"clip_l": "CLIP-L", "clip_g": "CLIP-G", "clip_h": "OpenCLIP-H", "t5xxl": "T5-XXL"}
 FAMILY_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner",
                  "sd3": "SD3", "flux": "Flux"}
 
@@ -145,15 +146,15 @@ def encoders_of(widths: Mapping[str, int] | None) -> frozenset[str]:
 
 
 def family_fit(embedding: frozenset[str], family: str) -> str:
-    """The verdict by encoders alone: every model encoder covered -> same-family; the embedding's
-    encoders a strict part of the model's -> partial; otherwise wont-load. (For sd1/sd2/sdxl
-    this agrees with `fits`.)"""
+    """The verdict by encoders alone: the same encoders -> same-family; some shared -> partial
+    (an SDXL embedding's clip_g on the refiner, a T5 embedding on Flux); none -> wont-load.
+    `fits` keeps the older rule for sd1/sd2/sdxl models (an SDXL embedding on SD1 wont-load)."""
     have = ENCODERS.get(family)
     if not embedding or have is None:
         return UNKNOWN
     if embedding == have:
         return SAME_FAMILY
-    if embedding < have:
+    if embedding & have:
         return PARTIAL
     return WONT_LOAD
 
@@ -253,7 +254,8 @@ def app_verdict(app: str, embedding: frozenset[str], family: str | None) -> tupl
         if generic == SAME_FAMILY:
             return None
         if shared:
-            return PARTIAL, f"ComfyUI applies it to {' and '.join(sorted(shared))} only and warns of a shape mismatch for the other encoder"
+            used = " and ".join(ENCODER_LABELS[k] for k in sorted(shared))
+            return PARTIAL, f"ComfyUI applies it to {used} only and warns of a shape mismatch for the other encoder"
         return WONT_LOAD, "ComfyUI warns of a shape mismatch and leaves it out of the prompt"
     if app == "invokeai":
         # invokeai/backend/model_manager/configs/textual_inversion.py: the base of a TI file is
@@ -281,6 +283,7 @@ def app_verdict(app: str, embedding: frozenset[str], family: str | None) -> tupl
         if family == "flux" and embedding == {"clip_l"}:
             return PARTIAL, "diffusers loads it into the Flux pipeline's CLIP-L text_encoder only"
         if shared and len(embedding) > 1:
-            return PARTIAL, f"diffusers loads only a tensor passed by hand ({' and '.join(sorted(shared))}); load_textual_inversion refuses the two-tensor file as it is"
+            used = " and ".join(ENCODER_LABELS[k] for k in sorted(shared))
+            return PARTIAL, f"diffusers loads only a tensor passed by hand (for {used}); load_textual_inversion refuses the two-tensor file as it is"
         return WONT_LOAD, "diffusers' load_textual_inversion raises a ValueError (width mismatch)"
     return None

@@ -22,7 +22,18 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, bindparam, func, select, text
 
 from tihub.catalog import schema as S
-from tihub.catalog.compat_rules import FAMILIES, base_from_widths, fits, normalize_base
+from tihub.catalog.compat_rules import (
+    APPS,
+    ENCODERS,
+    FAMILIES,
+    LINE_LABELS,
+    app_verdict,
+    base_from_widths,
+    encoders_of,
+    fits,
+    line_of,
+    normalize_base,
+)
 from tihub.catalog.db import is_sqlite, now, open_engine, read, write
 from tihub.catalog.kinds import infer_kind
 from tihub.catalog.rows import chunks as _chunks
@@ -668,11 +679,23 @@ class Catalog(SearchMixin):
                 for col, empty in json_cols.items():
                     rec[col] = _loads(rec[col], empty) or type(empty)()
         sd_ck = next((f["sd_checkpoint"] for f in files if f["sd_checkpoint"]), None)
+        widths = next((f["widths"] for f in files if f["widths"]), None)
+        enc = encoders_of(widths) if widths else ENCODERS.get(e["base"], frozenset())
+        line = line_of(e["base_model"], next((f["sd_checkpoint_name"] for f in files if f["sd_checkpoint_name"]), None))
         compat = []
         for m in models:
             verdict = fits(e["base"], m["family"], sd_ck, [m["sha256"], m["autov2"], m["old_hash"]])
+            apps = {}
+            for app in APPS:  # what each app does with it (None: the family verdict holds)
+                special = app_verdict(app, enc, m["family"]) if verdict != "unknown" or m["family"] in ("sd3", "flux") else None
+                apps[app] = {"status": special[0], "reason": special[1]} if special else {"status": verdict, "reason": None}
+            mline = line_of(m["name"]) if m["family"] == "sdxl" else None
+            note = None
+            if line and m["family"] == "sdxl" and line != mline and verdict in ("trained-on", "same-family"):
+                note = f"made for {LINE_LABELS[line]}: same architecture, trained for a different line"
             compat.append({"model": m["name"], "family": m["family"], "sha256": m["sha256"],
-                           "autov2": m["autov2"], "fit": verdict})
+                           "autov2": m["autov2"], "fit": verdict, "apps": apps, "note": note})
+        e["line"] = line
         e["files"] = files
         e["trigger"] = e["triggers"].get("a1111") or e["name"]
         e["trigger_syntax"] = trigger_syntax(e["name"], e["triggers"], e["base"])

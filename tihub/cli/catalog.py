@@ -306,9 +306,11 @@ def _training_story(run: dict[str, Any]) -> list[str]:
 
 @click.command("show")
 @click.argument("name")
+@click.option("--app", type=click.Choice(["a1111", "forge", "comfyui", "invokeai", "diffusers"]),
+              help="Give the compatibility verdicts of this app (--json always has every app).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
-def show_cmd(ctx: Context, name: str, as_json: bool) -> None:
+def show_cmd(ctx: Context, name: str, app: str | None, as_json: bool) -> None:
     """Everything known about one entry: files, hashes, trigger syntax per app, sources,
     previews, verifications, training runs and how it fits the known models.
 
@@ -388,9 +390,19 @@ def show_cmd(ctx: Context, name: str, as_json: bool) -> None:
             for line in _training_story(r):
                 out(line)
     if e["compat"]:
-        out("Compatibility with known models:")
+        from tihub.catalog.compat_rules import APP_LABELS
+
+        out("Compatibility with known models" + (f" in {APP_LABELS[app]}:" if app else ":"))
         for c in e["compat"]:
-            out(f"  {c['model'] or c['autov2']} ({c['family']}): {c['fit']}")
+            if app:
+                a = c["apps"][app]
+                out(f"  {c['model'] or c['autov2']} ({c['family']}): {a['status']}" + (f" ({a['reason']})" if a["reason"] else ""))
+            else:
+                differ = len({a["status"] for a in c["apps"].values()}) > 1
+                per_app = ", ".join(f"{APP_LABELS[k]} {a['status']}" for k, a in c["apps"].items())
+                out(f"  {c['model'] or c['autov2']} ({c['family']}): {c['fit']}" + (f"  [{per_app}]" if differ else ""))
+            if c.get("note"):
+                out(f"      {c['note']}")
     else:
         out(f"Compatibility: loads on {e['base']} models" if e["base"] != "unknown" else "Compatibility: base unknown")
     if e["same_name"]:
