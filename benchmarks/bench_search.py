@@ -139,7 +139,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=400)
     args = ap.parse_args()
     n = args.n or (100_000 if args.quick else 1_000_000)
-    path = Path(f"/tmp/tihub_bench_search_v4_{n}.db")
+    path = Path(f"/tmp/tihub_bench_search_v5_{n}.db")
     vocab, by_freq = build(path, n)
     qs = queries(vocab, by_freq, args.queries)
     cat = Catalog(open_engine(f"sqlite:///{path}"))

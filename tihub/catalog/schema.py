@@ -224,8 +224,8 @@ def sub_rows_sql(alias: str) -> str:
         f"WHERE value <> {alias}.name COLLATE NOCASE AND value <> '<' || {alias}.name || '>'"
     )
     return (
-        f"SELECT substr(t.text, p.n + 1, {SUB_LEN}) AS suffix, {alias}.id AS entry_id FROM ({texts}) t "
-        "JOIN name_positions p ON p.n < length(t.text) - 1"
+        f"SELECT substr(t.text, p.n + 1, {SUB_LEN}) AS suffix, {alias}.id AS entry_id, length(t.text) AS size "
+        f"FROM ({texts}) t JOIN name_positions p ON p.n < length(t.text) - 1"
     )
 
 
@@ -233,8 +233,8 @@ def sub_bulk_sql(where: str = "1 = 1") -> str:
     """INSERT the suffix rows of every entry `e` matching `where`, sorted (a sorted insert into
     the B-tree is several times faster than one trigger call per entry)."""
     return (
-        "INSERT OR IGNORE INTO entries_sub (suffix, entry_id) "
-        f"SELECT substr(t.text, p.n + 1, {SUB_LEN}) AS suffix, t.id FROM ("
+        "INSERT OR IGNORE INTO entries_sub (suffix, entry_id, size) "
+        f"SELECT substr(t.text, p.n + 1, {SUB_LEN}) AS suffix, t.id, length(t.text) FROM ("
         f"SELECT e.id, lower(e.name) AS text FROM entries e WHERE {where} "
         "UNION SELECT e.id, lower(j.value) FROM entries e, json_each(CASE WHEN json_valid(e.triggers) THEN e.triggers END) j "
         f"WHERE {where} AND j.value <> e.name COLLATE NOCASE AND j.value <> '<' || e.name || '>'"
@@ -246,13 +246,15 @@ SUB_DDL = [
     "CREATE TABLE name_positions (n INTEGER PRIMARY KEY)",
     f"WITH RECURSIVE c(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM c WHERE n < {SUB_POSITIONS - 1}) "
     "INSERT INTO name_positions (n) SELECT n FROM c",
-    "CREATE TABLE entries_sub (suffix TEXT NOT NULL, entry_id INTEGER NOT NULL, PRIMARY KEY (suffix, entry_id)) WITHOUT ROWID",
+    # size: the length of the name or trigger word the suffix comes from (shorter ranks first)
+    "CREATE TABLE entries_sub (suffix TEXT NOT NULL, entry_id INTEGER NOT NULL, size INTEGER NOT NULL, "
+    "PRIMARY KEY (suffix, entry_id)) WITHOUT ROWID",
     f"""CREATE TRIGGER entries_sub_ai AFTER INSERT ON entries BEGIN
-        INSERT OR IGNORE INTO entries_sub (suffix, entry_id) {sub_rows_sql('new')};
+        INSERT OR IGNORE INTO entries_sub (suffix, entry_id, size) {sub_rows_sql('new')};
     END""",
     f"""CREATE TRIGGER entries_sub_au AFTER UPDATE OF name, triggers ON entries BEGIN
         DELETE FROM entries_sub WHERE entry_id = old.id AND suffix IN (SELECT suffix FROM ({sub_rows_sql('old')}));
-        INSERT OR IGNORE INTO entries_sub (suffix, entry_id) {sub_rows_sql('new')};
+        INSERT OR IGNORE INTO entries_sub (suffix, entry_id, size) {sub_rows_sql('new')};
     END""",
     f"""CREATE TRIGGER entries_sub_ad AFTER DELETE ON entries BEGIN
         DELETE FROM entries_sub WHERE entry_id = old.id AND suffix IN (SELECT suffix FROM ({sub_rows_sql('old')}));

@@ -262,7 +262,7 @@ class SearchMixin:
                 f"instr(lower(e2.name || ' ' || COALESCE(e2.triggers, '')), :sw{i}) > 0" for i in range(len(params["subs"]))
             )
             tiers.append(
-                f"SELECT s.entry_id, length(e2.name) + {_SUBSTRING} FROM entries_sub s JOIN entries e2 ON e2.id = s.entry_id "
+                f"SELECT s.entry_id, s.size + {_SUBSTRING} FROM entries_sub s JOIN entries e2 ON e2.id = s.entry_id "
                 f"WHERE s.suffix >= :sl AND s.suffix < :sh AND {has}"
             )
         filters = "".join(f" AND {w}" for w in where)
@@ -299,11 +299,9 @@ class SearchMixin:
         named.sort(key=lambda r: (r[1], r[0]))  # bm25 over short texts: exact, short names first
         head = list(dict.fromkeys(exact + [r[0] for r in named]))
         sub: list[int] = []
-        if params.get("subs") and len(self._keep(conn, head, where, params, lim)) < lim:
+        if params.get("subs"):
             sub, complete = self._substring_ids(conn, params["subs"], RANK_BOUND)
             exhaustive = exhaustive and complete
-        elif params.get("subs"):
-            exhaustive = False  # substring hits not read: the page is full of better ones
         probe = [r[0] for r in self._run(
             conn, "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ? LIMIT ?", (params["ma"], RANK_BOUND + 1))]
         if len(probe) <= RANK_BOUND:
@@ -345,19 +343,17 @@ class SearchMixin:
         exact = len(words) == 1 and len(longest) <= SUB_LEN  # the range alone is the answer
         cap = bound + 1 if exact else bound * 4 + 1
         lo, hi = _range(longest)
-        rows = self._run(conn, "SELECT entry_id FROM entries_sub WHERE suffix >= ? AND suffix < ? LIMIT ?", (lo, hi, cap))
+        rows = self._run(
+            conn, "SELECT entry_id, size FROM entries_sub WHERE suffix >= ? AND suffix < ? LIMIT ?", (lo, hi, cap))
         complete = len(rows) < cap
-        ids = list(dict.fromkeys(r[0] for r in rows))
-        found: list[tuple[int, int]] = []
-        for part in chunks(ids):
-            ph = ", ".join("?" * len(part))
-            if exact:
-                found += [(n or 0, eid) for eid, n in self._run(
-                    conn, f"SELECT id, length(name) FROM entries WHERE id IN ({ph})", tuple(part))]
-            else:
-                found += [(len(name), eid) for eid, (name, hay) in _texts(self._run, conn, part).items()
-                          if all(w in hay for w in words)]
-        found.sort()
+        size: dict[int, int] = {}
+        for eid, n in rows:
+            size[eid] = min(n, size.get(eid, n))
+        if exact:
+            found = sorted((n, eid) for eid, n in size.items())
+        else:
+            texts = _texts(self._run, conn, list(size))
+            found = sorted((size[eid], eid) for eid, (_, hay) in texts.items() if all(w in hay for w in words))
         if len(found) > bound:
             found, complete = found[:bound], False
         return [eid for _, eid in found], complete
