@@ -20,6 +20,7 @@ with one sentence of reason.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -47,6 +48,8 @@ from tihub.catalog.compat_rules import (
     model_family,
 )
 from tihub.errors import ConfigError, NetworkError
+
+log = logging.getLogger("tihub.compat")
 
 if TYPE_CHECKING:  # pragma: no cover
     from tihub.catalog.store import Catalog
@@ -423,29 +426,57 @@ def _remember_not_found(catalog: Catalog, h: str) -> None:
         conn.execute(text("UPDATE models SET not_found = 1 WHERE id = :i"), {"i": mid})
 
 
-def civitai_by_hash(h: str, base_url: str, *, allow_private: bool = False, client: Any = None) -> KnownModel | None:
-    """Ask Civitai which model version has this file hash; None when it answers 404."""
+def civitai_api(url: str | None) -> str:
+    """The Civitai API root (`https://civitai.com/api/v1`) from a source's `url`, which may be
+    the API root itself (as the civitai source takes it) or the site."""
+    base = (url or "https://civitai.com").rstrip("/")
+    return base if base.endswith("/api/v1") else base + "/api/v1"
+
+
+_FULL_SHA = re.compile(r"[0-9a-f]{64}")
+
+
+def civitai_version_by_hash(
+    h: str, base_url: str, *, allow_private: bool = False, client: Any = None
+) -> dict[str, Any] | None:
+    """Civitai's model-version object for a file hash in any form (`GET .../by-hash/{hash}`:
+    AutoV1, AutoV2, sha256, CRC32, BLAKE3), or None when Civitai says it knows no such file.
+
+    Civitai answers an unknown hash with 404 and a JSON `{"error": ...}`; any other 404 (an
+    HTML page from a wrong URL) is a NetworkError, so it is never cached as "not found"."""
     from tihub.net import URLPolicy, make_client, stream
 
-    url = base_url.rstrip("/") + f"/api/v1/model-versions/by-hash/{h}"
+    url = civitai_api(base_url) + f"/model-versions/by-hash/{h}"
     own = client is None
     client = client or make_client(timeout=15.0)
     try:
         with stream(client, "GET", url, policy=URLPolicy(allow_private=allow_private)) as resp:
             if resp.status_code == 404:
-                return None
+                body = _read_json(resp, 64 * 1024, f"for the hash {h}", quiet=True)
+                if isinstance(body, dict) and "error" in body:
+                    return None
+                raise NetworkError(
+                    f"{url} answered 404 without Civitai's error object; check the civitai source's `url` (the API root, e.g. https://civitai.com/api/v1)."
+                )
             if resp.status_code != 200:
                 raise NetworkError(f"Civitai answered {resp.status_code} for the hash {h}.")
             data = _read_json(resp, 8 * 1024 * 1024, f"for the hash {h}")
     finally:
         if own:
             client.close()
-    return _version_model(h, data) if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else None
 
 
-def _read_json(resp: Any, cap: int, what: str) -> Any:
+def civitai_by_hash(h: str, base_url: str, *, allow_private: bool = False, client: Any = None) -> KnownModel | None:
+    """Ask Civitai which model version has this file hash; None when it does not know it."""
+    data = civitai_version_by_hash(h, base_url, allow_private=allow_private, client=client)
+    return _version_model(h, data) if data is not None else None
+
+
+def _read_json(resp: Any, cap: int, what: str, quiet: bool = False) -> Any:
     """Civitai's JSON answer, read at most `cap` bytes (stops reading past it); `what` ends the
-    sentence "Civitai's answer ..." in the errors."""
+    sentence "Civitai's answer ..." in the errors. `quiet`: None instead of an error for a body
+    that is not JSON or too large (reading an error page)."""
     import httpx
 
     chunks: list[bytes] = []
@@ -454,6 +485,8 @@ def _read_json(resp: Any, cap: int, what: str) -> Any:
         for part in resp.iter_bytes():
             total += len(part)
             if total > cap:
+                if quiet:
+                    return None
                 raise NetworkError(f"Civitai's answer {what} is too large.")
             chunks.append(part)
     except httpx.HTTPError as exc:  # cut or timed out mid-body: a lookup failure, not a crash
@@ -461,6 +494,8 @@ def _read_json(resp: Any, cap: int, what: str) -> Any:
     try:
         return json.loads(b"".join(chunks))
     except ValueError:
+        if quiet:
+            return None
         raise NetworkError(f"Civitai's answer {what} is not JSON.") from None
 
 
@@ -487,26 +522,33 @@ def _version_model(h: str, data: Mapping[str, Any]) -> KnownModel | None:
     return model
 
 
-BULK_SIZE = 100  # hashes per bulk request
+BULK_SIZE = 100  # hashes per bulk request: Civitai's limit
 
 
-def civitai_by_hashes(
+def civitai_lookup(
     hashes: list[str], base_url: str, *, allow_private: bool = False, client: Any = None
-) -> dict[str, KnownModel]:
-    """Ask Civitai about many hashes at once (`POST /api/v1/model-versions/by-hash`, a JSON array).
+) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """Civitai's model-version objects for many file hashes: `({hash: version}, answered)`,
+    where `answered` holds every hash Civitai answered about (known or not); a hash missing
+    from it could not be asked (network trouble) and must not be cached as unknown.
 
-    Returns the hashes Civitai knows, each with its model; hashes it does not know are absent.
-    One request per `BULK_SIZE` hashes instead of one per hash.
+    Full sha256 hashes go to the bulk `POST /api/v1/model-versions/by-hash` (a JSON array of at
+    most 100 64-hex hashes: Civitai answers 400 to the whole request if one is shorter); the
+    short forms (AutoV1 8-hex, AutoV2 10-hex, 12-hex) each take one `GET .../by-hash/{hash}`.
     """
     from tihub.net import URLPolicy, make_client, stream
 
-    url = base_url.rstrip("/") + "/api/v1/model-versions/by-hash"
+    url = civitai_api(base_url) + "/model-versions/by-hash"
+    wanted = list(dict.fromkeys(h.strip().lower() for h in hashes))
+    full = [h for h in wanted if _FULL_SHA.fullmatch(h)]
+    short = [h for h in wanted if not _FULL_SHA.fullmatch(h)]
     own = client is None
     client = client or make_client(timeout=30.0)
-    found: dict[str, KnownModel] = {}
+    found: dict[str, dict[str, Any]] = {}
+    answered: set[str] = set()
     try:
-        for i in range(0, len(hashes), BULK_SIZE):
-            chunk = hashes[i : i + BULK_SIZE]
+        for i in range(0, len(full), BULK_SIZE):
+            chunk = full[i : i + BULK_SIZE]
             body = json.dumps(chunk).encode()
             headers = {"Content-Type": "application/json", "Accept": "application/json"}
             with stream(client, "POST", url, policy=URLPolicy(allow_private=allow_private), headers=headers, content=body) as resp:
@@ -519,15 +561,30 @@ def civitai_by_hashes(
                 if not isinstance(version, dict):
                     continue
                 for h in chunk:
-                    if h in found:
-                        continue
-                    model = _version_model(h, version) if _names_hash(version, h) else None
-                    if model is not None:
-                        found[h] = model
+                    if h not in found and _names_hash(version, h):
+                        found[h] = version
+            answered.update(chunk)
+        for h in short:
+            try:
+                version = civitai_version_by_hash(h, base_url, allow_private=allow_private, client=client)
+            except NetworkError as exc:
+                log.info("Civitai lookup of %s failed: %s", h, exc)
+                continue
+            answered.add(h)
+            if version is not None:
+                found[h] = version
     finally:
         if own:
             client.close()
-    return found
+    return found, answered
+
+
+def civitai_by_hashes(
+    hashes: list[str], base_url: str, *, allow_private: bool = False, client: Any = None
+) -> dict[str, KnownModel]:
+    """The models Civitai knows among many hashes ({hash: model}); see `civitai_lookup`."""
+    found, _ = civitai_lookup(hashes, base_url, allow_private=allow_private, client=client)
+    return {h: _version_model(h, v) for h, v in found.items()}
 
 
 def _names_hash(version: Mapping[str, Any], h: str) -> bool:
@@ -579,11 +636,13 @@ def name_checkpoints(
         ask.setdefault(h, []).append(value)
     if ask and remote and civitai_url:
         try:
-            answers = civitai_by_hashes(sorted(ask), civitai_url, allow_private=allow_private, client=client)
+            versions, answered = civitai_lookup(sorted(ask), civitai_url, allow_private=allow_private, client=client)
         except NetworkError:
             return named  # unknown this time; nothing cached, asked again next time
         for h, originals in ask.items():
-            model = answers.get(h)
+            if h not in answered:
+                continue  # not asked this time (network): nothing cached
+            model = _version_model(h, versions[h]) if h in versions else None
             if catalog is not None:
                 if model is None:
                     _remember_not_found(catalog, h)
