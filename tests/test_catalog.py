@@ -58,8 +58,8 @@ def test_migrations_applied_once_and_recorded(ws: Workspace) -> None:
     from tihub.catalog.migrations import MIGRATIONS
 
     assert names == sorted(m[0] for m in MIGRATIONS)
-    assert names[:5] == ["m001_hash_cache", "m002_catalog", "m003_names_fts", "m004_names_prefix",
-                         "m005_substring_search"]
+    assert names[:4] == ["m001_hash_cache", "m002_catalog", "m003_names_fts", "m004_names_prefix"]
+    assert {"m005_substring_search", "m005_local_copies"} <= set(names)
     assert {"sources", "entries", "files", "entry_files", "models", "previews", "verifications",
             "training_runs", "entries_fts", "entries_sub"} <= tables
     assert run_migrations(engine) == []  # second run applies nothing

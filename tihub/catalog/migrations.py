@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
 
 
 def m001_hash_cache(conn: Connection) -> None:
@@ -88,10 +88,32 @@ def m005_substring_search(conn: Connection) -> None:
         conn.execute(text("UPDATE entries SET kind = :k WHERE id = :i"), found)
 
 
+def m005_local_copies(conn: Connection) -> None:
+    """Each entry's own copy on disk (`entry_files.local_path`), so the same bytes under two
+    names are never attributed to the other name; and the `hash_lookups` cache (Civitai's
+    answers about embedding files by sha256)."""
+    from tihub.catalog.schema import hash_lookups
+
+    cols = {c["name"] for c in inspect(conn).get_columns("entry_files")}
+    if "local_path" not in cols:
+        conn.execute(text("ALTER TABLE entry_files ADD COLUMN local_path TEXT"))
+    # local entries: their file's path is theirs when it is the path their remote_id names
+    conn.execute(
+        text(
+            "UPDATE entry_files SET local_path = (SELECT f.local_path FROM files f WHERE f.id = entry_files.file_id) "
+            "WHERE entry_id IN (SELECT e.id FROM entries e JOIN sources s ON s.id = e.source_id WHERE s.kind = 'local') "
+            "AND EXISTS (SELECT 1 FROM files f, entries e WHERE f.id = entry_files.file_id AND e.id = entry_files.entry_id "
+            "AND f.local_path IS NOT NULL AND (f.local_path = e.remote_id OR f.local_path LIKE '%/' || e.remote_id))"
+        )
+    )
+    hash_lookups.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m001_hash_cache", m001_hash_cache),
     ("m002_catalog", m002_catalog),
     ("m003_names_fts", m003_names_fts),
     ("m004_names_prefix", m004_names_prefix),
     ("m005_substring_search", m005_substring_search),
+    ("m005_local_copies", m005_local_copies),
 ]

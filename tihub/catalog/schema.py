@@ -89,6 +89,9 @@ entry_files = Table(
     Column("file_id", Integer, ForeignKey("files.id"), nullable=False),
     Column("url", Text),
     Column("manual", Integer, nullable=False, default=0),
+    # (m005) where this entry's copy of the file is on disk: the same bytes saved under two
+    # names are one `files` row, but each name's entry keeps its own path
+    Column("local_path", Text),
     PrimaryKeyConstraint("entry_id", "file_id"),
 )
 Index("ix_entry_files_file", entry_files.c.file_id)
@@ -152,6 +155,20 @@ training_runs = Table(
     Column("loss_png", Text),
     Column("checkpoints", Text),  # JSON
     Column("created_at", Text, nullable=False),
+)
+
+# (m005) what a remote service said about a file hash (Civitai's by-hash lookup of embeddings
+# on disk): found = 1 with `data` (JSON: name, page_url, triggers, base_model, ...), or 0 (a miss,
+# asked again once `checked_at` is older than the miss lifetime).
+hash_lookups = Table(
+    "hash_lookups",
+    metadata,
+    Column("service", Text, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("found", Integer, nullable=False),
+    Column("data", Text),
+    Column("checked_at", Text, nullable=False),
+    PrimaryKeyConstraint("service", "sha256"),
 )
 
 CATALOG_TABLES = [sources, entries, files, entry_files, models, previews, verifications, training_runs]

@@ -443,7 +443,7 @@ class SearchMixin:
             for r in self._run(
                 conn,
                 "SELECT ef.entry_id, ef.url, ef.manual, f.id AS file_id, f.file_name, f.sha256, f.size, "
-                "f.local_path, f.sd_checkpoint, f.format FROM entry_files ef JOIN files f ON f.id = ef.file_id "
+                "COALESCE(ef.local_path, f.local_path), f.sd_checkpoint, f.format FROM entry_files ef JOIN files f ON f.id = ef.file_id "
                 f"WHERE ef.entry_id IN ({ph}) ORDER BY ef.entry_id, f.id",
                 params,
             ):

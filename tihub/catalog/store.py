@@ -309,6 +309,7 @@ class Catalog(SearchMixin):
         changed_entries: list[dict[str, Any]] = []
         # remote_id -> [(file key, url, manual)]; key: ("id", id) | ("sha", sha) | ("nosha", index)
         wanted: dict[str, list[tuple[tuple[str, Any], str | None, int]]] = {}
+        own_paths: dict[tuple[str, tuple[str, Any]], str] = {}  # (remote_id, key) -> this entry's copy on disk
         touched: set[str] = set()  # entries whose files changed
         previews_wanted: dict[str, list[dict[str, Any]]] = {}
 
@@ -364,6 +365,8 @@ class Catalog(SearchMixin):
                 if w:
                     widths_seen.append(_loads(w, {}))
                 flist.append((key, cf.url, int(cf.manual)))
+                if cf.local_path:
+                    own_paths[(rid, key)] = cf.local_path
             wanted[rid] = flist
             if c.previews:
                 previews_wanted[rid] = c.previews
@@ -452,6 +455,7 @@ class Catalog(SearchMixin):
         add_links: list[dict[str, Any]] = []
         upd_links: list[dict[str, Any]] = []
         del_links: list[dict[str, Any]] = []
+        own_links: list[dict[str, Any]] = []
         for rid, flist in wanted.items():
             eid = ids[rid]
             want: dict[int, tuple[str | None, int]] = {}
@@ -462,6 +466,8 @@ class Catalog(SearchMixin):
                     fid = new_files[key[1]]["id"]
                 else:
                     fid = new_nosha[key[1]]["id"]
+                if (rid, key) in own_paths:
+                    own_links.append({"_e": eid, "_f": fid, "_p": own_paths[(rid, key)]})
                 if fid not in want or (want[fid][0] is None and url):
                     want[fid] = (url, manual)
             have = links.get(eid, {})
@@ -487,6 +493,13 @@ class Catalog(SearchMixin):
         if del_links:
             conn.execute(
                 EF.delete().where(EF.c.entry_id == bindparam("_e"), EF.c.file_id == bindparam("_f")), del_links
+            )
+        if own_links:  # local sources: each entry's own copy (duplicates keep their own paths)
+            conn.execute(
+                EF.update()
+                .where(EF.c.entry_id == bindparam("_e"), EF.c.file_id == bindparam("_f"))
+                .values(local_path=bindparam("_p")),
+                own_links,
             )
 
         # -- a file now measured: entries of other sources linked to it learn their base
@@ -560,6 +573,8 @@ class Catalog(SearchMixin):
                     ]
                     if stale:
                         conn.execute(F.update().where(F.c.id == bindparam("_f")).values(local_path=None), stale)
+                    conn.execute(EF.update().where(EF.c.entry_id == bindparam("_e")).values(local_path=None),
+                                 [{"_e": g["_id"]} for g in gone])
             result.removed = len(gone)
 
         # -- last seen
@@ -643,12 +658,16 @@ class Catalog(SearchMixin):
             files = []
             for r in conn.execute(
                 text(
-                    "SELECT f.*, ef.url, ef.manual FROM entry_files ef JOIN files f ON f.id = ef.file_id "
-                    "WHERE ef.entry_id = :i ORDER BY f.id"
+                    "SELECT f.*, ef.url, ef.manual, ef.local_path AS own_path FROM entry_files ef "
+                    "JOIN files f ON f.id = ef.file_id WHERE ef.entry_id = :i ORDER BY f.id"
                 ),
                 {"i": eid},
             ).mappings():
                 f = dict(r)
+                own = f.pop("own_path")
+                if own or e["source_kind"] == "local":
+                    # a local entry's file is its own copy (never another name's same bytes)
+                    f["local_path"] = own
                 f["widths"] = _loads(f["widths"], None)
                 f["hashes"] = _loads(f["hashes"], {}) or {}
                 f["manual"] = bool(f["manual"])
@@ -659,7 +678,8 @@ class Catalog(SearchMixin):
                 ph = ", ".join(str(int(i)) for i in file_ids)
                 for r in conn.execute(
                     text(
-                        "SELECT DISTINCT e.id, e.name, s.name AS source, ef.url, e.page_url, e.removed_at "
+                        "SELECT DISTINCT e.id, e.name, s.name AS source, ef.url, e.page_url, e.removed_at, "
+                        "ef.local_path AS own_path "
                         "FROM entry_files ef JOIN entries e ON e.id = ef.entry_id JOIN sources s ON s.id = e.source_id "
                         f"WHERE ef.file_id IN ({ph}) AND e.id != :i ORDER BY e.id"
                     ),
@@ -700,6 +720,9 @@ class Catalog(SearchMixin):
         e["trigger"] = e["triggers"].get("a1111") or e["name"]
         e["trigger_syntax"] = trigger_syntax(e["name"], e["triggers"], e["base"])
         e["also_in"] = also
+        # the same bytes on disk under other names (exact duplicates)
+        e["duplicates"] = [{"name": a["name"], "id": a["id"], "path": a.get("own_path")} for a in also
+                           if a.get("own_path") and not a["removed_at"]]
         e.update(records)
         e["compat"] = compat
         e["same_name"] = others
@@ -802,13 +825,14 @@ class Catalog(SearchMixin):
                 else:
                     entry_id = int(er.id)
                     conn.execute(S.entries.update().where(S.entries.c.id == entry_id).values(**values))
-            link = conn.execute(
-                select(S.entry_files.c.file_id).where(
-                    S.entry_files.c.entry_id == entry_id, S.entry_files.c.file_id == fid
-                )
-            ).first()
+            EF = S.entry_files
+            # this path is this entry's copy only (a duplicate under another name keeps its own)
+            conn.execute(EF.update().where(EF.c.local_path == str(p), EF.c.entry_id != entry_id).values(local_path=None))
+            link = conn.execute(select(EF.c.file_id).where(EF.c.entry_id == entry_id, EF.c.file_id == fid)).first()
             if link is None:
-                conn.execute(S.entry_files.insert().values(entry_id=entry_id, file_id=fid, url=None, manual=0))
+                conn.execute(EF.insert().values(entry_id=entry_id, file_id=fid, url=None, manual=0, local_path=str(p)))
+            else:
+                conn.execute(EF.update().where(EF.c.entry_id == entry_id, EF.c.file_id == fid).values(local_path=str(p)))
         return fid
 
     def _local_source_id(self, conn: Connection) -> int:
@@ -821,7 +845,14 @@ class Catalog(SearchMixin):
         """A file left `embeddings/`: clear its local path; its `local` entry is marked removed."""
         p = Path(path).resolve()
         with write(self.engine) as conn:
-            conn.execute(S.files.update().where(S.files.c.local_path == str(p)).values(local_path=None))
+            EF, F = S.entry_files, S.files
+            conn.execute(EF.update().where(EF.c.local_path == str(p)).values(local_path=None))
+            for (fid,) in conn.execute(select(F.c.id).where(F.c.local_path == str(p))).all():
+                # another name's copy of the same bytes, if one is still on disk, stands in
+                other = next((r.local_path for r in conn.execute(
+                    select(EF.c.local_path).where(EF.c.file_id == fid, EF.c.local_path.is_not(None))
+                ).all() if Path(r.local_path).is_file()), None)
+                conn.execute(F.update().where(F.c.id == fid).values(local_path=other))
             row = conn.execute(select(S.sources.c.id).where(S.sources.c.name == LOCAL_SOURCE)).first()
             if row is not None:
                 conn.execute(
