@@ -73,7 +73,7 @@ def test_fetch_url_then_list_remove(home, srv):
     assert [(x["name"], x["base"], x["vectors"], x["problems"]) for x in rows] == [("thing", "sd1", 2, [])]
     assert rows[0]["entry"] == "thing"  # recorded in the catalogue (local entry)
     out = run("list").output
-    assert "thing.safetensors" in out and "1 file(s), 0 problem(s)." in out
+    assert "thing.safetensors" in out and "1 file(s), 0 problem(s), 1 matching nothing in the catalogue." in out
     run("remove", "thing")
     assert not (home / "embeddings" / "thing.safetensors").exists()
     assert "No embeddings" in run("list").output

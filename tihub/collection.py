@@ -194,7 +194,7 @@ def _scan(folder: Path, index_file: Path | None) -> tuple[list[tuple[str, int, d
             del cached[rel]
         index.dirty = True
     out.sort(key=_first)
-    if index.dirty or "dups" not in index.meta or "shas" not in index.meta:
+    if index.dirty or any(k not in index.meta for k in ("dups", "shas", "same_bytes")):
         index.meta = _folder_facts(out)
         index.dirty = True
     index.save()
@@ -209,8 +209,12 @@ def _folder_facts(items: list[tuple[str, int, dict[str, Any]]]) -> dict[str, Any
         if row["readable"]:
             by_name[row["name"].lower()].append(rel)
     dups = {k: v for k, v in by_name.items() if len(v) > 1}
-    shas = sorted({row["sha256"] for _, _, row in items if row["sha256"]})
-    return {"dups": dups, "shas": shas}
+    by_sha: dict[str, list[str]] = defaultdict(list)
+    for rel, _, row in items:
+        if row["sha256"]:
+            by_sha[row["sha256"]].append(rel)
+    same_bytes = {k: v for k, v in by_sha.items() if len(v) > 1}  # exact duplicates
+    return {"dups": dups, "shas": sorted(by_sha), "same_bytes": same_bytes}
 
 
 def _first(t: tuple[str, int, dict[str, Any]]) -> str:
@@ -222,8 +226,8 @@ def scan(folder: str | os.PathLike[str], index_file: Path | None = None) -> list
     return [info for _rel, _size, info in _scan(Path(folder), index_file)[0]]  # already fresh dicts
 
 
-def _entries_by_sha(catalog: Catalog | None, shas: list[str]) -> dict[str, tuple[str, str]]:
-    """sha256 -> (entry name, source name), preferring remote sources over the `local` one."""
+def _entries_by_sha(catalog: Catalog | None, shas: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """sha256 -> [(entry name, source name)] of every entry with a file of those bytes."""
     if catalog is None or not shas:
         return {}
     from sqlalchemy import bindparam, text
@@ -234,36 +238,59 @@ def _entries_by_sha(catalog: Catalog | None, shas: list[str]) -> dict[str, tuple
         "SELECT f.sha256, e.name, s.name FROM files f JOIN entry_files ef ON ef.file_id = f.id "
         "JOIN entries e ON e.id = ef.entry_id JOIN sources s ON s.id = e.source_id WHERE f.sha256 IN :shas"
     ).bindparams(bindparam("shas", expanding=True))
-    out: dict[str, tuple[str, str]] = {}
+    out: dict[str, list[tuple[str, str]]] = defaultdict(list)
     try:
         with read(catalog.engine) as conn:
             for i in range(0, len(shas), 500):
                 for sha, ename, sname in conn.execute(stmt, {"shas": shas[i : i + 500]}):
-                    if sha not in out or out[sha][1] == "local":
-                        out[sha] = (ename, sname)
+                    out[sha].append((ename, sname))
     except TihubError:
         return {}
     return out
 
 
-def list_collection(workspace: Workspace, catalog: Catalog | None = None, folder: Path | None = None) -> list[dict[str, Any]]:
-    """Rows for `tihub list`: name, path, format, base, vectors, trained_on, entry, problems."""
+def list_collection(
+    workspace: Workspace,
+    catalog: Catalog | None = None,
+    folder: Path | None = None,
+    *,
+    civitai_url: str | None = None,
+    allow_private: bool = False,
+    remote: bool = True,
+) -> list[dict[str, Any]]:
+    """Rows for `tihub list`: name, path, format, base, vectors, trained_on, entry, problems.
+
+    Each file is also identified by its sha256 (`tihub.identify`): `identified` is "catalog"
+    (an entry of any source but `local` has these bytes), "civitai" (Civitai's by-hash lookup,
+    when `civitai_url` is given) or None (nothing known matches); then `entry`, `source`,
+    `page_url` and `triggers` say what it is. `duplicates`: the other paths with the very same
+    bytes (exact duplicates); each row keeps its own name and path."""
     # Tens of thousands of small containers and no cycles: the cyclic GC would only rescan them.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _list_collection(workspace, catalog, folder)
+        return _list_collection(workspace, catalog, folder, civitai_url, allow_private, remote)
     finally:
         if enabled:
             gc.enable()
 
 
-def _list_collection(workspace: Workspace, catalog: Catalog | None, folder: Path | None) -> list[dict[str, Any]]:
+def _list_collection(
+    workspace: Workspace,
+    catalog: Catalog | None,
+    folder: Path | None,
+    civitai_url: str | None = None,
+    allow_private: bool = False,
+    remote: bool = True,
+) -> list[dict[str, Any]]:
     from tihub.compat import builtin_lookup
+    from tihub.identify import identify
 
     root = folder or workspace.embeddings_dir
     items, facts = _scan(root, index_path(workspace) if folder is None else None)
-    entries = _entries_by_sha(catalog, facts["shas"])
+    known = identify(catalog, facts["shas"], civitai_url=civitai_url, allow_private=allow_private, remote=remote)
+    entries = _entries_by_sha(catalog, [s for s in facts["shas"] if s not in known])  # their own local entries
+    same_bytes: dict[str, list[str]] = facts.get("same_bytes") or {}
     dups: dict[str, list[str]] = facts["dups"]
     if dups:
         for rel, _, row in items:
@@ -291,10 +318,17 @@ def _list_collection(workspace: Workspace, catalog: Catalog | None, folder: Path
                     mname = b.name if b else None
                 models[ck] = mname
             row["trained_on"] = f"{models[ck] or row['sd_checkpoint_name'] or '?'} [{ck}]"
-        if entries:
-            ent = get_entry(row["sha256"])
-            if ent:
-                row["entry"], row["source"] = ent
+        ident = known.get(row["sha256"]) if row["sha256"] else None
+        if ident is not None:
+            row["entry"], row["source"] = ident.name, ident.source
+            row["identified"], row["page_url"], row["triggers"] = ident.via, ident.page_url, ident.triggers
+        else:
+            row["identified"], row["page_url"], row["triggers"] = None, None, []
+            own = [e for e in get_entry(row["sha256"]) or () if e[0].lower() == row["name"].lower()] if entries else []
+            if own:  # its own local entry, never another name's with the same bytes
+                row["entry"], row["source"] = own[0]
+        same = same_bytes.get(row["sha256"]) if row["sha256"] else None
+        row["duplicates"] = [o for o in same if o != row["path"]] if same else []
         append(row)
     return rows
 
@@ -311,6 +345,10 @@ class Imported:
     entry: str | None = None
     matched_by: str | None = None  # sha256 | name | None
     error: str | None = None
+    identified: str | None = None  # "catalog" | "civitai" | None: what recognised the bytes
+    origin: str | None = None  # the catalogue source (or "civitai") the bytes come from
+    page_url: str | None = None
+    triggers: list[str] | None = None
 
 
 def _entry_for_sha(catalog: Catalog, sha: str) -> tuple[int, str] | None:
@@ -337,8 +375,13 @@ def import_file(
     name: str | None = None,
     convert: str = "original",
     force: bool = False,
+    civitai_url: str | None = None,
+    allow_private: bool = False,
+    remote: bool = True,
 ) -> Imported:
-    """Copy a file the user downloaded by hand into `folder`, read safely and matched to the catalogue."""
+    """Copy a file the user downloaded by hand into `folder`, read safely and matched to the
+    catalogue; its sha256 is also looked up on Civitai when `civitai_url` is given
+    (`tihub.identify`), so the result says where it came from, its page and trigger words."""
     from tihub.download import PICKLE_CONTAINERS, place_file, suffix_for
     from tihub.formats import read_embedding, write_embedding
     from tihub.hashing import sha256_file
@@ -354,7 +397,11 @@ def import_file(
         sha = hashlib.sha256(data).hexdigest()
         emb = read_embedding(sp, data)
         entry_id, entry_name, matched = None, None, None
+        ident = None
         if catalog is not None:
+            from tihub.identify import identify
+
+            ident = identify(catalog, [sha], civitai_url=civitai_url, allow_private=allow_private, remote=remote).get(sha)
             hit = _entry_for_sha(catalog, sha)
             if hit:
                 entry_id, entry_name, matched = hit[0], hit[1], "sha256"
@@ -386,7 +433,12 @@ def import_file(
                 os.unlink(tmp)
         if catalog is not None:
             catalog.upsert_local_file(final, emb, final_sha, entry_id)
-        return Imported(str(sp), "imported" if placed else "exists", final, entry_name, matched)
+        result = Imported(str(sp), "imported" if placed else "exists", final, entry_name, matched)
+        if ident is not None:
+            result.identified, result.origin, result.page_url, result.triggers = ident.via, ident.source, ident.page_url, ident.triggers
+            if result.entry is None:
+                result.entry, result.matched_by = ident.name, "sha256"
+        return result
     except TihubError as exc:
         return Imported(str(sp), "failed", error=str(exc))
     except OSError as exc:

@@ -167,13 +167,16 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
 @click.option("--as", "as_", type=click.Choice(["original", "safetensors"]), default="original", show_default=True,
               help="original keeps the bytes; safetensors converts pickled files.")
 @click.option("--force", is_flag=True, help="Replace a different file with the same name.")
+@click.option("--offline", is_flag=True, envvar="TIHUB_OFFLINE", help="Do not ask Civitai about the files' hashes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON results.")
 @pass_ctx
-def import_cmd(ctx: Context, files: tuple[str, ...], name: str | None, as_: str, force: bool, as_json: bool) -> None:
+def import_cmd(ctx: Context, files: tuple[str, ...], name: str | None, as_: str, force: bool, offline: bool, as_json: bool) -> None:
     """Add files you downloaded yourself (e.g. from mega) to embeddings/.
 
     Each file is read safely (no code runs), matched to a catalogue entry by sha256, else by
-    name, copied into embeddings/ and recorded.
+    name, copied into embeddings/ and recorded. Its sha256 is looked up in the catalogue (any
+    source) and, with a civitai source configured, on Civitai (answers cached): the result says
+    where it came from, its page and its trigger words, or that nothing known matches.
 
     \b
     Example:
@@ -187,18 +190,28 @@ def import_cmd(ctx: Context, files: tuple[str, ...], name: str | None, as_: str,
     ws = ctx.workspace
     ws.ensure()
     catalog = _catalog(ctx)
+    url, allow_private = _civitai(ctx)
     failed = False
     out = []
     for f in files:
-        r = import_file(f, ws.embeddings_dir, catalog, name=_strip_suffix(name), convert=as_, force=force)
+        r = import_file(f, ws.embeddings_dir, catalog, name=_strip_suffix(name), convert=as_, force=force,
+                        civitai_url=url, allow_private=allow_private, remote=not offline)
         if r.status == "failed":
             failed = True
             fail(r.error or f"{f} failed.")
         elif not as_json:
-            match = f", matches catalogue entry {r.entry!r} by {r.matched_by}" if r.entry else ", no catalogue entry matches"
+            if r.identified:
+                match = f", it is {r.entry!r} from {r.origin}" + (f" ({r.page_url})" if r.page_url else "")
+            elif r.entry:
+                match = f", matches catalogue entry {r.entry!r} by {r.matched_by}"
+            else:
+                match = ", matches nothing in the catalogue" + (" or on Civitai" if url and not offline else "")
             click.echo(f"{'imported' if r.status == 'imported' else 'already here'}: {f} -> {r.path}{match}")
+            if r.triggers:
+                click.echo(f"  triggers: {', '.join(r.triggers)}")
         out.append({"file": f, "status": r.status, "path": str(r.path) if r.path else None, "entry": r.entry,
-                    "matched_by": r.matched_by, "error": r.error})
+                    "matched_by": r.matched_by, "error": r.error, "identified": r.identified, "source": r.origin,
+                    "page_url": r.page_url, "triggers": r.triggers or []})
     if as_json:
         echo_json(out)
     exit_status(failed)
@@ -208,14 +221,18 @@ def import_cmd(ctx: Context, files: tuple[str, ...], name: str | None, as_: str,
 
 
 @click.command("list")
+@click.option("--offline", is_flag=True, envvar="TIHUB_OFFLINE", help="Do not ask Civitai about unknown files' hashes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
-def list_cmd(ctx: Context, as_json: bool) -> None:
+def list_cmd(ctx: Context, offline: bool, as_json: bool) -> None:
     """List the embeddings in embeddings/ (subfolders too), with their problems.
 
-    Shows name, base (sd1/sd2/sdxl), vector count, format, the model it was trained on and its
-    catalogue entry; flags duplicate trigger names, unreadable files and files that are not
-    embeddings. Unchanged files are not read again.
+    Shows name, base (sd1/sd2/sdxl), vector count, format, the model it was trained on and what
+    the file is: recognised by its sha256 in the catalogue (any source) or, with a civitai
+    source configured, on Civitai (answers cached), with its page and trigger words; or that
+    nothing known matches. Files with the very same bytes are shown as duplicates of each other.
+    Flags duplicate trigger names, unreadable files and files that are not embeddings.
+    Unchanged files are not read again.
 
     \b
     Example:
@@ -226,7 +243,8 @@ def list_cmd(ctx: Context, as_json: bool) -> None:
 
     ws = ctx.workspace
     ws.ensure()
-    rows = list_collection(ws, _catalog(ctx))
+    url, allow_private = _civitai(ctx)
+    rows = list_collection(ws, _catalog(ctx), civitai_url=url, allow_private=allow_private, remote=not offline)
     if as_json:
         echo_json(rows)
         return
@@ -235,15 +253,25 @@ def list_cmd(ctx: Context, as_json: bool) -> None:
         return
     width = min(40, max(len(r["path"]) for r in rows))
     click.echo(f"{'FILE':<{width}}  {'BASE':<7} {'VEC':>3}  {'FORMAT':<11}  {'TRAINED ON':<28}  ENTRY")
-    problems = 0
+    problems = unknown = 0
     for r in rows:
         vec = "" if r["vectors"] is None else str(r["vectors"])
-        entry = f"{r['entry']} ({r['source']})" if r["entry"] else "-"
+        if r.get("identified"):
+            entry = f"{r['entry']} ({r['source']})"
+        else:
+            unknown += 1
+            entry = "no match" if r["readable"] else "-"
         click.echo(f"{r['path']:<{width}}  {(r['base'] or '?'):<7} {vec:>3}  {(r['format'] or '?'):<11}  {(r['trained_on'] or '-')[:28]:<28}  {entry}")
+        if r.get("page_url") or r.get("triggers"):
+            words = f"triggers: {', '.join(r['triggers'])}" if r.get("triggers") else ""
+            click.echo(f"{'':<{width}}  = {'  '.join(x for x in (r.get('page_url') or '', words) if x)}")
+        if r.get("duplicates"):
+            click.echo(f"{'':<{width}}  = the same bytes as {', '.join(r['duplicates'])} (exact duplicate)")
         for p in r["problems"]:
             problems += 1
             click.echo(f"{'':<{width}}  ! {p}")
-    click.echo(f"{len(rows)} file(s), {problems} problem(s).")
+    where = "the catalogue or on Civitai" if url and not offline else "the catalogue"
+    click.echo(f"{len(rows)} file(s), {problems} problem(s), {unknown} matching nothing in {where}.")
 
 
 # ------------------------------------------------------------------------------------ remove
