@@ -349,9 +349,11 @@ class Imported:
     origin: str | None = None  # the catalogue source (or "civitai") the bytes come from
     page_url: str | None = None
     triggers: list[str] | None = None
+    duplicate_of: list[str] | None = None  # files already on disk with the very same bytes
 
 
 def _entry_for_sha(catalog: Catalog, sha: str) -> tuple[int, str] | None:
+    """The remote entry with these bytes (a `local` entry of another name is not this file)."""
     from sqlalchemy import text
 
     from tihub.catalog.db import read
@@ -360,11 +362,28 @@ def _entry_for_sha(catalog: Catalog, sha: str) -> tuple[int, str] | None:
         row = conn.execute(
             text(
                 "SELECT e.id, e.name, s.name FROM files f JOIN entry_files ef ON ef.file_id = f.id JOIN entries e ON e.id = ef.entry_id "
-                "JOIN sources s ON s.id = e.source_id WHERE f.sha256 = :s ORDER BY (s.name = 'local'), e.id LIMIT 1"
+                "JOIN sources s ON s.id = e.source_id WHERE f.sha256 = :s AND s.kind != 'local' ORDER BY e.id LIMIT 1"
             ),
             {"s": sha},
         ).first()
     return (int(row[0]), str(row[1])) if row else None
+
+
+def _local_copies(catalog: Catalog, sha: str) -> list[str]:
+    """Paths on disk the catalogue knows for these bytes (each entry's own copy)."""
+    from sqlalchemy import text
+
+    from tihub.catalog.db import read
+
+    with read(catalog.engine) as conn:
+        rows = conn.execute(
+            text(
+                "SELECT COALESCE(ef.local_path, f.local_path) FROM files f JOIN entry_files ef ON ef.file_id = f.id "
+                "WHERE f.sha256 = :s UNION SELECT local_path FROM files WHERE sha256 = :s"
+            ),
+            {"s": sha},
+        ).all()
+    return sorted({r[0] for r in rows if r[0]})
 
 
 def import_file(
@@ -398,11 +417,13 @@ def import_file(
         emb = read_embedding(sp, data)
         entry_id, entry_name, matched = None, None, None
         ident = None
+        same_bytes: list[str] = []
         if catalog is not None:
             from tihub.identify import identify
 
             ident = identify(catalog, [sha], civitai_url=civitai_url, allow_private=allow_private, remote=remote).get(sha)
             hit = _entry_for_sha(catalog, sha)
+            same_bytes = _local_copies(catalog, sha)
             if hit:
                 entry_id, entry_name, matched = hit[0], hit[1], "sha256"
             else:
@@ -434,6 +455,9 @@ def import_file(
         if catalog is not None:
             catalog.upsert_local_file(final, emb, final_sha, entry_id)
         result = Imported(str(sp), "imported" if placed else "exists", final, entry_name, matched)
+        result.duplicate_of = sorted(
+            str(q) for q in (Path(x) for x in same_bytes) if q.resolve() != final.resolve() and q.is_file()
+        )
         if ident is not None:
             result.identified, result.origin, result.page_url, result.triggers = ident.via, ident.source, ident.page_url, ident.triggers
             if result.entry is None:

@@ -207,11 +207,13 @@ def import_cmd(ctx: Context, files: tuple[str, ...], name: str | None, as_: str,
             else:
                 match = ", matches nothing in the catalogue" + (" or on Civitai" if url and not offline else "")
             click.echo(f"{'imported' if r.status == 'imported' else 'already here'}: {f} -> {r.path}{match}")
+            if r.duplicate_of:
+                click.echo(f"  the same bytes as {', '.join(r.duplicate_of)} (exact duplicate)")
             if r.triggers:
                 click.echo(f"  triggers: {', '.join(r.triggers)}")
         out.append({"file": f, "status": r.status, "path": str(r.path) if r.path else None, "entry": r.entry,
                     "matched_by": r.matched_by, "error": r.error, "identified": r.identified, "source": r.origin,
-                    "page_url": r.page_url, "triggers": r.triggers or []})
+                    "page_url": r.page_url, "triggers": r.triggers or [], "duplicates": r.duplicate_of or []})
     if as_json:
         echo_json(out)
     exit_status(failed)
