@@ -151,6 +151,8 @@ def test_exact_duplicates_keep_their_own_names(corpus: Path, home: Path, monkeyp
     assert eb["files"][0]["local_path"].endswith("/EasyNeg-copy.safetensors")
     assert [d["name"] for d in ea["duplicates"]] == ["EasyNeg-copy"]
     assert [d["name"] for d in eb["duplicates"]] == ["easynegative"]
+    text = run("show", "EasyNeg-copy").output
+    assert "exact duplicates" in text and "easynegative.safetensors" in text
     # removing one name leaves the other name's file and entry alone
     run("remove", "easynegative")
     eb = json.loads(run("show", "EasyNeg-copy", "--json").output)

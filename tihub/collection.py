@@ -226,29 +226,6 @@ def scan(folder: str | os.PathLike[str], index_file: Path | None = None) -> list
     return [info for _rel, _size, info in _scan(Path(folder), index_file)[0]]  # already fresh dicts
 
 
-def _entries_by_sha(catalog: Catalog | None, shas: list[str]) -> dict[str, list[tuple[str, str]]]:
-    """sha256 -> [(entry name, source name)] of every entry with a file of those bytes."""
-    if catalog is None or not shas:
-        return {}
-    from sqlalchemy import bindparam, text
-
-    from tihub.catalog.db import read
-
-    stmt = text(
-        "SELECT f.sha256, e.name, s.name FROM files f JOIN entry_files ef ON ef.file_id = f.id "
-        "JOIN entries e ON e.id = ef.entry_id JOIN sources s ON s.id = e.source_id WHERE f.sha256 IN :shas"
-    ).bindparams(bindparam("shas", expanding=True))
-    out: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    try:
-        with read(catalog.engine) as conn:
-            for i in range(0, len(shas), 500):
-                for sha, ename, sname in conn.execute(stmt, {"shas": shas[i : i + 500]}):
-                    out[sha].append((ename, sname))
-    except TihubError:
-        return {}
-    return out
-
-
 def list_collection(
     workspace: Workspace,
     catalog: Catalog | None = None,
@@ -288,8 +265,9 @@ def _list_collection(
 
     root = folder or workspace.embeddings_dir
     items, facts = _scan(root, index_path(workspace) if folder is None else None)
-    known = identify(catalog, facts["shas"], civitai_url=civitai_url, allow_private=allow_private, remote=remote)
-    entries = _entries_by_sha(catalog, [s for s in facts["shas"] if s not in known])  # their own local entries
+    entries: dict[str, list[tuple[str, str]]] = {}  # sha256 -> local entries (a file's own entry)
+    known = identify(catalog, facts["shas"], civitai_url=civitai_url, allow_private=allow_private, remote=remote,
+                     local_out=entries)
     same_bytes: dict[str, list[str]] = facts.get("same_bytes") or {}
     dups: dict[str, list[str]] = facts["dups"]
     if dups:
@@ -327,8 +305,13 @@ def _list_collection(
             own = [e for e in get_entry(row["sha256"]) or () if e[0].lower() == row["name"].lower()] if entries else []
             if own:  # its own local entry, never another name's with the same bytes
                 row["entry"], row["source"] = own[0]
-        same = same_bytes.get(row["sha256"]) if row["sha256"] else None
-        row["duplicates"] = [o for o in same if o != row["path"]] if same else []
+        same = same_bytes.get(row["sha256"]) if same_bytes and row["sha256"] else None
+        if same:
+            dup = same.copy()  # the other paths with these bytes (copy + remove: C speed for big groups)
+            dup.remove(row["path"])
+            row["duplicates"] = dup
+        else:
+            row["duplicates"] = []
         append(row)
     return rows
 

@@ -54,9 +54,12 @@ def _trigger_words(triggers: dict[str, Any] | None) -> list[str]:
     return [w for w in dict.fromkeys(words) if w]
 
 
-def from_catalog(catalog: Catalog | None, shas: Iterable[str]) -> dict[str, Identity]:
+def from_catalog(
+    catalog: Catalog | None, shas: Iterable[str], local_out: dict[str, list[tuple[str, str]]] | None = None
+) -> dict[str, Identity]:
     """sha256 -> the catalogue entry (any source but `local`) with a file of that hash; the
-    oldest entry of a remote source wins."""
+    oldest entry of a remote source wins. `local_out`, if given, receives sha256 -> [(name,
+    source)] of the `local` entries with those bytes (one query for both)."""
     wanted = sorted({s.lower() for s in shas if s})
     if catalog is None or not wanted:
         return {}
@@ -65,16 +68,20 @@ def from_catalog(catalog: Catalog | None, shas: Iterable[str]) -> dict[str, Iden
     from tihub.catalog.db import read
 
     stmt = text(
-        "SELECT f.sha256, e.name, s.name, e.page_url, e.triggers, e.base_model FROM files f "
+        "SELECT f.sha256, e.name, s.name, s.kind, e.page_url, e.triggers, e.base_model FROM files f "
         "JOIN entry_files ef ON ef.file_id = f.id JOIN entries e ON e.id = ef.entry_id "
-        "JOIN sources s ON s.id = e.source_id WHERE f.sha256 IN :shas AND s.kind != 'local' "
+        "JOIN sources s ON s.id = e.source_id WHERE f.sha256 IN :shas "
         "ORDER BY e.removed_at IS NOT NULL, e.id"
     ).bindparams(bindparam("shas", expanding=True))
     out: dict[str, Identity] = {}
     try:
         with read(catalog.engine) as conn:
             for i in range(0, len(wanted), 500):
-                for sha, name, source, page, trig, base_model in conn.execute(stmt, {"shas": wanted[i : i + 500]}):
+                for sha, name, source, kind, page, trig, base_model in conn.execute(stmt, {"shas": wanted[i : i + 500]}):
+                    if kind == "local":
+                        if local_out is not None:
+                            local_out.setdefault(sha, []).append((name, source))
+                        continue
                     if sha in out:
                         continue
                     try:
@@ -193,10 +200,12 @@ def identify(
     allow_private: bool = False,
     remote: bool = True,
     client: Any = None,
+    local_out: dict[str, list[tuple[str, str]]] | None = None,
 ) -> dict[str, Identity]:
-    """sha256 -> Identity for every file the catalogue or Civitai recognises."""
+    """sha256 -> Identity for every file the catalogue or Civitai recognises (`local_out`: see
+    `from_catalog`)."""
     wanted = {s.lower() for s in shas if s}
-    found = from_catalog(catalog, wanted)
+    found = from_catalog(catalog, wanted, local_out)
     rest = wanted - set(found)
     if rest and civitai_url:
         found.update(from_civitai(catalog, rest, civitai_url, allow_private=allow_private, remote=remote, client=client))

@@ -371,6 +371,10 @@ def show_cmd(ctx: Context, name: str, app: str | None, as_json: bool) -> None:
             out(f"    {'manual download' if f['manual'] else 'url'}: {f['url']}")
         if f["local_path"]:
             out(f"    on disk:  {f['local_path']}")
+    if e.get("duplicates"):
+        out("The same bytes on disk under other names (exact duplicates):")
+        for d in e["duplicates"]:
+            out(f"  #{d['id']} {d['name']}  {d['path']}")
     if e["also_in"]:
         out("Also listed by:")
         for a in e["also_in"]:
