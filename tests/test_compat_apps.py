@@ -167,3 +167,15 @@ def test_real_embeddings_per_app(corpus: Path, home: Path) -> None:
 
     text = CliRunner().invoke(cli, ["compat", "--offline", "--model-hash", "31e35c80fc", "bad-hands-5"]).output
     assert "per app:" in text and "A1111 wont-load" in text and "ComfyUI partial" in text
+
+
+def test_a_catalogue_seeded_by_an_older_table_is_corrected(tmp_path: Path) -> None:
+    from tihub.catalog.db import open_engine
+    from tihub.catalog.store import Catalog
+    from tihub.compat import model_from_hash
+
+    cat = Catalog(open_engine(f"sqlite:///{tmp_path / 'c.db'}"))
+    cat.add_model("Stable Diffusion XL refiner 1.0 (sd_xl_refiner_1.0.safetensors)", None, "7440042bbd", None,
+                  "sdxl", None, "builtin")  # what the old table said
+    m = model_from_hash("7440042bbd", cat, remote=False)
+    assert m.family == "sdxl-refiner" and check(SD1_W, None, m)[0] == "wont-load"

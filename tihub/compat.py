@@ -310,7 +310,8 @@ def seed_builtin(catalog: Catalog) -> None:
         h = row.get("sha256") or row.get("autov2") or row.get("old_hash")
         found = catalog.find_model(h) if h else None
         if found is None or found.get("origin") == "builtin":
-            if found is None or found.get("name") != row["name"]:
+            # a row seeded by an older table is corrected (the refiner used to say "sdxl")
+            if found is None or found.get("name") != row["name"] or found.get("family") != row["family"]:
                 catalog.add_model(
                     row["name"], row.get("sha256"), row.get("autov2"), row.get("old_hash"), row["family"], FAMILY_WIDTHS.get(row["family"]), "builtin"
                 )

@@ -25,7 +25,6 @@ from tihub.catalog import schema as S
 from tihub.catalog.compat_rules import (
     APPS,
     ENCODERS,
-    FAMILIES,
     LINE_LABELS,
     app_verdict,
     base_from_widths,
@@ -38,7 +37,6 @@ from tihub.catalog.db import is_sqlite, now, open_engine, read, write
 from tihub.catalog.kinds import infer_kind
 from tihub.catalog.rows import chunks as _chunks
 from tihub.catalog.rows import loads as _loads
-from tihub.catalog.rows import primary_file as _primary_file
 from tihub.catalog.search import _BM25, _NAMES_BM25, RANK_BOUND, SearchMixin, fts_query  # noqa: F401 (re-exported)
 from tihub.errors import NotFound
 
