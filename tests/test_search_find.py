@@ -173,3 +173,10 @@ def test_substring_index_follows_renames_and_bulk_ingest(tmp_path: Path) -> None
     cat.ingest(SourceSpec("b", "git"), many)
     assert len(cat.search("item0123x", limit=0)) == 1
     assert len(cat.search("4xyz", limit=0)) == 30
+
+
+def test_a_kind_a_source_labels_is_valid(cat: Catalog) -> None:
+    cat.ingest(SourceSpec("hf", "huggingface"), [c("p1", "someone", kind="person")])  # type_of_concept.txt
+    assert names(cat.search("", kind="person")) == ["someone"]
+    with pytest.raises(ConfigError, match=r"use one of: object, style, negative, person"):
+        cat.search("", kind="persons")

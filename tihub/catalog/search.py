@@ -175,8 +175,7 @@ class SearchMixin:
             where.append("e.source_id IN (SELECT id FROM sources WHERE name = :source)")
             params["source"] = source
         if kind:
-            if kind.lower() not in KINDS:
-                raise ConfigError(f"Unknown kind {kind!r}; use one of: {', '.join(KINDS)}.")
+            self._check_kind(kind)
             where.append("e.kind = :kind")
             params["kind"] = kind.lower()
         if family:
@@ -242,6 +241,16 @@ class SearchMixin:
                 ids = [r[0] for r in self._run(conn, sql, params)]
             rows = self._summaries(conn, ids)
         return self._with_fit(rows, family, model_hashes)
+
+    def _check_kind(self, kind: str) -> None:
+        """Refuse a kind no entry has and tihub does not define, naming the valid ones."""
+        if kind.lower() in KINDS:
+            return
+        with read(self.engine) as conn:  # a source may label other kinds (HF type_of_concept.txt)
+            present = [r[0] for r in conn.execute(text("SELECT DISTINCT kind FROM entries WHERE kind IS NOT NULL"))]
+        if kind.lower() not in present:
+            valid = list(dict.fromkeys([*KINDS, *sorted(present)]))
+            raise ConfigError(f"Unknown kind {kind!r}; use one of: {', '.join(valid)}.")
 
     def _check_source(self, source: str) -> None:
         with read(self.engine) as conn:
