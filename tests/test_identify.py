@@ -153,6 +153,12 @@ def test_exact_duplicates_keep_their_own_names(corpus: Path, home: Path, monkeyp
     assert [d["name"] for d in eb["duplicates"]] == ["easynegative"]
     text = run("show", "EasyNeg-copy").output
     assert "exact duplicates" in text and "easynegative.safetensors" in text
+    # generate/verify resolve a name to that name's own file
+    from tihub.cli._common import Context
+    from tihub.cli.engine import _resolve_embedding
+
+    assert _resolve_embedding(Context(home=str(home)), "EasyNeg-copy")[0].name == "EasyNeg-copy.safetensors"
+    assert _resolve_embedding(Context(home=str(home)), "easynegative")[0].name == "easynegative.safetensors"
     # removing one name leaves the other name's file and entry alone
     run("remove", "easynegative")
     eb = json.loads(run("show", "EasyNeg-copy", "--json").output)

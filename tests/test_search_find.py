@@ -110,6 +110,10 @@ def test_cli_refuses_unknown_kind(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "tihub", "search", "neg", "--kind", "negativ"], capture_output=True,
                        text=True, env=env)
     assert r.returncode == 2 and "object, style, negative" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "tihub", "search", "neg", "--source", "nope", "--json"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and json.loads(r.stdout) == {
+        "ok": False, "error": "Unknown source 'nope'; the catalogue has: links."}
     r = subprocess.run([sys.executable, "-m", "tihub", "search", "negative", "--json"], capture_output=True,
                        text=True, env=env)
     assert r.returncode == 0 and [x["name"] for x in json.loads(r.stdout)] == ["EasyNegative"]

@@ -233,6 +233,9 @@ def search_cmd(
             nsfw=nsfw, limit=limit, include_removed=removed,
         )
     except ConfigError as exc:  # an unknown --kind/--source: a usage error naming the valid values
+        if as_json:
+            echo_json({"ok": False, "error": str(exc)})
+            click.get_current_context().exit(2)
         raise click.UsageError(str(exc)) from None
     if as_json:
         echo_json(rows)
