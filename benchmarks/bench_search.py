@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tihub.catalog.db import dispose_all, now, open_engine  # noqa: E402
-from tihub.catalog.schema import FTS_DDL, NAMES_FTS_DDL  # noqa: E402
+from tihub.catalog.schema import FTS_DDL, NAMES_FTS_DDL, SUB_DDL, sub_bulk_sql  # noqa: E402
 from tihub.catalog.store import _BM25, Catalog, fts_query  # noqa: E402
 
 TAGS = ["style", "object", "negative", "anime", "portrait", "landscape", "character", "concept", "photo", "art"]
@@ -60,6 +60,7 @@ def build(path: Path, n: int) -> tuple[list[str], list[str]]:
     con.execute("BEGIN")
     con.execute("DROP TRIGGER entries_fts_ai")
     con.execute("DROP TRIGGER entries_names_ai")
+    con.execute("DROP TRIGGER entries_sub_ai")
     for sid, (name, nsfw) in enumerate([("hf", 0), ("civitai", 0), ("git", 1), ("links", 1)], start=1):
         con.execute("INSERT INTO sources (id, name, kind, nsfw, entry_count) VALUES (?, ?, 'git', ?, 0)", (sid, name, nsfw))
     t = now()
@@ -99,6 +100,8 @@ def build(path: Path, n: int) -> tuple[list[str], list[str]]:
     con.execute(FTS_DDL[1])
     con.execute("INSERT INTO entries_names_fts (entries_names_fts) VALUES ('rebuild')")
     con.execute(NAMES_FTS_DDL[1])
+    con.execute(sub_bulk_sql())
+    con.execute(SUB_DDL[3])
     con.execute("COMMIT")
     con.execute("INSERT INTO entries_fts (entries_fts) VALUES ('optimize')")
     con.execute("ANALYZE")
@@ -136,7 +139,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=400)
     args = ap.parse_args()
     n = args.n or (100_000 if args.quick else 1_000_000)
-    path = Path(f"/tmp/tihub_bench_search_v2_{n}.db")
+    path = Path(f"/tmp/tihub_bench_search_v5_{n}.db")
     vocab, by_freq = build(path, n)
     qs = queries(vocab, by_freq, args.queries)
     cat = Catalog(open_engine(f"sqlite:///{path}"))
@@ -162,10 +165,25 @@ def main() -> None:
         t0 = time.perf_counter()
         cat.search("", base="sdxl")
         t_empty.append((time.perf_counter() - t0) * 1000)
+    # substrings of names (as in "negative" -> EasyNegative) and one-typo names (fuzzy pass)
+    rng = random.Random(11)
+    t_sub, t_typo = [], []
+    for _ in range(100):
+        w = rng.choice(vocab)
+        t0 = time.perf_counter()
+        cat.search(w[1:6])
+        t_sub.append((time.perf_counter() - t0) * 1000)
+        i = rng.randrange(len(w))
+        typo = w[:i] + "x" + w[i + 1 :] + "q"
+        t0 = time.perf_counter()
+        cat.search(typo)
+        t_typo.append((time.perf_counter() - t0) * 1000)
     print(f"entries: {n:,}; queries: {len(qs)} (1-2 words, prefixes, common words); mean results {hits / len(qs):.1f}")
     print(f"bare FTS5 MATCH+bm25 LIMIT 20 : p50 {statistics.median(t_bare):.2f} ms  p95 {pct(t_bare, 95):.2f} ms")
     print(f"tihub search (filters+details): p50 {statistics.median(t_tihub):.2f} ms  p95 {pct(t_tihub, 95):.2f} ms")
     print(f"tihub empty query --base sdxl  : p50 {statistics.median(t_empty):.2f} ms  p95 {pct(t_empty, 95):.2f} ms")
+    print(f"tihub substring of a name      : p50 {statistics.median(t_sub):.2f} ms  p95 {pct(t_sub, 95):.2f} ms")
+    print(f"tihub name with typos (fuzzy)  : p50 {statistics.median(t_typo):.2f} ms  p95 {pct(t_typo, 95):.2f} ms")
     classes = ["one word"] * 4 + ["two words"] * 3 + ["prefix"] * 2 + ["common word"]
     for cls in dict.fromkeys(classes):
         idx = [i for i in range(len(qs)) if classes[i % 10] == cls]

@@ -70,10 +70,11 @@ def test_migrations_applied_once_and_recorded(ws: Workspace) -> None:
 
     assert names[:4] == ["m001_hash_cache", "m002_catalog", "m003_names_fts", "m004_names_prefix"]
     assert names == sorted(n for n, _ in MIGRATIONS)
-    assert {"m006_knowledge", "m016_pg_search", "m016_pg_wide_integers", "m016_record_indexes"} <= set(names)
+    assert {"m005_substring_search", "m005_local_copies", "m006_knowledge", "m016_pg_search",
+            "m016_pg_wide_integers", "m016_record_indexes"} <= set(names)
     assert {"sources", "entries", "files", "entry_files", "models", "previews", "verifications",
             "training_runs", "file_vectors", "fetch_origins"} <= tables
-    assert engine.dialect.name != "sqlite" or "entries_fts" in tables
+    assert engine.dialect.name != "sqlite" or {"entries_fts", "entries_sub"} <= tables
     assert run_migrations(engine) == []  # second run applies nothing
     with read(engine) as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM _migrations")).scalar() == len(MIGRATIONS)
@@ -288,8 +289,13 @@ def test_records_show_up_in_entry(cat: Catalog) -> None:
     assert rec("training_runs", tid) == {
         "id": tid, "entry_id": e["id"], "file_id": fid, "settings": {"lr": 0.005}, "pictures": 12,
         "loss_csv": "/tmp/l.csv", "loss_png": None, "checkpoints": ["a.pt"]}
-    assert e["compat"] == [{"model": "sdxl-base", "family": "sdxl", "sha256": "c" * 64, "autov2": "c" * 10,
-                            "fit": "partial"}]
+    (c,) = e["compat"]
+    assert {k: c[k] for k in ("model", "family", "sha256", "autov2", "fit")} == {
+        "model": "sdxl-base", "family": "sdxl", "sha256": "c" * 64, "autov2": "c" * 10, "fit": "partial"}
+    assert {a: v["status"] for a, v in c["apps"].items()} == {  # an SD1 embedding on SDXL, per app
+        "a1111": "wont-load", "forge": "wont-load", "comfyui": "partial", "invokeai": "wont-load", "diffusers": "partial"}
+    assert "A1111 lists it as skipped" in c["apps"]["a1111"]["reason"]
+    assert "ComfyUI applies it to CLIP-L only" in c["apps"]["comfyui"]["reason"]
 
 
 def test_entry_lookup(cat: Catalog) -> None:

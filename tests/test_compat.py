@@ -70,7 +70,8 @@ def test_same_family_wont_load_partial_unknown():
     assert status == "partial" and "clip_l" in reason
     assert check(SD1_W, None, model(None))[0] == "unknown"
     assert check({}, None, model("sd1"))[0] == "unknown"
-    assert check({"t5": 4096}, None, model("sd1"))[0] == "unknown"
+    assert check({"t5xxl": 4096}, None, model("sd1"))[0] == "wont-load"  # no T5 encoder in SD1
+    assert check({"foo": 512}, None, model("sd1"))[0] == "unknown"
 
 
 def test_trained_on_claim_with_wrong_width_trusts_the_shape():
@@ -99,7 +100,7 @@ def test_builtin_table_rows_cite_sources():
     rows = builtin_models()
     assert len(rows) >= 8
     for r in rows:
-        assert r["family"] in ("sd1", "sd2", "sdxl") and r["source"] and r["name"]
+        assert r["family"] in ("sd1", "sd2", "sdxl", "sdxl-refiner") and r["source"] and r["name"]
         assert any(r.get(k) for k in ("sha256", "autov2", "old_hash"))
         if r.get("sha256") and r.get("autov2"):
             assert r["sha256"].startswith(r["autov2"])

@@ -1,67 +1,47 @@
-"""Naming the models embeddings were made on: one bulk Civitai lookup, cached, over real HTTP."""
+"""Naming the models embeddings were made on, against a loopback Civitai that answers as the real
+one: full sha256 hashes in bulk (at most 100 per POST; a short hash there is a 400 for the whole
+request), short hashes one GET each, answers and misses cached, a wrong URL never cached."""
 
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from servers.civitai import CivitaiAPI
 from tihub.catalog.db import open_engine
 from tihub.catalog.store import Catalog
 from tihub.cli import cli
-from tihub.compat import BULK_SIZE, civitai_by_hashes, name_checkpoints
+from tihub.compat import BULK_SIZE, civitai_api, civitai_by_hashes, model_from_hash, name_checkpoints
 from tihub.errors import UnsafeURL
 from tihub.formats import Embedding, write_embedding
 
 KNOWN_SHA = "abcdef0123" + "4" * 54
-VERSIONS = {
-    KNOWN_SHA: {
-        "name": "v2",
-        "baseModel": "SD 1.5",
-        "model": {"name": "Fancy Mix"},
-        "files": [{"hashes": {"SHA256": KNOWN_SHA.upper(), "AutoV2": "ABCDEF0123", "AutoV1": "11223344"}}],
-    }
+FANCY = {
+    "id": 777,
+    "modelId": 77,
+    "name": "v2",
+    "baseModel": "SD 1.5",
+    "model": {"name": "Fancy Mix", "type": "Checkpoint", "nsfw": False, "poi": False},
+    "files": [{"name": "fancyMix_v2.safetensors", "type": "Model", "primary": True,
+               "hashes": {"SHA256": KNOWN_SHA.upper(), "AutoV2": "ABCDEF0123", "AutoV1": "11223344"}}],
 }
 
 
-class _Civitai(BaseHTTPRequestHandler):
-    posts: list[list[str]] = []
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:  # noqa: N802
-        if self.path != "/api/v1/model-versions/by-hash":
-            self.send_error(404)
-            return
-        asked = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _Civitai.posts.append(asked)
-        out = []
-        for version in VERSIONS.values():
-            forms = {v.lower() for f in version["files"] for v in f["hashes"].values()}
-            if any(h.lower() in forms or KNOWN_SHA.startswith(h.lower()) for h in asked):
-                out.append(version)
-        body = json.dumps(out).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+@pytest.fixture
+def api():
+    with CivitaiAPI(n_models=2) as a:
+        a.versions.append(FANCY)
+        yield a
 
 
 @pytest.fixture
-def civitai():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Civitai)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    _Civitai.posts.clear()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+def civitai(api: CivitaiAPI) -> str:
+    return api.api  # the API root, as a civitai source's `url` is written
 
 
 @pytest.fixture
@@ -69,37 +49,64 @@ def catalog(db_url: str) -> Catalog:
     return Catalog(open_engine(db_url))
 
 
-def test_one_bulk_request_names_unknown_hashes_and_caches_answers(civitai: str, catalog: Catalog) -> None:
-    wanted = ["7460a6fa", "ABCDEF0123", "0123456789"]  # built-in, known to Civitai, unknown
+def gets(api: CivitaiAPI) -> list[str]:
+    return [r.path.rsplit("/", 1)[1] for r in api.server.requests if r.method == "GET" and "/by-hash/" in r.path]
+
+
+def test_the_loopback_service_refuses_short_hashes_in_bulk_like_civitai(api: CivitaiAPI) -> None:
+    url = api.api + "/model-versions/by-hash"
+    assert httpx.post(url, json=[KNOWN_SHA]).json()[0]["model"]["name"] == "Fancy Mix"
+    assert httpx.post(url, json=[KNOWN_SHA, "abcdef0123"]).status_code == 400  # one short hash: all refused
+    assert httpx.post(url, json=["a" * 64] * 101).status_code == 400
+    assert httpx.get(url + "/abcdef0123").json()["model"]["name"] == "Fancy Mix"  # GET takes any form
+    miss = httpx.get(url + "/0123456789")
+    assert miss.status_code == 404 and miss.json() == {"error": "Model not found"}
+
+
+def test_short_hashes_are_asked_one_by_one_and_full_ones_in_bulk(api: CivitaiAPI, civitai: str, catalog: Catalog) -> None:
+    wanted = ["7460a6fa", "ABCDEF0123", "0123456789", KNOWN_SHA, "f" * 64]  # built-in, short x2, full x2
     named = name_checkpoints(wanted, catalog, civitai_url=civitai, allow_private=True)
     assert "Stable Diffusion 1.4" in named["7460a6fa"].name
     assert named["ABCDEF0123"].name == "Fancy Mix v2" and named["ABCDEF0123"].family == "sd1"
-    assert named["ABCDEF0123"].sha256 == KNOWN_SHA
-    assert "0123456789" not in named
-    assert _Civitai.posts == [["0123456789", "abcdef0123"]]  # one request, only the unknown ones
+    assert named["ABCDEF0123"].sha256 == KNOWN_SHA and named[KNOWN_SHA].name == "Fancy Mix v2"
+    assert "0123456789" not in named and "f" * 64 not in named
+    assert api.bulk_requests == [[KNOWN_SHA, "f" * 64]]  # only 64-hex in the bulk request
+    assert sorted(gets(api)) == ["0123456789", "abcdef0123"]
     # Answers and "not found" are cached: asking again costs no request.
     again = name_checkpoints(wanted + ["11223344"], catalog, civitai_url=civitai, allow_private=True)
     assert again["11223344"].name == "Fancy Mix v2"
-    assert len(_Civitai.posts) == 1
+    assert len(api.bulk_requests) == 1 and len(gets(api)) == 2
 
 
-def test_hashes_are_sent_in_chunks(civitai: str) -> None:
-    hashes = [f"{i:010x}" for i in range(BULK_SIZE * 2 + 5)]
+def test_full_hashes_are_sent_in_chunks_of_100(api: CivitaiAPI, civitai: str) -> None:
+    hashes = [f"{i:064x}" for i in range(BULK_SIZE * 2 + 5)]
     assert civitai_by_hashes(hashes, civitai, allow_private=True) == {}
-    assert [len(p) for p in _Civitai.posts] == [BULK_SIZE, BULK_SIZE, 5]
+    assert [len(p) for p in api.bulk_requests] == [BULK_SIZE, BULK_SIZE, 5]
 
 
-def test_loopback_civitai_needs_allow_private(civitai: str, catalog: Catalog) -> None:
+def test_loopback_civitai_needs_allow_private(api: CivitaiAPI, civitai: str, catalog: Catalog) -> None:
     with pytest.raises(UnsafeURL):
-        civitai_by_hashes(["abcdef0123"], civitai)
+        civitai_by_hashes([KNOWN_SHA], civitai)
     # A failed lookup names nothing and caches nothing: the next try asks again.
     assert name_checkpoints(["abcdef0123"], catalog, civitai_url=civitai) == {}
     assert name_checkpoints(["abcdef0123"], catalog, civitai_url=civitai, allow_private=True)["abcdef0123"].name
-    assert len(_Civitai.posts) == 1
+    assert gets(api) == ["abcdef0123"]
+
+
+def test_source_url_is_the_api_root_and_a_wrong_url_is_not_cached(api: CivitaiAPI, catalog: Catalog) -> None:
+    assert civitai_api("https://civitai.com") == civitai_api("https://civitai.com/api/v1/") == "https://civitai.com/api/v1"
+    for base in (api.api, api.url):  # the API root (as sources.yaml has it) or the site
+        assert model_from_hash("abcdef0123", Catalog(catalog.engine), civitai_url=base, allow_private=True).name == "Fancy Mix v2"
+        with catalog.engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM models WHERE origin = 'civitai'")
+    wrong = api.url + "/nothing-here"  # the website's HTML 404, not the API's "not found"
+    m = model_from_hash("abcdef0123", catalog, civitai_url=wrong, allow_private=True)
+    assert m.family is None and "lookup failed" in m.note and "url" in m.note
+    assert model_from_hash("abcdef0123", catalog, civitai_url=api.api, allow_private=True).name == "Fancy Mix v2"
 
 
 def test_compat_cli_names_the_model_an_embedding_was_made_on(
-    civitai: str, home: Path, monkeypatch: pytest.MonkeyPatch
+    api: CivitaiAPI, civitai: str, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("TIHUB_OFFLINE", raising=False)
     (home / "sources.yaml").write_text(
@@ -114,4 +121,4 @@ def test_compat_cli_names_the_model_an_embedding_was_made_on(
     assert row["status"] == "same-family"
     assert row["made_on"] == "Fancy Mix v2 [abcdef0123]"
     assert "made on Fancy Mix v2" in row["reason"]
-    assert _Civitai.posts == [["abcdef0123"]]
+    assert gets(api) == ["abcdef0123"] and api.bulk_requests == []

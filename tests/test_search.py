@@ -150,7 +150,7 @@ def test_filtered_out_best_matches_do_not_hide_others(cat: Catalog) -> None:
 
 
 def test_bounded_ranking_falls_back_to_full_ranking(cat: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tihub.catalog.store as store
+    import tihub.catalog.search as store
 
     monkeypatch.setattr(store, "RANK_BOUND", 3)
     cat.ingest(SourceSpec("bulk", "git"), [c(f"b{i}", f"bulk{i}", description="common word here") for i in range(12)])
@@ -162,7 +162,7 @@ def test_bounded_ranking_falls_back_to_full_ranking(cat: Catalog, monkeypatch: p
 
 
 def test_broad_query_puts_name_hits_first(cat: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tihub.catalog.store as store
+    import tihub.catalog.search as store
 
     monkeypatch.setattr(store, "RANK_BOUND", 3)
     cat.ingest(SourceSpec("bulk", "git"), [c(f"b{i}", f"item{i}", description="sparkle everywhere") for i in range(10)])

@@ -39,7 +39,8 @@ def test_lists_versions_files_hashes_and_previews(monkeypatch: pytest.MonkeyPatc
         assert f.url == f"{api.url}/api/download/models/300"
         assert f.extra["pickleScanResult"] == "Success" and f.extra["virusScanResult"] == "Success"
         assert c.previews and c.previews[0]["model_hash"] == "38c1ebe3" and c.previews[0]["meta"]["seed"] == 1234
-        assert len(c.previews) == 1  # the nsfwLevel 8 image is hidden on an SFW source
+        # nsfwLevel is a bit flag: 8 (X) is hidden on an SFW source, 2 (PG-13) is SFW and kept
+        assert [p["url"].rsplit("/", 1)[1] for p in c.previews] == ["0.jpeg", "2.jpeg"]
         assert cands["5@500"].kind == "negative"
         assert c.description == "An embedding number 3."
         assert c.page_url == f"{api.url}/models/3?modelVersionId=300"
@@ -54,7 +55,7 @@ def test_nsfw_source_query_and_base_model_filters() -> None:
         cands = run_index(index, spec(api.api, nsfw=True, base_models=["SDXL 1.0"]), Ctx())
         assert sorted(c.extra["modelId"] for c in cands) == [3, 6, 9]
         req = api.server.requests[-1]
-        assert req.query["baseModels"] == ["SDXL 1.0"] and "nsfw" not in req.query
+        assert req.query["baseModels"] == ["SDXL 1.0"] and req.arg("nsfw") == "true"  # SFW is the API's default
         cands = run_index(index, spec(api.api, nsfw=True), Ctx())
         assert sorted(c.extra["modelId"] for c in cands if c.nsfw) == [4, 8]
         cands = run_index(index, spec(api.api, query="Model 7"), Ctx())

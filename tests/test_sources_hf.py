@@ -222,3 +222,64 @@ def test_polite_http_429_retry_after_rate_limit_headers_and_deadline() -> None:
         f = Fetcher(None, URLPolicy(allow_private=True), source="hf", deadline=time.monotonic() + 0.1)
         with pytest.raises(SourceError, match="deadline"):
             f.get(srv.url + "/x")
+
+
+def test_licence_comes_from_the_license_tag_as_listings_have_no_card_data() -> None:
+    repo = concept_repo(ORG, "openrail", "<o>", "style", embed(30), tags=["license:creativeml-openrail-m", "region:us"])
+    repo.card_data = {"license": "something-else"}  # only in the repo's own info, never in listings
+    with HFHub([repo]) as h:
+        (c,) = run_index(index, spec(h.url), Ctx())
+        assert c.licence == "creativeml-openrail-m"
+        assert all("cardData=" not in (r.raw_path or "") for r in h.server.requests)
+
+
+def test_rate_limit_waits_as_the_hub_says_and_resumes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Hub's 429 `RateLimit: "api";r=0;t=N`: the sync waits N seconds (shown), then goes on."""
+    import tihub.sources.huggingface as hf
+
+    with hub() as h:
+        waits: list[float] = []
+
+        def sleep(seconds: float) -> None:  # the window resets while we wait
+            waits.append(seconds)
+            h.new_window()
+
+        monkeypatch.setattr(hf, "_sleep", sleep)
+        h.rate_wait = 287
+        h.new_window(budget=5)
+        ctx = Ctx()
+        shown: list[str] = []
+        ctx.progress_cb = lambda msg, done, total: shown.append(msg)
+        cands = by_id(run_index(index, spec(h.url), ctx))
+        assert waits == [287.0] and h.rate_limited == 1
+        assert any("waiting 287 s" in m for m in shown)
+        assert f"{ORG}/concept-3" in cands and ctx.complete  # nothing skipped
+        assert ctx.new_state["left_for_next_sync"] == 0
+
+
+def test_rate_limit_past_the_deadline_leaves_repos_for_the_next_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import tihub.sources.huggingface as hf
+
+    monkeypatch.setattr(hf, "_sleep", lambda s: pytest.fail("must not wait past the deadline"))
+    with hub() as h:
+        h.rate_wait = 300
+        h.new_window(budget=6)  # 3 listing pages, then a few repo requests
+        ctx = Ctx(deadline=time.monotonic() + 60)
+        shown: list[str] = []
+        ctx.progress_cb = lambda msg, done, total: shown.append(msg)
+        first = by_id(run_index(index, spec(h.url), ctx))
+        left = ctx.new_state["left_for_next_sync"]
+        assert left > 0 and not ctx.complete  # partial: nothing is marked removed
+        assert any(f"{left} of 7 repos were left for the next sync" in m for m in shown)
+        # the next sync (new window) reads only what was left, and finishes
+        h.new_window()
+        h.server.reset()
+        ctx2 = ctx.next()
+        second = by_id(run_index(index, spec(h.url), ctx2))
+        assert ctx2.complete and ctx2.new_state["left_for_next_sync"] == 0
+        assert not set(first) & set(second)  # repos read the first time are not read again
+        assert set(first) | set(second) == {f"{ORG}/concept-{i}" for i in range(4)} | {
+            f"{ORG}/gated-one", f"{ORG}/sam-yang", f"{ORG}/paolo-bonolis"}
+        assert 0 < h.server.count("/api/models/") <= left  # at most one tree per repo left, no more

@@ -46,6 +46,14 @@ class ModelInfo:
     prediction: str | None = None  # "v" | "epsilon" when the file says so, else None
     reason: str | None = None  # why the family is "other" (or a caveat), one phrase
     tensors: int = 0  # how many tensors the file declares (0 for folders)
+    variant: str | None = None  # "refiner" | "sd3" | "flux" (family "other"), "inpainting", or None
+
+    @property
+    def compat_family(self) -> str:
+        """The family compatibility rules use: sd1 | sd2 | sdxl | sdxl-refiner | sd3 | flux | other."""
+        if self.family == "other" and self.variant in ("refiner", "sd3", "flux"):
+            return "sdxl-refiner" if self.variant == "refiner" else self.variant
+        return self.family
 
     @property
     def width(self) -> int:
@@ -249,7 +257,8 @@ def inspect_folder(path: str | os.PathLike[str]) -> ModelInfo:
     has_te = _component(index, "text_encoder")
     has_te2 = _component(index, "text_encoder_2")
     if _component(index, "text_encoder_3") or "Flux" in cls or "StableDiffusion3" in cls:
-        return ModelInfo(p, "diffusers", "other", {}, prediction, f"a {cls or 'non-SD'} pipeline (SD3/Flux-style), whose text encoders tihub embeddings do not target")
+        variant = "flux" if "Flux" in cls else "sd3"
+        return ModelInfo(p, "diffusers", "other", {}, prediction, f"a {cls or 'non-SD'} pipeline (SD3/Flux-style), whose text encoders tihub embeddings do not target", variant=variant)
     if has_te and has_te2:
         wl, _ = hidden("text_encoder")
         wg, _ = hidden("text_encoder_2")
@@ -258,7 +267,7 @@ def inspect_folder(path: str | os.PathLike[str]) -> ModelInfo:
         return ModelInfo(p, "diffusers", "sdxl", widths, prediction, caveat)
     if has_te2:
         wg, _ = hidden("text_encoder_2")
-        return ModelInfo(p, "diffusers", "other", {"clip_g": wg} if wg else {}, prediction, "an SDXL refiner (OpenCLIP-G only)")
+        return ModelInfo(p, "diffusers", "other", {"clip_g": wg} if wg else {}, prediction, "an SDXL refiner (OpenCLIP-G only)", variant="refiner")
     if has_te:
         w, cfg = hidden("text_encoder")
         if w is None:
@@ -274,6 +283,24 @@ def inspect_folder(path: str | os.PathLike[str]) -> ModelInfo:
 # Entry point
 
 
+def variant_of(shapes: Shapes, family: str, reason: str | None) -> str | None:
+    """What kind of model within (or beside) its family: an SDXL refiner, SD3, Flux, or an
+    inpainting UNet (9 input channels: latents + mask + masked image)."""
+    keys = list(shapes)
+    if family == "other":
+        if _has(keys, "double_blocks."):
+            return "flux"
+        if _has(keys, "joint_blocks.") or (_has(keys, "text_encoders.t5xxl") and not _has(keys, "double_blocks.")):
+            return "sd3"
+        if reason and "refiner" in reason:
+            return "refiner"
+        return None
+    conv_in = _find(shapes, "model.diffusion_model.input_blocks.0.0.weight")
+    if conv_in is not None and len(conv_in) == 4 and conv_in[1] == 9:
+        return "inpainting"
+    return None
+
+
 def inspect_model(path: str | os.PathLike[str]) -> ModelInfo:
     """Family and text-encoder widths of a model file (by content, not suffix) or diffusers folder."""
     p = os.fspath(path)
@@ -287,4 +314,4 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelInfo:
     else:
         shapes, meta = _pickle_shapes(p), {}
     family, widths, prediction, reason = classify(shapes, meta)
-    return ModelInfo(p, fmt, family, widths, prediction, reason, len(shapes))
+    return ModelInfo(p, fmt, family, widths, prediction, reason, len(shapes), variant_of(shapes, family, reason))

@@ -198,7 +198,7 @@ def _scan(folder: Path, index_file: Path | None) -> tuple[list[tuple[str, int, d
             del cached[rel]
         index.dirty = True
     out.sort(key=_first)
-    if index.dirty or "dups" not in index.meta or "shas" not in index.meta:
+    if index.dirty or any(k not in index.meta for k in ("dups", "shas", "same_bytes")):
         index.meta = _folder_facts(out)
         index.dirty = True
     index.save()
@@ -213,8 +213,12 @@ def _folder_facts(items: list[tuple[str, int, dict[str, Any]]]) -> dict[str, Any
         if row["readable"]:
             by_name[row["name"].lower()].append(rel)
     dups = {k: v for k, v in by_name.items() if len(v) > 1}
-    shas = sorted({row["sha256"] for _, _, row in items if row["sha256"]})
-    return {"dups": dups, "shas": shas}
+    by_sha: dict[str, list[str]] = defaultdict(list)
+    for rel, _, row in items:
+        if row["sha256"]:
+            by_sha[row["sha256"]].append(rel)
+    same_bytes = {k: v for k, v in by_sha.items() if len(v) > 1}  # exact duplicates
+    return {"dups": dups, "shas": sorted(by_sha), "same_bytes": same_bytes}
 
 
 def _first(t: tuple[str, int, dict[str, Any]]) -> str:
@@ -226,48 +230,49 @@ def scan(folder: str | os.PathLike[str], index_file: Path | None = None) -> list
     return [info for _rel, _size, info in _scan(Path(folder), index_file)[0]]  # already fresh dicts
 
 
-def _entries_by_sha(catalog: Catalog | None, shas: list[str]) -> dict[str, tuple[str, str]]:
-    """sha256 -> (entry name, source name), preferring remote sources over the `local` one."""
-    if catalog is None or not shas:
-        return {}
-    from sqlalchemy import bindparam, text
+def list_collection(
+    workspace: Workspace,
+    catalog: Catalog | None = None,
+    folder: Path | None = None,
+    *,
+    civitai_url: str | None = None,
+    allow_private: bool = False,
+    remote: bool = True,
+) -> list[dict[str, Any]]:
+    """Rows for `tihub list`: name, path, format, base, vectors, trained_on, entry, problems.
 
-    from tihub.catalog.db import read
-
-    stmt = text(
-        "SELECT f.sha256, e.name, s.name FROM files f JOIN entry_files ef ON ef.file_id = f.id "
-        "JOIN entries e ON e.id = ef.entry_id JOIN sources s ON s.id = e.source_id WHERE f.sha256 IN :shas"
-    ).bindparams(bindparam("shas", expanding=True))
-    out: dict[str, tuple[str, str]] = {}
-    try:
-        with read(catalog.engine) as conn:
-            for i in range(0, len(shas), 500):
-                for sha, ename, sname in conn.execute(stmt, {"shas": shas[i : i + 500]}):
-                    if sha not in out or out[sha][1] == "local":
-                        out[sha] = (ename, sname)
-    except TihubError:
-        return {}
-    return out
-
-
-def list_collection(workspace: Workspace, catalog: Catalog | None = None, folder: Path | None = None) -> list[dict[str, Any]]:
-    """Rows for `tihub list`: name, path, format, base, vectors, trained_on, entry, problems."""
+    Each file is also identified by its sha256 (`tihub.identify`): `identified` is "catalog"
+    (an entry of any source but `local` has these bytes), "civitai" (Civitai's by-hash lookup,
+    when `civitai_url` is given) or None (nothing known matches); then `entry`, `source`,
+    `page_url` and `triggers` say what it is. `duplicates`: the other paths with the very same
+    bytes (exact duplicates); each row keeps its own name and path."""
     # Tens of thousands of small containers and no cycles: the cyclic GC would only rescan them.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _list_collection(workspace, catalog, folder)
+        return _list_collection(workspace, catalog, folder, civitai_url, allow_private, remote)
     finally:
         if enabled:
             gc.enable()
 
 
-def _list_collection(workspace: Workspace, catalog: Catalog | None, folder: Path | None) -> list[dict[str, Any]]:
+def _list_collection(
+    workspace: Workspace,
+    catalog: Catalog | None,
+    folder: Path | None,
+    civitai_url: str | None = None,
+    allow_private: bool = False,
+    remote: bool = True,
+) -> list[dict[str, Any]]:
     from tihub.compat import builtin_lookup
+    from tihub.identify import identify
 
     root = folder or workspace.embeddings_dir
     items, facts = _scan(root, index_path(workspace) if folder is None else None)
-    entries = _entries_by_sha(catalog, facts["shas"])
+    entries: dict[str, list[tuple[str, str]]] = {}  # sha256 -> local entries (a file's own entry)
+    known = identify(catalog, facts["shas"], civitai_url=civitai_url, allow_private=allow_private, remote=remote,
+                     local_out=entries)
+    same_bytes: dict[str, list[str]] = facts.get("same_bytes") or {}
     dups: dict[str, list[str]] = facts["dups"]
     if dups:
         for rel, _, row in items:
@@ -295,10 +300,22 @@ def _list_collection(workspace: Workspace, catalog: Catalog | None, folder: Path
                     mname = b.name if b else None
                 models[ck] = mname
             row["trained_on"] = f"{models[ck] or row['sd_checkpoint_name'] or '?'} [{ck}]"
-        if entries:
-            ent = get_entry(row["sha256"])
-            if ent:
-                row["entry"], row["source"] = ent
+        ident = known.get(row["sha256"]) if row["sha256"] else None
+        if ident is not None:
+            row["entry"], row["source"] = ident.name, ident.source
+            row["identified"], row["page_url"], row["triggers"] = ident.via, ident.page_url, ident.triggers
+        else:
+            row["identified"], row["page_url"], row["triggers"] = None, None, []
+            own = [e for e in get_entry(row["sha256"]) or () if e[0].lower() == row["name"].lower()] if entries else []
+            if own:  # its own local entry, never another name's with the same bytes
+                row["entry"], row["source"] = own[0]
+        same = same_bytes.get(row["sha256"]) if same_bytes and row["sha256"] else None
+        if same:
+            dup = same.copy()  # the other paths with these bytes (copy + remove: C speed for big groups)
+            dup.remove(row["path"])
+            row["duplicates"] = dup
+        else:
+            row["duplicates"] = []
         append(row)
     return rows
 
@@ -315,9 +332,15 @@ class Imported:
     entry: str | None = None
     matched_by: str | None = None  # sha256 | name | None
     error: str | None = None
+    identified: str | None = None  # "catalog" | "civitai" | None: what recognised the bytes
+    origin: str | None = None  # the catalogue source (or "civitai") the bytes come from
+    page_url: str | None = None
+    triggers: list[str] | None = None
+    duplicate_of: list[str] | None = None  # files already on disk with the very same bytes
 
 
 def _entry_for_sha(catalog: Catalog, sha: str) -> tuple[int, str] | None:
+    """The remote entry with these bytes (a `local` entry of another name is not this file)."""
     from sqlalchemy import text
 
     from tihub.catalog.db import read
@@ -326,11 +349,28 @@ def _entry_for_sha(catalog: Catalog, sha: str) -> tuple[int, str] | None:
         row = conn.execute(
             text(
                 "SELECT e.id, e.name, s.name FROM files f JOIN entry_files ef ON ef.file_id = f.id JOIN entries e ON e.id = ef.entry_id "
-                "JOIN sources s ON s.id = e.source_id WHERE f.sha256 = :s ORDER BY (s.name = 'local'), e.id LIMIT 1"
+                "JOIN sources s ON s.id = e.source_id WHERE f.sha256 = :s AND s.kind != 'local' ORDER BY e.id LIMIT 1"
             ),
             {"s": sha},
         ).first()
     return (int(row[0]), str(row[1])) if row else None
+
+
+def _local_copies(catalog: Catalog, sha: str) -> list[str]:
+    """Paths on disk the catalogue knows for these bytes (each entry's own copy)."""
+    from sqlalchemy import text
+
+    from tihub.catalog.db import read
+
+    with read(catalog.engine) as conn:
+        rows = conn.execute(
+            text(
+                "SELECT COALESCE(ef.local_path, f.local_path) FROM files f JOIN entry_files ef ON ef.file_id = f.id "
+                "WHERE f.sha256 = :s UNION SELECT local_path FROM files WHERE sha256 = :s"
+            ),
+            {"s": sha},
+        ).all()
+    return sorted({r[0] for r in rows if r[0]})
 
 
 def import_file(
@@ -341,8 +381,13 @@ def import_file(
     name: str | None = None,
     convert: str = "original",
     force: bool = False,
+    civitai_url: str | None = None,
+    allow_private: bool = False,
+    remote: bool = True,
 ) -> Imported:
-    """Copy a file the user downloaded by hand into `folder`, read safely and matched to the catalogue."""
+    """Copy a file the user downloaded by hand into `folder`, read safely and matched to the
+    catalogue; its sha256 is also looked up on Civitai when `civitai_url` is given
+    (`tihub.identify`), so the result says where it came from, its page and trigger words."""
     from tihub.download import PICKLE_CONTAINERS, place_file, suffix_for
     from tihub.formats import read_embedding, write_embedding
     from tihub.hashing import sha256_file
@@ -358,8 +403,14 @@ def import_file(
         sha = hashlib.sha256(data).hexdigest()
         emb = read_embedding(sp, data)
         entry_id, entry_name, matched = None, None, None
+        ident = None
+        same_bytes: list[str] = []
         if catalog is not None:
+            from tihub.identify import identify
+
+            ident = identify(catalog, [sha], civitai_url=civitai_url, allow_private=allow_private, remote=remote).get(sha)
             hit = _entry_for_sha(catalog, sha)
+            same_bytes = _local_copies(catalog, sha)
             if hit:
                 entry_id, entry_name, matched = hit[0], hit[1], "sha256"
             else:
@@ -393,7 +444,15 @@ def import_file(
             catalog.upsert_local_file(final, emb, final_sha, entry_id)
             if entry_id is None:
                 record_sidecars(catalog, final)
-        return Imported(str(sp), "imported" if placed else "exists", final, entry_name, matched)
+        result = Imported(str(sp), "imported" if placed else "exists", final, entry_name, matched)
+        result.duplicate_of = sorted(
+            str(q) for q in (Path(x) for x in same_bytes) if q.resolve() != final.resolve() and q.is_file()
+        )
+        if ident is not None:
+            result.identified, result.origin, result.page_url, result.triggers = ident.via, ident.source, ident.page_url, ident.triggers
+            if result.entry is None:
+                result.entry, result.matched_by = ident.name, "sha256"
+        return result
     except TihubError as exc:
         return Imported(str(sp), "failed", error=str(exc))
     except OSError as exc:

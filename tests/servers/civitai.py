@@ -1,6 +1,15 @@
-"""A loopback Civitai v1 API: `GET /api/v1/models` (types, query, baseModels, nsfw, limit, page,
-cursor) with the real envelope `{items, metadata: {nextCursor, nextPage, currentPage, pageSize}}`,
-the 429 "too many pages" past page x limit 1000, and `/api/download/models/{versionId}`.
+"""A loopback Civitai v1 API, answering as the real one does:
+
+- `GET /api/v1/models` (types, query, baseModels, nsfw, limit, page, cursor) with the real
+  envelope `{items, metadata: {nextCursor, nextPage, currentPage, pageSize}}` and the 429 "too
+  many pages" past page x limit 1000. Without `nsfw=true` only SFW models and images come back
+  (the API's default is SFW, not "both"); image `nsfwLevel` is a bit flag (1 PG, 2 PG-13, 4 R,
+  8 X, 16 XXX, 32 blocked).
+- `GET /api/v1/model-versions/by-hash/{hash}`: any hash form (AutoV1, AutoV2, SHA256, CRC32,
+  BLAKE3), case-blind; an unknown hash is 404 `{"error": "Model not found"}`.
+- `POST /api/v1/model-versions/by-hash`: a JSON array of at most 100 64-hex SHA256 hashes; any
+  other element (an 8-, 10- or 12-hex short hash) or more than 100 makes the whole request a 400.
+- `/api/download/models/{versionId}`; any other path: an HTML 404 page (as the website's).
 """
 
 from __future__ import annotations
@@ -89,6 +98,7 @@ def make_model(mid: int, *, nsfw: bool = False, base: str = "SD 1.5", versions: 
                     },
                 },
                 {"url": f"{server}/img/{vid}/width=450/1.jpeg", "nsfwLevel": 8, "width": 512, "height": 512, "type": "image", "meta": None},
+                {"url": f"{server}/img/{vid}/width=450/2.jpeg", "nsfwLevel": 2, "width": 512, "height": 512, "type": "image", "meta": None},
             ],
             "downloadUrl": f"{server}/api/download/models/{vid}",
         })
@@ -119,6 +129,8 @@ class CivitaiAPI(Served):
         self.cursors = cursors  # False: only `nextPage` (page numbers), like old API answers
         self.token: str | None = None
         self.fail_next: int = 0
+        self.versions: list[dict[str, Any]] = []  # extra model versions by-hash knows (checkpoints...)
+        self.bulk_requests: list[list[str]] = []  # the hash arrays POSTed to by-hash
 
     def __enter__(self) -> "CivitaiAPI":
         super().__enter__()
@@ -132,9 +144,49 @@ class CivitaiAPI(Served):
     def app(self, req: Request) -> Reply:
         if req.path == "/api/v1/models":
             return self.models_page(req)
+        if req.path == "/api/v1/model-versions/by-hash" and req.method == "POST":
+            return self.by_hash_bulk(req)
+        if req.path.startswith("/api/v1/model-versions/by-hash/") and req.method == "GET":
+            version = self.find_version(req.path.rsplit("/", 1)[1])
+            return Reply.json(version) if version else Reply.json({"error": "Model not found"}, 404)
         if req.path.startswith("/api/download/models/"):
             return Reply(200, b"file", {"Content-Type": "application/octet-stream"})
-        return Reply.json({"error": "Not found"}, 404)
+        return Reply.text("<!DOCTYPE html><html><body>404 | Civitai</body></html>", 404, "text/html")
+
+    def all_versions(self) -> list[dict[str, Any]]:
+        out = list(self.versions)
+        for m in self.models:
+            for v in m["modelVersions"]:
+                out.append({**v, "model": {"name": m["name"], "type": m["type"], "nsfw": m["nsfw"], "poi": False}})
+        return out
+
+    def find_version(self, h: str) -> dict[str, Any] | None:
+        h = h.lower()
+        for v in self.all_versions():
+            for f in v.get("files") or []:
+                if h in {str(x).lower() for x in (f.get("hashes") or {}).values()}:
+                    return v
+        return None
+
+    def by_hash_bulk(self, req: Request) -> Reply:
+        import json
+        import re
+
+        try:
+            asked = json.loads(req.body or b"null")
+        except ValueError:
+            return Reply.json({"error": "Invalid JSON"}, 400)
+        if not isinstance(asked, list) or len(asked) > 100 or not all(
+            isinstance(h, str) and re.fullmatch(r"[0-9a-fA-F]{64}", h) for h in asked
+        ):
+            return Reply.json({"error": "Invalid input", "issues": [{"code": "invalid_string", "message": "Invalid SHA256 hash"}]}, 400)
+        self.bulk_requests.append(asked)
+        out = []
+        for h in asked:
+            v = self.find_version(h)
+            if v is not None and v not in out:
+                out.append(v)
+        return Reply.json(out)
 
     def models_page(self, req: Request) -> Reply:
         if self.fail_next > 0:
@@ -147,8 +199,10 @@ class CivitaiAPI(Served):
             return Reply.json({"error": "limit out of range"}, 400)
         types = ",".join(req.query.get("types", []))
         items = [m for m in self.models if not types or m["type"] in types.split(",")]
-        if req.arg("nsfw") == "false":
-            items = [m for m in items if not m["nsfw"]]
+        nsfw = (req.arg("nsfw") or "").lower() == "true"
+        if not nsfw:  # the API's default is SFW only; NSFW needs nsfw=true
+            items = [{**m, "modelVersions": [{**v, "images": [i for i in v["images"] if not i["nsfwLevel"] & 0b111100]}
+                                             for v in m["modelVersions"]]} for m in items if not m["nsfw"]]
         bases = req.query.get("baseModels")
         if bases:
             items = [m for m in items if any(v["baseModel"] in bases for v in m["modelVersions"])]

@@ -2,7 +2,11 @@
 
 - `GET /api/models?author=A&full=true` (and `/api/datasets`): pages of `page_size` items with a
   GitHub-style `Link: <...>; rel="next"` header; items carry `id, author, sha, lastModified,
-  private, gated, disabled, tags, cardData, siblings[{rfilename}]`.
+  private, gated, disabled, tags, siblings[{rfilename}]`, and `cardData` only when asked with
+  `cardData=true` (as the Hub: `full=true` does not include it; the licence is a `license:` tag).
+- Rate limit (`rate_budget`): past the budget every API request answers 429 with the Hub's
+  headers `RateLimit: "api";r=0;t=<seconds>` and `RateLimit-Policy: "fixed window";"api";q=500;w=300`
+  until `new_window()`.
 - `GET /api/{models|datasets}/{id}/tree/{rev}?recursive=true`: `[{type, oid, size, path,
   lfs?: {oid, size, pointerSize}}]`, paginated the same way.
 - `GET /api/{models|datasets}/{id}[/revision/{rev}]`: one repo's info (`id, sha, siblings, ...`),
@@ -87,7 +91,14 @@ class HFHub(Served):
         # where LFS redirects point; the real CDN is another host, and huggingface_hub follows a
         # HEAD redirect only within one host, so clients of the metadata flow want "localhost"
         self.cdn_host: str | None = None
+        self.rate_budget: int | None = None  # API requests left in the window (None: no limit)
+        self.rate_wait = 300  # the `t=` of the 429s: seconds until the window resets
+        self.rate_limited = 0  # how many 429s were answered
         self.server = LoopbackServer(self.app)
+
+    def new_window(self, budget: int | None = None) -> None:
+        """The rate-limit window reset: `budget` more requests (None: unlimited)."""
+        self.rate_budget = budget
 
     def add(self, repo: HFRepo) -> None:
         self.repos[f"{repo.repo_type}:{repo.id}"] = repo
@@ -96,6 +107,13 @@ class HFHub(Served):
 
     def app(self, req: Request) -> Reply:
         path = unquote(req.path)
+        if self.rate_budget is not None and (path.startswith("/api/") or "/resolve/" in path):
+            if self.rate_budget <= 0:
+                self.rate_limited += 1
+                return Reply.json({"error": "You have exceeded our rate limit. Please retry later."}, 429,
+                                  RateLimit=f'"api";r=0;t={self.rate_wait}',
+                                  RateLimit_Policy='"fixed window";"api";q=500;w=300')
+            self.rate_budget -= 1
         for rtype in ("models", "datasets"):
             if path == f"/api/{rtype}":
                 return self.listing(req, rtype[:-1])
@@ -144,7 +162,8 @@ class HFHub(Served):
         if start + self.page_size < len(items):
             nxt = f"{self.url}/api/{rtype}s?author={quote(author or '')}&full=true&cursor={start + self.page_size}"
             headers["Link"] = f'<{nxt}>; rel="next"'
-        return Reply.json([self._item(r) for r in page], **headers)
+        card = (req.arg("cardData") or "").lower() == "true"
+        return Reply.json([self._item(r, card_data=card) for r in page], **headers)
 
     def info(self, rtype: str, repo_id: str, rev: str) -> Reply:
         repo = self._repo(rtype, repo_id)
@@ -155,8 +174,8 @@ class HFHub(Served):
         return Reply.json(self._item(repo))
 
     @staticmethod
-    def _item(r: HFRepo) -> dict:
-        """A repo as the Hub's JSON describes it (listings and repo info)."""
+    def _item(r: HFRepo, card_data: bool = True) -> dict:
+        """A repo as the Hub's JSON describes it (listings: cardData only when asked)."""
         item = {
             "_id": hashlib.md5(r.id.encode()).hexdigest()[:24],
             "id": r.id,
@@ -170,9 +189,10 @@ class HFHub(Served):
             "downloads": 3,
             "likes": 1,
             "tags": r.tags or ["license:mit", "region:us"],
-            "cardData": r.card_data,
             "siblings": [{"rfilename": p} for p in sorted(r.files)],
         }
+        if card_data:
+            item["cardData"] = r.card_data
         if r.repo_type == "model":
             item["modelId"] = r.id
         return item

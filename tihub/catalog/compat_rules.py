@@ -1,6 +1,7 @@
 """Family rules shared by search, show and compat: which embedding base fits which model family.
 
-Families are `sd1`, `sd2`, `sdxl` or `unknown`. An embedding's base comes from its measured
+Embedding bases are `sd1`, `sd2`, `sdxl` or `unknown`; models can also be `sdxl-refiner`, `sd3`
+or `flux` (see `ENCODERS`). An embedding's base comes from its measured
 widths when known (768 = SD1 CLIP-L, 1024 = SD2 OpenCLIP-H, 768 + 1280 = SDXL), else from the
 base model its source declares ("SD 1.5", "Pony", "Waifu Diffusion v1.3", ...).
 """
@@ -104,6 +105,8 @@ def fits(
             mh = _norm_hash(h)
             if mh and (mh == ck or (len(mh) == 64 and mh.startswith(ck) and len(ck) == 10)):
                 return TRAINED_ON
+    if base in FAMILIES and family in ("sdxl-refiner", "sd3", "flux"):
+        return family_fit(ENCODERS[base], family)
     if base not in FAMILIES or family not in FAMILIES:
         return UNKNOWN
     if base == family:
@@ -116,3 +119,171 @@ def fits(
 def loads(verdict: str) -> bool:
     """Whether a verdict means the embedding loads fully."""
     return verdict in (TRAINED_ON, SAME_FAMILY)
+
+
+# --------------------------------------------------------------------------------------------
+# Model families beyond SD1/SD2/SDXL, and the text encoders each one has
+
+# The SDXL refiner has only the OpenCLIP-G encoder; SD3/3.5 has CLIP-L, OpenCLIP-G and T5-XXL;
+# Flux has CLIP-L and T5-XXL (T5-XXL is 4096 wide).
+MODEL_FAMILIES = (*FAMILIES, "sdxl-refiner", "sd3", "flux")
+ENCODERS: dict[str, frozenset[str]] = {
+    "sd1": frozenset({"clip_l"}),
+    "sd2": frozenset({"clip_h"}),
+    "sdxl": frozenset({"clip_l", "clip_g"}),
+    "sdxl-refiner": frozenset({"clip_g"}),
+    "sd3": frozenset({"clip_l", "clip_g", "t5xxl"}),
+    "flux": frozenset({"clip_l", "t5xxl"}),
+}
+ENCODER_LABELS = {"clip_l": "CLIP-L", "clip_g": "CLIP-G", "clip_h": "OpenCLIP-H", "t5xxl": "T5-XXL"}
+FAMILY_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner",
+                 "sd3": "SD3", "flux": "Flux"}
+
+
+def encoders_of(widths: Mapping[str, int] | None) -> frozenset[str]:
+    """The text encoders an embedding of these widths targets (`t5`/`t5xxl` both name T5-XXL)."""
+    return frozenset("t5xxl" if k in ("t5", "t5xxl") else k for k in (widths or {}))
+
+
+def family_fit(embedding: frozenset[str], family: str) -> str:
+    """The verdict by encoders alone: the same encoders -> same-family; some shared -> partial
+    (an SDXL embedding's clip_g on the refiner, a T5 embedding on Flux); none -> wont-load.
+    `fits` keeps the older rule for sd1/sd2/sdxl models (an SDXL embedding on SD1 wont-load)."""
+    have = ENCODERS.get(family)
+    if not embedding or have is None:
+        return UNKNOWN
+    if embedding == have:
+        return SAME_FAMILY
+    if embedding & have:
+        return PARTIAL
+    return WONT_LOAD
+
+
+# --------------------------------------------------------------------------------------------
+# Fine-tune lines: same architecture, trained for a different look
+
+# Pony Diffusion, Illustrious and NoobAI are SDXL fine-tunes: their embeddings load on any SDXL
+# model, but were made for that line's look and prompt style (Pony's score_9 tags, booru tags).
+LINES = ("pony", "illustrious", "noobai")
+_LINE_RES = {
+    "noobai": re.compile(r"noob[ _-]?ai|\bnoob\b", re.IGNORECASE),  # before illustrious: NoobAI is built on it
+    "illustrious": re.compile(r"illustrious|\bilxl\b", re.IGNORECASE),
+    "pony": re.compile(r"pony", re.IGNORECASE),
+}
+
+
+def model_family(declared: str | None) -> str:
+    """A model's family from a declared base-model text (Civitai `baseModel`, a name): also
+    `flux`, `sd3` and `sdxl-refiner`, else as `normalize_base`."""
+    t = (declared or "").strip().lower()
+    if re.search(r"\bflux", t):
+        return "flux"
+    if re.search(r"\b(sd|stable diffusion)[ _-]?3(\.5)?\b|\bsd3", t):
+        return "sd3"
+    if "refiner" in t and ("xl" in t or "sdxl" in t):
+        return "sdxl-refiner"
+    return normalize_base(declared)
+
+
+def line_of(*texts: str | None) -> str | None:
+    """The SDXL fine-tune line (pony | illustrious | noobai) a base-model text, model name or
+    file name names, first match wins; None for base SDXL or anything else."""
+    for t in texts:
+        if not t:
+            continue
+        for line, rx in _LINE_RES.items():
+            if rx.search(t):
+                return line
+    return None
+
+
+LINE_LABELS = {"pony": "Pony", "illustrious": "Illustrious", "noobai": "NoobAI"}
+
+
+# --------------------------------------------------------------------------------------------
+# Per-app verdicts
+
+APPS = ("a1111", "forge", "comfyui", "invokeai", "diffusers")
+APP_LABELS = {"a1111": "A1111", "forge": "Forge", "comfyui": "ComfyUI", "invokeai": "InvokeAI", "diffusers": "diffusers"}
+
+# Which model families each app runs at all (embeddings aside).
+#   A1111: sd_models_config / sd_models_xl: SD1, SD2, SDXL base and refiner, SD3 (v1.10); no Flux.
+#   Forge (lllyasviel/stable-diffusion-webui-forge, backend/loader.py): SD1, SD2, SDXL, SD3, Flux.
+#   ComfyUI (comfy/supported_models.py): all of them.
+#   InvokeAI (backend/model_manager/taxonomy.py BaseModelType): sd-1, sd-2, sdxl, sdxl-refiner, sd-3, flux.
+#   diffusers: a pipeline per family.
+_RUNS = {
+    "a1111": {"sd1", "sd2", "sdxl", "sdxl-refiner", "sd3"},
+    "forge": {"sd1", "sd2", "sdxl", "sdxl-refiner", "sd3", "flux"},
+    "comfyui": set(MODEL_FAMILIES),
+    "invokeai": set(MODEL_FAMILIES),
+    "diffusers": set(MODEL_FAMILIES),
+}
+
+
+def app_verdict(app: str, embedding: frozenset[str], family: str | None) -> tuple[str, str] | None:
+    """(status, what the app does) for an embedding targeting `embedding` encoders on a model of
+    `family`, or None when the family-level verdict already says it (it loads fully in every
+    app, or nothing is known). Each rule cites the code it follows."""
+    if not embedding or family not in ENCODERS:
+        return None
+    label = APP_LABELS[app]
+    fam = FAMILY_LABELS[family]
+    if family not in _RUNS[app]:
+        return WONT_LOAD, f"{label} does not run {fam} models"
+    generic = family_fit(embedding, family)
+    have = ENCODERS[family]
+    shared = embedding & have
+    if app in ("a1111", "forge"):
+        # A1111 modules/textual_inversion/textual_inversion.py, EmbeddingDatabase.load_from_file:
+        # an embedding whose shape (SDXL: clip_l + clip_g widths summed) differs from the model's
+        # expected_shape goes to `skipped_embeddings` ("Textual inversion embeddings skipped").
+        # Forge keeps that database (modules/textual_inversion/textual_inversion.py) per engine.
+        if family in ("sd3", "flux"):
+            # Not checked against their SD3/Flux text processing: say so rather than guess.
+            return UNKNOWN, f"tihub has not checked how {label} applies embeddings to {fam} models"
+        if generic == SAME_FAMILY:
+            return None
+        return WONT_LOAD, f"{label} lists it as skipped (its widths do not fit the {fam} model)"
+    if app == "comfyui":
+        # comfy/sd1_clip.py load_embed + SDTokenizer(embedding_key=...): each encoder takes the
+        # file's tensor of its own key (clip_l, clip_g, t5xxl; SD2 clip_h) or else the first
+        # tensor, and an embedding whose width differs is dropped with a "shape mismatch"
+        # warning (comfy/sd1_clip.py, _try_get_embedding); sdxl_clip.py / sd3_clip.py / flux.py
+        # give each encoder its own tokenizer, so the fitting part is used.
+        if generic == SAME_FAMILY:
+            return None
+        if shared:
+            used = " and ".join(ENCODER_LABELS[k] for k in sorted(shared))
+            return PARTIAL, f"ComfyUI applies it to {used} only and warns of a shape mismatch for the other encoder"
+        return WONT_LOAD, "ComfyUI warns of a shape mismatch and leaves it out of the prompt"
+    if app == "invokeai":
+        # invokeai/backend/model_manager/configs/textual_inversion.py: the base of a TI file is
+        # read from its width (768 sd-1, 1024 sd-2, 1280/2048 sdxl); backend/textual_inversion.py
+        # and the TI loader only apply an embedding whose base equals the main model's base.
+        # There is no textual inversion for the refiner, SD3 or Flux bases.
+        if family in ("sdxl-refiner", "sd3", "flux"):
+            return WONT_LOAD, f"InvokeAI has no textual inversion for {fam} models, so it refuses it"
+        if generic == SAME_FAMILY:
+            return None
+        return WONT_LOAD, f"InvokeAI refuses it (the embedding's base is not the {fam} model's base)"
+    if app == "diffusers":
+        # diffusers/loaders/textual_inversion.py load_textual_inversion: loads into
+        # `text_encoder` unless told otherwise and raises ValueError when the width differs from
+        # that encoder's; a file with two tensors (clip_l + clip_g) must be split by hand.
+        # StableDiffusion3Pipeline has no TextualInversionLoaderMixin; the SDXL refiner
+        # pipeline has no `text_encoder` (only text_encoder_2).
+        if family == "sd3":
+            return WONT_LOAD, "diffusers' SD3 pipeline has no load_textual_inversion"
+        if generic == SAME_FAMILY:
+            return None
+        if family == "sdxl" and embedding == {"clip_l"}:
+            return PARTIAL, ("diffusers loads it into text_encoder (CLIP-L) only; text_encoder_2 reads the "
+                             "trigger as plain words")
+        if family == "flux" and embedding == {"clip_l"}:
+            return PARTIAL, "diffusers loads it into the Flux pipeline's CLIP-L text_encoder only"
+        if shared and len(embedding) > 1:
+            used = " and ".join(ENCODER_LABELS[k] for k in sorted(shared))
+            return PARTIAL, f"diffusers loads only a tensor passed by hand (for {used}); load_textual_inversion refuses the two-tensor file as it is"
+        return WONT_LOAD, "diffusers' load_textual_inversion raises a ValueError (width mismatch)"
+    return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
 
 
 def m001_hash_cache(conn: Connection) -> None:
@@ -125,11 +125,64 @@ def m016_record_indexes(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_previews_file ON previews (file_id, model_hash)"))
 
 
+def m005_substring_search(conn: Connection) -> None:
+    """On SQLite: a suffix index over names and trigger words (substring search, see
+    `schema.SUB_DDL`) and a case-blind name index (exact names first). Everywhere: entries without a kind get the one
+    their name, triggers, tags or description show (`negative` only)."""
+    import json
+
+    from tihub.catalog.kinds import infer_kind
+    from tihub.catalog.schema import SUB_DDL
+
+    if conn.dialect.name == "sqlite":
+        for ddl in SUB_DDL:
+            conn.execute(text(ddl))
+    rows = conn.execute(
+        text("SELECT id, name, triggers, description, tags FROM entries WHERE kind IS NULL")
+    ).all()
+    found = []
+    for r in rows:
+        try:
+            trig = json.loads(r.triggers or "{}") or {}
+            tags = json.loads(r.tags or "[]") or []
+        except ValueError:
+            trig, tags = {}, []
+        triggers = trig.values() if isinstance(trig, dict) else []
+        kind = infer_kind(r.name, [str(t) for t in triggers], r.description, [str(t) for t in tags])
+        if kind:
+            found.append({"k": kind, "i": r.id})
+    if found:
+        conn.execute(text("UPDATE entries SET kind = :k WHERE id = :i"), found)
+
+
+def m005_local_copies(conn: Connection) -> None:
+    """Each entry's own copy on disk (`entry_files.local_path`), so the same bytes under two
+    names are never attributed to the other name; and the `hash_lookups` cache (Civitai's
+    answers about embedding files by sha256)."""
+    from tihub.catalog.schema import hash_lookups
+
+    cols = {c["name"] for c in inspect(conn).get_columns("entry_files")}
+    if "local_path" not in cols:
+        conn.execute(text("ALTER TABLE entry_files ADD COLUMN local_path TEXT"))
+    # local entries: their file's path is theirs when it is the path their remote_id names
+    conn.execute(
+        text(
+            "UPDATE entry_files SET local_path = (SELECT f.local_path FROM files f WHERE f.id = entry_files.file_id) "
+            "WHERE entry_id IN (SELECT e.id FROM entries e JOIN sources s ON s.id = e.source_id WHERE s.kind = 'local') "
+            "AND EXISTS (SELECT 1 FROM files f, entries e WHERE f.id = entry_files.file_id AND e.id = entry_files.entry_id "
+            "AND f.local_path IS NOT NULL AND (f.local_path = e.remote_id OR f.local_path LIKE '%/' || e.remote_id))"
+        )
+    )
+    hash_lookups.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m001_hash_cache", m001_hash_cache),
     ("m002_catalog", m002_catalog),
     ("m003_names_fts", m003_names_fts),
     ("m004_names_prefix", m004_names_prefix),
+    ("m005_substring_search", m005_substring_search),
+    ("m005_local_copies", m005_local_copies),
     ("m006_knowledge", m006_knowledge),
     ("m016_pg_wide_integers", m016_pg_wide_integers),
     ("m016_pg_search", m016_pg_search),

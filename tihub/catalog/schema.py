@@ -93,6 +93,9 @@ entry_files = Table(
     Column("file_id", Integer, ForeignKey("files.id"), nullable=False),
     Column("url", Text),
     Column("manual", Integer, nullable=False, default=0),
+    # (m005) where this entry's copy of the file is on disk: the same bytes saved under two
+    # names are one `files` row, but each name's entry keeps its own path
+    Column("local_path", Text),
     PrimaryKeyConstraint("entry_id", "file_id"),
 )
 Index("ix_entry_files_file", entry_files.c.file_id)
@@ -159,6 +162,20 @@ training_runs = Table(
     Column("created_at", Text, nullable=False),
 )
 
+# (m005) what a remote service said about a file hash (Civitai's by-hash lookup of embeddings
+# on disk): found = 1 with `data` (JSON: name, page_url, triggers, base_model, ...), or 0 (a miss,
+# asked again once `checked_at` is older than the miss lifetime).
+hash_lookups = Table(
+    "hash_lookups",
+    metadata,
+    Column("service", Text, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("found", Integer, nullable=False),
+    Column("data", Text),
+    Column("checked_at", Text, nullable=False),
+    PrimaryKeyConstraint("service", "sha256"),
+)
+
 CATALOG_TABLES = [sources, entries, files, entry_files, models, previews, verifications, training_runs]
 
 # FTS5 over the searchable text of each entry; rowid = entries.id. Column order matters for the
@@ -207,4 +224,64 @@ NAMES_FTS_DDL = [
         INSERT INTO entries_names_fts (rowid, name, triggers, title) VALUES (new.id, new.name, new.triggers, new.title);
     END""",
     "INSERT INTO entries_names_fts (entries_names_fts) VALUES ('rebuild')",
+]
+
+# Substring search (migration m005): every suffix of each entry's lower-cased name and trigger
+# words (first SUB_LEN characters of each, from each of the first SUB_POSITIONS positions) in a
+# B-tree, so a substring is one index range: "negative" finds EasyNegative and
+# ng_deepnegative_v1_75t, "bad" finds badhandv4, at a cost proportional to the matches (a
+# trigram FTS5 index costs the length of every trigram's posting list: ~10 ms per word over a
+# million names). `name_positions` holds 0..SUB_POSITIONS-1 so triggers can expand a text into
+# its suffixes in plain SQL (triggers cannot use recursive CTEs).
+SUB_LEN = 12
+SUB_POSITIONS = 64
+
+
+def sub_rows_sql(alias: str) -> str:
+    """SELECT (suffix, entry id) rows for the entry row `alias` (`new`, `old` or a table alias):
+    its name and the trigger words that differ from it (most repeat the name)."""
+    texts = (
+        f"SELECT lower({alias}.name) AS text UNION SELECT lower(value) FROM json_each("
+        f"CASE WHEN json_valid({alias}.triggers) THEN {alias}.triggers END) "
+        f"WHERE value <> {alias}.name COLLATE NOCASE AND value <> '<' || {alias}.name || '>'"
+    )
+    return (
+        f"SELECT substr(t.text, p.n + 1, {SUB_LEN}) AS suffix, {alias}.id AS entry_id, length(t.text) AS size "
+        f"FROM ({texts}) t JOIN name_positions p ON p.n < length(t.text) - 1"
+    )
+
+
+def sub_bulk_sql(where: str = "1 = 1") -> str:
+    """INSERT the suffix rows of every entry `e` matching `where`, sorted (a sorted insert into
+    the B-tree is several times faster than one trigger call per entry)."""
+    return (
+        "INSERT OR IGNORE INTO entries_sub (suffix, entry_id, size) "
+        f"SELECT substr(t.text, p.n + 1, {SUB_LEN}) AS suffix, t.id, length(t.text) FROM ("
+        f"SELECT e.id, lower(e.name) AS text FROM entries e WHERE {where} "
+        "UNION SELECT e.id, lower(j.value) FROM entries e, json_each(CASE WHEN json_valid(e.triggers) THEN e.triggers END) j "
+        f"WHERE {where} AND j.value <> e.name COLLATE NOCASE AND j.value <> '<' || e.name || '>'"
+        ") t JOIN name_positions p ON p.n < length(t.text) - 1 ORDER BY suffix, t.id"
+    )
+
+
+SUB_DDL = [
+    "CREATE TABLE name_positions (n INTEGER PRIMARY KEY)",
+    f"WITH RECURSIVE c(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM c WHERE n < {SUB_POSITIONS - 1}) "
+    "INSERT INTO name_positions (n) SELECT n FROM c",
+    # size: the length of the name or trigger word the suffix comes from (shorter ranks first)
+    "CREATE TABLE entries_sub (suffix TEXT NOT NULL, entry_id INTEGER NOT NULL, size INTEGER NOT NULL, "
+    "PRIMARY KEY (suffix, entry_id)) WITHOUT ROWID",
+    f"""CREATE TRIGGER entries_sub_ai AFTER INSERT ON entries BEGIN
+        INSERT OR IGNORE INTO entries_sub (suffix, entry_id, size) {sub_rows_sql('new')};
+    END""",
+    f"""CREATE TRIGGER entries_sub_au AFTER UPDATE OF name, triggers ON entries BEGIN
+        DELETE FROM entries_sub WHERE entry_id = old.id AND suffix IN (SELECT suffix FROM ({sub_rows_sql('old')}));
+        INSERT OR IGNORE INTO entries_sub (suffix, entry_id, size) {sub_rows_sql('new')};
+    END""",
+    f"""CREATE TRIGGER entries_sub_ad AFTER DELETE ON entries BEGIN
+        DELETE FROM entries_sub WHERE entry_id = old.id AND suffix IN (SELECT suffix FROM ({sub_rows_sql('old')}));
+    END""",
+    sub_bulk_sql(),
+    # exact names first: `name = ? COLLATE NOCASE` through an index
+    "CREATE INDEX IF NOT EXISTS ix_entries_name_nocase ON entries (name COLLATE NOCASE)",
 ]

@@ -23,8 +23,22 @@ from sqlalchemy import Connection, Engine, bindparam, func, select, text
 
 from tihub.catalog import schema as S
 from tihub.catalog import search_pg
-from tihub.catalog.compat_rules import FAMILIES, base_from_widths, fits, normalize_base
+from tihub.catalog.compat_rules import (
+    APPS,
+    ENCODERS,
+    LINE_LABELS,
+    app_verdict,
+    base_from_widths,
+    encoders_of,
+    fits,
+    line_of,
+    normalize_base,
+)
 from tihub.catalog.db import is_sqlite, now, open_engine, read, write
+from tihub.catalog.kinds import infer_kind
+from tihub.catalog.rows import chunks as _chunks
+from tihub.catalog.rows import loads as _loads
+from tihub.catalog.search import _BM25, _NAMES_BM25, RANK_BOUND, SearchMixin, fts_query  # noqa: F401 (re-exported)
 from tihub.errors import NotFound
 
 if TYPE_CHECKING:
@@ -33,13 +47,7 @@ if TYPE_CHECKING:
     from tihub.sources.base import Candidate, CandidateFile
 
 LOCAL_SOURCE = "local"  # the source that files recorded by fetch/import/train belong to
-_CHUNK = 500  # bound parameters per IN (...) query
 BULK_FTS_MIN = 200  # new entries from which one ingest indexes them in bulk (SQLite)
-RANK_BOUND = 100  # matches ranked per search pass (a full ranking only for --limit 0 or narrow filters)
-
-# bm25 weights, in FTS column order: name, triggers, title, description, tags, source
-_BM25 = "bm25(entries_fts, 10.0, 6.0, 4.0, 1.0, 3.0, 2.0)"
-_NAMES_BM25 = "bm25(entries_names_fts, 10.0, 6.0, 4.0)"
 
 _ENTRY_FIELDS = (
     "name",
@@ -109,34 +117,6 @@ def _dumps(value: Any) -> str | None:
     return _ENCODER.encode(value)
 
 
-def _loads(value: str | None, default: Any = None) -> Any:
-    if value is None or value == "":
-        return default
-    try:
-        return json.loads(value)
-    except ValueError:
-        return default
-
-
-def _chunks(items: list[Any], n: int = _CHUNK) -> Iterable[list[Any]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
-
-
-def fts_query(user_text: str, prefix: bool = True) -> str | None:
-    """Turn free user text into a safe FTS5 query: every word a quoted string (AND-ed); with
-    `prefix`, the last one (2+ characters, not followed by a space) also matches as a prefix.
-    Quotes, operators (AND, OR, NOT, NEAR), `*`, `(`, `:` are just text here. Returns None when
-    the text holds no searchable word."""
-    words = re.findall(r"\w+", user_text or "")
-    if not words:
-        return None
-    parts = ['"' + w.replace('"', '""') + '"' for w in words]
-    if prefix and len(words[-1]) >= 2 and not (user_text or "").endswith((" ", "\t")):
-        parts[-1] += " *"
-    return " ".join(parts)
-
-
 def trigger_syntax(name: str, triggers: Mapping[str, str] | None = None, base: str | None = None) -> dict[str, str]:
     """How to call an embedding installed under `name` in each runtime (A1111 and ComfyUI use
     the file stem; InvokeAI `<stem>`; diffusers the token given at load time)."""
@@ -157,7 +137,7 @@ def trigger_syntax(name: str, triggers: Mapping[str, str] | None = None, base: s
     }
 
 
-class Catalog:
+class Catalog(SearchMixin):
     """The catalogue database of one workspace (or any SQLAlchemy URL)."""
 
     def __init__(self, engine: Engine, workspace: Workspace | None = None) -> None:
@@ -328,6 +308,7 @@ class Catalog:
         changed_entries: list[dict[str, Any]] = []
         # remote_id -> [(file key, url, manual)]; key: ("id", id) | ("sha", sha) | ("nosha", index)
         wanted: dict[str, list[tuple[tuple[str, Any], str | None, int]]] = {}
+        own_paths: dict[tuple[str, tuple[str, Any]], str] = {}  # (remote_id, key) -> this entry's copy on disk
         touched: set[str] = set()  # entries whose files changed
         previews_wanted: dict[str, list[dict[str, Any]]] = {}
 
@@ -383,6 +364,8 @@ class Catalog:
                 if w:
                     widths_seen.append(_loads(w, {}))
                 flist.append((key, cf.url, int(cf.manual)))
+                if cf.local_path:
+                    own_paths[(rid, key)] = cf.local_path
             wanted[rid] = flist
             if c.previews:
                 previews_wanted[rid] = c.previews
@@ -399,7 +382,7 @@ class Catalog:
                 "name": c.name,
                 "title": c.title,
                 "description": c.description,
-                "kind": c.kind,
+                "kind": c.kind or infer_kind(c.name, (c.triggers or {}).values(), c.description, c.tags or ()),
                 "tags": _dumps(list(c.tags or [])),
                 "base_model": c.base_model,
                 "base": base,
@@ -471,6 +454,7 @@ class Catalog:
         add_links: list[dict[str, Any]] = []
         upd_links: list[dict[str, Any]] = []
         del_links: list[dict[str, Any]] = []
+        own_links: list[dict[str, Any]] = []
         for rid, flist in wanted.items():
             eid = ids[rid]
             want: dict[int, tuple[str | None, int]] = {}
@@ -481,6 +465,8 @@ class Catalog:
                     fid = new_files[key[1]]["id"]
                 else:
                     fid = new_nosha[key[1]]["id"]
+                if (rid, key) in own_paths:
+                    own_links.append({"_e": eid, "_f": fid, "_p": own_paths[(rid, key)]})
                 if fid not in want or (want[fid][0] is None and url):
                     want[fid] = (url, manual)
             have = links.get(eid, {})
@@ -506,6 +492,13 @@ class Catalog:
         if del_links:
             conn.execute(
                 EF.delete().where(EF.c.entry_id == bindparam("_e"), EF.c.file_id == bindparam("_f")), del_links
+            )
+        if own_links:  # local sources: each entry's own copy (duplicates keep their own paths)
+            conn.execute(
+                EF.update()
+                .where(EF.c.entry_id == bindparam("_e"), EF.c.file_id == bindparam("_f"))
+                .values(local_path=bindparam("_p")),
+                own_links,
             )
 
         # -- a file now measured: entries of other sources linked to it learn their base
@@ -596,6 +589,8 @@ class Catalog:
                     ]
                     if stale:
                         conn.execute(F.update().where(F.c.id == bindparam("_f")).values(local_path=None), stale)
+                    conn.execute(EF.update().where(EF.c.entry_id == bindparam("_e")).values(local_path=None),
+                                 [{"_e": g["_id"]} for g in gone])
             result.removed = len(gone)
 
         # -- last seen
@@ -618,258 +613,6 @@ class Catalog:
             ).scalar()
             or 0
         )
-
-    # ------------------------------------------------------------------ search
-
-    def search(
-        self,
-        query: str = "",
-        base: str | None = None,
-        source: str | None = None,
-        kind: str | None = None,
-        model: str | Mapping[str, Any] | None = None,
-        local: bool | None = None,
-        nsfw: bool = False,
-        limit: int | None = 20,
-        include_removed: bool = False,
-    ) -> list[dict[str, Any]]:
-        """Entries matching `query` (ranked full-text search; empty: everything, by name).
-
-        `model`: a family (sd1/sd2/sdxl), a model hash (resolved with `find_model`) or a model
-        dict (`family`, hashes): keeps entries whose base is that family or unknown, each with
-        a `fit` verdict. `local`: only entries with a file on disk. `limit` 0/None: no limit.
-        """
-        family, model_hashes = self._model_family(model)
-        where = []
-        params: dict[str, Any] = {}
-        if not nsfw:
-            where.append("e.nsfw = 0")
-        if not include_removed:
-            where.append("e.removed_at IS NULL")
-        if base:
-            where.append("e.base = :base")
-            params["base"] = base.lower()
-        if source:
-            where.append("e.source_id IN (SELECT id FROM sources WHERE name = :source)")
-            params["source"] = source
-        if kind:
-            where.append("e.kind = :kind")
-            params["kind"] = kind.lower()
-        if family:
-            where.append("e.base IN (:family, 'unknown')")
-            params["family"] = family
-        if local is not None:
-            cond = (
-                "EXISTS (SELECT 1 FROM entry_files ef JOIN files f ON f.id = ef.file_id "
-                "WHERE ef.entry_id = e.id AND f.local_path IS NOT NULL)"
-            )
-            where.append(cond if local else f"NOT {cond}")
-        lim = int(limit) if limit else 0
-        limit_sql = " LIMIT :limit" if lim > 0 else ""
-        if lim > 0:
-            params["limit"] = lim
-
-        q = (query or "").strip()
-        with read(self.engine) as conn:
-            if q and self.fts:
-                # Whole words anywhere (main index) + the last word as a prefix in name, trigger
-                # and title (the small names index, with prefix indexes): typing "waterc" finds
-                # "watercolor" without merging every long posting list of the main index.
-                params["ma"] = fts_query(q, prefix=False)
-                params["mn"] = fts_query(q, prefix=True)
-                if params["ma"] is None:
-                    return []
-                filters = "".join(f" AND {w}" for w in where)
-                if lim > 0:
-                    ids = self._bounded_search(conn, params["ma"], params["mn"], where, params, lim, q)
-                    if ids is not None:
-                        return self._with_fit(self._summaries(conn, ids), family, model_hashes)
-                sql = (
-                    f"SELECT e.id FROM (SELECT rowid AS rid, {_BM25} AS score FROM entries_fts WHERE entries_fts MATCH :ma "
-                    f"UNION ALL SELECT rowid, {_NAMES_BM25} - 1e9 FROM entries_names_fts WHERE entries_names_fts MATCH :mn) h "
-                    "CROSS JOIN entries e ON e.id = h.rid WHERE 1 = 1"
-                    + filters + " GROUP BY e.id ORDER BY MIN(h.score), e.id" + limit_sql
-                )
-            elif q and self.engine.dialect.name == "postgresql":
-                ids = search_pg.search_ids(conn, q, where, params, lim)
-                return self._with_fit(self._summaries(conn, ids), family, model_hashes)
-            elif q:
-                words = [w.lower() for w in re.findall(r"\w+", q)]
-                if not words:
-                    return []
-                hay = (
-                    "lower(COALESCE(e.name,'') || ' ' || COALESCE(e.triggers,'') || ' ' || COALESCE(e.title,'') || ' ' "
-                    "|| COALESCE(e.description,'') || ' ' || COALESCE(e.tags,'') || ' ' || "
-                    "(SELECT name FROM sources WHERE id = e.source_id))"
-                )
-                for i, w in enumerate(words):
-                    params[f"w{i}"] = "%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-                    where.append(f"{hay} LIKE :w{i} ESCAPE '\\'")
-                sql = "SELECT e.id FROM entries e" + (" WHERE " + " AND ".join(where) if where else "")
-                sql += " ORDER BY e.name, e.id" + limit_sql
-            else:
-                sql = "SELECT e.id FROM entries e" + (" WHERE " + " AND ".join(where) if where else "")
-                sql += " ORDER BY e.name, e.id" + limit_sql
-            if q and not self.fts:
-                ids = [r[0] for r in conn.execute(text(sql), params)]
-            else:
-                ids = [r[0] for r in self._run(conn, sql, params)]
-            rows = self._summaries(conn, ids)
-        return self._with_fit(rows, family, model_hashes)
-
-    def _bounded_search(
-        self,
-        conn: Connection,
-        match_all: str,
-        match_names: str,
-        where: list[str],
-        params: Mapping[str, Any],
-        lim: int,
-        raw: str,
-    ) -> list[int] | None:
-        """Ranked ids with bounded work, or None when only a full ranking can be exact.
-
-        Name/trigger/title hits (prefix on the last word) come first, by bm25 over those short
-        texts (exact and short names first), then whole-word hits anywhere by bm25. Each list ranks at most RANK_BOUND matches exactly;
-        past that (a word in half the catalogue) it keeps catalogue order instead of ranking
-        every match, which would cost as much as a table scan. If the filters reject too many
-        of these bounded candidates, returns None and the caller ranks every match.
-        """
-        exhaustive = True
-        named = self._run(
-            conn,
-            f"SELECT rowid, {_NAMES_BM25} FROM entries_names_fts WHERE entries_names_fts MATCH ? LIMIT ?",
-            (match_names, RANK_BOUND + 1),
-        )
-        if len(named) > RANK_BOUND:
-            exhaustive = False
-            named = named[:RANK_BOUND]
-        probe = [r[0] for r in self._run(
-            conn, "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ? LIMIT ?", (match_all, RANK_BOUND + 1))]
-        if len(probe) <= RANK_BOUND:
-            rows = self._run(
-                conn, f"SELECT rowid, {_BM25} FROM entries_fts WHERE entries_fts MATCH ?", (match_all,)
-            ) if probe else []
-            rows.sort(key=lambda r: (r[1], r[0]))
-            anywhere = [r[0] for r in rows]
-        else:
-            exhaustive = False
-            anywhere = probe[:RANK_BOUND]
-        named.sort(key=lambda r: (r[1], r[0]))  # bm25 over short texts: exact, short names first
-        ordered = list(dict.fromkeys([r[0] for r in named] + anywhere))
-        if not where:
-            kept = ordered
-        else:
-            cond = " AND ".join(where)
-            kept = []
-            step = max(lim * 2, 40)
-            for i in range(0, len(ordered), step):  # filter lazily, best first
-                chunk = ordered[i : i + step]
-                ok = {r[0] for r in self._filter(conn, chunk, cond, params)}
-                kept += [x for x in chunk if x in ok]
-                if len(kept) >= lim:
-                    break
-        if len(kept) >= lim or exhaustive:
-            return kept[:lim]
-        return None
-
-    def _filter(self, conn: Connection, ids: list[int], cond: str, params: Mapping[str, Any], cols: str = "e.id") -> Any:
-        p2 = dict(params)
-        p2.update({f"i{n}": v for n, v in enumerate(ids)})
-        ph = ", ".join(f":i{n}" for n in range(len(ids)))
-        return self._run(conn, f"SELECT {cols} FROM entries e WHERE e.id IN ({ph}) AND {cond}", p2)
-
-    @staticmethod
-    def _with_fit(rows: list[dict[str, Any]], family: str | None, model_hashes: list[Any]) -> list[dict[str, Any]]:
-        if family:
-            for r in rows:
-                r["fit"] = fits(r["base"], family, r.get("sd_checkpoint"), model_hashes)
-                if r["base"] == "unknown":
-                    r["note"] = "base unknown: check before use"
-        return rows
-
-    def _model_family(self, model: str | Mapping[str, Any] | None) -> tuple[str | None, list[str]]:
-        if model is None or model == "":
-            return None, []
-        if isinstance(model, Mapping):
-            hashes = [model.get(k) for k in ("sha256", "autov2", "old_hash") if model.get(k)]
-            return (model.get("family") or "unknown"), hashes
-        if model.lower() in FAMILIES:
-            return model.lower(), []
-        found = self.find_model(model)
-        if found is None:
-            raise NotFound(
-                f"No known model has the hash {model!r}; pass the model file instead, or a family (sd1, sd2, sdxl)."
-            )
-        return found["family"] or "unknown", [found.get("sha256"), found.get("autov2"), found.get("old_hash")]
-
-    def _summaries(self, conn: Connection, ids: list[int]) -> list[dict[str, Any]]:
-        """Search-result dicts for entry ids, in the given order."""
-        if not ids:
-            return []
-        out: dict[int, dict[str, Any]] = {}
-        files: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for chunk in _chunks(ids):
-            params = {f"i{k}": v for k, v in enumerate(chunk)}
-            ph = ", ".join(f":i{k}" for k in range(len(chunk)))
-            ekeys = ("id", "name", "title", "kind", "base", "base_model", "nsfw", "status", "triggers",
-                     "page_url", "removed_at", "remote_id", "source", "source_kind")
-            for r in self._run(
-                conn,
-                "SELECT e.id, e.name, e.title, e.kind, e.base, e.base_model, e.nsfw, e.status, e.triggers, "
-                "e.page_url, e.removed_at, e.remote_id, s.name AS source, s.kind AS source_kind "
-                f"FROM entries e JOIN sources s ON s.id = e.source_id WHERE e.id IN ({ph})",
-                params,
-            ):
-                out[r[0]] = dict(zip(ekeys, r))
-            fkeys = ("entry_id", "url", "manual", "file_id", "file_name", "sha256", "size", "local_path",
-                     "sd_checkpoint", "format")
-            for r in self._run(
-                conn,
-                "SELECT ef.entry_id, ef.url, ef.manual, f.id AS file_id, f.file_name, f.sha256, f.size, "
-                "f.local_path, f.sd_checkpoint, f.format FROM entry_files ef JOIN files f ON f.id = ef.file_id "
-                f"WHERE ef.entry_id IN ({ph}) ORDER BY ef.entry_id, f.id",
-                params,
-            ):
-                files[r[0]].append(dict(zip(fkeys, r)))
-        rows = []
-        for eid in ids:
-            e = out.get(eid)
-            if e is None:
-                continue
-            triggers = _loads(e.pop("triggers"), {}) or {}
-            fl = files.get(eid, [])
-            primary = _primary_file(fl)
-            url = None
-            if primary is not None:
-                url = primary["url"] if primary["url"] and not primary["manual"] else (primary["url"] or e["page_url"])
-            else:
-                url = e["page_url"]
-            rows.append(
-                {
-                    "id": eid,
-                    "name": e["name"],
-                    "trigger": triggers.get("a1111") or e["name"],
-                    "source": e["source"],
-                    "base": e["base"],
-                    "url": url,
-                    "sha256": primary["sha256"] if primary else None,
-                    "local": any(f["local_path"] for f in fl),
-                    "title": e["title"],
-                    "kind": e["kind"],
-                    "base_model": e["base_model"],
-                    "nsfw": bool(e["nsfw"]),
-                    "status": e["status"],
-                    "manual": bool(primary["manual"]) if primary else e["status"] == "manual",
-                    "file_name": primary["file_name"] if primary else None,
-                    "size": primary["size"] if primary else None,
-                    "files": len(fl),
-                    "removed": e["removed_at"] is not None,
-                    "page_url": e["page_url"],
-                    "sd_checkpoint": next((f["sd_checkpoint"] for f in fl if f["sd_checkpoint"]), None),
-                }
-            )
-        return rows
 
     # ------------------------------------------------------------------ one entry
 
@@ -933,12 +676,16 @@ class Catalog:
             files = []
             for r in conn.execute(
                 text(
-                    "SELECT f.*, ef.url, ef.manual FROM entry_files ef JOIN files f ON f.id = ef.file_id "
-                    "WHERE ef.entry_id = :i ORDER BY f.id"
+                    "SELECT f.*, ef.url, ef.manual, ef.local_path AS own_path FROM entry_files ef "
+                    "JOIN files f ON f.id = ef.file_id WHERE ef.entry_id = :i ORDER BY f.id"
                 ),
                 {"i": eid},
             ).mappings():
                 f = dict(r)
+                own = f.pop("own_path")
+                if own or e["source_kind"] == "local":
+                    # a local entry's file is its own copy (never another name's same bytes)
+                    f["local_path"] = own
                 f["widths"] = _loads(f["widths"], None)
                 f["hashes"] = _loads(f["hashes"], {}) or {}
                 f["manual"] = bool(f["manual"])
@@ -949,7 +696,8 @@ class Catalog:
                 ph = ", ".join(str(int(i)) for i in file_ids)
                 for r in conn.execute(
                     text(
-                        "SELECT DISTINCT e.id, e.name, s.name AS source, ef.url, e.page_url, e.removed_at "
+                        "SELECT DISTINCT e.id, e.name, s.name AS source, ef.url, e.page_url, e.removed_at, "
+                        "ef.local_path AS own_path "
                         "FROM entry_files ef JOIN entries e ON e.id = ef.entry_id JOIN sources s ON s.id = e.source_id "
                         f"WHERE ef.file_id IN ({ph}) AND e.id != :i ORDER BY e.id"
                     ),
@@ -969,15 +717,30 @@ class Catalog:
                 for col, empty in json_cols.items():
                     rec[col] = _loads(rec[col], empty) or type(empty)()
         sd_ck = next((f["sd_checkpoint"] for f in files if f["sd_checkpoint"]), None)
+        widths = next((f["widths"] for f in files if f["widths"]), None)
+        enc = encoders_of(widths) if widths else ENCODERS.get(e["base"], frozenset())
+        line = line_of(e["base_model"], next((f["sd_checkpoint_name"] for f in files if f["sd_checkpoint_name"]), None))
         compat = []
         for m in models:
             verdict = fits(e["base"], m["family"], sd_ck, [m["sha256"], m["autov2"], m["old_hash"]])
+            apps = {}
+            for app in APPS:  # what each app does with it (None: the family verdict holds)
+                special = app_verdict(app, enc, m["family"]) if verdict != "unknown" or m["family"] in ("sd3", "flux") else None
+                apps[app] = {"status": special[0], "reason": special[1]} if special else {"status": verdict, "reason": None}
+            mline = line_of(m["name"]) if m["family"] == "sdxl" else None
+            note = None
+            if line and m["family"] == "sdxl" and line != mline and verdict in ("trained-on", "same-family"):
+                note = f"made for {LINE_LABELS[line]}: same architecture, trained for a different line"
             compat.append({"model": m["name"], "family": m["family"], "sha256": m["sha256"],
-                           "autov2": m["autov2"], "fit": verdict})
+                           "autov2": m["autov2"], "fit": verdict, "apps": apps, "note": note})
+        e["line"] = line
         e["files"] = files
         e["trigger"] = e["triggers"].get("a1111") or e["name"]
         e["trigger_syntax"] = trigger_syntax(e["name"], e["triggers"], e["base"])
         e["also_in"] = also
+        # the same bytes on disk under other names (exact duplicates)
+        e["duplicates"] = [{"name": a["name"], "id": a["id"], "path": a.get("own_path")} for a in also
+                           if a.get("own_path") and not a["removed_at"]]
         e.update(records)
         e["compat"] = compat
         e["same_name"] = others
@@ -993,7 +756,7 @@ class Catalog:
                 text(
                     "SELECT f.id, ef.entry_id, e.name AS entry_name, f.file_name, ef.url, ef.manual, f.size, "
                     "f.sha256, f.format, f.hashes, f.local_path, f.widths, f.base, s.name AS source, "
-                    "s.kind AS source_kind, e.page_url FROM entry_files ef JOIN files f ON f.id = ef.file_id "
+                    "s.kind AS source_kind, e.page_url, e.base_model FROM entry_files ef JOIN files f ON f.id = ef.file_id "
                     "JOIN entries e ON e.id = ef.entry_id JOIN sources s ON s.id = e.source_id "
                     "WHERE ef.entry_id = :i ORDER BY ef.manual, f.id"
                 ),
@@ -1067,6 +830,7 @@ class Catalog:
                 ).first()
                 values = {
                     "name": p.stem,
+                    "kind": infer_kind(p.stem),
                     "base": emb.base,
                     "triggers": _dumps({"a1111": p.stem}),
                     "tags": "[]",
@@ -1079,13 +843,14 @@ class Catalog:
                 else:
                     entry_id = int(er.id)
                     conn.execute(S.entries.update().where(S.entries.c.id == entry_id).values(**values))
-            link = conn.execute(
-                select(S.entry_files.c.file_id).where(
-                    S.entry_files.c.entry_id == entry_id, S.entry_files.c.file_id == fid
-                )
-            ).first()
+            EF = S.entry_files
+            # this path is this entry's copy only (a duplicate under another name keeps its own)
+            conn.execute(EF.update().where(EF.c.local_path == str(p), EF.c.entry_id != entry_id).values(local_path=None))
+            link = conn.execute(select(EF.c.file_id).where(EF.c.entry_id == entry_id, EF.c.file_id == fid)).first()
             if link is None:
-                conn.execute(S.entry_files.insert().values(entry_id=entry_id, file_id=fid, url=None, manual=0))
+                conn.execute(EF.insert().values(entry_id=entry_id, file_id=fid, url=None, manual=0, local_path=str(p)))
+            else:
+                conn.execute(EF.update().where(EF.c.entry_id == entry_id, EF.c.file_id == fid).values(local_path=str(p)))
         return fid
 
     def _local_source_id(self, conn: Connection) -> int:
@@ -1098,7 +863,14 @@ class Catalog:
         """A file left `embeddings/`: clear its local path; its `local` entry is marked removed."""
         p = Path(path).resolve()
         with write(self.engine) as conn:
-            conn.execute(S.files.update().where(S.files.c.local_path == str(p)).values(local_path=None))
+            EF, F = S.entry_files, S.files
+            conn.execute(EF.update().where(EF.c.local_path == str(p)).values(local_path=None))
+            for (fid,) in conn.execute(select(F.c.id).where(F.c.local_path == str(p))).all():
+                # another name's copy of the same bytes, if one is still on disk, stands in
+                other = next((r.local_path for r in conn.execute(
+                    select(EF.c.local_path).where(EF.c.file_id == fid, EF.c.local_path.is_not(None))
+                ).all() if Path(r.local_path).is_file()), None)
+                conn.execute(F.update().where(F.c.id == fid).values(local_path=other))
             row = conn.execute(select(S.sources.c.id).where(S.sources.c.name == LOCAL_SOURCE)).first()
             if row is not None:
                 conn.execute(
@@ -1260,6 +1032,7 @@ def _bulk_insert_entries(conn: Connection, rows: list[dict[str, Any]], sid: int,
     failure rolls the whole thing back."""
     conn.exec_driver_sql("DROP TRIGGER IF EXISTS entries_fts_ai")
     conn.exec_driver_sql("DROP TRIGGER IF EXISTS entries_names_ai")
+    conn.exec_driver_sql("DROP TRIGGER IF EXISTS entries_sub_ai")
     _insert_many(conn, S.entries, rows)
     conn.exec_driver_sql(
         "INSERT INTO entries_fts (rowid, name, triggers, title, description, tags, source) "
@@ -1272,8 +1045,10 @@ def _bulk_insert_entries(conn: Connection, rows: list[dict[str, Any]], sid: int,
         "SELECT id, name, triggers, title FROM entries WHERE id > ? ORDER BY id",
         (max_before,),
     )
+    conn.exec_driver_sql(S.sub_bulk_sql(f"e.id > {int(max_before)}"))
     conn.exec_driver_sql(S.FTS_DDL[1])
     conn.exec_driver_sql(S.NAMES_FTS_DDL[1])
+    conn.exec_driver_sql(S.SUB_DDL[3])
 
 
 def _file_values(cf: CandidateFile) -> dict[str, Any]:
@@ -1309,9 +1084,3 @@ def _merge_file(current: Mapping[str, Any], incoming: Mapping[str, Any]) -> dict
         else:
             merged[k] = v
     return merged
-
-
-def _primary_file(files: list[dict[str, Any]]) -> dict[str, Any] | None:
-    if not files:
-        return None
-    return sorted(files, key=lambda f: (not f["local_path"], bool(f["manual"]), not f["url"], f["file_id"]))[0]

@@ -241,7 +241,10 @@ def search_cmd(
 ) -> None:
     """Full-text search of the catalogue (name, trigger, title, description, tags, source).
 
-    An empty QUERY lists everything the filters admit. NSFW entries are hidden unless --nsfw.
+    Words match whole words anywhere and parts of names and trigger words ("negative" finds
+    EasyNegative); an exact name comes first; when nothing matches, names within a typo or two
+    are shown. An empty QUERY lists everything the filters admit. NSFW entries are hidden
+    unless --nsfw.
 
     \b
     Example:
@@ -251,16 +254,26 @@ def search_cmd(
     """
     cat = _catalog(ctx)
     model_arg = _model_arg(cat, model) if model else None
-    rows = cat.search(
-        query, base=base, source=source, kind=kind, model=model_arg, local=True if local else None,
-        nsfw=nsfw, limit=limit, include_removed=removed,
-    )
+    from tihub.errors import ConfigError
+
+    try:
+        rows = cat.search(
+            query, base=base, source=source, kind=kind, model=model_arg, local=True if local else None,
+            nsfw=nsfw, limit=limit, include_removed=removed,
+        )
+    except ConfigError as exc:  # an unknown --kind/--source: a usage error naming the valid values
+        if as_json:
+            echo_json({"ok": False, "error": str(exc)})
+            click.get_current_context().exit(2)
+        raise click.UsageError(str(exc)) from None
     if as_json:
         echo_json(rows)
         return
     if not rows:
         click.echo("No matching entries; try fewer words, --nsfw, or `tihub sync` first.", err=True)
         return
+    if rows[0].get("fuzzy"):
+        click.echo(f"Nothing matches {query!r} exactly; these names are close:", err=True)
     wn = min(40, max(len(r["name"]) for r in rows))
     ws = max(len(r["source"]) for r in rows)
     for r in rows:
@@ -325,10 +338,12 @@ def _training_story(run: dict[str, Any]) -> list[str]:
 
 @click.command("show")
 @click.argument("name")
+@click.option("--app", type=click.Choice(["a1111", "forge", "comfyui", "invokeai", "diffusers"]),
+              help="Give the compatibility verdicts of this app (--json always has every app).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--thumbnails", is_flag=True, help="Fetch the preview pictures now and show their cached WEBP thumbnails.")
 @pass_ctx
-def show_cmd(ctx: Context, name: str, as_json: bool, thumbnails: bool = False) -> None:
+def show_cmd(ctx: Context, name: str, app: str | None, as_json: bool, thumbnails: bool = False) -> None:
     """Everything known about one entry: files, hashes, trigger syntax per app, sources,
     previews, verifications, training runs and how it fits the known models.
 
@@ -394,6 +409,10 @@ def show_cmd(ctx: Context, name: str, as_json: bool, thumbnails: bool = False) -
             out(f"    {'manual download' if f['manual'] else 'url'}: {f['url']}")
         if f["local_path"]:
             out(f"    on disk:  {f['local_path']}")
+    if e.get("duplicates"):
+        out("The same bytes on disk under other names (exact duplicates):")
+        for d in e["duplicates"]:
+            out(f"  #{d['id']} {d['name']}  {d['path']}")
     if e["also_in"]:
         out("Also listed by:")
         for a in e["also_in"]:
@@ -427,9 +446,19 @@ def show_cmd(ctx: Context, name: str, as_json: bool, thumbnails: bool = False) -
             for line in _training_story(r):
                 out(line)
     if e["compat"]:
-        out("Compatibility with known models:")
+        from tihub.catalog.compat_rules import APP_LABELS
+
+        out("Compatibility with known models" + (f" in {APP_LABELS[app]}:" if app else ":"))
         for c in e["compat"]:
-            out(f"  {c['model'] or c['autov2']} ({c['family']}): {c['fit']}")
+            if app:
+                a = c["apps"][app]
+                out(f"  {c['model'] or c['autov2']} ({c['family']}): {a['status']}" + (f" ({a['reason']})" if a["reason"] else ""))
+            else:
+                differ = len({a["status"] for a in c["apps"].values()}) > 1
+                per_app = ", ".join(f"{APP_LABELS[k]} {a['status']}" for k, a in c["apps"].items())
+                out(f"  {c['model'] or c['autov2']} ({c['family']}): {c['fit']}" + (f"  [{per_app}]" if differ else ""))
+            if c.get("note"):
+                out(f"      {c['note']}")
     else:
         out(f"Compatibility: loads on {e['base']} models" if e["base"] != "unknown" else "Compatibility: base unknown")
     if e["same_name"]:

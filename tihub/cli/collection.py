@@ -190,13 +190,16 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
 @click.option("--as", "as_", type=click.Choice(["original", "safetensors"]), default="original", show_default=True,
               help="original keeps the bytes; safetensors converts pickled files.")
 @click.option("--force", is_flag=True, help="Replace a different file with the same name.")
+@click.option("--offline", is_flag=True, envvar="TIHUB_OFFLINE", help="Do not ask Civitai about the files' hashes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON results.")
 @pass_ctx
-def import_cmd(ctx: Context, files: tuple[str, ...], name: str | None, as_: str, force: bool, as_json: bool) -> None:
+def import_cmd(ctx: Context, files: tuple[str, ...], name: str | None, as_: str, force: bool, offline: bool, as_json: bool) -> None:
     """Add files you downloaded yourself (e.g. from mega) to embeddings/.
 
     Each file is read safely (no code runs), matched to a catalogue entry by sha256, else by
-    name, copied into embeddings/ and recorded.
+    name, copied into embeddings/ and recorded. Its sha256 is looked up in the catalogue (any
+    source) and, with a civitai source configured, on Civitai (answers cached): the result says
+    where it came from, its page and its trigger words, or that nothing known matches.
 
     \b
     Example:
@@ -210,18 +213,30 @@ def import_cmd(ctx: Context, files: tuple[str, ...], name: str | None, as_: str,
     ws = ctx.workspace
     ws.ensure()
     catalog = _catalog(ctx)
+    url, allow_private = _civitai(ctx)
     failed = False
     out = []
     for f in files:
-        r = import_file(f, ws.embeddings_dir, catalog, name=_strip_suffix(name), convert=as_, force=force)
+        r = import_file(f, ws.embeddings_dir, catalog, name=_strip_suffix(name), convert=as_, force=force,
+                        civitai_url=url, allow_private=allow_private, remote=not offline)
         if r.status == "failed":
             failed = True
             fail(r.error or f"{f} failed.")
         elif not as_json:
-            match = f", matches catalogue entry {r.entry!r} by {r.matched_by}" if r.entry else ", no catalogue entry matches"
+            if r.identified:
+                match = f", it is {r.entry!r} from {r.origin}" + (f" ({r.page_url})" if r.page_url else "")
+            elif r.entry:
+                match = f", matches catalogue entry {r.entry!r} by {r.matched_by}"
+            else:
+                match = ", matches nothing in the catalogue" + (" or on Civitai" if url and not offline else "")
             click.echo(f"{'imported' if r.status == 'imported' else 'already here'}: {f} -> {r.path}{match}")
+            if r.duplicate_of:
+                click.echo(f"  the same bytes as {', '.join(r.duplicate_of)} (exact duplicate)")
+            if r.triggers:
+                click.echo(f"  triggers: {', '.join(r.triggers)}")
         out.append({"file": f, "status": r.status, "path": str(r.path) if r.path else None, "entry": r.entry,
-                    "matched_by": r.matched_by, "error": r.error})
+                    "matched_by": r.matched_by, "error": r.error, "identified": r.identified, "source": r.origin,
+                    "page_url": r.page_url, "triggers": r.triggers or [], "duplicates": r.duplicate_of or []})
     if as_json:
         echo_json(out)
     exit_status(failed)
@@ -231,14 +246,18 @@ def import_cmd(ctx: Context, files: tuple[str, ...], name: str | None, as_: str,
 
 
 @click.command("list")
+@click.option("--offline", is_flag=True, envvar="TIHUB_OFFLINE", help="Do not ask Civitai about unknown files' hashes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
-def list_cmd(ctx: Context, as_json: bool) -> None:
+def list_cmd(ctx: Context, offline: bool, as_json: bool) -> None:
     """List the embeddings in embeddings/ (subfolders too), with their problems.
 
-    Shows name, base (sd1/sd2/sdxl), vector count, format, the model it was trained on and its
-    catalogue entry; flags duplicate trigger names, unreadable files and files that are not
-    embeddings. Unchanged files are not read again.
+    Shows name, base (sd1/sd2/sdxl), vector count, format, the model it was trained on and what
+    the file is: recognised by its sha256 in the catalogue (any source) or, with a civitai
+    source configured, on Civitai (answers cached), with its page and trigger words; or that
+    nothing known matches. Files with the very same bytes are shown as duplicates of each other.
+    Flags duplicate trigger names, unreadable files and files that are not embeddings.
+    Unchanged files are not read again.
 
     \b
     Example:
@@ -249,7 +268,8 @@ def list_cmd(ctx: Context, as_json: bool) -> None:
 
     ws = ctx.workspace
     ws.ensure()
-    rows = list_collection(ws, _catalog(ctx))
+    url, allow_private = _civitai(ctx)
+    rows = list_collection(ws, _catalog(ctx), civitai_url=url, allow_private=allow_private, remote=not offline)
     if as_json:
         echo_json(rows)
         return
@@ -258,15 +278,25 @@ def list_cmd(ctx: Context, as_json: bool) -> None:
         return
     width = min(40, max(len(r["path"]) for r in rows))
     click.echo(f"{'FILE':<{width}}  {'BASE':<7} {'VEC':>3}  {'FORMAT':<11}  {'TRAINED ON':<28}  ENTRY")
-    problems = 0
+    problems = unknown = 0
     for r in rows:
         vec = "" if r["vectors"] is None else str(r["vectors"])
-        entry = f"{r['entry']} ({r['source']})" if r["entry"] else "-"
+        if r.get("identified"):
+            entry = f"{r['entry']} ({r['source']})"
+        else:
+            unknown += 1
+            entry = "no match" if r["readable"] else "-"
         click.echo(f"{r['path']:<{width}}  {(r['base'] or '?'):<7} {vec:>3}  {(r['format'] or '?'):<11}  {(r['trained_on'] or '-')[:28]:<28}  {entry}")
+        if r.get("page_url") or r.get("triggers"):
+            words = f"triggers: {', '.join(r['triggers'])}" if r.get("triggers") else ""
+            click.echo(f"{'':<{width}}  = {'  '.join(x for x in (r.get('page_url') or '', words) if x)}")
+        if r.get("duplicates"):
+            click.echo(f"{'':<{width}}  = the same bytes as {', '.join(r['duplicates'])} (exact duplicate)")
         for p in r["problems"]:
             problems += 1
             click.echo(f"{'':<{width}}  ! {p}")
-    click.echo(f"{len(rows)} file(s), {problems} problem(s).")
+    where = "the catalogue or on Civitai" if url and not offline else "the catalogue"
+    click.echo(f"{len(rows)} file(s), {problems} problem(s), {unknown} matching nothing in {where}.")
 
 
 # ------------------------------------------------------------------------------------ remove
@@ -357,23 +387,38 @@ def _civitai(ctx: Context) -> tuple[str | None, bool]:
 @click.option("--model-hash", help="A model hash: A1111 old (8 hex), AutoV2 (10 hex) or sha256.")
 @click.option("--catalog", "include_catalog", is_flag=True, help="Also judge catalogue entries that are not fetched.")
 @click.option("--offline", is_flag=True, envvar="TIHUB_OFFLINE", help="Do not ask Civitai about unknown hashes.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, status, reason}.")
+@click.option("--app", type=click.Choice(["a1111", "forge", "comfyui", "invokeai", "diffusers"]),
+              help="Judge for this app (its status and reason); --json always has every app under `apps`.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, status, reason, apps, ...}.")
 @pass_ctx
-def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, model_hash: str | None, include_catalog: bool, offline: bool, as_json: bool) -> None:
+def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, model_hash: str | None, include_catalog: bool, offline: bool, app: str | None, as_json: bool) -> None:
     """Say which embeddings work on a model: trained-on, same-family, partial, wont-load, unknown.
 
     The model is a file (hashed with the cache, family read from its headers) or any hash form;
     hashes are looked up among models tihub hashed, a built-in table of well-known models and
-    Civitai (answers cached). Without NAMEs every local embedding is judged.
+    Civitai (answers cached). Without NAMEs every local embedding is judged. The verdict depends
+    on the app: A1111 and Forge skip an SD1 embedding on SDXL, ComfyUI applies it to CLIP-L only,
+    InvokeAI refuses it; --app picks one, otherwise apps that differ are listed. Models may also
+    be SDXL refiners, SD3 or Flux; an embedding made for Pony, Illustrious or NoobAI is flagged on
+    other SDXL models.
 
     \b
     Example:
       tihub compat --model-hash 7460a6fa
-      tihub compat --model ~/models/sd_xl_base_1.0.safetensors easynegative
+      tihub compat --model ~/models/sd_xl_base_1.0.safetensors easynegative --app comfyui
       tihub compat --model-hash 6ce0161689 --catalog --json
     """
     from tihub.collection import list_collection
-    from tihub.compat import FAMILY_NAMES, TRAINED_ON, model_from_file, model_from_hash, name_checkpoints, report_catalog, report_local
+    from tihub.compat import (
+        FAMILY_NAMES,
+        TRAINED_ON,
+        app_summary,
+        model_from_file,
+        model_from_hash,
+        name_checkpoints,
+        report_catalog,
+        report_local,
+    )
     from tihub.errors import NotFound, TihubError
 
     if bool(model_path) == bool(model_hash):
@@ -388,13 +433,14 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
         model = model_from_hash(model_hash or "", catalog, civitai_url=url, allow_private=allow_private, remote=not offline)
     local = list_collection(ws, catalog)
     failed = False
-    results: list[dict[str, Any]] = []
+    # what to judge: ("local", items) and ("catalog", rows), in order
+    groups: list[tuple[str, list[dict[str, Any]]]] = []
     if names:
         for n in names:
             low = n.lower()
             mine = [r for r in local if r["name"].lower() == low or r["path"].lower() == low]
             if mine:
-                results += report_local([_local_item(r) for r in mine], model)
+                groups.append(("local", [_local_item(r) for r in mine]))
                 continue
             try:
                 files = catalog.files_for(n)
@@ -406,31 +452,39 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
             for f in files[:1]:
                 full = catalog.file_by_sha256(f["sha256"]) if f.get("sha256") else None
                 rows.append({"name": f.get("entry_name") or n, "base": f.get("base"), "widths": f.get("widths"),
-                             "sd_checkpoint": (full or {}).get("sd_checkpoint"), "source": f.get("source")})
+                             "sd_checkpoint": (full or {}).get("sd_checkpoint"), "source": f.get("source"),
+                             "base_model": f.get("base_model")})
             if not rows:
                 rows.append({"name": n, "base": None, "widths": None, "sd_checkpoint": None})
-            results += report_catalog(rows, model)
+            groups.append(("catalog", rows))
     else:
-        results += report_local([_local_item(r) for r in local], model)
+        groups.append(("local", [_local_item(r) for r in local]))
         if include_catalog:
             try:
                 rows = catalog.search(local=False, limit=None)
             except TihubError as exc:
                 fail(str(exc))
                 rows = []
-            results += report_catalog(rows, model)
+            groups.append(("catalog", rows))
     # Name the model each embedding was made on (one bulk Civitai lookup for unknown hashes).
     made_on = name_checkpoints(
-        {r["sd_checkpoint"] for r in results if r.get("sd_checkpoint")},
+        {r["sd_checkpoint"] for _, items in groups for r in items if r.get("sd_checkpoint")},
         catalog, civitai_url=url, allow_private=allow_private, remote=not offline,
     )
+    results: list[dict[str, Any]] = []
+    for kind, items in groups:
+        results += (report_local if kind == "local" else report_catalog)(items, model, made_on)
     for r in results:
         m = made_on.get(r.get("sd_checkpoint") or "")
         r["made_on"] = m.label() if m is not None and m.name else None
         if r["made_on"] and r["status"] != TRAINED_ON:
             r["reason"] += f"; it was made on {r['made_on']}"
+        if app:
+            r["app"] = app
+            r["status"], r["reason"] = r["apps"][app]["status"], r["apps"][app]["reason"]
     if as_json:
-        echo_json([{"name": r["name"], "status": r["status"], "reason": r["reason"], "made_on": r["made_on"]} for r in results])
+        echo_json([{k: r.get(k) for k in ("name", "status", "reason", "made_on", "app", "apps", "line", "path", "source")
+                    if k != "app" or app} for r in results])
     else:
         fam = FAMILY_NAMES.get(model.family or "", "unknown family")
         origin = {"hashed": "hashed file", "builtin": "built-in table", "civitai": "Civitai", "catalog": "catalogue"}.get(model.origin, "unknown")
@@ -440,10 +494,16 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
         w = min(40, max((len(str(r["name"])) for r in results), default=4))
         for r in results:
             click.echo(f"{str(r['name']):<{w}}  {r['status']:<12} {r['reason']}")
+            if not app and len({v["status"] for v in r["apps"].values()}) > 1:
+                click.echo(f"{'':<{w}}  {'per app:':<12} {app_summary(r['apps'])}")
     exit_status(failed)
 
 
 def _local_item(row: dict[str, Any]) -> dict[str, Any]:
-    return {"name": row["name"], "widths": row.get("widths"), "sd_checkpoint": row.get("sd_checkpoint"),
-            "problem": "; ".join(row["problems"]) if row.get("problems") and not row.get("widths") else None, "path": row["path"]}
+    widths = row.get("widths")
+    problem = "; ".join(row["problems"]) if row.get("problems") and not widths else None
+    if problem and "T5 (4096-wide)" in problem:  # the reader refuses T5 embeddings; compat can judge them
+        widths, problem = {"t5xxl": 4096}, None
+    return {"name": row["name"], "widths": widths, "sd_checkpoint": row.get("sd_checkpoint"),
+            "sd_checkpoint_name": row.get("sd_checkpoint_name"), "problem": problem, "path": row["path"]}
 

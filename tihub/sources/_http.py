@@ -23,7 +23,7 @@ from tihub.errors import NetworkError, SourceError, UnsafeURL
 from tihub.net import URLPolicy, _is_private, make_client, stream
 from tihub.sources.base import SourceUnchanged
 
-__all__ = ["Fetcher", "Reply", "SourceUnchanged", "StatusError", "clean_link", "fetcher_for"]
+__all__ = ["Fetcher", "Reply", "SourceUnchanged", "StatusError", "WaitTooLong", "clean_link", "fetcher_for"]
 
 log = logging.getLogger("tihub.sources")
 
@@ -34,6 +34,15 @@ RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RETRIES = 4
 BACKOFF = 0.5  # first wait in seconds; doubles each retry (tests lower it)
 MAX_WAIT = 120.0  # longest single wait we accept from Retry-After / rate-limit headers
+
+
+class WaitTooLong(SourceError):
+    """The server asks to wait longer than this fetcher may (its `max_wait`, or past its
+    deadline); `wait` is the seconds asked. Indexers that can resume stop cleanly on it."""
+
+    def __init__(self, message: str, wait: float) -> None:
+        super().__init__(message)
+        self.wait = wait
 
 
 class StatusError(SourceError):
@@ -140,6 +149,8 @@ class Fetcher:
         self.max_retries = MAX_RETRIES if max_retries is None else max_retries
         self.sleep = sleep
         self.requests = 0  # how many requests this fetcher sent (retries included)
+        self.max_wait = MAX_WAIT  # longest single wait accepted (a source may allow its service's window)
+        self.on_wait: Callable[[str, int, float], None] | None = None  # (url, status, seconds) before a wait
 
     def close(self) -> None:
         if self._own_client:
@@ -188,9 +199,13 @@ class Fetcher:
                     what = "rate limited (429)" if reply.status == 429 else f"status {reply.status}"
                     raise SourceError(f"Source {self.source!r}: {url} kept answering {what} after {attempt + 1} tries; try again later.")
                 wait = retry_delay(reply.headers, attempt)
-                if wait > MAX_WAIT:
-                    raise SourceError(f"Source {self.source!r}: {url} asks to wait {wait:.0f} s before retrying; try again later.")
+                if wait > self.max_wait:
+                    raise WaitTooLong(f"Source {self.source!r}: {url} asks to wait {wait:.0f} s before retrying; try again later.", wait)
+                if self.deadline is not None and time.monotonic() + wait > self.deadline:
+                    raise WaitTooLong(f"Source {self.source!r} would run past its deadline waiting {wait:.0f} s for {url}; sync it again later.", wait)
                 log.info("%s: %s answered %s; retrying in %.1fs", self.source, url, reply.status, wait)
+                if self.on_wait is not None:
+                    self.on_wait(url, reply.status, wait)
             self._check_deadline(url, wait)
             self.sleep(wait)
             attempt += 1

@@ -1,7 +1,7 @@
 """Index Civitai's textual inversions through its public v1 REST API.
 
-`GET {url}/models?types=TextualInversion&limit=100` (+ `query`, `baseModels`, `sort`,
-`nsfw=false` unless the source is NSFW), following `metadata.nextCursor` (or `nextPage` on
+`GET {url}/models?types=TextualInversion&limit=100` (+ `query`, `baseModels`, `sort`, and
+`nsfw=true` for a source marked NSFW, else `nsfw=false`: the API's default is SFW only), following `metadata.nextCursor` (or `nextPage` on
 answers without cursors). Civitai refuses page-number paging past page x limit = 1000 with a
 429 "use cursors instead": the indexer then stops cleanly with what it has and records
 `truncated` in the state. `$CIVITAI_TOKEN` is sent as a bearer token to the API host only.
@@ -49,14 +49,19 @@ def _text(value: Any, limit: int = 4000) -> str | None:
     return text[:limit] or None
 
 
+# Civitai's `nsfwLevel` is a bit flag (civitai/civitai src/server/common/enums.ts NsfwLevel:
+# PG 1, PG13 2, R 4, X 8, XXX 16, Blocked 32); its SFW browsing levels are PG | PG13.
+NSFW_LEVEL_BITS = 4 | 8 | 16 | 32
+
+
 def _nsfw_image(img: dict[str, Any]) -> bool:
     level = img.get("nsfwLevel", img.get("nsfw"))
     if isinstance(level, bool):
         return level
     if isinstance(level, (int, float)):
-        return level > 1
-    if isinstance(level, str):
-        return level.lower() not in ("none", "pg", "false", "")
+        return bool(int(level) & NSFW_LEVEL_BITS)
+    if isinstance(level, str):  # older answers: "None" | "Soft" | "Mature" | "X"
+        return level.lower() not in ("none", "pg", "pg13", "false", "")
     return False
 
 
@@ -87,8 +92,9 @@ class _Civitai:
             q.append(("baseModels", b))
         if self.spec.get("sort"):
             q.append(("sort", self.spec.get("sort")))
-        if not self.spec.nsfw:
-            q.append(("nsfw", "false"))
+        # Without `nsfw` the API answers SFW models and images only (not "both"): an NSFW
+        # source must ask for them.
+        q.append(("nsfw", "true" if self.spec.nsfw else "false"))
         return f"{self.base}/models?{urlencode(q)}"
 
     def pages(self) -> Iterator[list[dict[str, Any]]]:

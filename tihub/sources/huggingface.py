@@ -13,6 +13,11 @@ its file tree at that commit (sha256 of every LFS file, without downloading it),
 `concept_images/` come from the tree) and, with deep sync, the small embedding file itself. Unchanged repos are not re-read: their entries
 are kept with `ctx.keep(remote_id)`, so an unchanged organisation costs only its listing pages
 (and raises SourceUnchanged).
+
+Rate limits: the Hub answers 429 with `RateLimit: "api";r=0;t=N` (N up to 300 s); the sync waits
+as it says, showing the wait. When a wait would pass the source's deadline it stops reading
+repos: what it read is saved, the rest is left for the next sync (which continues there) and the
+count is reported. The licence comes from the `license:` tag (listings carry no cardData).
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ import logging
 import os
 import posixpath
 import re
+import time
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from tihub.errors import SourceError
-from tihub.sources._http import SMALL_CAP, Fetcher, SourceUnchanged, StatusError, clean_link, fetcher_for
+from tihub.sources._http import SMALL_CAP, Fetcher, SourceUnchanged, StatusError, WaitTooLong, clean_link, fetcher_for
 from tihub.sources.base import EMBED_SUFFIXES, Candidate, CandidateFile
 
 log = logging.getLogger("tihub.sources")
@@ -42,6 +48,9 @@ NOT_EMBEDDINGS = {
     "model.safetensors", "optimizer.bin", "optimizer.pt", "scheduler.pt", "scheduler.bin",
     "training_args.bin", "rng_state.pth", "scaler.pt", "random_states_0.pkl",
 }
+# The Hub allows about 500 API requests per 5 minutes without a token and answers 429 with
+# `RateLimit: "api";r=0;t=N`, N up to the window's 300 s: wait as it says (a little over a window).
+RATE_WINDOW_WAIT = 330.0
 MODEL_DIRS = {"unet", "text_encoder", "text_encoder_2", "vae", "tokenizer", "tokenizer_2", "scheduler",
               "safety_checker", "feature_extractor", "transformer", "image_encoder"}
 
@@ -96,6 +105,9 @@ class _Indexer:
             )
         auth = {"Authorization": f"Bearer {self.token}"} if self.token else None
         self.fetch: Fetcher = fetcher_for(spec, ctx, auth_headers=auth)
+        self.fetch.max_wait = RATE_WINDOW_WAIT
+        self.fetch.on_wait = self._waiting
+        self.fetch.sleep = lambda seconds: _sleep(seconds)
         if auth and urlsplit(self.endpoint).scheme != "https" and not spec.allow_private:
             self.fetch.auth_headers = {}  # never send a token in clear text to a public host
         self.author = spec.get("author") or DEFAULT_AUTHOR
@@ -105,6 +117,13 @@ class _Indexer:
             raise SourceError(f"Source {spec.name!r}: unknown repo type {bad[0]!r} in `repo_types`; use model and/or dataset.")
         self.repo_types = sorted({t.rstrip("s") for t in types}, key=lambda t: t != "model")
         self.limit = spec.get("limit")
+
+    def _waiting(self, url: str, status: int, seconds: float) -> None:
+        """Say that (and how long) the sync waits for the Hub's rate limit."""
+        if status == 429:
+            msg = f"rate limited by the Hub: waiting {seconds:.0f} s as it asks, then resuming"
+            log.warning("Source %r: %s.", self.spec.name, msg)
+            self.ctx.progress(msg)
 
     # -- listing -------------------------------------------------------------------------------
 
@@ -152,8 +171,11 @@ class _Indexer:
         name = repo_id.split("/", 1)[1]
         web = _web_prefix(self.endpoint, repo_type, repo_id)
         card = item.get("cardData") if isinstance(item.get("cardData"), dict) else {}
-        licence = card.get("license") if isinstance(card.get("license"), str) else None
         tags = [t for t in item.get("tags") or [] if isinstance(t, str)]
+        # `full=true` listings carry no cardData (that needs `cardData=true`); the card's
+        # licence is also a `license:<id>` tag, which they do carry.
+        licence = card.get("license") if isinstance(card.get("license"), str) else None
+        licence = licence or next((t.split(":", 1)[1] for t in tags if t.startswith("license:") and t[8:]), None)
         gated = item.get("gated") or False
         extra = {
             "repo": repo_id,
@@ -325,6 +347,7 @@ class _Indexer:
         if keys == set(prev) and all(same(k, i) for k, _, i in listed):
             raise SourceUnchanged(self.spec.name)
         new: dict[str, Any] = {}
+        left = 0  # repos not read this time (rate limit or deadline): the next sync reads them
         for n, (key, rtype, item) in enumerate(listed):
             record = {"sha": item.get("sha"), "lastModified": item.get("lastModified"),
                       "disabled": bool(item.get("disabled")), "gated": item.get("gated")}
@@ -332,9 +355,23 @@ class _Indexer:
                 self._keep(prev[key])
                 new[key] = prev[key]
                 continue
+            if left:
+                left += 1
+                if key in prev and "ids" in prev[key]:
+                    self._keep(prev[key])  # kept as it was, with its old sha: read next time
+                    new[key] = prev[key]
+                continue
             self.ctx.progress(f"reading {item['id']}", n + 1, len(listed))
             try:
                 cands = self.repo_candidates(rtype, item)
+            except WaitTooLong as exc:
+                # Stop here; what was read is kept and the rest waits for the next sync.
+                log.warning("%s", exc)
+                left = 1
+                if key in prev and "ids" in prev[key]:
+                    self._keep(prev[key])
+                    new[key] = prev[key]
+                continue
             except SourceError as exc:
                 if key not in prev or "ids" not in prev[key]:
                     log.warning("%s", exc)
@@ -347,6 +384,13 @@ class _Indexer:
             record["ids"] = [c.remote_id for c in cands]
             new[key] = record
             yield from cands
+        if left:
+            self.ctx.partial()
+            msg = (f"{left} of {len(listed)} repos were left for the next sync (the Hub's rate limit or the "
+                   f"deadline); `tihub sync {self.spec.name}` continues where this one stopped")
+            log.warning("Source %r: %s.", self.spec.name, msg)
+            self.ctx.progress(msg)
+        self.ctx.set_state("left_for_next_sync", left)
         self.ctx.set_state("repos", new)
         self.ctx.set_state("endpoint", self.endpoint)
 
@@ -377,6 +421,11 @@ def beside_previews(group: list[dict[str, Any]], paths: set[str], url_of: Any) -
             if f"{stem}.preview{ext}" in paths:
                 out.append({"url": url_of(f"{stem}.preview{ext}"), "kind": "preview"})
     return out
+
+
+def _sleep(seconds: float) -> None:
+    """How the indexer waits for the Hub (tests replace it)."""
+    time.sleep(seconds)
 
 
 def _size(e: dict[str, Any]) -> int | None:
