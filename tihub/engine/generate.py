@@ -27,6 +27,7 @@ from typing import Any
 
 from tihub import __version__
 from tihub.engine.conditioning import BatchConds, GuidedUNet, PromptEncoder
+from tihub.engine.invariant import batch_invariant
 from tihub.engine.models import LoadedModel, from_pipeline, load_model
 from tihub.engine.samplers import DEFAULT, calls_per_step, canonical, canonical_schedule, check_schedule_type, infotext_schedule, make_scheduler
 from tihub.engine.vocabulary import Vocabulary
@@ -166,7 +167,8 @@ class Engine:
             pool = torch.zeros((n, first.pooled.shape[-1]), device=device, dtype=dtype)
             kwargs.update(pooled_prompt_embeds=pool, negative_pooled_prompt_embeds=pool)
         try:
-            with torch.inference_mode(), GuidedUNet(pipe, conds):
+            # batch_invariant: on CPU an image is the same alone or in a grid, to the pixel
+            with torch.inference_mode(), GuidedUNet(pipe, conds), batch_invariant(pipe.unet, pipe.vae, device=device):
                 images = pipe(**kwargs).images
         finally:
             pipe.scheduler = own_scheduler
@@ -192,6 +194,7 @@ class Engine:
             "Clip skip": settings.clip_skip if settings.clip_skip > 1 else None,
             "RNG": "CPU",
             "TI hashes": ti_hashes_value(hashes),
+            "Pad conds": True if settings.pad_conds else None,
             "Version": f"tihub {__version__}",
         }
         params.update(extra or {})
@@ -216,12 +219,13 @@ class Engine:
         clip_skip: int = 1,
         out: str | os.PathLike[str] | None = None,
         schedule_type: str | None = None,
+        pad_conds: bool = False,
     ) -> Result:
         if batch_size < 1 or batch_count < 1:
             raise ConfigError("--batch-size and --batch-count must be at least 1.")
         native = self.model.native_size
         w, h = parse_size(size, native) if size is not None else (width or native, height or width or native)
-        settings = Settings(steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg_scale, width=w, height=h, clip_skip=clip_skip, schedule_type=schedule_type or "Automatic")
+        settings = Settings(steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg_scale, width=w, height=h, clip_skip=clip_skip, schedule_type=schedule_type or "Automatic", pad_conds=pad_conds)
         settings.check()
         first = resolve_seed(seed)
         result = Result([], [], [])
@@ -321,6 +325,7 @@ def generate(
     device: Any = None,
     dtype: Any = None,
     schedule_type: str | None = None,
+    pad_conds: bool = False,
 ) -> Result:
     """Generate images in one call.
 
@@ -355,4 +360,5 @@ def generate(
         clip_skip=clip_skip,
         out=out,
         schedule_type=schedule_type,
+        pad_conds=pad_conds,
     )
