@@ -105,31 +105,15 @@ def prompt_cmd(ctx: Context, prompt: str, steps: int, model: str | None, as_json
 
 
 def _from_image(path: str) -> dict[str, Any]:
-    from tihub.infotext import NoInfotext, read_infotext
+    """Settings to re-run an image's infotext; `notes` names each one that cannot be followed."""
+    from tihub.engine.reproduce import read_rerun
+    from tihub.infotext import NoInfotext
 
     try:
-        info = read_infotext(path)
+        rep = read_rerun(path)
     except NoInfotext as exc:
         raise ConfigError(f"--from-image: {exc}") from exc
-    p = info.parameters
-    out: dict[str, Any] = {"prompt": info.prompt, "negative": info.negative_prompt}
-    if "Steps" in p:
-        out["steps"] = int(p["Steps"])
-    if "Sampler" in p:
-        from tihub.engine.samplers import from_infotext
-
-        out["sampler"], out["schedule_type"], warning = from_infotext(p["Sampler"], p.get("Schedule type"))
-        out["warnings"] = [warning] if warning else []
-    if "CFG scale" in p:
-        out["cfg"] = float(p["CFG scale"])
-    if "Seed" in p:
-        out["seed"] = int(p["Seed"])
-    if "Size" in p:
-        out["size"] = p["Size"]
-    if "Clip skip" in p:
-        out["clip_skip"] = int(p["Clip skip"])
-    out["model_hash"] = p.get("Model hash")
-    return out
+    return {"prompt": rep.prompt, "negative": rep.negative_prompt, "settings": rep.settings, "warnings": rep.notes, "model_hash": rep.model_hash}
 
 
 @click.command("generate")
@@ -146,13 +130,14 @@ def _from_image(path: str) -> dict[str, Any]:
 @click.option("--batch-count", type=int, default=1, show_default=True, help="Number of batches.")
 @click.option("--clip-skip", type=int, default=None, help="CLIP skip (1 = last layer) [default: 1].")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None, help="Output folder [default: WORKSPACE/outputs].")
-@click.option("--from-image", "from_image", type=click.Path(dir_okay=False), default=None, help="Re-run the settings in an image's infotext (options given here win).")
+@click.option("--from-image", "from_image", type=click.Path(dir_okay=False), default=None, help="Re-run the settings in an image's infotext (options given here win); each setting that cannot be followed is named.")
+@click.option("--pad-conds", "pad_conds", is_flag=True, help="A1111's 'Pad conds': pad prompt and negative to the same chunk count (written to the infotext).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or mps [default: best available].")
 @click.option("--dtype", default=None, type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="Compute precision [default: auto].")
 @click.option("--json", "as_json", is_flag=True, help="Print the saved files and settings as JSON.")
 @config_option
 @pass_ctx
-def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: str | None, steps: int | None, sampler: str | None, schedule_type: str | None, cfg: float | None, seed: int | None, size: str | None, batch_size: int, batch_count: int, clip_skip: int | None, out: str | None, from_image: str | None, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
+def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: str | None, steps: int | None, sampler: str | None, schedule_type: str | None, cfg: float | None, seed: int | None, size: str | None, batch_size: int, batch_count: int, clip_skip: int | None, out: str | None, from_image: str | None, pad_conds: bool, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
     """Generate images for PROMPT; each PNG carries A1111 infotext (PNG Info reads it).
 
     Embeddings in the workspace's embeddings/ folder are used by their file name, as in A1111.
@@ -171,20 +156,28 @@ def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: 
     if base.get("model_hash") and engine.model.hash and base["model_hash"].lower() not in (engine.model.hash, (engine.model.sha256 or "")[:8]):
         _warn([f"--from-image was made with model hash {base['model_hash']}, this model is {engine.model.hash}; images will differ."])
     outdir = Path(out) if out else ctx.workspace.root / "outputs"
+    # settings from the image that have no option here (RNG, ENSD, hires, ...) pass through
+    given: dict[str, Any] = dict(base.get("settings", {}))
+    if pad_conds:
+        given["pad_conds"] = True
+    base_sampler, base_schedule = given.pop("sampler", None), given.pop("schedule_type", None)
     result = engine.generate(
         prompt,
         negative if negative is not None else base.get("negative", ""),
-        steps=steps if steps is not None else base.get("steps", 20),
-        sampler=sampler or base.get("sampler"),
-        # an explicit --sampler starts from its own schedule unless --schedule-type is given too
-        schedule_type=schedule_type or (None if sampler else base.get("schedule_type")),
-        cfg_scale=cfg if cfg is not None else base.get("cfg", 7.0),
-        seed=seed if seed is not None else base.get("seed", -1),
-        size=size or base.get("size"),
-        batch_size=batch_size,
-        batch_count=batch_count,
-        clip_skip=clip_skip if clip_skip is not None else base.get("clip_skip", 1),
-        out=outdir,
+        **{
+            **given,
+            "steps": steps if steps is not None else given.get("steps", 20),
+            "sampler": sampler or base_sampler,
+            # an explicit --sampler starts from its own schedule unless --schedule-type is given too
+            "schedule_type": schedule_type or (None if sampler else base_schedule),
+            "cfg_scale": cfg if cfg is not None else given.get("cfg_scale", 7.0),
+            "seed": seed if seed is not None else given.get("seed", -1),
+            "size": size or given.get("size"),
+            "batch_size": batch_size,
+            "batch_count": batch_count,
+            "clip_skip": clip_skip if clip_skip is not None else given.get("clip_skip", 1),
+            "out": outdir,
+        },
     )
     _warn(result.warnings)
     if as_json:
