@@ -381,7 +381,9 @@ NOT_FOLLOWED = {
     "Init image hash": "an img2img source image",
     "Mask blur": "inpainting",
     "Image CFG scale": "an instruct-pix2pix image CFG",
+    "CFG Rescale φ": "CFG rescale",
 }
+_OFF = {"0", "0.0", "false", "none", ""}
 # Civitai's preview metadata: its own names for A1111's keys.
 CIVITAI_KEYS = {"cfgScale": "CFG scale", "steps": "Steps", "sampler": "Sampler", "seed": "Seed", "clipSkip": "Clip skip",
                 "scheduler": "Schedule type", "denoise": "Denoising strength", "denoisingStrength": "Denoising strength"}
@@ -397,9 +399,10 @@ def from_civitai_meta(meta: dict[str, Any]) -> Infotext:
     `reproduction`)."""
     params: dict[str, str] = {}
     for key, value in meta.items():
+        if key in ("comfy", "workflow"):
+            params["Comfy workflow"] = "yes"
+            continue
         if key in ("prompt", "negativePrompt") or value is None or isinstance(value, (dict, list)):
-            if key in ("comfy", "workflow"):
-                params["Comfy workflow"] = "yes"
             continue
         if key in CIVITAI_RECORD:
             continue
@@ -407,8 +410,6 @@ def from_civitai_meta(meta: dict[str, Any]) -> Infotext:
         params[name] = str(value) if not isinstance(value, bool) else ("True" if value else "False")
     if "Size" not in params and isinstance(meta.get("width"), int) and isinstance(meta.get("height"), int):
         params["Size"] = f"{meta['width']}x{meta['height']}"
-    if isinstance(meta.get("comfy"), str):
-        params["Comfy workflow"] = "yes"
     return Infotext(str(meta.get("prompt") or ""), str(meta.get("negativePrompt") or ""), params)
 
 
@@ -479,8 +480,8 @@ def reproduction(info: Infotext, supported: Any = None) -> Reproduction:
         elif key == "Comfy workflow":
             notes.append("The picture was made by a ComfyUI workflow; only its prompt, sampler, steps, CFG, seed and size are followed.")
         elif key in NOT_FOLLOWED:
-            if key == "Variation seed" and float(p.get("Variation seed strength", "0") or 0) == 0:
-                continue
+            if value.strip().lower() in _OFF or (key == "Variation seed" and p.get("Variation seed strength", "0").strip() in _OFF):
+                continue  # written, but off
             notes.append(f"'{key}: {value}' asks for {NOT_FOLLOWED[key]}, which tihub does not do, so the picture will differ.")
         elif key == "Variation seed strength" or key.startswith(("Hires resize-", "Size-")):
             continue
