@@ -119,6 +119,7 @@ class CivitaiAPI(Served):
         self.cursors = cursors  # False: only `nextPage` (page numbers), like old API answers
         self.token: str | None = None
         self.fail_next: int = 0
+        self.images: dict[str, bytes] = {}  # path -> picture bytes served (preview images)
 
     def __enter__(self) -> "CivitaiAPI":
         super().__enter__()
@@ -132,6 +133,8 @@ class CivitaiAPI(Served):
     def app(self, req: Request) -> Reply:
         if req.path == "/api/v1/models":
             return self.models_page(req)
+        if req.path in self.images:
+            return Reply(200, self.images[req.path], {"Content-Type": "image/png"})
         if req.path.startswith("/api/download/models/"):
             return Reply(200, b"file", {"Content-Type": "application/octet-stream"})
         return Reply.json({"error": "Not found"}, 404)

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from tihub.cli._common import Context, echo_json, exit_status, fail, pass_ctx
-from tihub.errors import ConfigError, NotFound, TihubError
+from tihub.errors import ConfigError, NetworkError, NotFound, TihubError
 
 MODEL_HELP = "Model: a diffusers folder, a .safetensors/.ckpt checkpoint, or a Hub repo id (downloaded once, then read from the Hugging Face cache). Default: $TIHUB_MODEL."
 
@@ -341,28 +341,78 @@ def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y
     click.echo(str(result.path))
 
 
+def _reproduce(ctx: Context, engine: Any, v: Any, name: str, path: Path | None, entry_id: int | None) -> None:
+    """`verify --reproduce`: the entry's preview records, fetched with its source's URL policy."""
+    from tihub.catalog.store import Catalog
+    from tihub.engine.verify import reproduce_published
+    import httpx
+
+    from tihub.net import URLPolicy, make_client, stream
+
+    previews: list[dict[str, Any]] = []
+    allow_private = False
+    if entry_id is not None:
+        entry = Catalog(ctx.engine(), ctx.workspace).entry(entry_id)
+        previews = entry.get("previews", [])
+        spec = next((s for s in ctx.workspace.sources() if s.name == entry.get("source")), None)
+        allow_private = bool(spec and spec.allow_private)
+    cap = 32 * 1024 * 1024
+    client = make_client(timeout=30.0)
+
+    def fetch(url: str) -> bytes:
+        with stream(client, "GET", url, policy=URLPolicy(allow_private=allow_private)) as resp:
+            if resp.status_code != 200:
+                raise NetworkError(f"The preview {url} answered HTTP {resp.status_code}; it is skipped.")
+            data = bytearray()
+            try:
+                for part in resp.iter_bytes():
+                    data += part
+                    if len(data) > cap:
+                        raise NetworkError(f"The preview {url} is larger than {cap // (1024 * 1024)} MiB; it is skipped.")
+            except httpx.HTTPError as exc:
+                raise NetworkError(f"Reading the preview {url} failed: {exc}.") from None
+            return bytes(data)
+
+    emb = None
+    if path is not None and engine.vocabulary.path_of(name) is None:
+        from tihub.formats import read_embedding
+
+        try:
+            emb = read_embedding(path)
+        except TihubError:
+            emb = None
+    try:
+        reproduce_published(engine, v, previews, fetch, out=ctx.workspace.root / "outputs" / "reproduce", embedding=emb)
+    finally:
+        client.close()
+
+
 @click.command("verify")
 @click.argument("name")
 @click.option("--model", "model", default=None, help=MODEL_HELP)
 @click.option("--steps", type=int, default=20, show_default=True, help="Steps of the preview grid.")
 @click.option("--size", default=None, help="Preview size, WxH or N [default: native].")
 @click.option("--no-grid", is_flag=True, help="Only check the numbers; no preview grid.")
+@click.option("--reproduce", is_flag=True, help="Also regenerate the entry's published previews made on this model and record how alike each is (SSIM).")
 @click.option("--device", default=None)
 @click.option("--dtype", default=None, type=click.Choice(["auto", "fp32", "fp16", "bf16"]))
 @click.option("--json", "as_json", is_flag=True)
 @config_option
 @pass_ctx
-def verify_cmd(ctx: Context, name: str, model: str | None, steps: int, size: str | None, no_grid: bool, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
+def verify_cmd(ctx: Context, name: str, model: str | None, steps: int, size: str | None, no_grid: bool, reproduce: bool, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
     """Verify embedding NAME on a model and record the result in the catalogue.
 
     Checks that it loads (width), that its numbers are finite, and its vector norms against
     the model's own token embeddings (flags over-trained embeddings); renders the standard
-    preview grid.
+    preview grid. With --reproduce, the entry's published previews whose Model hash is this
+    model's are drawn again from their settings and compared with the published pictures
+    (SSIM at 128 px, 1 = identical); the numbers are recorded with the verification.
 
     \b
     Example:
       tihub verify mycat --model ./sd15
       tihub verify easynegative --model ./sd15 --json
+      tihub verify easynegative --model ./sd15 --reproduce
     """
     from tihub.catalog.store import Catalog
     from tihub.engine.verify import record, verify
@@ -370,6 +420,8 @@ def verify_cmd(ctx: Context, name: str, model: str | None, steps: int, size: str
     path, entry_id, file_id, kind = _resolve_embedding(ctx, name)
     engine = _engine(ctx, model, device, dtype, config)
     v = verify(engine, name, path=path, grid=not no_grid, steps=steps, size=size, out=ctx.workspace.root / "grids", kind=kind)
+    if reproduce:
+        _reproduce(ctx, engine, v, name, path, entry_id)
     record(Catalog(ctx.engine(), ctx.workspace), v, entry_id, file_id)
     if as_json:
         echo_json(v.to_dict())
@@ -380,4 +432,7 @@ def verify_cmd(ctx: Context, name: str, model: str | None, steps: int, size: str
             click.echo(f"  {c['status']:<8} {c['check']}: {c['detail']}")
         if v.grid:
             click.echo(f"  grid: {v.grid}")
+        for r in v.reproduced:
+            what = f"SSIM {r['ssim']:.3f}, mean abs diff {r['mad']:.1f}/255" if r["ok"] else r.get("error", "")
+            click.echo(f"  preview {r['url']}: {what}")
     exit_status(v.result == "failed")
