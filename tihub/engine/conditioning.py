@@ -4,13 +4,19 @@
 2. Each run is tokenized; embedding names are matched on token ids (longest name first), so
    matching is case-insensitive and whole-token, as in A1111. A match becomes N placeholder
    tokens (N = the embedding's vector count) and a `Fix(offset, name)`.
-3. Tokens are cut into chunks of 75 (77 with BOS/EOS). An embedding never straddles two chunks:
-   it moves to the next one. A chunk that fills up within 20 tokens after a comma is cut after
-   the comma instead (A1111's default comma padding backtrack).
+3. Tokens are cut into chunks of 75 (77 with BOS/EOS). For every token, in A1111's order: a
+   comma is remembered; a full chunk whose last comma is within 20 tokens is cut after it (the
+   tail moves on; A1111's default comma backtrack), a full chunk starts the next; only then is
+   the position looked up for an embedding, which never straddles two chunks.
 4. Each chunk runs through the text encoder; a forward hook on the token-embedding table writes
    the embedding's vectors over the placeholder rows, so the vectors enter the transformer like
    any token. SDXL: `clip_l` goes to the first encoder, `clip_g` to the second.
-5. Weights multiply the encoder output per token, then the chunk's mean is restored.
+5. Weights multiply the encoder output per token, then the mean is restored, taken over the
+   whole batch of texts encoded together (`encode_batch`: one prompt's editing schedule), per
+   encoder, as A1111's "Original" emphasis does.
+6. `BatchConds` holds a batch's conditioning over the model calls (AND parts with weights,
+   schedules, negatives) and combines the UNet outputs as A1111's CFG denoiser; `GuidedUNet`
+   plugs it into a diffusers pipeline call.
 
 Tokenizing (`PromptTokenizer`) is torch-free; encoding (`PromptEncoder`) needs torch.
 """

@@ -6,13 +6,14 @@ trainer's previews call `Engine.generate`. `generate(...)` is the one-call libra
 (builds an Engine from a model, a pipeline or an existing engine, then calls it).
 
 One image batch (`Engine.run`) goes through these stages:
-1. prompt schedules: `[from:to:when]` and `[a|b]` become per-step texts (A1111's rules);
-2. conditioning: every distinct text is encoded once, embeddings spliced in (conditioning.py);
+1-2. conditioning (conditioning.BatchConds, A1111's rules): each prompt is split at AND, each
+   part and negative gets its `[from:to:when]`/`[a|b]` schedule over the model calls, and the
+   texts of one schedule are encoded as one batch, embeddings spliced in;
 3. noise: one CPU generator per image seeded with its seed, so an image does not depend on the
    batch it is in, and the same seed + settings give the same image on the same device;
-4. denoising: one diffusers pipeline call for the whole batch, classifier-free guidance as one
-   2N-batch UNet forward; when a schedule changes the text, a step-end callback swaps the
-   conditioning for the next step;
+4. denoising: one diffusers pipeline call for the whole batch; each UNet call is answered by
+   conditioning.GuidedUNet (the schedule entry for that call, AND parts, rows of equal length in
+   one forward, never padded across images); on CPU the math is batch-invariant (invariant.py);
 5. output: PIL images; `generate` saves them as `00000-SEED.png` with A1111 infotext.
 """
 

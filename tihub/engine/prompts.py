@@ -327,6 +327,7 @@ def explain(prompt: str, steps: int = 20) -> dict:
     """Schedule and attention runs of a prompt (no tokenizer, no model)."""
     schedule = prompt_schedule(prompt, steps)
     return {
+        "and_parts": [[text, weight] for text, weight in split_and(prompt)],
         "schedule": [[end, text] for end, text in schedule],
         "attention": [[t, w] for t, w in parse_attention(schedule[-1][1])],
     }
