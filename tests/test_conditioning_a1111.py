@@ -202,3 +202,15 @@ def test_sdxl_empty_negative_is_zeros(tiny_sdxl_dir, tmp_path):
     bc = BatchConds.build(eng.encoder(), [""], ["x"], 2)
     pos, neg = bc.rows(0)
     assert float(pos[0].hidden.abs().max()) > 0 and float(neg[0].hidden.abs().max()) > 0
+
+
+def test_conds_at_is_one_object_per_schedule_entry(engine):
+    enc = engine.encoder()
+    bc = BatchConds.build(enc, ["[cat:dog:1] AND a hat:0.5", "a cat"], ["", "blurry"], 4)
+    first, again, later = bc.conds_at(0), bc.conds_at(1), bc.conds_at(2)
+    assert first is again and later is not first and bc.conds_at(99) is later
+    assert [[w for _, w in parts] for parts in first.positive] == [[1.0, 0.5], [1.0]]
+    cat, _ = enc.encode_batch(["cat", "dog"])
+    assert torch.allclose(first.positive[0][0][0].hidden, cat[0].hidden)
+    assert torch.allclose(later.positive[0][0][0].hidden, cat[1].hidden)
+    assert len(first.negative) == 2 and first.negative[0].hidden.shape == (77, 32)

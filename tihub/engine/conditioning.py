@@ -386,12 +386,23 @@ class ImageConds:
     used: list[str]  # embedding names used by this image's texts
 
 
-def _at(schedule: list[Scheduled], call: int) -> Scheduled:
-    """A1111's pick: the first entry whose end is at or after this model call (0-based)."""
-    for entry in schedule:
+def _index(schedule: list[Scheduled], call: int) -> int:
+    """A1111's pick: the first entry whose end is at or after this model call (0-based); later
+    calls keep the last entry."""
+    for k, entry in enumerate(schedule):
         if call <= entry.end:
-            return entry
-    return schedule[-1]
+            return k
+    return len(schedule) - 1
+
+
+@dataclass
+class CallConds:
+    """The conditioning of one model call, in the shape a denoiser consumes: per image its
+    prompt's AND parts `[(cond, weight), ...]` and its negative (each a `Cond`: `hidden`
+    [tokens, width], `pooled`). Parts of one image share a length; images may differ."""
+
+    positive: list[list[tuple[Cond, float]]]
+    negative: list[Cond]
 
 
 def _repeat_last(hidden: Any, rows: int) -> Any:
@@ -445,6 +456,7 @@ class BatchConds:
         self.empty = empty
         self.pad_conds = pad_conds
         self.padded = False  # whether "Pad conds" padded anything (A1111 then names it)
+        self._last: tuple[Any, CallConds] | None = None
 
     @classmethod
     def build(cls, encoder: PromptEncoder, prompts: list[str], negatives: list[str], calls: int, pad_conds: bool = False) -> BatchConds:
@@ -482,16 +494,21 @@ class BatchConds:
         empty = encoder.encode("")[0]
         return cls(images, empty, pad_conds)
 
-    def rows(self, call: int) -> tuple[list[Row], list[Row]]:
-        """UNet input rows for model call `call` (0-based): (positive rows, negative rows).
-
-        Positive rows: every image's AND parts in order; negative rows: one per image."""
-        pos: list[Row] = []
-        neg: list[Row] = []
-        for i, img in enumerate(self.images):
-            chosen = [(p.weight, _at(p.schedule, call).cond) for p in img.parts]
+    def conds_at(self, call: int) -> CallConds:
+        """The conditioning in force at model call `call` (0-based), padded as A1111 pads it,
+        as `CallConds` (per image: [(cond, weight), ...] and the negative). The same object is
+        returned while no schedule moves on, so a denoiser may cache what it stacks from it."""
+        picks = tuple(
+            (tuple(_index(p.schedule, call) for p in img.parts), _index(img.uncond, call)) for img in self.images
+        )
+        if self._last is not None and self._last[0] == picks:
+            return self._last[1]
+        positive: list[list[tuple[Cond, float]]] = []
+        negative: list[Cond] = []
+        for img, (part_idx, neg_idx) in zip(self.images, picks, strict=True):
+            chosen = [(p.weight, p.schedule[k].cond) for p, k in zip(img.parts, part_idx, strict=True)]
             longest = max(c.hidden.shape[0] for _, c in chosen)
-            u = _at(img.uncond, call).cond
+            u = img.uncond[neg_idx].cond
             uh = u.hidden
             hs = [_repeat_last(c.hidden, longest) for _, c in chosen]
             if self.pad_conds and longest != uh.shape[0]:
@@ -499,8 +516,19 @@ class BatchConds:
                 target = max(longest, uh.shape[0])
                 hs = [_pad_chunks(h, target, self.empty.hidden) for h in hs]
                 uh = _pad_chunks(uh, target, self.empty.hidden)
-            pos += [Row(i, h, c.pooled, w) for (w, c), h in zip(chosen, hs, strict=True)]
-            neg.append(Row(i, uh, u.pooled, None))
+            positive.append([(Cond(h, c.pooled), w) for (w, c), h in zip(chosen, hs, strict=True)])
+            negative.append(Cond(uh, u.pooled))
+        out = CallConds(positive, negative)
+        self._last = (picks, out)
+        return out
+
+    def rows(self, call: int) -> tuple[list[Row], list[Row]]:
+        """UNet input rows for model call `call` (0-based): (positive rows, negative rows).
+
+        Positive rows: every image's AND parts in order; negative rows: one per image."""
+        c = self.conds_at(call)
+        pos = [Row(i, cond.hidden, cond.pooled, w) for i, parts in enumerate(c.positive) for cond, w in parts]
+        neg = [Row(i, cond.hidden, cond.pooled, None) for i, cond in enumerate(c.negative)]
         return pos, neg
 
     @staticmethod
