@@ -278,13 +278,14 @@ def _resolve_embedding(ctx: Context, name: str) -> tuple[Path | None, int | None
 @click.option("--seed", type=int, default=-1, show_default=True, help="Seed of every cell (unless an axis sets it).")
 @click.option("--size", default=None, help="WxH or N [default: the model's native size].")
 @click.option("--batch", type=int, default=8, show_default=True, help="Most images per pipeline call.")
+@click.option("--pad-conds", "pad_conds", is_flag=True, help="A1111's 'Pad conds': pad prompt and negative to the same chunk count.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None, help="Output folder [default: WORKSPACE/grids].")
 @click.option("--device", default=None)
 @click.option("--dtype", default=None, type=click.Choice(["auto", "fp32", "fp16", "bf16"]))
 @click.option("--json", "as_json", is_flag=True)
 @config_option
 @pass_ctx
-def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y: str | None, z: str | None, prompt: str | None, negative: str, steps: int, sampler: str, cfg: float, seed: int, size: str | None, batch: int, out: str | None, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
+def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y: str | None, z: str | None, prompt: str | None, negative: str, steps: int, sampler: str, cfg: float, seed: int, size: str | None, batch: int, pad_conds: bool, out: str | None, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
     """Make an A1111-style X/Y/Z grid, or the standard preview of embedding NAME.
 
     With NAME and no axes: the standard preview (fixed prompts chosen by the entry's kind:
@@ -329,7 +330,7 @@ def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y
             prompt = "{emb}" if any(a is not None and a.kind in ("embedding", "checkpoint") for a in axes) else (name or "")
         native = engine_for(None).model.native_size if size is None else 512
         w, h = parse_size(size, native)
-        settings = Settings(steps=steps, sampler=sampler, cfg_scale=cfg, width=w, height=h)
+        settings = Settings(steps=steps, sampler=sampler, cfg_scale=cfg, width=w, height=h, pad_conds=pad_conds)
         folders = [ctx.workspace.embeddings_dir, ctx.workspace.train_dir]
         result = make_grid(engine_for, prompt, negative, axes, settings, seed, outdir, batch, folders)
     for e in engines.values():
