@@ -164,3 +164,18 @@ def test_verify_reproduce_against_loopback_civitai(home, wide_model, tmp_path, m
     shown = shown[0] if isinstance(shown, list) else shown
     details = shown["verifications"][-1]["details"]
     assert [r["ssim"] for r in details["reproduced"]] == [1.0, rep[1]["ssim"]]
+
+
+def test_reproduce_published_without_previews_on_this_model(sd1, tmp_path):
+    from tihub.engine.verify import Verification, reproduce_published
+
+    engine = engine_on(sd1, tmp_path)
+    v = Verification("x", None, engine.model.name, engine.model.hash)
+    other = [{"url": "u", "model_hash": "6ce0161689", "params": {"meta": {"prompt": "a", "seed": 1}}}, {"url": "v", "params": {}}]
+    reproduce_published(engine, v, other, lambda url: b"")
+    assert v.reproduced == [] and v.result == "ok"
+    assert v.checks[-1]["check"] == "reproduce" and "nothing to compare" in v.checks[-1]["detail"]
+    # a picture that is not an image is one sentence, and the check says none could be compared
+    mine = [{"url": "u", "model_hash": engine.model.hash, "params": {"meta": {"prompt": "a", "seed": 1, "steps": 1, "Size": "64x64"}}}]
+    reproduce_published(engine, v, mine, lambda url: b"<html>nope</html>")
+    assert v.reproduced[0]["ok"] is False and "is not an image" in v.reproduced[0]["error"] and v.result == "warning"

@@ -218,6 +218,7 @@ class PromptEncoder:
         else:
             self.encoders = [Encoder("clip_h" if family == "sd2" else "clip_l", te1, pipe.tokenizer.pad_token_id, w1)]
         self.tokenizer = PromptTokenizer(pipe.tokenizer, vocabulary, accept=self.accepts)
+        self._empty: Cond | None = None
 
     # -- which embeddings fit ---------------------------------------------------------------
 
@@ -299,6 +300,12 @@ class PromptEncoder:
         z = torch.cat(per_chunk, dim=1)  # [B, 77*k, C]
         conds = [Cond(z[b], pooled[b] if pooled is not None else None) for b in range(len(texts))]
         return conds, toks
+
+    def empty(self) -> Cond:
+        """The empty prompt's conditioning (A1111 pads with it under "Pad conds"); computed once."""
+        if self._empty is None:
+            self._empty = self.encode("")[0]
+        return self._empty
 
     def _empty_chunk(self) -> Chunk:
         return Chunk([self.tokenizer.eos] * CHUNK, [1.0] * CHUNK, [], 0)
@@ -491,8 +498,7 @@ class BatchConds:
                 used += u
             uncond, u = schedule(negative, True)
             images.append(ImageConds(parts, uncond, list(dict.fromkeys(used + u))))
-        empty = encoder.encode("")[0]
-        return cls(images, empty, pad_conds)
+        return cls(images, encoder.empty(), pad_conds)
 
     def conds_at(self, call: int) -> CallConds:
         """The conditioning in force at model call `call` (0-based), padded as A1111 pads it,
