@@ -181,11 +181,14 @@ def test_reproduction_maps_every_a1111_key_of_the_wave():
     assert rep.notes == []
     assert rep.settings == {
         "steps": 30, "cfg_scale": 6.5, "seed": 7, "size": "512x768", "clip_skip": 2, "ensd": 31337, "rng": "nv", "eta": 0.67,
-        "eta_ddim": 0.1, "s_churn": 0.5, "s_tmin": 0.1, "s_tmax": 10.0, "s_noise": 1.003, "sigma_max": 14.6, "sigma_min": 0.03,
+        "s_churn": 0.5, "s_tmin": 0.1, "s_tmax": 10.0, "s_noise": 1.003, "sigma_max": 14.6, "sigma_min": 0.03,
         "rho": 7.0, "pad_conds": True, "denoising": 0.45, "hires_scale": 2.0, "hires_steps": 12, "hires_upscaler": "Latent (nearest-exact)",
         "hires_resize": "1024x1536", "hires_sampler": "DPM++ 2M", "hires_schedule_type": "Karras", "hires_cfg_scale": 5.0,
     }
     assert (rep.sampler, rep.schedule_type, rep.model_hash) == ("Euler a", "Karras", "abcdef1234")
+    # DDIM takes A1111's "Eta DDIM" (the ancestral "Eta" is another sampler's)
+    ddim = reproduction(parse_infotext("x\nSteps: 2, Sampler: DDIM, Seed: 1, Size: 64x64, Eta: 0.5, Eta DDIM: 0.2"))
+    assert ddim.settings["eta"] == 0.2 and ddim.notes == []
     # A1111 leaves RNG out when it is its default, the GPU generator
     assert reproduction(parse_infotext("x\nSteps: 2, Seed: 1, Size: 64x64")).settings["rng"] == "gpu"
 

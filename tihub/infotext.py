@@ -25,11 +25,7 @@ from typing import Any
 
 # Key order A1111 writes (those tihub produces); other keys follow in insertion order.
 KEY_ORDER = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
-             "Variation seed", "Variation seed strength", "Denoising strength", "Clip skip", "ENSD", "RNG",
-             "Eta", "Eta DDIM", "Sigma churn", "Sigma tmin", "Sigma tmax", "Sigma noise",
-             "Schedule max sigma", "Schedule min sigma", "Schedule rho",
-             "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Hires sampler",
-             "Hires schedule type", "Hires CFG Scale", "TI hashes", "Pad conds", "Version")
+             "Denoising strength", "Clip skip", "RNG", "TI hashes", "Version")
 
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _MAX_TEXT = 1 << 20  # decompressed text chunks are capped at 1 MiB
@@ -340,7 +336,7 @@ SETTING_KEYS: dict[str, tuple[str, type]] = {
     "RNG": ("rng", str),
     "ENSD": ("ensd", int),
     "Eta": ("eta", float),
-    "Eta DDIM": ("eta_ddim", float),
+    "Eta DDIM": ("eta", float),  # DDIM's eta (A1111 keeps it apart from the ancestral one)
     "Sigma churn": ("s_churn", float),
     "Sigma tmin": ("s_tmin", float),
     "Sigma tmax": ("s_tmax", float),
@@ -457,6 +453,9 @@ def reproduction(info: Infotext, supported: Any = None) -> Reproduction:
     for key, value in p.items():
         if key in SETTING_KEYS:
             name, kind = SETTING_KEYS[key]
+            ddim = (p.get("Sampler") or "").strip().upper().startswith("DDIM")
+            if (key == "Eta DDIM" and not ddim) or (key == "Eta" and ddim):
+                continue  # the other sampler family's eta: no effect on this picture
             if key == "Denoising strength" and not hires:
                 notes.append(f"'Denoising strength: {value}' without hires fix means an img2img picture; tihub draws it from text only, so it will differ.")
                 continue

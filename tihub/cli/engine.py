@@ -113,7 +113,7 @@ def _from_image(path: str) -> dict[str, Any]:
         rep = read_rerun(path)
     except NoInfotext as exc:
         raise ConfigError(f"--from-image: {exc}") from exc
-    return {"prompt": rep.prompt, "negative": rep.negative_prompt, "settings": rep.settings, "warnings": rep.notes, "model_hash": rep.model_hash}
+    return {"prompt": rep.prompt, "negative": rep.negative_prompt, "settings": dict(rep.settings), "warnings": rep.notes, "model_hash": rep.model_hash}
 
 
 @click.command("generate")
@@ -161,11 +161,13 @@ def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: 
     if pad_conds:
         given["pad_conds"] = True
     base_sampler, base_schedule = given.pop("sampler", None), given.pop("schedule_type", None)
+    from tihub.engine.reproduce import engine_kwargs
+
     result = engine.generate(
         prompt,
         negative if negative is not None else base.get("negative", ""),
         **{
-            **given,
+            **engine_kwargs(given),
             "steps": steps if steps is not None else given.get("steps", 20),
             "sampler": sampler or base_sampler,
             # an explicit --sampler starts from its own schedule unless --schedule-type is given too

@@ -31,10 +31,37 @@ SIDE = 128  # similarity is measured at this size (longer side)
 MAX_PIXELS = 40_000_000  # a published picture larger than this is refused (decompression bombs)
 
 
-def _supported() -> set[str]:
+HIRES_OPTIONS = ("hires_scale", "hires_steps", "hires_upscaler", "denoising")  # as the CLI's --hires-* options
+
+
+def _generate_params() -> set[str]:
     from tihub.engine.generate import Engine
 
     return {n for n in inspect.signature(Engine.generate).parameters if n not in ("self", "prompt", "negative_prompt")}
+
+
+def _supported() -> set[str]:
+    """Setting names `rerun_settings` may hand out: Engine.generate's keywords, and the hires
+    options when the engine takes a `hires` object (`engine_kwargs` folds them)."""
+    names = _generate_params()
+    if "hires" in names:
+        names |= set(HIRES_OPTIONS)
+    return names
+
+
+def engine_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+    """`rerun_settings(...).settings` as Engine.generate keywords: the hires options become
+    the engine's `hires` object (A1111's defaults for the ones the infotext leaves out)."""
+    out = dict(settings)
+    found = {k: out.pop(k) for k in HIRES_OPTIONS if k in out}
+    if found and "hires" in _generate_params():
+        from tihub.engine.sampling.hires import Hires
+
+        out["hires"] = Hires(
+            scale=found.get("hires_scale", 2.0), steps=found.get("hires_steps", 0),
+            denoising=found.get("denoising", 0.7), upscaler=found.get("hires_upscaler", "Latent"),
+        )
+    return out
 
 
 def rerun_settings(info: Infotext) -> Reproduction:
@@ -188,7 +215,7 @@ def reproduce_previews(
         try:
             rep = rerun_settings(info)
             check.notes = rep.notes
-            kwargs = dict(rep.settings)
+            kwargs = engine_kwargs(rep.settings)
             if steps_cap is not None and kwargs.get("steps", 20) > steps_cap:
                 kwargs["steps"] = steps_cap
                 check.notes.append(f"Steps were capped at {steps_cap}.")
