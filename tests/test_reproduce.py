@@ -34,6 +34,14 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
+def _meta(infotext: str) -> dict:
+    """Civitai's `meta` for a picture tihub made: its infotext's keys, prompts camelCased."""
+    from tihub.infotext import parse_infotext
+
+    info = parse_infotext(infotext)
+    return {"prompt": info.prompt, "negativePrompt": info.negative_prompt, **info.parameters}
+
+
 def test_similarity_is_one_for_the_same_picture_and_lower_for_another():
     rng = np.random.default_rng(0)
     a = Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
@@ -75,7 +83,7 @@ def test_reproduce_previews_library(sd1, tmp_path):
     mine = engine.generate("a red cube on a table", "blurry", steps=2, seed=11, size=64, sampler="Euler a")
     other = engine.generate("a forest at night", steps=2, seed=99, size=64)
     served = {"u/mine.png": _png(mine.images[0]), "u/other.png": _png(other.images[0])}
-    meta = {"prompt": "a red cube on a table", "negativePrompt": "blurry", "seed": 11, "steps": 2, "sampler": "Euler a", "cfgScale": 7, "Size": "64x64", "RNG": "CPU"}
+    meta = _meta(mine.infotexts[0])
     previews = [
         {"url": "u/mine.png", "model_hash": engine.model.hash, "params": {"meta": meta}},
         {"url": "u/other.png", "model_hash": engine.model.hash.upper(), "params": {"meta": meta}},
@@ -136,8 +144,8 @@ def test_verify_reproduce_against_loopback_civitai(home, wide_model, tmp_path, m
         unrelated = engine.generate("a blue sky", steps=2, seed=5, size=64)
         api.images["/img/100/mine.png"] = _png(made.images[0])
         api.images["/img/100/other.png"] = _png(unrelated.images[0])
-        meta = {"prompt": prompt, "negativePrompt": "lowres", "seed": 21, "steps": 2, "sampler": "Euler a", "cfgScale": 7, "Size": "64x64",
-                "Model": "tiny-wide", "Model hash": model.hash, "RNG": "CPU"}
+        meta = _meta(made.infotexts[0])
+        assert meta["Model hash"] == model.hash
         api.models[0]["modelVersions"][0]["images"] = [
             {"url": f"{api.url}/img/100/mine.png", "nsfwLevel": 1, "width": 64, "height": 64, "type": "image", "meta": meta},
             {"url": f"{api.url}/img/100/other.png", "nsfwLevel": 1, "width": 64, "height": 64, "type": "image", "meta": dict(meta)},
