@@ -89,6 +89,8 @@ def test_reproduce_previews_library(sd1, tmp_path):
         {"url": "u/other.png", "model_hash": engine.model.hash.upper(), "params": {"meta": meta}},
         {"url": "u/elsewhere.png", "model_hash": "0123456789", "params": {"meta": meta}},  # another model: left out
         {"url": "u/gone.png", "model_hash": engine.model.hash, "params": {"meta": meta}},
+        # Civitai's other place for the model hash
+        {"url": "u/mine.png", "params": {"meta": {**{k: v for k, v in meta.items() if k != "Model hash"}, "hashes": {"model": engine.model.hash}}}},
     ]
 
     def fetch(url):
@@ -99,7 +101,8 @@ def test_reproduce_previews_library(sd1, tmp_path):
         return served[url]
 
     checks = reproduce_previews(engine, previews, fetch, out=tmp_path / "again")
-    assert [c.url for c in checks] == ["u/mine.png", "u/other.png", "u/gone.png"]
+    assert [c.url for c in checks] == ["u/mine.png", "u/other.png", "u/gone.png", "u/mine.png"]
+    assert checks[3].ok and checks[3].ssim == 1.0
     assert checks[0].ok and checks[0].ssim == 1.0 and checks[0].mad == 0.0 and checks[0].seed == 11
     assert checks[1].ok and checks[1].ssim < 0.9
     assert not checks[2].ok and "404" in checks[2].error

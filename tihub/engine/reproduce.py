@@ -193,6 +193,15 @@ def preview_infotext(record: dict[str, Any]) -> Infotext | None:
     return None
 
 
+def _meta_model_hash(record: dict[str, Any]) -> str | None:
+    """Civitai's other place for it: `meta.hashes.model`."""
+    params = record.get("params") or {}
+    meta = params.get("meta") if isinstance(params, dict) else None
+    hashes = meta.get("hashes") if isinstance(meta, dict) else None
+    value = hashes.get("model") if isinstance(hashes, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def reproduce_previews(
     engine: Any,
     previews: list[dict[str, Any]],
@@ -206,7 +215,7 @@ def reproduce_previews(
     checks = []
     for rec in previews:
         info = preview_infotext(rec)
-        mh = rec.get("model_hash") or (info.parameters.get("Model hash") if info else None)
+        mh = rec.get("model_hash") or (info.parameters.get("Model hash") if info else None) or _meta_model_hash(rec)
         if info is None or not model_matches(engine.model, mh):
             continue
         url = rec.get("url")
