@@ -214,3 +214,15 @@ def test_conds_at_is_one_object_per_schedule_entry(engine):
     assert torch.allclose(first.positive[0][0][0].hidden, cat[0].hidden)
     assert torch.allclose(later.positive[0][0][0].hidden, cat[1].hidden)
     assert len(first.negative) == 2 and first.negative[0].hidden.shape == (77, 32)
+
+
+def test_sdxl_image_does_not_depend_on_its_batch(tiny_sdxl_dir, tmp_path):
+    from tihub.engine.models import load_model
+
+    eng = engine_on(load_model(tiny_sdxl_dir, device="cpu"), tmp_path)
+    long = " ".join(["tower"] * 80)
+    s = Settings(steps=2, width=64, height=64)
+    batch, _ = eng.run(["a cat AND a hat:0.5", long], ["", "blurry"], [1, 2], s)
+    for i, (p, n, seed) in enumerate([("a cat AND a hat:0.5", "", 1), (long, "blurry", 2)]):
+        alone, _ = eng.run([p], [n], [seed], s)
+        assert np.array_equal(_img(batch[i]), _img(alone[0])), i
