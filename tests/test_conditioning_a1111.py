@@ -226,3 +226,11 @@ def test_sdxl_image_does_not_depend_on_its_batch(tiny_sdxl_dir, tmp_path):
     for i, (p, n, seed) in enumerate([("a cat AND a hat:0.5", "", 1), (long, "blurry", 2)]):
         alone, _ = eng.run([p], [n], [seed], s)
         assert np.array_equal(_img(batch[i]), _img(alone[0])), i
+
+
+def test_plan_reports_the_chunk_layout(engine):
+    bc = BatchConds.build(engine.encoder(), ["[cat:dog:1] AND " + " ".join(["hat"] * 80) + ":0.5"], ["blurry"], 4)
+    (img,) = bc.plan()
+    assert [p["weight"] for p in img["parts"]] == [1.0, 0.5]
+    assert [(t["text"], t["until_call"], t["tokens"]) for t in img["parts"][0]["texts"]] == [("cat", 1, 77), ("dog", 4, 77)]
+    assert img["parts"][1]["texts"][0]["tokens"] == 154 and img["negative"][0]["text"] == "blurry"
