@@ -160,3 +160,98 @@ def test_embedding_png_is_not_generation(corpus: Path):
     p = corpus / "lazealia__Stable_Diff_WebUI_with_Ext/modules/textual_inversion/test_embedding.png"
     rec = png_info(p)
     assert "embedding image" in rec["error"]
+
+
+# -- re-running a picture: which settings are followed, and one sentence for each that is not ----
+
+from tihub.infotext import SETTING_KEYS, from_civitai_meta, reproduction  # noqa: E402
+
+ALL = {name for name, _ in SETTING_KEYS.values()}
+
+
+def test_reproduction_maps_every_a1111_key_of_the_wave():
+    text = (
+        "a cat\nNegative prompt: dog\nSteps: 30, Sampler: Euler a, Schedule type: Karras, CFG scale: 6.5, Seed: 7, Size: 512x768, "
+        "Model hash: abcdef1234, Clip skip: 2, ENSD: 31337, RNG: NV, Eta: 0.67, Eta DDIM: 0.1, Sigma churn: 0.5, Sigma tmin: 0.1, "
+        "Sigma tmax: 10, Sigma noise: 1.003, Schedule max sigma: 14.6, Schedule min sigma: 0.03, Schedule rho: 7, Pad conds: True, "
+        "Denoising strength: 0.45, Hires upscale: 2, Hires steps: 12, Hires upscaler: Latent (nearest-exact), Hires resize: 1024x1536, "
+        "Hires sampler: DPM++ 2M, Hires schedule type: Karras, Hires CFG Scale: 5, Version: v1.10.1"
+    )
+    rep = reproduction(parse_infotext(text))
+    assert rep.notes == []
+    assert rep.settings == {
+        "steps": 30, "cfg_scale": 6.5, "seed": 7, "size": "512x768", "clip_skip": 2, "ensd": 31337, "rng": "nv", "eta": 0.67,
+        "s_churn": 0.5, "s_tmin": 0.1, "s_tmax": 10.0, "s_noise": 1.003, "sigma_max": 14.6, "sigma_min": 0.03,
+        "rho": 7.0, "pad_conds": True, "denoising": 0.45, "hires_scale": 2.0, "hires_steps": 12, "hires_upscaler": "Latent (nearest-exact)",
+        "hires_resize": "1024x1536", "hires_sampler": "DPM++ 2M", "hires_schedule_type": "Karras", "hires_cfg_scale": 5.0,
+    }
+    assert (rep.sampler, rep.schedule_type, rep.model_hash) == ("Euler a", "Karras", "abcdef1234")
+    # DDIM takes A1111's "Eta DDIM" (the ancestral "Eta" is another sampler's)
+    ddim = reproduction(parse_infotext("x\nSteps: 2, Sampler: DDIM, Seed: 1, Size: 64x64, Eta: 0.5, Eta DDIM: 0.2"))
+    assert ddim.settings["eta"] == 0.2 and ddim.notes == []
+    # A1111 leaves RNG out when it is its default, the GPU generator
+    assert reproduction(parse_infotext("x\nSteps: 2, Seed: 1, Size: 64x64")).settings["rng"] == "gpu"
+
+
+def test_reproduction_names_each_setting_it_cannot_follow():
+    text = (
+        "a <lora:detail:0.7> cat <lyco:foo:1>\nNegative prompt: bad <hypernet:hn:0.5>\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, "
+        "Size: 512x512, Face restoration: CodeFormer, Tiling: True, Hires upscale: 2, Hires upscaler: R-ESRGAN 4x+, Denoising strength: 0.5, "
+        "ADetailer model: face_yolov8n.pt, ADetailer confidence: 0.3, Variation seed: 5, Variation seed strength: 0, CFG Rescale φ: 0, "
+        "Lora hashes: \"detail: 0123456789ab\", Mystery knob: 3"
+    )
+    rep = reproduction(parse_infotext(text), {"steps", "cfg_scale", "seed", "size", "denoising", "hires_scale"})
+    assert rep.prompt == "a  cat " and rep.negative_prompt == "bad "
+    assert rep.settings == {"steps": 20, "cfg_scale": 7.0, "seed": 1, "size": "512x512", "denoising": 0.5, "hires_scale": 2.0}
+    assert rep.notes == [
+        "The LoRA 'detail' in the prompt is not applied (tihub draws embeddings only), so the picture will differ.",
+        "The LyCORIS 'foo' in the prompt is not applied (tihub draws embeddings only), so the picture will differ.",
+        "The hypernetwork 'hn' in the prompt is not applied (tihub draws embeddings only), so the picture will differ.",
+        "'Face restoration: CodeFormer' asks for face restoration, which tihub does not do, so the picture will differ.",
+        "'Tiling: True' asks for tiling, which tihub does not do, so the picture will differ.",
+        "The hires upscaler 'R-ESRGAN 4x+' is a model file tihub does not have; give its file with --hires-upscaler PATH to follow it.",
+        "The ADetailer extension's settings are not followed, so the picture will differ.",
+        "'Mystery knob: 3' is a setting tihub does not know; it is not followed.",
+        "'RNG: GPU' is not followed by this tihub, so the picture will differ.",
+    ]
+    assert all("\n" not in n and n.count(". ") == 0 for n in rep.notes)
+    # denoising without hires is img2img
+    rep = reproduction(parse_infotext("x\nSteps: 2, Seed: 1, Size: 64x64, Denoising strength: 0.4, RNG: CPU"), {"steps", "seed", "size"})
+    assert rep.notes == ["'Denoising strength: 0.4' without hires fix means an img2img picture; tihub draws it from text only, so it will differ."]
+
+
+def test_civitai_preview_metadata():
+    meta = {
+        "prompt": "masterpiece, word1 <lora:x:1>", "negativePrompt": "lowres", "seed": 1234, "steps": 28, "sampler": "DPM++ 2M Karras",
+        "cfgScale": 7, "clipSkip": 2, "Size": "512x768", "Model": "anything-v3", "Model hash": "38c1ebe3", "ENSD": "31337",
+        "Hires upscale": "2", "Hires upscaler": "Latent", "Denoising strength": "0.5", "resources": [{"name": "x", "type": "lora"}],
+        "hashes": {"model": "38c1ebe3"}, "nsfw": False,
+    }
+    info = from_civitai_meta(meta)
+    assert info.prompt == "masterpiece, word1 <lora:x:1>" and info.negative_prompt == "lowres"
+    p = info.parameters
+    assert (p["Seed"], p["Steps"], p["Sampler"], p["CFG scale"], p["Clip skip"], p["Size"], p["Model hash"]) == ("1234", "28", "DPM++ 2M Karras", "7", "2", "512x768", "38c1ebe3")
+    rep = reproduction(info)
+    assert rep.settings["hires_scale"] == 2.0 and rep.settings["denoising"] == 0.5 and rep.settings["ensd"] == 31337
+    assert rep.notes == ["The LoRA 'x' in the prompt is not applied (tihub draws embeddings only), so the picture will differ."]
+    # the on-site generator's variant: width/height, a ComfyUI workflow
+    info = from_civitai_meta({"prompt": "a", "width": 832, "height": 1216, "steps": 30, "seed": 5, "comfy": "{\"prompt\": {}}"})
+    assert info.parameters["Size"] == "832x1216"
+    assert "ComfyUI workflow" in reproduction(info).notes[0]
+
+
+def test_real_generation_pngs_rerun(corpus: Path):
+    rows = [r for r in _manifest(corpus) if r[6] == "PNG with 'parameters' text chunk"]
+    for row in rows:
+        rep = reproduction(read_infotext(corpus / row[0]))
+        assert {"steps", "seed", "size", "cfg_scale"} <= set(rep.settings), row[0]
+    base = "d3x-at__sd-parsers/tests/resources/parsers/AUTOMATIC1111/"
+    assert reproduction(read_infotext(corpus / base / "automatic1111_stealth.png")).notes == []
+    card = reproduction(read_infotext(corpus / "fgjd4j23423f__sd/html/card-no-preview.png"))
+    assert card.settings["ensd"] == 31337 and "denoising" not in card.settings
+    assert [n.split(" ")[0] for n in card.notes] == ["'Denoising", "'Mask"]
+    dog = reproduction(read_infotext(corpus / "Mikubill__sd-webui-controlnet/samples/dog_rel.png"))
+    assert dog.notes == ["The ControlNet extension's settings are not followed, so the picture will differ."] and dog.settings["clip_skip"] == 2
+    hair = corpus / "Kaleidia__Embeddings-for-AI-Imagery/General Embeddings/SD1.5/SD1.5-HairDetail.preview.png"
+    if hair.exists():
+        assert reproduction(read_infotext(hair)).notes == []  # CFG Rescale φ: 0 is off; templates are records

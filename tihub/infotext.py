@@ -320,3 +320,176 @@ def pnginfo_chunk(text: str) -> Any:
     except UnicodeEncodeError:
         info.add_itxt("parameters", text)
     return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Re-running an image: infotext (or Civitai's preview metadata) -> generation settings
+
+# A1111 infotext key -> (setting name as `Engine.generate` takes it, type). The engine follows the
+# settings it has a keyword for; every other one is reported in one sentence.
+SETTING_KEYS: dict[str, tuple[str, type]] = {
+    "Steps": ("steps", int),
+    "CFG scale": ("cfg_scale", float),
+    "Seed": ("seed", int),
+    "Size": ("size", str),
+    "Clip skip": ("clip_skip", int),
+    "RNG": ("rng", str),
+    "ENSD": ("ensd", int),
+    "Eta": ("eta", float),
+    "Eta DDIM": ("eta", float),  # DDIM's eta (A1111 keeps it apart from the ancestral one)
+    "Sigma churn": ("s_churn", float),
+    "Sigma tmin": ("s_tmin", float),
+    "Sigma tmax": ("s_tmax", float),
+    "Sigma noise": ("s_noise", float),
+    "Schedule max sigma": ("sigma_max", float),
+    "Schedule min sigma": ("sigma_min", float),
+    "Schedule rho": ("rho", float),
+    "Pad conds": ("pad_conds", bool),
+    "Hires upscale": ("hires_scale", float),
+    "Hires resize": ("hires_resize", str),
+    "Hires steps": ("hires_steps", int),
+    "Hires upscaler": ("hires_upscaler", str),
+    "Hires sampler": ("hires_sampler", str),
+    "Hires schedule type": ("hires_schedule_type", str),
+    "Hires CFG Scale": ("hires_cfg_scale", float),
+    "Hires prompt": ("hires_prompt", str),
+    "Hires negative prompt": ("hires_negative_prompt", str),
+    "Denoising strength": ("denoising", float),
+}
+# Keys that record facts, not settings (nothing to follow).
+RECORD_KEYS = {"Model hash", "Model", "Version", "TI hashes", "Lora hashes", "Hashes", "User", "Template",
+               "Negative Template", "Batch size", "Batch pos", "Sampler", "Schedule type", "Emphasis", "VAE hash",
+               "Wildcard prompt", "Script", "Dynamic Prompts", "Hires prompt", "Hires negative prompt"}
+# Upscalers tihub has without a model file (A1111's latent modes and PIL resamplers).
+BUILTIN_UPSCALERS = {"latent", "latent (antialiased)", "latent (bicubic)", "latent (bicubic antialiased)",
+                     "latent (nearest)", "latent (nearest-exact)", "none", "lanczos", "nearest"}
+# Keys whose value changes the picture in ways tihub does not draw, with what they are.
+NOT_FOLLOWED = {
+    "Face restoration": "face restoration",
+    "Tiling": "tiling",
+    "Variation seed": "a variation seed",
+    "Seed resize from": "seed resizing",
+    "Token merging ratio": "token merging",
+    "NGMS": "negative guidance minimum sigma",
+    "Noise multiplier": "the img2img noise multiplier",
+    "Refiner": "the refiner model",
+    "Hires checkpoint": "a separate hires checkpoint",
+    "Init image hash": "an img2img source image",
+    "Mask blur": "inpainting",
+    "Image CFG scale": "an instruct-pix2pix image CFG",
+    "CFG Rescale φ": "CFG rescale",
+}
+_OFF = {"0", "0.0", "false", "none", ""}
+# Civitai's preview metadata: its own names for A1111's keys.
+CIVITAI_KEYS = {"cfgScale": "CFG scale", "steps": "Steps", "sampler": "Sampler", "seed": "Seed", "clipSkip": "Clip skip",
+                "scheduler": "Schedule type", "denoise": "Denoising strength", "denoisingStrength": "Denoising strength"}
+CIVITAI_RECORD = {"resources", "hashes", "civitaiResources", "baseModel", "nsfw", "additionalResources", "modelIds",
+                  "versionIds", "models", "software", "width", "height", "type", "draft", "engine", "Created Date"}
+
+_EXTRA_NETWORK = re.compile(r"<(lora|lyco|locon|hypernet):([^>:]+)(?::([^>]*))?>", re.I)
+
+
+def from_civitai_meta(meta: dict[str, Any]) -> Infotext:
+    """Civitai's image `meta` object (camelCase for the main fields, A1111 names for the rest)
+    as an Infotext; ComfyUI-made pictures keep their `comfy` workflow out (named in a note by
+    `reproduction`)."""
+    params: dict[str, str] = {}
+    for key, value in meta.items():
+        if key in ("comfy", "workflow"):
+            params["Comfy workflow"] = "yes"
+            continue
+        if key in ("prompt", "negativePrompt") or value is None or isinstance(value, (dict, list)):
+            continue
+        if key in CIVITAI_RECORD:
+            continue
+        name = CIVITAI_KEYS.get(key, key)
+        params[name] = str(value) if not isinstance(value, bool) else ("True" if value else "False")
+    if "Size" not in params and isinstance(meta.get("width"), int) and isinstance(meta.get("height"), int):
+        params["Size"] = f"{meta['width']}x{meta['height']}"
+    return Infotext(str(meta.get("prompt") or ""), str(meta.get("negativePrompt") or ""), params)
+
+
+@dataclass
+class Reproduction:
+    """What re-running a picture asks for: the prompt, `settings` (keyword arguments of
+    `Engine.generate`), and one sentence per setting that cannot be followed."""
+
+    prompt: str
+    negative_prompt: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    sampler: str | None = None  # the infotext's own Sampler and Schedule type values
+    schedule_type: str | None = None
+    model_hash: str | None = None
+    model: str | None = None
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in ("true", "1", "yes")
+
+
+def reproduction(info: Infotext, supported: Any = None) -> Reproduction:
+    """Turn parsed infotext into generation settings.
+
+    `supported`: the setting names the engine can follow (None: all of SETTING_KEYS). LoRA,
+    LyCORIS and hypernetwork tags are taken out of the prompts (A1111 does not condition on them
+    either) and named; A1111's defaults for absent keys (RNG GPU) are filled in, so an engine
+    that cannot follow them says so.
+    """
+    p = dict(info.parameters)
+    notes: list[str] = []
+    prompts = []
+    for text in (info.prompt, info.negative_prompt):
+        for m in _EXTRA_NETWORK.finditer(text):
+            kind = {"hypernet": "hypernetwork", "lyco": "LyCORIS", "locon": "LyCORIS"}.get(m.group(1).lower(), "LoRA")
+            notes.append(f"The {kind} '{m.group(2)}' in the prompt is not applied (tihub draws embeddings only), so the picture will differ.")
+        prompts.append(_EXTRA_NETWORK.sub("", text))
+    if "Hypernet" in p:
+        notes.append(f"The hypernetwork '{p['Hypernet']}' is not applied (tihub draws embeddings only), so the picture will differ.")
+    rep = Reproduction(prompts[0], prompts[1], sampler=p.get("Sampler"), schedule_type=p.get("Schedule type"),
+                       model_hash=p.get("Model hash"), model=p.get("Model"))
+    p.setdefault("RNG", "GPU")  # A1111 leaves its default out
+    hires = "Hires upscale" in p or "Hires resize" in p or "Hires steps" in p or "Hires upscaler" in p
+    for key, value in p.items():
+        if key in SETTING_KEYS:
+            name, kind = SETTING_KEYS[key]
+            ddim = (p.get("Sampler") or "").strip().upper().startswith("DDIM")
+            if (key == "Eta DDIM" and not ddim) or (key == "Eta" and ddim):
+                continue  # the other sampler family's eta: no effect on this picture
+            if key == "Denoising strength" and not hires:
+                notes.append(f"'Denoising strength: {value}' without hires fix means an img2img picture; tihub draws it from text only, so it will differ.")
+                continue
+            if key == "Hires upscaler" and value.strip().lower() not in BUILTIN_UPSCALERS:
+                notes.append(f"The hires upscaler '{value}' is a model file tihub does not have; give its file with --hires-upscaler PATH to follow it.")
+                continue
+            try:
+                typed: Any = _bool(value) if kind is bool else kind(value)
+            except ValueError:
+                notes.append(f"'{key}: {value}' is not a valid value; it is not followed.")
+                continue
+            if supported is not None and name not in supported:
+                if key == "RNG" and value.strip().upper() == "CPU":
+                    continue  # what tihub does anyway
+                notes.append(f"'{key}: {value}' is not followed by this tihub, so the picture will differ.")
+                continue
+            rep.settings[name] = typed.lower() if key == "RNG" else typed
+        elif key in RECORD_KEYS or key == "Hypernet" or key == "Hypernet strength":
+            if key == "Emphasis" and value != "Original":
+                notes.append(f"'Emphasis: {value}' is not followed (tihub weights prompts as A1111's Original), so the picture may differ.")
+        elif key == "Comfy workflow":
+            notes.append("The picture was made by a ComfyUI workflow; only its prompt, sampler, steps, CFG, seed and size are followed.")
+        elif key in NOT_FOLLOWED:
+            if value.strip().lower() in _OFF or (key == "Variation seed" and p.get("Variation seed strength", "0").strip() in _OFF):
+                continue  # written, but off
+            notes.append(f"'{key}: {value}' asks for {NOT_FOLLOWED[key]}, which tihub does not do, so the picture will differ.")
+        elif key == "Variation seed strength" or key.startswith(("Hires resize-", "Size-")):
+            continue
+        elif key.startswith(("ADetailer", "ControlNet")):
+            group = "ADetailer" if key.startswith("ADetailer") else "ControlNet"
+            line = f"The {group} extension's settings are not followed, so the picture will differ."
+            if line not in notes:
+                notes.append(line)
+        else:
+            notes.append(f"'{key}: {value}' is a setting tihub does not know; it is not followed.")
+    rep.notes = notes
+    return rep

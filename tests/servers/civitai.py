@@ -131,6 +131,7 @@ class CivitaiAPI(Served):
         self.fail_next: int = 0
         self.versions: list[dict[str, Any]] = []  # extra model versions by-hash knows (checkpoints...)
         self.bulk_requests: list[list[str]] = []  # the hash arrays POSTed to by-hash
+        self.images: dict[str, bytes] = {}  # path -> picture bytes served (preview images)
 
     def __enter__(self) -> "CivitaiAPI":
         super().__enter__()
@@ -149,6 +150,8 @@ class CivitaiAPI(Served):
         if req.path.startswith("/api/v1/model-versions/by-hash/") and req.method == "GET":
             version = self.find_version(req.path.rsplit("/", 1)[1])
             return Reply.json(version) if version else Reply.json({"error": "Model not found"}, 404)
+        if req.path in self.images:
+            return Reply(200, self.images[req.path], {"Content-Type": "image/png"})
         if req.path.startswith("/api/download/models/"):
             return Reply(200, b"file", {"Content-Type": "application/octet-stream"})
         return Reply.text("<!DOCTYPE html><html><body>404 | Civitai</body></html>", 404, "text/html")

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from tihub.cli._common import Context, echo_json, exit_status, fail, pass_ctx
-from tihub.errors import ConfigError, NotFound, TihubError
+from tihub.errors import ConfigError, NetworkError, NotFound, TihubError
 
 MODEL_HELP = "Model: a diffusers folder, a .safetensors/.ckpt checkpoint, or a Hub repo id (downloaded once, then read from the Hugging Face cache). Default: $TIHUB_MODEL."
 
@@ -105,31 +105,15 @@ def prompt_cmd(ctx: Context, prompt: str, steps: int, model: str | None, as_json
 
 
 def _from_image(path: str) -> dict[str, Any]:
-    from tihub.infotext import NoInfotext, read_infotext
+    """Settings to re-run an image's infotext; `notes` names each one that cannot be followed."""
+    from tihub.engine.reproduce import read_rerun
+    from tihub.infotext import NoInfotext
 
     try:
-        info = read_infotext(path)
+        rep = read_rerun(path)
     except NoInfotext as exc:
         raise ConfigError(f"--from-image: {exc}") from exc
-    p = info.parameters
-    out: dict[str, Any] = {"prompt": info.prompt, "negative": info.negative_prompt}
-    if "Steps" in p:
-        out["steps"] = int(p["Steps"])
-    if "Sampler" in p:
-        from tihub.engine.samplers import from_infotext
-
-        out["sampler"], out["schedule_type"], warning = from_infotext(p["Sampler"], p.get("Schedule type"))
-        out["warnings"] = [warning] if warning else []
-    if "CFG scale" in p:
-        out["cfg"] = float(p["CFG scale"])
-    if "Seed" in p:
-        out["seed"] = int(p["Seed"])
-    if "Size" in p:
-        out["size"] = p["Size"]
-    if "Clip skip" in p:
-        out["clip_skip"] = int(p["Clip skip"])
-    out["model_hash"] = p.get("Model hash")
-    return out
+    return {"prompt": rep.prompt, "negative": rep.negative_prompt, "settings": dict(rep.settings), "warnings": rep.notes, "model_hash": rep.model_hash}
 
 
 @click.command("generate")
@@ -146,13 +130,14 @@ def _from_image(path: str) -> dict[str, Any]:
 @click.option("--batch-count", type=int, default=1, show_default=True, help="Number of batches.")
 @click.option("--clip-skip", type=int, default=None, help="CLIP skip (1 = last layer) [default: 1].")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None, help="Output folder [default: WORKSPACE/outputs].")
-@click.option("--from-image", "from_image", type=click.Path(dir_okay=False), default=None, help="Re-run the settings in an image's infotext (options given here win).")
+@click.option("--from-image", "from_image", type=click.Path(dir_okay=False), default=None, help="Re-run the settings in an image's infotext (options given here win); each setting that cannot be followed is named.")
+@click.option("--pad-conds", "pad_conds", is_flag=True, help="A1111's 'Pad conds': pad prompt and negative to the same chunk count (written to the infotext).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or mps [default: best available].")
 @click.option("--dtype", default=None, type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="Compute precision [default: auto].")
 @click.option("--json", "as_json", is_flag=True, help="Print the saved files and settings as JSON.")
 @config_option
 @pass_ctx
-def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: str | None, steps: int | None, sampler: str | None, schedule_type: str | None, cfg: float | None, seed: int | None, size: str | None, batch_size: int, batch_count: int, clip_skip: int | None, out: str | None, from_image: str | None, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
+def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: str | None, steps: int | None, sampler: str | None, schedule_type: str | None, cfg: float | None, seed: int | None, size: str | None, batch_size: int, batch_count: int, clip_skip: int | None, out: str | None, from_image: str | None, pad_conds: bool, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
     """Generate images for PROMPT; each PNG carries A1111 infotext (PNG Info reads it).
 
     Embeddings in the workspace's embeddings/ folder are used by their file name, as in A1111.
@@ -171,20 +156,30 @@ def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: 
     if base.get("model_hash") and engine.model.hash and base["model_hash"].lower() not in (engine.model.hash, (engine.model.sha256 or "")[:8]):
         _warn([f"--from-image was made with model hash {base['model_hash']}, this model is {engine.model.hash}; images will differ."])
     outdir = Path(out) if out else ctx.workspace.root / "outputs"
+    # settings from the image that have no option here (RNG, ENSD, hires, ...) pass through
+    given: dict[str, Any] = dict(base.get("settings", {}))
+    if pad_conds:
+        given["pad_conds"] = True
+    base_sampler, base_schedule = given.pop("sampler", None), given.pop("schedule_type", None)
+    from tihub.engine.reproduce import engine_kwargs
+
     result = engine.generate(
         prompt,
         negative if negative is not None else base.get("negative", ""),
-        steps=steps if steps is not None else base.get("steps", 20),
-        sampler=sampler or base.get("sampler"),
-        # an explicit --sampler starts from its own schedule unless --schedule-type is given too
-        schedule_type=schedule_type or (None if sampler else base.get("schedule_type")),
-        cfg_scale=cfg if cfg is not None else base.get("cfg", 7.0),
-        seed=seed if seed is not None else base.get("seed", -1),
-        size=size or base.get("size"),
-        batch_size=batch_size,
-        batch_count=batch_count,
-        clip_skip=clip_skip if clip_skip is not None else base.get("clip_skip", 1),
-        out=outdir,
+        **{
+            **engine_kwargs(given),
+            "steps": steps if steps is not None else given.get("steps", 20),
+            "sampler": sampler or base_sampler,
+            # an explicit --sampler starts from its own schedule unless --schedule-type is given too
+            "schedule_type": schedule_type or (None if sampler else base_schedule),
+            "cfg_scale": cfg if cfg is not None else given.get("cfg_scale", 7.0),
+            "seed": seed if seed is not None else given.get("seed", -1),
+            "size": size or given.get("size"),
+            "batch_size": batch_size,
+            "batch_count": batch_count,
+            "clip_skip": clip_skip if clip_skip is not None else given.get("clip_skip", 1),
+            "out": outdir,
+        },
     )
     _warn(result.warnings)
     if as_json:
@@ -285,13 +280,14 @@ def _resolve_embedding(ctx: Context, name: str) -> tuple[Path | None, int | None
 @click.option("--seed", type=int, default=-1, show_default=True, help="Seed of every cell (unless an axis sets it).")
 @click.option("--size", default=None, help="WxH or N [default: the model's native size].")
 @click.option("--batch", type=int, default=8, show_default=True, help="Most images per pipeline call.")
+@click.option("--pad-conds", "pad_conds", is_flag=True, help="A1111's 'Pad conds': pad prompt and negative to the same chunk count.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None, help="Output folder [default: WORKSPACE/grids].")
 @click.option("--device", default=None)
 @click.option("--dtype", default=None, type=click.Choice(["auto", "fp32", "fp16", "bf16"]))
 @click.option("--json", "as_json", is_flag=True)
 @config_option
 @pass_ctx
-def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y: str | None, z: str | None, prompt: str | None, negative: str, steps: int, sampler: str, cfg: float, seed: int, size: str | None, batch: int, out: str | None, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
+def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y: str | None, z: str | None, prompt: str | None, negative: str, steps: int, sampler: str, cfg: float, seed: int, size: str | None, batch: int, pad_conds: bool, out: str | None, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
     """Make an A1111-style X/Y/Z grid, or the standard preview of embedding NAME.
 
     With NAME and no axes: the standard preview (fixed prompts chosen by the entry's kind:
@@ -336,7 +332,7 @@ def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y
             prompt = "{emb}" if any(a is not None and a.kind in ("embedding", "checkpoint") for a in axes) else (name or "")
         native = engine_for(None).model.native_size if size is None else 512
         w, h = parse_size(size, native)
-        settings = Settings(steps=steps, sampler=sampler, cfg_scale=cfg, width=w, height=h)
+        settings = Settings(steps=steps, sampler=sampler, cfg_scale=cfg, width=w, height=h, pad_conds=pad_conds)
         folders = [ctx.workspace.embeddings_dir, ctx.workspace.train_dir]
         result = make_grid(engine_for, prompt, negative, axes, settings, seed, outdir, batch, folders)
     for e in engines.values():
@@ -348,28 +344,78 @@ def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y
     click.echo(str(result.path))
 
 
+def _reproduce(ctx: Context, engine: Any, v: Any, name: str, path: Path | None, entry_id: int | None) -> None:
+    """`verify --reproduce`: the entry's preview records, fetched with its source's URL policy."""
+    from tihub.catalog.store import Catalog
+    from tihub.engine.verify import reproduce_published
+    import httpx
+
+    from tihub.net import URLPolicy, make_client, stream
+
+    previews: list[dict[str, Any]] = []
+    allow_private = False
+    if entry_id is not None:
+        entry = Catalog(ctx.engine(), ctx.workspace).entry(entry_id)
+        previews = entry.get("previews", [])
+        spec = next((s for s in ctx.workspace.sources() if s.name == entry.get("source")), None)
+        allow_private = bool(spec and spec.allow_private)
+    cap = 32 * 1024 * 1024
+    client = make_client(timeout=30.0)
+
+    def fetch(url: str) -> bytes:
+        with stream(client, "GET", url, policy=URLPolicy(allow_private=allow_private)) as resp:
+            if resp.status_code != 200:
+                raise NetworkError(f"The preview {url} answered HTTP {resp.status_code}; it is skipped.")
+            data = bytearray()
+            try:
+                for part in resp.iter_bytes():
+                    data += part
+                    if len(data) > cap:
+                        raise NetworkError(f"The preview {url} is larger than {cap // (1024 * 1024)} MiB; it is skipped.")
+            except httpx.HTTPError as exc:
+                raise NetworkError(f"Reading the preview {url} failed: {exc}.") from None
+            return bytes(data)
+
+    emb = None
+    if path is not None and engine.vocabulary.path_of(name) is None:
+        from tihub.formats import read_embedding
+
+        try:
+            emb = read_embedding(path)
+        except TihubError:
+            emb = None
+    try:
+        reproduce_published(engine, v, previews, fetch, out=ctx.workspace.root / "outputs" / "reproduce", embedding=emb)
+    finally:
+        client.close()
+
+
 @click.command("verify")
 @click.argument("name")
 @click.option("--model", "model", default=None, help=MODEL_HELP)
 @click.option("--steps", type=int, default=20, show_default=True, help="Steps of the preview grid.")
 @click.option("--size", default=None, help="Preview size, WxH or N [default: native].")
 @click.option("--no-grid", is_flag=True, help="Only check the numbers; no preview grid.")
+@click.option("--reproduce", is_flag=True, help="Also regenerate the entry's published previews made on this model and record how alike each is (SSIM).")
 @click.option("--device", default=None)
 @click.option("--dtype", default=None, type=click.Choice(["auto", "fp32", "fp16", "bf16"]))
 @click.option("--json", "as_json", is_flag=True)
 @config_option
 @pass_ctx
-def verify_cmd(ctx: Context, name: str, model: str | None, steps: int, size: str | None, no_grid: bool, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
+def verify_cmd(ctx: Context, name: str, model: str | None, steps: int, size: str | None, no_grid: bool, reproduce: bool, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
     """Verify embedding NAME on a model and record the result in the catalogue.
 
     Checks that it loads (width), that its numbers are finite, and its vector norms against
     the model's own token embeddings (flags over-trained embeddings); renders the standard
-    preview grid.
+    preview grid. With --reproduce, the entry's published previews whose Model hash is this
+    model's are drawn again from their settings and compared with the published pictures
+    (SSIM at 128 px, 1 = identical); the numbers are recorded with the verification.
 
     \b
     Example:
       tihub verify mycat --model ./sd15
       tihub verify easynegative --model ./sd15 --json
+      tihub verify easynegative --model ./sd15 --reproduce
     """
     from tihub.catalog.store import Catalog
     from tihub.engine.verify import record, verify
@@ -377,6 +423,8 @@ def verify_cmd(ctx: Context, name: str, model: str | None, steps: int, size: str
     path, entry_id, file_id, kind = _resolve_embedding(ctx, name)
     engine = _engine(ctx, model, device, dtype, config)
     v = verify(engine, name, path=path, grid=not no_grid, steps=steps, size=size, out=ctx.workspace.root / "grids", kind=kind)
+    if reproduce:
+        _reproduce(ctx, engine, v, name, path, entry_id)
     record(Catalog(ctx.engine(), ctx.workspace), v, entry_id, file_id)
     if as_json:
         echo_json(v.to_dict())
@@ -387,4 +435,7 @@ def verify_cmd(ctx: Context, name: str, model: str | None, steps: int, size: str
             click.echo(f"  {c['status']:<8} {c['check']}: {c['detail']}")
         if v.grid:
             click.echo(f"  grid: {v.grid}")
+        for r in v.reproduced:
+            what = f"SSIM {r['ssim']:.3f}, mean abs diff {r['mad']:.1f}/255" if r["ok"] else r.get("error", "")
+            click.echo(f"  preview {r['url']}: {what}")
     exit_status(v.result == "failed")

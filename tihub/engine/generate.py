@@ -6,13 +6,14 @@ trainer's previews call `Engine.generate`. `generate(...)` is the one-call libra
 (builds an Engine from a model, a pipeline or an existing engine, then calls it).
 
 One image batch (`Engine.run`) goes through these stages:
-1. prompt schedules: `[from:to:when]` and `[a|b]` become per-step texts (A1111's rules);
-2. conditioning: every distinct text is encoded once, embeddings spliced in (conditioning.py);
+1-2. conditioning (conditioning.BatchConds, A1111's rules): each prompt is split at AND, each
+   part and negative gets its `[from:to:when]`/`[a|b]` schedule over the model calls, and the
+   texts of one schedule are encoded as one batch, embeddings spliced in;
 3. noise: one CPU generator per image seeded with its seed, so an image does not depend on the
    batch it is in, and the same seed + settings give the same image on the same device;
-4. denoising: one diffusers pipeline call for the whole batch, classifier-free guidance as one
-   2N-batch UNet forward; when a schedule changes the text, a step-end callback swaps the
-   conditioning for the next step;
+4. denoising: one diffusers pipeline call for the whole batch; each UNet call is answered by
+   conditioning.GuidedUNet (the schedule entry for that call, AND parts, rows of equal length in
+   one forward, never padded across images); on CPU the math is batch-invariant (invariant.py);
 5. output: PIL images; `generate` saves them as `00000-SEED.png` with A1111 infotext.
 """
 
@@ -26,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from tihub import __version__
-from tihub.engine.conditioning import Cond, PromptEncoder
+from tihub.engine.conditioning import BatchConds, GuidedUNet, PromptEncoder
+from tihub.engine.invariant import batch_invariant
 from tihub.engine.models import LoadedModel, from_pipeline, load_model
-from tihub.engine.prompts import prompt_schedule
 from tihub.engine.samplers import DEFAULT, calls_per_step, canonical, canonical_schedule, check_schedule_type, infotext_schedule, make_scheduler
 from tihub.engine.vocabulary import Vocabulary
 from tihub.errors import ConfigError
@@ -47,6 +48,7 @@ class Settings:
     height: int = 512
     clip_skip: int = 1
     schedule_type: str = "Automatic"  # A1111's "Schedule type": Karras, Exponential, SGM Uniform, Beta, ...
+    pad_conds: bool = False  # A1111's "Pad conds": pad prompt and negative to one chunk count
 
     def check(self) -> None:
         if self.width % 8 or self.height % 8 or self.width < 8 or self.height < 8:
@@ -133,76 +135,27 @@ class Engine:
         # A1111 schedules prompt editing over model calls: twice the steps for second-order samplers
         steps = settings.steps * calls_per_step(scheduler)
 
-        # 1. schedules: per image, the text in force at each model call (A1111: call i uses the
-        #    first entry whose end_step >= i, counting from 0)
-        def per_step(text: str) -> list[str]:
-            sched = prompt_schedule(text, steps)
-            return [next((t for end, t in sched if i <= end), sched[-1][1]) for i in range(steps)]
-
-        pos_steps = [per_step(p) for p in prompts]
-        neg_steps = [per_step(q) for q in negatives]
-
-        # 2. conditioning: each distinct text once
-        cache: dict[str, Cond] = {}
-        used: list[list[str]] = [[] for _ in range(n)]
-        for b in range(n):
-            for text in dict.fromkeys(pos_steps[b] + neg_steps[b]):
-                if text not in cache:
-                    cache[text], tok = enc.encode(text)
-                else:
-                    tok = None
-                if tok is None:
-                    tok = enc.tokenizer.tokenize(text)
-                for name in tok.used:
-                    if name not in used[b]:
-                        used[b].append(name)
-        empty = cache.get("") or enc.encode("")[0]
-        longest = max(c.hidden.shape[0] for c in cache.values())
+        # 1-2. conditioning as A1111 (conditioning.BatchConds): AND parts, editing schedules
+        #    over model calls, each schedule encoded as one batch; images never padded together
+        conds = BatchConds.build(enc, prompts, negatives, steps, pad_conds=settings.pad_conds)
+        used = conds.used
         device, dtype = self.model.device, self.model.dtype
-
-        def stack(texts: list[str]) -> tuple[Any, Any]:
-            rows, pooled = [], []
-            for t in texts:
-                c = cache[t]
-                h = c.hidden
-                while h.shape[0] < longest:  # pad with empty-prompt chunks, as A1111
-                    h = torch.cat([h, empty.hidden], dim=0)
-                rows.append(h)
-                pooled.append(c.pooled)
-            hidden = torch.stack(rows).to(device=device, dtype=dtype)
-            pool = torch.stack(pooled).to(device=device, dtype=dtype) if family == "sdxl" else None
-            return hidden, pool
-
-        def at(i: int) -> tuple[Any, Any, Any, Any]:
-            ph, pp = stack([s[i] for s in pos_steps])
-            nh, np_ = stack([s[i] for s in neg_steps])
-            return ph, nh, pp, np_
 
         # 3. noise: one CPU generator per image
         gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         shape = (pipe.unet.config.in_channels, settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor)
         latents = torch.cat([torch.randn((1, *shape), generator=g, dtype=torch.float32) for g in gens]).to(device=device, dtype=dtype)
 
-        # 4. denoise in one call; swap conditioning when a schedule moves on. The pipeline's own
-        #    scheduler is put back afterwards (the trainer shares its pipeline with previews).
+        # 4. denoise in one call; the pipeline gets placeholder embeds and GuidedUNet answers
+        #    each UNet call from `conds`. The pipeline's own scheduler is put back afterwards
+        #    (the trainer shares its pipeline with previews).
         own_scheduler = pipe.scheduler
         pipe.scheduler = scheduler
-        ph, nh, pp, np_ = at(0)
-        cfg = settings.cfg_scale > 1.0
-        changes = {i for i in range(1, steps) if any(s[i] != s[i - 1] for s in pos_steps + neg_steps)}
-
-        def on_step_end(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            if i + 1 not in changes:
-                return {}
-            ph2, nh2, pp2, np2 = at(i + 1)
-            out = {"prompt_embeds": torch.cat([nh2, ph2]) if cfg else ph2}
-            if family == "sdxl":
-                out["add_text_embeds"] = torch.cat([np2, pp2]) if cfg else pp2
-            return out
-
+        first = conds.images[0].uncond[0].cond
+        holder = torch.zeros((n, 77, first.hidden.shape[-1]), device=device, dtype=dtype)
         kwargs: dict[str, Any] = dict(
-            prompt_embeds=ph,
-            negative_prompt_embeds=nh,
+            prompt_embeds=holder,
+            negative_prompt_embeds=holder,
             num_inference_steps=settings.steps,
             guidance_scale=settings.cfg_scale,
             width=settings.width,
@@ -212,12 +165,11 @@ class Engine:
             output_type="pil",
         )
         if family == "sdxl":
-            kwargs.update(pooled_prompt_embeds=pp, negative_pooled_prompt_embeds=np_)
-        if changes:
-            kwargs["callback_on_step_end"] = on_step_end
-            kwargs["callback_on_step_end_tensor_inputs"] = ["prompt_embeds"] + (["add_text_embeds"] if family == "sdxl" else [])
+            pool = torch.zeros((n, first.pooled.shape[-1]), device=device, dtype=dtype)
+            kwargs.update(pooled_prompt_embeds=pool, negative_pooled_prompt_embeds=pool)
         try:
-            with torch.inference_mode():
+            # batch_invariant: on CPU an image is the same alone or in a grid, to the pixel
+            with torch.inference_mode(), GuidedUNet(pipe, conds), batch_invariant(pipe.unet, pipe.vae, device=device):
                 images = pipe(**kwargs).images
         finally:
             pipe.scheduler = own_scheduler
@@ -243,6 +195,7 @@ class Engine:
             "Clip skip": settings.clip_skip if settings.clip_skip > 1 else None,
             "RNG": "CPU",
             "TI hashes": ti_hashes_value(hashes),
+            "Pad conds": True if settings.pad_conds else None,
             "Version": f"tihub {__version__}",
         }
         params.update(extra or {})
@@ -267,12 +220,13 @@ class Engine:
         clip_skip: int = 1,
         out: str | os.PathLike[str] | None = None,
         schedule_type: str | None = None,
+        pad_conds: bool = False,
     ) -> Result:
         if batch_size < 1 or batch_count < 1:
             raise ConfigError("--batch-size and --batch-count must be at least 1.")
         native = self.model.native_size
         w, h = parse_size(size, native) if size is not None else (width or native, height or width or native)
-        settings = Settings(steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg_scale, width=w, height=h, clip_skip=clip_skip, schedule_type=schedule_type or "Automatic")
+        settings = Settings(steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg_scale, width=w, height=h, clip_skip=clip_skip, schedule_type=schedule_type or "Automatic", pad_conds=pad_conds)
         settings.check()
         first = resolve_seed(seed)
         result = Result([], [], [])
@@ -372,6 +326,7 @@ def generate(
     device: Any = None,
     dtype: Any = None,
     schedule_type: str | None = None,
+    pad_conds: bool = False,
 ) -> Result:
     """Generate images in one call.
 
@@ -406,4 +361,5 @@ def generate(
         clip_skip=clip_skip,
         out=out,
         schedule_type=schedule_type,
+        pad_conds=pad_conds,
     )

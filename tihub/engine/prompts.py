@@ -290,6 +290,31 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
     return [(s, _render(nodes, s)) for s in sorted(found)]
 
 
+_AND = re.compile(r"\bAND\b")
+# `text:weight` at the end of an AND part; `.` stops at a newline, so a part spanning lines keeps
+# weight 1 and its whole text (as A1111's own pattern does)
+_PART_WEIGHT = re.compile(r"^(\s*.*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+
+
+def split_and(prompt: str) -> list[tuple[str, float]]:
+    """Composable diffusion: the `AND`-separated parts of a prompt with their weights.
+
+    Split before prompt editing is resolved, as in A1111; trailing whitespace of a part goes,
+    leading whitespace stays.
+
+    >>> split_and("a cat AND a dog:0.5")
+    [('a cat', 1.0), (' a dog', 0.5)]
+    """
+    parts = []
+    for part in _AND.split(prompt):
+        m = _PART_WEIGHT.search(part)
+        if m is None:
+            parts.append((part, 1.0))
+        else:
+            parts.append((m.group(1), float(m.group(2)) if m.group(2) is not None else 1.0))
+    return parts
+
+
 def text_at_step(schedule: list[tuple[int, str]], step: int) -> str:
     """The schedule entry used at sampling step `step` (1-based)."""
     for end, text in schedule:
@@ -302,6 +327,7 @@ def explain(prompt: str, steps: int = 20) -> dict:
     """Schedule and attention runs of a prompt (no tokenizer, no model)."""
     schedule = prompt_schedule(prompt, steps)
     return {
+        "and_parts": [[text, weight] for text, weight in split_and(prompt)],
         "schedule": [[end, text] for end, text in schedule],
         "attention": [[t, w] for t, w in parse_attention(schedule[-1][1])],
     }

@@ -7,7 +7,11 @@ Checks, in order (each adds a line to `checks`):
 4. norms: each vector's L2 norm against the model's own token-embedding norms. Vectors far
    above the vocabulary's largest norms are typical of over-trained ("burnt") embeddings:
    above 4x the vocabulary's 99th percentile it is flagged `strong`, above 8x `over-trained`;
-5. preview: the standard preview grid (skipped with `grid=False`).
+5. preview: the standard preview grid (skipped with `grid=False`);
+6. reproduce (`reproduce_published`, `tihub verify --reproduce`): the entry's published previews
+   made on this model (their `Model hash` names it) are regenerated from their settings and
+   each is compared with its picture (SSIM and mean abs difference at 128 px, see
+   engine/reproduce.py); the numbers go into the same record (`details.reproduced`).
 
 The outcome is `ok`, `warning` (loads, but flagged) or `failed`, and is recorded in the catalogue
 (`verifications`: model hash, date, result, details, grid path) when a catalogue is given.
@@ -38,6 +42,7 @@ class Verification:
     norms: dict[str, Any] = field(default_factory=dict)
     grid: str | None = None
     warnings: list[str] = field(default_factory=list)
+    reproduced: list[dict[str, Any]] = field(default_factory=list)  # per published preview
 
     def add(self, check: str, ok: bool | None, detail: str) -> None:
         self.checks.append({"check": check, "status": "ok" if ok else ("warning" if ok is None else "failed"), "detail": detail})
@@ -121,6 +126,39 @@ def verify(engine: Any, name: str, path: Path | None = None, embedding: Any = No
             engine.vocabulary.extra.pop(name, None)
     v.grid = str(g.path) if g.path else None
     v.warnings = g.warnings
+    return v
+
+
+def reproduce_published(
+    engine: Any,
+    v: Verification,
+    previews: list[dict[str, Any]],
+    fetch: Any,
+    out: Path | None = None,
+    embedding: Any = None,
+    steps_cap: int | None = None,
+) -> Verification:
+    """Regenerate the published previews made on the engine's model and compare each with its
+    picture (`fetch(url) -> bytes`); adds the `reproduce` check and `v.reproduced`."""
+    from tihub.engine.reproduce import reproduce_previews
+
+    if embedding is not None:
+        engine.vocabulary.extra[v.name] = embedding
+    try:
+        checks = reproduce_previews(engine, previews, fetch, out=out, steps_cap=steps_cap)
+    finally:
+        if embedding is not None:
+            engine.vocabulary.extra.pop(v.name, None)
+    v.reproduced = [c.to_dict() for c in checks]
+    v.warnings += engine.vocabulary.take_warnings()
+    done = [c for c in checks if c.ok]
+    if not checks:
+        v.add("reproduce", True, f"no published preview was made on this model (Model hash {v.model_hash}); nothing to compare")
+    elif not done:
+        v.add("reproduce", None, f"none of the {len(checks)} published previews made on this model could be compared: {checks[0].error}")
+    else:
+        sims = ", ".join(f"{c.ssim:.3f}" for c in done)
+        v.add("reproduce", True, f"{len(done)} of {len(checks)} published previews made on this model regenerated; SSIM to the published pictures: {sims}")
     return v
 
 
