@@ -8,12 +8,13 @@ trainer's previews call `Engine.generate`. `generate(...)` is the one-call libra
 One image batch (`Engine.run`) goes through these stages:
 1. prompt schedules: `[from:to:when]` and `[a|b]` become per-step texts (A1111's rules);
 2. conditioning: every distinct text is encoded once, embeddings spliced in (conditioning.py);
-3. noise: one CPU generator per image seeded with its seed, so an image does not depend on the
-   batch it is in, and the same seed + settings give the same image on the same device;
-4. denoising: one diffusers pipeline call for the whole batch, classifier-free guidance as one
-   2N-batch UNet forward; when a schedule changes the text, a step-end callback swaps the
-   conditioning for the next step;
-5. output: PIL images; `generate` saves them as `00000-SEED.png` with A1111 infotext.
+3. noise: one generator per image seeded with its seed (A1111's gpu/cpu/nv sources, ENSD), so an
+   image does not depend on the batch it is in (tihub.engine.sampling.rng);
+4. denoising: A1111's sampler over the model's own sigmas and A1111's schedule type, through
+   the UNet with classifier-free guidance; the conditioning in force is looked up per model call
+   (tihub.engine.sampling: the plan, the samplers, the denoiser);
+5. output: each latent decoded alone and turned into 8-bit pixels as A1111 does (truncating);
+   `generate` saves them as `00000-SEED.png` with A1111 infotext.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from tihub import __version__
 from tihub.engine.conditioning import Cond, PromptEncoder
 from tihub.engine.models import LoadedModel, from_pipeline, load_model
 from tihub.engine.prompts import prompt_schedule
-from tihub.engine.samplers import DEFAULT, calls_per_step, canonical, canonical_schedule, check_schedule_type, infotext_schedule, make_scheduler
+from tihub.engine.samplers import DEFAULT, SAMPLERS, check_schedule_type, resolve
+from tihub.engine.sampling import Plan, Randomness
 from tihub.engine.vocabulary import Vocabulary
 from tihub.errors import ConfigError
 from tihub.formats.model import Embedding
@@ -47,6 +49,17 @@ class Settings:
     height: int = 512
     clip_skip: int = 1
     schedule_type: str = "Automatic"  # A1111's "Schedule type": Karras, Exponential, SGM Uniform, Beta, ...
+    # A1111's randomness settings (tihub.engine.sampling.Randomness)
+    rng: str = "gpu"  # gpu | cpu | nv
+    ensd: int = 0  # eta noise seed delta
+    eta: float | None = None  # None: the sampler's default
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 0.0  # 0: no upper bound
+    s_noise: float = 1.0
+
+    def randomness(self) -> Randomness:
+        return Randomness(rng=self.rng, ensd=self.ensd, eta=self.eta, s_churn=self.s_churn, s_tmin=self.s_tmin, s_tmax=self.s_tmax, s_noise=self.s_noise)
 
     def check(self) -> None:
         if self.width % 8 or self.height % 8 or self.width < 8 or self.height < 8:
@@ -55,9 +68,11 @@ class Settings:
             raise ConfigError(f"Steps {self.steps} is out of range; use 1 to 1000.")
         if self.clip_skip < 1 or self.clip_skip > 12:
             raise ConfigError(f"Clip skip {self.clip_skip} is out of range; use 1 to 12.")
-        self.sampler = canonical(self.sampler)
-        self.schedule_type = canonical_schedule(self.schedule_type)
+        self.sampler, self.schedule_type = resolve(self.sampler, self.schedule_type)
         check_schedule_type(self.sampler, self.schedule_type)
+        r = self.randomness()
+        r.check(self.sampler)
+        self.rng = r.rng
 
 
 @dataclass
@@ -68,6 +83,7 @@ class Result:
     paths: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     used: list[str] = field(default_factory=list)  # embedding names used (prompt + negative)
+    plans: list[Plan] = field(default_factory=list)  # what each batch ran (sampler, sigmas, seeds, ...)
 
     @property
     def path(self) -> Path | None:
@@ -104,7 +120,8 @@ class Engine:
         self.model = model if isinstance(model, LoadedModel) else from_pipeline(model)
         self.vocabulary = Vocabulary(Path(embeddings_dir) if embeddings_dir else None, dict(extra or {}))
         self._encoders: dict[int, PromptEncoder] = {}
-        self._base_scheduler = dict(self.model.pipe.scheduler.config)
+        self._schedule: Any = None
+        self.plan: Plan | None = None  # the plan of the last `run`
 
     @classmethod
     def load(cls, model: str | os.PathLike[str], embeddings_dir: Any = None, device: Any = None, dtype: Any = None, hash_cache: Any = None, config: Any = None) -> Engine:
@@ -118,23 +135,47 @@ class Engine:
     def explain(self, prompt: str, steps: int = 20) -> dict[str, Any]:
         return explain_prompt(prompt, steps, self.encoder().tokenizer, self.vocabulary)
 
-    # -- one batched pipeline call -----------------------------------------------------------
+    # -- one batch -----------------------------------------------------------------------------
 
-    def run(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings) -> tuple[list[Any], list[list[str]]]:
-        """Images for parallel lists of prompts/negatives/seeds, in one pipeline call."""
-        import torch
+    def model_schedule(self) -> Any:
+        """The model's noise levels (from its scheduler config's betas; the same for every source)."""
+        if self._schedule is None:
+            from tihub.engine.sampling.schedule import ModelSchedule
+
+            self._schedule = ModelSchedule.from_config(dict(self.model.pipe.scheduler.config))
+        return self._schedule
+
+    def make_plan(self, seeds: list[int], settings: Settings) -> Plan:
+        """What a batch with these seeds and settings will run (nothing is computed on the UNet)."""
+        from tihub.engine.sampling import make_plan
 
         settings.check()
+        return make_plan(settings.sampler, settings.schedule_type, settings.steps, self.model_schedule(), self.model.family, seeds, settings.randomness())
+
+    def run(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings) -> tuple[list[Any], list[list[str]]]:
+        """Images for parallel lists of prompts/negatives/seeds, as one batch."""
+        latents, used = self.sample(prompts, negatives, seeds, settings)
+        return self.decode(latents), used
+
+    def sample(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings) -> tuple[Any, list[list[str]]]:
+        """Final latents (float32) for parallel lists of prompts/negatives/seeds; `self.plan` says
+        what ran."""
+        import torch
+
+        from tihub.engine.sampling import run as run_plan
+        from tihub.engine.sampling.denoiser import Denoiser, StepConds
+        from tihub.engine.sampling.rng import ImageNoise
+
+        plan = self.make_plan(seeds, settings)
         pipe = self.model.pipe
         family = self.model.family
         enc = self.encoder(settings.clip_skip)
         n = len(prompts)
-        scheduler = make_scheduler(settings.sampler, self._base_scheduler, settings.schedule_type)
         # A1111 schedules prompt editing over model calls: twice the steps for second-order samplers
-        steps = settings.steps * calls_per_step(scheduler)
+        steps = settings.steps * plan.calls_per_step
 
         # 1. schedules: per image, the text in force at each model call (A1111: call i uses the
-        #    first entry whose end_step >= i, counting from 0)
+        #    first entry whose end_step >= i, counting from 0; later calls keep the last text)
         def per_step(text: str) -> list[str]:
             sched = prompt_schedule(text, steps)
             return [next((t for end, t in sched if i <= end), sched[-1][1]) for i in range(steps)]
@@ -158,70 +199,64 @@ class Engine:
                         used[b].append(name)
         empty = cache.get("") or enc.encode("")[0]
         longest = max(c.hidden.shape[0] for c in cache.values())
-        device, dtype = self.model.device, self.model.dtype
 
-        def stack(texts: list[str]) -> tuple[Any, Any]:
-            rows, pooled = [], []
-            for t in texts:
-                c = cache[t]
-                h = c.hidden
-                while h.shape[0] < longest:  # pad with empty-prompt chunks, as A1111
-                    h = torch.cat([h, empty.hidden], dim=0)
-                rows.append(h)
-                pooled.append(c.pooled)
-            hidden = torch.stack(rows).to(device=device, dtype=dtype)
-            pool = torch.stack(pooled).to(device=device, dtype=dtype) if family == "sdxl" else None
-            return hidden, pool
+        def padded(text: str) -> Cond:
+            c = cache[text]
+            h = c.hidden
+            while h.shape[0] < longest:  # pad with empty-prompt chunks, as A1111
+                h = torch.cat([h, empty.hidden], dim=0)
+            return Cond(h, c.pooled)
 
-        def at(i: int) -> tuple[Any, Any, Any, Any]:
-            ph, pp = stack([s[i] for s in pos_steps])
-            nh, np_ = stack([s[i] for s in neg_steps])
-            return ph, nh, pp, np_
+        # the conditioning of model call i (one object per distinct set of texts, so the
+        # denoiser stacks it once)
+        made: dict[tuple[tuple[str, ...], tuple[str, ...]], StepConds] = {}
 
-        # 3. noise: one CPU generator per image
-        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        def conds_at(i: int) -> StepConds:
+            i = min(i, steps - 1)
+            key = (tuple(s[i] for s in pos_steps), tuple(s[i] for s in neg_steps))
+            if key not in made:
+                made[key] = StepConds([[(padded(t), 1.0)] for t in key[0]], [padded(t) for t in key[1]])
+            return made[key]
+
+        # 3. noise: per-image generators (A1111's gpu / cpu / nv sources)
+        device = self.model.device
         shape = (pipe.unet.config.in_channels, settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor)
-        latents = torch.cat([torch.randn((1, *shape), generator=g, dtype=torch.float32) for g in gens]).to(device=device, dtype=dtype)
+        noise = ImageNoise(settings.rng, seeds, shape, device, settings.ensd)
 
-        # 4. denoise in one call; swap conditioning when a schedule moves on. The pipeline's own
-        #    scheduler is put back afterwards (the trainer shares its pipeline with previews).
-        own_scheduler = pipe.scheduler
-        pipe.scheduler = scheduler
-        ph, nh, pp, np_ = at(0)
-        cfg = settings.cfg_scale > 1.0
-        changes = {i for i in range(1, steps) if any(s[i] != s[i - 1] for s in pos_steps + neg_steps)}
+        # 4. denoise: the planned sampler through the guided UNet
+        time_ids = None
+        if family == "sdxl":  # SDXL's size conditioning: original size, crop (0, 0), target size
+            time_ids = torch.tensor([[settings.height, settings.width, 0, 0, settings.height, settings.width]], dtype=torch.float32)
+        from tihub.engine.sampling import model_schedule
 
-        def on_step_end(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            if i + 1 not in changes:
-                return {}
-            ph2, nh2, pp2, np2 = at(i + 1)
-            out = {"prompt_embeds": torch.cat([nh2, ph2]) if cfg else ph2}
-            if family == "sdxl":
-                out["add_text_embeds"] = torch.cat([np2, pp2]) if cfg else pp2
-            return out
+        denoiser = Denoiser(pipe.unet, model_schedule(plan.sampler, self.model_schedule()), self.model.prediction, conds_at, settings.cfg_scale, time_ids, lcm=SAMPLERS[plan.sampler].algorithm == "lcm")
+        with torch.inference_mode():
+            latents = run_plan(plan, denoiser, noise)
+        self.plan = plan
+        return latents, used
 
-        kwargs: dict[str, Any] = dict(
-            prompt_embeds=ph,
-            negative_prompt_embeds=nh,
-            num_inference_steps=settings.steps,
-            guidance_scale=settings.cfg_scale,
-            width=settings.width,
-            height=settings.height,
-            generator=gens,
-            latents=latents,
-            output_type="pil",
-        )
-        if family == "sdxl":
-            kwargs.update(pooled_prompt_embeds=pp, negative_pooled_prompt_embeds=np_)
-        if changes:
-            kwargs["callback_on_step_end"] = on_step_end
-            kwargs["callback_on_step_end_tensor_inputs"] = ["prompt_embeds"] + (["add_text_embeds"] if family == "sdxl" else [])
-        try:
-            with torch.inference_mode():
-                images = pipe(**kwargs).images
-        finally:
-            pipe.scheduler = own_scheduler
-        return images, used
+    def decode(self, latents: Any) -> list[Any]:
+        """PIL images: each latent decoded alone, pixels as A1111 makes them (clamp, x255, truncate)."""
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        vae = self.model.pipe.vae
+        dtype = vae.dtype
+        upcast = dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        images = []
+        with torch.inference_mode():
+            for latent in latents:
+                z = latent[None] / vae.config.scaling_factor
+                if upcast:
+                    x = vae.to(torch.float32).decode(z.float(), return_dict=False)[0]
+                    vae.to(dtype)
+                else:
+                    x = vae.decode(z.to(device=vae.device, dtype=dtype), return_dict=False)[0]
+                pixels = torch.clamp((x[0].float() + 1.0) / 2.0, 0.0, 1.0)
+                array = (255.0 * np.moveaxis(pixels.cpu().numpy(), 0, 2)).astype(np.uint8)
+                images.append(Image.fromarray(array))
+        return images
 
     # -- infotext ---------------------------------------------------------------------------
 
@@ -231,17 +266,19 @@ class Engine:
             sha = self.vocabulary.sha256(name)
             if sha:
                 hashes[name] = sha
+        from tihub.engine.sampling import make_plan
+
+        plan = make_plan(settings.sampler, settings.schedule_type, settings.steps, self.model_schedule(), self.model.family, [seed], settings.randomness())
         params: dict[str, Any] = {
             "Steps": settings.steps,
             "Sampler": settings.sampler,
-            "Schedule type": infotext_schedule(settings.sampler, settings.schedule_type),
             "CFG scale": f"{settings.cfg_scale:g}",
             "Seed": seed,
             "Size": f"{settings.width}x{settings.height}",
             "Model hash": self.model.hash,
             "Model": self.model.name,
             "Clip skip": settings.clip_skip if settings.clip_skip > 1 else None,
-            "RNG": "CPU",
+            **plan.infotext(),  # Schedule type, Eta, Sigma churn ..., ENSD, RNG as A1111 writes them
             "TI hashes": ti_hashes_value(hashes),
             "Version": f"tihub {__version__}",
         }
@@ -267,18 +304,30 @@ class Engine:
         clip_skip: int = 1,
         out: str | os.PathLike[str] | None = None,
         schedule_type: str | None = None,
+        rng: str = "gpu",
+        ensd: int = 0,
+        eta: float | None = None,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = 0.0,
+        s_noise: float = 1.0,
     ) -> Result:
         if batch_size < 1 or batch_count < 1:
             raise ConfigError("--batch-size and --batch-count must be at least 1.")
         native = self.model.native_size
         w, h = parse_size(size, native) if size is not None else (width or native, height or width or native)
-        settings = Settings(steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg_scale, width=w, height=h, clip_skip=clip_skip, schedule_type=schedule_type or "Automatic")
+        settings = Settings(
+            steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg_scale, width=w, height=h, clip_skip=clip_skip, schedule_type=schedule_type or "Automatic",
+            rng=rng, ensd=ensd, eta=eta, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise,
+        )
         settings.check()
         first = resolve_seed(seed)
         result = Result([], [], [])
         for batch in range(batch_count):
             seeds = [(first + batch * batch_size + i) & MAX_SEED for i in range(batch_size)]
             images, used = self.run([prompt] * batch_size, [negative_prompt] * batch_size, seeds, settings)
+            if self.plan is not None:
+                result.plans.append(self.plan)
             for img, s, u in zip(images, seeds, used, strict=True):
                 result.images.append(img)
                 result.seeds.append(s)
@@ -372,6 +421,13 @@ def generate(
     device: Any = None,
     dtype: Any = None,
     schedule_type: str | None = None,
+    rng: str = "gpu",
+    ensd: int = 0,
+    eta: float | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = 0.0,
+    s_noise: float = 1.0,
 ) -> Result:
     """Generate images in one call.
 
@@ -406,4 +462,11 @@ def generate(
         clip_skip=clip_skip,
         out=out,
         schedule_type=schedule_type,
+        rng=rng,
+        ensd=ensd,
+        eta=eta,
+        s_churn=s_churn,
+        s_tmin=s_tmin,
+        s_tmax=s_tmax,
+        s_noise=s_noise,
     )

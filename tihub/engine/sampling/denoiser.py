@@ -1,0 +1,187 @@
+"""The diffusers UNet as the denoiser A1111's samplers call, with classifier-free guidance.
+
+A1111 wraps its UNet in k-diffusion's CompVis denoiser: for a latent x at noise level sigma the
+UNet sees `x / sqrt(sigma^2 + 1)` at the fractional timestep of sigma (the model's schedule,
+linear in log sigma), and its output becomes the clean estimate: `x - sigma * eps` for an
+epsilon model, `x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1)` for a v-prediction model.
+DDIM and PLMS ask for eps at whole timesteps instead (`eps`), LCM uses its own 50-level schedule
+and output scaling (`lcm=True`).
+
+Guidance: per model call the conditioning in force is asked for (`conds(call)`: prompt editing
+counts model calls, as A1111 does); every image's prompt (each `AND` part with its weight) and
+negative are run through the UNet, images whose conditionings have the same token length in one
+forward, prompts before negatives (A1111's order), and combined as
+`uncond + sum(weight * scale * (cond - uncond))`. The guidance is applied to the UNet's output
+before the conversion to a clean estimate: the conversion is affine in the output with the same
+x for all parts, so this is A1111's result to rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tihub.engine.sampling.schedule import ModelSchedule
+
+
+@dataclass
+class StepConds:
+    """The conditioning of one model call: per image, its prompt parts and its negative.
+
+    A part or negative is any object with `hidden` ([tokens, width]) and `pooled` (SDXL's pooled
+    vector, else None), e.g. tihub.engine.conditioning.Cond."""
+
+    positive: list[list[tuple[Any, float]]]  # per image: [(cond, weight), ...]
+    negative: list[Any]  # per image
+
+
+class LCMSchedule(ModelSchedule):
+    """A1111's LCM view of the model: 50 of its 1000 levels (every 20th, ending at 999); sigma maps
+    to the nearest of them as timestep 20k + 19."""
+
+    skip = 20
+
+    def __init__(self, base: ModelSchedule) -> None:
+        import torch
+
+        total = len(base.alphas_cumprod)
+        count = total // self.skip
+        picked = torch.zeros(count, dtype=torch.float32)
+        for k in range(count):
+            picked[count - 1 - k] = base.alphas_cumprod[total - 1 - k * self.skip]
+        super().__init__(picked)
+
+    def sigma_to_t(self, sigma: Any) -> Any:
+        import torch
+
+        log_sigma = torch.as_tensor(sigma, dtype=torch.float32).log()
+        nearest = (log_sigma.reshape(-1)[None, :] - self.log_sigmas[:, None]).abs().argmin(dim=0)
+        return (nearest * self.skip + (self.skip - 1)).reshape(log_sigma.shape)
+
+    def t_to_sigma(self, t: Any) -> Any:
+        import torch
+
+        t = torch.clamp(((torch.as_tensor(t) - (self.skip - 1)) / self.skip).float(), min=0, max=len(self.sigmas) - 1)
+        return super().t_to_sigma(t)
+
+    def uniform_timesteps(self, n: int) -> Any:
+        import torch
+
+        start, end = self.sigma_to_t(torch.tensor(self.sigma_max)), self.sigma_to_t(torch.tensor(self.sigma_min))
+        return torch.linspace(float(start), float(end), n)
+
+
+class Denoiser:
+    def __init__(
+        self,
+        unet: Any,
+        schedule: ModelSchedule,
+        prediction: str,
+        conds: Callable[[int], StepConds],
+        cfg_scale: float,
+        time_ids: Any = None,
+        lcm: bool = False,
+    ) -> None:
+        self.unet = unet
+        self.schedule = schedule
+        self.prediction = prediction
+        self.conds = conds
+        self.cfg_scale = float(cfg_scale)
+        self.time_ids = time_ids  # SDXL: [1, 6] (size, crop, target size)
+        self.lcm = lcm
+        self.calls = 0
+        self._prepared: tuple[Any, list[tuple[list[int], Any, Any]], list[list[tuple[int, float]]], list[int]] | None = None
+
+    # -- the UNet with guidance ----------------------------------------------------------------
+
+    def _prepare(self, c: StepConds) -> tuple[list[tuple[list[int], Any, Any]], list[list[tuple[int, float]]], list[int]]:
+        """Forward groups (rows of x, hidden states, pooled) and where each image's parts are."""
+        import torch
+
+        if self._prepared is not None and self._prepared[0] is c:
+            return self._prepared[1], self._prepared[2], self._prepared[3]
+        device, dtype = self.unet.device, self.unet.dtype
+        entries: list[tuple[int, Any]] = []  # (image, cond): prompt parts first, then negatives
+        parts: list[list[tuple[int, float]]] = []
+        for i, image_parts in enumerate(c.positive):
+            parts.append([])
+            for cond, weight in image_parts:
+                parts[-1].append((len(entries), float(weight)))
+                entries.append((i, cond))
+        negatives = []
+        for i, cond in enumerate(c.negative):
+            negatives.append(len(entries))
+            entries.append((i, cond))
+        by_length: dict[int, list[int]] = {}
+        for k, (_, cond) in enumerate(entries):
+            by_length.setdefault(int(cond.hidden.shape[0]), []).append(k)
+        groups = []
+        for members in by_length.values():
+            hidden = torch.stack([entries[k][1].hidden for k in members]).to(device=device, dtype=dtype)
+            pooled = None
+            if self.time_ids is not None:
+                pooled = torch.stack([entries[k][1].pooled for k in members]).to(device=device, dtype=dtype)
+            groups.append((members, hidden, pooled, [entries[k][0] for k in members]))
+        prepared = ([(m, h, p, rows) for m, h, p, rows in groups], parts, negatives)
+        self._prepared = (c, *prepared)  # type: ignore[assignment]
+        return prepared  # type: ignore[return-value]
+
+    def guided(self, x_in: Any, t: Any) -> Any:
+        """The UNet's output for every image, guided: x_in [B, C, H, W] float32, t [B] timesteps."""
+        import torch
+
+        groups, parts, negatives = self._prepare(self.conds(self.calls))
+        self.calls += 1
+        outputs: dict[int, Any] = {}
+        for members, hidden, pooled, rows in groups:
+            index = torch.tensor(rows, device=x_in.device)
+            kwargs: dict[str, Any] = {}
+            if pooled is not None:
+                kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": self.time_ids.to(device=hidden.device, dtype=hidden.dtype).repeat(len(rows), 1)}
+            out = self.unet(
+                x_in.index_select(0, index).to(dtype=self.unet.dtype),
+                t.index_select(0, index.to(t.device)).to(self.unet.device),
+                encoder_hidden_states=hidden,
+                return_dict=False,
+                **kwargs,
+            )[0].float()
+            for j, k in enumerate(members):
+                outputs[k] = out[j]
+        guided = []
+        for i, image_parts in enumerate(parts):
+            uncond = outputs[negatives[i]]
+            result = uncond.clone()
+            for k, weight in image_parts:
+                result += (outputs[k] - uncond) * (weight * self.cfg_scale)
+            guided.append(result)
+        return torch.stack(guided)
+
+    # -- the sampler-facing views --------------------------------------------------------------
+
+    def __call__(self, x: Any, sigma: float) -> Any:
+        """The clean estimate at noise level sigma (k-diffusion samplers)."""
+        import torch
+
+        scale_in = 1.0 / (sigma**2 + 1.0) ** 0.5
+        t = self.schedule.sigma_to_t(torch.tensor([sigma], dtype=torch.float32)).expand(x.shape[0])
+        out = self.guided(x * scale_in, t)
+        if self.lcm:
+            denoised = x - sigma * out
+            scaled_t = float(t[0]) * 10.0
+            c_skip = 0.25 / (scaled_t**2 + 0.25)
+            c_out = scaled_t / (scaled_t**2 + 0.25) ** 0.5
+            return c_out * denoised + c_skip * x
+        if self.prediction == "v_prediction":
+            return out * (-sigma * scale_in) + x * (1.0 / (sigma**2 + 1.0))
+        return x - sigma * out
+
+    def eps(self, x: Any, timestep: int) -> Any:
+        """The predicted noise at a whole training timestep (DDIM, PLMS)."""
+        import torch
+
+        out = self.guided(x, torch.full((x.shape[0],), float(timestep)))
+        if self.prediction == "v_prediction":
+            a = float(self.schedule.alphas_cumprod[int(timestep)])
+            return a**0.5 * out + (1 - a) ** 0.5 * x
+        return out
