@@ -66,6 +66,8 @@ class Plan:
     calls_per_step: int
     sigma_range: tuple[float, float] = (0.0, 0.0)  # the model's lowest and highest noise level
     notes: list[str] = field(default_factory=list)
+    hires: dict[str, Any] | None = None  # the hires pass, when there is one
+    chunks: Any = None  # the conditioning's chunk layout, filled in by the conditioning stage
 
     def infotext(self) -> dict[str, Any]:
         """The keys A1111 writes for these settings (values None are left out)."""
@@ -108,6 +110,8 @@ class Plan:
             "s_tmax": r.s_tmax if r.s_tmax else None,
             "s_noise": r.s_noise,
             "brownian_noise": SAMPLERS[self.sampler].brownian,
+            "hires": self.hires,
+            "chunks": self.chunks,
             "notes": self.notes,
         }
 

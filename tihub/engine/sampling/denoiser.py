@@ -11,9 +11,9 @@ Guidance: per model call the conditioning in force is asked for (`conds(call)`: 
 counts model calls, as A1111 does); every image's prompt (each `AND` part with its weight) and
 negative are run through the UNet, images whose conditionings have the same token length in one
 forward, prompts before negatives (A1111's order), and combined as
-`uncond + sum(weight * scale * (cond - uncond))`. The guidance is applied to the UNet's output
-before the conversion to a clean estimate: the conversion is affine in the output with the same
-x for all parts, so this is A1111's result to rounding.
+`uncond + sum(weight * scale * (cond - uncond))` on the clean estimates (on eps for DDIM/PLMS),
+with the scalings computed in float32 in k-diffusion's order: DPM adaptive's step sizes feed on
+differences of nearly equal latents, so even rounding has to follow A1111's.
 """
 
 from __future__ import annotations
@@ -127,8 +127,9 @@ class Denoiser:
         self._prepared = (c, *prepared)  # type: ignore[assignment]
         return prepared  # type: ignore[return-value]
 
-    def guided(self, x_in: Any, t: Any) -> Any:
-        """The UNet's output for every image, guided: x_in [B, C, H, W] float32, t [B] timesteps."""
+    def guided(self, x_in: Any, t: Any, convert: Callable[[Any, Any], Any] | None = None) -> Any:
+        """Guided output for every image: x_in [B, C, H, W] float32, t [B] timesteps; `convert`
+        (UNet output, rows of the batch) turns each part's output into what is guided."""
         import torch
 
         groups, parts, negatives = self._prepare(self.conds(self.calls))
@@ -146,6 +147,8 @@ class Denoiser:
                 return_dict=False,
                 **kwargs,
             )[0].float()
+            if convert is not None:
+                out = convert(out, index)
             for j, k in enumerate(members):
                 outputs[k] = out[j]
         guided = []
@@ -163,25 +166,39 @@ class Denoiser:
         """The clean estimate at noise level sigma (k-diffusion samplers)."""
         import torch
 
-        scale_in = 1.0 / (sigma**2 + 1.0) ** 0.5
+        s = torch.tensor(sigma, dtype=torch.float32, device=x.device)
+        c_in = 1 / (s**2 + 1.0) ** 0.5
         t = self.schedule.sigma_to_t(torch.tensor([sigma], dtype=torch.float32)).expand(x.shape[0])
-        out = self.guided(x * scale_in, t)
         if self.lcm:
-            denoised = x - sigma * out
-            scaled_t = float(t[0]) * 10.0
-            c_skip = 0.25 / (scaled_t**2 + 0.25)
-            c_out = scaled_t / (scaled_t**2 + 0.25) ** 0.5
-            return c_out * denoised + c_skip * x
-        if self.prediction == "v_prediction":
-            return out * (-sigma * scale_in) + x * (1.0 / (sigma**2 + 1.0))
-        return x - sigma * out
+            scaled_t = t[0].float().to(x.device) * 10.0
+            c_skip, c_out = 0.25 / (scaled_t**2 + 0.25), scaled_t / (scaled_t**2 + 0.25) ** 0.5
+
+            def convert(out: Any, rows: Any) -> Any:
+                x_rows = x.index_select(0, rows)
+                return c_out * (x_rows + out * -s) + c_skip * x_rows
+
+        elif self.prediction == "v_prediction":
+            c_skip, c_out = 1.0 / (s**2 + 1.0), -s * 1.0 / (s**2 + 1.0) ** 0.5
+
+            def convert(out: Any, rows: Any) -> Any:
+                return out * c_out + x.index_select(0, rows) * c_skip
+
+        else:
+
+            def convert(out: Any, rows: Any) -> Any:
+                return x.index_select(0, rows) + out * -s
+
+        return self.guided(x * c_in, t, convert)
 
     def eps(self, x: Any, timestep: int) -> Any:
-        """The predicted noise at a whole training timestep (DDIM, PLMS)."""
+        """The predicted noise at a whole training timestep (DDIM, PLMS), guided on eps."""
         import torch
 
-        out = self.guided(x, torch.full((x.shape[0],), float(timestep)))
         if self.prediction == "v_prediction":
-            a = float(self.schedule.alphas_cumprod[int(timestep)])
-            return a**0.5 * out + (1 - a) ** 0.5 * x
-        return out
+            a = self.schedule.alphas_cumprod[int(timestep)].to(x.device)
+
+            def convert(out: Any, rows: Any) -> Any:
+                return a.sqrt() * out + (1 - a).sqrt() * x.index_select(0, rows)
+
+            return self.guided(x, torch.full((x.shape[0],), float(timestep)), convert)
+        return self.guided(x, torch.full((x.shape[0],), float(timestep)))

@@ -332,59 +332,78 @@ def restart(model: Model, x: Any, sigmas: list[float], noise: Noise, o: Options)
 
 
 # -- DPM-Solver fast / adaptive (Lu et al. 2022), in t = -log sigma -------------------------------
+# The step sizes of the adaptive solver feed back on themselves, so its scalars are float32 tensors
+# computed in k-diffusion's order: float64 scalars would drift apart from A1111's run.
 
 
 class _DPMSolver:
     def __init__(self, model: Model) -> None:
         self.model = model
 
-    def eps(self, cache: dict[str, Any], key: str, x: Any, t: float) -> Any:
+    @staticmethod
+    def sigma(t: Any) -> Any:
+        return t.neg().exp()
+
+    @staticmethod
+    def t(sigma: Any) -> Any:
+        return sigma.log().neg()
+
+    def eps(self, cache: dict[str, Any], key: str, x: Any, t: Any) -> Any:
         if key not in cache:
-            sigma = math.exp(-t)
-            cache[key] = (x - self.model(x, sigma)) / sigma
+            cache[key] = (x - self.model(x, float(self.sigma(t)))) / float(self.sigma(t))
         return cache[key]
 
-    def step_1(self, x: Any, t: float, t_next: float, cache: dict[str, Any]) -> Any:
+    def step_1(self, x: Any, t: Any, t_next: Any, cache: dict[str, Any]) -> Any:
         h = t_next - t
-        return x - math.exp(-t_next) * math.expm1(h) * self.eps(cache, "eps", x, t)
+        return x - float(self.sigma(t_next) * h.expm1()) * self.eps(cache, "eps", x, t)
 
-    def step_2(self, x: Any, t: float, t_next: float, cache: dict[str, Any], r1: float = 1 / 2) -> Any:
+    def step_2(self, x: Any, t: Any, t_next: Any, cache: dict[str, Any], r1: float = 1 / 2) -> Any:
         h = t_next - t
         eps = self.eps(cache, "eps", x, t)
         s1 = t + r1 * h
-        u1 = x - math.exp(-s1) * math.expm1(r1 * h) * eps
+        u1 = x - float(self.sigma(s1) * (r1 * h).expm1()) * eps
         eps_r1 = self.eps(cache, "eps_r1", u1, s1)
-        sn = math.exp(-t_next)
-        return x - sn * math.expm1(h) * eps - sn / (2 * r1) * math.expm1(h) * (eps_r1 - eps)
+        sn = self.sigma(t_next)
+        return x - float(sn * h.expm1()) * eps - float(sn / (2 * r1) * h.expm1()) * (eps_r1 - eps)
 
-    def step_3(self, x: Any, t: float, t_next: float, cache: dict[str, Any], r1: float = 1 / 3, r2: float = 2 / 3) -> Any:
+    def step_3(self, x: Any, t: Any, t_next: Any, cache: dict[str, Any], r1: float = 1 / 3, r2: float = 2 / 3) -> Any:
         h = t_next - t
         eps = self.eps(cache, "eps", x, t)
         s1, s2 = t + r1 * h, t + r2 * h
-        u1 = x - math.exp(-s1) * math.expm1(r1 * h) * eps
+        u1 = x - float(self.sigma(s1) * (r1 * h).expm1()) * eps
         eps_r1 = self.eps(cache, "eps_r1", u1, s1)
-        u2 = x - math.exp(-s2) * math.expm1(r2 * h) * eps - math.exp(-s2) * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * (eps_r1 - eps)
+        u2 = x - float(self.sigma(s2) * (r2 * h).expm1()) * eps - float(self.sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1)) * (eps_r1 - eps)
         eps_r2 = self.eps(cache, "eps_r2", u2, s2)
-        sn = math.exp(-t_next)
-        return x - sn * math.expm1(h) * eps - sn / r2 * (math.expm1(h) / h - 1) * (eps_r2 - eps)
+        sn = self.sigma(t_next)
+        return x - float(sn * h.expm1()) * eps - float(sn / r2 * (h.expm1() / h - 1)) * (eps_r2 - eps)
 
-    def ancestral(self, s: float, t: float, t_end: float, eta: float) -> tuple[float, float]:
+    def ancestral(self, s: Any, t: Any, t_end: Any, eta: float) -> tuple[Any, float]:
         """(t to step to, noise to add) for an ancestral step from s to t."""
+        import torch
+
         if not eta:
             return t, 0.0
-        down, _ = ancestral_step(math.exp(-s), math.exp(-t), eta)
-        t_ = min(t_end, -math.log(down))
-        return t_, math.sqrt(max(math.exp(-t) ** 2 - math.exp(-t_) ** 2, 0.0))
+        sigma_from, sigma_to = self.sigma(s), self.sigma(t)
+        up = torch.minimum(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
+        down = (sigma_to**2 - up**2) ** 0.5
+        t_ = torch.minimum(t_end, self.t(down))
+        return t_, float((self.sigma(t) ** 2 - self.sigma(t_) ** 2) ** 0.5)
+
+
+def _t_range(o: Options) -> tuple[Any, Any]:
+    import torch
+
+    return -torch.tensor(o.sigma_max).log(), -torch.tensor(o.sigma_min).log()
 
 
 def dpm_fast(model: Model, x: Any, sigmas: list[float], noise: Noise, o: Options) -> Any:
     import torch
 
     solver = _DPMSolver(model)
-    t_start, t_end = -math.log(o.sigma_max), -math.log(o.sigma_min)
+    t_start, t_end = _t_range(o)
     nfe = o.steps
     m = nfe // 3 + 1
-    ts = torch.linspace(t_start, t_end, m + 1).tolist()
+    ts = torch.linspace(float(t_start), float(t_end), m + 1)
     orders = [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]
     for i, order in enumerate(orders):
         cache: dict[str, Any] = {}
@@ -392,7 +411,7 @@ def dpm_fast(model: Model, x: Any, sigmas: list[float], noise: Noise, o: Options
         t_next_, up = solver.ancestral(t, t_next, t_end, o.eta)
         step = (solver.step_1, solver.step_2, solver.step_3)[order - 1]
         x = step(x, t, t_next_, cache)
-        x = x + up * o.s_noise * noise(math.exp(-t), math.exp(-t_next))
+        x = x + up * o.s_noise * noise(float(solver.sigma(t)), float(solver.sigma(t_next)))
     return x
 
 
@@ -400,7 +419,7 @@ def dpm_adaptive(model: Model, x: Any, sigmas: list[float], noise: Noise, o: Opt
     import torch
 
     solver = _DPMSolver(model)
-    t_start, t_end = -math.log(o.sigma_max), -math.log(o.sigma_min)
+    t_start, t_end = _t_range(o)
     # integral (I) step-size controller: factor = (1 / error) ^ (1 / order), softened by atan
     exponent = 1 / (1.5 if o.eta else order)
     h = h_init
@@ -408,7 +427,7 @@ def dpm_adaptive(model: Model, x: Any, sigmas: list[float], noise: Noise, o: Opt
     x_prev = x
     while s < t_end - 1e-5:
         cache: dict[str, Any] = {}
-        t = min(t_end, s + h)
+        t = torch.minimum(t_end, s + h)
         t_, up = solver.ancestral(s, t, t_end, o.eta)
         if order == 2:
             x_low = solver.step_1(x, s, t_, cache)
@@ -423,7 +442,7 @@ def dpm_adaptive(model: Model, x: Any, sigmas: list[float], noise: Noise, o: Opt
         h *= factor
         if factor >= accept_safety:
             x_prev = x_low
-            x = x_high + up * o.s_noise * noise(math.exp(-s), math.exp(-t))
+            x = x_high + up * o.s_noise * noise(float(solver.sigma(s)), float(solver.sigma(t)))
             s = t
     return x
 
