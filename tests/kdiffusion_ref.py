@@ -214,8 +214,12 @@ def wrapper(model: CompVisModel, prediction: str, sampler: str) -> Any:
 
 
 def reference_latents(unet: Any, sampler: str, schedule: str, steps: int, cond: Any, uncond: Any, seeds: list[int], cfg: float = 7.0,
-                      prediction: str = "epsilon", ensd: int = 0, time_ids: Any = None, shape: tuple[int, ...] = (4, 8, 8)) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sigmas, final latents) of A1111 with k-diffusion: cond/uncond are [B, T, C] (or (hidden, pooled))."""
+                      prediction: str = "epsilon", ensd: int = 0, time_ids: Any = None, shape: tuple[int, ...] = (4, 8, 8),
+                      init: Any = None, denoising: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigmas, final latents) of A1111 with k-diffusion: cond/uncond are [B, T, C] (or (hidden, pooled)).
+
+    With `init` and `denoising`: A1111's img2img (the hires pass) over `init`, `steps` being the
+    hires steps: the schedule of int(steps / min(denoising, 0.999)) steps, its last `steps` run."""
     ks, _ = load_kdiffusion()
     model = CompVisModel(unet, time_ids)
     wrap = wrapper(model, prediction, sampler)
@@ -231,22 +235,25 @@ def reference_latents(unet: Any, sampler: str, schedule: str, steps: int, cond: 
 
     func, default, discard, kwargs = K_SAMPLERS[sampler]
     kind = schedule if schedule != "Automatic" else {"karras": "Karras", "exponential": "Exponential", None: "Uniform"}[default]
-    n = steps + (1 if discard else 0)
-    sigmas = reference_sigmas(kind, n, wrap)
+    total = steps if denoising is None else int(steps / min(denoising, 0.999))
+    n = total + (1 if discard else 0)
+    full = reference_sigmas(kind, n, wrap)
     if discard:
-        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+        full = torch.cat([full[:-2], full[-1:]])
+    sigmas = full if denoising is None else full[total - (steps - 1) - 1:]
     kwargs = dict(kwargs)
     brownian = kwargs.pop("brownian", False)
-    x = noise.first() * sigmas[0]
+    x = noise.first() * sigmas[0] if init is None else init + noise.first() * sigmas[0]
     old = ks.torch
     ks.torch = _Hijack(noise)
     try:
         with torch.no_grad():
             if brownian:
-                kwargs["noise_sampler"] = ks.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=seeds)
+                kwargs["noise_sampler"] = ks.BrownianTreeNoiseSampler(x, full[full > 0].min(), full.max(), seed=seeds)
             if func in ("sample_dpm_fast", "sample_dpm_adaptive"):
-                extra = {"n": steps} if func == "sample_dpm_fast" else {}
-                out = getattr(ks, func)(cfg_denoiser, x, wrap.sigmas[0].item(), wrap.sigmas[-1].item(), disable=True, **extra, **kwargs)
+                extra = {"n": len(sigmas) - 1} if func == "sample_dpm_fast" else {}
+                lo, hi = (wrap.sigmas[0].item(), wrap.sigmas[-1].item()) if init is None else (sigmas[-2], sigmas[0])
+                out = getattr(ks, func)(cfg_denoiser, x, lo, hi, disable=True, **extra, **kwargs)
             elif func == "restart":
                 out = _restart(ks, cfg_denoiser, x, sigmas, noise)
             elif func == "lcm":

@@ -191,3 +191,30 @@ def test_every_model_source_samples_as_a1111(sources, name):
 @pytest.mark.parametrize("name", ["pndm-folder", "euler-folder", "single-file", "in-memory"])
 def test_every_sampler_on_every_model_source(sources, name, sampler):
     _source_check(sources, name, sampler)
+
+
+# -- hires fix -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sampler", "mode"), [("Euler a", "Latent"), ("DPM++ 2M SDE", "Latent (bicubic antialiased)"), ("DPM adaptive", "Latent (nearest)")])
+def test_hires_fix_latent_modes_match_a1111(sources, sampler, mode):
+    from tihub.engine.generate import Engine, Settings
+    from tihub.engine.sampling.hires import LATENT_MODES, Hires
+
+    model = sources["in-memory"]
+    engine = Engine(model)
+    hires = Hires(scale=1.5, steps=3, denoising=0.6, upscaler=mode)
+    settings = Settings(steps=STEPS, sampler=sampler, width=64, height=64, rng="cpu", hires=hires)
+    with torch.no_grad():
+        got, _ = engine.sample(["a cat"], [""], [21], settings)
+    assert got.shape == (1, 4, 12, 12) and engine.plan.hires["size"] == "96x96"
+    enc = engine.encoder()
+    cond, uncond = enc.encode("a cat")[0].hidden[None], enc.encode("")[0].hidden[None]
+    _, first = reference_latents(model.pipe.unet, sampler, "Automatic", STEPS, cond, uncond, [21])
+    how, antialias = LATENT_MODES[mode]
+    init = torch.nn.functional.interpolate(first, size=(12, 12), mode=how, antialias=antialias)
+    sigmas, want = reference_latents(model.pipe.unet, sampler, "Automatic", 3, cond, uncond, [21], shape=(4, 12, 12), init=init, denoising=0.6)
+    assert torch.allclose(torch.tensor(engine.plan.hires["plan"]["sigmas"]), sigmas.float(), rtol=1e-5, atol=1e-6)
+    err = rel_l2(got, want)
+    _log(f"hires {sampler}\t{mode}\t{err:.3e}")
+    assert err < TOLERANCE

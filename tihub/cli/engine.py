@@ -55,10 +55,26 @@ def sampling_options(f: Any) -> Any:
         click.option("--s-tmin", "s_tmin", type=float, default=0.0, show_default=True, help="Sigma tmin (Euler, Heun, DPM2)."),
         click.option("--s-tmax", "s_tmax", type=float, default=0.0, show_default=True, help="Sigma tmax; 0 = no bound (Euler, Heun, DPM2)."),
         click.option("--s-noise", "s_noise", type=float, default=1.0, show_default=True, help="Sigma noise (Euler, Heun, DPM2 and the ancestral/SDE DPM samplers)."),
+        click.option("--hires-scale", "hires_scale", type=float, default=None, help="Hires. fix: upscale by this factor and run a second pass (e.g. 2); any --hires-*/--denoising option turns it on [default: 2]."),
+        click.option("--hires-steps", "hires_steps", type=int, default=None, help="Hires. fix: steps of the second pass [default: 0, the first pass's]."),
+        click.option("--denoising", "denoising", type=float, default=None, help="Hires. fix: denoising strength of the second pass [default: 0.7]."),
+        click.option("--hires-upscaler", "hires_upscaler", default=None,
+                     help="Hires. fix: Latent, Latent (antialiased), Latent (bicubic), Latent (bicubic antialiased), Latent (nearest), Latent (nearest-exact), Lanczos, Nearest, None, or an ESRGAN-family model file [default: Latent]."),
     ]
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def _sampling_kwargs(sampling: dict[str, Any]) -> dict[str, Any]:
+    """The options of `sampling_options` as Engine.generate / Settings keywords (hires folded)."""
+    out = dict(sampling)
+    scale, steps, denoising, upscaler = (out.pop(k) for k in ("hires_scale", "hires_steps", "denoising", "hires_upscaler"))
+    if any(v is not None for v in (scale, steps, denoising, upscaler)):
+        from tihub.engine.sampling.hires import Hires
+
+        out["hires"] = Hires(scale=2.0 if scale is None else scale, steps=steps or 0, denoising=0.7 if denoising is None else denoising, upscaler=upscaler or "Latent")
+    return out
 
 
 def _warn(messages: list[str]) -> None:
@@ -204,7 +220,7 @@ def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: 
         batch_count=batch_count,
         clip_skip=clip_skip if clip_skip is not None else base.get("clip_skip", 1),
         out=outdir,
-        **sampling,
+        **_sampling_kwargs(sampling),
     )
     _warn(result.warnings)
     if as_json:
@@ -358,7 +374,7 @@ def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y
             prompt = "{emb}" if any(a is not None and a.kind in ("embedding", "checkpoint") for a in axes) else (name or "")
         native = engine_for(None).model.native_size if size is None else 512
         w, h = parse_size(size, native)
-        settings = Settings(steps=steps, sampler=sampler, cfg_scale=cfg, width=w, height=h, schedule_type=schedule_type or "Automatic", **sampling)
+        settings = Settings(steps=steps, sampler=sampler, cfg_scale=cfg, width=w, height=h, schedule_type=schedule_type or "Automatic", **_sampling_kwargs(sampling))
         folders = [ctx.workspace.embeddings_dir, ctx.workspace.train_dir]
         result = make_grid(engine_for, prompt, negative, axes, settings, seed, outdir, batch, folders)
     for e in engines.values():

@@ -32,6 +32,7 @@ from tihub.engine.models import LoadedModel, from_pipeline, load_model
 from tihub.engine.prompts import prompt_schedule
 from tihub.engine.samplers import DEFAULT, SAMPLERS, check_schedule_type, resolve
 from tihub.engine.sampling import Plan, Randomness
+from tihub.engine.sampling.hires import Hires
 from tihub.engine.vocabulary import Vocabulary
 from tihub.errors import ConfigError
 from tihub.formats.model import Embedding
@@ -57,6 +58,7 @@ class Settings:
     s_tmin: float = 0.0
     s_tmax: float = 0.0  # 0: no upper bound
     s_noise: float = 1.0
+    hires: Hires | None = None  # A1111's "Hires. fix": a second pass at a larger size
 
     def randomness(self) -> Randomness:
         return Randomness(rng=self.rng, ensd=self.ensd, eta=self.eta, s_churn=self.s_churn, s_tmin=self.s_tmin, s_tmax=self.s_tmax, s_noise=self.s_noise)
@@ -73,6 +75,9 @@ class Settings:
         r = self.randomness()
         r.check(self.sampler)
         self.rng = r.rng
+        if self.hires is not None:
+            self.hires.check()
+            self.hires.target(self.width, self.height)
 
 
 @dataclass
@@ -121,6 +126,7 @@ class Engine:
         self.vocabulary = Vocabulary(Path(embeddings_dir) if embeddings_dir else None, dict(extra or {}))
         self._encoders: dict[int, PromptEncoder] = {}
         self._schedule: Any = None
+        self._upscalers: dict[str, Any] = {}  # model upscaler files, loaded once
         self.plan: Plan | None = None  # the plan of the last `run`
 
     @classmethod
@@ -224,16 +230,61 @@ class Engine:
         noise = ImageNoise(settings.rng, seeds, shape, device, settings.ensd)
 
         # 4. denoise: the planned sampler through the guided UNet
-        time_ids = None
-        if family == "sdxl":  # SDXL's size conditioning: original size, crop (0, 0), target size
-            time_ids = torch.tensor([[settings.height, settings.width, 0, 0, settings.height, settings.width]], dtype=torch.float32)
         from tihub.engine.sampling import model_schedule
 
-        denoiser = Denoiser(pipe.unet, model_schedule(plan.sampler, self.model_schedule()), self.model.prediction, conds_at, settings.cfg_scale, time_ids, lcm=SAMPLERS[plan.sampler].algorithm == "lcm")
+        def denoiser_for(p: Plan, conds: Any, width: int, height: int) -> Denoiser:
+            time_ids = None
+            if family == "sdxl":  # SDXL's size conditioning: original size, crop (0, 0), target size
+                time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
+            lcm = SAMPLERS[p.sampler].algorithm == "lcm"
+            return Denoiser(pipe.unet, model_schedule(p.sampler, self.model_schedule()), self.model.prediction, conds, settings.cfg_scale, time_ids, lcm=lcm)
+
         with torch.inference_mode():
-            latents = run_plan(plan, denoiser, noise)
+            latents = run_plan(plan, denoiser_for(plan, conds_at, settings.width, settings.height), noise)
+
+        # 5. hires fix: upscale, then A1111's img2img pass with each prompt's final text
+        hires = settings.hires
+        if hires is not None:
+            from tihub.engine.sampling import make_plan
+            from tihub.engine.sampling.hires import LATENT_MODES, upscale_latents
+
+            width, height = hires.target(settings.width, settings.height)
+            if hires.upscaler in LATENT_MODES:
+                init = upscale_latents(latents, hires.upscaler, width, height)
+            else:
+                init = self.encode([self._upscale_image(img, hires, width, height) for img in self.decode(latents)])
+            second = make_plan(settings.sampler, settings.schedule_type, hires.steps or settings.steps, self.model_schedule(), family, seeds, settings.randomness(), denoising=hires.denoising)
+            final = StepConds([[(padded(s[-1]), 1.0)] for s in pos_steps], [padded(s[-1]) for s in neg_steps])
+            noise2 = ImageNoise(settings.rng, seeds, (shape[0], height // pipe.vae_scale_factor, width // pipe.vae_scale_factor), device, settings.ensd)
+            with torch.inference_mode():
+                latents = run_plan(second, denoiser_for(second, lambda _i: final, width, height), noise2, init=init.to(device=device, dtype=torch.float32))
+            plan.hires = {**hires.to_json(settings.width, settings.height), "plan": second.to_json()}
         self.plan = plan
         return latents, used
+
+    def _upscale_image(self, image: Any, hires: Hires, width: int, height: int) -> Any:
+        from tihub.engine.sampling.hires import is_model_file, load_model_upscaler, upscale_image
+
+        model = None
+        if is_model_file(hires.upscaler):
+            if hires.upscaler not in self._upscalers:
+                self._upscalers[hires.upscaler] = load_model_upscaler(hires.upscaler, self.model.device)
+            model = self._upscalers[hires.upscaler]
+        return upscale_image(image, hires.upscaler, width, height, model)
+
+    def encode(self, images: list[Any]) -> Any:
+        """Latents of PIL images: each encoded alone, the VAE posterior's mean."""
+        import numpy as np
+        import torch
+
+        vae = self.model.pipe.vae
+        out = []
+        with torch.inference_mode():
+            for image in images:
+                x = torch.from_numpy(np.moveaxis(np.asarray(image, dtype=np.float32) / 255.0, 2, 0))[None] * 2 - 1
+                z = vae.encode(x.to(device=vae.device, dtype=vae.dtype)).latent_dist.mean
+                out.append(z[0].float() * vae.config.scaling_factor)
+        return torch.stack(out)
 
     def decode(self, latents: Any) -> list[Any]:
         """PIL images: each latent decoded alone, pixels as A1111 makes them (clamp, x255, truncate)."""
@@ -279,6 +330,7 @@ class Engine:
             "Model": self.model.name,
             "Clip skip": settings.clip_skip if settings.clip_skip > 1 else None,
             **plan.infotext(),  # Schedule type, Eta, Sigma churn ..., ENSD, RNG as A1111 writes them
+            **(settings.hires.infotext() if settings.hires else {}),
             "TI hashes": ti_hashes_value(hashes),
             "Version": f"tihub {__version__}",
         }
@@ -311,6 +363,7 @@ class Engine:
         s_tmin: float = 0.0,
         s_tmax: float = 0.0,
         s_noise: float = 1.0,
+        hires: Hires | None = None,
     ) -> Result:
         if batch_size < 1 or batch_count < 1:
             raise ConfigError("--batch-size and --batch-count must be at least 1.")
@@ -318,7 +371,7 @@ class Engine:
         w, h = parse_size(size, native) if size is not None else (width or native, height or width or native)
         settings = Settings(
             steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg_scale, width=w, height=h, clip_skip=clip_skip, schedule_type=schedule_type or "Automatic",
-            rng=rng, ensd=ensd, eta=eta, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise,
+            rng=rng, ensd=ensd, eta=eta, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, hires=hires,
         )
         settings.check()
         first = resolve_seed(seed)
@@ -428,6 +481,7 @@ def generate(
     s_tmin: float = 0.0,
     s_tmax: float = 0.0,
     s_noise: float = 1.0,
+    hires: Hires | None = None,
 ) -> Result:
     """Generate images in one call.
 
@@ -469,4 +523,5 @@ def generate(
         s_tmin=s_tmin,
         s_tmax=s_tmax,
         s_noise=s_noise,
+        hires=hires,
     )

@@ -238,7 +238,7 @@ def render_cells(cells: list[Cell], engine_for: Callable[[str | None], Engine], 
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
         s = c.settings
-        groups.setdefault((c.model, tuple(sorted(vars(s).items()))), []).append(c)
+        groups.setdefault((c.model, tuple((k, repr(v)) for k, v in sorted(vars(s).items()))), []).append(c)
     calls = 0
     for key, members in groups.items():
         engine = engine_for(key[0])

@@ -68,6 +68,9 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     hires: dict[str, Any] | None = None  # the hires pass, when there is one
     chunks: Any = None  # the conditioning's chunk layout, filled in by the conditioning stage
+    denoising: float | None = None  # img2img (the hires pass): the strength; sigmas are the tail run
+    full_sigmas: list[float] = field(default_factory=list)  # img2img: the whole schedule
+    init_timestep: int = 0  # img2img on the timestep grid: where the start is noised to
 
     def infotext(self) -> dict[str, Any]:
         """The keys A1111 writes for these settings (values None are left out)."""
@@ -110,6 +113,7 @@ class Plan:
             "s_tmax": r.s_tmax if r.s_tmax else None,
             "s_noise": r.s_noise,
             "brownian_noise": SAMPLERS[self.sampler].brownian,
+            "denoising": self.denoising,
             "hires": self.hires,
             "chunks": self.chunks,
             "notes": self.notes,
@@ -125,8 +129,12 @@ def model_schedule(sampler: str, schedule: ModelSchedule) -> ModelSchedule:
     return schedule
 
 
-def make_plan(sampler: str, schedule_type: str, steps: int, schedule: ModelSchedule, family: str, seeds: list[int], randomness: Randomness) -> Plan:
-    """Everything a run will do, decided up front (sampler and schedule type already canonical)."""
+def make_plan(sampler: str, schedule_type: str, steps: int, schedule: ModelSchedule, family: str, seeds: list[int], randomness: Randomness, denoising: float | None = None) -> Plan:
+    """Everything a run will do, decided up front (sampler and schedule type already canonical).
+
+    With `denoising` the run is A1111's img2img (the hires pass): the schedule is made for
+    int(steps / min(denoising, 0.999)) steps and its last `steps` are run."""
+    from tihub.engine.sampling.hires import img2img_steps
     from tihub.engine.sampling.timesteps import grid
 
     spec = SAMPLERS[sampler]
@@ -134,14 +142,21 @@ def make_plan(sampler: str, schedule_type: str, steps: int, schedule: ModelSched
     randomness.check(sampler)
     eta = randomness.eta if randomness.eta is not None else spec.eta
     notes: list[str] = []
+    total, start = (steps, 0) if denoising is None else img2img_steps(steps, denoising)
+    full: list[float] = []
+    init_timestep = 0
     if spec.timesteps:
-        ts = grid(steps + (1 if spec.discard_penultimate else 0))
+        ts = grid(total + (1 if spec.discard_penultimate else 0))
+        if denoising is not None:  # A1111: noised to grid[start], then run from below it
+            ts, init_timestep = ts[:start], ts[start]
         plan_sigmas: list[float] = []
         kind = "Timesteps"
     else:
         m = model_schedule(sampler, schedule)
         kind = effective_schedule(sampler, schedule_type)
-        plan_sigmas = [float(s) for s in sigmas(kind, steps, m, family, spec.discard_penultimate)]
+        plan_sigmas = [float(s) for s in sigmas(kind, total, m, family, spec.discard_penultimate)]
+        if denoising is not None:
+            full, plan_sigmas = plan_sigmas, plan_sigmas[total - start - 1 :]
         ts = []
         if spec.algorithm in ("dpm_fast", "dpm_adaptive"):
             notes.append(f"{sampler} chooses its own steps between sigma {m.sigma_min:.4g} and {m.sigma_max:.4g}; the sigmas only set the starting noise.")
@@ -158,13 +173,25 @@ def make_plan(sampler: str, schedule_type: str, steps: int, schedule: ModelSched
         randomness=randomness,
         eta=eta,
         calls_per_step=2 if spec.second_order else 1,
-        sigma_range=(schedule.sigma_min, schedule.sigma_max) if spec.algorithm != "lcm" else (model_schedule(sampler, schedule).sigma_min, model_schedule(sampler, schedule).sigma_max),
+        sigma_range=_sigma_range(sampler, schedule, plan_sigmas if denoising is not None else None),
         notes=notes,
+        denoising=denoising,
+        full_sigmas=full,
+        init_timestep=init_timestep,
     )
 
 
-def run(plan: Plan, denoiser: Any, noise: ImageNoise) -> Any:
-    """Carry out the plan: starting noise, then the sampler; returns the final latents (float32)."""
+def _sigma_range(sampler: str, schedule: ModelSchedule, tail: list[float] | None) -> tuple[float, float]:
+    """Where DPM fast / adaptive run: the model's range; img2img: the tail's (A1111)."""
+    if tail is not None:
+        return tail[-2], tail[0]
+    m = model_schedule(sampler, schedule)
+    return m.sigma_min, m.sigma_max
+
+
+def run(plan: Plan, denoiser: Any, noise: ImageNoise, init: Any = None) -> Any:
+    """Carry out the plan: starting noise (over `init` for img2img), then the sampler; returns
+    the final latents (float32)."""
     import torch
 
     from tihub.engine.sampling import solvers, timesteps
@@ -173,16 +200,20 @@ def run(plan: Plan, denoiser: Any, noise: ImageNoise) -> Any:
     r = plan.randomness
     x = noise.first()
     if spec.timesteps:
-        # DDIM / PLMS on A1111's timestep grid, from the unscaled noise
+        # DDIM / PLMS on A1111's timestep grid, from the unscaled noise (img2img: noised init)
+        if init is not None:
+            a = denoiser.schedule.alphas_cumprod[plan.init_timestep]
+            x = init * a.sqrt() + x * (1 - a).sqrt()
         if spec.algorithm == "ddim":
             return timesteps.ddim(denoiser.eps, x, plan.timesteps, denoiser.schedule.alphas_cumprod, lambda: noise.randn_like(x), plan.eta or 0.0)
         return timesteps.plms(denoiser.eps, x, plan.timesteps, denoiser.schedule.alphas_cumprod)
-    x = x * plan.sigmas[0]
+    x = x * plan.sigmas[0] if init is None else init + x * plan.sigmas[0]
     if spec.brownian:
-        # SDE samplers: one Brownian tree per image, seeded with the image's seed
+        # SDE samplers: one Brownian tree per image, seeded with the image's seed, spanning the
+        # whole schedule (img2img too)
         from tihub.engine.sampling.brownian import BrownianNoise
 
-        levels = torch.tensor(plan.sigmas, dtype=torch.float32)
+        levels = torch.tensor(plan.full_sigmas or plan.sigmas, dtype=torch.float32)
         tree = BrownianNoise(x, levels[levels > 0].min(), levels.max(), plan.seeds)
         step_noise = tree
     else:
@@ -198,6 +229,6 @@ def run(plan: Plan, denoiser: Any, noise: ImageNoise) -> Any:
         solver_type=spec.options.get("solver_type", "midpoint"),
         sigma_min=plan.sigma_range[0],
         sigma_max=plan.sigma_range[1],
-        steps=plan.steps,
+        steps=plan.steps if plan.denoising is None else len(plan.sigmas) - 1,
     )
     return solvers.SOLVERS[spec.algorithm](denoiser, x, plan.sigmas, step_noise, options)
