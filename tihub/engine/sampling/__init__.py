@@ -173,7 +173,7 @@ def make_plan(sampler: str, schedule_type: str, steps: int, schedule: ModelSched
         randomness=randomness,
         eta=eta,
         calls_per_step=2 if spec.second_order else 1,
-        sigma_range=_sigma_range(sampler, schedule, plan_sigmas if denoising is not None else None),
+        sigma_range=_sigma_range(sampler, schedule, plan_sigmas if denoising is not None and plan_sigmas else None),
         notes=notes,
         denoising=denoising,
         full_sigmas=full,

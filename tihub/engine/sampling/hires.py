@@ -139,7 +139,7 @@ def load_model_upscaler(path: str, device: Any) -> Any:
 
     state = _read_state_dict(Path(path))
     try:
-        import spandrel
+        spandrel = _import_spandrel()
     except ImportError as exc:
         raise EngineError("Model upscalers need the package spandrel (pip install spandrel); or use --hires-upscaler Lanczos or Latent.") from exc
     try:
@@ -157,6 +157,41 @@ def load_model_upscaler(path: str, device: Any) -> Any:
         return Image.fromarray((y[0].permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8))
 
     return run
+
+
+def _import_spandrel() -> Any:
+    """spandrel, also where torchvision is absent: its registry imports torchvision at import time
+    for two architectures that are not upscalers (RestoreFormer, LaMa); tihub then gives those
+    imports placeholder names, which fail if ever called, and removes them again."""
+    import importlib
+    import sys
+    import types
+
+    try:
+        return importlib.import_module("spandrel")
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("torchvision"):
+            raise
+    for name in [m for m in sys.modules if m == "spandrel" or m.startswith("spandrel.")]:
+        del sys.modules[name]
+
+    def missing(*_args: Any, **_kwargs: Any) -> Any:
+        raise ImportError("This spandrel architecture needs torchvision, which is not installed.")
+
+    names = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
+    stubs = {n: types.ModuleType(n) for n in names}
+    stubs["torchvision"].transforms = stubs["torchvision.transforms"]  # type: ignore[attr-defined]
+    stubs["torchvision.transforms"].functional = stubs["torchvision.transforms.functional"]  # type: ignore[attr-defined]
+    functional = stubs["torchvision.transforms.functional"]
+    functional.normalize = functional.rotate = missing  # type: ignore[attr-defined]
+    functional.InterpolationMode = types.SimpleNamespace(BILINEAR="bilinear", NEAREST="nearest", BICUBIC="bicubic")  # type: ignore[attr-defined]
+    sys.modules.update(stubs)
+    try:
+        return importlib.import_module("spandrel")
+    finally:
+        for n in names:  # other libraries probe for torchvision: leave no stub behind
+            if sys.modules.get(n) is stubs[n]:
+                del sys.modules[n]
 
 
 def _read_state_dict(path: Path) -> dict[str, Any]:
