@@ -78,7 +78,6 @@ def main() -> None:
         return n / (time.perf_counter() - t0)
 
     engine = Engine(from_pipeline(pipe, "sd15-arch"))
-    engine._base_scheduler = scheduler_config
     settings = Settings(steps=args.steps, sampler="Euler", cfg_scale=7.5, width=args.size, height=args.size)
 
     def tihub(n: int) -> float:
