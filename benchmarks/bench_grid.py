@@ -74,7 +74,7 @@ def main() -> None:
         t_peer.append(time.perf_counter() - t0)
     mt, mp = statistics.median(t_tihub), statistics.median(t_peer)
     print(f"16-cell grid, tiny SD1, 64x64, {steps} steps, Euler a, CFG 7, {args.threads} thread(s), {rounds} rounds")
-    print(f"  tihub batched grid ({calls} pipeline call(s)): median {mt:.3f} s")
+    print(f"  tihub batched grid ({calls} sampling run(s)): median {mt:.3f} s")
     print(f"  diffusers, one call per image (16 calls):     median {mp:.3f} s")
     print(f"  ratio (one-at-a-time / batched): {mp / mt:.2f}x  (target >= 1.5x)")
 
