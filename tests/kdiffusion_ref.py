@@ -298,33 +298,36 @@ def _restart(ks: Any, model: Any, x: Any, sigmas: Any, noise: A1111Noise) -> Any
 
 
 def reference_timesteps(unet: Any, sampler: str, steps: int, cond: Any, uncond: Any, seeds: list[int], cfg: float = 7.0, prediction: str = "epsilon") -> torch.Tensor:
-    """A1111's DDIM (eta 0) / PLMS on its grid, eps from the guided UNet."""
+    """A1111's DDIM (eta 0) / DDIM CFG++ / PLMS on its grid, eps from the guided UNet."""
     ac = ldm_alphas_cumprod()
     ts = torch.clip(torch.arange(0, 1000, 1000 // steps) + 1, 0, 999)
     noise = A1111Noise(seeds, (4, 8, 8))
     x = noise.first()
 
+    scale = cfg / 12.5 if sampler == "DDIM CFG++" else cfg
+    last_u: list[Any] = []
+
     def eps(x: Any, t: int) -> Any:
         out = unet(torch.cat([x, x]), torch.full((2 * x.shape[0],), float(t)), encoder_hidden_states=torch.cat([cond, uncond]), return_dict=False)[0]
-        c, u = out.chunk(2)
-        e = u + (c - u) * cfg
         if prediction == "v_prediction":
-            e = ac[t].sqrt() * e + (1 - ac[t]).sqrt() * x
-        return e
+            out = ac[t].sqrt() * out + (1 - ac[t]).sqrt() * torch.cat([x, x])
+        c, u = out.chunk(2)
+        last_u[:] = [u]
+        return u + (c - u) * scale
 
     a = ac[ts].double()
     a_prev = ac[torch.nn.functional.pad(ts[:-1], (1, 0))].double()
 
-    def update(x: Any, e: Any, k: int) -> Any:
+    def update(x: Any, e: Any, k: int, direction: Any = None) -> Any:
         x0 = (x - (1 - a[k]).sqrt() * e) / a[k].sqrt()
-        return (a_prev[k].sqrt() * x0 + (1 - a_prev[k]).sqrt() * e).float()
+        return (a_prev[k].sqrt() * x0 + (1 - a_prev[k]).sqrt() * (e if direction is None else direction)).float()
 
     old: list[Any] = []
     with torch.no_grad():
         for k in range(len(ts) - 1, 0, -1):
             e = eps(x, int(ts[k]))
-            if sampler == "DDIM":
-                x = update(x, e, k)
+            if sampler in ("DDIM", "DDIM CFG++"):
+                x = update(x, e, k, last_u[0] if sampler == "DDIM CFG++" else None)
                 continue
             if not old:
                 e_prime = (e + eps(update(x, e, k), int(ts[max(k - 1, 0)]))) / 2

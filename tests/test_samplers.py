@@ -9,15 +9,15 @@ from tihub.errors import ConfigError
 
 A1111_NAMES = [
     "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a", "Euler", "LMS", "Heun",
-    "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart", "DDIM", "PLMS", "LCM",
+    "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++", "PLMS", "LCM",
 ]
 
 
 def test_every_a1111_sampler_is_known_or_refused_by_name():
     assert list(SAMPLERS) == A1111_NAMES
-    for refused, hint in (("UniPC", "does not follow A1111's UniPC"), ("ddim cfg++", "does not follow A1111's DDIM CFG\\+\\+")):
-        with pytest.raises(ConfigError, match=hint):
-            resolve(refused)
+    with pytest.raises(ConfigError, match="Sampler 'UniPC': tihub does not follow A1111's UniPC"):
+        resolve("unipc")
+    assert resolve("ddim cfg++") == ("DDIM CFG++", "Automatic")
     with pytest.raises(ConfigError, match="Unknown sampler 'Eulerish'; choose one of: DPM\\+\\+ 2M, .*LCM\\."):
         resolve("Eulerish")
 

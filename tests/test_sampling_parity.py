@@ -31,8 +31,8 @@ STEPS = 4
 TOLERANCE = 1e-4
 SCHEDULED = [n for n, s in SAMPLERS.items() if not s.timesteps and s.algorithm not in ("dpm_fast", "dpm_adaptive")]
 MATRIX = [(n, k) for n in SCHEDULED for k in SCHEDULE_TYPES] + [(n, "Automatic") for n in SAMPLERS if n not in SCHEDULED]
-pytestmark = pytest.mark.filterwarnings("ignore:Should have:UserWarning")  # torchsde, in the reference
-ALWAYS = [("Euler a", "Automatic"), ("DPM++ 2M", "Karras"), ("DPM++ SDE", "Automatic"), ("DPM++ 3M SDE", "Beta"), ("DPM2 a", "SGM Uniform"), ("DDIM", "Automatic")]
+pytestmark = [pytest.mark.filterwarnings("ignore:Should have:UserWarning"), pytest.mark.filterwarnings("ignore:To copy construct:UserWarning")]  # torchsde and k-diffusion, in the reference
+ALWAYS = [("Euler a", "Automatic"), ("DPM++ 2M", "Karras"), ("DPM++ SDE", "Automatic"), ("DPM++ 3M SDE", "Beta"), ("DPM2 a", "SGM Uniform"), ("DDIM", "Automatic"), ("DDIM CFG++", "Automatic"), ("PLMS", "Automatic")]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_a1111_parity_every_sampler_and_schedule(tiny, sampler, schedule):
 
 
 def test_matrix_covers_every_a1111_name():
-    assert len(SCHEDULE_TYPES) == 12 and len(MATRIX) == len(SCHEDULED) * 12 + 4
+    assert len(SCHEDULE_TYPES) == 12 and len(MATRIX) == len(SCHEDULED) * 12 + 5
     assert {"DPM++ 2M SDE Heun", "DPM++ 3M SDE", "Restart", "DPM adaptive", "DPM fast", "LCM", "PLMS"} <= set(SAMPLERS)
 
 

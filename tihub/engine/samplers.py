@@ -8,8 +8,8 @@ seeded with the image seed, whether eta applies and whether ENSD is written for 
 algorithms themselves live in tihub.engine.sampling.
 
 Names from older A1111 ("DPM++ 2M Karras", "Euler a Exponential") are the sampler plus a
-schedule type, as A1111 1.9+ reads them. A1111 samplers tihub does not follow (UniPC,
-DDIM CFG++) are refused by name in one sentence; none is ever run as another.
+schedule type, as A1111 1.9+ reads them. The A1111 sampler tihub does not follow
+(UniPC) is refused by name in one sentence; none is ever run as another.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ SAMPLERS: dict[str, Sampler] = {
         Sampler("DPM adaptive", "dpm_adaptive", uses_ensd=True, eta=1.0),
         Sampler("Restart", "restart", scheduler="Karras", second_order=True),
         Sampler("DDIM", "ddim", timesteps=True, eta=0.0),
+        Sampler("DDIM CFG++", "ddim_cfgpp", timesteps=True, eta=0.0),
         Sampler("PLMS", "plms", timesteps=True),
         Sampler("LCM", "lcm"),
     )
@@ -67,7 +68,6 @@ SAMPLERS: dict[str, Sampler] = {
 # A1111 samplers tihub does not follow: refused by name (one sentence), never run as another.
 NOT_FOLLOWED = {
     "UniPC": "tihub does not follow A1111's UniPC (its own solver with variant, order and skip options); use DPM++ 2M or Euler",
-    "DDIM CFG++": "tihub does not follow A1111's DDIM CFG++; use DDIM",
 }
 
 _BY_LOWER = {k.lower(): k for k in SAMPLERS}
@@ -77,7 +77,7 @@ _ALIASES = {
     "k_dpm_2": "DPM2", "k_dpm_2_a": "DPM2 a", "k_dpmpp_2s_a": "DPM++ 2S a", "k_dpmpp_2m": "DPM++ 2M",
     "k_dpmpp_sde": "DPM++ SDE", "k_dpmpp_2m_sde": "DPM++ 2M SDE", "k_dpmpp_2m_sde_heun": "DPM++ 2M SDE Heun",
     "k_dpmpp_3m_sde": "DPM++ 3M SDE", "k_dpm_fast": "DPM fast", "k_dpm_ad": "DPM adaptive", "restart": "Restart",
-    "ddim": "DDIM", "plms": "PLMS", "k_lcm": "LCM",
+    "ddim": "DDIM", "ddim_cfgpp": "DDIM CFG++", "plms": "PLMS", "k_lcm": "LCM",
 }
 
 

@@ -206,6 +206,10 @@ def run(plan: Plan, denoiser: Any, noise: ImageNoise, init: Any = None) -> Any:
             x = init * a.sqrt() + x * (1 - a).sqrt()
         if spec.algorithm == "ddim":
             return timesteps.ddim(denoiser.eps, x, plan.timesteps, denoiser.schedule.alphas_cumprod, lambda: noise.randn_like(x), plan.eta or 0.0)
+        if spec.algorithm == "ddim_cfgpp":
+            # CFG++: the guidance scale mapped from [0, 12.5] to [0, 1], the negative's eps as direction
+            denoiser.cfg_scale /= 12.5
+            return timesteps.ddim(denoiser.eps, x, plan.timesteps, denoiser.schedule.alphas_cumprod, lambda: noise.randn_like(x), plan.eta or 0.0, uncond=lambda: denoiser.last_uncond)
         return timesteps.plms(denoiser.eps, x, plan.timesteps, denoiser.schedule.alphas_cumprod)
     x = x * plan.sigmas[0] if init is None else init + x * plan.sigmas[0]
     if spec.brownian:

@@ -91,6 +91,7 @@ class Denoiser:
         self.time_ids = time_ids  # SDXL: [1, 6] (size, crop, target size)
         self.lcm = lcm
         self.calls = 0
+        self.last_uncond: Any = None  # the negatives' outputs of the last call (DDIM CFG++)
         self._prepared: tuple[Any, list[tuple[list[int], Any, Any]], list[list[tuple[int, float]]], list[int]] | None = None
 
     # -- the UNet with guidance ----------------------------------------------------------------
@@ -151,6 +152,7 @@ class Denoiser:
                 out = convert(out, index)
             for j, k in enumerate(members):
                 outputs[k] = out[j]
+        self.last_uncond = torch.stack([outputs[k] for k in negatives])
         guided = []
         for i, image_parts in enumerate(parts):
             uncond = outputs[negatives[i]]

@@ -18,7 +18,8 @@ def grid(steps: int, total: int = 1000) -> list[int]:
     return [min(max(t + 1, 0), total - 1) for t in range(0, total, total // steps)]
 
 
-def ddim(eps_model: Eps, x: Any, timesteps: list[int], alphas_cumprod: Any, noise: Callable[[], Any], eta: float = 0.0) -> Any:
+def ddim(eps_model: Eps, x: Any, timesteps: list[int], alphas_cumprod: Any, noise: Callable[[], Any], eta: float = 0.0, uncond: Callable[[], Any] | None = None) -> Any:
+    """DDIM; with `uncond` (DDIM CFG++) the direction term uses the negative's eps of the call."""
     alphas = [float(alphas_cumprod[t]) for t in timesteps]
     previous = [float(alphas_cumprod[0])] + alphas[:-1]  # the alpha of the timestep below each one
     for index in range(len(timesteps) - 1, 0, -1):
@@ -26,7 +27,7 @@ def ddim(eps_model: Eps, x: Any, timesteps: list[int], alphas_cumprod: Any, nois
         a_t, a_prev = alphas[index], previous[index]
         sigma_t = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
         x0 = (x - (1 - a_t) ** 0.5 * e) / a_t**0.5
-        direction = (1.0 - a_prev - sigma_t**2) ** 0.5 * e
+        direction = (1.0 - a_prev - sigma_t**2) ** 0.5 * (e if uncond is None else uncond())
         fresh = noise()  # A1111 draws it every step, also at eta 0
         x = a_prev**0.5 * x0 + direction + sigma_t * fresh
     return x
