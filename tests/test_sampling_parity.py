@@ -218,3 +218,20 @@ def test_hires_fix_latent_modes_match_a1111(sources, sampler, mode):
     err = rel_l2(got, want)
     _log(f"hires {sampler}\t{mode}\t{err:.3e}")
     assert err < TOLERANCE
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M SDE"])
+def test_sdxl_parity_with_size_conditioning(sampler):
+    from tihub.engine.generate import Engine, Settings
+    from tihub.engine.models import from_pipeline
+    from tihub.engine.tiny import tiny_sdxl_pipeline
+
+    engine = Engine(from_pipeline(tiny_sdxl_pipeline()))
+    settings = Settings(steps=STEPS, sampler=sampler, width=64, height=64, rng="cpu")
+    with torch.no_grad():
+        got, _ = engine.sample(["a cat"], ["ugly"], [31], settings)
+    enc = engine.encoder()
+    c, u = enc.encode("a cat")[0], enc.encode("ugly")[0]
+    time_ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]])  # original size, crop, target size
+    _, want = reference_latents(engine.model.pipe.unet, sampler, "Automatic", STEPS, (c.hidden[None], c.pooled[None]), (u.hidden[None], u.pooled[None]), [31], time_ids=time_ids)
+    assert rel_l2(got, want) < TOLERANCE
