@@ -72,6 +72,24 @@ class LCMSchedule(ModelSchedule):
         return torch.linspace(float(start), float(end), n)
 
 
+@dataclass
+class _Group:
+    """Entries with the same token length: one UNet forward."""
+
+    members: list[int]  # entry indices (prompt parts first, then negatives)
+    rows: list[int]  # the image of each member
+    hidden: Any
+    pooled: Any
+
+
+@dataclass
+class _Prepared:
+    conds: StepConds
+    groups: list[_Group]
+    parts: list[list[tuple[int, float]]]  # per image: (entry, weight) of its prompt parts
+    negatives: list[int]  # per image: the entry of its negative
+
+
 class Denoiser:
     def __init__(
         self,
@@ -92,16 +110,16 @@ class Denoiser:
         self.lcm = lcm
         self.calls = 0
         self.last_uncond: Any = None  # the negatives' outputs of the last call (DDIM CFG++)
-        self._prepared: tuple[Any, list[tuple[list[int], Any, Any]], list[list[tuple[int, float]]], list[int]] | None = None
+        self._prepared: _Prepared | None = None
 
     # -- the UNet with guidance ----------------------------------------------------------------
 
-    def _prepare(self, c: StepConds) -> tuple[list[tuple[list[int], Any, Any]], list[list[tuple[int, float]]], list[int]]:
-        """Forward groups (rows of x, hidden states, pooled) and where each image's parts are."""
+    def _prepare(self, c: StepConds) -> _Prepared:
+        """The forward groups of a conditioning, stacked once per distinct conditioning."""
         import torch
 
-        if self._prepared is not None and self._prepared[0] is c:
-            return self._prepared[1], self._prepared[2], self._prepared[3]
+        if self._prepared is not None and self._prepared.conds is c:
+            return self._prepared
         device, dtype = self.unet.device, self.unet.dtype
         entries: list[tuple[int, Any]] = []  # (image, cond): prompt parts first, then negatives
         parts: list[list[tuple[int, float]]] = []
@@ -123,35 +141,35 @@ class Denoiser:
             pooled = None
             if self.time_ids is not None:
                 pooled = torch.stack([entries[k][1].pooled for k in members]).to(device=device, dtype=dtype)
-            groups.append((members, hidden, pooled, [entries[k][0] for k in members]))
-        prepared = ([(m, h, p, rows) for m, h, p, rows in groups], parts, negatives)
-        self._prepared = (c, *prepared)  # type: ignore[assignment]
-        return prepared  # type: ignore[return-value]
+            groups.append(_Group(members, [entries[k][0] for k in members], hidden, pooled))
+        self._prepared = _Prepared(c, groups, parts, negatives)
+        return self._prepared
 
     def guided(self, x_in: Any, t: Any, convert: Callable[[Any, Any], Any] | None = None) -> Any:
         """Guided output for every image: x_in [B, C, H, W] float32, t [B] timesteps; `convert`
         (UNet output, rows of the batch) turns each part's output into what is guided."""
         import torch
 
-        groups, parts, negatives = self._prepare(self.conds(self.calls))
+        prepared = self._prepare(self.conds(self.calls))
         self.calls += 1
         outputs: dict[int, Any] = {}
-        for members, hidden, pooled, rows in groups:
-            index = torch.tensor(rows, device=x_in.device)
+        for g in prepared.groups:
+            index = torch.tensor(g.rows, device=x_in.device)
             kwargs: dict[str, Any] = {}
-            if pooled is not None:
-                kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": self.time_ids.to(device=hidden.device, dtype=hidden.dtype).repeat(len(rows), 1)}
+            if g.pooled is not None:
+                kwargs["added_cond_kwargs"] = {"text_embeds": g.pooled, "time_ids": self.time_ids.to(device=g.hidden.device, dtype=g.hidden.dtype).repeat(len(g.rows), 1)}
             out = self.unet(
                 x_in.index_select(0, index).to(dtype=self.unet.dtype),
                 t.index_select(0, index.to(t.device)).to(self.unet.device),
-                encoder_hidden_states=hidden,
+                encoder_hidden_states=g.hidden,
                 return_dict=False,
                 **kwargs,
             )[0].float()
             if convert is not None:
                 out = convert(out, index)
-            for j, k in enumerate(members):
+            for j, k in enumerate(g.members):
                 outputs[k] = out[j]
+        parts, negatives = prepared.parts, prepared.negatives
         self.last_uncond = torch.stack([outputs[k] for k in negatives])
         guided = []
         for i, image_parts in enumerate(parts):
