@@ -13,7 +13,8 @@ One image batch (`Engine.run`) goes through these stages:
 4. denoising: A1111's sampler over the model's own sigmas and A1111's schedule type, through
    the UNet with classifier-free guidance; the conditioning in force is looked up per model call
    (tihub.engine.sampling: the plan, the samplers, the denoiser);
-5. output: each latent decoded alone and turned into 8-bit pixels as A1111 does (truncating);
+5. hires fix (when asked): upscale, then A1111's img2img pass (tihub.engine.sampling.hires);
+6. output: each latent decoded alone and turned into 8-bit pixels as A1111 does (truncating);
    `generate` saves them as `00000-SEED.png` with A1111 infotext.
 """
 
