@@ -320,6 +320,7 @@ class Engine:
                 hashes[name] = sha
         from tihub.engine.sampling import make_plan
 
+        settings.check()  # names as A1111 writes them (an old "X Karras" is X with Karras)
         plan = make_plan(settings.sampler, settings.schedule_type, settings.steps, self.model_schedule(), self.model.family, [seed], settings.randomness())
         params: dict[str, Any] = {
             "Steps": settings.steps,

@@ -112,9 +112,10 @@ def parse_axis(text: str, name: str | None = None) -> Axis:
     if not values:
         raise ConfigError(f"Axis '{text}' has no values; e.g. --x steps:10,20,30.")
     if kind == "sampler":
-        from tihub.engine.samplers import canonical
+        from tihub.engine.samplers import resolve
 
-        values = [canonical(v) for v in values]
+        # A1111's names; an old-style "DPM++ 2M Karras" keeps its schedule type
+        values = [" ".join(part for part in resolve(v) if part != "Automatic") for v in values]
     return Axis(kind, values)
 
 
