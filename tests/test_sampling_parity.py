@@ -4,7 +4,8 @@ On the tiny SD1 model in fp32, 4 steps at 64px: for every A1111 sampler x schedu
 are equal and the final latents within 1e-4 relative L2 (SDE samplers with A1111's Brownian
 seeding); for every sampler and model source (diffusers folders with PNDM and Euler configs, a
 single file whose config says "leading" spacing, an in-memory pipeline) the same through `Engine`.
-The full matrices are marked slow (they still run in `make test`); a handful runs always.
+The full matrices (test_sampling_parity_matrix.py, a file of their own so `make test` runs them
+beside this one) are marked slow; a handful runs always.
 """
 
 from __future__ import annotations
@@ -78,13 +79,6 @@ def _log(line):
 def test_a1111_parity_core(tiny, sampler, schedule):
     pipe, cond, uncond = tiny
     _check(pipe, sampler, schedule, cond, uncond, [7, 8])
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("sampler", "schedule"), MATRIX)
-def test_a1111_parity_every_sampler_and_schedule(tiny, sampler, schedule):
-    pipe, cond, uncond = tiny
-    _check(pipe, sampler, schedule, cond, uncond, [3])
 
 
 def test_matrix_covers_every_a1111_name():
@@ -184,13 +178,6 @@ def test_every_model_source_samples_as_a1111(sources, name):
         want = reference_sigmas(kind, 7, kwrap.CompVisDenoiser(CompVisModel(None)))
         assert torch.allclose(ours, want.float(), rtol=1e-6, atol=0), kind
     _source_check(sources, name, "DPM++ 2M")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
-@pytest.mark.parametrize("name", ["pndm-folder", "euler-folder", "single-file", "in-memory"])
-def test_every_sampler_on_every_model_source(sources, name, sampler):
-    _source_check(sources, name, sampler)
 
 
 # -- hires fix -------------------------------------------------------------------------------
