@@ -38,4 +38,5 @@ stage train 210 python3 benchmarks/gpu_train.py --profile
 stage smoke 150 python3 benchmarks/gpu_train.py --smoke
 stage generate 130 python3 benchmarks/gpu_generate.py
 stage train-plain-layout 50 python3 benchmarks/gpu_train.py --no-channels-last --rounds 1 --steps 20
+stage rng 30 python3 benchmarks/gpu_rng.py
 echo "== done $(date +%T)"
