@@ -5,9 +5,10 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test bench fuzz clean
 
-$(STAMP): requirements/ci.txt pyproject.toml
+$(STAMP): requirements/ci.txt requirements/ci-nodeps.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements/ci.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements/ci-nodeps.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

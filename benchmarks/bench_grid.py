@@ -1,9 +1,10 @@
 """A 16-cell grid on the tiny SD1 model: tihub's batched grid vs one diffusers call per image.
 
 Both sides use the same pipeline object, the same settings (Euler a, CFG 7, 64x64, N steps) and
-the same 16 cells (4 prompts x 4 seeds). The peer is what a simple script does: one
+the same 16 cells (4 prompts x 4 seeds); tihub samples as A1111 (its own Euler a over the model's
+sigmas), the peer with diffusers' Euler a scheduler. The peer is what a simple script does: one
 `pipe(prompt, negative_prompt, generator=...)` call per cell. tihub groups cells with the same
-settings into one pipeline call (prompts and seeds differ within the batch) and encodes each
+settings into one sampling run (prompts and seeds differ within the batch) and encodes each
 distinct prompt once. Rounds are interleaved; medians and the ratio are printed.
 
     .venv/bin/python benchmarks/bench_grid.py            # 20 steps, 5 rounds
@@ -36,13 +37,14 @@ def main() -> None:
     from tihub.engine.generate import Engine, Settings
     from tihub.engine.grid import make_grid, parse_axis
     from tihub.engine.models import from_pipeline, quiet
-    from tihub.engine.samplers import make_scheduler
+    from diffusers import EulerAncestralDiscreteScheduler
     from tihub.engine.tiny import tiny_sd1_pipeline
 
     quiet()
     pipe = tiny_sd1_pipeline()
     pipe.set_progress_bar_config(disable=True)
     engine = Engine(from_pipeline(pipe, "tiny"))
+    euler_a = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
     prompts = ["a photo of a cat", "a dog on a beach", "a red car, detailed", "a castle at night"]
     seeds = [1, 2, 3, 4]
     axes = [parse_axis("prompt:" + ",".join(f'"{p}"' for p in prompts)), parse_axis("seed:" + ",".join(map(str, seeds)))]
@@ -53,7 +55,7 @@ def main() -> None:
         return r.calls
 
     def peer() -> int:
-        pipe.scheduler = make_scheduler("Euler a", engine._base_scheduler)
+        pipe.scheduler = euler_a
         for p in prompts:
             for s in seeds:
                 pipe(prompt=p, negative_prompt="", num_inference_steps=steps, guidance_scale=7.0, width=64, height=64,
@@ -72,7 +74,7 @@ def main() -> None:
         t_peer.append(time.perf_counter() - t0)
     mt, mp = statistics.median(t_tihub), statistics.median(t_peer)
     print(f"16-cell grid, tiny SD1, 64x64, {steps} steps, Euler a, CFG 7, {args.threads} thread(s), {rounds} rounds")
-    print(f"  tihub batched grid ({calls} pipeline call(s)): median {mt:.3f} s")
+    print(f"  tihub batched grid ({calls} sampling run(s)): median {mt:.3f} s")
     print(f"  diffusers, one call per image (16 calls):     median {mp:.3f} s")
     print(f"  ratio (one-at-a-time / batched): {mp / mt:.2f}x  (target >= 1.5x)")
 

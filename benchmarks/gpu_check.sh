@@ -89,5 +89,6 @@ else
     stage train 60 -- benchmarks/gpu_train.py --rounds 2
     stage profile 60 optional -- benchmarks/gpu_train.py --profile --rounds 1
     stage train-plain-layout 50 optional -- benchmarks/gpu_train.py --no-channels-last --rounds 1 --steps 20
+    stage rng 30 optional -- benchmarks/gpu_rng.py
 fi
 echo "== done $(date +%T), $(($(date +%s) - start)) s"

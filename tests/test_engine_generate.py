@@ -196,8 +196,8 @@ def _texts_per_model_call(engine, prompt, sampler, steps=4):
     cat, _ = enc.encode("cat")
     dog, _ = enc.encode("dog")
     used = []
-    for ehs in seen:  # [negative, positive]
-        pos = ehs[1]
+    for ehs in seen:  # [prompt, negative], A1111's order
+        pos = ehs[0]
         used.append("cat" if torch.allclose(pos, cat.hidden, atol=1e-5) else "dog" if torch.allclose(pos, dog.hidden, atol=1e-5) else "?")
     return used
 
@@ -236,7 +236,7 @@ def test_bad_input(engine, tmp_path):
     with pytest.raises(ConfigError):
         parse_size("big")
     assert parse_size("512") == (512, 512) and parse_size("512x768") == (512, 768)
-    assert canonical("dpm++ 2m", "Karras") == "DPM++ 2M Karras"
+    assert canonical("dpm++ 2m", "Karras") == "DPM++ 2M"
     with pytest.raises(NotFound, match="does not exist"):
         load_model(tmp_path / "nope", device="cpu")
     broken = tmp_path / "broken-model"
@@ -296,9 +296,9 @@ def test_schedule_type_changes_the_image_and_is_recorded(engine):
     auto = engine.generate("a cat", steps=3, seed=4, size=64, sampler="DPM++ 2M")
     expo = engine.generate("a cat", steps=3, seed=4, size=64, sampler="DPM++ 2M", schedule_type="exponential")
     assert not np.array_equal(_img(auto), _img(expo))
-    # A1111 1.9+ would read a bare "DPM++ 2M" as its Karras default, so the uniform one is named
-    assert "Sampler: DPM++ 2M, Schedule type: Uniform, CFG scale: 7" in auto.infotexts[0]
-    assert "Schedule type" not in engine.generate("a cat", steps=1, seed=4, size=64, sampler="Euler").infotexts[0]
+    # as A1111 1.9+: "Automatic" runs the sampler's default (Karras for DPM++ 2M) and names it
+    assert "Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7" in auto.infotexts[0]
+    assert "Sampler: Euler, Schedule type: Automatic, CFG scale: 7" in engine.generate("a cat", steps=1, seed=4, size=64, sampler="Euler").infotexts[0]
     assert "Sampler: DPM++ 2M, Schedule type: Exponential, CFG scale: 7" in expo.infotexts[0]
-    with pytest.raises(ConfigError, match="Schedule type Karras does not apply to the Euler a sampler"):
-        engine.generate("a cat", steps=2, seed=4, size=64, sampler="Euler a", schedule_type="Karras")
+    with pytest.raises(ConfigError, match="Sampler DDIM runs on A1111's fixed timestep grid and takes no schedule type"):
+        engine.generate("a cat", steps=2, seed=4, size=64, sampler="DDIM", schedule_type="Karras")

@@ -70,17 +70,18 @@ def test_device_and_dtype_choice(tiny_sd1_dir):
     assert img.images[0].size == (64, 64)
 
 
-def test_samplers_keep_the_models_prediction_type(tmp_path):
-    from tihub.engine.samplers import SAMPLERS, make_scheduler, missing_package
+def test_sigmas_come_from_the_models_betas_whatever_the_scheduler(tmp_path):
+    from tihub.engine.samplers import SAMPLERS
+    from tihub.engine.sampling import Randomness, make_plan
+    from tihub.engine.sampling.schedule import ModelSchedule
 
     base = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "v_prediction", "steps_offset": 1}
+    euler = ModelSchedule.from_config({**base, "_class_name": "EulerDiscreteScheduler", "timestep_spacing": "leading"})
+    pndm = ModelSchedule.from_config({**base, "_class_name": "PNDMScheduler", "skip_prk_steps": True})
+    assert torch.equal(euler.sigmas, pndm.sigmas) and abs(euler.sigma_max - 14.6146) < 1e-3 and abs(euler.sigma_min - 0.0292) < 1e-3
     for name in SAMPLERS:
-        if missing_package(name):
-            continue
-        sched = make_scheduler(name, base)
-        assert sched.config.prediction_type == "v_prediction", name
-    assert make_scheduler("DPM++ 2M Karras", base).config.use_karras_sigmas is True
-    assert make_scheduler("DPM++ 2M", base).config.use_karras_sigmas is False
+        plan = make_plan(name, "Automatic", 8, euler, "sd2", [1], Randomness())
+        assert plan.timesteps or abs(plan.sigmas[0] - 14.6146) < 1e-3 or name == "LCM", name
 
 
 def test_v_prediction_model_generates(tmp_path):

@@ -25,7 +25,8 @@ from typing import Any
 
 # Key order A1111 writes (those tihub produces); other keys follow in insertion order.
 KEY_ORDER = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
-             "Denoising strength", "Clip skip", "RNG", "TI hashes", "Version")
+             "Denoising strength", "Clip skip", "ENSD", "RNG", "TI hashes", "Version")
+_LAST = ("Version", "User")  # A1111 writes these after every other key (Hires ..., Eta, ...)
 
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _MAX_TEXT = 1 << 20  # decompressed text chunks are capped at 1 MiB
@@ -64,7 +65,7 @@ def unquote(value: str) -> str:
 
 def build_infotext(prompt: str, negative_prompt: str | None, params: dict[str, Any]) -> str:
     """The infotext string for one image. `None` values are left out; key == value is bare."""
-    ordered = [k for k in KEY_ORDER if k in params] + [k for k in params if k not in KEY_ORDER]
+    ordered = [k for k in KEY_ORDER if k in params and k not in _LAST] + [k for k in params if k not in KEY_ORDER and k not in _LAST] + [k for k in _LAST if k in params]
     pairs = []
     for key in ordered:
         value = params[key]

@@ -43,6 +43,40 @@ config_option = click.option("--config", "config", type=click.Path(file_okay=Fal
                              help="Diffusers config folder for a single-file checkpoint [default: tihub's SD1/SD2/SDXL configs].")
 
 
+def sampling_options(f: Any) -> Any:
+    """A1111's sampling settings (`--rng`, `--ensd`, `--eta`, sigma churn/tmin/tmax/noise), passed
+    on as the keyword arguments of Engine.generate / Settings."""
+    options = [
+        click.option("--rng", "rng", type=click.Choice(["gpu", "cpu", "nv"], case_sensitive=False), default="gpu", show_default=True,
+                     help="Noise source as A1111's setting: gpu (torch on an NVIDIA GPU; without one, tihub's emulation of it), cpu (torch CPU generator), nv (A1111's NV emulation)."),
+        click.option("--ensd", "ensd", type=int, default=0, show_default=True, help="Eta noise seed delta (A1111's ENSD, e.g. 31337): ancestral noise uses seed + ENSD."),
+        click.option("--eta", "eta", type=float, default=None, help="Eta of ancestral/SDE samplers and DDIM [default: A1111's, 1 (0 for DDIM)]."),
+        click.option("--s-churn", "s_churn", type=float, default=0.0, show_default=True, help="Sigma churn (Euler, Heun, DPM2)."),
+        click.option("--s-tmin", "s_tmin", type=float, default=0.0, show_default=True, help="Sigma tmin (Euler, Heun, DPM2)."),
+        click.option("--s-tmax", "s_tmax", type=float, default=0.0, show_default=True, help="Sigma tmax; 0 = no bound (Euler, Heun, DPM2)."),
+        click.option("--s-noise", "s_noise", type=float, default=1.0, show_default=True, help="Sigma noise (Euler, Heun, DPM2 and the ancestral/SDE DPM samplers)."),
+        click.option("--hires-scale", "hires_scale", type=float, default=None, help="Hires. fix: upscale by this factor and run a second pass (e.g. 2); any --hires-*/--denoising option turns it on [default: 2]."),
+        click.option("--hires-steps", "hires_steps", type=int, default=None, help="Hires. fix: steps of the second pass [default: 0, the first pass's]."),
+        click.option("--denoising", "denoising", type=float, default=None, help="Hires. fix: denoising strength of the second pass [default: 0.7]."),
+        click.option("--hires-upscaler", "hires_upscaler", default=None,
+                     help="Hires. fix: Latent, Latent (antialiased), Latent (bicubic), Latent (bicubic antialiased), Latent (nearest), Latent (nearest-exact), Lanczos, Nearest, None, or an ESRGAN-family model file [default: Latent]."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _sampling_kwargs(sampling: dict[str, Any]) -> dict[str, Any]:
+    """The options of `sampling_options` as Engine.generate / Settings keywords (hires folded)."""
+    out = dict(sampling)
+    scale, steps, denoising, upscaler = (out.pop(k) for k in ("hires_scale", "hires_steps", "denoising", "hires_upscaler"))
+    if any(v is not None for v in (scale, steps, denoising, upscaler)):
+        from tihub.engine.sampling.hires import Hires
+
+        out["hires"] = Hires(scale=2.0 if scale is None else scale, steps=steps or 0, denoising=0.7 if denoising is None else denoising, upscaler=upscaler or "Latent")
+    return out
+
+
 def _warn(messages: list[str]) -> None:
     for m in messages:
         click.echo(f"Warning: {m}", err=True)
@@ -121,8 +155,8 @@ def _from_image(path: str) -> dict[str, Any]:
 @click.option("-n", "--negative", default=None, help="Negative prompt.")
 @click.option("--model", "model", default=None, help=MODEL_HELP)
 @click.option("--steps", type=int, default=None, help="Sampling steps [default: 20].")
-@click.option("--sampler", default=None, help="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M Karras' [default: Euler a].")
-@click.option("--schedule-type", default=None, help="A1111 schedule type: Automatic, Uniform, Karras, Exponential, SGM Uniform or Beta [default: Automatic].")
+@click.option("--sampler", default=None, help="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M', 'DPM++ 2M SDE', 'DDIM' (old names such as 'DPM++ 2M Karras' too) [default: Euler a].")
+@click.option("--schedule-type", default=None, help="A1111 schedule type: Automatic (the sampler's own, e.g. Karras for DPM++ 2M), Uniform, Karras, Exponential, Polyexponential, SGM Uniform, KL Optimal, Align Your Steps, Simple, Normal, DDIM or Beta [default: Automatic].")
 @click.option("--cfg", type=float, default=None, help="CFG scale [default: 7].")
 @click.option("--seed", type=int, default=None, help="Seed; -1 picks one at random (recorded in the PNG) [default: -1].")
 @click.option("--size", default=None, help="WxH or N (square) [default: the model's native size].")
@@ -134,10 +168,11 @@ def _from_image(path: str) -> dict[str, Any]:
 @click.option("--pad-conds", "pad_conds", is_flag=True, help="A1111's 'Pad conds': pad prompt and negative to the same chunk count (written to the infotext).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or mps [default: best available].")
 @click.option("--dtype", default=None, type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="Compute precision [default: auto].")
-@click.option("--json", "as_json", is_flag=True, help="Print the saved files and settings as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the saved files and settings as JSON, with the plan of each batch (sampler, schedule, sigmas, RNG, seeds).")
 @config_option
+@sampling_options
 @pass_ctx
-def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: str | None, steps: int | None, sampler: str | None, schedule_type: str | None, cfg: float | None, seed: int | None, size: str | None, batch_size: int, batch_count: int, clip_skip: int | None, out: str | None, from_image: str | None, pad_conds: bool, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
+def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: str | None, steps: int | None, sampler: str | None, schedule_type: str | None, cfg: float | None, seed: int | None, size: str | None, batch_size: int, batch_count: int, clip_skip: int | None, out: str | None, from_image: str | None, pad_conds: bool, device: str | None, dtype: str | None, as_json: bool, config: str | None, **sampling: Any) -> None:
     """Generate images for PROMPT; each PNG carries A1111 infotext (PNG Info reads it).
 
     Embeddings in the workspace's embeddings/ folder are used by their file name, as in A1111.
@@ -158,6 +193,11 @@ def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: 
     outdir = Path(out) if out else ctx.workspace.root / "outputs"
     # settings from the image that have no option here (RNG, ENSD, hires, ...) pass through
     given: dict[str, Any] = dict(base.get("settings", {}))
+    source = click.get_current_context().get_parameter_source
+    for key in list(sampling):  # a sampling option wins only when it was typed
+        if key in given and source(key) is click.core.ParameterSource.DEFAULT:
+            sampling[key] = given.pop(key)
+        given.pop(key, None)
     if pad_conds:
         given["pad_conds"] = True
     base_sampler, base_schedule = given.pop("sampler", None), given.pop("schedule_type", None)
@@ -179,11 +219,12 @@ def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: 
             "batch_count": batch_count,
             "clip_skip": clip_skip if clip_skip is not None else given.get("clip_skip", 1),
             "out": outdir,
+            **_sampling_kwargs(sampling),
         },
     )
     _warn(result.warnings)
     if as_json:
-        echo_json({"files": [str(p) for p in result.paths], "seeds": result.seeds, "embeddings": result.used, "infotext": result.infotexts[0] if result.infotexts else None})
+        echo_json({"files": [str(p) for p in result.paths], "seeds": result.seeds, "embeddings": result.used, "infotext": result.infotexts[0] if result.infotexts else None, "plan": [p.to_json() for p in result.plans]})
         return
     for p in result.paths:
         click.echo(str(p))
@@ -276,6 +317,7 @@ def _resolve_embedding(ctx: Context, name: str) -> tuple[Path | None, int | None
 @click.option("-n", "--negative", default="", help="Negative prompt.")
 @click.option("--steps", type=int, default=20, show_default=True)
 @click.option("--sampler", default="Euler a", show_default=True)
+@click.option("--schedule-type", default=None, help="A1111 schedule type (see tihub generate --help) [default: Automatic].")
 @click.option("--cfg", type=float, default=7.0, show_default=True)
 @click.option("--seed", type=int, default=-1, show_default=True, help="Seed of every cell (unless an axis sets it).")
 @click.option("--size", default=None, help="WxH or N [default: the model's native size].")
@@ -286,8 +328,9 @@ def _resolve_embedding(ctx: Context, name: str) -> tuple[Path | None, int | None
 @click.option("--dtype", default=None, type=click.Choice(["auto", "fp32", "fp16", "bf16"]))
 @click.option("--json", "as_json", is_flag=True)
 @config_option
+@sampling_options
 @pass_ctx
-def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y: str | None, z: str | None, prompt: str | None, negative: str, steps: int, sampler: str, cfg: float, seed: int, size: str | None, batch: int, pad_conds: bool, out: str | None, device: str | None, dtype: str | None, as_json: bool, config: str | None) -> None:
+def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y: str | None, z: str | None, prompt: str | None, negative: str, steps: int, sampler: str, schedule_type: str | None, cfg: float, seed: int, size: str | None, batch: int, pad_conds: bool, out: str | None, device: str | None, dtype: str | None, as_json: bool, config: str | None, **sampling: Any) -> None:
     """Make an A1111-style X/Y/Z grid, or the standard preview of embedding NAME.
 
     With NAME and no axes: the standard preview (fixed prompts chosen by the entry's kind:
@@ -332,7 +375,7 @@ def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y
             prompt = "{emb}" if any(a is not None and a.kind in ("embedding", "checkpoint") for a in axes) else (name or "")
         native = engine_for(None).model.native_size if size is None else 512
         w, h = parse_size(size, native)
-        settings = Settings(steps=steps, sampler=sampler, cfg_scale=cfg, width=w, height=h, pad_conds=pad_conds)
+        settings = Settings(steps=steps, sampler=sampler, cfg_scale=cfg, width=w, height=h, schedule_type=schedule_type or "Automatic", pad_conds=pad_conds, **_sampling_kwargs(sampling))
         folders = [ctx.workspace.embeddings_dir, ctx.workspace.train_dir]
         result = make_grid(engine_for, prompt, negative, axes, settings, seed, outdir, batch, folders)
     for e in engines.values():

@@ -6,15 +6,16 @@ trainer's previews call `Engine.generate`. `generate(...)` is the one-call libra
 (builds an Engine from a model, a pipeline or an existing engine, then calls it).
 
 One image batch (`Engine.run`) goes through these stages:
-1-2. conditioning (conditioning.BatchConds, A1111's rules): each prompt is split at AND, each
-   part and negative gets its `[from:to:when]`/`[a|b]` schedule over the model calls, and the
-   texts of one schedule are encoded as one batch, embeddings spliced in;
-3. noise: one CPU generator per image seeded with its seed, so an image does not depend on the
-   batch it is in, and the same seed + settings give the same image on the same device;
-4. denoising: one diffusers pipeline call for the whole batch; each UNet call is answered by
-   conditioning.GuidedUNet (the schedule entry for that call, AND parts, rows of equal length in
-   one forward, never padded across images); on CPU the math is batch-invariant (invariant.py);
-5. output: PIL images; `generate` saves them as `00000-SEED.png` with A1111 infotext.
+1. prompt schedules: `[from:to:when]` and `[a|b]` become per-step texts (A1111's rules);
+2. conditioning: every distinct text is encoded once, embeddings spliced in (conditioning.py);
+3. noise: one generator per image seeded with its seed (A1111's gpu/cpu/nv sources, ENSD), so an
+   image does not depend on the batch it is in (tihub.engine.sampling.rng);
+4. denoising: A1111's sampler over the model's own sigmas and A1111's schedule type, through
+   the UNet with classifier-free guidance; the conditioning in force is looked up per model call
+   (tihub.engine.sampling: the plan, the samplers, the denoiser);
+5. hires fix (when asked): upscale, then A1111's img2img pass (tihub.engine.sampling.hires);
+6. output: each latent decoded alone and turned into 8-bit pixels as A1111 does (truncating);
+   `generate` saves them as `00000-SEED.png` with A1111 infotext.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from tihub import __version__
-from tihub.engine.conditioning import BatchConds, GuidedUNet, PromptEncoder
+from tihub.engine.conditioning import BatchConds, PromptEncoder
 from tihub.engine.invariant import batch_invariant
 from tihub.engine.models import LoadedModel, from_pipeline, load_model
-from tihub.engine.samplers import DEFAULT, calls_per_step, canonical, canonical_schedule, check_schedule_type, infotext_schedule, make_scheduler
+from tihub.engine.samplers import DEFAULT, SAMPLERS, check_schedule_type, resolve
+from tihub.engine.sampling import Plan, Randomness
+from tihub.engine.sampling.hires import Hires
 from tihub.engine.vocabulary import Vocabulary
 from tihub.errors import ConfigError
 from tihub.formats.model import Embedding
@@ -48,7 +51,19 @@ class Settings:
     height: int = 512
     clip_skip: int = 1
     schedule_type: str = "Automatic"  # A1111's "Schedule type": Karras, Exponential, SGM Uniform, Beta, ...
+    # A1111's randomness settings (tihub.engine.sampling.Randomness)
+    rng: str = "gpu"  # gpu | cpu | nv
+    ensd: int = 0  # eta noise seed delta
+    eta: float | None = None  # None: the sampler's default
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 0.0  # 0: no upper bound
+    s_noise: float = 1.0
+    hires: Hires | None = None  # A1111's "Hires. fix": a second pass at a larger size
     pad_conds: bool = False  # A1111's "Pad conds": pad prompt and negative to one chunk count
+
+    def randomness(self) -> Randomness:
+        return Randomness(rng=self.rng, ensd=self.ensd, eta=self.eta, s_churn=self.s_churn, s_tmin=self.s_tmin, s_tmax=self.s_tmax, s_noise=self.s_noise)
 
     def check(self) -> None:
         if self.width % 8 or self.height % 8 or self.width < 8 or self.height < 8:
@@ -57,9 +72,14 @@ class Settings:
             raise ConfigError(f"Steps {self.steps} is out of range; use 1 to 1000.")
         if self.clip_skip < 1 or self.clip_skip > 12:
             raise ConfigError(f"Clip skip {self.clip_skip} is out of range; use 1 to 12.")
-        self.sampler = canonical(self.sampler)
-        self.schedule_type = canonical_schedule(self.schedule_type)
+        self.sampler, self.schedule_type = resolve(self.sampler, self.schedule_type)
         check_schedule_type(self.sampler, self.schedule_type)
+        r = self.randomness()
+        r.check(self.sampler)
+        self.rng = r.rng
+        if self.hires is not None:
+            self.hires.check()
+            self.hires.target(self.width, self.height)
 
 
 @dataclass
@@ -70,6 +90,7 @@ class Result:
     paths: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     used: list[str] = field(default_factory=list)  # embedding names used (prompt + negative)
+    plans: list[Plan] = field(default_factory=list)  # what each batch ran (sampler, sigmas, seeds, ...)
 
     @property
     def path(self) -> Path | None:
@@ -106,7 +127,9 @@ class Engine:
         self.model = model if isinstance(model, LoadedModel) else from_pipeline(model)
         self.vocabulary = Vocabulary(Path(embeddings_dir) if embeddings_dir else None, dict(extra or {}))
         self._encoders: dict[int, PromptEncoder] = {}
-        self._base_scheduler = dict(self.model.pipe.scheduler.config)
+        self._schedule: Any = None
+        self._upscalers: dict[str, Any] = {}  # model upscaler files, loaded once
+        self.plan: Plan | None = None  # the plan of the last `run`
 
     @classmethod
     def load(cls, model: str | os.PathLike[str], embeddings_dir: Any = None, device: Any = None, dtype: Any = None, hash_cache: Any = None, config: Any = None) -> Engine:
@@ -120,60 +143,136 @@ class Engine:
     def explain(self, prompt: str, steps: int = 20) -> dict[str, Any]:
         return explain_prompt(prompt, steps, self.encoder().tokenizer, self.vocabulary)
 
-    # -- one batched pipeline call -----------------------------------------------------------
+    # -- one batch -----------------------------------------------------------------------------
 
-    def run(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings) -> tuple[list[Any], list[list[str]]]:
-        """Images for parallel lists of prompts/negatives/seeds, in one pipeline call."""
-        import torch
+    def model_schedule(self) -> Any:
+        """The model's noise levels (from its scheduler config's betas; the same for every source)."""
+        if self._schedule is None:
+            from tihub.engine.sampling.schedule import ModelSchedule
+
+            self._schedule = ModelSchedule.from_config(dict(self.model.pipe.scheduler.config))
+        return self._schedule
+
+    def make_plan(self, seeds: list[int], settings: Settings) -> Plan:
+        """What a batch with these seeds and settings will run (nothing is computed on the UNet)."""
+        from tihub.engine.sampling import make_plan
 
         settings.check()
+        return make_plan(settings.sampler, settings.schedule_type, settings.steps, self.model_schedule(), self.model.family, seeds, settings.randomness())
+
+    def run(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings) -> tuple[list[Any], list[list[str]]]:
+        """Images for parallel lists of prompts/negatives/seeds, as one batch."""
+        latents, used = self.sample(prompts, negatives, seeds, settings)
+        return self.decode(latents), used
+
+    def sample(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings) -> tuple[Any, list[list[str]]]:
+        """Final latents (float32) for parallel lists of prompts/negatives/seeds; `self.plan` says
+        what ran."""
+        import torch
+
+        from tihub.engine.sampling import run as run_plan
+        from tihub.engine.sampling.denoiser import Denoiser
+        from tihub.engine.sampling.rng import ImageNoise
+
+        plan = self.make_plan(seeds, settings)
         pipe = self.model.pipe
         family = self.model.family
         enc = self.encoder(settings.clip_skip)
         n = len(prompts)
-        scheduler = make_scheduler(settings.sampler, self._base_scheduler, settings.schedule_type)
         # A1111 schedules prompt editing over model calls: twice the steps for second-order samplers
-        steps = settings.steps * calls_per_step(scheduler)
+        steps = settings.steps * plan.calls_per_step
 
         # 1-2. conditioning as A1111 (conditioning.BatchConds): AND parts, editing schedules
         #    over model calls, each schedule encoded as one batch; images never padded together
         conds = BatchConds.build(enc, prompts, negatives, steps, pad_conds=settings.pad_conds)
         used = conds.used
-        device, dtype = self.model.device, self.model.dtype
+        conds_at = conds.conds_at
 
-        # 3. noise: one CPU generator per image
-        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        # 3. noise: per-image generators (A1111's gpu / cpu / nv sources)
+        device = self.model.device
         shape = (pipe.unet.config.in_channels, settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor)
-        latents = torch.cat([torch.randn((1, *shape), generator=g, dtype=torch.float32) for g in gens]).to(device=device, dtype=dtype)
+        noise = ImageNoise(settings.rng, seeds, shape, device, settings.ensd)
 
-        # 4. denoise in one call; the pipeline gets placeholder embeds and GuidedUNet answers
-        #    each UNet call from `conds`. The pipeline's own scheduler is put back afterwards
-        #    (the trainer shares its pipeline with previews).
-        own_scheduler = pipe.scheduler
-        pipe.scheduler = scheduler
-        first = conds.images[0].uncond[0].cond
-        holder = torch.zeros((n, 77, first.hidden.shape[-1]), device=device, dtype=dtype)
-        kwargs: dict[str, Any] = dict(
-            prompt_embeds=holder,
-            negative_prompt_embeds=holder,
-            num_inference_steps=settings.steps,
-            guidance_scale=settings.cfg_scale,
-            width=settings.width,
-            height=settings.height,
-            generator=gens,
-            latents=latents,
-            output_type="pil",
-        )
-        if family == "sdxl":
-            pool = torch.zeros((n, first.pooled.shape[-1]), device=device, dtype=dtype)
-            kwargs.update(pooled_prompt_embeds=pool, negative_pooled_prompt_embeds=pool)
-        try:
-            # batch_invariant: on CPU an image is the same alone or in a grid, to the pixel
-            with torch.inference_mode(), GuidedUNet(pipe, conds), batch_invariant(pipe.unet, pipe.vae, device=device):
-                images = pipe(**kwargs).images
-        finally:
-            pipe.scheduler = own_scheduler
-        return images, used
+        # 4. denoise: the planned sampler through the guided UNet
+        from tihub.engine.sampling import model_schedule
+
+        def denoiser_for(p: Plan, conds: Any, width: int, height: int) -> Denoiser:
+            time_ids = None
+            if family == "sdxl":  # SDXL's size conditioning: original size, crop (0, 0), target size
+                time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
+            lcm = SAMPLERS[p.sampler].algorithm == "lcm"
+            return Denoiser(pipe.unet, model_schedule(p.sampler, self.model_schedule()), self.model.prediction, conds, settings.cfg_scale, time_ids, lcm=lcm)
+
+        # batch_invariant: on CPU an image is the same alone or in a grid, to the pixel
+        with torch.inference_mode(), batch_invariant(pipe.unet, device=device):
+            latents = run_plan(plan, denoiser_for(plan, conds_at, settings.width, settings.height), noise)
+
+        # 5. hires fix: upscale, then A1111's img2img pass with each prompt's final text
+        hires = settings.hires
+        if hires is not None:
+            from tihub.engine.sampling import make_plan
+            from tihub.engine.sampling.hires import LATENT_MODES, upscale_latents
+
+            width, height = hires.target(settings.width, settings.height)
+            if hires.upscaler in LATENT_MODES:
+                init = upscale_latents(latents, hires.upscaler, width, height)
+            else:
+                init = self.encode([self._upscale_image(img, hires, width, height) for img in self.decode(latents)])
+            second = make_plan(settings.sampler, settings.schedule_type, hires.steps or settings.steps, self.model_schedule(), family, seeds, settings.randomness(), denoising=hires.denoising)
+            final = conds.conds_at(steps - 1)
+            noise2 = ImageNoise(settings.rng, seeds, (shape[0], height // pipe.vae_scale_factor, width // pipe.vae_scale_factor), device, settings.ensd)
+            with torch.inference_mode(), batch_invariant(pipe.unet, device=device):
+                latents = run_plan(second, denoiser_for(second, lambda _i: final, width, height), noise2, init=init.to(device=device, dtype=torch.float32))
+            plan.hires = {**hires.to_json(settings.width, settings.height), "plan": second.to_json()}
+        self.plan = plan
+        return latents, used
+
+    def _upscale_image(self, image: Any, hires: Hires, width: int, height: int) -> Any:
+        from tihub.engine.sampling.hires import is_model_file, load_model_upscaler, upscale_image
+
+        model = None
+        if is_model_file(hires.upscaler):
+            if hires.upscaler not in self._upscalers:
+                self._upscalers[hires.upscaler] = load_model_upscaler(hires.upscaler, self.model.device)
+            model = self._upscalers[hires.upscaler]
+        return upscale_image(image, hires.upscaler, width, height, model)
+
+    def encode(self, images: list[Any]) -> Any:
+        """Latents of PIL images: each encoded alone, the VAE posterior's mean."""
+        import numpy as np
+        import torch
+
+        vae = self.model.pipe.vae
+        out = []
+        with torch.inference_mode():
+            for image in images:
+                x = torch.from_numpy(np.moveaxis(np.asarray(image, dtype=np.float32) / 255.0, 2, 0))[None] * 2 - 1
+                z = vae.encode(x.to(device=vae.device, dtype=vae.dtype)).latent_dist.mean
+                out.append(z[0].float() * vae.config.scaling_factor)
+        return torch.stack(out)
+
+    def decode(self, latents: Any) -> list[Any]:
+        """PIL images: each latent decoded alone, pixels as A1111 makes them (clamp, x255, truncate)."""
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        vae = self.model.pipe.vae
+        dtype = vae.dtype
+        upcast = dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        images = []
+        with torch.inference_mode():
+            for latent in latents:
+                z = latent[None] / vae.config.scaling_factor
+                if upcast:
+                    x = vae.to(torch.float32).decode(z.float(), return_dict=False)[0]
+                    vae.to(dtype)
+                else:
+                    x = vae.decode(z.to(device=vae.device, dtype=dtype), return_dict=False)[0]
+                pixels = torch.clamp((x[0].float() + 1.0) / 2.0, 0.0, 1.0)
+                array = (255.0 * np.moveaxis(pixels.cpu().numpy(), 0, 2)).astype(np.uint8)
+                images.append(Image.fromarray(array))
+        return images
 
     # -- infotext ---------------------------------------------------------------------------
 
@@ -183,17 +282,21 @@ class Engine:
             sha = self.vocabulary.sha256(name)
             if sha:
                 hashes[name] = sha
+        from tihub.engine.sampling import make_plan
+
+        settings.check()  # names as A1111 writes them (an old "X Karras" is X with Karras)
+        plan = make_plan(settings.sampler, settings.schedule_type, settings.steps, self.model_schedule(), self.model.family, [seed], settings.randomness())
         params: dict[str, Any] = {
             "Steps": settings.steps,
             "Sampler": settings.sampler,
-            "Schedule type": infotext_schedule(settings.sampler, settings.schedule_type),
             "CFG scale": f"{settings.cfg_scale:g}",
             "Seed": seed,
             "Size": f"{settings.width}x{settings.height}",
             "Model hash": self.model.hash,
             "Model": self.model.name,
             "Clip skip": settings.clip_skip if settings.clip_skip > 1 else None,
-            "RNG": "CPU",
+            **plan.infotext(),  # Schedule type, Eta, Sigma churn ..., ENSD, RNG as A1111 writes them
+            **(settings.hires.infotext() if settings.hires else {}),
             "TI hashes": ti_hashes_value(hashes),
             "Pad conds": True if settings.pad_conds else None,
             "Version": f"tihub {__version__}",
@@ -220,19 +323,32 @@ class Engine:
         clip_skip: int = 1,
         out: str | os.PathLike[str] | None = None,
         schedule_type: str | None = None,
+        rng: str = "gpu",
+        ensd: int = 0,
+        eta: float | None = None,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = 0.0,
+        s_noise: float = 1.0,
+        hires: Hires | None = None,
         pad_conds: bool = False,
     ) -> Result:
         if batch_size < 1 or batch_count < 1:
             raise ConfigError("--batch-size and --batch-count must be at least 1.")
         native = self.model.native_size
         w, h = parse_size(size, native) if size is not None else (width or native, height or width or native)
-        settings = Settings(steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg_scale, width=w, height=h, clip_skip=clip_skip, schedule_type=schedule_type or "Automatic", pad_conds=pad_conds)
+        settings = Settings(
+            steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg_scale, width=w, height=h, clip_skip=clip_skip, schedule_type=schedule_type or "Automatic",
+            rng=rng, ensd=ensd, eta=eta, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, hires=hires, pad_conds=pad_conds,
+        )
         settings.check()
         first = resolve_seed(seed)
         result = Result([], [], [])
         for batch in range(batch_count):
             seeds = [(first + batch * batch_size + i) & MAX_SEED for i in range(batch_size)]
             images, used = self.run([prompt] * batch_size, [negative_prompt] * batch_size, seeds, settings)
+            if self.plan is not None:
+                result.plans.append(self.plan)
             for img, s, u in zip(images, seeds, used, strict=True):
                 result.images.append(img)
                 result.seeds.append(s)
@@ -326,6 +442,14 @@ def generate(
     device: Any = None,
     dtype: Any = None,
     schedule_type: str | None = None,
+    rng: str = "gpu",
+    ensd: int = 0,
+    eta: float | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = 0.0,
+    s_noise: float = 1.0,
+    hires: Hires | None = None,
     pad_conds: bool = False,
 ) -> Result:
     """Generate images in one call.
@@ -361,5 +485,13 @@ def generate(
         clip_skip=clip_skip,
         out=out,
         schedule_type=schedule_type,
+        rng=rng,
+        ensd=ensd,
+        eta=eta,
+        s_churn=s_churn,
+        s_tmin=s_tmin,
+        s_tmax=s_tmax,
+        s_noise=s_noise,
+        hires=hires,
         pad_conds=pad_conds,
     )

@@ -14,8 +14,9 @@ Axes (`KIND:V1,V2,...`, values as CSV so a value may be quoted to hold a comma):
                 bare `checkpoints` means those of the grid's embedding NAME
     model       model paths; each model is loaded once
 
-Cells that share model, steps, sampler, CFG, size and clip skip are generated together: one
-pipeline call per group (split at `batch` images), different prompts and seeds in one batch.
+Cells that share the model and every setting (steps, sampler, schedule type, CFG, size, clip skip,
+RNG, ...) are generated together: one sampling run per group (split at `batch` images), different
+prompts and seeds in one batch; every image has its own noise generators, as A1111.
 """
 
 from __future__ import annotations
@@ -111,9 +112,10 @@ def parse_axis(text: str, name: str | None = None) -> Axis:
     if not values:
         raise ConfigError(f"Axis '{text}' has no values; e.g. --x steps:10,20,30.")
     if kind == "sampler":
-        from tihub.engine.samplers import canonical
+        from tihub.engine.samplers import resolve
 
-        values = [canonical(v) for v in values]
+        # A1111's names; an old-style "DPM++ 2M Karras" keeps its schedule type
+        values = [" ".join(part for part in resolve(v) if part != "Automatic") for v in values]
     return Axis(kind, values)
 
 
@@ -233,11 +235,11 @@ def _apply(cell: Cell, axis: Axis, value: Any, loaded: dict[Path, Any], read: Ca
 
 
 def render_cells(cells: list[Cell], engine_for: Callable[[str | None], Engine], batch: int = 16) -> int:
-    """Generate every cell image; returns how many pipeline calls it took."""
+    """Generate every cell image; returns how many sampling runs it took."""
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
         s = c.settings
-        groups.setdefault((c.model, s.steps, s.sampler, s.cfg_scale, s.width, s.height, s.clip_skip), []).append(c)
+        groups.setdefault((c.model, tuple((k, repr(v)) for k, v in sorted(vars(s).items()))), []).append(c)
     calls = 0
     for key, members in groups.items():
         engine = engine_for(key[0])

@@ -1,208 +1,191 @@
-"""A1111 sampler names -> diffusers schedulers (built from the model's own scheduler config).
+"""A1111's samplers by name: what each one runs, its default schedule type and its options.
 
-The mapping follows diffusers' published A1111 correspondence. diffusers has no ancestral
-single-step DPM++, so "DPM++ 2S a" is tihub's own scheduler (tihub.engine.schedulers).
-"DPM++ SDE" needs `torchsde` and "LMS" needs `scipy` (both in tihub's dependencies); an
-installation without them gives a one-sentence error naming the package.
+The table follows A1111 1.10's sampler list (sd_samplers_kdiffusion, sd_samplers_timesteps,
+sd_samplers_lcm): the algorithm, the schedule type "Automatic" stands for, whether the
+next-to-last sigma is dropped, whether it is second order (two model calls per step, so A1111
+schedules prompt editing over twice the steps), whether its noise comes from a Brownian tree
+seeded with the image seed, whether eta applies and whether ENSD is written for it. The
+algorithms themselves live in tihub.engine.sampling.
 
-Second-order samplers (scheduler `order` 2: Heun, DPM2, DPM2 a, DPM++ SDE, DPM++ 2S a) call the
-model twice per step; A1111 schedules prompt editing over twice the steps for them and counts
-model calls, and `calls_per_step` lets the engine do the same.
-
-Schedule types (A1111 1.9+ writes `Schedule type` beside `Sampler`): Karras, Exponential, SGM
-Uniform and Beta map to diffusers options. tihub's names keep the older A1111 style, where
-"DPM++ 2M" is the uniform schedule and "DPM++ 2M Karras" the Karras one; `from_infotext` reads
-newer infotext ("Automatic" meaning A1111's default for the sampler), and `infotext_schedule`
-writes "Uniform" where newer A1111 would otherwise read its own default.
+Names from older A1111 ("DPM++ 2M Karras", "Euler a Exponential") are the sampler plus a
+schedule type, as A1111 1.9+ reads them. The A1111 sampler tihub does not follow
+(UniPC) is refused by name in one sentence; none is ever run as another.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-from tihub.errors import ConfigError, EngineError
-
-# name -> (diffusers class, extra config, note)
-SAMPLERS: dict[str, tuple[str, dict[str, Any], str]] = {
-    "Euler a": ("EulerAncestralDiscreteScheduler", {}, ""),
-    "Euler": ("EulerDiscreteScheduler", {}, ""),
-    "LMS": ("LMSDiscreteScheduler", {}, "needs scipy"),
-    "LMS Karras": ("LMSDiscreteScheduler", {"use_karras_sigmas": True}, "needs scipy"),
-    "Heun": ("HeunDiscreteScheduler", {}, ""),
-    "DPM2": ("KDPM2DiscreteScheduler", {}, ""),
-    "DPM2 Karras": ("KDPM2DiscreteScheduler", {"use_karras_sigmas": True}, ""),
-    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}, ""),
-    "DPM2 a Karras": ("KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": True}, ""),
-    "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, ""),
-    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}, ""),
-    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, ""),
-    "DPM++ 2M SDE Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}, ""),
-    "DPM++ 3M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, ""),
-    "DPM++ 3M SDE Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "use_karras_sigmas": True}, ""),
-    "DPM++ SDE": ("DPMSolverSDEScheduler", {}, "needs torchsde"),
-    "DPM++ SDE Karras": ("DPMSolverSDEScheduler", {"use_karras_sigmas": True}, "needs torchsde"),
-    "DPM++ 2S a": ("DPMPP2SAncestralScheduler", {}, ""),
-    "DPM++ 2S a Karras": ("DPMPP2SAncestralScheduler", {"use_karras_sigmas": True}, ""),
-    "DDIM": ("DDIMScheduler", {}, ""),
-    "PLMS": ("PNDMScheduler", {"skip_prk_steps": True}, ""),
-    "UniPC": ("UniPCMultistepScheduler", {}, ""),
-    "DEIS": ("DEISMultistepScheduler", {}, ""),
-}
+from tihub.errors import ConfigError
 
 DEFAULT = "Euler a"
+
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str
+    algorithm: str  # key into tihub.engine.sampling.solvers (or "ddim", "plms" on timesteps)
+    scheduler: str | None = None  # the schedule type "Automatic" means (None: the uniform one)
+    discard_penultimate: bool = False
+    second_order: bool = False
+    brownian: bool = False  # SDE noise from a Brownian tree seeded with each image's seed
+    uses_ensd: bool = False  # A1111 writes ENSD for it (when eta is not 0)
+    eta: float | None = None  # default eta where the algorithm takes one
+    extra: tuple[str, ...] = ()  # of s_churn, s_tmin, s_tmax, s_noise it takes
+    timesteps: bool = False  # DDIM/PLMS: A1111's fixed timestep grid, no schedule type
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+_CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+_NOISE = ("s_noise",)
+
+SAMPLERS: dict[str, Sampler] = {
+    s.name: s
+    for s in (
+        Sampler("DPM++ 2M", "dpmpp_2m", scheduler="Karras"),
+        Sampler("DPM++ SDE", "dpmpp_sde", scheduler="Karras", second_order=True, brownian=True, eta=1.0, extra=_NOISE),
+        Sampler("DPM++ 2M SDE", "dpmpp_2m_sde", scheduler="Exponential", brownian=True, eta=1.0, extra=_NOISE),
+        Sampler("DPM++ 2M SDE Heun", "dpmpp_2m_sde", scheduler="Exponential", brownian=True, eta=1.0, extra=_NOISE, options={"solver_type": "heun"}),
+        Sampler("DPM++ 2S a", "dpmpp_2s_ancestral", scheduler="Karras", second_order=True, uses_ensd=True, eta=1.0, extra=_NOISE),
+        Sampler("DPM++ 3M SDE", "dpmpp_3m_sde", scheduler="Exponential", discard_penultimate=True, brownian=True, eta=1.0, extra=_NOISE),
+        Sampler("Euler a", "euler_ancestral", uses_ensd=True, eta=1.0),
+        Sampler("Euler", "euler", extra=_CHURN),
+        Sampler("LMS", "lms"),
+        Sampler("Heun", "heun", second_order=True, extra=_CHURN),
+        Sampler("DPM2", "dpm_2", scheduler="Karras", discard_penultimate=True, second_order=True, extra=_CHURN),
+        Sampler("DPM2 a", "dpm_2_ancestral", scheduler="Karras", discard_penultimate=True, second_order=True, uses_ensd=True, eta=1.0, extra=_NOISE),
+        Sampler("DPM fast", "dpm_fast", uses_ensd=True, eta=1.0, extra=_NOISE),
+        Sampler("DPM adaptive", "dpm_adaptive", uses_ensd=True, eta=1.0),
+        Sampler("Restart", "restart", scheduler="Karras", second_order=True),
+        Sampler("DDIM", "ddim", timesteps=True, eta=0.0),
+        Sampler("DDIM CFG++", "ddim_cfgpp", timesteps=True, eta=0.0),
+        Sampler("PLMS", "plms", timesteps=True),
+        Sampler("LCM", "lcm"),
+    )
+}
+
+# A1111 samplers tihub does not follow: refused by name (one sentence), never run as another.
+NOT_FOLLOWED = {
+    "UniPC": "tihub does not follow A1111's UniPC (its own solver with variant, order and skip options); use DPM++ 2M or Euler",
+}
+
 _BY_LOWER = {k.lower(): k for k in SAMPLERS}
-
-# A1111's "Schedule type" (infotext of v1.9 and later) -> diffusers scheduler options. "Uniform" is
-# the model's own evenly spaced sigmas, which is what "Automatic" gives for these samplers. Other
-# A1111 types (Polyexponential, Align Your Steps, Simple, Normal, DDIM, KL Optimal) have no
-# diffusers equivalent.
-SCHEDULE_TYPES: dict[str, dict[str, Any]] = {
-    "Automatic": {},
-    "Uniform": {},
-    "Karras": {"use_karras_sigmas": True},
-    "Exponential": {"use_exponential_sigmas": True},
-    "SGM Uniform": {"timestep_spacing": "trailing"},
-    "Beta": {"use_beta_sigmas": True},
+# A1111's old names and aliases (k_euler_a, ...)
+_ALIASES = {
+    "k_euler_a": "Euler a", "k_euler_ancestral": "Euler a", "k_euler": "Euler", "k_lms": "LMS", "k_heun": "Heun",
+    "k_dpm_2": "DPM2", "k_dpm_2_a": "DPM2 a", "k_dpmpp_2s_a": "DPM++ 2S a", "k_dpmpp_2m": "DPM++ 2M",
+    "k_dpmpp_sde": "DPM++ SDE", "k_dpmpp_2m_sde": "DPM++ 2M SDE", "k_dpmpp_2m_sde_heun": "DPM++ 2M SDE Heun",
+    "k_dpmpp_3m_sde": "DPM++ 3M SDE", "k_dpm_fast": "DPM fast", "k_dpm_ad": "DPM adaptive", "restart": "Restart",
+    "ddim": "DDIM", "ddim_cfgpp": "DDIM CFG++", "plms": "PLMS", "k_lcm": "LCM",
 }
-_SCHEDULE_BY_LOWER = {k.lower(): k for k in SCHEDULE_TYPES}
 
-# What A1111 1.9 and later mean by "Schedule type: Automatic" for samplers whose own default is not
-# the uniform schedule (its sampler table's `scheduler` option). Infotext without the key comes
-# from older A1111 (or tihub), where "DPM++ 2M" meant the uniform schedule.
-A1111_AUTOMATIC = {
-    "DPM++ 2M": "Karras",
-    "DPM++ SDE": "Karras",
-    "DPM++ 2S a": "Karras",
-    "DPM2": "Karras",
-    "DPM2 a": "Karras",
-    "DPM++ 2M SDE": "Exponential",
-    "DPM++ 3M SDE": "Exponential",
-}
-_SIGMA_OPTIONS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+def _schedule_labels() -> list[str]:
+    from tihub.engine.sampling.schedule import SCHEDULE_TYPES
+
+    return list(SCHEDULE_TYPES)
 
 
 def canonical_schedule(name: str | None) -> str:
-    """The A1111 name of a schedule type (case-insensitive); None is "Automatic"."""
-    if not name:
-        return "Automatic"
+    """The A1111 label of a schedule type (case-insensitive); None is "Automatic"."""
+    from tihub.engine.sampling.schedule import schedule_type
+
+    return schedule_type(name).label
+
+
+def _unknown(name: str) -> ConfigError:
+    return ConfigError(f"Unknown sampler '{name}'; choose one of: {', '.join(SAMPLERS)}.")
+
+
+def resolve(name: str | None, schedule: str | None = None) -> tuple[str, str]:
+    """(sampler, schedule type) for a sampler name and an optional schedule type.
+
+    An old-style name ("DPM++ 2M Karras") carries its schedule type; given together with a
+    different explicit one, that is refused."""
+    kind = canonical_schedule(schedule)
+    if not name or not name.strip():
+        return DEFAULT, kind
     key = name.strip().lower()
-    if key not in _SCHEDULE_BY_LOWER:
-        raise ConfigError(f"Unknown schedule type '{name}'; choose one of: {', '.join(SCHEDULE_TYPES)}.")
-    return _SCHEDULE_BY_LOWER[key]
-
-
-def _installed(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-def missing_package(name: str) -> str | None:
-    """The optional package a sampler needs and this installation lacks, if any."""
-    note = SAMPLERS[canonical(name)][2]
-    if note.startswith("needs "):
-        pkg = note.split()[1]
-        return None if _installed(pkg) else pkg
-    return None
-
-
-def available() -> list[str]:
-    """Sampler names usable in this installation."""
-    return [n for n in SAMPLERS if missing_package(n) is None]
+    for bad in NOT_FOLLOWED:
+        if key == bad.lower():
+            raise ConfigError(f"Sampler '{bad}': {NOT_FOLLOWED[bad]}.")
+    if key in _BY_LOWER:
+        return _BY_LOWER[key], kind
+    if key in _ALIASES:
+        return _ALIASES[key], kind
+    for label in sorted(_schedule_labels(), key=len, reverse=True):
+        suffix = " " + label.lower()
+        if key.endswith(suffix) and key[: -len(suffix)] in _BY_LOWER and label != "Automatic":
+            base = _BY_LOWER[key[: -len(suffix)]]
+            if kind not in ("Automatic", label):
+                raise ConfigError(f"Sampler '{name}' already names the {label} schedule; pass '{base}' with schedule type {kind}.")
+            return base, label
+    raise _unknown(name)
 
 
 def canonical(name: str | None, schedule_type: str | None = None) -> str:
-    """The A1111 name for `name` (case-insensitive); `schedule_type` "Karras" as newer infotext writes it."""
-    if not name:
-        return DEFAULT
-    key = name.strip().lower()
-    if schedule_type and schedule_type.strip().lower() == "karras" and not key.endswith(" karras"):
-        if key + " karras" in _BY_LOWER:
-            key += " karras"
-    if key not in _BY_LOWER:
-        raise ConfigError(f"Unknown sampler '{name}'; choose one of: {', '.join(SAMPLERS)}.")
-    return _BY_LOWER[key]
+    """The A1111 1.9+ sampler name for `name` (case-insensitive; old "X Karras" names give X)."""
+    return resolve(name, schedule_type)[0]
 
 
-def from_infotext(sampler: str, schedule: str | None) -> tuple[str, str, str | None]:
-    """(sampler, schedule type, warning) for an infotext's `Sampler` and `Schedule type` values.
-
-    "Automatic" from A1111 1.9+ becomes that sampler's A1111 default; Karras folds into the
-    sampler name where tihub has a Karras variant; a type tihub cannot follow gives a warning and
-    the sampler's own schedule."""
-    name = canonical(sampler)
-    if schedule is None or not schedule.strip():
-        return name, "Automatic", None
-    kind = schedule.strip()
-    if kind.lower() == "automatic":
-        kind = A1111_AUTOMATIC.get(name, "Automatic")
-    name = canonical(sampler, kind)
-    if kind.lower() == "karras" and name.endswith(" Karras"):
-        return name, "Automatic", None
-    try:
-        kind = canonical_schedule(kind)
-        check_schedule_type(name, kind)
-    except ConfigError:
-        return name, "Automatic", f"The image's schedule type '{schedule.strip()}' has no equivalent for tihub's {name} sampler; its own schedule is used, so the image will differ."
-    return name, kind, None
+def spec(name: str) -> Sampler:
+    return SAMPLERS[canonical(name)]
 
 
-def infotext_schedule(sampler: str, kind: str) -> str | None:
-    """The `Schedule type` to write: the chosen type, or "Uniform" where A1111 1.9+ would read a
-    missing key as its own default for this sampler (None: nothing to write)."""
+def available() -> list[str]:
+    """Sampler names tihub runs."""
+    return list(SAMPLERS)
+
+
+def effective_schedule(sampler: str, kind: str) -> str:
+    """The schedule type that runs: "Automatic" becomes the sampler's A1111 default (or Uniform)."""
     if kind != "Automatic":
         return kind
-    return "Uniform" if sampler in A1111_AUTOMATIC else None
+    return SAMPLERS[sampler].scheduler or "Uniform"
 
 
 def check_schedule_type(sampler: str, kind: str) -> None:
-    """Refuse a schedule type the sampler cannot follow (one sentence)."""
-    options = SCHEDULE_TYPES[kind]
-    if not options:
-        return
-    if sampler.endswith(" Karras") and kind != "Karras":
-        raise ConfigError(f"Sampler '{sampler}' already uses the Karras schedule; pass '{sampler[: -len(' Karras')]}' with schedule type {kind}.")
-    import inspect
-
-    cls = _scheduler_class(SAMPLERS[sampler][0])
-    accepted = inspect.signature(cls.__init__).parameters
-    if any(key not in accepted for key in options):
-        raise ConfigError(f"Schedule type {kind} does not apply to the {sampler} sampler; use Automatic, or a sampler such as Euler or DPM++ 2M.")
+    """Refuse a schedule type the sampler does not take (one sentence)."""
+    s = SAMPLERS[sampler]
+    if s.timesteps and kind != "Automatic":
+        raise ConfigError(f"Sampler {sampler} runs on A1111's fixed timestep grid and takes no schedule type; drop --schedule-type {kind} (or use Automatic).")
+    if s.algorithm in ("dpm_fast", "dpm_adaptive") and kind != "Automatic":
+        raise ConfigError(f"Sampler {sampler} picks its own steps between the model's lowest and highest noise levels and takes no schedule type; drop --schedule-type {kind}.")
 
 
-def _scheduler_class(cls_name: str) -> Any:
-    if cls_name == "DPMPP2SAncestralScheduler":
-        from tihub.engine.schedulers import DPMPP2SAncestralScheduler
-
-        return DPMPP2SAncestralScheduler
-    import diffusers
-
-    return getattr(diffusers, cls_name)
-
-
-def make_scheduler(name: str | None, base_config: Any, kind: str | None = None) -> Any:
-    """A diffusers scheduler for the A1111 sampler `name` (and schedule type `kind`), from the
-    model's scheduler config."""
-    canon = canonical(name)
-    kind = canonical_schedule(kind)
-    check_schedule_type(canon, kind)
-    cls_name, extra, note = SAMPLERS[canon]
-    pkg = missing_package(canon)
-    if pkg is not None:
-        alt = "DPM++ 2M SDE Karras" if pkg == "torchsde" else "Euler"
-        raise EngineError(f"Sampler '{canon}' needs the optional package {pkg} (pip install {pkg}); or use '{alt}', which needs nothing extra.")
-    cls = _scheduler_class(cls_name)
-    config = dict(base_config)
-    # keep the model's prediction type and betas; drop options the target does not take
-    for key in (*_SIGMA_OPTIONS, "algorithm_type", "solver_order", "skip_prk_steps"):
-        config.pop(key, None)
-    config.update(extra)
-    config.update(SCHEDULE_TYPES[kind])
-    if cls_name in ("DDIMScheduler", "PNDMScheduler") and config.get("prediction_type") == "v_prediction":
-        config.setdefault("rescale_betas_zero_snr", False)
-    return cls.from_config(config)
+def infotext_schedule(sampler: str, kind: str) -> str:
+    """The `Schedule type` A1111 1.9+ writes: the type that ran, "Automatic" where the sampler
+    has no default of its own (or takes none)."""
+    s = SAMPLERS[sampler]
+    if kind == "Automatic":
+        return s.scheduler or "Automatic"
+    return kind
 
 
-def calls_per_step(scheduler: Any) -> int:
-    """Model calls per sampling step: 2 for second-order schedulers, as A1111 counts them."""
-    return 2 if getattr(scheduler, "order", 1) == 2 else 1
+def from_infotext(sampler: str, schedule: str | None) -> tuple[str, str, str | None]:
+    """(sampler, schedule type, warning) for an infotext's `Sampler` and `Schedule type`.
+
+    Without the key the image comes from A1111 before 1.9, where a plain name ran the model's
+    uniform schedule and "X Karras" the Karras one; with it, A1111 1.9+ semantics. A value tihub
+    cannot read gives a warning and the sampler's own schedule."""
+    try:
+        name, kind = resolve(sampler, None)
+    except ConfigError:
+        raise
+    if schedule is None or not schedule.strip():
+        if kind == "Automatic" and SAMPLERS[name].scheduler and not SAMPLERS[name].timesteps:
+            kind = "Uniform"
+        return name, kind, None
+    try:
+        given = canonical_schedule(schedule)
+    except ConfigError:
+        return name, kind, f"The image's schedule type '{schedule.strip()}' is not one tihub knows; the sampler's own schedule is used, so the image will differ."
+    if SAMPLERS[name].timesteps or SAMPLERS[name].algorithm in ("dpm_fast", "dpm_adaptive"):
+        return name, "Automatic", None  # A1111 ignores the type for these
+    return name, given, None
+
+
+def calls_per_step(sampler: str) -> int:
+    """2 for A1111's second-order samplers (prompt editing is scheduled over twice the steps)."""
+    return 2 if SAMPLERS[canonical(sampler)].second_order else 1

@@ -1,0 +1,96 @@
+"""The sampling settings of an A1111 infotext, as generate's keyword arguments.
+
+`read_sampling(parameters)` turns the keys A1111 writes for sampling (Sampler, Schedule type, RNG,
+ENSD, Eta, Eta DDIM, Sigma churn/tmin/tmax/noise, Denoising strength and the Hires keys) into
+keyword arguments of `Engine.generate` and lists, one sentence each, the settings tihub cannot
+follow (so the picture will differ). No torch is imported.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tihub.engine.samplers import from_infotext
+from tihub.errors import ConfigError
+
+# A1111 keys for settings tihub has no option for
+NOT_FOLLOWED = {
+    "Schedule max sigma": "a custom highest sigma",
+    "Schedule min sigma": "a custom lowest sigma",
+    "Schedule rho": "a custom schedule rho",
+    "Discard penultimate sigma": "dropping the next-to-last sigma for every sampler",
+    "NGMS": "negative guidance minimum sigma",
+    "Variation seed": "a variation seed",
+    "Seed resize from": "seed resizing",
+    "SGM noise multiplier": "the SGM noise multiplier",
+    "Hires sampler": "a separate hires sampler",
+    "Hires schedule type": "a separate hires schedule type",
+    "Hires prompt": "a separate hires prompt",
+    "Hires negative prompt": "a separate hires negative prompt",
+    "Hires CFG Scale": "a separate hires CFG scale",
+}
+
+
+def _number(value: str, what: str) -> float:
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ConfigError(f"The image's {what} '{value}' is not a number.") from exc
+
+
+def read_sampling(parameters: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """(keyword arguments for Engine.generate, warnings) from an infotext's parameters."""
+    out: dict[str, Any] = {}
+    warnings: list[str] = []
+    if "Sampler" in parameters:
+        try:
+            out["sampler"], out["schedule_type"], warning = from_infotext(parameters["Sampler"], parameters.get("Schedule type"))
+        except ConfigError as exc:
+            warnings.append(f"The image's sampler cannot be followed ({exc}); the default sampler is used, so the image will differ.")
+        else:
+            if warning:
+                warnings.append(warning)
+    rng = parameters.get("RNG")
+    if rng:
+        if rng.strip().lower() in ("gpu", "cpu", "nv"):
+            out["rng"] = rng.strip().lower()
+        else:
+            warnings.append(f"The image's RNG '{rng}' is not one tihub has (GPU, CPU, NV); the GPU source is used, so the image will differ.")
+    if "ENSD" in parameters:
+        out["ensd"] = int(_number(parameters["ENSD"], "ENSD"))
+    for key in ("Eta", "Eta DDIM"):
+        if key in parameters:
+            out["eta"] = _number(parameters[key], key)
+    for key, name in (("Sigma churn", "s_churn"), ("Sigma tmin", "s_tmin"), ("Sigma tmax", "s_tmax"), ("Sigma noise", "s_noise")):
+        if key in parameters:
+            out[name] = _number(parameters[key], key)
+    hires_keys = ("Hires upscale", "Hires steps", "Hires upscaler", "Hires resize")
+    if any(k in parameters for k in hires_keys):
+        from tihub.engine.sampling.hires import Hires, upscaler_name
+
+        upscaler = parameters.get("Hires upscaler", "Latent")
+        try:
+            upscaler = upscaler_name(upscaler)
+        except ConfigError:
+            warnings.append(f"The image's hires upscaler '{upscaler}' is not one tihub has; Lanczos is used, so the image will differ.")
+            upscaler = "Lanczos"
+        steps = parameters.get("Hires steps", "0")
+        out["hires"] = Hires(
+            scale=_number(parameters.get("Hires upscale", "2"), "Hires upscale"),
+            steps=int(_number(steps, "Hires steps")),
+            denoising=_number(parameters.get("Denoising strength", "0.7"), "Denoising strength"),
+            upscaler=upscaler,
+        )
+    for key, what in NOT_FOLLOWED.items():
+        if key in parameters and not (key == "Hires schedule type" and parameters[key] == parameters.get("Schedule type")):
+            warnings.append(f"The image uses {what} ({key}: {parameters[key]}), which tihub does not follow; the image will differ.")
+    if "Hires resize" in parameters and "hires" in out:
+        # a target size is a scale when both sides grow by the same factor
+        target = re.fullmatch(r"\s*(\d+)x(\d+)\s*", parameters["Hires resize"])
+        size = re.fullmatch(r"\s*(\d+)x(\d+)\s*", parameters.get("Size", ""))
+        if target and size and int(size.group(1)) and int(target.group(1)) * int(size.group(2)) == int(target.group(2)) * int(size.group(1)):
+            out["hires"].scale = int(target.group(1)) / int(size.group(1))
+        else:
+            warnings.append(f"The image's hires target size ({parameters['Hires resize']}) is not a plain scale of its size; tihub scales by {out['hires'].scale:g}, so the image will differ.")
+    return out, warnings
