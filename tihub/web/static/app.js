@@ -1,0 +1,57 @@
+// tihub's page behaviour: copy buttons, revealing NSFW pictures, fetch with a progress poll.
+"use strict";
+
+document.addEventListener("click", (ev) => {
+  const t = ev.target;
+  if (!(t instanceof HTMLElement)) return;
+  if (t.matches("button.copy")) {
+    const text = t.dataset.copy || "";
+    const done = () => { t.textContent = "copied"; setTimeout(() => { t.textContent = "copy"; }, 1500); };
+    if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(text).then(done, done);
+    else { const a = document.createElement("textarea"); a.value = text; document.body.appendChild(a); a.select(); document.execCommand("copy"); a.remove(); done(); }
+  } else if (t.matches("button.reveal")) {
+    const box = t.closest(".card, figure");
+    const pic = box && box.querySelector(".nsfw") || box;
+    if (pic) pic.classList.add("revealed");
+    t.remove();
+  } else if (t.matches("button.fetch")) {
+    startFetch(t);
+  }
+});
+
+async function startFetch(button) {
+  const box = button.closest(".act");
+  const bar = box.querySelector("progress");
+  const status = box.querySelector(".job-status");
+  button.disabled = true;
+  bar.hidden = false;
+  status.textContent = "starting";
+  let job;
+  try {
+    const r = await fetch("/api/fetch", {method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({target: button.dataset.target, force: button.textContent.includes("again")})});
+    job = await r.json();
+    if (!r.ok) throw new Error(job.error || r.statusText);
+  } catch (e) { status.textContent = "failed: " + e.message; button.disabled = false; return; }
+  poll(job.id, bar, status, button);
+}
+
+async function poll(id, bar, status, button) {
+  let job;
+  try { job = await (await fetch("/api/jobs/" + encodeURIComponent(id))).json(); }
+  catch (e) { status.textContent = "lost the server: " + e.message; button.disabled = false; return; }
+  if (job.total) { bar.max = job.total; bar.value = job.done; }
+  if (job.state === "done") {
+    bar.max = 1; bar.value = 1;
+    const r = job.result || {};
+    status.innerHTML = "";
+    status.append((r.status === "exists" ? "already here: " : "fetched: "), Object.assign(document.createElement("code"), {className: "fetched-path", textContent: r.path || ""}),
+      r.sha256 ? " sha256 " + r.sha256.slice(0, 12) : "");
+    status.dataset.state = "done";
+    button.disabled = false;
+    return;
+  }
+  if (job.state === "failed") { status.textContent = "failed: " + (job.error || "unknown error"); status.dataset.state = "failed"; button.disabled = false; return; }
+  status.textContent = job.message + (job.total ? ` ${Math.round(100 * job.done / job.total)}%` : "");
+  setTimeout(() => poll(id, bar, status, button), 250);
+}
