@@ -387,9 +387,14 @@ class Hub:
     # ------------------------------------------------------------------ compat
 
     def model(self, model_hash: str, *, remote: bool = False) -> Any:
-        """A `tihub.compat.KnownModel` for any hash form (known table, catalogue, Civitai if remote)."""
-        from tihub.compat import model_from_hash
+        """A `tihub.compat.KnownModel` for any hash form (known table, catalogue, Civitai if
+        remote) or a family (sd1, sd2, sdxl)."""
+        from tihub.compat import FAMILY_NAMES, FAMILY_WIDTHS, KnownModel, model_from_hash
 
+        family = model_hash.strip().lower()
+        if family in FAMILY_NAMES:  # a whole family: "any SD1.x model"
+            return KnownModel(query=family, name=f"any {FAMILY_NAMES[family]} model", family=family,
+                              origin="builtin", widths=dict(FAMILY_WIDTHS[family]))
         url, allow_private = self._civitai()
         return model_from_hash(model_hash.strip(), self.catalog, civitai_url=url, allow_private=allow_private, remote=remote)
 
