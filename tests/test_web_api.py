@@ -87,7 +87,7 @@ def test_entry_local_compat_and_thumbnail(client: httpx.Client, ws: Path) -> Non
         ("GET", "/api/search?limit=lots", 422),
         ("GET", "/api/search?base=sd9", 422),
         ("GET", "/api/compat", 422),
-        ("GET", "/api/compat?model_hash=zz", 400),
+        ("GET", "/api/compat?model_hash=zz", 422),
         ("GET", "/api/nothing-here", 404),
         ("POST", "/api/fetch", 422),
         ("GET", "/thumbs/424242", 404),

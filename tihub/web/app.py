@@ -38,6 +38,7 @@ TOKEN_COOKIE = "tihub_token"
 MODEL_COOKIE = "tihub_model"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+MODEL_HASH = "^(sd1|sd2|sdxl|[0-9a-fA-F]{8}|[0-9a-fA-F]{10}|[0-9a-fA-F]{12}|[0-9a-fA-F]{64})$"  # a family or a hash form
 
 
 # ------------------------------------------------------------------------------ API shapes
@@ -203,7 +204,7 @@ def create_app(hub: Hub, *, token: str | None = None) -> FastAPI:
         source: str | None = Query(None, max_length=100),
         local: bool | None = None,
         nsfw: bool = False,
-        model_hash: str | None = Query(None, max_length=64, description="A known model's hash (or sd1/sd2/sdxl): adds `fit`."),
+        model_hash: str | None = Query(None, pattern=MODEL_HASH, description="A known model's hash (or sd1/sd2/sdxl): adds `fit`."),
         sort: str = Query("relevance", pattern="^(" + "|".join(SORTS) + ")$"),
         limit: int = Query(20, ge=1, le=500),
         offset: int = Query(0, ge=0, le=100_000),
@@ -223,7 +224,7 @@ def create_app(hub: Hub, *, token: str | None = None) -> FastAPI:
         return _jsonable(hub.local())
 
     @app.get("/api/compat", response_model=list[CompatOut], responses=ERRORS, tags=["collection"])
-    def api_compat(model_hash: str = Query(..., min_length=1, max_length=64)) -> Any:
+    def api_compat(model_hash: str = Query(..., pattern=MODEL_HASH, description="A model hash (8, 10, 12 or 64 hex) or sd1/sd2/sdxl.")) -> Any:
         """How every local embedding fits one model (as `tihub compat --model-hash H --json`)."""
         return hub.compat(model_hash)
 
