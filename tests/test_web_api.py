@@ -219,3 +219,16 @@ def test_search_commands_do_not_import_the_web_stack(tmp_path: Path) -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_picture_gone_from_disk_is_a_404_sentence(client: httpx.Client, server: LiveServer, tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from tihub.catalog.db import write
+
+    with write(server.hub.catalog.engine) as conn:
+        conn.execute(text("INSERT INTO previews (entry_id, path, kind, created_at) VALUES (1, :p, 'local', '2026-01-01')"),
+                     {"p": str(tmp_path / "gone.png")})
+        pid = conn.execute(text("SELECT MAX(id) FROM previews")).scalar()
+    r = client.get(f"/thumbs/{pid}")
+    assert r.status_code == 404 and "gone from disk" in r.json()["error"]

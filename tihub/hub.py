@@ -165,7 +165,19 @@ class Hub:
 
     # ------------------------------------------------------------------ search
 
-    def facets(self) -> Facets:
+    def facets(self, max_age: float = 30.0) -> Facets:
+        """The kinds, sources and known models to narrow a search by (cached `max_age` seconds:
+        listing the kinds scans the catalogue, and they change only when a sync runs)."""
+        import time
+
+        cached = getattr(self, "_facets", None)
+        if cached is not None and time.monotonic() - cached[0] < max_age:
+            return cached[1]
+        facets = self._read_facets()
+        self._facets = (time.monotonic(), facets)
+        return facets
+
+    def _read_facets(self) -> Facets:
         from sqlalchemy import text
 
         from tihub.catalog.db import read
@@ -314,6 +326,8 @@ class Hub:
         from tihub.previews import THUMB_SIZE, thumbnail
 
         row = self.preview(preview_id)
+        if not row.get("url") and not (row.get("path") and Path(row["path"]).is_file()):
+            raise NotFound(f"The picture {row.get('path') or preview_id} is gone from disk; run `tihub sync` again.")
         size = THUMB_SIZE if size <= THUMB_SIZE else 1024
         return thumbnail(self.workspace, row, size=size, allow_private=self.allows_private(row["source"]))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -163,7 +164,9 @@ def create_app(hub: Hub, *, token: str | None = None) -> FastAPI:
                 return _error(403, f"A request from {origin} may not change this server; use tihub's own page.")
             if origin is None and request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
                 return _error(403, "A cross-site request may not change this server; use tihub's own page.")
+        started = time.perf_counter()
         response = await call_next(request)
+        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
         if set_cookie and token:
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -196,8 +199,11 @@ def create_app(hub: Hub, *, token: str | None = None) -> FastAPI:
 
     # -------------------------------------------------------------- API
 
+    # Searches run on the event loop itself: they are short and bounded (a few ms), and a hop to
+    # the thread pool costs more than that under load (GIL handoffs); slow work (thumbnails,
+    # fetches, entry pages) stays in threads.
     @app.get("/api/search", response_model=list[HitOut], responses=ERRORS, tags=["catalogue"])
-    def api_search(
+    async def api_search(
         q: str = Query("", max_length=500, description="Full-text query; empty lists everything."),
         base: str | None = Query(None, pattern="^(sd1|sd2|sdxl|unknown)$"),
         kind: str | None = Query(None, max_length=50),
