@@ -182,3 +182,26 @@ def test_local_collection_page(page, site, shots) -> None:  # type: ignore[no-un
     text = page.locator("#local").inner_text()
     assert "cat-toy" in text and "sd1" in text
     snap(page, shots, "local")
+
+
+def test_reopening_a_page_shows_its_running_job(page, site) -> None:  # type: ignore[no-untyped-def]
+    """A job outlives the page that started it; the entry page picks up its live progress."""
+    import threading
+
+    server, _ = site
+    eid = str(server.hub.entry("watercolor-style")["id"])
+    release = threading.Event()
+
+    def slow(job) -> dict:  # type: ignore[no-untyped-def]
+        job.done, job.total, job.message = 50, 100, "downloading"
+        assert release.wait(30)
+        return {"ok": True, "status": "fetched", "path": "/somewhere/watercolor-style.safetensors", "sha256": "ab" * 32}
+
+    server.app.state.jobs.start("fetch", eid, slow)
+    page.goto(f"{server.url}/entries/{eid}")
+    page.wait_for_function("document.querySelector('progress.bar').value === 50")
+    assert page.locator("button.fetch").is_disabled()
+    assert "downloading 50%" in page.locator(".job-status").inner_text()
+    release.set()
+    page.wait_for_selector(".job-status[data-state=done]")
+    assert page.locator(".fetched-path").inner_text() == "/somewhere/watercolor-style.safetensors"

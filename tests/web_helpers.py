@@ -100,6 +100,7 @@ def free_port() -> int:
 class LiveServer:
     url: str
     hub: Hub
+    app: object
     server: object
     thread: threading.Thread
 
@@ -116,7 +117,8 @@ def start_server(home: Path, token: str | None = None, host: str = "127.0.0.1") 
 
     hub = Hub(home)
     port = free_port()
-    config = uvicorn.Config(create_app(hub, token=token), host=host, port=port, log_level="warning", access_log=False)
+    app = create_app(hub, token=token)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -125,7 +127,7 @@ def start_server(home: Path, token: str | None = None, host: str = "127.0.0.1") 
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the tihub server did not start")
         time.sleep(0.05)
-    return LiveServer(f"http://127.0.0.1:{port}", hub, server, thread)
+    return LiveServer(f"http://127.0.0.1:{port}", hub, app, server, thread)
 
 
 def sha256_of(path: Path) -> str:

@@ -9,7 +9,7 @@ from tihub.cli._common import Context, pass_ctx
 
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; any non-loopback address needs --token.")
-@click.option("--port", type=click.IntRange(0, 65535), default=7861, show_default=True, help="Port to listen on (0: any free port).")
+@click.option("--port", type=click.IntRange(1, 65535), default=7861, show_default=True, help="Port to listen on.")
 @click.option("--token", envvar="TIHUB_TOKEN", metavar="T", help="Secret every request must carry (default: $TIHUB_TOKEN).")
 @pass_ctx
 def serve_cmd(ctx: Context, host: str, port: int, token: str | None) -> None:

@@ -19,6 +19,22 @@ document.addEventListener("click", (ev) => {
   }
 });
 
+// A job keeps running when its page is closed: reopening the page picks up its progress.
+document.addEventListener("DOMContentLoaded", async () => {
+  const buttons = [...document.querySelectorAll("button.fetch")];
+  if (!buttons.length) return;
+  let jobs = [];
+  try { jobs = await (await fetch("/api/jobs")).json(); } catch (e) { return; }
+  for (const button of buttons) {
+    const job = jobs.find((j) => j.kind === "fetch" && j.target === button.dataset.target && (j.state === "running" || j.state === "queued"));
+    if (!job) continue;
+    const box = button.closest(".act");
+    box.querySelector("progress").hidden = false;
+    button.disabled = true;
+    poll(job.id, box.querySelector("progress"), box.querySelector(".job-status"), button);
+  }
+});
+
 async function startFetch(button) {
   const box = button.closest(".act");
   const bar = box.querySelector("progress");
