@@ -90,6 +90,7 @@ def test_entry_local_compat_and_thumbnail(client: httpx.Client, ws: Path) -> Non
         ("GET", "/api/compat?model_hash=zz", 422),
         ("GET", "/api/nothing-here", 404),
         ("POST", "/api/fetch", 422),
+    ("POST", "/api/remove", 422),
         ("GET", "/thumbs/424242", 404),
     ],
 )
@@ -232,3 +233,14 @@ def test_a_picture_gone_from_disk_is_a_404_sentence(client: httpx.Client, server
         pid = conn.execute(text("SELECT MAX(id) FROM previews")).scalar()
     r = client.get(f"/thumbs/{pid}")
     assert r.status_code == 404 and "gone from disk" in r.json()["error"]
+
+
+def test_remove_stays_inside_embeddings(client: httpx.Client, ws: Path) -> None:
+    outside = ws / "catalog-copy.safetensors"
+    outside.write_bytes(b"x")
+    for name in ("../catalog-copy.safetensors", "/etc/passwd", str(outside), "..", "no-such-file"):
+        r = client.post("/api/remove", json={"name": name})
+        assert r.status_code == 404 and r.json()["ok"] is False, (name, r.text)
+    assert outside.exists() and (ws / "catalog.db").exists()
+    r = client.post("/api/remove", json={"name": "x"}, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403

@@ -182,6 +182,13 @@ def test_local_collection_page(page, site, shots) -> None:  # type: ignore[no-un
     text = page.locator("#local").inner_text()
     assert "cat-toy" in text and "sd1" in text
     snap(page, shots, "local")
+    # remove, after confirming: the row goes, and so does the file
+    path = Path(server.hub.entry("cat-toy")["path"])
+    assert path.is_file()
+    page.once("dialog", lambda d: d.accept())
+    page.click("button.remove[data-name='cat-toy.safetensors']")
+    page.wait_for_function("!document.querySelector(\"button.remove[data-name='cat-toy.safetensors']\")")
+    assert not path.exists() and not server.hub.entry("cat-toy")["local"]
 
 
 def test_reopening_a_page_shows_its_running_job(page, site) -> None:  # type: ignore[no-untyped-def]

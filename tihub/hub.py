@@ -344,6 +344,14 @@ class Hub:
             r["path"] = str(r["path"])
         return rows
 
+    def remove(self, name: str) -> dict[str, Any]:
+        """Delete one embedding from embeddings/ (name, file name or relative path; with its
+        sidecars) and mark it not local, as `tihub remove`. Raises NotFound."""
+        from tihub.collection import remove
+
+        path = remove(self.workspace, name, self.catalog)
+        return {"ok": True, "name": name, "path": str(path)}
+
     # ------------------------------------------------------------------ fetch
 
     def fetch(self, target: str | int, *, progress: ProgressCallback | None = None, force: bool = False,

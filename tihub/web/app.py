@@ -95,6 +95,16 @@ class CompatOut(BaseModel):
     model: str
 
 
+class RemoveIn(BaseModel):
+    name: str = Field(min_length=1, max_length=500, description="A local embedding: name, file name or path under embeddings/.")
+
+
+class RemovedOut(BaseModel):
+    ok: bool = True
+    name: str
+    path: str
+
+
 class FetchIn(BaseModel):
     target: str = Field(min_length=1, max_length=300, description="A catalogue entry name or id.")
     force: bool = False
@@ -246,6 +256,11 @@ def create_app(hub: Hub, *, token: str | None = None) -> FastAPI:
             return hub.fetch(body.target, progress=progress, force=body.force).as_dict()
 
         return jobs.start("fetch", body.target, work).as_dict()
+
+    @app.post("/api/remove", response_model=RemovedOut, responses=ERRORS, tags=["collection"])
+    def api_remove(body: RemoveIn = Body(...)) -> Any:
+        """Delete one embedding from embeddings/ (as `tihub remove NAME`)."""
+        return hub.remove(body.name)
 
     @app.get("/api/jobs", response_model=list[JobOut], responses=ERRORS, tags=["jobs"])
     def api_jobs() -> Any:

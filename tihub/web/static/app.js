@@ -16,6 +16,8 @@ document.addEventListener("click", (ev) => {
     t.remove();
   } else if (t.matches("button.fetch")) {
     startFetch(t);
+  } else if (t.matches("button.remove")) {
+    removeFile(t);
   }
 });
 
@@ -70,4 +72,14 @@ async function poll(id, bar, status, button) {
   if (job.state === "failed") { status.textContent = "failed: " + (job.error || "unknown error"); status.dataset.state = "failed"; button.disabled = false; return; }
   status.textContent = job.message + (job.total ? ` ${Math.round(100 * job.done / job.total)}%` : "");
   setTimeout(() => poll(id, bar, status, button), 250);
+}
+
+async function removeFile(button) {
+  const name = button.dataset.name;
+  if (!window.confirm(`Delete ${name} from embeddings/?`)) return;
+  button.disabled = true;
+  const r = await fetch("/api/remove", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({name})});
+  const out = await r.json();
+  if (!r.ok) { button.disabled = false; button.insertAdjacentText("afterend", " " + (out.error || r.statusText)); return; }
+  button.closest("tr").remove();
 }
