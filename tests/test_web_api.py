@@ -244,3 +244,14 @@ def test_remove_stays_inside_embeddings(client: httpx.Client, ws: Path) -> None:
     assert outside.exists() and (ws / "catalog.db").exists()
     r = client.post("/api/remove", json={"name": "x"}, headers={"Origin": "http://evil.example"})
     assert r.status_code == 403
+
+
+def test_sync_is_a_job_with_one_report_per_source(client: httpx.Client) -> None:
+    r = client.post("/api/sync", json={})
+    assert r.status_code == 202 and r.json()["kind"] == "sync"
+    job = wait_job(client, r.json()["id"])
+    assert job["state"] == "done", job
+    (report,) = job["result"]["reports"]
+    assert report["ok"] and report["name"] == "hf" and report["summary"].startswith("hf:")
+    bad = client.post("/api/sync", json={"sources": ["nope"]})
+    assert bad.status_code == 404 and "'nope'" in bad.json()["error"] and "hf" in bad.json()["error"]

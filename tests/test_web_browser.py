@@ -212,3 +212,11 @@ def test_reopening_a_page_shows_its_running_job(page, site) -> None:  # type: ig
     release.set()
     page.wait_for_selector(".job-status[data-state=done]")
     assert page.locator(".fetched-path").inner_text() == "/somewhere/watercolor-style.safetensors"
+
+
+def test_sync_button_shows_progress_then_the_summary(page, site) -> None:  # type: ignore[no-untyped-def]
+    server, _ = site
+    page.goto(server.url + "/")
+    page.click("button.sync")
+    page.wait_for_selector("#sync .job-status[data-state=done]", timeout=60_000)
+    assert page.locator("#sync .job-status").inner_text().startswith("hf: ")

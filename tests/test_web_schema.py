@@ -26,7 +26,7 @@ def web_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 OPERATIONS = ["GET /api/search", "GET /api/entries/{entry}", "GET /api/local", "GET /api/compat",
-              "POST /api/fetch", "POST /api/remove", "GET /api/jobs", "GET /api/jobs/{job_id}"]
+              "POST /api/fetch", "POST /api/remove", "POST /api/sync", "GET /api/jobs", "GET /api/jobs/{job_id}"]
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)

@@ -406,6 +406,29 @@ class Hub:
             return FetchResult(label, True, r.status, path=str(r.path) if r.path else None, sha256=r.sha256,
                                size=r.size, converted=r.converted)
 
+    # ------------------------------------------------------------------ sync
+
+    def sync(self, names: list[str] | None = None, *, progress: ProgressCallback | None = None,
+             deadline: float = 900.0) -> list[dict[str, Any]]:
+        """Sync the sources in sources.yaml (all enabled ones, or `names`), as `tihub sync --json`:
+        one report per source with `ok`. A failing source keeps its entries; never raises for
+        one source (raises ConfigError for a broken sources.yaml or an unknown name)."""
+        from tihub.sync import sync
+
+        def relay(source: str, message: str, done: int | None, total: int | None) -> None:
+            if progress:
+                progress(done or 0, total, f"{source}: {message}")
+
+        reports = sync(self.workspace, names or None, progress=relay, deadline_s=deadline, catalog=self.catalog)
+        self._facets = None  # kinds and sources may have changed
+        out = []
+        for r in reports:
+            d = r.as_dict()
+            d["ok"] = not r.failed
+            d["summary"] = r.summary()
+            out.append(d)
+        return out
+
     # ------------------------------------------------------------------ compat
 
     def model(self, model_hash: str, *, remote: bool = False) -> Any:

@@ -105,6 +105,10 @@ class RemovedOut(BaseModel):
     path: str
 
 
+class SyncIn(BaseModel):
+    sources: list[str] = Field(default_factory=list, max_length=100, description="Source names; empty: every enabled source.")
+
+
 class FetchIn(BaseModel):
     target: str = Field(min_length=1, max_length=300, description="A catalogue entry name or id.")
     force: bool = False
@@ -256,6 +260,28 @@ def create_app(hub: Hub, *, token: str | None = None) -> FastAPI:
             return hub.fetch(body.target, progress=progress, force=body.force).as_dict()
 
         return jobs.start("fetch", body.target, work).as_dict()
+
+    @app.post("/api/sync", response_model=JobOut, status_code=202, responses=ERRORS, tags=["catalogue"])
+    def api_sync(body: SyncIn = Body(...)) -> Any:
+        """Start syncing the sources (all enabled, or those named); poll `/api/jobs/{id}`."""
+        names = [n for n in body.sources if n]
+        known = {spec.name for spec in hub.workspace.sources()}  # a broken sources.yaml is a 400 now
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise NotFound(f"No source is named {unknown[0]!r} in sources.yaml; the sources are {', '.join(sorted(known)) or 'none'}.")
+
+        def work(job: Any) -> dict[str, Any]:
+            def progress(done: int, total: int | None, message: str) -> None:
+                job.done, job.total, job.message = done, total, message
+
+            reports = hub.sync(names, progress=progress)
+            failed = [r for r in reports if not r["ok"]]
+            out: dict[str, Any] = {"ok": not failed, "reports": reports}
+            if failed:
+                out["error"] = "; ".join(r["summary"] for r in failed)
+            return out
+
+        return jobs.start("sync", ",".join(sorted(names)) or "all", work).as_dict()
 
     @app.post("/api/remove", response_model=RemovedOut, responses=ERRORS, tags=["collection"])
     def api_remove(body: RemoveIn = Body(...)) -> Any:

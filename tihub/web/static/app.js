@@ -16,6 +16,8 @@ document.addEventListener("click", (ev) => {
     t.remove();
   } else if (t.matches("button.fetch")) {
     startFetch(t);
+  } else if (t.matches("button.sync")) {
+    startJob(t, "/api/sync", {sources: (t.dataset.sources || "").split(",").filter(Boolean)});
   } else if (t.matches("button.remove")) {
     removeFile(t);
   }
@@ -23,12 +25,13 @@ document.addEventListener("click", (ev) => {
 
 // A job keeps running when its page is closed: reopening the page picks up its progress.
 document.addEventListener("DOMContentLoaded", async () => {
-  const buttons = [...document.querySelectorAll("button.fetch")];
+  const buttons = [...document.querySelectorAll("button.fetch, button.sync")];
   if (!buttons.length) return;
   let jobs = [];
   try { jobs = await (await fetch("/api/jobs")).json(); } catch (e) { return; }
   for (const button of buttons) {
-    const job = jobs.find((j) => j.kind === "fetch" && j.target === button.dataset.target && (j.state === "running" || j.state === "queued"));
+    const [kind, target] = button.matches(".sync") ? ["sync", button.dataset.sources || "all"] : ["fetch", button.dataset.target];
+    const job = jobs.find((j) => j.kind === kind && j.target === target && (j.state === "running" || j.state === "queued"));
     if (!job) continue;
     const box = button.closest(".act");
     box.querySelector("progress").hidden = false;
@@ -37,7 +40,11 @@ document.addEventListener("DOMContentLoaded", async () => {
   }
 });
 
-async function startFetch(button) {
+function startFetch(button) {
+  startJob(button, "/api/fetch", {target: button.dataset.target, force: button.textContent.includes("again")});
+}
+
+async function startJob(button, url, body) {
   const box = button.closest(".act");
   const bar = box.querySelector("progress");
   const status = box.querySelector(".job-status");
@@ -46,8 +53,7 @@ async function startFetch(button) {
   status.textContent = "starting";
   let job;
   try {
-    const r = await fetch("/api/fetch", {method: "POST", headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({target: button.dataset.target, force: button.textContent.includes("again")})});
+    const r = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
     job = await r.json();
     if (!r.ok) throw new Error(job.error || r.statusText);
   } catch (e) { status.textContent = "failed: " + e.message; button.disabled = false; return; }
@@ -63,6 +69,12 @@ async function poll(id, bar, status, button) {
     bar.max = 1; bar.value = 1;
     const r = job.result || {};
     status.innerHTML = "";
+    if (r.reports) {  // a sync: one summary per source
+      status.textContent = r.reports.map((x) => x.summary).join("; ");
+      status.dataset.state = "done";
+      button.disabled = false;
+      return;
+    }
     status.append((r.status === "exists" ? "already here: " : "fetched: "), Object.assign(document.createElement("code"), {className: "fetched-path", textContent: r.path || ""}),
       r.sha256 ? " sha256 " + r.sha256.slice(0, 12) : "");
     status.dataset.state = "done";
