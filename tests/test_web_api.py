@@ -255,3 +255,27 @@ def test_sync_is_a_job_with_one_report_per_source(client: httpx.Client) -> None:
     assert report["ok"] and report["name"] == "hf" and report["summary"].startswith("hf:")
     bad = client.post("/api/sync", json={"sources": ["nope"]})
     assert bad.status_code == 404 and "'nope'" in bad.json()["error"] and "hf" in bad.json()["error"]
+
+
+def test_recorded_loss_plots_and_grids_only_from_inside_the_workspace(client: httpx.Client, server: LiveServer,
+                                                                       ws: Path, tmp_path: Path) -> None:
+    from web_helpers import picture
+
+    inside = ws / "train" / "run1" / "loss.png"
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    inside.write_bytes(picture((10, 10, 10)))
+    outside = tmp_path / "loss.png"
+    outside.write_bytes(picture((10, 10, 10)))
+    cat = server.hub.catalog
+    eid = server.hub.entry("cat-toy")["id"]
+    good = cat.add_training_run(entry_id=eid, settings={"steps": 10}, pictures=3, loss_png=str(inside))
+    bad = cat.add_training_run(entry_id=eid, settings={"steps": 10}, pictures=3, loss_png=str(outside))
+    sneaky = cat.add_verification(entry_id=eid, result="ok", grid_path=str(ws / ".." / outside.name))
+    r = client.get(f"/records/loss/{good}")
+    assert r.status_code == 200 and r.content[8:12] == b"WEBP"
+    for path in (f"/records/loss/{bad}", f"/records/grid/{sneaky}", "/records/loss/99999", f"/records/passwd/{good}"):
+        r = client.get(path)
+        assert r.status_code == 404 and r.json()["ok"] is False, path
+    assert "outside the workspace" in client.get(f"/records/loss/{bad}").json()["error"]
+    page = client.get(f"/entries/{eid}").text
+    assert f'src="/records/loss/{good}"' in page

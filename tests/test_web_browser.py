@@ -220,3 +220,25 @@ def test_sync_button_shows_progress_then_the_summary(page, site) -> None:  # typ
     page.click("button.sync")
     page.wait_for_selector("#sync .job-status[data-state=done]", timeout=60_000)
     assert page.locator("#sync .job-status").inner_text().startswith("hf: ")
+
+
+def test_entry_page_shows_a_training_runs_loss_plot(page, site, shots) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image, ImageDraw
+
+    server, home = site
+    plot = home / "train" / "watercolor-style" / "loss.png"
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.new("RGB", (480, 240), "white")
+    ImageDraw.Draw(im).line([(x, 200 - int(150 / (1 + x / 40))) for x in range(10, 470, 10)], fill=(59, 91, 219), width=3)
+    im.save(plot)
+    e = server.hub.entry("watercolor-style")
+    server.hub.catalog.add_training_run(entry_id=e["id"], settings={"steps": 500, "final_loss": 0.1234}, pictures=12,
+                                        loss_png=str(plot), checkpoints=[{"step": 250, "path": str(plot.parent / "s250.pt")}])
+    page.goto(f"{server.url}/entries/{e['id']}")
+    img = page.locator("img.loss")
+    img.scroll_into_view_if_needed()
+    page.wait_for_function("document.querySelector('img.loss').complete && document.querySelector('img.loss').naturalWidth > 0")
+    assert img.evaluate("i => i.naturalWidth") == 480
+    text = page.locator(".records").inner_text()
+    assert "500 steps, 12 pictures, final loss 0.1234, 1 checkpoint(s)" in text
+    snap(page, shots, "entry-training")

@@ -331,6 +331,29 @@ class Hub:
         size = THUMB_SIZE if size <= THUMB_SIZE else 1024
         return thumbnail(self.workspace, row, size=size, allow_private=self.allows_private(row["source"]))
 
+    def record_picture(self, kind: str, record_id: int) -> Path:
+        """The WEBP view of a recorded picture: a training run's loss plot (`loss`) or a
+        verification's grid (`grid`). Only pictures inside the workspace are shown. Raises NotFound."""
+        from sqlalchemy import text
+
+        from tihub.catalog.db import read
+        from tihub.previews import thumbnail
+
+        column = {"loss": ("training_runs", "loss_png"), "grid": ("verifications", "grid_path")}.get(kind)
+        if column is None:
+            raise NotFound(f"{kind!r} is not a recorded picture; use loss or grid.")
+        table, col = column
+        with read(self.catalog.engine) as conn:
+            value = conn.execute(text(f"SELECT {col} FROM {table} WHERE id = :i"), {"i": int(record_id)}).scalar()
+        if not value:
+            raise NotFound(f"No {kind} picture is recorded under the id {record_id}; reload the page.")
+        path = Path(value).resolve()
+        if not path.is_relative_to(self.workspace.root.resolve()):
+            raise NotFound(f"The {kind} picture {value} is outside the workspace {self.workspace.root}; tihub serves only its own.")
+        if not path.is_file():
+            raise NotFound(f"The {kind} picture {value} is gone from disk.")
+        return thumbnail(self.workspace, {"path": str(path)}, size=1024)
+
     # ------------------------------------------------------------------ the collection
 
     def local(self) -> list[dict[str, Any]]:

@@ -309,6 +309,15 @@ def create_app(hub: Hub, *, token: str | None = None) -> FastAPI:
             return _error(404, str(exc))
         return FileResponse(path, media_type="image/webp", headers={"Cache-Control": "private, max-age=86400"})
 
+    @app.get("/records/{kind}/{record_id}", include_in_schema=False)
+    def record_picture(kind: str, record_id: int) -> Response:
+        """A training run's loss plot or a verification's grid (inside the workspace only)."""
+        try:
+            path = hub.record_picture(kind, record_id)
+        except TihubError as exc:
+            return _error(404, str(exc))
+        return FileResponse(path, media_type="image/webp", headers={"Cache-Control": "no-cache"})
+
     # -------------------------------------------------------------- pages
 
     def model_choice(request: Request) -> tuple[str, bool]:
