@@ -84,3 +84,13 @@ def test_compat_on_a_family_and_on_a_hash(home: Path) -> None:
     assert rows["cat-toy"]["status"] == "partial" and rows["cat-toy"]["ok"]
     with pytest.raises(TihubError, match="not a model hash"):
         hub.compat("zz")
+
+
+def test_nsfw_flag_of_a_picture_is_read_from_its_params(home: Path) -> None:
+    from tihub.hub import _nsfw_picture
+
+    assert _nsfw_picture('{"nsfw": true, "width": 5}') and _nsfw_picture('{"nsfw":1}')
+    assert not _nsfw_picture('{"nsfw": false}') and not _nsfw_picture(None) and not _nsfw_picture("[1]")
+    assert not _nsfw_picture("not json")
+    with pytest.raises(TihubError, match="narrow the search"):
+        Hub(home).search("", offset=10**6)

@@ -32,6 +32,7 @@ ProgressCallback = Callable[[int, "int | None", str], None]
 
 SORTS = ("relevance", "name", "base", "source")
 SORT_WINDOW = 1000  # a sort other than relevance orders at most this many best matches
+MAX_OFFSET = 5000  # paging deeper would rank that many results per page; narrow the search instead
 
 
 @dataclass
@@ -121,6 +122,17 @@ class _CallbackProgress:
         f = self.progress.files.get(key)
         if f is not None and self.callback:
             self.callback(f[0], f[1] or None, message)
+
+
+def _nsfw_picture(params: str | None) -> bool:
+    """Whether a preview's stored params mark the picture NSFW (Civitai's flag)."""
+    import json
+
+    try:
+        data = json.loads(params or "{}")
+    except ValueError:
+        return False
+    return isinstance(data, dict) and bool(data.get("nsfw"))
 
 
 class Hub:
@@ -218,6 +230,8 @@ class Hub:
         if sort not in SORTS:
             raise TihubError(f"sort {sort!r} is not one of {', '.join(SORTS)}; pick one of them.")
         limit, offset = max(0, int(limit)), max(0, int(offset))
+        if offset > MAX_OFFSET:
+            raise TihubError(f"offset {offset} is past the first {MAX_OFFSET:,} results; narrow the search with words or filters.")
         cat = self.catalog
         model: Any = None
         if model_hash:
@@ -258,7 +272,7 @@ class Hub:
                 f"SELECT entry_id, id, params FROM previews WHERE entry_id IN ({ph}) ORDER BY entry_id, id"
             )):
                 if eid not in out:
-                    out[eid] = (pid, '"nsfw": true' in (params or "").replace('"nsfw":true', '"nsfw": true'))
+                    out[eid] = (pid, _nsfw_picture(params))
         return out
 
     def _local_paths(self, ids: list[int]) -> dict[int, str]:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tihub.errors import NotFound, TihubError
-from tihub.hub import SORTS, Hub
+from tihub.hub import MAX_OFFSET, SORTS, Hub
 from tihub.web.jobs import Jobs
 
 HERE = Path(__file__).resolve().parent
@@ -227,7 +227,7 @@ def create_app(hub: Hub, *, token: str | None = None) -> FastAPI:
         model_hash: str | None = Query(None, pattern=MODEL_HASH, description="A known model's hash (or sd1/sd2/sdxl): adds `fit`."),
         sort: str = Query("relevance", pattern="^(" + "|".join(SORTS) + ")$"),
         limit: int = Query(20, ge=1, le=500),
-        offset: int = Query(0, ge=0, le=100_000),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
     ) -> Any:
         hits = hub.search(q, base=base, kind=kind, source=source, local=local, nsfw=nsfw,
                           model_hash=model_hash or None, sort=sort, limit=limit, offset=offset)
@@ -330,7 +330,7 @@ def create_app(hub: Hub, *, token: str | None = None) -> FastAPI:
     def index(request: Request, q: str = "", base: str = "", kind: str = "", source: str = "", local: str = "",
               nsfw: str = "", sort: str = "relevance", page: int = 1) -> Response:
         model_hash, chosen = model_choice(request)
-        page = max(1, min(page, 10_000))
+        page = max(1, min(page, MAX_OFFSET // PAGE_SIZE))
         sort = sort if sort in SORTS else "relevance"
         local_flag = {"yes": True, "no": False}.get(local)
         warning = None
