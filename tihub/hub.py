@@ -466,6 +466,33 @@ class Hub:
             out.append(d)
         return out
 
+    # ------------------------------------------------------------------ train
+
+    def train(self, name: str, images: str | Path, model: str | Path, *, steps: int = 200, vectors: int = 1,
+              size: str = "auto", lr: str = "0.005", template: str = "style_filewords", device: str | None = None,
+              save_every: int = 0, overwrite: bool = False,
+              on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Train a new embedding `name` on a folder of pictures, as `tihub train` does (the run is
+        recorded in the catalogue; the file goes to embeddings/NAME.safetensors). `on_step`
+        receives the engine's per-step dict (`step`, `total`, `loss`, `lr`, `it_s`, `eta_s`).
+        Raises TihubError for a refused setting (one sentence)."""
+        from tihub.engine.lr_schedule import validate_schedule
+        from tihub.engine.train import TrainConfig, check_config, model_autov2, parse_size, train
+        from tihub.hashing import HashCache
+
+        validate_schedule(lr)
+        self.workspace.ensure()
+        cfg = TrainConfig(name=name, images=Path(images), model=str(model), embeddings_dir=self.workspace.embeddings_dir,
+                          run_dir=self.workspace.train_dir / name, size=parse_size(size), steps=steps, vectors=vectors,
+                          lr=lr, template=template, device=device, save_every=save_every, overwrite=overwrite)
+        check_config(cfg)
+        cfg.catalog = self.catalog
+        cfg.model_hash = model_autov2(str(model), HashCache(self.catalog.engine))
+        r = train(cfg, log=lambda line: None, progress=on_step)
+        return {"ok": True, "name": r.name, "path": str(r.output), "run_dir": str(r.run_dir), "steps": r.steps,
+                "pictures": r.pictures, "final_loss": r.final_loss, "trained_on": r.sd_checkpoint,
+                "loss_png": str(r.loss_png) if r.loss_png else None, "seconds": round(r.seconds, 2)}
+
     # ------------------------------------------------------------------ compat
 
     def model(self, model_hash: str, *, remote: bool = False) -> Any:

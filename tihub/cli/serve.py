@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from tihub.cli._common import Context, pass_ctx
@@ -11,8 +13,10 @@ from tihub.cli._common import Context, pass_ctx
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; any non-loopback address needs --token.")
 @click.option("--port", type=click.IntRange(1, 65535), default=7861, show_default=True, help="Port to listen on.")
 @click.option("--token", envvar="TIHUB_TOKEN", metavar="T", help="Secret every request must carry (default: $TIHUB_TOKEN).")
+@click.option("--models", "models", multiple=True, type=click.Path(exists=True, file_okay=False), metavar="DIR",
+              help="A folder of models (and pictures) the training page may read besides the workspace; repeatable.")
 @pass_ctx
-def serve_cmd(ctx: Context, host: str, port: int, token: str | None) -> None:
+def serve_cmd(ctx: Context, host: str, port: int, token: str | None, models: tuple[str, ...] = ()) -> None:
     """Serve the web app: browse and search the catalogue with pictures, open entries, fetch
     with a live progress bar, see the local collection; JSON API under /api/ (docs at /docs).
 
@@ -23,7 +27,7 @@ def serve_cmd(ctx: Context, host: str, port: int, token: str | None) -> None:
     \b
     Example:
       tihub serve                                   # http://127.0.0.1:7861/
-      tihub serve --port 8080
+      tihub serve --port 8080 --models ~/models     # the training page may use ~/models
       TIHUB_TOKEN=s3cret tihub serve --host 0.0.0.0
     """
     from tihub.web.app import _loopback
@@ -40,7 +44,7 @@ def serve_cmd(ctx: Context, host: str, port: int, token: str | None) -> None:
     ws = ctx.workspace
     hub = Hub(ws.root, ws.db_url)
     hub.catalog  # create/migrate the catalogue now, not on the first request
-    app = create_app(hub, token=token)
+    app = create_app(hub, token=token, read_dirs=[Path(m) for m in models])
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     click.echo(f"tihub serves {ws.root} at {url}  (Ctrl+C stops)", err=True)

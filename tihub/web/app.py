@@ -84,6 +84,7 @@ class JobOut(BaseModel):
     message: str
     result: dict[str, Any] | None
     error: str | None
+    points: list[list[float]] = []
 
 
 class CompatOut(BaseModel):
@@ -107,6 +108,17 @@ class RemovedOut(BaseModel):
 
 class SyncIn(BaseModel):
     sources: list[str] = Field(default_factory=list, max_length=100, description="Source names; empty: every enabled source.")
+
+
+class TrainIn(BaseModel):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="The new embedding's name (its prompt word).")
+    images: str = Field(min_length=1, max_length=1000, description="A folder of pictures inside the workspace (or a --models folder).")
+    model: str = Field(min_length=1, max_length=1000, description="A model folder or file inside the workspace or a --models folder.")
+    steps: int = Field(200, ge=1, le=100_000)
+    vectors: int = Field(1, ge=1, le=75)
+    size: str = Field("auto", pattern=r"^(auto|none|\d{2,4}|\d{2,4}x\d{2,4})$")
+    lr: str = Field("0.005", max_length=200)
+    overwrite: bool = False
 
 
 class FetchIn(BaseModel):
@@ -140,8 +152,22 @@ def _host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
-def create_app(hub: Hub, *, token: str | None = None) -> FastAPI:
-    """The ASGI app for one workspace. `token`: required on every request when given."""
+def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | None = None) -> FastAPI:
+    """The ASGI app for one workspace. `token`: required on every request when given.
+    `read_dirs`: folders besides the workspace that training may read models and pictures from."""
+    roots = [hub.workspace.root.resolve(), *[Path(d).expanduser().resolve() for d in read_dirs or []]]
+
+    def confined(value: str, what: str) -> Path:
+        """`value` (absolute, or relative to the workspace) if it lies inside an allowed folder."""
+        p = Path(value).expanduser()
+        p = (p if p.is_absolute() else hub.workspace.root / p).resolve()
+        if not any(p.is_relative_to(r) for r in roots):
+            raise TihubError(f"The {what} {value} is outside the workspace and the --models folders; "
+                             "move it there or start `tihub serve --models DIR`.")
+        if not p.exists():
+            raise NotFound(f"The {what} {value} does not exist.")
+        return p
+
     app = FastAPI(title="tihub", version="1", summary="Textual-inversion embeddings: search, inspect, fetch, compat.",
                   docs_url="/docs", redoc_url=None)
     app.state.hub = hub
@@ -283,6 +309,27 @@ def create_app(hub: Hub, *, token: str | None = None) -> FastAPI:
 
         return jobs.start("sync", ",".join(sorted(names)) or "all", work).as_dict()
 
+    @app.post("/api/train", response_model=JobOut, status_code=202, responses=ERRORS, tags=["train"])
+    def api_train(body: TrainIn = Body(...)) -> Any:
+        """Train a new embedding on a folder of pictures (as `tihub train`); poll `/api/jobs/{id}`
+        for progress and the loss curve (`points`)."""
+        images, model = confined(body.images, "pictures folder"), confined(body.model, "model")
+        if not images.is_dir():
+            raise TihubError(f"The pictures folder {body.images} is a file; give a folder of pictures.")
+
+        def work(job: Any) -> dict[str, Any]:
+            def on_step(info: dict[str, Any]) -> None:
+                job.done, job.total = int(info["step"]), int(info["total"])
+                loss = info.get("loss")
+                job.message = f"step {job.done}/{job.total}" + (f", loss {loss:.4f}" if loss is not None else "")
+                if loss is not None:
+                    job.points.append([job.done, float(loss)])
+
+            return hub.train(body.name, images, model, steps=body.steps, vectors=body.vectors, size=body.size,
+                             lr=body.lr, overwrite=body.overwrite, on_step=on_step)
+
+        return jobs.start("train", body.name, work).as_dict()
+
     @app.post("/api/remove", response_model=RemovedOut, responses=ERRORS, tags=["collection"])
     def api_remove(body: RemoveIn = Body(...)) -> Any:
         """Delete one embedding from embeddings/ (as `tihub remove NAME`)."""
@@ -365,6 +412,10 @@ def create_app(hub: Hub, *, token: str | None = None) -> FastAPI:
     def local_page(request: Request) -> Response:
         rows = hub.local()
         return templates.TemplateResponse(request, "local.html", {"rows": rows, "folder": hub.workspace.embeddings_dir})
+
+    @app.get("/train", response_class=HTMLResponse, include_in_schema=False)
+    def train_page(request: Request) -> Response:
+        return templates.TemplateResponse(request, "train.html", {"roots": roots})
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Response:

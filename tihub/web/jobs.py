@@ -19,7 +19,7 @@ from typing import Any
 @dataclass
 class Job:
     id: str
-    kind: str  # fetch
+    kind: str  # fetch | sync | train
     target: str
     state: str = "queued"  # queued | running | done | failed
     done: int = 0
@@ -27,6 +27,7 @@ class Job:
     message: str = "waiting"
     result: dict[str, Any] | None = None
     error: str | None = None
+    points: list[list[float]] = field(default_factory=list)  # a training job's loss curve: [step, loss]
     started: float = field(default_factory=time.time)
     finished: float | None = None
 
@@ -42,6 +43,7 @@ class Job:
             "message": self.message,
             "result": self.result,
             "error": self.error,
+            "points": list(self.points),
         }
 
 

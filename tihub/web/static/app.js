@@ -18,6 +18,12 @@ document.addEventListener("click", (ev) => {
     startFetch(t);
   } else if (t.matches("button.sync")) {
     startJob(t, "/api/sync", {sources: (t.dataset.sources || "").split(",").filter(Boolean)});
+  } else if (t.matches("button.train")) {
+    const form = document.getElementById("train");
+    if (!form.reportValidity()) return;
+    const f = new FormData(form);
+    startJob(t, "/api/train", {name: f.get("name"), images: f.get("images"), model: f.get("model"), steps: Number(f.get("steps")),
+      vectors: Number(f.get("vectors")), size: f.get("size") || "auto", overwrite: f.get("overwrite") === "on"});
   } else if (t.matches("button.remove")) {
     removeFile(t);
   }
@@ -25,13 +31,14 @@ document.addEventListener("click", (ev) => {
 
 // A job keeps running when its page is closed: reopening the page picks up its progress.
 document.addEventListener("DOMContentLoaded", async () => {
-  const buttons = [...document.querySelectorAll("button.fetch, button.sync")];
+  const buttons = [...document.querySelectorAll("button.fetch, button.sync, button.train")];
   if (!buttons.length) return;
   let jobs = [];
   try { jobs = await (await fetch("/api/jobs")).json(); } catch (e) { return; }
   for (const button of buttons) {
-    const [kind, target] = button.matches(".sync") ? ["sync", button.dataset.sources || "all"] : ["fetch", button.dataset.target];
-    const job = jobs.find((j) => j.kind === kind && j.target === target && (j.state === "running" || j.state === "queued"));
+    const [kind, target] = button.matches(".sync") ? ["sync", button.dataset.sources || "all"]
+      : button.matches(".train") ? ["train", null] : ["fetch", button.dataset.target];
+    const job = jobs.find((j) => j.kind === kind && (target === null || j.target === target) && (j.state === "running" || j.state === "queued"));
     if (!job) continue;
     const box = button.closest(".act");
     box.querySelector("progress").hidden = false;
@@ -65,10 +72,18 @@ async function poll(id, bar, status, button) {
   try { job = await (await fetch("/api/jobs/" + encodeURIComponent(id))).json(); }
   catch (e) { status.textContent = "lost the server: " + e.message; button.disabled = false; return; }
   if (job.total) { bar.max = job.total; bar.value = job.done; }
+  if (job.points && job.points.length) drawLoss(job.points);
   if (job.state === "done") {
     bar.max = 1; bar.value = 1;
     const r = job.result || {};
     status.innerHTML = "";
+    if (job.kind === "train") {
+      status.append("trained: ", Object.assign(document.createElement("code"), {className: "fetched-path", textContent: r.path || ""}),
+        r.final_loss != null ? ` final loss ${r.final_loss.toFixed(4)} in ${r.seconds} s` : "");
+      status.dataset.state = "done";
+      button.disabled = false;
+      return;
+    }
     if (r.reports) {  // a sync: one summary per source
       status.textContent = r.reports.map((x) => x.summary).join("; ");
       status.dataset.state = "done";
@@ -94,4 +109,15 @@ async function removeFile(button) {
   const out = await r.json();
   if (!r.ok) { button.disabled = false; button.insertAdjacentText("afterend", " " + (out.error || r.statusText)); return; }
   button.closest("tr").remove();
+}
+
+// The live loss curve of a training job: [step, loss] points scaled into the SVG.
+function drawLoss(points) {
+  const line = document.querySelector("svg.loss-plot polyline");
+  if (!line) return;
+  const steps = points.map((p) => p[0]), losses = points.map((p) => p[1]);
+  const x0 = Math.min(...steps), x1 = Math.max(...steps, x0 + 1);
+  const y0 = Math.min(...losses), y1 = Math.max(...losses, y0 + 1e-9);
+  line.setAttribute("points", points.map(([s, l]) =>
+    `${(20 + 570 * (s - x0) / (x1 - x0)).toFixed(1)},${(225 - 200 * (l - y0) / (y1 - y0)).toFixed(1)}`).join(" "));
 }
