@@ -12,6 +12,7 @@ from web_helpers import start_server, synced_workspace
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis (requirements/ci.txt) is not installed")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
+from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,8 @@ def web_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 OPERATIONS = ["GET /api/search", "GET /api/entries/{entry}", "GET /api/local", "GET /api/compat",
-              "POST /api/fetch", "POST /api/remove", "POST /api/sync", "GET /api/jobs", "GET /api/jobs/{job_id}"]
+              "POST /api/fetch", "POST /api/remove", "POST /api/sync",
+              "PUT /api/pictures/{folder}/{filename}", "GET /api/jobs", "GET /api/jobs/{job_id}"]
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)
@@ -36,11 +38,15 @@ def test_api_matches_its_openapi_description(web_schema, operation: str) -> None
     ops = {f"{r.ok().method.upper()} {r.ok().path}": r.ok() for r in web_schema.get_all_operations()}
     assert operation in ops, sorted(ops)
 
+    # A picture upload's body must decode as a picture, which a schema cannot say: a 400 for
+    # random bytes is right there, so only that operation skips the "valid data accepted" check.
+    excluded = [positive_data_acceptance] if operation.startswith("PUT /api/pictures") else []
+
     @given(case=ops[operation].as_strategy())
     @settings(max_examples=20, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     def check(case) -> None:  # type: ignore[no-untyped-def]
-        response = case.call_and_validate(timeout=30)
+        response = case.call_and_validate(timeout=30, excluded_checks=excluded)
         assert response.status_code < 500
 
     check()

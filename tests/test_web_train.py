@@ -102,3 +102,47 @@ def test_train_page_shows_a_live_loss_plot_and_writes_the_embedding(served, tmp_
     assert shown == str(target) and target.is_file()
     runs = server.hub.entry("webfox")["training_runs"]
     assert runs and runs[0]["settings"]["steps"] == 8
+
+
+def test_uploaded_pictures_are_checked_capped_and_confined(served) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    server, _ = served
+    home = server.hub.workspace.root
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(buf, "PNG")
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        r = c.put("/api/pictures/fox2/a.png", content=buf.getvalue())
+        assert r.status_code == 200 and r.json()["folder"] == "pictures/fox2", r.text
+        assert (home / "pictures" / "fox2" / "a.png").read_bytes() == buf.getvalue()
+        r = c.put("/api/pictures/fox2/b.png", content=b"<html>not a picture</html>")
+        assert r.status_code == 400 and "not a PNG" in r.json()["error"]
+        assert not (home / "pictures" / "fox2" / "b.png").exists()
+        r = c.put("/api/pictures/fox2/c.png", content=b"\x89PNG\r\n\x1a\n" + b"\0" * (21 * 1024 * 1024))
+        assert r.status_code == 413 and r.json()["ok"] is False
+        for bad in ("/api/pictures/..%2F..%2Fetc/x.png", "/api/pictures/fox2/..png", "/api/pictures/fox2/.hidden.png",
+                    "/api/pictures/fox2/a.exe"):
+            r = c.put(bad, content=buf.getvalue())
+            assert r.status_code in (400, 404, 422), (bad, r.status_code)
+        r = c.put("/api/pictures/fox2/d.png", content=buf.getvalue(), headers={"Origin": "http://evil.example"})
+        assert r.status_code == 403
+    assert sorted(p.name for p in (home / "pictures" / "fox2").iterdir()) == ["a.png"]
+
+
+def test_train_page_uploads_pictures(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (/usr/bin/chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    server, _ = served
+    files = pictures(tmp_path / "mine", n=2)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page()
+        page.goto(server.url + "/train")
+        page.fill("input[name=name]", "upfox")
+        page.set_input_files("input[name=upload]", [str(f) for f in sorted(files.iterdir())])
+        page.wait_for_selector(".upload-status[data-state=done]")
+        assert page.input_value("input[name=images]") == "pictures/upfox"
+        browser.close()
+    got = sorted(p.name for p in (server.hub.workspace.root / "pictures" / "upfox").iterdir())
+    assert got == ["fox0.png", "fox1.png"]

@@ -468,6 +468,29 @@ class Hub:
 
     # ------------------------------------------------------------------ train
 
+    def add_picture(self, folder: str, filename: str, data: bytes) -> dict[str, Any]:
+        """Save one training picture (PNG, JPEG or WEBP, checked by decoding it) as
+        WORKSPACE/pictures/FOLDER/FILENAME; names are single path parts. Raises TihubError."""
+        import os
+        import re
+
+        from tihub.previews import open_image
+
+        part = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+        for what, value in (("folder", folder), ("file name", filename)):
+            if not part.fullmatch(value):
+                raise TihubError(f"The {what} {value!r} is not a plain name; use letters, digits, '-', '_' and '.'.")
+        if not filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp")):
+            raise TihubError(f"{filename} is not named as a picture; use .png, .jpg or .webp.")
+        im = open_image(data, filename)  # refuses anything that is not a decodable picture
+        target_dir = self.workspace.root / "pictures" / folder
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / filename
+        tmp = target_dir / f".{filename}.{os.getpid()}.{threading.get_ident()}.part"
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        return {"ok": True, "path": str(target), "folder": f"pictures/{folder}", "width": im.width, "height": im.height}
+
     def train(self, name: str, images: str | Path, model: str | Path, *, steps: int = 200, vectors: int = 1,
               size: str = "auto", lr: str = "0.005", template: str = "style_filewords", device: str | None = None,
               save_every: int = 0, overwrite: bool = False,

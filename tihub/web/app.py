@@ -22,11 +22,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import Body, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tihub.errors import NotFound, TihubError
@@ -35,6 +37,9 @@ from tihub.web.jobs import Jobs
 
 HERE = Path(__file__).resolve().parent
 PAGE_SIZE = 24
+MAX_UPLOAD = 20 * 1024 * 1024  # one training picture
+NAME_PART = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"  # one path part: no separators, never "." or ".."
+PICTURE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,94}\.(png|jpg|jpeg|webp|PNG|JPG|JPEG|WEBP)$"
 TOKEN_COOKIE = "tihub_token"
 MODEL_COOKIE = "tihub_model"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -329,6 +334,23 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
                              lr=body.lr, overwrite=body.overwrite, on_step=on_step)
 
         return jobs.start("train", body.name, work).as_dict()
+
+    picture_body = {"requestBody": {"required": True, "content": {
+        t: {"schema": {"type": "string", "format": "binary"}} for t in ("image/png", "image/jpeg", "image/webp")}}}
+
+    @app.put("/api/pictures/{folder}/{filename}", response_model=dict[str, Any], responses={**ERRORS, 413: {"model": ErrorOut}},
+             tags=["train"], openapi_extra=picture_body)
+    async def api_picture(request: Request, folder: str = PathParam(..., pattern=NAME_PART),
+                          filename: str = PathParam(..., pattern=PICTURE_NAME)) -> Any:
+        """Upload one training picture (the request body: PNG, JPEG or WEBP bytes, at most 20 MB)
+        into WORKSPACE/pictures/FOLDER/; it is decoded before it is kept."""
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > MAX_UPLOAD:
+                return _error(413, f"{filename} is larger than {MAX_UPLOAD // (1024 * 1024)} MB; make it smaller first.")
+            chunks.append(chunk)
+        return await run_in_threadpool(hub.add_picture, folder, filename, b"".join(chunks))
 
     @app.post("/api/remove", response_model=RemovedOut, responses=ERRORS, tags=["collection"])
     def api_remove(body: RemoveIn = Body(...)) -> Any:

@@ -121,3 +121,23 @@ function drawLoss(points) {
   line.setAttribute("points", points.map(([s, l]) =>
     `${(20 + 570 * (s - x0) / (x1 - x0)).toFixed(1)},${(225 - 200 * (l - y0) / (y1 - y0)).toFixed(1)}`).join(" "));
 }
+
+// Training pictures chosen in the form are uploaded into WORKSPACE/pictures/NAME/ one by one.
+document.addEventListener("change", async (ev) => {
+  const input = ev.target;
+  if (!(input instanceof HTMLInputElement) || input.name !== "upload") return;
+  const form = input.form, status = document.querySelector(".upload-status");
+  const name = form.elements.name.value.trim();
+  if (!name) { status.textContent = "Give the embedding a name first; its pictures go to pictures/NAME/."; input.value = ""; return; }
+  let done = 0;
+  for (const file of input.files) {
+    const safe = file.name.replace(/[^A-Za-z0-9_.-]/g, "_").replace(/^[^A-Za-z0-9]+/, "");
+    const r = await fetch(`/api/pictures/${encodeURIComponent(name)}/${encodeURIComponent(safe)}`, {method: "PUT", body: file});
+    const out = await r.json();
+    if (!r.ok) { status.textContent = `${file.name}: ${out.error}`; status.dataset.state = "failed"; return; }
+    done += 1;
+    form.elements.images.value = out.folder;
+    status.textContent = `uploaded ${done} of ${input.files.length} picture(s) to ${out.folder}`;
+  }
+  status.dataset.state = "done";
+});
