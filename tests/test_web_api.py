@@ -136,9 +136,10 @@ def test_token_rules(ws: Path) -> None:
             assert c.get("/api/search", headers={"Authorization": "Bearer wrong"}).status_code == 401
             assert c.get("/api/search", headers={"Authorization": "Bearer s3cret"}).status_code == 200
             assert c.get("/api/search", headers={"X-Tihub-Token": "s3cret"}).status_code == 200
-            first = c.get("/?token=s3cret")  # the first visit sets the cookie ...
-            assert first.status_code == 200 and "tihub_token" in first.headers.get("set-cookie", "")
-            assert "httponly" in first.headers["set-cookie"].lower()
+            first = c.get("/?token=s3cret&q=cat")  # the first visit sets the cookie and drops the token from the URL ...
+            assert first.status_code == 303 and first.headers["location"] == "/?q=cat"
+            assert "tihub_token" in first.headers.get("set-cookie", "") and "httponly" in first.headers["set-cookie"].lower()
+            assert c.get(first.headers["location"]).status_code == 200
             assert c.get("/api/local").status_code == 200  # ... which later requests carry
     finally:
         s.stop()

@@ -242,3 +242,22 @@ def test_entry_page_shows_a_training_runs_loss_plot(page, site, shots) -> None: 
     text = page.locator(".records").inner_text()
     assert "500 steps, 12 pictures, final loss 0.1234, 1 checkpoint(s)" in text
     snap(page, shots, "entry-training")
+
+
+def test_with_a_token_the_first_visit_is_enough(browser, site) -> None:  # type: ignore[no-untyped-def]
+    _, home = site
+    server = start_server(home, token="t0ken")
+    try:
+        ctx = browser.new_context()
+        page = ctx.new_page()
+        page.goto(server.url + "/")
+        assert "needs its token" in page.content()
+        page.goto(server.url + "/?token=t0ken")
+        assert page.url == server.url + "/"  # the token left the address bar
+        assert len(card_names(page)) == 3
+        assert all(w > 0 for w in wait_pictures(page))  # pictures and scripts carry the cookie too
+        page.goto(server.url + "/local")
+        assert page.locator("#local").is_visible()
+        ctx.close()
+    finally:
+        server.stop()

@@ -200,6 +200,12 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
             if not hmac.compare_digest(given.encode(), token.encode()):
                 msg = "This tihub server needs its token; open the URL `tihub serve` printed (it ends in ?token=...)."
                 return _error(401, msg) if api else HTMLResponse(f"<p>{msg}</p>", status_code=401)
+            if set_cookie and request.method == "GET" and not api:
+                # keep the token out of the address bar and history: the cookie carries it from now on
+                rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
+                redirect = RedirectResponse(request.url.path + ("?" + rest if rest else ""), status_code=303)
+                redirect.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+                return redirect
         elif not _loopback(_host_name(host_header)):
             return _error(403, f"The Host {host_header!r} is not this loopback server; open http://127.0.0.1 instead.")
         if request.method not in SAFE_METHODS:
