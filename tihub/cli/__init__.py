@@ -43,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "farm": "tihub.cli.farm:farm_cmd",
     "demo": "tihub.cli.demo:demo_cmd",
     "db": "tihub.cli.db:db_cmd",
+    "serve": "tihub.cli.serve:serve_cmd",
 }
 
 

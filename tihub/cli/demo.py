@@ -154,5 +154,6 @@ def demo_cmd(ctx: Context, no_engine: bool) -> None:
 
     passed = sum(results)
     click.secho(f"\nDemo finished: {passed} of {len(results)} steps succeeded.", bold=True)
+    click.echo(f"See it in your browser: tihub --home {shlex.quote(str(ws.root))} serve   (then open http://127.0.0.1:7861/)")
     if passed != len(results):
         raise SystemExit(1)
