@@ -134,3 +134,31 @@ def test_float64_json_in_a_png_beyond_float32_is_refused_without_a_warning() -> 
         with pytest.raises(FormatError, match="beyond the float32 range"):
             read_embedding("card.png", data)
 
+
+
+def test_a_state_dict_of_shared_references_is_refused_by_tensor_shapes(tmp_path: Path) -> None:
+    """Thirty dicts, each holding the previous one twice (memo references): 2**30 key paths for a
+    reader that flattens the state dict by walking it."""
+    from tihub.formats import tensor_shapes
+
+    body = b"}q\x00"  # d0 = {} (memo 0)
+    for _ in range(30):
+        body += b"0}(" + _unicode("a") + b"h\x00" + _unicode("b") + b"h\x00" + b"uq\x00"  # POP; memo 0 = {a: prev, b: prev}
+    pkl = payload_pickle(body)
+    path = tmp_path / "dag.ckpt"
+    path.write_bytes(torch_zip([("archive/data.pkl", pkl), ("archive/version", b"3\n")]))
+    done: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            tensor_shapes(path)
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            done["exc"] = exc
+
+    import threading
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "flattening never ended"
+    assert isinstance(done.get("exc"), UnsafeFile), done
