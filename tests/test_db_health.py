@@ -90,6 +90,9 @@ def test_a_healthy_catalogue_checks_clean(good_db: Path, tmp_path: Path) -> None
     home = damaged(good_db, tmp_path, "SELECT 1")
     out = tihub(home, "db", "check", "--json")
     assert out.returncode == 0 and all(r["ok"] for r in json.loads(out.stdout))
+    fresh = tmp_path / "fresh"  # no catalogue yet: a new, healthy one
+    out = tihub(fresh, "db", "check")
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_a_database_from_a_newer_tihub_is_read_but_never_written(good_db: Path, tmp_path: Path) -> None:

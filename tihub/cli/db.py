@@ -21,8 +21,12 @@ def db_cmd() -> None:
 def _engine(ctx: Context):  # type: ignore[no-untyped-def]
     from tihub.catalog.db import open_engine
 
+    from pathlib import Path
+
     ctx.workspace.ensure()
-    return open_engine(ctx.workspace.db_url, migrate=False)  # look before anything is written
+    url = ctx.workspace.db_url
+    fresh = url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists()
+    return open_engine(url, migrate=fresh)  # an existing database is looked at before anything is written
 
 
 def _show(findings: list, as_json: bool) -> None:  # type: ignore[type-arg]
