@@ -113,3 +113,13 @@ def test_a_database_from_a_newer_tihub_is_read_but_never_written(good_db: Path, 
     repair = tihub(home, "db", "repair")
     assert repair.returncode == 1 and "newer tihub" in repair.stderr
     assert before  # the file was only read
+
+
+def test_a_file_that_is_not_a_database_is_one_sentence_everywhere(tmp_path: Path) -> None:
+    home = tmp_path / "ws"
+    home.mkdir()
+    (home / "catalog.db").write_bytes(bytes(range(256)) * 20)
+    for args in (("search", "x"), ("db", "check"), ("db", "repair")):
+        out = tihub(home, *args)
+        text = out.stdout + out.stderr
+        assert out.returncode == 1 and "internal error" not in text and "not a SQLite database" in text, text
