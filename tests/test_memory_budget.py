@@ -21,7 +21,6 @@ from tihub.formats import read_embedding  # noqa: E402
 from tihub.formats.budget import EMBEDDING_BUDGET  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-BOMBS = sorted(hostile_files.memory_bombs())
 
 # Run in a fresh interpreter: read each file under tracemalloc (numpy reports its buffers to it)
 # and print name, peak bytes, the error class and message as one JSON line per file.
