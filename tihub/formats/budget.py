@@ -50,6 +50,8 @@ class MemoryBudget:
 
 
 def _size(n: int) -> str:
+    if n >= 1 << 60:
+        return "more than an exbibyte"
     if n >= 10 * MiB:
         return f"{n // MiB} MiB"
     if n >= MiB:
