@@ -601,6 +601,9 @@ class Downloader:
 
                         self.record(existing, read_embedding(existing), req.sha256.lower(), req)
                     return Result(req, "exists", path=existing, sha256=req.sha256.lower(), size=existing.stat().st_size)
+            cached = self._from_blob_cache(req, part)  # deep sync kept these bytes: no network
+            if cached is not None:
+                return self._finish(req, part, cached, stem, suffix)
             try:
                 transfer, expected_sha, expected_size = self._transfer_with_retries(req, resolved, part)
             except DownloadError:
@@ -633,6 +636,21 @@ class Downloader:
             else:
                 part.discard()
             raise
+
+    # set by callers that have a workspace: tihub.blobcache.BlobCache of bytes already read
+    blob_cache: Any = None
+
+    def _from_blob_cache(self, req: Request, part: PartFile) -> Transfer | None:
+        """The file's bytes from the content-addressed cache (put there by deep sync), written
+        into the part file, when the catalogue knows the sha256 and the cache holds it."""
+        if self.blob_cache is None or not req.sha256:
+            return None
+        data = self.blob_cache.get(req.sha256)
+        if data is None or (req.size is not None and len(data) != req.size):
+            return None
+        part.truncate()
+        _write_all(part.fd, data)
+        return Transfer(sha256=req.sha256.lower(), size=len(data), final_url=req.url)
 
     def _existing_with_sha(self, stem: str, sha: str) -> Path | None:
         for p in same_stem(self.folder, stem):

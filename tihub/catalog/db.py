@@ -2,7 +2,9 @@
 
 SQLite (the default, `WORKSPACE/catalog.db`) runs in WAL mode with a busy timeout, and every
 write transaction starts with `BEGIN IMMEDIATE` so two tihub processes queue instead of failing
-half-way. Any other SQLAlchemy URL (e.g. PostgreSQL) works through the same code.
+half-way. PostgreSQL (`postgresql://...`, driven by psycopg 3) is the catalogue a team shares:
+every write transaction first takes one transaction-scoped advisory lock, so writers queue just
+as on SQLite while readers never wait. Any other SQLAlchemy URL works through the same code.
 
 Schema changes are named, ordered functions in `tihub.catalog.migrations.MIGRATIONS`; the names
 already applied are recorded in the `_migrations` table. A database that records a migration
@@ -26,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tihub.errors import CatalogError
 
 BUSY_TIMEOUT_MS = 30_000
+PG_WRITE_LOCK = 0x7469687562  # "tihub": the advisory lock every PostgreSQL write transaction holds
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -57,15 +60,32 @@ def dispose_all() -> None:
         _engines.clear()
 
 
+def normalize_url(url: str) -> str:
+    """`postgres://` and `postgresql://` URLs use psycopg 3 (SQLAlchemy would pick psycopg2)."""
+    for plain in ("postgres://", "postgresql://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url.removeprefix(plain)
+    return url
+
+
 def _create(url: str) -> Engine:
+    url = normalize_url(url)
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000} if url.startswith("sqlite") else {})
-    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+    except ImportError as exc:
+        extra = " (pip install 'tihub[postgres]')" if url.startswith("postgres") else ""
+        raise CatalogError(f"Cannot open the catalogue database {url!r}: {exc}{extra}.") from None
+    except (SQLAlchemyError, ValueError) as exc:
         raise CatalogError(f"Cannot open the catalogue database {url!r}: {exc}.") from None
     if is_sqlite(engine):
         _configure_sqlite(engine)
+    elif engine.dialect.name == "postgresql":
+        _configure_postgresql(engine)
     return engine
 
 
@@ -85,6 +105,16 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn):  # type: ignore[no-untyped-def]
         # Writers take the write lock up front: no deadlock-prone lock upgrades later.
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write", True) else "BEGIN")
+
+
+def _configure_postgresql(engine: Engine) -> None:
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        # One writer at a time (as SQLite's BEGIN IMMEDIATE): two syncs that meet on the same
+        # file sha256 or source row queue instead of failing on a unique key half-way. The lock
+        # ends with the transaction; readers take none and see only committed syncs.
+        if conn.info.get("write", True):
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
 
 
 def write(engine: Engine) -> AbstractContextManager[Connection]:

@@ -344,7 +344,8 @@ def index(spec: Any, ctx: Any) -> Iterator[Candidate]:
     ctx.progress(f"cloning {g.url} at {commit[:12]}")
     tmp = tempfile.mkdtemp(prefix="tihub-git-")
     try:
-        cands = list(_index_clone(git, g, branch, commit, globs, os.path.join(tmp, "repo")))
+        cands = list(_index_clone(git, g, branch, commit, globs, os.path.join(tmp, "repo"),
+                                  deep=getattr(ctx, "deep", None), allow_private=bool(spec.allow_private)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ctx.set_state("commit", commit)
@@ -352,8 +353,9 @@ def index(spec: Any, ctx: Any) -> Iterator[Candidate]:
     yield from cands
 
 
-def _index_clone(git: Git, g: GitURL, branch: str | None, commit: str, globs: list[str], dest: str) -> Iterator[Candidate]:
-    args = ["clone", "--quiet", f"--filter=blob:limit={BLOB_LIMIT}", "--no-checkout", "--depth", "1",
+def _index_clone(git: Git, g: GitURL, branch: str | None, commit: str, globs: list[str], dest: str,
+                 deep: Any = None, allow_private: bool = False) -> Iterator[Candidate]:
+    args = ["clone", "--quiet", f"--filter=blob:limit={deep_blob_limit(deep)}", "--no-checkout", "--depth", "1",
             "--single-branch", "--no-tags", "--no-recurse-submodules"]
     if branch:
         args += ["--branch", branch]
@@ -380,6 +382,7 @@ def _index_clone(git: Git, g: GitURL, branch: str | None, commit: str, globs: li
         for line in git.run(["rev-list", "--objects", "--missing=print", "HEAD"], cwd=dest, what="git rev-list").decode().splitlines()
         if line.startswith("?")
     }
+    all_paths = {p for _, _, p in entries}
     embeds = [(oid, p) for _, oid, p in entries if p.lower().endswith(EMBED_SUFFIXES) and _glob_ok(p, globs)]
     embed_dirs = {posixpath.dirname(p) for _, p in embeds}
     readmes = [(oid, p) for _, oid, p in entries
@@ -441,7 +444,11 @@ def _index_clone(git: Git, g: GitURL, branch: str | None, commit: str, globs: li
         if section:
             desc = re.sub(r"\s+", " ", f"{section[0]}: {section[1]}").strip()[:1000]
             extra["readme"] = {"path": readme_path, "heading": section[0], "anchor": anchor}
+        previews = git_previews(g, commit, path, all_paths, (readme_path, section[1]) if section else None, allow_private)
+        if deep is not None and data is not None and not lfs:
+            _deep_measure(deep, cfile, data)
         yield Candidate(
+            previews=previews,
             remote_id=path,
             name=stem,
             title=section[0] if section else stem,
@@ -484,6 +491,54 @@ def _cat_blobs(git: Git, cwd: str, oids: list[str]) -> dict[str, bytes]:
         blobs[oid] = out[pos : pos + size]
         pos += size + 1
     return blobs
+
+
+# -- pictures and deep reads (issue 14) ---------------------------------------------------------
+
+
+def deep_blob_limit(deep: Any) -> int:
+    """The clone's blob filter: with deep sync, blobs up to the per-file deep limit (and what is
+    left of the budget) come with the one clone request; otherwise only tiny ones."""
+    if deep is None:
+        return BLOB_LIMIT
+    return max(BLOB_LIMIT, min(deep.max_file, deep.left))
+
+
+def _deep_measure(deep: Any, cfile: CandidateFile, data: bytes) -> None:
+    """The embedding's bytes came with the clone: read them (no extra request)."""
+    if deep.skip_known(cfile) or len(data) > deep.max_file:
+        return
+    if len(data) > deep.left:
+        deep.stats.over_budget += 1
+        return
+    deep.measure(cfile, data, requests=0)
+
+
+def git_previews(g: GitURL, commit: str, path: str, paths: set[str], section: tuple[str, str] | None,
+                 allow_private: bool) -> list[dict[str, Any]]:
+    """`NAME.preview.png|jpg|jpeg|webp` beside the embedding, then the images its README section
+    shows (relative paths resolved against the README's folder; web URLs checked)."""
+    from tihub.sources._http import clean_link
+    from tihub.sources.huggingface import readme_images
+
+    out: list[dict[str, Any]] = []
+    stem = posixpath.splitext(path)[0]
+    for ext in (".png", ".jpg", ".jpeg", ".webp"):
+        pic = f"{stem}.preview{ext}"
+        if pic in paths:
+            out.append({"url": raw_url(g, commit, pic, False), "kind": "preview", "path_in_repo": pic})
+    if section is not None:
+        readme_path, body = section
+        for src in readme_images(body):
+            if "://" in src:
+                url = clean_link(src, allow_private)
+                if url:
+                    out.append({"url": url, "kind": "readme"})
+                continue
+            rel = posixpath.normpath(posixpath.join(posixpath.dirname(readme_path), src.split("#")[0].split("?")[0]))
+            if rel in paths:
+                out.append({"url": raw_url(g, commit, rel, False), "kind": "readme", "path_in_repo": rel})
+    return out[:24]
 
 
 # -- fetching one blob (`git+<repo>@<commit>#path=<path>` catalogue URLs) -------------------------
