@@ -123,3 +123,26 @@ def test_a_file_that_is_not_a_database_is_one_sentence_everywhere(tmp_path: Path
         out = tihub(home, *args)
         text = out.stdout + out.stderr
         assert out.returncode == 1 and "internal error" not in text and "not a SQLite database" in text, text
+
+
+def test_postgresql_catalogues_are_checked_and_future_ones_never_written(pg_url: str) -> None:
+    from sqlalchemy import text
+
+    from tihub.catalog.db import dispose_all, open_engine, read, write
+    from tihub.catalog.health import check
+    from tihub.errors import CatalogError
+
+    engine = open_engine(pg_url)
+    assert all(f.ok for f in check(engine)), check(engine)
+    with write(engine) as conn:
+        conn.execute(text("INSERT INTO _migrations (name, applied_at) VALUES ('m999_from_the_future', 'x')"))
+    dispose_all()
+    engine = open_engine(pg_url)  # opened again: recognised as a newer tihub's catalogue
+    with read(engine) as conn:
+        assert conn.execute(text("SELECT count(*) FROM _migrations")).scalar() >= 1
+    with pytest.raises(CatalogError, match="newer tihub"):
+        with write(engine) as conn:
+            conn.execute(text("SELECT 1"))
+    bad = [f for f in check(engine) if not f.ok]
+    assert [f.check for f in bad] == ["migrations"]
+    dispose_all()
