@@ -161,3 +161,16 @@ def test_a_state_dict_of_shared_references_is_refused_by_tensor_shapes(tmp_path:
     t.join(60)
     assert not t.is_alive(), "flattening never ended"
     assert isinstance(done.get("exc"), UnsafeFile), done
+
+
+def test_the_largest_real_embedding_card_reads_within_the_budget(tmp_path: Path) -> None:
+    """A PNG card of a 75-vector SDXL embedding (JSON floats in its text chunk): the biggest read
+    a real embedding asks for must stay inside the budget."""
+    from tihub.formats import Embedding, write_embedding
+
+    rng = np.random.default_rng(0)
+    vectors = {"clip_l": rng.standard_normal((75, 768)).astype(np.float32), "clip_g": rng.standard_normal((75, 1280)).astype(np.float32)}
+    path = tmp_path / "big.png"
+    write_embedding(Embedding("big", vectors, "f32"), path, "png")
+    emb = read_embedding(path)
+    assert np.array_equal(emb.vectors["clip_g"], vectors["clip_g"])
