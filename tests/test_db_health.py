@@ -112,6 +112,9 @@ def test_a_database_from_a_newer_tihub_is_read_but_never_written(good_db: Path, 
     assert check.returncode == 1 and "newer tihub" in check.stdout
     repair = tihub(home, "db", "repair")
     assert repair.returncode == 1 and "newer tihub" in repair.stderr
+    repair = tihub(home, "db", "repair", "--json")
+    answer = json.loads(repair.stdout)
+    assert repair.returncode == 1 and answer["ok"] is False and "newer tihub" in answer["error"]
     assert before  # the file was only read
 
 
