@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import glob
 import hashlib
 import marshal
 import os
@@ -411,13 +412,30 @@ def find_local(folder: Path, name: str) -> Path:
     return (exact or hits)[0][1]
 
 
-def remove(workspace: Workspace, name: str, catalog: Catalog | None = None) -> Path:
-    """Delete one embedding from `embeddings/` and mark it not local in the catalogue."""
+def sidecars(path: Path) -> list[Path]:
+    """The files apps keep beside an embedding: NAME.preview.* (A1111 card pictures) and NAME.json."""
+    stem = path.name.rsplit(".", 1)[0]
+    found = [p for p in path.parent.glob(glob.escape(stem) + ".*")
+             if p != path and p.is_file() and (p.name == stem + ".json" or p.name.startswith(stem + ".preview."))]
+    return sorted(found)
+
+
+def remove_files(workspace: Workspace, name: str, catalog: Catalog | None = None) -> list[Path]:
+    """Delete one embedding from `embeddings/` with its sidecars, and mark it not local in the
+    catalogue; return the paths deleted (the embedding first)."""
     path = find_local(workspace.embeddings_dir, name)
+    extra = sidecars(path)
     os.unlink(path)
+    for p in extra:
+        p.unlink(missing_ok=True)
     if catalog is not None:
         catalog.forget_local(path)
-    return path
+    return [path, *extra]
+
+
+def remove(workspace: Workspace, name: str, catalog: Catalog | None = None) -> Path:
+    """Delete one embedding (and its sidecars) from `embeddings/`; return its path."""
+    return remove_files(workspace, name, catalog)[0]
 
 
 def trigger_for(app: str, name: str) -> str:

@@ -1,4 +1,9 @@
-"""Helpers shared by the command modules: workspace access, JSON output, error exits."""
+"""Helpers shared by the command modules: workspace access, the JSON contract, error exits.
+
+The JSON contract (README "JSON output"): a command that handles items prints a JSON list of
+objects, one per item, each with `ok` and, when not ok, `error` (one sentence). A whole-command
+failure prints `{"ok": false, "error": "..."}`. `tihub/schemas/COMMAND.json` holds each shape.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ class Context:
 
     home: str | None = None
     db_url: str | None = None
+    verbose: bool = False
     _workspace: Workspace | None = field(default=None, repr=False)
 
     @property
@@ -42,6 +48,26 @@ def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
 
 
+def item(ok: bool, error: str | None = None, **facts: Any) -> dict[str, Any]:
+    """One item of a `--json` list: its facts, then `ok`, then `error` (only when not ok)."""
+    out = dict(facts)
+    out["ok"] = bool(ok)
+    if not ok:
+        out["error"] = error or "failed."
+    else:
+        out.pop("error", None)
+    return out
+
+
+def checkpoint_name(label: str | None, sd_checkpoint: str | None) -> str | None:
+    """The model name out of a "name [hash]" label (None for unknown names)."""
+    if not label:
+        return None
+    if sd_checkpoint and label.endswith(f" [{sd_checkpoint}]"):
+        label = label[: -len(sd_checkpoint) - 3]
+    return None if label in ("", "?") else label
+
+
 def fail(message: str) -> None:
     """Print one line to stderr (used for per-item failures in a batch)."""
     click.echo(f"Error: {message}", err=True)
@@ -51,3 +77,13 @@ def exit_status(failed: bool) -> None:
     """Exit 1 when any input failed (after the whole batch was processed)."""
     if failed:
         sys.exit(1)
+
+
+def choice_check(option: str, value: str | None, valid: list[str]) -> None:
+    """Refuse `value` for `option` unless it is one of `valid` (named in the sentence)."""
+    from tihub.errors import ConfigError
+
+    if value is None or value in valid:
+        return
+    known = ", ".join(valid) if valid else "none yet"
+    raise ConfigError(f"{option} {value!r} is not known; use one of: {known}.")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from tihub.cli._common import Context, echo_json, exit_status, fail, pass_ctx
+from tihub.cli._common import Context, checkpoint_name, echo_json, exit_status, fail, item, pass_ctx
 
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -85,6 +85,7 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
     folder = Path(to).expanduser() if to else ws.embeddings_dir
     catalog = None
     failed = False
+    out: list[dict[str, Any]] = []
     requests: list[Request] = []
     specs: dict[str, Any] | None = None
     for t in targets:
@@ -97,17 +98,23 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
             files = catalog.files_for(t)
         except NotFound as exc:
             fail(str(exc))
+            out.append(_fetch_item(t, False, str(exc)))
             failed = True
             continue
         here = [f for f in files if f.get("local_path") and Path(f["local_path"]).is_file()]
         if here and not force and not to:
-            click.echo(f"already here: {t} -> {here[0]['local_path']} (pass --force to fetch it again)")
+            if not as_json:
+                click.echo(f"already here: {t} -> {here[0]['local_path']} (pass --force to fetch it again)")
+            out.append(_fetch_item(t, True, status="exists", path=here[0]["local_path"], name=here[0].get("entry_name"),
+                                   sha256=here[0].get("sha256"), size=here[0].get("size"), url=here[0].get("url")))
             continue
         usable = [f for f in files if f.get("url") and not f.get("manual")]
         if not usable:
             page = next((f.get("url") or f.get("page_url") for f in files if f.get("url") or f.get("page_url")), None)
             where = f"open {page} in a browser, download it" if page else "download it by hand"
-            fail(f"{t} is a manual download: {where} and run `tihub import FILE`.")
+            message = f"{t} is a manual download: {where} and run `tihub import FILE`."
+            fail(message)
+            out.append(_fetch_item(t, False, message, status="manual", url=page))
             failed = True
             continue
         f = usable[0]
@@ -139,7 +146,6 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
     if requests:
         with Downloader(folder, convert=as_, force=force, jobs=jobs, deadline=timeout, progress=Progress(), record=record) as dl:
             results = dl.fetch_all(requests)
-    out = []
     for r in results:
         label = r.request.label or r.request.url
         if r.ok:
@@ -151,11 +157,19 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
         else:
             failed = True
             fail(r.error or f"{label} failed.")
-        out.append({"target": label, "status": r.status, "path": str(r.path) if r.path else None, "sha256": r.sha256,
-                    "size": r.size, "converted": r.converted, "resumed_from": r.resumed_from, "error": r.error})
+        out.append(_fetch_item(label, r.ok, r.error or f"{label} failed.", status=r.status, path=str(r.path) if r.path else None,
+                               name=r.path.stem if r.path else r.request.name, url=r.request.url, sha256=r.sha256, size=r.size,
+                               converted=r.converted, resumed_from=r.resumed_from))
     if as_json:
         echo_json(out)
     exit_status(failed)
+
+
+def _fetch_item(target: str, ok: bool, error: str | None = None, **facts: Any) -> dict[str, Any]:
+    """One fetch result in the JSON vocabulary (every key present, null when unknown)."""
+    base = {"target": target, "status": "failed", "name": None, "path": None, "url": None, "sha256": None, "size": None,
+            "converted": False, "resumed_from": None}
+    return item(ok, error, **{**base, **facts})
 
 
 # ------------------------------------------------------------------------------------ import
@@ -197,8 +211,9 @@ def import_cmd(ctx: Context, files: tuple[str, ...], name: str | None, as_: str,
         elif not as_json:
             match = f", matches catalogue entry {r.entry!r} by {r.matched_by}" if r.entry else ", no catalogue entry matches"
             click.echo(f"{'imported' if r.status == 'imported' else 'already here'}: {f} -> {r.path}{match}")
-        out.append({"file": f, "status": r.status, "path": str(r.path) if r.path else None, "entry": r.entry,
-                    "matched_by": r.matched_by, "error": r.error})
+        out.append(item(r.status != "failed", r.error or f"{f} failed.", input=f, status=r.status,
+                        name=r.path.stem if r.path else None, path=str(r.path) if r.path else None,
+                        entry=r.entry, matched_by=r.matched_by))
     if as_json:
         echo_json(out)
     exit_status(failed)
@@ -228,22 +243,27 @@ def list_cmd(ctx: Context, as_json: bool) -> None:
     ws.ensure()
     rows = list_collection(ws, _catalog(ctx))
     if as_json:
-        echo_json(rows)
+        echo_json([list_item(ws.embeddings_dir, r) for r in rows])
         return
     if not rows:
         click.echo(f"No embeddings in {ws.embeddings_dir}; use `tihub fetch NAME` or `tihub import FILE`.")
         return
-    width = min(40, max(len(r["path"]) for r in rows))
-    click.echo(f"{'FILE':<{width}}  {'BASE':<7} {'VEC':>3}  {'FORMAT':<11}  {'TRAINED ON':<28}  ENTRY")
-    problems = 0
+    from tihub.tables import Column, render
+
+    table = []
+    notes = []
     for r in rows:
-        vec = "" if r["vectors"] is None else str(r["vectors"])
-        entry = f"{r['entry']} ({r['source']})" if r["entry"] else "-"
-        click.echo(f"{r['path']:<{width}}  {(r['base'] or '?'):<7} {vec:>3}  {(r['format'] or '?'):<11}  {(r['trained_on'] or '-')[:28]:<28}  {entry}")
-        for p in r["problems"]:
-            problems += 1
-            click.echo(f"{'':<{width}}  ! {p}")
-    click.echo(f"{len(rows)} file(s), {problems} problem(s).")
+        entry = f"{r['entry']} ({r['source']})" if r["entry"] else None
+        table.append((r["path"], r["base"] or "?", r["vectors"], r["format"] or "?", r["trained_on"], entry))
+        notes += [f"{r['path']}: {p}" for p in r["problems"]]
+    click.echo(render([Column("FILE", max_width=40), "BASE", Column("VEC", "right"), "FORMAT", Column("TRAINED ON", max_width=36), "ENTRY"], table))
+    if notes:
+        from tihub.tables import safe_text
+
+        click.echo("Problems:")
+        for n in notes:
+            click.echo(f"  ! {safe_text(n)}")
+    click.echo(f"{len(rows)} file(s), {len(notes)} problem(s).")
 
 
 # ------------------------------------------------------------------------------------ remove
@@ -251,28 +271,36 @@ def list_cmd(ctx: Context, as_json: bool) -> None:
 
 @click.command("remove")
 @click.argument("names", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON results.")
 @pass_ctx
-def remove_cmd(ctx: Context, names: tuple[str, ...]) -> None:
-    """Delete embeddings from embeddings/ and mark them not local in the catalogue.
+def remove_cmd(ctx: Context, names: tuple[str, ...], as_json: bool) -> None:
+    """Delete embeddings from embeddings/ (with their NAME.preview.* and NAME.json sidecars)
+    and mark them not local in the catalogue.
 
     \b
     Example:
       tihub remove bad-artist
       tihub remove styles/old-style.pt
     """
-    from tihub.collection import remove
+    from tihub.collection import remove_files
     from tihub.errors import TihubError
 
     ws = ctx.workspace
     catalog = _catalog(ctx)
     failed = False
+    out = []
     for n in names:
         try:
-            p = remove(ws, n, catalog)
-            click.echo(f"removed: {p}")
+            p, *extra = remove_files(ws, n, catalog)
+            if not as_json:
+                click.echo(f"removed: {p}" + (f" (and {', '.join(x.name for x in extra)})" if extra else ""))
+            out.append(item(True, name=n, path=str(p), sidecars=[str(x) for x in extra]))
         except TihubError as exc:
             failed = True
             fail(str(exc))
+            out.append(item(False, str(exc), name=n, path=None, sidecars=[]))
+    if as_json:
+        echo_json(out)
     exit_status(failed)
 
 
@@ -298,8 +326,12 @@ def export_cmd(ctx: Context, names: tuple[str, ...], to: str, app: str, force: b
       tihub export easynegative --to ~/stable-diffusion-webui --app a1111
     """
     from tihub.collection import export
+    from tihub.errors import ConfigError
 
-    results = export(ctx.workspace, list(names), Path(to).expanduser(), app, force=force)
+    root = Path(to).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"--to {to}: there is no such folder; give the {app} install folder (it must exist), e.g. ~/ComfyUI.")
+    results = export(ctx.workspace, list(names), root, app, force=force)
     failed = False
     for r in results:
         if r.status == "failed":
@@ -308,7 +340,8 @@ def export_cmd(ctx: Context, names: tuple[str, ...], to: str, app: str, force: b
         elif not as_json:
             click.echo(f"{'exported' if r.status == 'exported' else 'already there'}: {r.name} -> {r.path}   prompt: {r.trigger}")
     if as_json:
-        echo_json([{"name": r.name, "status": r.status, "path": str(r.path) if r.path else None, "trigger": r.trigger, "error": r.error} for r in results])
+        echo_json([item(r.status != "failed", r.error or f"{r.name} failed.", name=r.name, status=r.status, path=str(r.path) if r.path else None,
+                         triggers=[r.trigger] if r.trigger else []) for r in results])
     exit_status(failed)
 
 
@@ -378,6 +411,7 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
             except NotFound as exc:
                 failed = True
                 fail(str(exc))
+                results.append({"name": n, "error": str(exc)})
                 continue
             rows = []
             for f in files[:1]:
@@ -402,21 +436,30 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
         catalog, civitai_url=url, allow_private=allow_private, remote=not offline,
     )
     for r in results:
+        if "error" in r:
+            continue
         m = made_on.get(r.get("sd_checkpoint") or "")
         r["made_on"] = m.label() if m is not None and m.name else None
+        r["made_on_name"] = m.name if m is not None and m.name else None
         if r["made_on"] and r["status"] != TRAINED_ON:
             r["reason"] += f"; it was made on {r['made_on']}"
     if as_json:
-        echo_json([{"name": r["name"], "status": r["status"], "reason": r["reason"], "made_on": r["made_on"]} for r in results])
+        echo_json([
+            item(False, r["error"], name=r["name"], fit=None, reason=None, trained_on=None, trained_on_name=None) if "error" in r
+            else item(True, name=r["name"], fit=r["status"], reason=r["reason"], trained_on=r.get("sd_checkpoint"), trained_on_name=r["made_on_name"])
+            for r in results
+        ])
     else:
         fam = FAMILY_NAMES.get(model.family or "", "unknown family")
         origin = {"hashed": "hashed file", "builtin": "built-in table", "civitai": "Civitai", "catalog": "catalogue"}.get(model.origin, "unknown")
         click.echo(f"Model: {model.label()} — {fam} ({origin}{'; ' + model.note if model.note and model.origin == 'unknown' else ''})")
         if not results:
             click.echo("No embeddings to judge; name some, fetch some, or add --catalog.")
-        w = min(40, max((len(str(r["name"])) for r in results), default=4))
-        for r in results:
-            click.echo(f"{str(r['name']):<{w}}  {r['status']:<12} {r['reason']}")
+        from tihub.tables import Column, render
+
+        table = [(r["name"], r["status"], r["reason"]) for r in results if "error" not in r]
+        if table:
+            click.echo(render([Column("NAME", max_width=40), "FIT", "WHY"], table))
     exit_status(failed)
 
 
