@@ -44,7 +44,14 @@ from tihub.errors import ConfigError, EngineError
 from tihub.formats import write_embedding
 from tihub.formats.model import Embedding
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # kept for callers; names are checked by valid_name
+
+
+def valid_name(name: str | None) -> bool:
+    """A name import and fetch would keep as it is (one safe file stem, any script), one word."""
+    from tihub.naming import safe_stem
+
+    return bool(name) and len(name or "") <= 64 and not any(c.isspace() for c in name or "") and safe_stem(name) == name
 MAX_VECTORS = 75
 LATENT_MODES = ("once", "deterministic", "random")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -176,8 +183,8 @@ def existing_outputs(embeddings_dir: Path, name: str) -> list[Path]:
 
 def check_config(cfg: TrainConfig) -> None:
     """Refuse bad options before anything is loaded (each refusal is one sentence)."""
-    if not NAME_RE.match(cfg.name or ""):
-        raise ConfigError(f"The name {cfg.name!r} cannot be used as a prompt word; use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.")
+    if not valid_name(cfg.name):
+        raise ConfigError(f"The name {cfg.name!r} cannot be used as a prompt word and file name; use one word of up to 64 characters without spaces, slashes or <>:\"|?* (any script: 猫 works).")
     if not 1 <= cfg.vectors <= MAX_VECTORS:
         raise ConfigError(f"--vectors {cfg.vectors} is out of range; use 1 to {MAX_VECTORS} vectors per token.")
     if cfg.steps < 1:
