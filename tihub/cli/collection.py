@@ -266,6 +266,16 @@ def list_cmd(ctx: Context, as_json: bool) -> None:
     click.echo(f"{len(rows)} file(s), {len(notes)} problem(s).")
 
 
+def list_item(folder: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """A `tihub list` row in the JSON vocabulary: `path` on disk, `trained_on` hash and name."""
+    out = {k: v for k, v in row.items() if k not in ("sd_checkpoint", "sd_checkpoint_name", "trained_on")}
+    out["path"] = str(folder / row["path"])
+    out["trained_on"] = row.get("sd_checkpoint")
+    out["trained_on_name"] = checkpoint_name(row.get("trained_on"), row.get("sd_checkpoint")) or row.get("sd_checkpoint_name")
+    problems = row.get("problems") or []
+    return item(not problems, "; ".join(problems), **out)
+
+
 # ------------------------------------------------------------------------------------ remove
 
 

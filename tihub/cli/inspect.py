@@ -104,6 +104,7 @@ def inspect_file(path: str) -> dict[str, Any]:
 
         row["sha256"] = sha256_file(path)
         row["shorthash"] = row["sha256"][:12]
+    row.pop("error", None)  # `error` only on failures (README "JSON output")
     row.update(
         ok=True,
         format=emb.container,
