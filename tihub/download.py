@@ -64,6 +64,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
+from tihub import retry
 from tihub.errors import DownloadError, FormatError, HashMismatch, NetworkError, NotAnEmbedding, TihubError, UnsafeURL
 from tihub.hashing import sha256_file
 from tihub.naming import inside, is_generic_stem, safe_filename, safe_stem, token_stem
@@ -87,12 +88,14 @@ class ManualDownload(DownloadError):
     """A link that only a browser can fetch (mega.nz, Drive folders)."""
 
 
-class Transient(NetworkError):
-    """A failure worth retrying (network error, timeout, 408/429/5xx)."""
+class Transient(retry.RetryNow, NetworkError):
+    """A failure that may be worth retrying (network error, timeout, 408/429/5xx); `kind` says
+    which (tihub.retry: DNS and TLS failures are not retried)."""
 
-    def __init__(self, message: str, wait: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, wait: float | None = None, kind: retry.Kind = "transient") -> None:
+        NetworkError.__init__(self, message)
         self.wait = wait
+        self.kind = kind
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,6 +427,11 @@ def _parse_retry_after(value: str | None, cap: float) -> float | None:
     return max(0.0, min(when.timestamp() - time.time(), cap))
 
 
+def _retry_kind(exc: BaseException) -> retry.Kind:
+    """How the one retry policy (tihub.retry) treats a download failure: only Transient ones."""
+    return exc.kind if isinstance(exc, Transient) else None
+
+
 def _transient_cause(exc: BaseException) -> bool:
     ctx = exc.__context__ or exc.__cause__
     return isinstance(ctx, (httpx.TransportError, OSError)) and not isinstance(exc, UnsafeURL)
@@ -647,10 +655,14 @@ class Downloader:
         expected_sha = req.sha256.lower() if req.sha256 else None
         expected_size = req.size
         lfs_followed = False
-        attempt = 0
+        label = req.label or req.url
         while True:
             try:
-                transfer = self._transfer(req, url, resolved, part, start, sniff)
+                transfer = retry.call(
+                    lambda: self._transfer(req, url, resolved, part, start, sniff),
+                    classify=_retry_kind, label=label, attempts=self.retries + 1, backoff=self.backoff,
+                    time_left=lambda: self.deadline - (time.monotonic() - start),
+                )
                 return transfer, expected_sha, expected_size
             except _LfsPointer as ptr:
                 media = lfs_media_url(url)
@@ -665,17 +677,17 @@ class Downloader:
                 part.truncate()
                 continue
             except Transient as exc:
-                attempt += 1
-                left = self.deadline - (time.monotonic() - start)
-                if attempt > self.retries:
-                    hint = "the partial download is kept, run the same fetch later to resume" if part.size() else "check the URL or try again later"
-                    raise NetworkError(f"{str(exc).rstrip('.')}; gave up after {attempt} tries, {hint}.") from None
-                wait = exc.wait if exc.wait is not None else min(8.0, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
-                if wait > left:
+                n = retry.tries(exc)
+                kind = _retry_kind(exc)
+                if kind in ("dns", "tls"):
+                    why = "the host name does not resolve; you appear to be offline" if kind == "dns" else "the TLS connection failed (certificate or protocol)"
+                    raise NetworkError(f"{str(exc).rstrip('.')}: {why}; not retried, check the connection and try again.") from None
+                hint = "the partial download is kept, run the same fetch later to resume" if part.size() else "check the URL or try again later"
+                if n < (self.retries + 1) and kind == "transient":
                     raise NetworkError(
-                        f"{str(exc).rstrip('.')}, and waiting {wait:.0f} s more would pass the {self.deadline:.0f} s deadline; run the same fetch later to resume."
+                        f"{str(exc).rstrip('.')}, and waiting longer would pass the {self.deadline:.0f} s deadline; run the same fetch later to resume."
                     ) from None
-                time.sleep(wait)
+                raise NetworkError(f"{str(exc).rstrip('.')}; gave up after {n} {'try' if n == 1 else 'tries'}, {hint}.") from None
 
     def _transfer(self, req: Request, url: str, resolved: Resolved, part: PartFile, start: float, sniff: bool = True) -> Transfer:
         label = req.label or req.url
@@ -698,11 +710,11 @@ class Downloader:
             raise
         except NetworkError as exc:
             if _transient_cause(exc):
-                raise Transient(str(exc)) from None
+                raise Transient(str(exc), kind=retry.network_kind(exc) or "transient") from None
             raise
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             kind = "timed out" if isinstance(exc, httpx.TimeoutException) else f"broke off ({_clean(str(exc)) or type(exc).__name__})"
-            raise Transient(f"The download of {label} {kind} after {part.size()} bytes.") from None
+            raise Transient(f"The download of {label} {kind} after {part.size()} bytes.", kind=retry.network_kind(exc) or "transient") from None
 
     def _receive(
         self,
