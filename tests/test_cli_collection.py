@@ -117,7 +117,7 @@ def test_fetch_batch_with_failures(home, srv):
 def test_fetch_name_and_json(home, srv):
     url = srv.add("/d/learned_embeds.bin", embedding_bytes("diffusers-bin", name="tok"))
     r = run("fetch", url, "--name", "my-style.pt", "--json")
-    out = json.loads(r.output)
+    out = json.loads(r.stdout)  # progress lines go to stderr
     assert out[0]["status"] == "fetched" and out[0]["path"].endswith("my-style.safetensors")
     r = run("fetch", url, srv.url("/x"), "--name", "x", ok=False)
     assert r.exit_code == 2 and "--name only works with one target" in r.output

@@ -261,17 +261,19 @@ def _clean(text: str) -> str:
 
 
 class Progress:
-    """Per-file and total progress: one redrawn line on a terminal, nothing otherwise."""
+    """The bytes of every file of a fetch on the one progress display (tihub.progress): speed and
+    time left on a terminal, a line per 10% otherwise; nothing when not `enabled`."""
 
     def __init__(self, enabled: bool | None = None, stream_: Any = None) -> None:
         self.stream = stream_ or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.enabled = True if enabled is None else enabled
         self.lock = threading.Lock()
         self.files: dict[str, list[int]] = {}  # key -> [done, total]
         self.finished = 0
         self.count = 0
-        self._last = 0.0
-        self._done_bytes = 0
+        self._done = 0
+        self._total = 0
+        self._display: Any = None
 
     def set_count(self, n: int) -> None:
         self.count = n
@@ -279,56 +281,46 @@ class Progress:
     def start(self, key: str, total: int | None, done: int = 0) -> None:
         with self.lock:
             self.files[key] = [done, total or 0]
-        self._draw()
+            self._total += total or 0
+            self._done += done
+        self._show()
 
     def advance(self, key: str, n: int) -> None:
         with self.lock:
             f = self.files.get(key)
             if f is not None:
                 f[0] += n
-        self._draw()
+            self._done += n
+        self._show()
 
     def finish(self, key: str) -> None:
         with self.lock:
-            f = self.files.pop(key, None)
-            if f is not None:
-                self._done_bytes += f[0]
+            self.files.pop(key, None)
             self.finished += 1
-        self._draw(force=True)
+        self._show()
+
+    def note(self, message: str) -> None:
+        """A line above the bar (a retry, a wait)."""
+        if self._display is not None:
+            self._display.note(message)
+        elif self.enabled:
+            print(_clean(message), file=self.stream, flush=True)
 
     def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
+        if self._display is not None:
+            self._display.close()
+            self._display = None
 
-    def _draw(self, force: bool = False) -> None:
+    def _show(self) -> None:
         if not self.enabled:
             return
-        now = time.monotonic()
-        if not force and now - self._last < 0.1:
-            return
-        self._last = now
+        from tihub.progress import Progress as Display
+
         with self.lock:
-            parts = []
-            done = self._done_bytes
-            for key, (d, t) in list(self.files.items())[:3]:
-                pct = f"{100 * d // t:3d}%" if t else _mb(d)
-                parts.append(f"{_clean(key.split(chr(0), 1)[0])[:24]} {_bar(d, t)} {pct}")
-            done += sum(d for d, _ in self.files.values())
-            line = f"[{self.finished}/{self.count or '?'}] {_mb(done)}  " + "  ".join(parts)
-        self.stream.write("\r\x1b[K" + line[:200])
-        self.stream.flush()
-
-
-def _bar(done: int, total: int, width: int = 12) -> str:
-    if not total:
-        return ""
-    n = min(width, width * done // total)
-    return "[" + "#" * n + "." * (width - n) + "]"
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+            if self._display is None:
+                self._display = Display("fetch", None, "bytes", stream=self.stream)
+            label = f"fetch {self.finished}/{self.count or '?'}"
+            self._display.update(self._done, total=self._total or None, label=label)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,6 +497,7 @@ class Downloader:
         self.env = env
         self.max_bytes = max_bytes
         self.host_kinds = host_kinds
+        self._stop = threading.Event()  # set on Ctrl-C: transfers in worker threads stop, partials kept
         _widen_reads()
         self._client = make_client(
             timeout=timeout,
@@ -531,7 +524,13 @@ class Downloader:
             results = [self.fetch(r) for r in reqs]
         else:
             with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="tihub-fetch") as pool:
-                results = list(pool.map(self.fetch, reqs))
+                try:
+                    results = list(pool.map(self.fetch, reqs))
+                except KeyboardInterrupt:
+                    self._stop.set()  # workers stop at their next chunk and keep their partial files
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    self.progress.close()
+                    raise
         self.progress.close()
         return results
 
@@ -557,8 +556,8 @@ class Downloader:
                 transfer, expected_sha, expected_size = self._transfer_with_retries(req, resolved, part, sniff=False)
             except DownloadError:
                 raise
-            except NetworkError:
-                keep = part.size() > 0
+            except (NetworkError, KeyboardInterrupt):
+                keep = part.size() > 0  # resumable next time, also after Ctrl-C
                 raise
             if expected_size is not None and transfer.size != expected_size:
                 raise DownloadError(f"The download of {req.url} has {transfer.size} bytes but {expected_size} were expected.")
@@ -609,8 +608,8 @@ class Downloader:
                 transfer, expected_sha, expected_size = self._transfer_with_retries(req, resolved, part)
             except DownloadError:
                 raise
-            except NetworkError:
-                keep_part = part.size() > 0  # resumable next time
+            except (NetworkError, KeyboardInterrupt):
+                keep_part = part.size() > 0  # resumable next time, also after Ctrl-C
                 raise
             if expected_size is not None and transfer.size != expected_size:
                 raise DownloadError(
@@ -822,6 +821,8 @@ class Downloader:
                 _write_all(part.fd, chunk)
                 hasher.update(chunk)
                 self.progress.advance(key, len(chunk))
+                if self._stop.is_set():
+                    raise NetworkError(f"The download of {label} was interrupted after {received} bytes; the partial file is kept, run the same fetch to resume.")
                 if time.monotonic() > deadline_at:
                     raise NetworkError(
                         f"The download of {label} did not finish within the {self.deadline:.0f} s deadline ({received} bytes so far, the server is too slow); run the same fetch later to resume."

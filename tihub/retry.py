@@ -145,7 +145,8 @@ def call(
         total = timeout_attempts if exc is not None and kind_of(exc) == "timeout" else attempts
         wait = state.next_action.sleep if state.next_action else 0.0
         reason = exc.message if isinstance(exc, RetryNow) else str(exc)
-        announce(f"{label}: retrying {state.attempt_number + 1}/{total} in {wait:.0f} s ({reason.rstrip('.')})")
+        when = f"{wait:.1f}" if wait < 10 else f"{wait:.0f}"
+        announce(f"{label}: retrying {state.attempt_number + 1}/{total} in {when} s ({reason.rstrip('.')})")
 
     retrying = tenacity.Retrying(retry=retryable, wait=wait_for, stop=stop, before_sleep=before_sleep, sleep=sleep, reraise=True)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -98,29 +97,26 @@ def sources_cmd(ctx: Context, as_json: bool, init: bool) -> None:
 # ------------------------------------------------------------------------------------- sync
 
 
-class _Progress:
-    """A one-line live status on a terminal, plain lines otherwise (both on stderr)."""
+class _SyncProgress:
+    """Sync's callback (source, message, done, total) on the one progress display."""
 
     def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.width = 0
+        from tihub.progress import Progress
+
+        self.display = Progress("sync", None, "item")
+        self.source: str | None = None
 
     def __call__(self, source: str, message: str, done: int | None, total: int | None) -> None:
-        if self.tty:
-            bar = ""
-            if done is not None and total:
-                n = int(20 * done / total)
-                bar = f"[{'#' * n}{'.' * (20 - n)}] {done}/{total} "
-            line = f"{source}: {bar}{message}"[:100]
-            click.echo("\r" + line.ljust(self.width), nl=False, err=True)
-            self.width = len(line)
-        elif done is None:
-            click.echo(f"{source}: {message}", err=True)
+        if source != self.source:
+            self.source = source
+            self.display.restart(total, source)
+        self.display.update(done, total=total, status=message)
+
+    def note(self, message: str) -> None:
+        self.display.note(message)
 
     def clear(self) -> None:
-        if self.tty and self.width:
-            click.echo("\r" + " " * self.width + "\r", nl=False, err=True)
-            self.width = 0
+        self.display.close()
 
 
 @click.command("sync")
@@ -139,12 +135,16 @@ def sync_cmd(ctx: Context, names: tuple[str, ...], as_json: bool, deadline: floa
       tihub sync                    # every enabled source
       tihub sync hf-concepts local  # just these two
     """
+    from tihub.retry import reporting
     from tihub.sync import sync
 
-    progress = _Progress()
-    reports = sync(ctx.workspace, list(names) or None, progress=progress, deadline_s=deadline,
-                   catalog=_catalog(ctx))
-    progress.clear()
+    progress = _SyncProgress()
+    try:
+        with reporting(progress.note):  # retries and "you appear to be offline" shown as they happen
+            reports = sync(ctx.workspace, list(names) or None, progress=progress, deadline_s=deadline,
+                           catalog=_catalog(ctx))
+    finally:
+        progress.clear()
     if as_json:
         echo_json([item(not r.failed, **r.as_dict()) for r in reports])
     else:

@@ -142,10 +142,18 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
             catalog = _catalog(ctx)
         catalog.upsert_local_file(path, emb, sha, req.entry_id)
 
+    from tihub.retry import reporting
+
     results = []
     if requests:
-        with Downloader(folder, convert=as_, force=force, jobs=jobs, deadline=timeout, progress=Progress(), record=record) as dl:
-            results = dl.fetch_all(requests)
+        progress = Progress()
+        try:
+            with reporting(progress.note), Downloader(folder, convert=as_, force=force, jobs=jobs, deadline=timeout, progress=progress, record=record) as dl:
+                results = dl.fetch_all(requests)
+        except KeyboardInterrupt:
+            progress.close()
+            click.echo("Interrupted; partial downloads are kept, run the same fetch again to resume.", err=True)
+            raise SystemExit(130) from None
     for r in results:
         label = r.request.label or r.request.url
         if r.ok:
