@@ -458,6 +458,24 @@ def read_loss_csv(path: Path) -> list[tuple[int, float]]:
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(fh)]
 
 
+def nice_ticks(lo: float, hi: float, count: int = 5, integer: bool = False) -> tuple[list[float], float]:
+    """Round tick values inside [lo, hi]: multiples of 1, 2 or 5 times a power of ten
+    (0.05, 0.1, 0.15 ... not 0.0734, 0.0981 ...); and the step between them."""
+    span = max(hi - lo, 1e-12)
+    raw = span / max(1, count)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    if integer:
+        step = max(1.0, float(round(step)))
+    first = math.ceil(lo / step - 1e-9) * step
+    ticks = []
+    v = first
+    while v <= hi + step * 1e-9:
+        ticks.append(round(v, 12))
+        v += step
+    return ticks or [lo], step
+
+
 def plot_loss(points: list[tuple[int, float]], path: Path, title: str = "") -> Path | None:
     """A small loss plot (raw loss in grey, moving average in blue), drawn with PIL."""
     from PIL import Image, ImageDraw
@@ -476,12 +494,14 @@ def plot_loss(points: list[tuple[int, float]], path: Path, title: str = "") -> P
     sx = lambda s: L + (s - s0) / max(1, s1 - s0) * (W - L - R)  # noqa: E731
     sy = lambda v: T + (hi - v) / (hi - lo) * (H - T - B)  # noqa: E731
     d.rectangle([L, T, W - R, H - B], outline="black")
-    for k in range(5):
-        v = lo + (hi - lo) * k / 4
+    yticks, ystep = nice_ticks(lo, hi)
+    decimals = max(0, -math.floor(math.log10(ystep)) + (1 if f"{ystep:.1e}".startswith("2.5") else 0))
+    for v in yticks:
         d.line([L - 4, sy(v), L, sy(v)], fill="black")
-        d.text((4, sy(v) - 6), f"{v:.4f}", fill="black")
-    for k in range(5):
-        s = s0 + (s1 - s0) * k / 4
+        d.text((4, sy(v) - 6), f"{v:.{decimals}f}", fill="black")
+    xticks, _ = nice_ticks(s0, s1, integer=True)
+    for s in xticks:
+        d.line([sx(s), H - B, sx(s), H - B + 4], fill="black")
         d.text((sx(s) - 10, H - B + 6), f"{int(s)}", fill="black")
     d.line([(sx(s), sy(v)) for s, v in pts], fill=(170, 170, 170))
     win = max(1, len(pts) // 20)
