@@ -385,7 +385,7 @@ def _civitai(ctx: Context) -> tuple[str | None, bool]:
 @click.option("--model-hash", help="A model hash: A1111 old (8 hex), AutoV2 (10 hex) or sha256.")
 @click.option("--catalog", "include_catalog", is_flag=True, help="Also judge catalogue entries that are not fetched.")
 @click.option("--offline", is_flag=True, envvar="TIHUB_OFFLINE", help="Do not ask Civitai about unknown hashes.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, status, reason}.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, ok, fit, reason, trained_on, trained_on_name}.")
 @pass_ctx
 def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, model_hash: str | None, include_catalog: bool, offline: bool, as_json: bool) -> None:
     """Say which embeddings work on a model: trained-on, same-family, partial, wont-load, unknown.
