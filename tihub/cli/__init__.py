@@ -98,7 +98,9 @@ def _json_failure(message: str) -> None:
 
 def _command_failed(ctx: click.Context, message: str, as_json: bool, code: int) -> None:
     """A whole-command failure: one sentence on stderr, and the JSON failure object with --json."""
-    click.echo(f"Error: {message}", err=True)
+    from tihub.tables import safe_text
+
+    click.echo(f"Error: {safe_text(message)}", err=True)
     if as_json:
         _json_failure(message)
     ctx.exit(code)

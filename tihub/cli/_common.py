@@ -70,7 +70,16 @@ def checkpoint_name(label: str | None, sd_checkpoint: str | None) -> str | None:
 
 def fail(message: str) -> None:
     """Print one line to stderr (used for per-item failures in a batch)."""
-    click.echo(f"Error: {message}", err=True)
+    from tihub.tables import safe_text
+
+    click.echo(f"Error: {safe_text(message)}", err=True)
+
+
+def say(line: str) -> None:
+    """Print one line to stdout with any terminal escapes in names shown as text."""
+    from tihub.tables import safe_text
+
+    click.echo(safe_text(line))
 
 
 def exit_status(failed: bool) -> None:

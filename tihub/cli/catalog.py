@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from tihub.cli._common import Context, choice_check, echo_json, exit_status, fail, item, pass_ctx
+from tihub.cli._common import Context, choice_check, echo_json, exit_status, fail, item, pass_ctx, say
 
 
 def _catalog(ctx: Context):  # type: ignore[no-untyped-def]
@@ -152,7 +152,7 @@ def sync_cmd(ctx: Context, names: tuple[str, ...], as_json: bool, deadline: floa
             if r.failed:
                 fail(r.summary())
             else:
-                click.echo(r.summary())
+                say(r.summary())
     exit_status(any(r.failed for r in reports))
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from tihub.cli._common import Context, checkpoint_name, echo_json, exit_status, fail, item, pass_ctx
+from tihub.cli._common import Context, checkpoint_name, echo_json, exit_status, fail, item, pass_ctx, say
 
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -104,7 +104,7 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
         here = [f for f in files if f.get("local_path") and Path(f["local_path"]).is_file()]
         if here and not force and not to:
             if not as_json:
-                click.echo(f"already here: {t} -> {here[0]['local_path']} (pass --force to fetch it again)")
+                say(f"already here: {t} -> {here[0]['local_path']} (pass --force to fetch it again)")
             out.append(_fetch_item(t, True, status="exists", path=here[0]["local_path"], name=here[0].get("entry_name"),
                                    sha256=here[0].get("sha256"), size=here[0].get("size"), url=here[0].get("url")))
             continue
@@ -161,7 +161,7 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
             extra = ", converted to safetensors" if r.converted else ""
             extra += f", resumed at {r.resumed_from} bytes" if r.resumed_from else ""
             if not as_json:
-                click.echo(f"{what}: {label} -> {r.path} ({_size(r.size)}, sha256 {r.sha256[:12] if r.sha256 else '?'}{extra})")
+                say(f"{what}: {label} -> {r.path} ({_size(r.size)}, sha256 {r.sha256[:12] if r.sha256 else '?'}{extra})")
         else:
             failed = True
             fail(r.error or f"{label} failed.")
@@ -218,7 +218,7 @@ def import_cmd(ctx: Context, files: tuple[str, ...], name: str | None, as_: str,
             fail(r.error or f"{f} failed.")
         elif not as_json:
             match = f", matches catalogue entry {r.entry!r} by {r.matched_by}" if r.entry else ", no catalogue entry matches"
-            click.echo(f"{'imported' if r.status == 'imported' else 'already here'}: {f} -> {r.path}{match}")
+            say(f"{'imported' if r.status == 'imported' else 'already here'}: {f} -> {r.path}{match}")
         out.append(item(r.status != "failed", r.error or f"{f} failed.", input=f, status=r.status,
                         name=r.path.stem if r.path else None, path=str(r.path) if r.path else None,
                         entry=r.entry, matched_by=r.matched_by))
@@ -311,7 +311,7 @@ def remove_cmd(ctx: Context, names: tuple[str, ...], as_json: bool) -> None:
         try:
             p, *extra = remove_files(ws, n, catalog)
             if not as_json:
-                click.echo(f"removed: {p}" + (f" (and {', '.join(x.name for x in extra)})" if extra else ""))
+                say(f"removed: {p}" + (f" (and {', '.join(x.name for x in extra)})" if extra else ""))
             out.append(item(True, name=n, path=str(p), sidecars=[str(x) for x in extra]))
         except TihubError as exc:
             failed = True
@@ -356,7 +356,7 @@ def export_cmd(ctx: Context, names: tuple[str, ...], to: str, app: str, force: b
             failed = True
             fail(r.error or f"{r.name} failed.")
         elif not as_json:
-            click.echo(f"{'exported' if r.status == 'exported' else 'already there'}: {r.name} -> {r.path}   prompt: {r.trigger}")
+            say(f"{'exported' if r.status == 'exported' else 'already there'}: {r.name} -> {r.path}   prompt: {r.trigger}")
     if as_json:
         echo_json([item(r.status != "failed", r.error or f"{r.name} failed.", name=r.name, status=r.status, path=str(r.path) if r.path else None,
                          triggers=[r.trigger] if r.trigger else []) for r in results])
@@ -470,7 +470,7 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
     else:
         fam = FAMILY_NAMES.get(model.family or "", "unknown family")
         origin = {"hashed": "hashed file", "builtin": "built-in table", "civitai": "Civitai", "catalog": "catalogue"}.get(model.origin, "unknown")
-        click.echo(f"Model: {model.label()} — {fam} ({origin}{'; ' + model.note if model.note and model.origin == 'unknown' else ''})")
+        say(f"Model: {model.label()} — {fam} ({origin}{'; ' + model.note if model.note and model.origin == 'unknown' else ''})")
         if not results:
             click.echo("No embeddings to judge; name some, fetch some, or add --catalog.")
         from tihub.tables import Column, render

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from tihub.cli._common import Context, check_device, check_model_arg, echo_json, exit_status, fail, item, pass_ctx
+from tihub.cli._common import Context, check_device, check_model_arg, echo_json, exit_status, fail, item, pass_ctx, say
 from tihub.errors import ConfigError, NotFound, TihubError
 
 MODEL_HELP = "Model: a diffusers folder, a .safetensors/.ckpt checkpoint, or a Hub repo id (downloaded once, then read from the Hugging Face cache). Default: $TIHUB_MODEL."
@@ -38,11 +38,22 @@ def _engine(ctx: Context, model: str | None, device: str | None = None, dtype: s
     from tihub.engine.generate import Engine
 
     check_device(device)
+    _loading(_model(model))
     return Engine.load(_model(model), ctx.workspace.embeddings_dir, device=device, dtype=dtype, hash_cache=_hash_cache(ctx), config=config)
 
 
 config_option = click.option("--config", "config", type=click.Path(file_okay=False), default=None,
                              help="Diffusers config folder for a single-file checkpoint [default: tihub's SD1/SD2/SDXL configs].")
+
+
+def _loading(model: str) -> None:
+    """On a terminal, say what the seconds before the first step are spent on."""
+    import sys
+
+    if sys.stderr.isatty():
+        from tihub.tables import safe_text
+
+        click.echo(safe_text(f"Loading model {model} ..."), err=True)
 
 
 def step_progress(engine: Any, label: str, _batches: int | None) -> Any:
@@ -53,8 +64,10 @@ def step_progress(engine: Any, label: str, _batches: int | None) -> Any:
 
 
 def _warn(messages: list[str]) -> None:
+    from tihub.tables import safe_text
+
     for m in messages:
-        click.echo(f"Warning: {m}", err=True)
+        click.echo(f"Warning: {safe_text(m)}", err=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,7 +109,7 @@ def prompt_cmd(ctx: Context, prompt: str, steps: int, model: str | None, as_json
     _warn(info["warnings"])
     click.echo("Schedule:")
     for end, text in info["schedule"]:
-        click.echo(f"  until step {end:>3}: {text}")
+        say(f"  until step {end:>3}: {text}")
     click.echo("Attention:")
     for text, weight in info["attention"]:
         click.echo("  BREAK" if weight == -1 and text == "BREAK" else f"  {weight:<8.4g} {text!r}")
@@ -104,7 +117,7 @@ def prompt_cmd(ctx: Context, prompt: str, steps: int, model: str | None, as_json
     if info["embeddings"]:
         click.echo("Embeddings:")
         for e in info["embeddings"]:
-            click.echo(f"  {e['name']}: {e['vectors']} vector(s), {e['file'] or 'in memory'}")
+            say(f"  {e['name']}: {e['vectors']} vector(s), {e['file'] or 'in memory'}")
     else:
         click.echo("Embeddings: none")
 
@@ -365,6 +378,7 @@ def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y
     def engine_for(m: str | None) -> Engine:
         key = m or None
         if key not in engines:
+            _loading(_model(key or model))
             engines[key] = Engine(load_model(_model(key or model), device=device, dtype=dtype, hash_cache=cache, config=config), ctx.workspace.embeddings_dir)
         return engines[key]
 
