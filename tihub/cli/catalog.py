@@ -107,8 +107,9 @@ class _SyncProgress:
         self.source: str | None = None
 
     def __call__(self, source: str, message: str, done: int | None, total: int | None) -> None:
-        if source != self.source:
+        if source != self.source:  # one line per source as it starts, then the bar / the tenths
             self.source = source
+            self.display.note(f"{source}: {message}")
             self.display.restart(total, source)
         self.display.update(done, total=total, status=message)
 
