@@ -22,9 +22,11 @@ its real name in the target folder:
    refuses to overwrite: a different file already there is reported, the same file is a no-op)
    and recorded in the catalogue.
 
-Transient failures (connection errors, timeouts, 408/5xx, 429) are retried with exponential
-backoff (429/503 wait as long as `Retry-After` says, clamped); a per-file deadline bounds a
-server that drips bytes. Files are fetched by a pool of threads (`jobs`).
+Transient failures (connection errors, 408/5xx, 429) are retried by the one retry policy
+(`tihub.retry`: exponential backoff, 429/503 wait as long as `Retry-After` says, clamped; a
+stalled read once; DNS, TLS and other 4xx failures never); a per-file deadline bounds a server
+that drips bytes. Files are fetched by a pool of threads (`jobs`); Ctrl-C stops them and keeps
+each partial file for the next fetch to resume.
 
 Host notes:
 - Hugging Face: `/{repo}/resolve/{rev}/{path}` serves LFS files (redirect to a CDN); `blob` pages

@@ -1,4 +1,5 @@
-"""Polite HTTP for indexers: retries with backoff, 429/Retry-After, size caps, checked URLs.
+"""Polite HTTP for indexers: retries (the one policy, `tihub.retry`), 429/Retry-After, size caps,
+checked URLs. A host name that does not resolve raises `OfflineError` at once (no retries).
 
 Every request goes through `tihub.net.stream`, so each URL and each redirect hop is checked
 against the source's `URLPolicy` (private addresses only with `allow_private: true`). Replies
