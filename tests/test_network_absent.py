@@ -114,3 +114,38 @@ def test_ctrl_c_keeps_the_partial_file_for_resume(tmp_path: Path, srv: FileServe
         res = d.fetch(Request(url, trusted=True))
     assert res.ok and res.resumed_from and res.resumed_from > 0
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+def test_a_host_that_never_answers_costs_two_read_timeouts() -> None:
+    import threading
+
+    from tihub.errors import SourceError
+    from tihub.net import URLPolicy, make_client
+    from tihub.sources._http import Fetcher
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:  # accept and never answer
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/index"
+    notes: list[str] = []
+    try:
+        with retry.reporting(notes.append), Fetcher(make_client(timeout=0.3), URLPolicy(allow_private=True), source="stuck",
+                                                    sleep=lambda s: None) as f, pytest.raises(SourceError) as info:
+            f.get(url)
+    finally:
+        listener.close()
+        for c in accepted:
+            c.close()
+    assert f.requests == 2 and len(notes) == 1 and "retrying 2/2" in notes[0]
+    assert "after 2 tries" in str(info.value)
