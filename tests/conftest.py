@@ -15,12 +15,21 @@ os.environ.pop("TIHUB_DB", None)
 os.environ.pop("CIVITAI_TOKEN", None)
 os.environ.pop("HF_TOKEN", None)
 
+import itertools  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pgserver  # noqa: E402
+
+ENGINES = ["sqlite", "postgresql"]
+_schemas = itertools.count()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -83,3 +92,40 @@ def _fresh_engines():
         dispose_all()
     except ImportError:  # pragma: no cover
         pass
+
+
+@pytest.fixture(scope="session")
+def pg_server(worker_id: str) -> Iterator[pgserver.PgServer]:
+    """One throwaway PostgreSQL server per test process (initdb + pg_ctl into a temp folder on a
+    loopback port), with a `tihub_<worker>` database; skipped with the reason where no server
+    binary or no psycopg exists."""
+    reason = pgserver.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    server = pgserver.start()
+    server.database = f"tihub_{worker_id}"
+    server.create_database(server.database)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: pgserver.PgServer) -> str:
+    """A fresh, empty catalogue on the PostgreSQL server: its own schema (fast to make)."""
+    schema = f"t{next(_schemas)}"
+    pg_server.execute(f"CREATE SCHEMA {schema}", pg_server.database)
+    return pg_server.url(pg_server.database, schema)
+
+
+@pytest.fixture(params=ENGINES)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a catalogue test on both engines: the URL of a fresh catalogue, SQLite (in tmp_path)
+    or PostgreSQL. On PostgreSQL it is also $TIHUB_DB, so a workspace (and a `python -m tihub`
+    child) uses it; on SQLite the workspace keeps its own `catalog.db`."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    url = request.getfixturevalue("pg_url")
+    monkeypatch.setenv("TIHUB_DB", url)
+    return url

@@ -362,7 +362,86 @@ def builders() -> dict[str, Builder]:
             {"__metadata__": {"name": {"x": 1}}, "emb_params": _st([1, 768], 0, 3072)}, b"\x00" * 3072
         ),
     }
+    b.update(memory_bombs())  # issue 11: each refused under the per-file memory budget
     return b
+
+
+# ---------------------------------------------------------------------------------------------
+# memory bombs (issue 11): small files whose reading would allocate gigabytes without a budget
+# ---------------------------------------------------------------------------------------------
+
+
+def _tensor_record(key: str, numel: int, shape: tuple[int, ...], stride: tuple[int, ...], storage: str = "FloatStorage") -> bytes:
+    def tup(vals: tuple[int, ...]) -> bytes:
+        return b"(" + b"".join(b"\x8a\x08" + struct.pack("<q", v) for v in vals) + b"t"
+
+    return (
+        b"ctorch._utils\n_rebuild_tensor_v2\n("
+        + b"(" + _unicode("storage") + b"ctorch\n" + storage.encode() + b"\n" + _unicode(key) + _unicode("cpu")
+        + b"\x8a\x08" + struct.pack("<q", numel) + b"tQ"
+        + b"K\x00" + tup(shape) + tup(stride) + b"\x89" + b"ccollections\nOrderedDict\n)R" + b"tR"
+    )
+
+
+def zero_stride_bomb() -> bytes:
+    """One float of storage viewed as a 65536 x 65536 tensor (16 GiB) through zero strides."""
+    pkl = payload_pickle(
+        b"}(" + _unicode("string_to_param") + b"}" + _unicode("*") + _tensor_record("0", 1, (65536, 65536), (0, 0)) + b"s" + b"u"
+    )
+    return zipped(pkl, storage=b"\x00" * 4)
+
+
+def shared_views_bomb(views: int = 150, numel: int = 1 << 20) -> bytes:
+    """`views` tensors on one 4 MiB storage: each would get its own 4 MiB copy (600 MB)."""
+    items = b"".join(_tensor_record("0", numel, (numel,), (1,)) for _ in range(views))
+    pkl = payload_pickle(b"}(" + _unicode("string_to_param") + b"}" + _unicode("*") + _tensor_record("0", numel, (numel,), (1,)) + b"s" + _unicode("views") + b"(" + items + b"l" + b"u")
+    return zipped(pkl, storage=b"\x00" * (numel * 4))
+
+
+def codecs_bomb(copies: int = 500, size: int = 4 << 20) -> bytes:
+    """One memoized 4 MiB string passed to _codecs.encode 500 times (2 GB of bytes copies)."""
+    text = b"X" + struct.pack("<I", size) + b"a" * size + b"r" + struct.pack("<I", 7)
+    calls = b"".join(b"c_codecs\nencode\n(j" + struct.pack("<I", 7) + _unicode("latin1") + b"tR" for _ in range(copies))
+    return zipped(payload_pickle(text + b"0" + b"(" + calls + b"l"))
+
+
+def png_text_bomb() -> bytes:
+    """The _codecs bomb as a torch zip inside a PNG's sd-ti-embedding text chunk."""
+    raw = codecs_bomb(copies=200, size=2 << 20)
+    return png(4, 4, [_chunk(b"tEXt", b"sd-ti-embedding\x00" + base64.b64encode(raw))])
+
+
+def json_values_bomb(values: int = 3_000_000) -> bytes:
+    """A PNG text chunk whose JSON is millions of one-digit numbers (each a Python object)."""
+    body = b'{"string_to_param": {"*": {"TORCHTENSOR": [' + b"0," * (values - 1) + b"0]}}}"
+    return png(4, 4, [_chunk(b"tEXt", b"sd-ti-embedding\x00" + base64.b64encode(body))])
+
+
+def bf16_zero_stride_bomb() -> bytes:
+    pkl = payload_pickle(
+        b"}(" + _unicode("emb_params") + _tensor_record("0", 1, (1 << 15, 1 << 15), (0, 0), "BFloat16Storage") + b"u"
+    )
+    return zipped(pkl, storage=b"\x00" * 2)
+
+
+def tuple_key_bomb(depth: int = 64) -> bytes:
+    """A dict key of 2**64 nested tuples built from memo references (hashing it never ends)."""
+    body = b"K\x01K\x01\x86q\x00"
+    for _ in range(depth):
+        body += b"0h\x00h\x00\x86q\x00"
+    return zipped(payload_pickle(b"}" + body + b"K\x01s"))
+
+
+def memory_bombs() -> dict[str, Builder]:
+    return {
+        "bomb-zero-stride.pt": lambda c: zero_stride_bomb(),
+        "bomb-shared-views.pt": lambda c: shared_views_bomb(),
+        "bomb-codecs-encode.pt": lambda c: codecs_bomb(),
+        "bomb-png-text-codecs.png": lambda c: png_text_bomb(),
+        "bomb-png-json-values.png": lambda c: json_values_bomb(),
+        "bomb-bf16-zero-stride.pt": lambda c: bf16_zero_stride_bomb(),
+        "bomb-tuple-key.pt": lambda c: tuple_key_bomb(),
+    }
 
 
 def build_all(directory: Path, canary: Path) -> dict[str, Path]:

@@ -22,7 +22,7 @@ def run(*args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def ws(home: Path) -> Path:
+def ws(home: Path, db_url: str) -> Path:
     emb = home / "embeddings"
     save_file({"emb_params": np.ones((2, 768), np.float32)}, str(emb / "watercolor.safetensors"))
     save_file({"clip_l": np.ones((1, 768), np.float32), "clip_g": np.ones((1, 1280), np.float32)},

@@ -220,7 +220,7 @@ def test_hash_uses_the_workspace_cache(tmp_path: Path, home: Path, monkeypatch: 
     assert len(calls) == 2
 
 
-def test_hash_registers_models_in_the_catalogue(tmp_path: Path, home: Path) -> None:
+def test_hash_registers_models_in_the_catalogue(tmp_path: Path, home: Path, db_url: str) -> None:
     from tihub.catalog import store
 
     model = write_st(tmp_path / "dreamshaper.safetensors", SD1)

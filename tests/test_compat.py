@@ -32,8 +32,8 @@ OLD = "1234abcd"
 
 
 @pytest.fixture
-def catalog(tmp_path):
-    return Catalog(open_engine(f"sqlite:///{tmp_path / 'c.db'}"))
+def catalog(db_url):
+    return Catalog(open_engine(db_url))
 
 
 def model(family, sha=SHA, old=OLD, name="my-model"):

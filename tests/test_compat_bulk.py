@@ -65,8 +65,8 @@ def civitai():
 
 
 @pytest.fixture
-def catalog(tmp_path: Path) -> Catalog:
-    return Catalog(open_engine(f"sqlite:///{tmp_path / 'catalog.db'}"))
+def catalog(db_url: str) -> Catalog:
+    return Catalog(open_engine(db_url))
 
 
 def test_one_bulk_request_names_unknown_hashes_and_caches_answers(civitai: str, catalog: Catalog) -> None:

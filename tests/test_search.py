@@ -25,7 +25,7 @@ def c(rid: str, name: str, **kw) -> Candidate:
 
 
 @pytest.fixture
-def cat(tmp_path: Path) -> Catalog:
+def cat(tmp_path: Path, db_url: str) -> Catalog:
     cat = Catalog.open(Workspace.locate(tmp_path / "ws"))
     cat.ingest(SourceSpec("hf", "huggingface"), [
         c("1", "watercolor", title="Watercolor style", kind="style", widths={"clip_l": 768}, tags=["painting"]),

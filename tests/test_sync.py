@@ -72,7 +72,7 @@ def fake_index(spec, ctx):
 
 
 @pytest.fixture
-def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str) -> Workspace:
     root = tmp_path / "ws"
     root.mkdir()
     (root / "sources.yaml").write_text(YAML)
@@ -194,7 +194,7 @@ def write_st(path: Path, **tensors: np.ndarray) -> None:
 
 
 @pytest.fixture
-def local_ws(tmp_path: Path) -> Workspace:
+def local_ws(tmp_path: Path, db_url: str) -> Workspace:
     root = tmp_path / "lws"
     emb = root / "embeddings"
     write_st(emb / "watercolor.safetensors", emb_params=np.ones((2, 768), np.float32))

@@ -106,27 +106,28 @@ def test_the_step_runner_for_each_mode() -> None:
     # auto (the default): a graph wherever one can run, silently eager elsewhere
     assert pick("auto") == (GraphedStep, False, [])
     assert pick("auto", device=cpu) == (EagerStep, None, [])
-    assert pick("auto", scaler=scaler) == (EagerStep, None, [])
+    assert pick("auto", scaler=scaler) == (GraphedStep, False, [])  # fp16: the scale read in the graph
     assert pick("auto", checkpointing=True) == (EagerStep, None, [])
     assert pick("auto", compiled=True) == (EagerStep, None, [])
     # on: the same choice, with a note where a graph cannot run
     assert pick("on") == (GraphedStep, False, [])
     assert pick("on", device=cpu) == (EagerStep, None, ["CUDA graphs need a CUDA device, not cpu; training runs eagerly."])
-    assert pick("on", scaler=scaler)[2] == ["CUDA graphs are not used with fp16 loss scaling; use --precision bf16 or fp32; training runs eagerly."]
+    assert pick("on", scaler=scaler) == (GraphedStep, False, [])
     assert pick("off") == (EagerStep, None, [])
     assert pick("emulate", device=cpu) == (GraphedStep, True, [])
-    # the eager runner keeps the fp16 loss scaler
+    # both runners keep the fp16 loss scaler (the graph's self-check runs an eager step with it)
     assert make_step("auto", None, 1.0, 2, cuda, scaler, False, False, print).scaler is scaler
+    assert make_step("auto", None, 1.0, 2, cuda, scaler, True, False, print).scaler is scaler
+    assert make_step("auto", None, 1.0, 2, cuda, scaler, False, False, print).eager.scaler is scaler  # type: ignore[union-attr]
 
 
 def test_cuda_graphs_refusals() -> None:
     from tihub.engine.train_step import graphs_refusal
 
     cuda = torch.device("cuda")
-    assert graphs_refusal(cuda, False, False, False) is None
-    assert "fp16 loss scaling" in (graphs_refusal(cuda, True, False, False) or "")
-    assert "--gradient-checkpointing" in (graphs_refusal(cuda, False, True, False) or "")
-    assert "--compile" in (graphs_refusal(cuda, False, False, True) or "")
+    assert graphs_refusal(cuda, False, False) is None
+    assert "--gradient-checkpointing" in (graphs_refusal(cuda, True, False) or "")
+    assert "--compile" in (graphs_refusal(cuda, False, True) or "")
 
 
 class _NoHostSync(torch.overrides.TorchFunctionMode):
@@ -233,3 +234,87 @@ def test_a_replay_that_differs_from_eager_is_caught_once_and_the_run_goes_on_eag
     assert replays == [2, 1 + 4]  # two replays (the second checked), then eager steps only
     a, b = _vectors(eager), _vectors(graphed)
     assert all(torch.equal(a[k], b[k]) for k in a)  # the wrong replay never reached the optimizer
+
+
+def _scaled_run(model: Path, graphed: bool, steps: int = 6) -> tuple[list[torch.Tensor], list[float], list[bool], list[str]]:
+    """fp16-style training with a GradScaler (on the CPU: fp32 compute, a real CPU GradScaler),
+    each step as train.py takes it: the micro-batch runner, then unscale_, step and update.
+    Returns the vectors after each step, the scale before each step, whether each step's
+    gradients were finite, and the runner's notes."""
+    from tihub.engine.train import load_pipeline
+    from tihub.engine.train_step import EagerStep, MicroBatch
+
+    pipe = load_pipeline(str(model), torch.device("cpu"), torch.float32)
+    session = Session(pipe, 2, torch.device("cpu"), torch.float32, lambda tok, table, key: np.full((2, table.shape[1]), 0.01, np.float32))
+    # a first scale so large that the gradients overflow (a skipped step, as fp16 runs start),
+    # then a backoff to a sane scale, and growth every 2 good steps: the scale moves every step
+    # (the loss weighed 1e4 and a first scale of 3e38: the scaled loss is inf)
+    scaler = torch.amp.GradScaler("cpu", init_scale=3e38, backoff_factor=1e-30, growth_factor=2.0, growth_interval=2)
+    notes: list[str] = []
+    run = GraphedStep(session, 1e4, 2, emulate=True, on_fallback=notes.append, scaler=scaler) if graphed else EagerStep(session, 1e4, scaler)
+    optimizer = torch.optim.AdamW(session.params, lr=0.05, weight_decay=0.0)
+    vectors, scales, finite = [], [], []
+    try:
+        for step in range(steps):
+            g = torch.Generator().manual_seed(step)
+            prompt = [f"a photo of {PLACEHOLDER}", f"{PLACEHOLDER} in snow"][step % 2]
+            mb = MicroBatch(torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g), torch.randint(0, 1000, (2,), generator=g), session.token_ids([prompt, prompt]))
+            scales.append(float(scaler.get_scale()))
+            _loss, grads = run(mb)
+            finite.append(all(bool(x.isfinite().all()) for x in grads))
+            for p, g_ in zip(session.params, grads, strict=True):
+                p.grad = g_
+            scaler.unscale_(optimizer)
+            scaler.step(optimizer)
+            scaler.update()
+            vectors.append(torch.cat([p.detach().clone().flatten() for p in session.params]))
+    finally:
+        session.close()
+    return vectors, scales, finite, notes
+
+
+def test_fp16_loss_scaling_replays_match_eager_steps_with_the_same_skips_and_scales(tiny_sd1_dir: Path, replays: list[int]) -> None:
+    eager_vectors, eager_scales, eager_finite, _ = _scaled_run(tiny_sd1_dir, graphed=False)
+    replays[:] = [0, 0]
+    graph_vectors, graph_scales, graph_finite, notes = _scaled_run(tiny_sd1_dir, graphed=True)
+    # every step replayed (the second one also checked against an eager step), none dropped
+    assert replays == [6, 1] and notes == []
+    # the first step overflowed and was skipped in both; the scale then moved every other step,
+    # and each replay used the scale in force at its step, not the one at capture
+    assert eager_finite[0] is False and all(eager_finite[1:])
+    assert graph_finite == eager_finite and graph_scales == eager_scales
+    assert len(set(eager_scales)) >= 3, eager_scales
+    assert torch.equal(eager_vectors[0], torch.full_like(eager_vectors[0], 0.01))  # skipped: unchanged
+    assert all(torch.equal(a, b) for a, b in zip(eager_vectors, graph_vectors, strict=True))
+
+
+def test_the_scaled_step_makes_no_host_sync(tiny_sd1_dir: Path) -> None:
+    """The scale is read as a device tensor inside the captured work: never as a Python number."""
+    from tihub.engine.train import load_pipeline
+    from tihub.engine.train_step import MicroBatch
+
+    pipe = load_pipeline(str(tiny_sd1_dir), torch.device("cpu"), torch.float32)
+    session = Session(pipe, 2, torch.device("cpu"), torch.float32, lambda tok, table, key: np.zeros((2, table.shape[1]), np.float32))
+    try:
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        step = GraphedStep(session, 1.0, 2, emulate=True, scaler=scaler)
+        g = torch.Generator().manual_seed(0)
+        mb = MicroBatch(torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g), torch.tensor([3, 700]), session.token_ids([PLACEHOLDER, PLACEHOLDER]))
+        step(mb)  # the capture: the scale tensor made, the buffers copied
+        mode = _NoHostSync()
+        with mode:
+            step._body()
+        assert mode.hits == []
+    finally:
+        session.close()
+
+
+def test_the_self_check_compares_overflows_by_where_they_are() -> None:
+    from tihub.engine.train_step import relative_difference
+
+    inf, nan = float("inf"), float("nan")
+    a = torch.tensor([1.0, inf, 3.0])
+    assert relative_difference([a], [torch.tensor([1.0, inf, 3.0])]) == 0.0
+    assert relative_difference([a], [torch.tensor([1.0, nan, 3.0])]) == 0.0  # both not finite there
+    assert relative_difference([a], [torch.tensor([1.0, 2.0, 3.0])]) == inf  # an overflow in one only
+    assert 0.1 < relative_difference([torch.tensor([1.0, 2.0])], [torch.tensor([1.0, 2.5])]) < 0.2

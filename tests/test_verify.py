@@ -21,7 +21,7 @@ def _table_scale(engine):
     return float(engine.model.pipe.text_encoder.get_input_embeddings().weight.detach().norm(dim=1).median())
 
 
-def test_ok_embedding_with_grid_and_record(engine, tmp_path, home):
+def test_ok_embedding_with_grid_and_record(engine, tmp_path, home, db_url):
     s = _table_scale(engine)
     write_emb(engine.vocabulary.folder / "fine.safetensors", vec(2) / 6 * s)  # norms ~ vocabulary's
     v = verify(engine, "fine", steps=2, size=64, out=tmp_path / "grids")
@@ -37,6 +37,13 @@ def test_ok_embedding_with_grid_and_record(engine, tmp_path, home):
     cat = Catalog.open(ws)
     vid = record(cat, v)
     assert vid > 0
+    from sqlalchemy import text
+
+    from tihub.catalog.db import read
+
+    with read(cat.engine) as conn:  # the same record on both engines, with the model's hash
+        rec = conn.execute(text("SELECT model_hash, result FROM verifications WHERE id = :i"), {"i": vid}).one()
+    assert tuple(rec) == (v.model_hash, "ok")
 
 
 def test_overtrained_is_flagged(engine):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import glob
 import hashlib
 import marshal
 import os
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from tihub.errors import ConfigError, FormatError, NotAnEmbedding, NotFound, TihubError
 from tihub.formats import EMBEDDING_SUFFIXES
+from tihub.formats.regular import regular_opener
 from tihub.naming import inside, is_generic_stem, safe_filename, safe_stem, token_stem
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -101,8 +101,11 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
     info: dict[str, Any] = {"name": p.stem, "format": None, "base": None, "vectors": None, "widths": None,
                             "sd_checkpoint": None, "sd_checkpoint_name": None, "step": None, "sha256": None, "problem": None}
     try:
-        with open(p, "rb") as fh:
+        with open(p, "rb", opener=regular_opener) as fh:  # a FIFO is refused, never waited on
             data = fh.read(MAX_FILE + 1)
+    except NotAnEmbedding as exc:
+        info["problem"] = {"kind": exc.kind, "message": str(exc)}
+        return info
     except OSError as exc:
         info["problem"] = {"kind": "unreadable", "message": f"cannot read it ({exc.strerror or exc})"}
         return info
@@ -385,6 +388,7 @@ def import_file(
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        copy_sidecars(sp, final)
         if catalog is not None:
             catalog.upsert_local_file(final, emb, final_sha, entry_id)
         return Imported(str(sp), "imported" if placed else "exists", final, entry_name, matched)
@@ -412,25 +416,15 @@ def find_local(folder: Path, name: str) -> Path:
     return (exact or hits)[0][1]
 
 
-def sidecars(path: Path) -> list[Path]:
-    """The files apps keep beside an embedding: NAME.preview.* (A1111 card pictures) and NAME.json."""
-    stem = path.name.rsplit(".", 1)[0]
-    found = [p for p in path.parent.glob(glob.escape(stem) + ".*")
-             if p != path and p.is_file() and (p.name == stem + ".json" or p.name.startswith(stem + ".preview."))]
-    return sorted(found)
-
-
 def remove_files(workspace: Workspace, name: str, catalog: Catalog | None = None) -> list[Path]:
-    """Delete one embedding from `embeddings/` with its sidecars, and mark it not local in the
-    catalogue; return the paths deleted (the embedding first)."""
+    """Delete one embedding from `embeddings/` with its `NAME.preview.*` and `NAME.json`
+    sidecars, and mark it not local in the catalogue; return the paths deleted (the embedding first)."""
     path = find_local(workspace.embeddings_dir, name)
-    extra = sidecars(path)
     os.unlink(path)
-    for p in extra:
-        p.unlink(missing_ok=True)
+    gone = remove_sidecars(path)
     if catalog is not None:
         catalog.forget_local(path)
-    return [path, *extra]
+    return [path, *gone]
 
 
 def remove(workspace: Workspace, name: str, catalog: Catalog | None = None) -> Path:
@@ -512,4 +506,179 @@ def export(workspace: Workspace, names: list[str], to: Path, app: str, *, force:
             out.append(Exported(name, "failed", error=str(exc)))
         except OSError as exc:
             out.append(Exported(name, "failed", error=f"Exporting {name} failed: {exc.strerror or exc}."))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# sidecars: NAME.preview.png and NAME.json beside an embedding (A1111 extra networks, Civitai Helper)
+#
+# A1111 shows `NAME.preview.{png,jpg,jpeg,webp,gif}` as the card picture and keeps the user
+# metadata of an extra-networks card in `NAME.json` (stem, not file name): "description", "notes",
+# and for networks with a prompt "activation text", "preferred weight", "negative text" and
+# "sd version" (SD1 | SD2 | SDXL | Unknown). Civitai Helper writes the same file and adds
+# "sha256", "modelId" and "modelVersionId". tihub writes these keys only where the file does not
+# already hold a value (a user's edits win) and reads them back on import and local sync.
+
+PREVIEW_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+SIDECAR_KEYS = ("description", "activation text", "preferred weight", "negative text", "notes", "sd version",
+                "sha256", "modelId", "modelVersionId")
+MAX_SIDECAR = 1024 * 1024
+SD_VERSION = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
+
+
+def _stem_path(path: Path) -> Path:
+    return path.with_name(path.name[: -len(path.suffix)] if path.suffix else path.name)
+
+
+def sidecar_json(path: str | os.PathLike[str]) -> Path:
+    return _stem_path(Path(path)).with_name(_stem_path(Path(path)).name + ".json")
+
+
+def preview_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The `NAME.preview.*` pictures beside an embedding file."""
+    stem = _stem_path(Path(path))
+    return [p for ext in PREVIEW_EXTS if (p := stem.with_name(stem.name + ".preview" + ext)).is_file()]
+
+
+def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The known keys of `NAME.json` beside `path` ({} when absent or not a JSON object)."""
+    import json
+
+    p = sidecar_json(path)
+    try:
+        if not p.is_file() or p.stat().st_size > MAX_SIDECAR:
+            return {}
+        data = json.loads(p.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for k in SIDECAR_KEYS:
+        v = data.get(k)
+        if isinstance(v, str) and v.strip():
+            out[k] = " ".join(v.split())[:4000] if k != "notes" and k != "description" else v.strip()[:4000]
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = v
+    return out
+
+
+def sidecar_values(entry: dict[str, Any], sha256: str | None = None) -> dict[str, Any]:
+    """What tihub knows about a catalogue entry, in A1111 / Civitai Helper sidecar keys."""
+    triggers = entry.get("triggers") or {}
+    extra = entry.get("extra") if isinstance(entry.get("extra"), dict) else {}
+    desc = entry.get("description") or entry.get("title") or ""
+    words = triggers.get("trained_words") or triggers.get("activation_text") or ""
+    notes = [f"From {entry.get('source')}" + (f": {entry['page_url']}" if entry.get("page_url") else ""),
+             "Written by tihub."]
+    if entry.get("kind") == "negative":
+        notes.insert(0, "A negative embedding: put it in the negative prompt.")
+    values: dict[str, Any] = {
+        "description": " ".join(str(desc).split())[:4000],
+        "activation text": words,
+        "preferred weight": 0,
+        "notes": " ".join(notes),
+        "sd version": SD_VERSION.get(str(entry.get("base")), "Unknown"),
+    }
+    if sha256:
+        values["sha256"] = sha256
+    if extra.get("modelId") is not None:
+        values["modelId"] = extra["modelId"]
+    if extra.get("versionId") is not None:
+        values["modelVersionId"] = extra["versionId"]
+    return values
+
+
+def write_sidecars(path: str | os.PathLike[str], entry: dict[str, Any], sha256: str | None = None,
+                   preview: bytes | None = None) -> list[Path]:
+    """Write `NAME.json` (keys missing from an existing file only) and, given picture bytes and no
+    existing `NAME.preview.*`, `NAME.preview.png`. Returns the files written."""
+    import json
+
+    from tihub.formats.writer import atomic_write
+
+    written: list[Path] = []
+    p = sidecar_json(path)
+    current: dict[str, Any] = {}
+    if p.is_file():
+        try:
+            loaded = json.loads(p.read_text(encoding="utf-8"))
+            current = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            current = {}
+    merged = dict(current)
+    for k, v in sidecar_values(entry, sha256).items():
+        if k not in merged or (merged[k] in (None, "") and v not in (None, "")):
+            merged[k] = v
+    if merged != current:
+        atomic_write(p, json.dumps(merged, ensure_ascii=False, indent=4).encode("utf-8"))
+        written.append(p)
+    if preview is not None and not preview_files(path):
+        from tihub.previews import as_png
+
+        out = _stem_path(Path(path))
+        out = out.with_name(out.name + ".preview.png")
+        atomic_write(out, as_png(preview, str(out)))
+        written.append(out)
+    return written
+
+
+def remove_sidecars(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the `NAME.preview.*` and `NAME.json` files of an embedding that was removed."""
+    gone = []
+    for p in [*preview_files(path), sidecar_json(path)]:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            p.unlink()
+            gone.append(p)
+    return gone
+
+
+def after_fetch(catalog: Catalog, path: str | os.PathLike[str], sha256: str, entry_id: int | None,
+                url: str | None = None, *, sidecars: bool = True, allow_private: bool = False,
+                upstream_sha256: str | None = None) -> list[Path]:
+    """What follows a fetch from a catalogue entry: remember where the file came from (for
+    `tihub outdated`) and write its `NAME.json` and `NAME.preview.png` sidecars (the entry's first
+    picture, fetched through tihub's URL checks; a picture that cannot be fetched is skipped)."""
+    from tihub.errors import TihubError
+    from tihub.updates import record_origin
+
+    if entry_id is None:
+        return []
+    record_origin(catalog, path, sha256, entry_id, url, upstream_sha256)
+    if not sidecars:
+        return []
+    entry = catalog.entry(int(entry_id))
+    picture = None
+    if not preview_files(path):
+        from tihub.previews import describe, fetch_image
+
+        for row in entry.get("previews") or []:
+            d = describe(row)
+            if d.get("nsfw"):
+                continue
+            try:
+                picture = fetch_image(row.get("url") or "", allow_private=allow_private) if not d["path"] else Path(d["path"]).read_bytes()
+                break
+            except (TihubError, OSError):
+                continue
+    try:
+        return write_sidecars(path, entry, sha256, picture)
+    except (TihubError, OSError):
+        return write_sidecars(path, entry, sha256, None)
+
+
+def copy_sidecars(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> list[Path]:
+    """On import: bring `NAME.json` and `NAME.preview.*` from beside `src` to beside `dest`
+    (renamed to dest's stem; files already there are kept). Local sync then reads them."""
+    out: list[Path] = []
+    d = _stem_path(Path(dest))
+    pairs = [(p, d.with_name(d.name + p.name[len(_stem_path(Path(src)).name):])) for p in preview_files(src)]
+    if sidecar_json(src).is_file() and read_sidecar(src):
+        pairs.append((sidecar_json(src), sidecar_json(dest)))
+    for a, b in pairs:
+        if b.exists() or a.resolve() == b.resolve():
+            continue
+        with contextlib.suppress(OSError):
+            shutil.copyfile(a, b)
+            out.append(b)
     return out

@@ -579,7 +579,8 @@ class Downloader:
 
     def _wanted_stem(self, req: Request, url: str) -> tuple[str, str]:
         """(stem, suffix) guessed before the download (the suffix may change after reading)."""
-        remote = req.file_name or unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+        tail = url.rpartition("#path=")[2] if url.startswith("git+") else urlsplit(url).path
+        remote = req.file_name or unquote(tail.rsplit("/", 1)[-1])
         suffix = ""
         for s in KNOWN_SUFFIXES:
             if remote.lower().endswith(s):
@@ -606,6 +607,9 @@ class Downloader:
 
                         self.record(existing, read_embedding(existing), req.sha256.lower(), req)
                     return Result(req, "exists", path=existing, sha256=req.sha256.lower(), size=existing.stat().st_size)
+            cached = self._from_blob_cache(req, part)  # deep sync kept these bytes: no network
+            if cached is not None:
+                return self._finish(req, part, cached, stem, suffix)
             try:
                 transfer, expected_sha, expected_size = self._transfer_with_retries(req, resolved, part)
             except DownloadError:
@@ -638,6 +642,21 @@ class Downloader:
             else:
                 part.discard()
             raise
+
+    # set by callers that have a workspace: tihub.blobcache.BlobCache of bytes already read
+    blob_cache: Any = None
+
+    def _from_blob_cache(self, req: Request, part: PartFile) -> Transfer | None:
+        """The file's bytes from the content-addressed cache (put there by deep sync), written
+        into the part file, when the catalogue knows the sha256 and the cache holds it."""
+        if self.blob_cache is None or not req.sha256:
+            return None
+        data = self.blob_cache.get(req.sha256)
+        if data is None or (req.size is not None and len(data) != req.size):
+            return None
+        part.truncate()
+        _write_all(part.fd, data)
+        return Transfer(sha256=req.sha256.lower(), size=len(data), final_url=req.url)
 
     def _existing_with_sha(self, stem: str, sha: str) -> Path | None:
         for p in same_stem(self.folder, stem):
@@ -692,6 +711,14 @@ class Downloader:
 
     def _transfer(self, req: Request, url: str, resolved: Resolved, part: PartFile, start: float, sniff: bool = True) -> Transfer:
         label = req.label or req.url
+        if url.startswith("git+"):  # a file in a git repository on a host without a raw-file URL
+            from tihub.sources.git import fetch_blob
+
+            sha, size = fetch_blob(
+                url, part.fd, self.max_bytes, allow_private=req.allow_private or req.trusted,
+                deadline=start + self.deadline, label=label,
+            )
+            return Transfer(sha, size, url)
         have = part.size()
         side = part.read_sidecar()
         validator = side.get("etag") or side.get("last_modified")
@@ -705,7 +732,10 @@ class Downloader:
         policy = URLPolicy(allow_private=req.allow_private)
         auth = resolved.auth_headers or None
         try:
-            with stream(self._client, "GET", url, policy=policy, headers=headers, auth_host_headers=auth, first_hop_trusted=req.trusted) as resp:
+            with stream(
+                self._client, "GET", url, policy=policy, headers=headers, auth_host_headers=auth,
+                first_hop_trusted=req.trusted, deadline=start + self.deadline,
+            ) as resp:
                 return self._receive(req, url, resolved, part, resp, have, headers, start, sniff)
         except (Transient, DownloadError, _LfsPointer):
             raise
@@ -795,14 +825,12 @@ class Downloader:
         received = have
         first = status == 200 and sniff
         deadline_at = start + self.deadline
-        encoded = resp.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
-        if encoded:
-            total = None  # Content-Length counts the compressed bytes; the hash checks the rest
+        # (an answer with a Content-Encoding was refused by `stream`: these are the file's bytes)
         shown = req.name or req.entry_name or unquote(urlsplit(url).path.rsplit("/", 1)[-1]) or req.label or url
         key = f"{shown}\x00{id(req)}"
         self.progress.start(key, total, have)
         try:
-            it = resp.iter_bytes() if encoded else resp.iter_raw()
+            it = resp.iter_raw()
             for chunk in it:
                 if first:
                     first = False

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tihub.errors import FormatError, NotFound
+from tihub.formats.regular import regular_opener
 
 if TYPE_CHECKING:  # pragma: no cover
     from sqlalchemy import Engine
@@ -121,7 +122,7 @@ def hash_file(path: str | os.PathLike[str]) -> tuple[str, str]:
     pos = 0
     lo, hi = OLD_HASH_OFFSET, OLD_HASH_OFFSET + OLD_HASH_SIZE
     try:
-        with open(path, "rb", buffering=0) as f:
+        with open(path, "rb", buffering=0, opener=regular_opener) as f:
             try:
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
             except (AttributeError, OSError):  # pragma: no cover - not on every platform
@@ -151,7 +152,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def old_hash_file(path: str | os.PathLike[str]) -> str:
     """A1111's old model hash: sha256 of the 64 KiB at offset 1 MiB, first 8 hex (one read)."""
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", opener=regular_opener) as f:
             f.seek(OLD_HASH_OFFSET)
             data = f.read(OLD_HASH_SIZE)
     except OSError as exc:

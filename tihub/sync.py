@@ -44,6 +44,7 @@ class SourceReport:
     error: str | None = None
     seconds: float = 0.0
     offline: bool = False  # failed because a host name did not resolve (the machine seems offline)
+    deep: dict[str, int] | None = None  # what deep sync read for this source (tihub.deep.DeepStats)
 
     @property
     def failed(self) -> bool:
@@ -56,6 +57,12 @@ class SourceReport:
         if self.status == "unchanged":
             return f"{self.name}: unchanged ({self.total} entries)"
         extra = f", {self.revived} back" if self.revived else ""
+        d = self.deep or {}
+        if d.get("measured") or d.get("over_budget"):
+            extra += f"; read {d.get('measured', 0)} small files ({d.get('bytes', 0):,} bytes"
+            extra += f", {d['from_cache']} from the cache" if d.get("from_cache") else ""
+            extra += f", {d['over_budget']} left for a bigger --deep-budget" if d.get("over_budget") else ""
+            extra += ")"
         return (
             f"{self.name}: {self.new} new, {self.updated} updated, {self.removed} removed, "
             f"{self.unchanged} unchanged{extra} ({self.total} entries, {self.seconds:.1f}s)"
@@ -88,10 +95,15 @@ def sync(
     *,
     deadline_s: float = DEFAULT_DEADLINE_S,
     catalog: Catalog | None = None,
+    deep_budget: int | None = None,
 ) -> list[SourceReport]:
-    """Sync the chosen sources one after the other; never raises for a single source's failure."""
+    """Sync the chosen sources one after the other; never raises for a single source's failure.
+
+    `deep_budget`: bytes the whole sync may spend reading small embedding files (deep sync,
+    `tihub.deep`); None means `tihub.deep.DEFAULT_BUDGET`, 0 turns deep reads off."""
     specs = select_sources(workspace, list(names) if names else None)
     cat = catalog or Catalog.open(workspace)
+    deep = deep_reader(cat, workspace, deep_budget)
     reports: list[SourceReport] = []
     offline: str | None = None
     for spec in specs:
@@ -100,7 +112,7 @@ def sync(
             reports.append(SourceReport(name=spec.name, kind=spec.kind, status="failed", offline=True,
                                         error=f"Source {spec.name!r} was skipped: you appear to be offline ({offline} could not be reached); its previous entries are kept, sync again when connected."))
             continue
-        report = sync_source(cat, spec, workspace, progress, deadline_s=deadline_s)
+        report = sync_source(cat, spec, workspace, progress, deadline_s=deadline_s, deep=deep)
         reports.append(report)
         if report.offline and offline is None:
             offline = spec.name
@@ -110,6 +122,20 @@ def sync(
     return reports
 
 
+def deep_reader(catalog: Catalog, workspace: Workspace | None, budget: int | None) -> Any:
+    """The DeepReader of one sync (None when the budget is 0): the workspace's blob cache and the
+    sha256 values whose vectors the catalogue already holds."""
+    from tihub.blobcache import BlobCache
+    from tihub.catalog.vectors import measured_shas
+    from tihub.deep import DEFAULT_BUDGET, DeepReader
+
+    if budget is not None and budget <= 0:
+        return None
+    cache = BlobCache.for_workspace(workspace) if workspace is not None else None
+    return DeepReader(budget=DEFAULT_BUDGET if budget is None else int(budget), cache=cache,
+                      known=measured_shas(catalog.engine))
+
+
 def sync_source(
     catalog: Catalog,
     spec: SourceSpec,
@@ -117,6 +143,7 @@ def sync_source(
     progress: Progress | None = None,
     *,
     deadline_s: float = DEFAULT_DEADLINE_S,
+    deep: Any = None,
 ) -> SourceReport:
     started = time.monotonic()
     report = SourceReport(name=spec.name, kind=spec.kind, status="failed")
@@ -128,7 +155,9 @@ def sync_source(
             deadline=started + deadline_s,
             root=workspace.root if workspace is not None else None,
             progress_cb=(lambda msg, done, total: progress(spec.name, msg, done, total)) if progress else None,
+            deep=deep,
         )
+        before = deep.stats.as_dict() if deep is not None else None
         if progress:
             progress(spec.name, "listing", None, None)
         try:
@@ -141,6 +170,9 @@ def sync_source(
         if progress:
             progress(spec.name, f"writing {len(candidates)} entries", None, None)
         result = catalog.ingest(spec, candidates, complete=ctx.complete, keep=ctx.kept, state=ctx.new_state)
+        _save_vectors(catalog, candidates)
+        if deep is not None and before is not None:
+            report.deep = {k: v - before[k] for k, v in deep.stats.as_dict().items()}
         report.status = "ok"
         for k in ("new", "updated", "removed", "revived", "unchanged", "total"):
             setattr(report, k, getattr(result, k))
@@ -169,6 +201,15 @@ def _offline(exc: BaseException) -> bool:
 
     text = str(exc).lower()
     return isinstance(exc, OfflineError) or network_kind(exc) == "dns" or "could not resolve host" in text or "appear to be offline" in text
+
+
+def _save_vectors(catalog: Catalog, candidates: list[Candidate]) -> None:
+    """Keep the measured vectors of local and deep-read files for the similarity index."""
+    from tihub.catalog.vectors import collect, save
+
+    found = collect(candidates)
+    if found:
+        save(catalog.engine, found)
 
 
 def _collect(spec: SourceSpec, ctx: IndexContext, deadline_s: float) -> list[Candidate]:

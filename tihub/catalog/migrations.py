@@ -58,9 +58,80 @@ def m004_names_prefix(conn: Connection) -> None:
             conn.execute(text(ddl))
 
 
+def m006_knowledge(conn: Connection) -> None:
+    """Issue 14 (pictures, deep sync, similarity, updates): a `kind` on previews (concept_image,
+    readme, preview, link_page, civitai, local, grid); `file_vectors`, the measured vectors of every
+    file tihub has read (local files and deep-synced ones) for the similarity index; and
+    `fetch_origins`, which catalogue entry (and which version of it) each fetched file came from,
+    for `tihub outdated`."""
+    from sqlalchemy import inspect as sa_inspect
+
+    blob = "BYTEA" if conn.dialect.name == "postgresql" else "BLOB"
+    if "kind" not in {c["name"] for c in sa_inspect(conn).get_columns("previews")}:
+        conn.execute(text("ALTER TABLE previews ADD COLUMN kind TEXT"))
+    conn.execute(
+        text(
+            f"""
+            CREATE TABLE IF NOT EXISTS file_vectors (
+                file_id INTEGER PRIMARY KEY REFERENCES files(id),
+                sha256 TEXT,
+                shapes TEXT NOT NULL,
+                data {blob} NOT NULL,
+                summary {blob}
+            )
+            """
+        )
+    )
+    conn.execute(
+        text(
+            """
+            CREATE TABLE IF NOT EXISTS fetch_origins (
+                path TEXT PRIMARY KEY,
+                sha256 TEXT NOT NULL,
+                upstream_sha256 TEXT,
+                entry_id INTEGER REFERENCES entries(id),
+                source TEXT,
+                remote_id TEXT,
+                url TEXT,
+                version TEXT,
+                fetched_at TEXT NOT NULL
+            )
+            """
+        )
+    )
+
+
+def m016_pg_wide_integers(conn: Connection) -> None:
+    """On PostgreSQL: sizes and nanosecond mtimes are 64-bit (INTEGER there is 32-bit, and a
+    file's mtime_ns overflowed it: `tihub hash` failed with "integer out of range")."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ALTER TABLE hash_cache ALTER COLUMN size TYPE BIGINT, ALTER COLUMN mtime_ns TYPE BIGINT"))
+        conn.execute(text("ALTER TABLE files ALTER COLUMN size TYPE BIGINT"))
+
+
+def m016_pg_search(conn: Connection) -> None:
+    """On PostgreSQL: the full-text (tsvector) and pg_trgm indexes the search uses."""
+    from tihub.catalog.search_pg import DDL
+
+    if conn.dialect.name == "postgresql":
+        for ddl in DDL:
+            conn.execute(text(ddl))
+
+
+def m016_record_indexes(conn: Connection) -> None:
+    """Verifications and previews by file: `tihub farm` asks "is this file done on this model?"
+    for every task."""
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_verifications_file ON verifications (file_id, model_hash)"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_previews_file ON previews (file_id, model_hash)"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m001_hash_cache", m001_hash_cache),
     ("m002_catalog", m002_catalog),
     ("m003_names_fts", m003_names_fts),
     ("m004_names_prefix", m004_names_prefix),
+    ("m006_knowledge", m006_knowledge),
+    ("m016_pg_wide_integers", m016_pg_wide_integers),
+    ("m016_pg_search", m016_pg_search),
+    ("m016_record_indexes", m016_record_indexes),
 ]

@@ -8,6 +8,7 @@ name of every entry; triggers keep it in step with `entries`.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     ForeignKey,
     Index,
@@ -20,6 +21,9 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
+
+# Byte sizes are 64-bit (PostgreSQL's INTEGER is 32-bit); SQLite keeps its INTEGER.
+Size = BigInteger().with_variant(Integer(), "sqlite")
 
 sources = Table(
     "sources",
@@ -68,7 +72,7 @@ files = Table(
     Column("id", Integer, primary_key=True),
     Column("sha256", Text, unique=True),  # lower-case hex; NULL when no source told it yet
     Column("file_name", Text, nullable=False),
-    Column("size", Integer),
+    Column("size", Size),
     Column("format", Text),
     Column("vectors", Integer),
     Column("widths", Text),  # JSON {"clip_l": 768, ...}
@@ -123,6 +127,7 @@ previews = Table(
     Column("model_hash", Text),
     Column("params", Text),  # JSON
     Column("created_at", Text, nullable=False),
+    Column("kind", Text),  # added by m006_knowledge: concept_image | readme | preview | link_page | civitai | local | grid
 )
 Index("ix_previews_entry", previews.c.entry_id)
 

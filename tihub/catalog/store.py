@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, bindparam, func, select, text
 
 from tihub.catalog import schema as S
+from tihub.catalog import search_pg
 from tihub.catalog.compat_rules import FAMILIES, base_from_widths, fits, normalize_base
 from tihub.catalog.db import is_sqlite, now, open_engine, read, write
 from tihub.errors import NotFound
@@ -541,15 +542,32 @@ class Catalog:
                     have_prev.add((eid, url))
                     meta = p.get("meta") or {}
                     mh = meta.get("Model hash") or meta.get("model_hash") or p.get("model_hash")
-                    params = {k: v for k, v in p.items() if k != "url"}
+                    params = {k: v for k, v in p.items() if k not in ("url", "path", "kind")}
                     add_prev.append(
-                        {"entry_id": eid, "file_id": None, "url": url, "path": None, "model_hash": mh,
-                         "params": _dumps(params), "created_at": t}
+                        {"entry_id": eid, "file_id": None, "url": url, "path": p.get("path"), "model_hash": mh,
+                         "params": _dumps(params), "created_at": t, "kind": p.get("kind")}
                     )
                     if rid in existing:
                         touched.add(rid)
             if add_prev:
                 conn.execute(S.previews.insert(), add_prev)
+            # a source's pictures of a re-listed entry are what it lists now (commit-pinned URLs
+            # move with each commit); grids and other records without a kind stay
+            stale = [
+                {"_e": ids[rid], "_u": url}
+                for rid, plist in previews_wanted.items()
+                if rid in existing
+                for (eid, url) in list(have_prev)
+                if eid == ids[rid] and url not in {p.get("url") for p in plist}
+            ]
+            if stale:
+                conn.execute(
+                    S.previews.delete().where(
+                        S.previews.c.entry_id == bindparam("_e"), S.previews.c.url == bindparam("_u"),
+                        S.previews.c.kind.is_not(None),
+                    ),
+                    stale,
+                )
 
         changed_ids = {row["_id"] for row in changed_entries}
         updated = changed_ids | {existing[r][0] for r in touched if r in existing}
@@ -592,6 +610,8 @@ class Catalog:
                 E.update().where(E.c.id == bindparam("_id"), E.c.last_seen != t).values(last_seen=t),
                 [{"_id": i} for i in seen_ids],
             )
+        if conn.dialect.name == "postgresql":
+            search_pg.after_ingest(conn, len(new_entries))
         result.total = int(
             conn.execute(
                 select(func.count()).select_from(E).where(E.c.source_id == sid, E.c.removed_at.is_(None))
@@ -670,6 +690,9 @@ class Catalog:
                     "CROSS JOIN entries e ON e.id = h.rid WHERE 1 = 1"
                     + filters + " GROUP BY e.id ORDER BY MIN(h.score), e.id" + limit_sql
                 )
+            elif q and self.engine.dialect.name == "postgresql":
+                ids = search_pg.search_ids(conn, q, where, params, lim)
+                return self._with_fit(self._summaries(conn, ids), family, model_hashes)
             elif q:
                 words = [w.lower() for w in re.findall(r"\w+", q)]
                 if not words:
@@ -1160,11 +1183,12 @@ class Catalog:
         path: str | None = None,
         model_hash: str | None = None,
         params: Mapping[str, Any] | None = None,
+        kind: str | None = None,
     ) -> int:
         with write(self.engine) as conn:
             return _insert_id(
                 conn, S.previews, entry_id=entry_id, file_id=file_id, url=url, path=str(path) if path else None,
-                model_hash=model_hash, params=_dumps(dict(params or {})), created_at=now(),
+                model_hash=model_hash, params=_dumps(dict(params or {})), created_at=now(), kind=kind,
             )
 
     def add_verification(

@@ -31,13 +31,19 @@ COMMANDS: dict[str, str] = {
     "remove": "tihub.cli.collection:remove_cmd",
     "export": "tihub.cli.collection:export_cmd",
     "compat": "tihub.cli.collection:compat_cmd",
+    "similar": "tihub.cli.knowledge:similar_cmd",
+    "dupes": "tihub.cli.knowledge:dupes_cmd",
+    "explain": "tihub.cli.knowledge:explain_cmd",
+    "outdated": "tihub.cli.knowledge:outdated_cmd",
     "prompt": "tihub.cli.engine:prompt_cmd",
     "generate": "tihub.cli.engine:generate_cmd",
     "png-info": "tihub.cli.engine:png_info_cmd",
     "grid": "tihub.cli.engine:grid_cmd",
     "verify": "tihub.cli.engine:verify_cmd",
     "train": "tihub.cli.train:train_cmd",
+    "farm": "tihub.cli.farm:farm_cmd",
     "demo": "tihub.cli.demo:demo_cmd",
+    "db": "tihub.cli.db:db_cmd",
 }
 
 

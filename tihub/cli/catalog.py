@@ -120,30 +120,59 @@ class _SyncProgress:
         self.display.close()
 
 
+def _source_allows_private(ctx: Context, e: dict[str, Any]) -> bool:
+    """Whether the entry's source permits private addresses (its previews may live there)."""
+    from tihub.errors import ConfigError
+
+    try:
+        spec = next((s for s in ctx.workspace.sources() if s.name == e.get("source")), None)
+    except ConfigError:
+        return False
+    return bool(spec and spec.allow_private)
+
+
+def _parse_bytes(value: str) -> int:
+    """'64M' -> 67108864; a bad value is a usage error."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgKMG]?)i?[bB]?\s*", value or "")
+    if not m:
+        raise click.BadParameter(f"{value!r} is not a size; give bytes, e.g. 0, 500K, 64M or 1G.", param_hint="--deep-budget")
+    return int(float(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2).lower()])
+
+
 @click.command("sync")
 @click.argument("names", nargs=-1, metavar="[SOURCE...]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report per source.")
 @click.option("--deadline", type=float, default=900.0, show_default=True, help="Seconds one source may take.")
+@click.option("--deep-budget", "deep_budget", default="64M", show_default=True, metavar="BYTES",
+              help="Bytes this sync may spend reading small embedding files (under 100 KB) to learn their "
+                   "vectors, widths, base and sha256 before download; K/M/G suffixes, 0 turns it off.")
 @pass_ctx
-def sync_cmd(ctx: Context, names: tuple[str, ...], as_json: bool, deadline: float) -> None:
+def sync_cmd(ctx: Context, names: tuple[str, ...], as_json: bool, deadline: float, deep_budget: str) -> None:
     """Index the sources in sources.yaml (all enabled ones, or those named).
 
     Unchanged sources cost only their listing; a failing source keeps its previous entries
-    and the others still sync. Exit status 1 if any source failed.
+    and the others still sync. Small embedding files (Hugging Face concepts, most git and
+    link-page files) are read during the sync within --deep-budget ("deep sync"): their facts are
+    then measured, not declared, and the bytes are cached so a later fetch needs no download.
+    Exit status 1 if any source failed.
 
     \b
     Example:
       tihub sync                    # every enabled source
       tihub sync hf-concepts local  # just these two
+      tihub sync --deep-budget 0    # listings only, read no files
     """
     from tihub.retry import reporting
     from tihub.sync import sync
 
+    budget = _parse_bytes(deep_budget)
     progress = _SyncProgress()
     try:
         with reporting(progress.note):  # retries and "you appear to be offline" shown as they happen
             reports = sync(ctx.workspace, list(names) or None, progress=progress, deadline_s=deadline,
-                           catalog=_catalog(ctx))
+                           catalog=_catalog(ctx), deep_budget=budget)
     finally:
         progress.clear()
     if as_json:
@@ -343,8 +372,9 @@ def show_item(entry: dict[str, Any]) -> dict[str, Any]:
 @click.command("show")
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per name.")
+@click.option("--thumbnails", is_flag=True, help="Fetch the preview pictures now and show their cached WEBP thumbnails.")
 @pass_ctx
-def show_cmd(ctx: Context, names: tuple[str, ...], as_json: bool) -> None:
+def show_cmd(ctx: Context, names: tuple[str, ...], as_json: bool, thumbnails: bool = False) -> None:
     """Everything known about entries: files, hashes, trigger syntax per app, sources,
     previews, verifications, training runs and how each fits the known models.
 
@@ -366,6 +396,10 @@ def show_cmd(ctx: Context, names: tuple[str, ...], as_json: bool) -> None:
             fail(str(exc))
             items.append(item(False, str(exc), name=n))
             continue
+        if thumbnails or as_json:
+            from tihub.previews import entry_previews
+
+            e["pictures"] = entry_previews(cat, str(e["id"]), thumbs=thumbnails, allow_private=_source_allows_private(ctx, e))
         items.append(show_item(e))
         if not as_json:
             _show_text(e)
@@ -381,7 +415,6 @@ def _show_text(e: dict[str, Any]) -> None:
     def out(line: str) -> None:
         click.echo(safe_text(line))
 
-    out = click.echo
     out(f"{e['name']}  (#{e['id']}, source {e['source']} [{e['source_kind']}])")
     if e["title"] and e["title"] != e["name"]:
         out(f"  title:       {e['title']}")
@@ -434,9 +467,23 @@ def _show_text(e: dict[str, Any]) -> None:
         for a in e["also_in"]:
             out(f"  #{a['id']} {a['name']} ({a['source']}){'  removed' if a['removed_at'] else ''}")
     if e["previews"]:
+        from tihub.previews import describe
+
         out("Previews:")
-        for p in e["previews"][:10]:
-            out(f"  {p['url'] or p['path']}" + (f"  model hash {p['model_hash']}" if p["model_hash"] else ""))
+        pics = e.get("pictures") or [describe(p) for p in e["previews"]]
+        for p in pics[:10]:
+            facts = [x for x in (p["kind"], f"model hash {p['model_hash']}" if p["model_hash"] else None) if x]
+            out(f"  {p['url'] or p['path']}" + (f"  ({', '.join(facts)})" if facts else ""))
+            gen = p.get("generation") or {}
+            said = ", ".join(f"{k} {gen[k]}" for k in ("sampler", "seed", "steps") if k in gen)
+            if gen.get("prompt"):
+                said = f"prompt {' '.join(str(gen['prompt']).split())[:120]!r}" + (f", {said}" if said else "")
+            if said:
+                out(f"    {said}")
+            if p.get("thumb"):
+                out(f"    thumbnail: {p['thumb']}")
+            elif p.get("thumb_error"):
+                out(f"    thumbnail: {p['thumb_error']}")
     if e["verifications"]:
         out("Verifications:")
         for v in e["verifications"]:

@@ -49,7 +49,7 @@ def _size(n: int | None) -> str:
 
 
 @click.command("fetch")
-@click.argument("targets", nargs=-1, required=True, metavar="NAME|ID|URL...")
+@click.argument("targets", nargs=-1, metavar="NAME|ID|URL...")
 @click.option("--to", "to", type=click.Path(file_okay=False), help="Folder to save into (default: the workspace's embeddings/).")
 @click.option("--as", "as_", type=click.Choice(["safetensors", "original"]), default="safetensors", show_default=True,
               help="safetensors converts pickled .pt/.bin files on arrival; original keeps the bytes.")
@@ -58,8 +58,12 @@ def _size(n: int | None) -> str:
 @click.option("--force", is_flag=True, help="Download again and replace a file of the same name.")
 @click.option("--timeout", type=click.FloatRange(1, None), default=1800.0, show_default=True, help="Deadline per file in seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON results.")
+@click.option("--upgrade", is_flag=True, help="Fetch the newer upstream version of local files NAME... (see `tihub outdated`).")
+@click.option("--all", "all_", is_flag=True, help="With --upgrade: every outdated local file.")
+@click.option("--keep-old", is_flag=True, help="With --upgrade: keep the replaced file as NAME.vN.<ext>.")
 @pass_ctx
-def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, name: str | None, jobs: int, force: bool, timeout: float, as_json: bool) -> None:
+def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, name: str | None, jobs: int, force: bool, timeout: float, as_json: bool,
+              upgrade: bool = False, all_: bool = False, keep_old: bool = False) -> None:
     """Download embeddings safely into embeddings/ (or --to): checked, resumable, atomic.
 
     A target is a catalogue name or id (from `tihub search`) or a URL. Each file is streamed to a
@@ -73,10 +77,23 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
       tihub fetch 'https://huggingface.co/sd-concepts-library/cat-toy/resolve/main/learned_embeds.bin'
       tihub fetch badhand bad-artist -j 8 --to ~/webui/embeddings
       tihub fetch https://civitai.com/api/download/models/9208 --name easynegative
+      tihub fetch --upgrade --all            # newer upstream versions of outdated files
+
+    A fetched entry also gets NAME.json (A1111 / Civitai Helper user metadata: description,
+    activation text, sd version, ...) and NAME.preview.png beside it; `tihub remove` deletes them.
     """
     from tihub.download import Downloader, Progress, Request
     from tihub.errors import NotFound
 
+    if upgrade or all_ or keep_old:
+        if not upgrade:
+            raise click.UsageError("--all and --keep-old only work with --upgrade.")
+        from tihub.cli.knowledge import run_upgrade
+
+        run_upgrade(ctx, targets, all_, keep_old, as_, jobs, timeout, as_json)
+        return
+    if not targets:
+        raise click.UsageError("Give at least one NAME, ID or URL (or --upgrade --all).")
     if name and len(targets) > 1:
         raise click.UsageError("--name only works with one target.")
     name = _strip_suffix(name)
@@ -141,14 +158,20 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
         if catalog is None:
             catalog = _catalog(ctx)
         catalog.upsert_local_file(path, emb, sha, req.entry_id)
+        from tihub.collection import after_fetch
+
+        after_fetch(catalog, path, sha, req.entry_id, req.url, allow_private=req.allow_private, upstream_sha256=req.sha256)
 
     from tihub.retry import reporting
 
     results = []
     if requests:
+        from tihub.blobcache import BlobCache
+
         progress = Progress()
         try:
             with reporting(progress.note), Downloader(folder, convert=as_, force=force, jobs=jobs, deadline=timeout, progress=progress, record=record) as dl:
+                dl.blob_cache = BlobCache.for_workspace(ws)
                 results = dl.fetch_all(requests)
         except KeyboardInterrupt:
             progress.close()

@@ -13,6 +13,7 @@ import click
 
 from tihub.cli._common import echo_json, exit_status, fail
 from tihub.errors import FormatError, NotAnEmbedding, NotFound, TihubError
+from tihub.formats.regular import regular_opener
 
 # Files up to this size are read once and both parsed and hashed from memory; larger ones (never
 # an embedding, but users point at checkpoints too) are left to the reader, which refuses them.
@@ -82,7 +83,7 @@ def inspect_file(path: str) -> dict[str, Any]:
         row["size"] = st.st_size
         if st.st_size <= READ_AT_ONCE:
             try:
-                with open(path, "rb") as f:
+                with open(path, "rb", opener=regular_opener) as f:  # never blocks on a FIFO
                     data = f.read()
             except OSError as exc:
                 raise FormatError(f"Cannot read {path}: {exc.strerror or exc}.") from None

@@ -63,7 +63,7 @@ class _Bar:
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="auto: bf16 on GPUs that compute it natively (Ampere and newer), else fp16 with loss scaling; fp32 on the CPU.")
 @click.option("--gradient-checkpointing", is_flag=True, help="Less GPU memory (about half), slower steps (about 40% on an H200).")
 @click.option("--compile", "compile", is_flag=True, help="torch.compile the UNet for the steps (experimental; GPU: minutes of compiling first).")
-@click.option("--cuda-graphs/--no-cuda-graphs", "cuda_graphs", default=None, help="Replay each step from a captured CUDA graph, with no per-step launch overhead. Default: wherever one can run (CUDA in bf16/fp32, without --gradient-checkpointing or --compile); --cuda-graphs adds a note where it cannot.")
+@click.option("--cuda-graphs/--no-cuda-graphs", "cuda_graphs", default=None, help="Replay each step from a captured CUDA graph, with no per-step launch overhead. Default: wherever one can run (CUDA in any precision, fp16 loss scaling included, without --gradient-checkpointing or --compile); --cuda-graphs adds a note where it cannot.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing embedding (and run folder) of this name.")
 @click.option("--also-pt", is_flag=True, help="Also write an A1111 .pt next to the .safetensors.")
 @click.option("--png-card", is_flag=True, help="Also write an A1111 PNG embedding card in the run folder.")

@@ -201,3 +201,50 @@ def sd15_arch_pipeline(seed: int = 0, dtype: Any = None) -> Any:
     if dtype is not None:
         pipe = pipe.to(dtype=dtype)
     return pipe
+
+
+def sdxl_arch_pipeline(seed: int = 0, dtype: Any = None) -> Any:
+    """The real SDXL base architecture (2.6B UNet, CLIP-L and OpenCLIP-bigG text encoders, KL VAE)
+    with random weights: the compute of SDXL 1.0 base, meaningless pictures (GPU benchmarks)."""
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    te = CLIPTextModel(_text_config(hidden=768, layers=12, heads=12, inter=3072))
+    te2 = CLIPTextModelWithProjection(_text_config(hidden=1280, layers=32, heads=20, act="gelu", inter=5120))
+    unet = UNet2DConditionModel(
+        sample_size=128,
+        block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=2,
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        use_linear_projection=True,
+        cross_attention_dim=2048,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=1024,
+        scaling_factor=0.13025,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=te,
+        text_encoder_2=te2,
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(pad_token="!"),
+        unet=unet,
+        scheduler=_scheduler(),
+    )
+    if dtype is not None:
+        pipe = pipe.to(dtype=dtype)
+    return pipe

@@ -2,7 +2,7 @@
 
 A textual-inversion step at batch 4 is thousands of small kernel launches, and on a fast GPU the
 Python and dispatcher work to launch them takes longer than the kernels (research/performance.md:
-"at bs 1 the UNet is launch-bound"). With CUDA graphs (the default on CUDA in bf16 and fp32),
+"at bs 1 the UNet is launch-bound"). With CUDA graphs (the default on CUDA, in every precision),
 the first full-size micro-batch's forward and backward are captured once as a CUDA graph: later
 micro-batches copy their tensors into the captured input buffers and replay the graph, a single
 launch. On an H200 (SD1.5 architecture, 512x512, batch 4, bf16) an eager step took 92 ms for
@@ -17,8 +17,18 @@ Rules that keep a replay equal to an eager step:
   eagerly;
 - the first replay on new data is checked once against an eager step on the same batch; a
   mismatch (or a failed capture) is one note and the rest of the run is eager;
-- capture needs no host syncs in the step, static shapes, no loss scaler (fp16 runs eagerly),
-  and no gradient checkpointing (it reads the RNG state, which a capture forbids).
+- capture needs no host syncs in the step, static shapes, and no gradient checkpointing (it
+  reads the RNG state, which a capture forbids).
+
+fp16 with loss scaling is captured too. The graph multiplies the loss by the GradScaler's own
+scale tensor (`scaler.scale(loss)`, a device tensor that `scaler.update()` changes in place), so
+every replay backpropagates with the scale in force at that step, never the one at capture. The
+gradients come back scaled, exactly as from an eager `scaler.scale(loss).backward()`, and the
+training loop hands them to the same `scaler.unscale_` / `scaler.step` / `scaler.update` calls as
+an eager run: the inf/NaN check (one foreach kernel on the device, right after the replay), the
+skipped step and the scale's backoff and growth are GradScaler's own, so they are the eager run's
+by construction. A replay whose gradients overflow is compared with the eager step on where the
+non-finite values are and on the finite rest.
 
 `emulate=True` replays by re-running the captured function on the static buffers and writing
 its results into the captured output tensors, the same data flow without CUDA; the CPU tests use
@@ -72,10 +82,11 @@ class GraphedStep:
     WARMUP = 3  # eager runs on a side stream before capture: lazy library set-up happens there
     TOLERANCE = 1e-2  # relative difference allowed in the self-check (kernel sum order, atomics)
 
-    def __init__(self, session: Any, scale: float, batch_size: int, emulate: bool = False, on_fallback: Callable[[str], None] | None = None) -> None:
+    def __init__(self, session: Any, scale: float, batch_size: int, emulate: bool = False, on_fallback: Callable[[str], None] | None = None, scaler: Any = None) -> None:
         self.session, self.scale, self.batch_size, self.emulate = session, scale, batch_size, emulate
         self.on_fallback = on_fallback
-        self.eager = EagerStep(session, scale)
+        self.scaler = scaler  # fp16: its scale tensor is read inside the graph
+        self.eager = EagerStep(session, scale, scaler)
         self.key: tuple[Any, ...] | None = None
         self.static: MicroBatch | None = None
         self.static_loss: Any = None
@@ -112,8 +123,7 @@ class GraphedStep:
         """Compare this replay with an eager step; on a mismatch, drop the graph for good."""
         got = [self.static_loss.clone(), *(g.clone() for g in self.static_grads)]
         loss, grads = self.eager(mb)
-        want = [loss, *grads]
-        worst = max(float((a.float() - b.float()).norm() / (b.float().norm() + 1e-12)) for a, b in zip(got, want, strict=True))
+        worst = relative_difference(got, [loss, *grads])
         if worst <= self.TOLERANCE:
             return loss, grads
         self._drop()
@@ -142,7 +152,8 @@ class GraphedStep:
         s = self.static
         assert s is not None
         loss = self.session.loss_from(s.latents, s.noise, s.t, s.ids, s.times, s.weight) * self.scale
-        loss.backward()
+        # fp16: the scaler's scale tensor is read by the graph, so replays follow its updates
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         return loss.detach()
 
     def _capture(self, mb: MicroBatch) -> None:
@@ -155,6 +166,9 @@ class GraphedStep:
         # the graph's input buffers: copies, so the first batch's tensors stay the caller's
         self.static = MicroBatch(own(mb.latents), own(mb.noise), own(mb.t), [own(x) for x in mb.ids], own(mb.times), own(mb.weight))
         self.key = mb.shape_key()
+        if self.scaler is not None:
+            # the scale tensor is made lazily on first use: made here, before the graph reads it
+            self.scaler.scale(torch.ones((), device=mb.latents.device))
         if self.emulate:
             for p in params:
                 p.grad = None
@@ -192,27 +206,39 @@ class GraphedStep:
             dst.copy_(p.grad)
 
 
+def relative_difference(got: list[Any], want: list[Any]) -> float:
+    """The largest relative L2 difference between paired tensors (inf where they disagree on
+    which values are not finite: an fp16 overflow must happen in both or in neither)."""
+    worst = 0.0
+    for a, b in zip(got, want, strict=True):
+        a, b = a.float(), b.float()
+        fa, fb = a.isfinite(), b.isfinite()
+        if not bool((fa == fb).all()):
+            return float("inf")
+        a, b = a.where(fa, 0.0), b.where(fb, 0.0)
+        worst = max(worst, float((a - b).norm() / (b.norm() + 1e-12)))
+    return worst
+
+
 def make_step(mode: str, session: Any, scale: float, batch_size: int, device: Any, scaler: Any, checkpointing: bool, compiled: bool, note: Callable[[str], None]) -> EagerStep | GraphedStep:
     """The micro-batch runner for a `--cuda-graphs` mode.
 
-    auto: a graph wherever one can run (CUDA, no loss scaler, no checkpointing, not compiled),
+    auto: a graph wherever one can run (CUDA, no checkpointing, not compiled; fp16 included),
     eager elsewhere without a word; on: the same, with a note where it cannot; off: eager;
     emulate: the graph's data flow without CUDA (tests). A failed capture or self-check is a note.
     """
-    refusal = graphs_refusal(device, scaler is not None, checkpointing, compiled)
+    refusal = graphs_refusal(device, checkpointing, compiled)
     if mode == "emulate" or (mode in ("auto", "on") and refusal is None):
-        return GraphedStep(session, scale, batch_size, emulate=mode == "emulate", on_fallback=note)
+        return GraphedStep(session, scale, batch_size, emulate=mode == "emulate", on_fallback=note, scaler=scaler)
     if mode == "on":
         note(f"{refusal}; training runs eagerly.")
     return EagerStep(session, scale, scaler)
 
 
-def graphs_refusal(device: Any, use_scaler: bool, checkpointing: bool, compiled: bool) -> str | None:
+def graphs_refusal(device: Any, checkpointing: bool, compiled: bool) -> str | None:
     """Why CUDA graphs cannot run in this configuration (None when they can)."""
     if device.type != "cuda":
         return f"CUDA graphs need a CUDA device, not {device.type}"
-    if use_scaler:
-        return "CUDA graphs are not used with fp16 loss scaling; use --precision bf16 or fp32"
     if checkpointing:
         return "CUDA graphs are not used with --gradient-checkpointing"
     if compiled:

@@ -15,6 +15,7 @@ import numpy as np
 
 from tihub.errors import FormatError, NotAnEmbedding, UnsafeFile
 from tihub.formats import pickle_vm
+from tihub.formats.budget import MemoryBudget
 from tihub.formats.pickle_vm import ITEMSIZE, NUMPY_DTYPE, BF16Array, StorageRef, TensorInfo
 
 # Caps for embedding files (models use the larger caps in tensor_shapes/read_safetensors_header).
@@ -225,7 +226,9 @@ def _member_bytes(data: bytes, entry: _Entry, cap: int, what: str, check_crc: bo
     return view
 
 
-def read_torch_zip(data: bytes, what: str, max_storage_bytes: int = MAX_EMBEDDING_FILE, model: bool = False) -> Any:
+def read_torch_zip(
+    data: bytes, what: str, max_storage_bytes: int = MAX_EMBEDDING_FILE, model: bool = False, budget: MemoryBudget | None = None
+) -> Any:
     """Interpret `data.pkl` of a torch zip held in memory; tensors come back as numpy arrays
     (bfloat16 as BF16Array). `model=True` (checkpoint conversion) allows a larger pickle and turns
     the extra classes checkpoints carry (Lightning callbacks, numpy scalars) into inert Opaque
@@ -239,7 +242,17 @@ def read_torch_zip(data: bytes, what: str, max_storage_bytes: int = MAX_EMBEDDIN
         text = bytes(_member_bytes(data, version, 64, what)).strip()  # type: ignore[arg-type]
         if not text.isdigit():
             raise UnsafeFile(f"{what} has a torch 'version' entry that is not a number; refusing it.")
+    big_endian = False
+    order = members.get("byteorder")
+    if order is not None:
+        text = bytes(_member_bytes(data, order, 16, what)).strip()  # type: ignore[arg-type]
+        if text == b"big":
+            big_endian = True  # storages are swapped to native order as they are read
+        elif text != b"little":
+            raise FormatError(f"{what} has a torch 'byteorder' entry that says neither little nor big; it is corrupt.")
     pickle_cap = MAX_MODEL_PICKLE if model else MAX_EMBEDDING_PICKLE
+    if budget is not None:
+        budget.charge(pkl.file_size, "a copy of its data.pkl")
     pickle_bytes = bytes(_member_bytes(data, pkl, pickle_cap, what))  # type: ignore[arg-type]
 
     def load(ref: StorageRef) -> memoryview:
@@ -259,6 +272,8 @@ def read_torch_zip(data: bytes, what: str, max_storage_bytes: int = MAX_EMBEDDIN
         max_storage_bytes=max_storage_bytes,
         lenient=model,
         max_ops=pickle_vm.MAX_MODEL_OPS if model else pickle_vm.MAX_OPS,
+        budget=budget,
+        big_endian=big_endian,
     )
     return result.value
 
@@ -272,7 +287,12 @@ def is_legacy_torch(data: bytes) -> bool:
 
 
 def read_legacy_torch(
-    data: bytes, what: str, max_storage_bytes: int = MAX_EMBEDDING_FILE, shapes_only: bool = False, model: bool = False
+    data: bytes,
+    what: str,
+    max_storage_bytes: int = MAX_EMBEDDING_FILE,
+    shapes_only: bool = False,
+    model: bool = False,
+    budget: MemoryBudget | None = None,
 ) -> Any:
     """The pre-1.6 format: magic, protocol, sys-info pickles, the object pickle, storage keys,
     then each storage as <u64 numel><bytes>."""
@@ -291,7 +311,8 @@ def read_legacy_torch(
     if info.value.get("little_endian") is False:
         raise FormatError(f"{what} is a big-endian legacy torch file, which tihub does not read.")
     refs: dict[str, StorageRef] = {}
-    storages: dict[str, bytes] = {}
+    storages: dict[str, memoryview] = {}
+    view = memoryview(buffer)  # storages are cut as views: no copy of the tensor bytes
     # first pass: shapes only, to learn the storages; their data follows the object pickle
     model = model or shapes_only
     max_ops = pickle_vm.MAX_MODEL_OPS if model else pickle_vm.MAX_OPS
@@ -315,10 +336,10 @@ def read_legacy_torch(
         nbytes = numel * ITEMSIZE[ref.dtype]
         if pos + nbytes > len(data):
             raise FormatError(f"{what} is truncated inside its tensor data.")
-        storages[key] = buffer[pos : pos + nbytes]
+        storages[key] = view[pos : pos + nbytes]
         pos += nbytes
 
-    def load(ref: StorageRef) -> bytes | None:
+    def load(ref: StorageRef) -> memoryview | None:
         return storages.get(ref.key)
 
     result = pickle_vm.interpret(
@@ -329,6 +350,7 @@ def read_legacy_torch(
         max_storage_bytes=max_storage_bytes,
         lenient=model,
         max_ops=max_ops,
+        budget=budget,
     )
     return result.value
 
@@ -466,8 +488,10 @@ def parse_safetensors_header(head: bytes, file_size: int, what: str, max_header:
     return SafetensorsHeader(tensors, dict(metadata), data_offset)
 
 
-def read_safetensors(data: bytes, what: str) -> tuple[dict[str, Any], dict[str, str]]:
+def read_safetensors(data: bytes, what: str, budget: MemoryBudget | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     header = parse_safetensors_header(data, len(data), what, MAX_EMBEDDING_HEADER)
+    if budget is None:
+        budget = MemoryBudget(MAX_EMBEDDING_FILE, what)
     out: dict[str, Any] = {}
     base = header.data_offset
     for name, (dtype, shape, begin, end) in header.tensors.items():
@@ -476,12 +500,16 @@ def read_safetensors(data: bytes, what: str) -> tuple[dict[str, Any], dict[str, 
         arr = np.frombuffer(data, dtype=NUMPY_DTYPE[dtype], count=(end - begin) // ITEMSIZE[dtype], offset=base + begin)
         arr = arr.reshape(shape)
         flags = arr.flags
-        if not (flags.writeable and flags.aligned):  # a private writable buffer: entries never overlap
-            arr = arr.copy()
         if dtype == "BF16":
-            out[name] = BF16Array((arr.astype(np.uint32) << 16).view(np.float32))
-        else:
-            out[name] = arr
+            budget.charge(arr.size * 4, f"the bfloat16 tensor {name[:40]!r}")
+            wide = arr.astype(np.uint32)
+            wide <<= 16
+            out[name] = BF16Array(wide.view(np.float32))
+            continue
+        if not (flags.writeable and flags.aligned):  # a private writable buffer: entries never overlap
+            budget.charge(arr.nbytes, f"a copy of the tensor {name[:40]!r}")
+            arr = arr.copy()
+        out[name] = arr
     return out, header.metadata
 
 
@@ -554,16 +582,24 @@ def tensor_shapes(path: str | os.PathLike[str], max_pickle: int = MAX_MODEL_PICK
     if isinstance(value, dict) and isinstance(value.get("state_dict"), dict):
         value = value["state_dict"]
     out: dict[str, tuple[tuple[int, ...], str]] = {}
-    _flatten(value, "", out, 0)
+    _flatten(value, "", out, 0, [0], what)
     return out
 
 
-def _flatten(value: Any, prefix: str, out: dict[str, tuple[tuple[int, ...], str]], depth: int) -> None:
+_MAX_FLAT_NODES = 2_000_000  # a checkpoint has ~2,500 tensors; memo references can make a DAG of 2**32 paths
+
+
+def _flatten(
+    value: Any, prefix: str, out: dict[str, tuple[tuple[int, ...], str]], depth: int, seen: list[int], what: str = "the file"
+) -> None:
     if depth > 32:
         return
+    seen[0] += 1
+    if seen[0] > _MAX_FLAT_NODES:
+        raise UnsafeFile(f"{what} nests its state dict into more entries than any model has; refusing it.")
     if isinstance(value, TensorInfo):
         out[prefix] = (value.shape, value.dtype)
     elif isinstance(value, dict):
         for k, v in value.items():
             if isinstance(k, str):
-                _flatten(v, f"{prefix}.{k}" if prefix else k, out, depth + 1)
+                _flatten(v, f"{prefix}.{k}" if prefix else k, out, depth + 1, seen, what)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from tihub.errors import FormatError, NotAnEmbedding, UnsafeFile
+from tihub.formats.budget import EMBEDDING_BUDGET, MemoryBudget
 
 TEXT_KEY = "sd-ti-embedding"
 MAX_PIXELS = 8 * 1024 * 1024  # checked from the header, before any pixel is decoded (cards are ~600x512)
@@ -23,6 +24,9 @@ MAX_VECTORS_VALUES = 75 * 1280 * 2
 _LCG_CACHE = np.zeros(0, dtype=np.uint8)
 _LCG_BLOCK = 1 << 19
 _LCG_CACHE_MAX = 1 << 22
+# bytes per pixel the pixel decoder holds at its peak: Pillow's RGBA buffer, the RGB copy, the
+# masked copy, crop masks and the two xor'ed halves
+_PIXEL_BYTES = 16
 MAX_BLOCK = 12 * 1024 * 1024  # elements of one pixel data block (a payload of up to 12 MB)
 
 
@@ -80,7 +84,15 @@ def _decode_tensors(obj: Any, what: str, depth: int = 0) -> Any:
     return obj
 
 
-def decode_json_payload(raw: bytes, what: str) -> dict[str, Any]:
+# Python objects one JSON value may become: a list slot (8) + a float object (24) + its float64
+# copy (8), rounded up; charged per comma before parsing, so "[0,0,0,...]" cannot multiply itself.
+_JSON_BYTES_PER_VALUE = 48
+
+
+def decode_json_payload(raw: bytes, what: str, budget: MemoryBudget | None = None) -> dict[str, Any]:
+    if budget is None:
+        budget = MemoryBudget(EMBEDDING_BUDGET, what)
+    budget.charge(len(raw) + _JSON_BYTES_PER_VALUE * (raw.count(b",") + 1), "its embedding JSON")
     try:
         obj = json.loads(raw.decode("utf-8"))
     except RecursionError:
@@ -129,10 +141,12 @@ def _open_image(data: bytes, what: str):  # type: ignore[no-untyped-def]
     return im
 
 
-def read_image_embedding(data: bytes, what: str) -> tuple[dict[str, Any], str]:
+def read_image_embedding(data: bytes, what: str, budget: MemoryBudget | None = None) -> tuple[dict[str, Any], str]:
     """Return (decoded A1111 dict, carrier) from a PNG/WEBP, or raise NotAnEmbedding."""
     from PIL import Image
 
+    if budget is None:
+        budget = MemoryBudget(EMBEDDING_BUDGET, what)
     im = _open_image(data, what)
     fmt = (im.format or "").lower()
     text_value: Any = None
@@ -141,6 +155,8 @@ def read_image_embedding(data: bytes, what: str) -> tuple[dict[str, Any], str]:
         if TEXT_KEY in info_text:
             text_value = info_text[TEXT_KEY]
         elif fmt == "png":
+            w, h = im.size
+            budget.charge(w * h * 4, "its decoded pixels")  # Pillow's image buffer
             im.load()  # reads the chunks after IDAT too (cap checked above)
             text_value = getattr(im, "text", {}).get(TEXT_KEY)
     except ValueError as exc:
@@ -154,6 +170,8 @@ def read_image_embedding(data: bytes, what: str) -> tuple[dict[str, Any], str]:
             raise FormatError(f"{what} has an empty or corrupt sd-ti-embedding text chunk.")
         if len(text_value) > MAX_TEXT_CHUNK * 2:
             raise UnsafeFile(f"{what} has an oversized sd-ti-embedding chunk; refusing it.")
+        # the chunk's text (Pillow holds it, capped by its own limits), then its base64 decoding
+        budget.charge(len(text_value) + len(text_value) * 3 // 4, "its sd-ti-embedding chunk")
         try:
             raw = base64.b64decode(text_value.strip(), validate=True)
         except (binascii.Error, ValueError):
@@ -161,11 +179,18 @@ def read_image_embedding(data: bytes, what: str) -> tuple[dict[str, Any], str]:
         if raw[:4] == b"PK\x03\x04":  # some tools embed the torch file itself rather than JSON
             from tihub.formats.containers import read_torch_zip
 
-            obj = read_torch_zip(raw, what)
+            obj = read_torch_zip(raw, what, budget=budget)
             if not isinstance(obj, dict):
                 raise FormatError(f"{what} embeds a torch file that is not an embedding dict.")
             return obj, "text"
-        return decode_json_payload(raw, what), "text"
+        return decode_json_payload(raw, what, budget), "text"
+    w, h = im.size
+    if not budget.fits(w * h * _PIXEL_BYTES):
+        raise NotAnEmbedding(
+            f"{what} is a {w}x{h} image, too large to hold A1111 pixel-encoded embedding data; it is not an embedding.",
+            kind="image",
+        )
+    budget.charge(w * h * _PIXEL_BYTES, "decoding its pixels")
     try:
         payload = _pixel_payload(im, what)
     except (OSError, SyntaxError, EOFError) as exc:
@@ -176,7 +201,7 @@ def read_image_embedding(data: bytes, what: str) -> tuple[dict[str, Any], str]:
                 f"{what} is a generated image with generation parameters but no embedding data.", kind="image"
             )
         raise NotAnEmbedding(f"{what} is an image without embedding data.", kind="image")
-    return decode_json_payload(payload, what), "pixels"
+    return decode_json_payload(payload, what, budget), "pixels"
 
 
 def _crop_black(arr: np.ndarray) -> np.ndarray:

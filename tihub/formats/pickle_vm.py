@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from tihub.errors import FormatError, UnsafeFile
+from tihub.formats.budget import MemoryBudget
 
 # Caps for one pickle stream.
 MAX_OPS = 200_000  # embeddings need ~100; model checkpoints pass a larger max_ops
@@ -27,6 +28,7 @@ MAX_MARKS = 10_000
 MAX_TEXT = 64 * 1024 * 1024  # one string / bytes literal
 MAX_LONG_BYTES = 64  # LONG1/LONG4 payload (no 2**(8*2**32) integers)
 MAX_TENSOR_RANK = 8
+_BIG_LITERAL = 64 * 1024  # string/bytes literals above this are charged to the memory budget
 
 
 @dataclass(frozen=True)
@@ -244,14 +246,20 @@ def interpret(
     max_storage_bytes: int = 64 * 1024 * 1024,
     refs: dict[str, StorageRef] | None = None,
     max_ops: int = MAX_OPS,
+    budget: MemoryBudget | None = None,
+    big_endian: bool = False,
 ) -> PickleResult:
     """Interpret one pickle from `data[start:]`; return its value and the offset after STOP.
 
     `load_storage(ref)` returns the raw bytes of a storage (exactly numel * itemsize), or None in
-    shapes-only mode, where tensors come back as `TensorInfo`.
+    shapes-only mode, where tensors come back as `TensorInfo`. Every tensor copy and decoded
+    string is charged to `budget` (by default one of `max_storage_bytes`) before it is made;
+    `big_endian` storages (a torch zip whose `byteorder` says big) are swapped to native order.
     """
     vm = _VM(data, load_storage, what, shapes_only, max_storage_bytes, lenient)
     vm.max_ops = max_ops
+    vm.budget = budget if budget is not None else MemoryBudget(max_storage_bytes, what)
+    vm.big_endian = big_endian
     if refs is not None:
         vm.refs = refs
     try:
@@ -269,7 +277,7 @@ def interpret(
 class _VM:
     __slots__ = (
         "lenient", "max_ops", "refs", "data", "load_storage", "what", "shapes_only", "max_storage_bytes",
-        "storage_cache", "total_storage", "lent",
+        "storage_cache", "total_storage", "lent", "budget", "big_endian",
     )
 
     def __init__(
@@ -292,6 +300,8 @@ class _VM:
         self.storage_cache: dict[str, Any] = {}
         self.lent: set[str] = set()  # storages one tensor already uses in place
         self.total_storage = 0
+        self.budget = MemoryBudget(max_storage_bytes, what)
+        self.big_endian = False
 
     # -- helpers -------------------------------------------------------------------------------
     def unsafe(self, why: str) -> UnsafeFile:
@@ -325,7 +335,7 @@ class _VM:
             if args:
                 for item in args[0]:
                     k, v = item
-                    out[k] = v
+                    out[_hashable(k, self)] = v
             return out
         if kind == _K_REBUILD_PARAMETER:
             if not args:
@@ -336,11 +346,12 @@ class _VM:
                 return set()
             if not isinstance(args[0], (list, tuple, set, frozenset)):
                 raise self.unsafe("builds a set from something other than a list")
-            return set(args[0])
+            return set(_hashable_all(list(args[0]), self))
         if kind == _K_ENCODE:
             if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
                 if len(args[0]) > MAX_TEXT:
                     raise self.unsafe("holds an oversized byte string")
+                self.budget.charge(len(args[0]) + 33, "a byte string")  # each call builds a new copy
                 return args[0].encode("latin-1")
             raise self.unsafe("uses _codecs.encode with an unexpected encoding")
         if kind == _K_SIZE:
@@ -384,6 +395,11 @@ class _VM:
             return TensorInfo(tuple(size), storage.dtype)
         raw = self.storage_array(storage)
         itemsize = ITEMSIZE[storage.dtype]
+        bf16 = storage.dtype == "BF16"
+        # the real output size, charged before anything is allocated: a tensor used in place
+        # costs nothing; every copy (a second view of a storage, a strided or zero-stride view,
+        # bfloat16 widened to float32) costs numel x its output itemsize
+        out_bytes = numel * (4 if bf16 else itemsize)
         if numel == 0:
             arr = np.zeros(size, dtype=raw.dtype)
         elif contiguous:
@@ -391,18 +407,26 @@ class _VM:
             # the first tensor of a private, writable, aligned storage keeps its bytes in place;
             # a read-only buffer (the caller's bytes) or a second user of one storage gets a copy
             flags = arr.flags
-            if flags.writeable and flags.aligned and storage.dtype != "BF16" and storage.key not in self.lent:
+            if bf16:
+                pass  # widened below (a new array either way)
+            elif flags.writeable and flags.aligned and storage.key not in self.lent:
                 self.lent.add(storage.key)
             else:
+                self.budget.charge(out_bytes, f"a tensor of shape {_shape_text(size)}")
                 arr = arr.copy()
         else:
+            if not bf16:
+                self.budget.charge(out_bytes, f"a tensor of shape {_shape_text(size)}")
             view = np.lib.stride_tricks.as_strided(
                 raw[offset:], shape=size, strides=tuple(st * itemsize for st in stride), writeable=False
             )
-            arr = np.array(view, copy=True)
-        if storage.dtype == "BF16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-            return BF16Array(arr)
+            arr = view if bf16 else np.array(view, copy=True)
+        if bf16:
+            if numel:
+                self.budget.charge(out_bytes, f"a bfloat16 tensor of shape {_shape_text(size)}")
+            wide = arr.astype(np.uint32)
+            wide <<= 16
+            return BF16Array(wide.view(np.float32))
         return arr
 
     def storage_array(self, ref: StorageRef) -> np.ndarray:
@@ -414,7 +438,12 @@ class _VM:
         raw = self.load_storage(ref)
         if raw is None:
             raise self.bad(f"storage {ref.key!r} is missing")
-        arr = np.frombuffer(raw, dtype=NUMPY_DTYPE[ref.dtype])
+        dtype = NUMPY_DTYPE[ref.dtype]
+        if self.big_endian and dtype[0] == "<":
+            self.budget.charge(len(raw), f"big-endian storage {ref.key!r} swapped to native order")
+            arr = np.frombuffer(raw, dtype=">" + dtype[1:]).astype(dtype)
+        else:
+            arr = np.frombuffer(raw, dtype=dtype)
         self.storage_cache[ref.key] = arr
         return arr
 
@@ -480,6 +509,8 @@ class _VM:
                 pos += 4
                 if end > n:
                     raise self.bad("it is truncated")
+                if end - pos > _BIG_LITERAL:
+                    self.budget.charge(end - pos, "a string")
                 append(data[pos:end].decode("utf-8", "surrogatepass"))
                 pos = end
             elif op == 0x28:  # MARK
@@ -598,6 +629,8 @@ class _VM:
             nonlocal pos
             if k < 0 or pos + k > n:
                 raise self.bad("it is truncated")
+            if k > _BIG_LITERAL:  # a literal is a new object (strings and bytes are copied out)
+                self.budget.charge(k, "a string")
             out = data[pos : pos + k]
             pos += k
             return out
@@ -634,6 +667,8 @@ class _VM:
                 end = pos + k
                 if end > n:
                     raise self.bad("it is truncated")
+                if k > _BIG_LITERAL:
+                    self.budget.charge(k, "a string")
                 stack.append(data[pos:end].decode("utf-8", "surrogatepass"))
                 pos = end
             elif op == 0x28:  # MARK (
@@ -881,6 +916,11 @@ class _VM:
         raise self.unsafe(f"sets state on a {type(obj).__name__} with BUILD")
 
 
+def _shape_text(size: tuple[int, ...]) -> str:
+    text = "x".join(str(d) for d in size)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _finish(value: Any) -> Any:
     return value
 
@@ -895,11 +935,29 @@ def _as(obj: Any, kind: type, vm: _VM) -> Any:
     return obj
 
 
+_MAX_KEY_NODES = 10_000
+
+
 def _hashable(k: Any, vm: _VM) -> Any:
+    """`k` itself when it is a hashable key: scalars, or tuples of them. Tuples are walked with a
+    node limit, since memo references can make a small pickle a key of 2**60 nested tuples (and
+    Python hashes a tuple by walking all of it)."""
     if isinstance(k, (str, int, float, bool, bytes, type(None))):
         return k
     if isinstance(k, tuple):
-        return tuple(_hashable(x, vm) for x in k)
+        todo = [k]
+        nodes = 0
+        while todo:
+            t = todo.pop()
+            for x in t:
+                nodes += 1
+                if nodes > _MAX_KEY_NODES:
+                    raise vm.unsafe("uses a dict key nested beyond limits")
+                if isinstance(x, tuple):
+                    todo.append(x)
+                elif not isinstance(x, (str, int, float, bool, bytes, type(None))):
+                    raise vm.bad(f"a dict key of type {type(x).__name__}")
+        return k
     raise vm.bad(f"a dict key of type {type(k).__name__}")
 
 

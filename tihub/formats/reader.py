@@ -27,8 +27,10 @@ from tihub.formats.containers import (
     read_safetensors,
     read_torch_zip,
 )
+from tihub.formats.budget import EMBEDDING_BUDGET, MemoryBudget
 from tihub.formats.model import ENCODER_BY_WIDTH, Embedding
 from tihub.formats.pickle_vm import ModuleState
+from tihub.formats.regular import open_regular
 
 MAX_VECTORS = 75
 _basename = os.path.basename
@@ -115,7 +117,7 @@ _O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 def _read_file(fs: Any, what: str) -> bytearray:
     """The whole file, after one fstat, into one private buffer that the tensors then live in
     (no second copy). At most `size + 1` bytes are read, so a file that grew is noticed."""
-    fd = os.open(fs, _O_READ)
+    fd = open_regular(fs, _O_READ)  # a FIFO or device is refused without blocking
     try:
         st = os.fstat(fd)
         if _S_ISDIR(st.st_mode):
@@ -154,14 +156,15 @@ def _read(fs: Any, base: str, what: str, data: bytearray) -> Embedding:
     """`data` is a private buffer: tensors may be views into it (containers copy only when a
     buffer is read-only, misaligned, or one storage backs several tensors)."""
     name = _stem(base)
+    budget = MemoryBudget(EMBEDDING_BUDGET, what)  # every allocation the file asks for, before it is made
     if not data:
         raise NotAnEmbedding(f"{what} is an empty file; download it again.", kind="empty")
     head = data[:64]
     if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
-        obj = read_torch_zip(data, what)
+        obj = read_torch_zip(data, what, budget=budget)
         return from_object(obj, name, what, "torch-zip")
     if is_legacy_torch(data):
-        obj = read_legacy_torch(data, what)
+        obj = read_legacy_torch(data, what, budget=budget)
         return from_object(obj, name, what, "torch-legacy")
     if head[:8] == b"\x89PNG\r\n\x1a\n" or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         from tihub.formats.image import read_image_embedding
@@ -169,7 +172,8 @@ def _read(fs: Any, base: str, what: str, data: bytearray) -> Embedding:
         container = "png" if head[:1] == b"\x89" else "webp"
         if base.lower().endswith((".preview.png", ".preview.webp")):
             raise NotAnEmbedding(f"{what} is a preview image next to an embedding, not an embedding.", kind="preview")
-        payload, carrier = read_image_embedding(bytes(data), what)
+        budget.charge(len(data), "a copy of the image for Pillow")
+        payload, carrier = read_image_embedding(bytes(data), what, budget)
         emb = from_object(payload, name, what, container, from_image=True)
         emb.extra["carrier"] = carrier
         if emb.dtype == "f64" and payload.get("dtype") != "f64":  # JSON floats; A1111 casts them to float32 (exact for its own files)
@@ -179,7 +183,7 @@ def _read(fs: Any, base: str, what: str, data: bytearray) -> Embedding:
             _restore_dtype(emb, payload["dtype"])
         return emb
     if looks_like_safetensors(head, len(data)):
-        tensors, metadata = read_safetensors(data, what)
+        tensors, metadata = read_safetensors(data, what, budget)
         return from_safetensors(tensors, metadata, name, what)
     if head[:1] == b"\x80":
         raise NotAnEmbedding(f"{what} is a plain Python pickle, not a torch file or embedding.", kind="pickle")
@@ -283,12 +287,16 @@ def _vectors(arr: np.ndarray, what: str, label: str) -> np.ndarray:
         flags = arr.flags
     if not _finite(arr, dtype):
         raise FormatError(f"{what} has NaN or infinite values in its vectors; it is damaged.")
+    if dtype == _F64 and float(np.abs(arr).max()) > _F32_MAX:  # would become inf as float32 (every runtime casts)
+        raise FormatError(f"{what} has float64 values beyond the float32 range in its vectors; it is damaged.")
     if not flags.writeable:
         arr = arr.copy()
     return arr
 
 
 _F16 = np.dtype(np.float16)
+_F64 = np.dtype(np.float64)
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def _finite(arr: np.ndarray, dtype: np.dtype) -> bool:
@@ -296,7 +304,8 @@ def _finite(arr: np.ndarray, dtype: np.dtype) -> bool:
         return int((arr.view(np.uint16) & 0x7FFF).max()) < 0x7C00  # exponent bits all set: inf/NaN
     flat = arr.reshape(-1)
     # fast path: a finite dot product proves every value is finite; otherwise check exactly
-    return _isfinite(np.dot(flat, flat)) or bool(np.isfinite(arr).all())
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing dot only means "check exactly"
+        return _isfinite(np.dot(flat, flat)) or bool(np.isfinite(arr).all())
 
 
 def _pair(value: Any, what: str, label: str) -> tuple[np.ndarray, str]:

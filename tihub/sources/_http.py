@@ -229,6 +229,7 @@ class Fetcher:
             policy=self.policy,
             headers=headers,
             auth_host_headers=self.auth_headers if auth else None,
+            deadline=self.deadline,
         ) as response:
             declared = response.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > cap and response.status_code < 300:
@@ -236,7 +237,7 @@ class Fetcher:
             chunks: list[bytes] = []
             total = 0
             try:
-                for chunk in response.iter_bytes():
+                for chunk in response.iter_raw():  # `stream` refused any Content-Encoding
                     total += len(chunk)
                     if total > cap:
                         raise SourceError(f"Source {self.source!r}: {url} sent more than {cap:,} bytes, over the cap for this kind of answer.")

@@ -33,6 +33,9 @@ class CandidateFile:
     manual: bool = False  # cannot be downloaded automatically (mega, Drive folders, ...)
     local_path: str | None = None  # for local sources
     extra: dict[str, Any] = field(default_factory=dict)
+    # the measured vectors ({encoder: float32 [n, width]}) when the file was read (local files,
+    # deep sync); stored in `file_vectors` for the similarity index, never in `extra`
+    vector_data: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -79,6 +82,7 @@ class IndexContext:
       with `tihub.net.stream(..., policy=ctx.policy)` so URLs and redirects are checked.
     - `deadline`: `time.monotonic()` value after which `check_deadline()` raises SourceError.
     - `progress(message, done, total)`: report progress (never required).
+    - `deep`: a `tihub.deep.DeepReader` when small files should be read now (deep sync), else None.
     """
 
     spec: Any  # tihub.config.SourceSpec
@@ -89,6 +93,7 @@ class IndexContext:
     new_state: dict[str, Any] = field(default_factory=dict)
     kept: set[str] = field(default_factory=set)
     complete: bool = True
+    deep: Any = None  # tihub.deep.DeepReader when this sync reads small files (deep sync), else None
 
     def __post_init__(self) -> None:
         if not self.new_state:

@@ -163,6 +163,7 @@ class _Civitai:
                 meta = img.get("meta") if isinstance(img.get("meta"), dict) else {}
                 previews.append({
                     "url": url,
+                    "kind": "civitai",
                     "width": img.get("width"),
                     "height": img.get("height"),
                     "nsfw": _nsfw_image(img),

@@ -14,7 +14,11 @@ Hardened (research/security.md §7): only http/https/ssh/git (file only with `al
 URLs starting with `-`, `ext::`/`transport::` forms and bare local paths refused, `--` before
 the URL, hooks off, symlinks and submodules ignored (never checked out), no credential prompts,
 no user/system git config, a time limit on every command; the clone lives in a temp dir that is
-removed afterwards.
+removed afterwards. An http(s) remote is pinned to the addresses its check resolved
+(`http.curloptResolve`, no redirects to other hosts), so a rebinding name cannot move git to a
+loopback address. Blob sizes are asked first (`cat-file --batch-check`) and only small blobs are
+read, so a server that ignores the blob filter (or a file:// repo, where git copies everything)
+costs disk, never memory.
 
 Download URLs: GitHub raw (media.githubusercontent.com for LFS), GitLab/gitgud `/-/raw/<commit>/`
 and Hugging Face `/resolve/<commit>/`; any other host (self-hosted, file://, git://, ssh) gets
@@ -38,14 +42,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from tihub.errors import SourceError, UnsafeURL
-from tihub.net import URLPolicy, check_url, resolve
+from tihub.errors import DownloadError, SourceError, UnsafeURL
+from tihub.net import URLPolicy, checked_addresses, resolve
 from tihub.sources._http import SourceUnchanged
 from tihub.sources.base import EMBED_SUFFIXES, Candidate, CandidateFile
 
 log = logging.getLogger("tihub.sources")
 
 BLOB_LIMIT = 2048  # blobs at most this big come with the clone (LFS pointers, small READMEs)
+HASH_LIMIT = 1024 * 1024  # embedding blobs present and at most this big are read and hashed
 MAX_README = 1024 * 1024
 MAX_READMES = 8
 COMMAND_TIMEOUT = 300.0
@@ -58,6 +63,16 @@ class GitURL:
     scheme: str  # https | http | ssh | git | file
     host: str | None
     owner_repo: str | None  # "owner/repo" for web forges
+    pinned: tuple[str, ...] = ()  # addresses an http(s) host was checked at (git connects only there)
+
+    def config(self) -> list[str]:
+        """git `-c` options that pin an http(s) remote to its checked addresses."""
+        if not self.pinned or self.host is None:
+            return []
+        parts = urlsplit(self.url)
+        port = parts.port or (443 if self.scheme == "https" else 80)
+        addrs = ",".join(f"[{a}]" if ":" in a else a for a in self.pinned)
+        return ["-c", f"http.curloptResolve={self.host}:{port}:{addrs}", "-c", "http.followRedirects=false"]
 
 
 def parse_git_url(url: str, allow_file: bool, allow_private: bool) -> GitURL:
@@ -90,8 +105,10 @@ def parse_git_url(url: str, allow_file: bool, allow_private: bool) -> GitURL:
     host = parts.hostname
     if not host or host.startswith("-"):
         raise UnsafeURL(f"The git URL {url!r} has no valid host.")
+    pinned: tuple[str, ...] = ()
     if scheme in ("https", "http"):
-        check_url(url, URLPolicy(allow_private=allow_private))
+        found = checked_addresses(url, URLPolicy(allow_private=allow_private))
+        pinned = tuple(str(ip) for ip in found or ())
     else:
         if parts.password or (parts.username or "").startswith("-"):
             raise UnsafeURL(f"The git URL {url!r} carries a password or an option-like user; tihub refuses it.")
@@ -104,15 +121,15 @@ def parse_git_url(url: str, allow_file: bool, allow_private: bool) -> GitURL:
     path = parts.path.strip("/")
     path = path[:-4] if path.endswith(".git") else path
     owner_repo = path if path.count("/") >= 1 else None
-    return GitURL(url, scheme, host.lower(), owner_repo)
+    return GitURL(url, scheme, host.lower(), owner_repo, pinned)
 
 
 class Git:
     """Run hardened git commands."""
 
-    def __init__(self, allow_file: bool, deadline: float | None, source: str) -> None:
+    def __init__(self, allow_file: bool, deadline: float | None, source: str, remote: GitURL | None = None) -> None:
         protocols = ["http", "https", "ssh", "git"] + (["file"] if allow_file else [])
-        self.config = [
+        self.config = [*(remote.config() if remote is not None else []),
             "-c", "protocol.allow=never",
             *[x for p in protocols for x in ("-c", f"protocol.{p}.allow=always")],
             "-c", "core.hooksPath=/dev/null",
@@ -146,7 +163,10 @@ class Git:
         self.deadline = deadline
         self.source = source
 
-    def run(self, args: list[str], cwd: str | None = None, input: bytes | None = None, what: str = "git") -> bytes:
+    def run(
+        self, args: list[str], cwd: str | None = None, input: bytes | None = None, what: str = "git", stdout: int | None = None
+    ) -> bytes:
+        """Run git; its output comes back as bytes, or goes to the file descriptor `stdout`."""
         timeout = COMMAND_TIMEOUT
         if self.deadline is not None:
             timeout = min(timeout, self.deadline - time.monotonic())
@@ -155,7 +175,7 @@ class Git:
         try:
             proc = subprocess.run(
                 ["git", *self.config, *args], cwd=cwd, input=input, env=self.env,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, check=False,
+                stdout=subprocess.PIPE if stdout is None else stdout, stderr=subprocess.PIPE, timeout=timeout, check=False,
                 stdin=None if input is not None else subprocess.DEVNULL,
             )
         except FileNotFoundError:
@@ -166,7 +186,7 @@ class Git:
             err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
             last = next((line for line in reversed(err) if line.strip()), "no message")
             raise SourceError(f"Source {self.source!r}: {what} failed ({_clean(last)}); check the URL and branch.")
-        return proc.stdout
+        return proc.stdout or b""
 
 
 def _clean(text: str) -> str:
@@ -314,7 +334,7 @@ def index(spec: Any, ctx: Any) -> Iterator[Candidate]:
     if branch is not None and (branch.startswith("-") or not re.fullmatch(r"[\w./-]{1,200}", branch) or ".." in branch):
         raise SourceError(f"Source {spec.name!r}: the branch name {branch!r} is not valid.")
     globs = [p for p in spec.get("paths") or []]
-    git = Git(allow_file, getattr(ctx, "deadline", None), spec.name)
+    git = Git(allow_file, getattr(ctx, "deadline", None), spec.name, g)
     commit = _ls_remote(git, g.url, branch)
     config_key = {"url": g.url, "branch": branch, "paths": globs}
     state = ctx.state or {}
@@ -323,7 +343,8 @@ def index(spec: Any, ctx: Any) -> Iterator[Candidate]:
     ctx.progress(f"cloning {g.url} at {commit[:12]}")
     tmp = tempfile.mkdtemp(prefix="tihub-git-")
     try:
-        cands = list(_index_clone(git, g, branch, commit, globs, os.path.join(tmp, "repo")))
+        cands = list(_index_clone(git, g, branch, commit, globs, os.path.join(tmp, "repo"),
+                                  deep=getattr(ctx, "deep", None), allow_private=bool(spec.allow_private)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ctx.set_state("commit", commit)
@@ -331,8 +352,9 @@ def index(spec: Any, ctx: Any) -> Iterator[Candidate]:
     yield from cands
 
 
-def _index_clone(git: Git, g: GitURL, branch: str | None, commit: str, globs: list[str], dest: str) -> Iterator[Candidate]:
-    args = ["clone", "--quiet", f"--filter=blob:limit={BLOB_LIMIT}", "--no-checkout", "--depth", "1",
+def _index_clone(git: Git, g: GitURL, branch: str | None, commit: str, globs: list[str], dest: str,
+                 deep: Any = None, allow_private: bool = False) -> Iterator[Candidate]:
+    args = ["clone", "--quiet", f"--filter=blob:limit={deep_blob_limit(deep)}", "--no-checkout", "--depth", "1",
             "--single-branch", "--no-tags", "--no-recurse-submodules"]
     if branch:
         args += ["--branch", branch]
@@ -359,6 +381,7 @@ def _index_clone(git: Git, g: GitURL, branch: str | None, commit: str, globs: li
         for line in git.run(["rev-list", "--objects", "--missing=print", "HEAD"], cwd=dest, what="git rev-list").decode().splitlines()
         if line.startswith("?")
     }
+    all_paths = {p for _, _, p in entries}
     embeds = [(oid, p) for _, oid, p in entries if p.lower().endswith(EMBED_SUFFIXES) and _glob_ok(p, globs)]
     embed_dirs = {posixpath.dirname(p) for _, p in embeds}
     readmes = [(oid, p) for _, oid, p in entries
@@ -366,8 +389,12 @@ def _index_clone(git: Git, g: GitURL, branch: str | None, commit: str, globs: li
                and (posixpath.dirname(p) == "" or posixpath.dirname(p) in embed_dirs or any(d.startswith(posixpath.dirname(p) + "/") for d in embed_dirs))]
     readmes.sort(key=lambda x: (x[1].count("/"), x[1]))
     readmes = readmes[:MAX_READMES]
-    # Blobs we read: present small ones (LFS pointers, tiny embeddings) + READMEs (lazily fetched).
-    want = [oid for oid, _ in embeds if oid not in missing] + [oid for oid, _ in readmes]
+    # Sizes first (a server that ignored the filter, or a file:// repo, brought every blob):
+    # read only LFS pointers, small embeddings (hashed) and READMEs (lazily fetched) under caps.
+    present = [oid for oid, _ in embeds if oid not in missing]
+    sizes = _blob_sizes(git, dest, present + [oid for oid, _ in readmes])
+    want = [oid for oid in present if sizes.get(oid, HASH_LIMIT + 1) <= HASH_LIMIT]
+    want += [oid for oid, _ in readmes if sizes.get(oid, MAX_README + 1) <= MAX_README]
     blobs = _cat_blobs(git, dest, want)
     sections: dict[str, list[tuple[str, str]]] = {}
     for oid, p in readmes:
@@ -376,7 +403,8 @@ def _index_clone(git: Git, g: GitURL, branch: str | None, commit: str, globs: li
             sections[p] = readme_sections(data[:MAX_README].decode("utf-8", "replace"))
     for oid, path in embeds:
         data = blobs.get(oid)
-        sha256 = size = None
+        sha256 = None
+        size = sizes.get(oid)  # known for every present blob, read or not
         lfs = False
         if data is not None:
             m = LFS_POINTER.match(data)
@@ -415,7 +443,11 @@ def _index_clone(git: Git, g: GitURL, branch: str | None, commit: str, globs: li
         if section:
             desc = re.sub(r"\s+", " ", f"{section[0]}: {section[1]}").strip()[:1000]
             extra["readme"] = {"path": readme_path, "heading": section[0], "anchor": anchor}
+        previews = git_previews(g, commit, path, all_paths, (readme_path, section[1]) if section else None, allow_private)
+        if deep is not None and data is not None and not lfs:
+            _deep_measure(deep, cfile, data)
         yield Candidate(
+            previews=previews,
             remote_id=path,
             name=stem,
             title=section[0] if section else stem,
@@ -426,6 +458,19 @@ def _index_clone(git: Git, g: GitURL, branch: str | None, commit: str, globs: li
             files=[cfile],
             extra=extra,
         )
+
+
+def _blob_sizes(git: Git, cwd: str, oids: list[str]) -> dict[str, int]:
+    """oid -> size of each blob, without reading any (`cat-file --batch-check`)."""
+    if not oids:
+        return {}
+    out = git.run(["cat-file", "--batch-check"], cwd=cwd, input=("\n".join(oids) + "\n").encode(), what="git cat-file")
+    sizes: dict[str, int] = {}
+    for line in out.decode("ascii", "replace").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == "blob" and parts[2].isdigit():
+            sizes[parts[0]] = int(parts[2])
+    return sizes
 
 
 def _cat_blobs(git: Git, cwd: str, oids: list[str]) -> dict[str, bytes]:
@@ -445,3 +490,126 @@ def _cat_blobs(git: Git, cwd: str, oids: list[str]) -> dict[str, bytes]:
         blobs[oid] = out[pos : pos + size]
         pos += size + 1
     return blobs
+
+
+# -- pictures and deep reads (issue 14) ---------------------------------------------------------
+
+
+def deep_blob_limit(deep: Any) -> int:
+    """The clone's blob filter: with deep sync, blobs up to the per-file deep limit (and what is
+    left of the budget) come with the one clone request; otherwise only tiny ones."""
+    if deep is None:
+        return BLOB_LIMIT
+    return max(BLOB_LIMIT, min(deep.max_file, deep.left))
+
+
+def _deep_measure(deep: Any, cfile: CandidateFile, data: bytes) -> None:
+    """The embedding's bytes came with the clone: read them (no extra request)."""
+    if deep.skip_known(cfile) or len(data) > deep.max_file:
+        return
+    if len(data) > deep.left:
+        deep.stats.over_budget += 1
+        return
+    deep.measure(cfile, data, requests=0)
+
+
+def git_previews(g: GitURL, commit: str, path: str, paths: set[str], section: tuple[str, str] | None,
+                 allow_private: bool) -> list[dict[str, Any]]:
+    """`NAME.preview.png|jpg|jpeg|webp` beside the embedding, then the images its README section
+    shows (relative paths resolved against the README's folder; web URLs checked)."""
+    from tihub.sources._http import clean_link
+    from tihub.sources.huggingface import readme_images
+
+    out: list[dict[str, Any]] = []
+    stem = posixpath.splitext(path)[0]
+    for ext in (".png", ".jpg", ".jpeg", ".webp"):
+        pic = f"{stem}.preview{ext}"
+        if pic in paths:
+            out.append({"url": raw_url(g, commit, pic, False), "kind": "preview", "path_in_repo": pic})
+    if section is not None:
+        readme_path, body = section
+        for src in readme_images(body):
+            if "://" in src:
+                url = clean_link(src, allow_private)
+                if url:
+                    out.append({"url": url, "kind": "readme"})
+                continue
+            rel = posixpath.normpath(posixpath.join(posixpath.dirname(readme_path), src.split("#")[0].split("?")[0]))
+            if rel in paths:
+                out.append({"url": raw_url(g, commit, rel, False), "kind": "readme", "path_in_repo": rel})
+    return out[:24]
+
+
+# -- fetching one blob (`git+<repo>@<commit>#path=<path>` catalogue URLs) -------------------------
+
+
+def parse_blob_url(url: str) -> tuple[str, str, str]:
+    """(repo URL, commit, path) of a `git+<repo>@<commit>#path=<path>` URL, or UnsafeURL."""
+    from urllib.parse import unquote
+
+    if not url.startswith("git+") or "#path=" not in url:
+        raise UnsafeURL(f"The URL {url[:200]!r} is not a git+<repo>@<commit>#path=<file> URL.")
+    head, _, qpath = url[4:].partition("#path=")
+    repo, _, commit = head.rpartition("@")
+    path = unquote(qpath)
+    if not repo or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", commit):
+        raise UnsafeURL(f"The git URL {url[:200]!r} does not name a full commit id after '@'.")
+    if not path or path.startswith(("/", "-")) or ".." in path.split("/") or any(ord(c) < 0x20 for c in path):
+        raise UnsafeURL(f"The git URL {url[:200]!r} names an unsafe file path {path[:100]!r}.")
+    return repo, commit, path
+
+
+def fetch_blob(url: str, out_fd: int, max_bytes: int, *, allow_private: bool, deadline: float | None, label: str) -> tuple[str, int]:
+    """Write the file a `git+...` catalogue URL names into `out_fd`; return (sha256, size).
+
+    The same hardened git as `index` (checked, pinned remote; no hooks, prompts or submodules;
+    time limits): a shallow, blob-less clone brings the commit's trees, the blob's size is read
+    first (`--batch-check`) and the blob is streamed to the file only when it is at most
+    `max_bytes` (a server that honours the filter sends a bigger blob not at all)."""
+    import hashlib
+
+    repo, commit, path = parse_blob_url(url)
+    g = parse_git_url(repo, allow_file=True, allow_private=allow_private)
+    git = Git(g.scheme == "file", deadline, label, g)
+    tmp = tempfile.mkdtemp(prefix="tihub-git-")
+    dest = os.path.join(tmp, "repo")
+    try:
+        git.run(["init", "-q", "--bare", dest], what="git init")
+        for key, value in (("remote.origin.url", g.url), ("remote.origin.promisor", "true"),
+                           ("remote.origin.partialclonefilter", f"blob:limit={max_bytes + 1}"), ("extensions.partialClone", "origin")):
+            git.run(["config", key, value], cwd=dest, what="git config")
+        git.run(["fetch", "-q", "--depth", "1", "--no-tags", f"--filter=blob:limit={max_bytes + 1}", "origin", commit], cwd=dest, what="git fetch")
+        listing = git.run(["ls-tree", "-z", "--full-tree", commit, "--", path], cwd=dest, what="git ls-tree")
+        rec = listing.split(b"\0", 1)[0]
+        meta, _, found = rec.partition(b"\t")
+        fields = meta.decode("ascii", "replace").split()
+        if len(fields) != 3 or found.decode("utf-8", "replace") != path:
+            raise DownloadError(f"{label} names {path!r}, which commit {commit[:12]} of {g.url} does not have; run `tihub sync`.")
+        mode, otype, oid = fields
+        if otype != "blob" or mode not in ("100644", "100755"):
+            raise DownloadError(f"{label} names {path!r}, which is a {'symlink' if mode == '120000' else otype} in the repository, not a file.")
+        missing = git.run(["rev-list", "--objects", "--missing=print", commit], cwd=dest, what="git rev-list").decode("ascii", "replace")
+        if f"?{oid}" in missing.split():
+            raise DownloadError(f"{label} is larger than {max_bytes} bytes, more than any embedding; it is probably a model, not an embedding.")
+        size = _blob_sizes(git, dest, [oid]).get(oid)
+        if size is None:
+            raise DownloadError(f"{label}: the repository did not send the file's blob; try again later.")
+        if size > max_bytes:
+            raise DownloadError(f"{label} is {size} bytes, more than any embedding ({max_bytes} bytes); it is probably a model, not an embedding.")
+        os.ftruncate(out_fd, 0)
+        os.lseek(out_fd, 0, os.SEEK_SET)
+        git.run(["cat-file", "blob", oid], cwd=dest, what="git cat-file", stdout=out_fd)
+        hasher = hashlib.sha256()
+        total = 0
+        os.lseek(out_fd, 0, os.SEEK_SET)
+        while True:
+            chunk = os.read(out_fd, 1 << 20)
+            if not chunk:
+                break
+            hasher.update(chunk)
+            total += len(chunk)
+        if total != size:
+            raise DownloadError(f"{label}: git wrote {total} bytes where the blob has {size}; try again.")
+        return hasher.hexdigest(), total
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -8,8 +8,9 @@ explicitly configured endpoint (a mirror or a test server).
 
 Requests per sync: the listing pages (`/api/models?author=...&full=true`, `Link` pagination),
 then for each repo whose head commit (`sha`) or `lastModified` changed since the stored state:
-its file tree at that commit (sha256 of every LFS file, without downloading it) and its
-`token_identifier.txt` / `type_of_concept.txt`. Unchanged repos are not re-read: their entries
+its file tree at that commit (sha256 of every LFS file, without downloading it), its
+`token_identifier.txt` / `type_of_concept.txt`, its README (for the images it embeds; the
+`concept_images/` come from the tree) and, with deep sync, the small embedding file itself. Unchanged repos are not re-read: their entries
 are kept with `ctx.keep(remote_id)`, so an unchanged organisation costs only its listing pages
 (and raises SourceUnchanged).
 """
@@ -20,13 +21,14 @@ import dataclasses
 import logging
 import os
 import posixpath
+import re
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from tihub.errors import SourceError
-from tihub.sources._http import SMALL_CAP, Fetcher, SourceUnchanged, StatusError, fetcher_for
+from tihub.sources._http import SMALL_CAP, Fetcher, SourceUnchanged, StatusError, clean_link, fetcher_for
 from tihub.sources.base import EMBED_SUFFIXES, Candidate, CandidateFile
 
 log = logging.getLogger("tihub.sources")
@@ -230,6 +232,7 @@ class _Indexer:
             groups += [(e["path"], [e]) for e in rest]
         else:
             groups = [(e["path"], [e]) for e in embeds]
+        previews = self.previews(web, sha, files, paths)
         out = []
         for path, group in groups:
             stem = posixpath.splitext(posixpath.basename(path))[0] if path else name
@@ -247,8 +250,56 @@ class _Indexer:
             if token and not path:
                 c.triggers["diffusers"] = token
                 c.description = f"Concept {token} ({kind or 'unknown kind'}) from {repo_id}."
+            if not path or len(groups) == 1:
+                c.previews = list(previews)
+            c.previews += beside_previews(group, paths, lambda p: f"{web}/resolve/{sha}/{quote(p)}")
+            if status == "ok":
+                self.deep_read(c.files)
             out.append(c)
         return out
+
+    # -- pictures and deep reads (issue 14) ----------------------------------------------------
+
+    def previews(self, web: str, sha: str, files: list[dict[str, Any]], paths: set[str]) -> list[dict[str, Any]]:
+        """`concept_images/*` of the repo, then the images its README embeds (one small request)."""
+        out: list[dict[str, Any]] = []
+        for e in sorted(files, key=lambda e: e["path"]):
+            p = e["path"]
+            if p.startswith("concept_images/") and p.lower().endswith(IMAGE_SUFFIXES):
+                out.append({"url": f"{web}/resolve/{sha}/{quote(p)}", "kind": "concept_image"})
+        readme = next((e for e in files if e["path"].lower() == "readme.md"), None)
+        if readme is not None and (_size(readme) or 0) <= MAX_README:
+            try:
+                reply = self.fetch.get(f"{web}/resolve/{sha}/{quote(readme['path'])}", cap=MAX_README)
+            except SourceError:
+                reply = None
+            if reply is not None and reply.ok:
+                base = f"{web}/resolve/{sha}/"
+                known = {p["url"] for p in out}
+                for src in readme_images(reply.text()):
+                    url = clean_link(urljoin(base, src), bool(self.spec.allow_private))
+                    if url and url not in known:
+                        known.add(url)
+                        out.append({"url": url, "kind": "readme"})
+        return out[:MAX_PREVIEWS]
+
+    def deep_read(self, files: list[CandidateFile]) -> None:
+        """Read small embedding files now (deep sync), within the sync's byte budget."""
+        deep = getattr(self.ctx, "deep", None)
+        if deep is None:
+            return
+        for cf in files:
+            if cf.url is None or not deep.wants(cf):
+                continue
+            try:
+                reply = self.fetch.get(cf.url, cap=deep.cap())
+            except SourceError as exc:
+                log.info("%s: deep read of %s skipped: %s", self.spec.name, cf.url, exc)
+                continue
+            if reply.ok:
+                deep.measure(cf, reply.body)
+            else:
+                deep.count(len(reply.body))
 
     def _keep(self, record: dict[str, Any]) -> None:
         """The repo's entries from the last sync stay as they are (not yielded again)."""
@@ -298,6 +349,34 @@ class _Indexer:
             yield from cands
         self.ctx.set_state("repos", new)
         self.ctx.set_state("endpoint", self.endpoint)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+MAX_README = 256 * 1024
+MAX_PREVIEWS = 24
+_MD_IMAGE = re.compile(r"!\[[^\]]{0,500}\]\(\s*<?([^()\s<>]{1,2048})>?(?:\s+\"[^\"]{0,300}\")?\s*\)")
+_HTML_IMAGE = re.compile(r"<img\b[^>]{0,2000}?\bsrc\s*=\s*[\"']([^\"'<>]{1,2048})[\"']", re.I)
+
+
+def readme_images(text: str) -> list[str]:
+    """Image references of a markdown/HTML README, in order (markdown `![..](src)` and `<img src>`)."""
+    found = sorted([(m.start(), m.group(1)) for m in _MD_IMAGE.finditer(text)] + [(m.start(), m.group(1)) for m in _HTML_IMAGE.finditer(text)])
+    out: list[str] = []
+    for _, src in found:
+        if src not in out and not src.lower().startswith(("data:", "javascript:")):
+            out.append(src)
+    return out
+
+
+def beside_previews(group: list[dict[str, Any]], paths: set[str], url_of: Any) -> list[dict[str, Any]]:
+    """`NAME.preview.png|jpg|jpeg|webp` next to each embedding file (A1111 / Civitai Helper)."""
+    out = []
+    for e in group:
+        stem = posixpath.splitext(e["path"])[0]
+        for ext in (".png", ".jpg", ".jpeg", ".webp"):
+            if f"{stem}.preview{ext}" in paths:
+                out.append({"url": url_of(f"{stem}.preview{ext}"), "kind": "preview"})
+    return out
 
 
 def _size(e: dict[str, Any]) -> int | None:

@@ -72,6 +72,7 @@ class Link:
     url: str
     text: str = ""
     attr: bool = False  # found in an attribute other than href (e.g. onclick="downloadAs('...')")
+    image: bool = False  # a picture shown in the block (<img src>, markdown ![..](..)): a preview
 
 
 @dataclass
@@ -104,7 +105,10 @@ def _md_links(text: str, defs: dict[str, str]) -> tuple[str, list[Link]]:
 
     def inline(m: re.Match[str]) -> str:
         if m.group(1):  # image
+            links.append(Link(m.group(3), _clean(m.group(2), 200), image=True))
             return m.group(2)
+        for img in re.finditer(r"!\[([^\]]*)\]\(\s*<?([^()\s<>]{1,4096})>?[^)]*\)", m.group(2)):  # [![pic](..)](link)
+            links.append(Link(img.group(2), _clean(img.group(1), 200), image=True))
         label = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", m.group(2))
         links.append(Link(m.group(3), _clean(label, 200)))
         return label
@@ -290,7 +294,7 @@ class _PageParser(HTMLParser):
             row = next((n for n in reversed(self.stack) if n.tag == "tr"), None)
             if row is not None and row.cells is not None:
                 row.cells.append(text[:300])
-        if node.tag == "tr" and self.tables and self.tables[-1] is None and node.cells and not node.links:
+        if node.tag == "tr" and self.tables and self.tables[-1] is None and node.cells and all(k.image for k in node.links):
             self.tables[-1] = node.cells  # the first row without links names the columns
         if node.tag == "table" and self.tables:
             self.tables.pop()
@@ -332,6 +336,8 @@ class _PageParser(HTMLParser):
         if tag == "br":
             self.stack[-1].text.append(" ")
         target = self._owner()
+        if tag == "img" and a.get("src"):
+            target.links.append(Link(a["src"].strip(), _clean(a.get("alt", ""), 200), image=True))
         if tag == "a" and a.get("href"):
             self.link = Link(a["href"].strip())
             target.links.append(self.link)
@@ -341,7 +347,7 @@ class _PageParser(HTMLParser):
             names = re.findall(r"""['"]([^'"/\\]{1,200}\.(?:pt|bin|safetensors))['"]""", value) if key == "onclick" else []
             for m in _ATTR_URL.finditer(value):
                 u = m.group(0)
-                if urlsplit(u).path.lower().endswith(EMBED_SUFFIXES):
+                if _path_of(u).lower().endswith(EMBED_SUFFIXES):
                     # downloadAs('https://.../learned_embeds.bin', 'name.pt'): the second string names the file
                     target.links.append(Link(u, _clean(names[0], 200) if names else "", attr=True))
 
@@ -491,25 +497,45 @@ def _base_from(block: Block) -> tuple[str | None, str | None]:
     return (found[0], found[1]) if found else (None, None)
 
 
+def _join(base: str, raw: str) -> str | None:
+    """`raw` made absolute against `base`, or None for a malformed link (e.g. `http://[x`)."""
+    try:
+        return urljoin(base, raw)
+    except ValueError:
+        return None
+
+
+def _path_of(url: str) -> str:
+    try:
+        return urlsplit(url).path
+    except ValueError:
+        return ""
+
+
 def candidates_from(blocks: list[Block], page_url: str, allow_private: bool, base_href: str | None = None) -> tuple[list[Candidate], int]:
     """Candidates from parsed blocks, and how many links were dropped as unsafe."""
     base = page_url
     if base_href:
-        joined = urljoin(page_url, base_href)
-        if clean_link(joined, allow_private):
+        joined = _join(page_url, base_href)
+        if joined and clean_link(joined, allow_private):
             base = joined
     out: dict[str, Candidate] = {}
     dropped = 0
     for block in blocks:
         targets: list[tuple[Link, Target]] = []
         pages: list[str] = []
+        images: list[dict[str, Any]] = []
         for link in block.links:
             raw = link.url.strip()
             if raw.startswith("#") or not raw:
                 continue
-            absolute = urljoin(base, raw)
-            if clean_link(absolute, allow_private) is None:
+            absolute = _join(base, raw)
+            if absolute is None or clean_link(absolute, allow_private) is None:
                 dropped += 1
+                continue
+            if link.image:
+                if len(images) < 8 and all(i["url"] != absolute for i in images):
+                    images.append({"url": absolute, "kind": "link_page", "alt": link.text or None})
                 continue
             t = classify(absolute, allow_private)
             if t is None:
@@ -546,6 +572,7 @@ def candidates_from(blocks: list[Block], page_url: str, allow_private: bool, bas
                 page_url=page,
                 status="manual" if t.manual else "ok",
                 files=[file],
+                previews=[dict(i) for i in images],
                 extra={"declared_family": family, "section": block.heading, "link_text": link.text or None,
                        "pages": pages[:5], "block": block.kind},
             )
@@ -609,4 +636,40 @@ def index(spec: Any, ctx: Any) -> Iterator[Candidate]:
         log.info("Source %r: dropped %d unsafe links on %s.", spec.name, dropped, url)
     ctx.set_state("sha256", digest)
     ctx.set_state("dropped", dropped)
+    deep = getattr(ctx, "deep", None)
+    if deep is not None:
+        ctx.set_state("deep", deep_read_links(spec, ctx, deep, cands, state.get("deep") if same else None))
     yield from cands
+
+
+def deep_read_links(spec: Any, ctx: Any, deep: Any, cands: list[Candidate], prev: dict[str, str] | None) -> dict[str, str]:
+    """Read the small files the page links to (deep sync). A URL read at an earlier sync whose
+    sha256 the catalogue has measured is not read again (the page changed, not that file).
+    Returns {url: sha256} for the next sync."""
+    prev = prev if isinstance(prev, dict) else {}
+    seen: dict[str, str] = {}
+    with fetcher_for(spec, ctx) as fetch:
+        for c in cands:
+            for cf in c.files:
+                if cf.manual or not cf.url:
+                    continue
+                old = prev.get(cf.url)
+                if isinstance(old, str) and old in deep.known:
+                    cf.sha256 = old
+                    deep.stats.known += 1
+                    seen[cf.url] = old
+                    continue
+                if not deep.wants(cf, size=0) or deep.cap() <= 0:
+                    continue
+                try:
+                    reply = fetch.get(cf.url, cap=deep.cap())
+                except SourceError as exc:  # bigger than the cap, or unreachable: left for fetch
+                    deep.count(0)
+                    log.info("Source %r: deep read of %s skipped: %s", spec.name, cf.url, exc)
+                    continue
+                if not reply.ok:
+                    deep.count(len(reply.body))
+                    continue
+                if deep.measure(cf, reply.body) and cf.sha256:
+                    seen[cf.url] = cf.sha256
+    return seen

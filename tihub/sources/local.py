@@ -16,6 +16,7 @@ from typing import Any
 
 from tihub.errors import FormatError, NotAnEmbedding, NotFound, SourceError
 from tihub.formats import EMBEDDING_SUFFIXES
+from tihub.formats.regular import read_regular
 from tihub.hashing import sha256_file
 from tihub.sources.base import Candidate, CandidateFile, IndexContext, SourceUnchanged
 
@@ -90,7 +91,7 @@ def read_candidate(p: Path, rid: str, size: int) -> Candidate:
     data: bytes | None = None
     try:
         if size <= READ_WHOLE:
-            data = p.read_bytes()
+            data = read_regular(p)  # a FIFO or device is refused without blocking
             sha = hashlib.sha256(data).hexdigest()
         else:
             sha = sha256_file(p)
@@ -118,13 +119,14 @@ def read_candidate(p: Path, rid: str, size: int) -> Candidate:
     cf.sd_checkpoint = emb.sd_checkpoint
     cf.sd_checkpoint_name = emb.sd_checkpoint_name
     cf.extra = {"layout": emb.layout, "container": emb.container, "dtype": emb.dtype}
+    cf.vector_data = dict(emb.vectors)
     triggers = {"a1111": stem}
     if emb.internal_name and emb.internal_name != stem:
         triggers["internal"] = emb.internal_name
     extra = {"layout": emb.layout, "container": emb.container, "dtype": emb.dtype}
     if emb.internal_name:
         extra["internal_name"] = emb.internal_name
-    return Candidate(
+    cand = Candidate(
         remote_id=rid,
         name=stem,
         files=[cf],
@@ -132,3 +134,24 @@ def read_candidate(p: Path, rid: str, size: int) -> Candidate:
         triggers=triggers,
         extra=extra,
     )
+    add_sidecar_facts(cand, p)
+    return cand
+
+
+def add_sidecar_facts(cand: Candidate, p: Path) -> None:
+    """What sits beside the file: `NAME.preview.*` pictures and the `NAME.json` user metadata
+    A1111 and Civitai Helper write (see `tihub.collection.read_sidecar`)."""
+    from tihub.collection import preview_files, read_sidecar
+
+    for pic in preview_files(p):
+        cand.previews.append({"url": pic.resolve().as_uri(), "path": str(pic.resolve()), "kind": "local"})
+    meta = read_sidecar(p)
+    if not meta:
+        return
+    if meta.get("description") and not cand.description:
+        cand.description = meta["description"]
+    if meta.get("activation text"):
+        cand.triggers["activation_text"] = meta["activation text"]
+    if meta.get("sd version") and meta["sd version"].lower() != "unknown":
+        cand.base_model = meta["sd version"]
+    cand.extra["sidecar"] = meta

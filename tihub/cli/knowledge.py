@@ -1,0 +1,250 @@
+"""What the catalogue knows across entries: `tihub similar`, `dupes`, `explain`, `outdated`
+(and the `fetch --upgrade` runner)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tihub.cli._common import Context, echo_json, exit_status, fail, pass_ctx
+
+
+def _catalog(ctx: Context):  # type: ignore[no-untyped-def]
+    from tihub.catalog.store import Catalog
+
+    return Catalog(ctx.engine(), ctx.workspace)
+
+
+def _json_fail(as_json: bool, message: str) -> None:
+    """A whole-command failure: one sentence (JSON object with --json), exit 1."""
+    if as_json:
+        echo_json({"ok": False, "error": message})
+    else:
+        fail(message)
+    raise SystemExit(1)
+
+
+@click.command("similar")
+@click.argument("name")
+@click.option("--limit", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@pass_ctx
+def similar_cmd(ctx: Context, name: str, limit: int, as_json: bool) -> None:
+    """Catalogued embeddings whose vectors point the same way as NAME's.
+
+    NAME is a catalogue name or id, or an embedding file. Every catalogued vector (local files
+    and deep-synced ones) is compared by cosine per text encoder; multi-vector embeddings are
+    summarised by the mean of their unit vectors (see tihub/similar.py). 1.0 = same directions.
+
+    \b
+    Example:
+      tihub similar easynegative
+      tihub similar ./embeddings/mystyle.pt --limit 20 --json
+    """
+    from tihub.errors import TihubError
+    from tihub.similar import similar
+
+    try:
+        rows = similar(_catalog(ctx), name, limit)
+    except TihubError as exc:
+        _json_fail(as_json, str(exc))
+        return
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo(f"No other catalogued embedding shares a text encoder with {name}.")
+    for r in rows:
+        where = r["path"] or r["source"]
+        click.echo(f"{r['score']:7.4f}  {r['name']}  [{r['base'] or '?'}, {r['vectors'] or '?'} vectors]  {where}")
+
+
+@click.command("dupes")
+@click.option("--threshold", type=click.FloatRange(-1.0, 1.0), default=0.95, show_default=True,
+              help="Lowest similarity (cosine of the summaries) that counts as a near-duplicate.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of groups.")
+@pass_ctx
+def dupes_cmd(ctx: Context, threshold: float, as_json: bool) -> None:
+    """Groups of near-duplicate embeddings: re-uploads, renamed copies, light fine-tunes.
+
+    \b
+    Example:
+      tihub dupes
+      tihub dupes --threshold 0.99 --json
+    """
+    from tihub.similar import dupes
+
+    groups = dupes(_catalog(ctx), threshold)
+    if as_json:
+        echo_json(groups)
+        return
+    if not groups:
+        click.echo(f"No near-duplicates at similarity {threshold}.")
+    for g in groups:
+        span = f"{g['min_score']:.4f}" if g["min_score"] == g["max_score"] else f"{g['min_score']:.4f}-{g['max_score']:.4f}"
+        click.echo(f"group {g['group']} ({len(g['members'])} embeddings, similarity {span}):")
+        for m in g["members"]:
+            also = f"  (also listed as {', '.join(m['also'])})" if m["also"] else ""
+            click.echo(f"  {m['name']}  [{m['base'] or '?'}]  {m['path'] or m['source']}{also}")
+
+
+@click.command("explain")
+@click.argument("name")
+@click.option("--model", "model", required=True, type=click.Path(exists=True), help="A .safetensors checkpoint or a diffusers folder.")
+@click.option("--top", type=click.IntRange(1, 50), default=5, show_default=True, help="Tokens per vector.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (one object per vector).")
+@pass_ctx
+def explain_cmd(ctx: Context, name: str, model: str, top: int, as_json: bool) -> None:
+    """The nearest vocabulary tokens of each vector of NAME on MODEL's token table.
+
+    Reads the token-embedding table from the model file without torch. NAME is a catalogue
+    name or an embedding file.
+
+    \b
+    Example:
+      tihub explain easynegative --model ~/models/v1-5-pruned-emaonly.safetensors
+    """
+    from tihub.errors import TihubError
+    from tihub.explain import explain, token_tables
+    from tihub.similar import vectors_of
+
+    try:
+        p = Path(name).expanduser()
+        vecs = vectors_of(None, name)[0] if p.is_file() else vectors_of(_catalog(ctx), name)[0]
+        rows = explain(vecs, token_tables(model), top)
+    except TihubError as exc:
+        _json_fail(as_json, str(exc))
+        return
+    for r in rows:
+        r["name"] = p.stem if p.is_file() else name
+    if as_json:
+        echo_json(rows)
+    else:
+        for r in rows:
+            if not r["ok"]:
+                fail(r["error"])
+                continue
+            toks = ", ".join(f"{t['token']!r} {t['score']:.3f}" for t in r["tokens"])
+            click.echo(f"{r['encoder']} #{r['index']} (norm {r['norm']:.3f}, model tokens {r['model_token_norm']:.3f}): {toks}")
+    exit_status(any(not r["ok"] for r in rows))
+
+
+@click.command("outdated")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--all", "show_all", is_flag=True, help="List current files too.")
+@pass_ctx
+def outdated_cmd(ctx: Context, as_json: bool, show_all: bool) -> None:
+    """Local files fetched from a catalogued entry for which the source now has something newer.
+
+    Civitai: a newer version of the same model for the same base; Hugging Face and git: a newer
+    commit with other bytes; link pages: the link now points elsewhere. Run `tihub sync` first;
+    `tihub fetch --upgrade NAME|--all` fetches the newer files.
+
+    \b
+    Example:
+      tihub sync && tihub outdated
+      tihub outdated --json
+    """
+    from tihub.updates import outdated
+
+    rows = outdated(_catalog(ctx))
+    shown = rows if show_all else [r for r in rows if r["status"] != "current"]
+    if as_json:
+        echo_json(shown)
+        return
+    if not shown:
+        click.echo(f"All {len(rows)} fetched files are current." if rows else "No fetched files to check (files fetched by tihub are tracked).")
+    for r in shown:
+        click.echo(f"{r['name']}: {r['status']}" + (f": {r['reason']}" if r["reason"] else ""))
+
+
+def run_upgrade(ctx: Context, names: tuple[str, ...], all_: bool, keep_old: bool, as_: str, jobs: int,
+                timeout: float, as_json: bool) -> None:
+    """`tihub fetch --upgrade`: fetch the newer upstream file of each outdated local file."""
+    import os
+
+    from tihub.blobcache import BlobCache
+    from tihub.collection import after_fetch
+    from tihub.download import Downloader, Progress, Request
+    from tihub.updates import keep_old_name, outdated
+
+    if not names and not all_:
+        raise click.UsageError("Give the NAME of a local file to upgrade, or --all.")
+    catalog = _catalog(ctx)
+    rows = outdated(catalog)
+    wanted = {n.lower() for n in names}
+    picked = [r for r in rows if all_ or r["name"].lower() in wanted or Path(r["path"]).name.lower() in wanted]
+    out: list[dict[str, Any]] = []
+    failed = False
+    for n in sorted(wanted - {r["name"].lower() for r in picked} - {Path(r["path"]).name.lower() for r in picked}):
+        failed = True
+        out.append({"ok": False, "name": n, "error": f"{n} is not a file tihub fetched from a catalogue entry; nothing to upgrade."})
+    todo = [r for r in picked if r["status"] == "newer" and (r["latest"] or {}).get("url")]
+    for r in picked:
+        if r not in todo:
+            out.append({"ok": True, "name": r["name"], "path": r["path"], "status": r["status"], "upgraded": False,
+                        "reason": r["reason"] or "Already the newest version."})
+    by_req: dict[int, tuple[dict[str, Any], Path | None]] = {}
+    requests = []
+    for r in todo:
+        old = Path(r["path"])
+        kept = None
+        if keep_old:
+            kept = keep_old_name(old)
+            os.replace(old, kept)
+        latest = r["latest"]
+        req = Request(latest["url"], name=old.stem, sha256=latest.get("sha256"), entry_id=latest.get("entry_id"),
+                      label=r["name"], allow_private=_allow_private(ctx, r["source"]))
+        by_req[id(req)] = (r, kept)
+        requests.append(req)
+
+    def record(path: Path, emb: Any, sha: str, req: Request) -> None:
+        catalog.upsert_local_file(path, emb, sha, req.entry_id)
+        after_fetch(catalog, path, sha, req.entry_id, req.url, allow_private=req.allow_private, upstream_sha256=req.sha256)
+
+    results = []
+    if requests:
+        folder = Path(todo[0]["path"]).parent
+        with Downloader(folder, convert=as_, force=True, jobs=jobs, deadline=timeout,
+                        progress=Progress(enabled=False if as_json else None), record=record) as dl:
+            dl.blob_cache = BlobCache.for_workspace(ctx.workspace)
+            results = dl.fetch_all(requests)
+    for res in results:
+        r, kept = by_req[id(res.request)]
+        if res.ok:
+            old = Path(r["path"])
+            if not keep_old and res.path is not None and old.exists() and old.resolve() != res.path.resolve():
+                old.unlink()
+                catalog.forget_local(old)
+            out.append({"ok": True, "name": r["name"], "path": str(res.path), "sha256": res.sha256, "status": "upgraded",
+                        "upgraded": True, "old_path": str(kept) if kept else None, "reason": r["reason"]})
+            if not as_json:
+                click.echo(f"upgraded: {r['name']} -> {res.path}" + (f" (old file kept as {kept})" if kept else ""))
+        else:
+            failed = True
+            if kept is not None and not Path(r["path"]).exists():
+                os.replace(kept, r["path"])  # put the old file back
+            out.append({"ok": False, "name": r["name"], "path": r["path"], "error": res.error})
+            if not as_json:
+                fail(res.error or f"{r['name']} could not be upgraded.")
+    if as_json:
+        echo_json(out)
+    else:
+        for o in out:
+            if o["ok"] and not o.get("upgraded"):
+                click.echo(f"{o['name']}: {o['status']}, not upgraded ({o['reason']})")
+            elif not o["ok"] and "upgraded" not in o and o.get("error") and o.get("path") is None:
+                fail(o["error"])
+    exit_status(failed)
+
+
+def _allow_private(ctx: Context, source: str | None) -> bool:
+    from tihub.errors import ConfigError
+
+    try:
+        spec = next((s for s in ctx.workspace.sources() if s.name == source), None)
+    except ConfigError:
+        return False
+    return bool(spec and spec.allow_private)
