@@ -27,6 +27,9 @@ NOT_RUN = {
     "fetch": "downloads from the internet",
     "train": "needs the reader's pictures and minutes of work",
     "demo": "is the whole tour (make demo)",
+    "farm": "starts Ray workers",
+    "db": "manages the catalogue database itself",
+    **{c: "has no JSON schema yet" for c in ("similar", "dupes", "explain", "outdated")},
 }
 
 
