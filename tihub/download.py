@@ -703,7 +703,7 @@ class Downloader:
                     why = "the host name does not resolve; you appear to be offline" if kind == "dns" else "the TLS connection failed (certificate or protocol)"
                     raise NetworkError(f"{str(exc).rstrip('.')}: {why}; not retried, check the connection and try again.") from None
                 hint = "the partial download is kept, run the same fetch later to resume" if part.size() else "check the URL or try again later"
-                if n < (self.retries + 1) and kind == "transient":
+                if n < (2 if kind == "timeout" else self.retries + 1):  # stopped early by the deadline
                     raise NetworkError(
                         f"{str(exc).rstrip('.')}, and waiting longer would pass the {self.deadline:.0f} s deadline; run the same fetch later to resume."
                     ) from None
