@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -129,6 +130,7 @@ def main() -> None:
             print(f"  per GPU: {per_hour:,.0f} entries/GPU-hour; 100,000 entries: {100_000 / per_hour:,.1f} GPU-hours")
     finally:
         ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -245,6 +245,8 @@ def test_local_sidecars_are_read_and_import_copies_them(home: Path, tmp_path: Pa
     assert code == 0, err
     assert json.loads((emb / "xtok.json").read_text()) == {"activation text": "xx"}
     assert (emb / "xtok.preview.jpg").is_file()
+    x = Catalog.open(ws).entry("xtok")  # read on import, before any sync
+    assert x["triggers"]["activation_text"] == "xx" and [p["kind"] for p in x["previews"]] == ["local"]
 
 
 def test_preview_fetch_checks_urls_and_refuses_non_pictures(home: Path) -> None:

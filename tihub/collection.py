@@ -391,6 +391,8 @@ def import_file(
         copy_sidecars(sp, final)
         if catalog is not None:
             catalog.upsert_local_file(final, emb, final_sha, entry_id)
+            if entry_id is None:
+                record_sidecars(catalog, final)
         return Imported(str(sp), "imported" if placed else "exists", final, entry_name, matched)
     except TihubError as exc:
         return Imported(str(sp), "failed", error=str(exc))
@@ -682,3 +684,38 @@ def copy_sidecars(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> 
             shutil.copyfile(a, b)
             out.append(b)
     return out
+
+
+def record_sidecars(catalog: Catalog, path: str | os.PathLike[str]) -> None:
+    """On import: the `local` entry of `path` takes what its sidecars say (description,
+    activation text, preview pictures), as a local sync would."""
+    import json
+
+    from sqlalchemy import text
+
+    from tihub.catalog.db import read, write
+
+    meta = read_sidecar(path)
+    pics = preview_files(path)
+    if not meta and not pics:
+        return
+    p = Path(path).resolve()
+    rid = catalog._local_remote_id(p)
+    with read(catalog.engine) as conn:
+        row = conn.execute(
+            text("SELECT e.id, e.description, e.triggers FROM entries e JOIN sources s ON s.id = e.source_id "
+                 "WHERE s.name = 'local' AND e.remote_id = :r"),
+            {"r": rid},
+        ).first()
+        have = {r[0] for r in conn.execute(text("SELECT path FROM previews WHERE entry_id = :e"), {"e": row[0]})} if row else set()
+    if row is None:
+        return
+    triggers = json.loads(row[2]) if row[2] else {}
+    if meta.get("activation text"):
+        triggers["activation_text"] = meta["activation text"]
+    with write(catalog.engine) as conn:
+        conn.execute(text("UPDATE entries SET description = COALESCE(description, :d), triggers = :t WHERE id = :e"),
+                     {"d": meta.get("description"), "t": json.dumps(triggers), "e": row[0]})
+    for pic in pics:
+        if str(pic.resolve()) not in have:
+            catalog.add_preview(entry_id=row[0], url=pic.resolve().as_uri(), path=str(pic.resolve()), kind="local")

@@ -18,6 +18,7 @@ kept as `NAME.vN.<ext>` only with `--keep-old`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,64 @@ def keep_old_name(path: Path) -> Path:
         if not cand.exists():
             return cand
         n += 1
+
+
+def upgrade(catalog: Any, workspace: Any, names: Iterable[str] = (), *, all_: bool = False, keep_old: bool = False,
+            convert: str = "safetensors", jobs: int = 4, timeout: float = 1800.0, progress: Any = None,
+            allow_private: Callable[[str | None], bool] = lambda source: False) -> list[dict[str, Any]]:
+    """Fetch the newer upstream file of each outdated local file named in `names` (or every one
+    with `all_`) under the same name; with `keep_old` the replaced file is first renamed
+    `NAME.vN.<ext>` (and put back if the fetch fails). One result object per file."""
+    from tihub.blobcache import BlobCache
+    from tihub.collection import after_fetch
+    from tihub.download import Downloader, Request
+
+    rows = outdated(catalog)
+    wanted = {n.lower() for n in names}
+    picked = [r for r in rows if all_ or r["name"].lower() in wanted or Path(r["path"]).name.lower() in wanted]
+    known = {r["name"].lower() for r in picked} | {Path(r["path"]).name.lower() for r in picked}
+    out: list[dict[str, Any]] = [
+        {"ok": False, "name": n, "error": f"{n} is not a file tihub fetched from a catalogue entry; nothing to upgrade."}
+        for n in sorted(wanted - known)
+    ]
+    todo = [r for r in picked if r["status"] == "newer" and (r["latest"] or {}).get("url")]
+    out += [{"ok": True, "name": r["name"], "path": r["path"], "status": r["status"], "upgraded": False,
+             "reason": r["reason"] or "Already the newest version."} for r in picked if r not in todo]
+    plan: dict[int, tuple[dict[str, Any], Path | None]] = {}
+    requests = []
+    for r in todo:
+        old = Path(r["path"])
+        kept = None
+        if keep_old:
+            kept = keep_old_name(old)
+            os.replace(old, kept)
+        latest = r["latest"]
+        req = Request(latest["url"], name=old.stem, sha256=latest.get("sha256"), entry_id=latest.get("entry_id"),
+                      label=r["name"], allow_private=allow_private(r["source"]))
+        plan[id(req)] = (r, kept)
+        requests.append(req)
+
+    def record(path: Path, emb: Any, sha: str, req: Request) -> None:
+        catalog.upsert_local_file(path, emb, sha, req.entry_id)
+        after_fetch(catalog, path, sha, req.entry_id, req.url, allow_private=req.allow_private, upstream_sha256=req.sha256)
+
+    results = []
+    if requests:
+        with Downloader(Path(todo[0]["path"]).parent, convert=convert, force=True, jobs=jobs, deadline=timeout,
+                        progress=progress, record=record) as dl:
+            dl.blob_cache = BlobCache.for_workspace(workspace)
+            results = dl.fetch_all(requests)
+    for res in results:
+        r, kept = plan[id(res.request)]
+        old = Path(r["path"])
+        if res.ok:
+            if not keep_old and res.path is not None and old.exists() and old.resolve() != res.path.resolve():
+                old.unlink()  # converted to another suffix: the old file would shadow the new one
+                catalog.forget_local(old)
+            out.append({"ok": True, "name": r["name"], "path": str(res.path), "sha256": res.sha256, "status": "upgraded",
+                        "upgraded": True, "old_path": str(kept) if kept else None, "reason": r["reason"]})
+        else:
+            if kept is not None and not old.exists():
+                os.replace(kept, old)  # put the old file back
+            out.append({"ok": False, "name": r["name"], "path": r["path"], "error": res.error or f"{r['name']} could not be upgraded."})
+    return out

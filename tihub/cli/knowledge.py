@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -162,82 +161,26 @@ def outdated_cmd(ctx: Context, as_json: bool, show_all: bool) -> None:
 
 def run_upgrade(ctx: Context, names: tuple[str, ...], all_: bool, keep_old: bool, as_: str, jobs: int,
                 timeout: float, as_json: bool) -> None:
-    """`tihub fetch --upgrade`: fetch the newer upstream file of each outdated local file."""
-    import os
-
-    from tihub.blobcache import BlobCache
-    from tihub.collection import after_fetch
-    from tihub.download import Downloader, Progress, Request
-    from tihub.updates import keep_old_name, outdated
+    """`tihub fetch --upgrade`: print what `tihub.updates.upgrade` did."""
+    from tihub.download import Progress
+    from tihub.updates import upgrade
 
     if not names and not all_:
         raise click.UsageError("Give the NAME of a local file to upgrade, or --all.")
-    catalog = _catalog(ctx)
-    rows = outdated(catalog)
-    wanted = {n.lower() for n in names}
-    picked = [r for r in rows if all_ or r["name"].lower() in wanted or Path(r["path"]).name.lower() in wanted]
-    out: list[dict[str, Any]] = []
-    failed = False
-    for n in sorted(wanted - {r["name"].lower() for r in picked} - {Path(r["path"]).name.lower() for r in picked}):
-        failed = True
-        out.append({"ok": False, "name": n, "error": f"{n} is not a file tihub fetched from a catalogue entry; nothing to upgrade."})
-    todo = [r for r in picked if r["status"] == "newer" and (r["latest"] or {}).get("url")]
-    for r in picked:
-        if r not in todo:
-            out.append({"ok": True, "name": r["name"], "path": r["path"], "status": r["status"], "upgraded": False,
-                        "reason": r["reason"] or "Already the newest version."})
-    by_req: dict[int, tuple[dict[str, Any], Path | None]] = {}
-    requests = []
-    for r in todo:
-        old = Path(r["path"])
-        kept = None
-        if keep_old:
-            kept = keep_old_name(old)
-            os.replace(old, kept)
-        latest = r["latest"]
-        req = Request(latest["url"], name=old.stem, sha256=latest.get("sha256"), entry_id=latest.get("entry_id"),
-                      label=r["name"], allow_private=_allow_private(ctx, r["source"]))
-        by_req[id(req)] = (r, kept)
-        requests.append(req)
-
-    def record(path: Path, emb: Any, sha: str, req: Request) -> None:
-        catalog.upsert_local_file(path, emb, sha, req.entry_id)
-        after_fetch(catalog, path, sha, req.entry_id, req.url, allow_private=req.allow_private, upstream_sha256=req.sha256)
-
-    results = []
-    if requests:
-        folder = Path(todo[0]["path"]).parent
-        with Downloader(folder, convert=as_, force=True, jobs=jobs, deadline=timeout,
-                        progress=Progress(enabled=False if as_json else None), record=record) as dl:
-            dl.blob_cache = BlobCache.for_workspace(ctx.workspace)
-            results = dl.fetch_all(requests)
-    for res in results:
-        r, kept = by_req[id(res.request)]
-        if res.ok:
-            old = Path(r["path"])
-            if not keep_old and res.path is not None and old.exists() and old.resolve() != res.path.resolve():
-                old.unlink()
-                catalog.forget_local(old)
-            out.append({"ok": True, "name": r["name"], "path": str(res.path), "sha256": res.sha256, "status": "upgraded",
-                        "upgraded": True, "old_path": str(kept) if kept else None, "reason": r["reason"]})
-            if not as_json:
-                click.echo(f"upgraded: {r['name']} -> {res.path}" + (f" (old file kept as {kept})" if kept else ""))
-        else:
-            failed = True
-            if kept is not None and not Path(r["path"]).exists():
-                os.replace(kept, r["path"])  # put the old file back
-            out.append({"ok": False, "name": r["name"], "path": r["path"], "error": res.error})
-            if not as_json:
-                fail(res.error or f"{r['name']} could not be upgraded.")
+    out = upgrade(_catalog(ctx), ctx.workspace, names, all_=all_, keep_old=keep_old, convert=as_, jobs=jobs,
+                  timeout=timeout, progress=Progress(enabled=False if as_json else None),
+                  allow_private=lambda source: _allow_private(ctx, source))
     if as_json:
         echo_json(out)
     else:
         for o in out:
-            if o["ok"] and not o.get("upgraded"):
-                click.echo(f"{o['name']}: {o['status']}, not upgraded ({o['reason']})")
-            elif not o["ok"] and "upgraded" not in o and o.get("error") and o.get("path") is None:
+            if not o["ok"]:
                 fail(o["error"])
-    exit_status(failed)
+            elif o.get("upgraded"):
+                click.echo(f"upgraded: {o['name']} -> {o['path']}" + (f" (old file kept as {o['old_path']})" if o["old_path"] else ""))
+            else:
+                click.echo(f"{o['name']}: {o['status']}, not upgraded ({o['reason']})")
+    exit_status(any(not o["ok"] for o in out))
 
 
 def _allow_private(ctx: Context, source: str | None) -> bool:

@@ -81,7 +81,8 @@ def read_embedding(path: str | os.PathLike[str], data: bytes | None = None) -> E
             raise NotAnEmbedding(f"{what} is {len(data)} bytes, far too large for an embedding; it is probably a model.", kind="model")
         data = bytearray(data)  # one private copy: the tensors may live in it, never in the caller's buffer
     try:
-        return _read(fs, base, what, data)
+        with np.errstate(all="ignore"):  # hostile values must not print numpy warnings; every value is checked
+            return _read(fs, base, what, data)
     except FormatError:
         raise
     except RecursionError:
@@ -117,9 +118,8 @@ _O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 def _read_file(fs: Any, what: str) -> bytearray:
     """The whole file, after one fstat, into one private buffer that the tensors then live in
     (no second copy). At most `size + 1` bytes are read, so a file that grew is noticed."""
-    fd = open_regular(fs, _O_READ)  # a FIFO or device is refused without blocking
+    fd, st = open_regular(fs, _O_READ)  # a FIFO or device is refused without blocking
     try:
-        st = os.fstat(fd)
         if _S_ISDIR(st.st_mode):
             raise IsADirectoryError(21, "Is a directory")
         size = st.st_size
@@ -287,7 +287,7 @@ def _vectors(arr: np.ndarray, what: str, label: str) -> np.ndarray:
         flags = arr.flags
     if not _finite(arr, dtype):
         raise FormatError(f"{what} has NaN or infinite values in its vectors; it is damaged.")
-    if dtype == _F64 and float(np.abs(arr).max()) > _F32_MAX:  # would become inf as float32 (every runtime casts)
+    if dtype == _F64 and max(-float(arr.min()), float(arr.max())) > _F32_MAX:  # inf once cast to float32, as every runtime does
         raise FormatError(f"{what} has float64 values beyond the float32 range in its vectors; it is damaged.")
     if not flags.writeable:
         arr = arr.copy()
@@ -304,8 +304,8 @@ def _finite(arr: np.ndarray, dtype: np.dtype) -> bool:
         return int((arr.view(np.uint16) & 0x7FFF).max()) < 0x7C00  # exponent bits all set: inf/NaN
     flat = arr.reshape(-1)
     # fast path: a finite dot product proves every value is finite; otherwise check exactly
-    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing dot only means "check exactly"
-        return _isfinite(np.dot(flat, flat)) or bool(np.isfinite(arr).all())
+    # (numpy's overflow warnings are off for the whole read: see read_embedding)
+    return _isfinite(np.dot(flat, flat)) or bool(np.isfinite(arr).all())
 
 
 def _pair(value: Any, what: str, label: str) -> tuple[np.ndarray, str]:
