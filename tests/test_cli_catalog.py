@@ -67,11 +67,17 @@ def test_help_has_examples() -> None:
 
 
 def test_sources_init_and_list(home: Path) -> None:
-    code, out, _ = run("sources", "--init")
-    assert code == 0 and "Wrote" in out and (home / "sources.yaml").exists()
+    code, out, err = run("sources", "--init")
+    assert code == 0 and "Wrote" in err and (home / "sources.yaml").exists()
     assert "hf-concepts" in out and "never synced" in out
-    code, out, _ = run("sources", "--init")
-    assert "already exists" in out
+    code, out, err = run("sources", "--init")
+    assert "already lists" in err and "edit it by hand" in err
+    # an empty sources.yaml: the listing points at --init, and --init then writes the default
+    (home / "sources.yaml").write_text("sources: []\n")
+    code, out, _ = run("sources")
+    assert "sources --init" in out
+    code, out, err = run("sources", "--init")
+    assert "Wrote" in err and "hf-concepts" in out
     code, out, _ = run("sources", "--json")
     rows = json.loads(out)
     assert {"name", "kind", "enabled", "nsfw", "last_sync", "status", "entries"} <= set(rows[0])
@@ -116,8 +122,9 @@ def test_search_json_keys_and_filters(synced: Path) -> None:
     code, out, _ = run("search", "watercolor", "--json")
     rows = json.loads(out)
     assert [r["name"] for r in rows] == ["watercolor", "watercolor-remote"]
-    for key in ("id", "name", "trigger", "source", "base", "url", "sha256", "local"):
+    for key in ("id", "name", "triggers", "source", "base", "url", "sha256", "local", "ok", "trained_on"):
         assert key in rows[0]
+    assert rows[0]["triggers"] == ["watercolor"]
     assert rows[0]["local"] is True and rows[1]["local"] is False and rows[1]["url"] == "https://example.org/w.pt"
     code, out, _ = run("search", "", "--local", "--json")
     assert {r["name"] for r in json.loads(out)} == {"watercolor", "xl-detail"}
@@ -187,13 +194,13 @@ def test_show_text_and_json(synced: Path) -> None:
     assert 'load_textual_inversion("watercolor.safetensors", token="<watercolor>")' in out
     assert "sha256:" in out and "on disk:" in out and "2 vectors" in out
     code, out, _ = run("show", "xl-detail", "--json")
-    e = json.loads(out)
+    [e] = json.loads(out)
     assert e["base"] == "sdxl" and "text_encoder_2" in e["trigger_syntax"]["diffusers"]
     assert e["files"][0]["widths"] == {"clip_l": 768, "clip_g": 1280}
     code, out, _ = run("show", "megaone")
     assert "manual download: https://mega.nz/file/x#k" in out
     code, out, _ = run("show", str(e["id"]), "--json")
-    assert json.loads(out)["name"] == "xl-detail"
+    assert json.loads(out)[0]["name"] == "xl-detail"
     code, _, err = run("show", "does-not-exist")
     assert code == 1 and err.startswith("Error: No catalogue entry is named 'does-not-exist'")
 

@@ -87,7 +87,7 @@ def test_fetch_by_catalogue_name_records_entry(home, srv):
     assert p.read_bytes() == data
     rows = json.loads(run("list", "--json").output)
     assert rows[0]["entry"] == "easynegative" and rows[0]["source"] == "mirror"
-    assert "NovelAI" in rows[0]["trained_on"]
+    assert rows[0]["trained_on"] == "925997e9" and "NovelAI" in rows[0]["trained_on_name"]
     n = len(srv.requests)
     again = run("fetch", "easynegative")
     assert "already here" in again.output and len(srv.requests) == n  # known locally: no download
@@ -117,7 +117,7 @@ def test_fetch_batch_with_failures(home, srv):
 def test_fetch_name_and_json(home, srv):
     url = srv.add("/d/learned_embeds.bin", embedding_bytes("diffusers-bin", name="tok"))
     r = run("fetch", url, "--name", "my-style.pt", "--json")
-    out = json.loads(r.output)
+    out = json.loads(r.stdout)  # progress lines go to stderr
     assert out[0]["status"] == "fetched" and out[0]["path"].endswith("my-style.safetensors")
     r = run("fetch", url, srv.url("/x"), "--name", "x", ok=False)
     assert r.exit_code == 2 and "--name only works with one target" in r.output
@@ -134,13 +134,13 @@ def test_import_export_compat(home, tmp_path):
     assert r.exit_code == 1 and r.output.count("imported:") == 3 and "page.pt" in r.output
     (home / "sources.yaml").write_text("sources: []\n")
     verdicts = {v["name"]: v for v in json.loads(run("compat", "--model-hash", "925997e9", "--json").output)}
-    assert {k: v["status"] for k, v in verdicts.items()} == {"neg": "trained-on", "sd2": "wont-load", "xl": "wont-load"}
+    assert {k: v["fit"] for k, v in verdicts.items()} == {"neg": "trained-on", "sd2": "wont-load", "xl": "wont-load"}
     assert "clip_h 1024" in verdicts["sd2"]["reason"]
-    xl = {v["name"]: v["status"] for v in json.loads(run("compat", "--model-hash", "31e35c80fc", "--json").output)}
+    xl = {v["name"]: v["fit"] for v in json.loads(run("compat", "--model-hash", "31e35c80fc", "--json").output)}
     assert xl == {"neg": "partial", "sd2": "wont-load", "xl": "same-family"}
     named = json.loads(run("compat", "--model-hash", "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa", "neg", "--json").output)
-    assert len(named) == 1 and {k: named[0][k] for k in ("name", "status", "made_on")} == {
-        "name": "neg", "status": "same-family", "made_on": "NovelAI animefinal-full-pruned [925997e9]"}
+    assert len(named) == 1 and {k: named[0][k] for k in ("name", "fit", "ok", "trained_on", "trained_on_name")} == {
+        "name": "neg", "fit": "same-family", "ok": True, "trained_on": "925997e9", "trained_on_name": "NovelAI animefinal-full-pruned"}
     assert set(named[0]["apps"]) == {"a1111", "forge", "comfyui", "invokeai", "diffusers"}
     assert named[0]["reason"].endswith("it was made on NovelAI animefinal-full-pruned [925997e9]")
     text = run("compat", "--model-hash", "7460a6fa").output
@@ -151,6 +151,9 @@ def test_import_export_compat(home, tmp_path):
     assert bad.exit_code == 1 and "not a model hash" in bad.output
     both = run("compat", ok=False)
     assert both.exit_code == 2 and "exactly one" in both.output
+    missing = run("export", "neg", "--to", str(tmp_path / "comfy"), "--app", "comfyui", ok=False)
+    assert missing.exit_code == 1 and "no such folder" in missing.output and not (tmp_path / "comfy").exists()
+    (tmp_path / "comfy").mkdir()
     out = run("export", "neg", "xl", "--to", str(tmp_path / "comfy"), "--app", "comfyui").output
     assert "prompt: embedding:neg" in out and (tmp_path / "comfy" / "models" / "embeddings" / "xl.safetensors").exists()
 
@@ -158,10 +161,10 @@ def test_import_export_compat(home, tmp_path):
 def test_compat_catalog_entries(home, srv):
     _catalogue(home, srv)
     out = json.loads(run("compat", "--model-hash", "31e35c80fc", "--catalog", "--json", "--offline").output)
-    names = {v["name"]: v["status"] for v in out}
+    names = {v["name"]: v["fit"] for v in out}
     assert names["easynegative"] == "partial"
     nai = {v["name"]: v for v in json.loads(run("compat", "--model-hash", "925997e9", "easynegative", "--json").output)}
-    assert nai["easynegative"]["status"] == "trained-on"
+    assert nai["easynegative"]["fit"] == "trained-on"
 
 
 def test_compat_with_model_file(home, tmp_path):
@@ -174,12 +177,12 @@ def test_compat_with_model_file(home, tmp_path):
     run("import", str(src))
     (home / "sources.yaml").write_text("sources: []\n")
     out = json.loads(run("compat", "--model", str(model), "--json").output)
-    assert len(out) == 1 and {k: out[0][k] for k in ("name", "status", "made_on")} == {
-        "name": "mine", "status": "trained-on", "made_on": f"my-sd1.safetensors [{sha[:10]}]"}
-    assert {v["status"] for v in out[0]["apps"].values()} == {"trained-on"}
+    assert len(out) == 1 and {k: out[0][k] for k in ("name", "fit", "ok", "trained_on", "trained_on_name")} == {
+        "name": "mine", "fit": "trained-on", "ok": True, "trained_on": sha[:10], "trained_on_name": "my-sd1.safetensors"}
+    assert {v["fit"] for v in out[0]["apps"].values()} == {"trained-on"}
     # the model is now known by every hash form
     again = json.loads(run("compat", "--model-hash", sha, "--json", "--offline").output)
-    assert again[0]["status"] == "trained-on"
+    assert again[0]["fit"] == "trained-on"
 
 
 def test_file_copied_by_hand_is_linked_without_download(home, srv):

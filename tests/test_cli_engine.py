@@ -40,7 +40,7 @@ def test_prompt_json_without_model(home):
     assert info["schedule"] == [[5, "a (mystyle:1.1), ((cat)) [dog] x BREAK z"], [10, "a (mystyle:1.1), ((cat)) [dog] y BREAK z"]]
     assert info["attention"] == [["a ", 1.0], ["mystyle", 1.1], [", ", 1.0], ["cat", 1.2100000000000002], [" ", 1.0], ["dog", 0.9090909090909091], [" y", 1.0], ["BREAK", -1], ["z", 1.0]]
     assert info["chunks"] == 2 and info["tokens"] == 1 + 3 + 1 + 1 + 1 + 1 + 1
-    assert info["embeddings"] == [{"name": "mystyle", "file": str(home / "embeddings" / "mystyle.safetensors"), "vectors": 3, "widths": {"clip_l": 768}}]
+    assert info["ok"] is True and info["embeddings"] == [{"name": "mystyle", "path": str(home / "embeddings" / "mystyle.safetensors"), "vectors": 3, "widths": {"clip_l": 768}}]
     code, out, _ = run("prompt", "a cat")
     assert code == 0 and "Embeddings: none" in out and "Tokens: 2" in out
 
@@ -55,7 +55,8 @@ def test_png_info_one_many_and_lookalikes(home, tmp_path):
     Image.new("RGB", (8, 8)).save(a, pnginfo=pnginfo_chunk('cat\nNegative prompt: dog\nSteps: 5, Sampler: Euler, Seed: 3, TI hashes: "x: 0123456789ab"'))
     code, out, _ = run("png-info", str(a), "--json")
     assert code == 0
-    rec = json.loads(out)
+    [rec] = json.loads(out)  # a list, even for one file
+    assert rec["ok"] is True and rec["path"] == str(a)
     assert rec["prompt"] == "cat" and rec["negative_prompt"] == "dog"
     assert rec["parameters"] == {"Steps": "5", "Sampler": "Euler", "Seed": "3", "TI hashes": "x: 0123456789ab"}
     c = tmp_path / "comfy.png"
@@ -79,12 +80,12 @@ def test_generate_and_rerun_from_image(home, model_dir, tmp_path):
     out = tmp_path / "out"
     code, stdout, err = run("generate", "a photo of a cat", "-n", "blurry", "--model", model_dir, "--steps", "2", "--size", "64", "--seed", "-1", "--out", str(out), "--sampler", "DPM++ 2M Karras", "--clip-skip", "2", "--json")
     assert code == 0, err
-    res = json.loads(stdout)
-    first = Path(res["files"][0])
-    assert first.name == f"00000-{res['seeds'][0]}.png"
+    [res] = json.loads(stdout)  # one object per picture
+    first = Path(res["path"])
+    assert first.name == f"00000-{res['seed']}.png"
     code, stdout, _ = run("png-info", str(first), "--json")
-    params = json.loads(stdout)["parameters"]
-    assert (params["Sampler"], params["Schedule type"]) == ("DPM++ 2M", "Karras") and params["Clip skip"] == "2" and params["Seed"] == str(res["seeds"][0])
+    params = json.loads(stdout)[0]["parameters"]
+    assert (params["Sampler"], params["Schedule type"]) == ("DPM++ 2M", "Karras") and params["Clip skip"] == "2" and params["Seed"] == str(res["seed"])
     code, stdout, err = run("generate", "--from-image", str(first), "--model", model_dir, "--out", str(out))
     assert code == 0, err
     second = Path(stdout.strip())
@@ -101,9 +102,9 @@ def test_schedule_type_from_cli_and_from_a1111_infotext(home, model_dir, tmp_pat
     assert code == 0, err
     first = Path(stdout.strip())
     code, stdout, _ = run("png-info", str(first), "--json")
-    assert json.loads(stdout)["parameters"]["Schedule type"] == "Exponential"
+    assert json.loads(stdout)[0]["parameters"]["Schedule type"] == "Exponential"
     code, stdout, err = run("generate", "--from-image", str(first), "--model", model_dir, "--out", str(out))
-    assert code == 0 and err == "", err
+    assert code == 0 and "Warning" not in err and "generate: 100% (3/3 step)" in err, err
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(stdout.strip())))
     # A1111 1.9+ writes the schedule apart from the sampler
     def a1111_png(name: str, params: str) -> Path:
@@ -114,13 +115,13 @@ def test_schedule_type_from_cli_and_from_a1111_infotext(home, model_dir, tmp_pat
         return path
 
     code, stdout, err = run("generate", "--from-image", str(a1111_png("k.png", "Sampler: DPM++ 2M, Schedule type: Karras")), "--model", model_dir, "--out", str(out), "--json")
-    assert code == 0 and "Sampler: DPM++ 2M, Schedule type: Karras," in json.loads(stdout)["infotext"]
+    assert code == 0 and "Sampler: DPM++ 2M, Schedule type: Karras," in json.loads(stdout)[0]["infotext"]
     code, stdout, err = run("generate", "--from-image", str(a1111_png("ays.png", "Sampler: DPM++ 2M, Schedule type: Align Your Steps")), "--model", model_dir, "--out", str(out), "--json")
-    assert code == 0 and err == "", err
-    assert "Sampler: DPM++ 2M, Schedule type: Align Your Steps," in json.loads(stdout)["infotext"]
+    assert code == 0 and "Warning" not in err, err
+    assert "Sampler: DPM++ 2M, Schedule type: Align Your Steps," in json.loads(stdout)[0]["infotext"]
     # "Automatic" from A1111 1.9+ is that sampler's A1111 default (Karras for DPM++ 2M)
     code, stdout, err = run("generate", "--from-image", str(a1111_png("auto.png", "Sampler: DPM++ 2M, Schedule type: Automatic")), "--model", model_dir, "--out", str(out), "--json")
-    assert code == 0 and "Sampler: DPM++ 2M, Schedule type: Karras," in json.loads(stdout)["infotext"]
+    assert code == 0 and "Sampler: DPM++ 2M, Schedule type: Karras," in json.loads(stdout)[0]["infotext"]
     code, _, err = run("generate", "x", "--model", model_dir, "--size", "64", "--steps", "1", "--schedule-type", "Sideways")
     assert code == 1 and "Unknown schedule type 'Sideways'" in err
 
@@ -139,8 +140,8 @@ def test_generate_bad_input(home, model_dir, tmp_path):
 def test_grid_axes_and_standard_preview_attached(home, model_dir, tmp_path):
     code, out, err = run("grid", "--model", model_dir, "-p", "a cat", "--x", "seed:1,2", "--y", "steps:1,2", "--size", "64", "--json", "--out", str(tmp_path / "g"))
     assert code == 0, err
-    res = json.loads(out)
-    assert res["pipeline_calls"] == 2 and len(res["cells"]) == 4 and Path(res["grid"]).exists()
+    [res] = json.loads(out)
+    assert res["pipeline_calls"] == 2 and len(res["cells"]) == 4 and Path(res["path"]).exists()
     _emb768(home, "wideone")
     code, out, err = run("grid", "wideone", "--model", model_dir, "--steps", "1", "--size", "64")
     assert code == 0, err
@@ -161,8 +162,9 @@ def test_verify_records_failure(home, model_dir):
     _emb768(home, "toowide")
     code, out, err = run("verify", "toowide", "--model", model_dir, "--json")
     assert code == 1
-    res = json.loads(out)
-    assert res["result"] == "failed" and res["checks"][1]["check"] == "width"
+    [res] = json.loads(out)
+    assert res["ok"] is False and res["result"] == "failed" and res["checks"][1]["check"] == "width"
+    assert "width" in res["error"] and "{" not in res["checks"][1]["detail"]  # words, not a Python dict
     from tihub.catalog.store import Catalog
     from tihub.config import Workspace
 

@@ -18,7 +18,7 @@ from model_files import write_st
 import tihub.hashing as hashing
 from tihub.cli import cli
 
-INSPECT_KEYS = {"path", "ok", "error", "format", "name", "vectors", "width", "base", "step", "sd_checkpoint", "sd_checkpoint_name", "sha256", "shorthash", "widths"}
+INSPECT_KEYS = {"path", "ok", "format", "name", "vectors", "base", "step", "trained_on", "trained_on_name", "sha256", "shorthash", "widths"}
 HASH_KEYS = {"path", "sha256", "autov2", "old_hash", "shorthash", "family", "widths"}
 
 
@@ -81,12 +81,12 @@ def test_inspect_json_contract(embeddings: Path) -> None:
     assert [Path(r["path"]).name for r in rows] == ["style.safetensors", "xlneg.safetensors"]  # recursive, sorted, only embeddings
     for r in rows:
         assert INSPECT_KEYS <= set(r)
-        assert r["ok"] is True and r["error"] is None
+        assert r["ok"] is True and "error" not in r
         assert r["sha256"] == _sha(Path(r["path"])) and r["shorthash"] == r["sha256"][:12]
     sd1, xl = rows
-    assert (sd1["name"], sd1["vectors"], sd1["width"], sd1["base"], sd1["format"]) == ("style", 4, 768, "sd1", "safetensors")
-    assert (sd1["step"], sd1["sd_checkpoint"], sd1["sd_checkpoint_name"]) == (1500, "a3ae98d6", "Anything3.0")
-    assert (xl["name"], xl["vectors"], xl["width"], xl["base"]) == ("xlneg", 2, 2048, "sdxl")
+    assert (sd1["name"], sd1["vectors"], sd1["widths"], sd1["base"], sd1["format"]) == ("style", 4, {"clip_l": 768}, "sd1", "safetensors")
+    assert (sd1["step"], sd1["trained_on"], sd1["trained_on_name"]) == (1500, "a3ae98d6", "Anything3.0")
+    assert (xl["name"], xl["vectors"], xl["base"]) == ("xlneg", 2, "sdxl")
     assert xl["widths"] == {"clip_l": 768, "clip_g": 1280}
 
 
@@ -106,7 +106,7 @@ def test_inspect_errors_are_one_line_each_and_batch_continues(embeddings: Path, 
     assert result.exit_code == 1
     rows = json.loads(result.stdout)
     assert [r["ok"] for r in rows] == [False, True, False, False]
-    assert "LoRA" in rows[0]["error"] and rows[0]["kind"]
+    assert "LoRA" in rows[0]["error"] and rows[0]["file_kind"]
     assert "does not exist" in rows[2]["error"]
     assert "HTML" in rows[3]["error"]
     err = result.stderr.strip().splitlines()
@@ -114,7 +114,7 @@ def test_inspect_errors_are_one_line_each_and_batch_continues(embeddings: Path, 
     assert "Traceback" not in result.output
     for r in rows:
         if not r["ok"]:
-            assert INSPECT_KEYS <= set(r) and "\n" not in r["error"]
+            assert INSPECT_KEYS <= set(r) | {"error"} and "\n" not in r["error"]
             assert r["path"] in r["error"]  # the path as given, not only the file name
     # the bad files still get their hash (when readable): that is how users report them
     assert rows[0]["sha256"] == _sha(bad["lora"])
@@ -141,7 +141,7 @@ def test_inspect_corpus_files(corpus: Path) -> None:
     for r in rows:
         assert r["sha256"] == _sha(Path(r["path"]))
         if r["ok"]:
-            assert r["vectors"] > 0 and r["width"] in (768, 1024, 2048)
+            assert r["vectors"] > 0 and sum(r["widths"].values()) in (768, 1024, 2048)
 
 
 def test_inspect_does_not_touch_the_database_or_import_heavy_modules(embeddings: Path, home: Path) -> None:
@@ -253,7 +253,7 @@ def test_hash_errors_exit_1_after_processing_everything(tmp_path: Path, home: Pa
     result = run("hash", str(tmp_path / "missing.ckpt"), str(model), str(tmp_path / "empty"), "--json")
     assert result.exit_code == 1
     rows = json.loads(result.stdout)
-    assert [Path(r["path"]).name for r in rows] == ["m.safetensors"]
+    assert [(Path(r["path"]).name, r["ok"]) for r in rows] == [("m.safetensors", True), ("missing.ckpt", False), ("empty", False)]
     err = result.stderr.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("Error: ") for line in err)
     assert "missing.ckpt" in err[0] and "does not exist" in err[0]

@@ -118,7 +118,7 @@ def test_compat_cli_names_the_model_an_embedding_was_made_on(
     result = CliRunner().invoke(cli, ["compat", "--model-hash", "7460a6fa", "--json"])
     assert result.exit_code == 0, result.output
     [row] = json.loads(result.output)
-    assert row["status"] == "same-family"
-    assert row["made_on"] == "Fancy Mix v2 [abcdef0123]"
+    assert row["fit"] == "same-family"
+    assert row["trained_on"] == "abcdef0123" and row["trained_on_name"] == "Fancy Mix v2"
     assert "made on Fancy Mix v2" in row["reason"]
     assert gets(api) == ["abcdef0123"] and api.bulk_requests == []

@@ -85,12 +85,12 @@ def test_cli_generate_with_a_real_a1111_file(corpus, sd1_768, home, tmp_path):
     shutil.copy(src, home / "embeddings" / "realstyle.pt")
     r = CliRunner().invoke(cli, ["generate", "a (realstyle:0.8) house", "--model", str(model_dir), "--steps", "1", "--size", "64", "--seed", "7", "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.stderr
-    out = json.loads(r.stdout)
+    [out] = json.loads(r.stdout)
     sha = hashlib.sha256(src.read_bytes()).hexdigest()
     assert out["embeddings"] == ["realstyle"] and f'TI hashes: "realstyle: {sha[:12]}"' in out["infotext"]
     r = CliRunner().invoke(cli, ["verify", "realstyle", "--model", str(model_dir), "--steps", "1", "--size", "64", "--json"], catch_exceptions=False)
-    res = json.loads(r.stdout)
-    assert res["checks"][1] == {"check": "width", "status": "ok", "detail": "fits the SD1 model ({'clip_l': 768})"}
+    [res] = json.loads(r.stdout)
+    assert res["checks"][1] == {"check": "width", "status": "ok", "detail": "fits the SD1 model (clip_l 768)"}
     assert res["result"] in ("ok", "warning") and res["grid"]
 
 
@@ -151,10 +151,10 @@ def test_cli_generate_and_verify_with_a_real_sdxl_file(corpus, sdxl_wide, home, 
     shutil.copy(src, home / "embeddings" / "xlstyle.safetensors")
     r = CliRunner().invoke(cli, ["generate", "a (xlstyle:0.9) house", "-n", "xlstyle", "--model", str(model_dir), "--steps", "1", "--size", "64", "--seed", "7", "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.stderr
-    out = json.loads(r.stdout)
+    [out] = json.loads(r.stdout)
     assert out["embeddings"] == ["xlstyle"] and 'TI hashes: "xlstyle: ' in out["infotext"]
     r = CliRunner().invoke(cli, ["verify", "xlstyle", "--model", str(model_dir), "--steps", "1", "--size", "64", "--json"], catch_exceptions=False)
-    res = json.loads(r.stdout)
+    [res] = json.loads(r.stdout)
     width = next(c for c in res["checks"] if c["check"] == "width")
     assert width["status"] == "ok" and "SDXL" in width["detail"], width
     assert res["grid"]

@@ -288,7 +288,7 @@ def test_civitai_pictures_keep_generation_metadata_and_sidecar_keys(home: Path) 
         assert r.status == "ok", r.error
         code, out, err = run("--home", str(home), "show", "model3v0", "--json")
         assert code == 0, err
-        e = json.loads(out)
+        [e] = json.loads(out)
         (pic,) = e["pictures"]
         assert pic["kind"] == "civitai" and pic["model_hash"] == "38c1ebe3"
         assert pic["generation"]["seed"] == 1234 and pic["generation"]["prompt"]

@@ -45,7 +45,7 @@ def test_cli_training_run_registers_and_previews(home: Path, tmp_path: Path, tin
     assert f"Run folder: {home / 'train' / 'foxtok'}" in out
     assert "Skipped broken.jpg:" in out
     assert "3 pictures (6 with flips)" in out
-    assert "step 6/6" in out
+    assert "train foxtok: 100% (6/6 step) loss" in out  # the one progress display, a line per 10% off a terminal
     # CUDA graphs are the default where they can run; on the CPU that is silently eager
     assert "CUDA graph" not in out and "Trained foxtok on 3 pictures (6 with flips): 6 steps in " in out
     assert json.loads((home / "train" / "foxtok" / "settings.json").read_text())["cuda_graphs"] == "auto"
@@ -55,7 +55,7 @@ def test_cli_training_run_registers_and_previews(home: Path, tmp_path: Path, tin
 
     with (home / "train" / "foxtok" / "loss.csv").open() as fh:
         logged = {int(r["step"]): float(r["loss"]) for r in csv.DictReader(fh)}
-    shown = {int(m[1]): float(m[2]) for m in re.finditer(r"step (\d+)/6\s+loss ([0-9.]+)", out)}
+    shown = {int(m[1]): float(m[2]) for m in re.finditer(r"\((\d+)/6 step\) loss ([0-9.]+)", out)}
     assert shown and all(abs(shown[k] - logged[k]) < 1e-4 for k in shown), (shown, logged)
     emb = home / "embeddings" / "foxtok.safetensors"
     assert emb.is_file()
@@ -102,8 +102,8 @@ def test_cli_training_run_registers_and_previews(home: Path, tmp_path: Path, tin
     res3 = CliRunner().invoke(cli, [*args[:-2], "--steps", "2", "--save-every", "0", "--preview-every", "0", "--overwrite", "--json", "--device", "cpu", "--cuda-graphs"])
     assert res3.exit_code == 0, res3.output
     assert "CUDA graphs need a CUDA device, not cpu; training runs eagerly." in res3.output  # asked for: a note
-    data = json.loads(res3.output[res3.output.index("{"):])
-    assert data["steps"] == 2 and data["output"] == str(emb) and data["steps_from"] == "eager"
+    [data] = json.loads(res3.stdout)
+    assert data["steps"] == 2 and data["path"] == str(emb) and data["steps_from"] == "eager" and data["ok"] is True
     assert [Path(p).name for p in data["checkpoints"]] == ["foxtok-2.safetensors"]
 
 
@@ -147,7 +147,7 @@ def test_grid_name_x_checkpoints_compares_a_runs_checkpoints(home: Path, tmp_pat
     grid = ["grid", "foxtok", "--model", str(model), "--steps", "2", "--size", "64", "--seed", "5", "--device", "cpu", "--json"]
     res = CliRunner().invoke(cli, [*grid, "--x", "checkpoints"])
     assert res.exit_code == 0, res.output
-    data = json.loads(res.output[res.output.index("{"):])
+    [data] = json.loads(res.stdout)
     assert len(data["cells"]) == 3 and data["pipeline_calls"] == 1
     prompts = [read_infotext(Path(p)).prompt for p in data["cells"]]
     assert prompts == ["foxtok-2", "foxtok-4", "foxtok"]  # by step, the final embedding last

@@ -477,15 +477,20 @@ def find_local(folder: Path, name: str) -> Path:
     return (exact or hits)[0][1]
 
 
-def remove(workspace: Workspace, name: str, catalog: Catalog | None = None) -> Path:
-    """Delete one embedding from `embeddings/` (with its `NAME.preview.*` and `NAME.json`
-    sidecars) and mark it not local in the catalogue."""
+def remove_files(workspace: Workspace, name: str, catalog: Catalog | None = None) -> list[Path]:
+    """Delete one embedding from `embeddings/` with its `NAME.preview.*` and `NAME.json`
+    sidecars, and mark it not local in the catalogue; return the paths deleted (the embedding first)."""
     path = find_local(workspace.embeddings_dir, name)
     os.unlink(path)
-    remove_sidecars(path)
+    gone = remove_sidecars(path)
     if catalog is not None:
         catalog.forget_local(path)
-    return path
+    return [path, *gone]
+
+
+def remove(workspace: Workspace, name: str, catalog: Catalog | None = None) -> Path:
+    """Delete one embedding (and its sidecars) from `embeddings/`; return its path."""
+    return remove_files(workspace, name, catalog)[0]
 
 
 def trigger_for(app: str, name: str) -> str:

@@ -22,9 +22,11 @@ its real name in the target folder:
    refuses to overwrite: a different file already there is reported, the same file is a no-op)
    and recorded in the catalogue.
 
-Transient failures (connection errors, timeouts, 408/5xx, 429) are retried with exponential
-backoff (429/503 wait as long as `Retry-After` says, clamped); a per-file deadline bounds a
-server that drips bytes. Files are fetched by a pool of threads (`jobs`).
+Transient failures (connection errors, 408/5xx, 429) are retried by the one retry policy
+(`tihub.retry`: exponential backoff, 429/503 wait as long as `Retry-After` says, clamped; a
+stalled read once; DNS, TLS and other 4xx failures never); a per-file deadline bounds a server
+that drips bytes. Files are fetched by a pool of threads (`jobs`); Ctrl-C stops them and keeps
+each partial file for the next fetch to resume.
 
 Host notes:
 - Hugging Face: `/{repo}/resolve/{rev}/{path}` serves LFS files (redirect to a CDN); `blob` pages
@@ -64,6 +66,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
+from tihub import retry
 from tihub.errors import DownloadError, FormatError, HashMismatch, NetworkError, NotAnEmbedding, TihubError, UnsafeURL
 from tihub.hashing import sha256_file
 from tihub.naming import inside, is_generic_stem, safe_filename, safe_stem, token_stem
@@ -87,12 +90,14 @@ class ManualDownload(DownloadError):
     """A link that only a browser can fetch (mega.nz, Drive folders)."""
 
 
-class Transient(NetworkError):
-    """A failure worth retrying (network error, timeout, 408/429/5xx)."""
+class Transient(retry.RetryNow, NetworkError):
+    """A failure that may be worth retrying (network error, timeout, 408/429/5xx); `kind` says
+    which (tihub.retry: DNS and TLS failures are not retried)."""
 
-    def __init__(self, message: str, wait: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, wait: float | None = None, kind: retry.Kind = "transient") -> None:
+        NetworkError.__init__(self, message)
         self.wait = wait
+        self.kind = kind
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,17 +263,19 @@ def _clean(text: str) -> str:
 
 
 class Progress:
-    """Per-file and total progress: one redrawn line on a terminal, nothing otherwise."""
+    """The bytes of every file of a fetch on the one progress display (tihub.progress): speed and
+    time left on a terminal, a line per 10% otherwise; nothing when not `enabled`."""
 
     def __init__(self, enabled: bool | None = None, stream_: Any = None) -> None:
         self.stream = stream_ or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.enabled = True if enabled is None else enabled
         self.lock = threading.Lock()
         self.files: dict[str, list[int]] = {}  # key -> [done, total]
         self.finished = 0
         self.count = 0
-        self._last = 0.0
-        self._done_bytes = 0
+        self._done = 0
+        self._total = 0
+        self._display: Any = None
 
     def set_count(self, n: int) -> None:
         self.count = n
@@ -276,56 +283,46 @@ class Progress:
     def start(self, key: str, total: int | None, done: int = 0) -> None:
         with self.lock:
             self.files[key] = [done, total or 0]
-        self._draw()
+            self._total += total or 0
+            self._done += done
+        self._show()
 
     def advance(self, key: str, n: int) -> None:
         with self.lock:
             f = self.files.get(key)
             if f is not None:
                 f[0] += n
-        self._draw()
+            self._done += n
+        self._show()
 
     def finish(self, key: str) -> None:
         with self.lock:
-            f = self.files.pop(key, None)
-            if f is not None:
-                self._done_bytes += f[0]
+            self.files.pop(key, None)
             self.finished += 1
-        self._draw(force=True)
+        self._show()
+
+    def note(self, message: str) -> None:
+        """A line above the bar (a retry, a wait)."""
+        if self._display is not None:
+            self._display.note(message)
+        elif self.enabled:
+            print(_clean(message), file=self.stream, flush=True)
 
     def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
+        if self._display is not None:
+            self._display.close()
+            self._display = None
 
-    def _draw(self, force: bool = False) -> None:
+    def _show(self) -> None:
         if not self.enabled:
             return
-        now = time.monotonic()
-        if not force and now - self._last < 0.1:
-            return
-        self._last = now
+        from tihub.progress import Progress as Display
+
         with self.lock:
-            parts = []
-            done = self._done_bytes
-            for key, (d, t) in list(self.files.items())[:3]:
-                pct = f"{100 * d // t:3d}%" if t else _mb(d)
-                parts.append(f"{_clean(key.split(chr(0), 1)[0])[:24]} {_bar(d, t)} {pct}")
-            done += sum(d for d, _ in self.files.values())
-            line = f"[{self.finished}/{self.count or '?'}] {_mb(done)}  " + "  ".join(parts)
-        self.stream.write("\r\x1b[K" + line[:200])
-        self.stream.flush()
-
-
-def _bar(done: int, total: int, width: int = 12) -> str:
-    if not total:
-        return ""
-    n = min(width, width * done // total)
-    return "[" + "#" * n + "." * (width - n) + "]"
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+            if self._display is None:
+                self._display = Display("fetch", None, "bytes", stream=self.stream)
+            label = f"fetch {self.finished}/{self.count or '?'}"
+            self._display.update(self._done, total=self._total or None, label=label)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,6 +421,11 @@ def _parse_retry_after(value: str | None, cap: float) -> float | None:
     return max(0.0, min(when.timestamp() - time.time(), cap))
 
 
+def _retry_kind(exc: BaseException) -> retry.Kind:
+    """How the one retry policy (tihub.retry) treats a download failure: only Transient ones."""
+    return exc.kind if isinstance(exc, Transient) else None
+
+
 def _transient_cause(exc: BaseException) -> bool:
     ctx = exc.__context__ or exc.__cause__
     return isinstance(ctx, (httpx.TransportError, OSError)) and not isinstance(exc, UnsafeURL)
@@ -497,6 +499,7 @@ class Downloader:
         self.env = env
         self.max_bytes = max_bytes
         self.host_kinds = host_kinds
+        self._stop = threading.Event()  # set on Ctrl-C: transfers in worker threads stop, partials kept
         _widen_reads()
         self._client = make_client(
             timeout=timeout,
@@ -523,7 +526,13 @@ class Downloader:
             results = [self.fetch(r) for r in reqs]
         else:
             with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="tihub-fetch") as pool:
-                results = list(pool.map(self.fetch, reqs))
+                try:
+                    results = list(pool.map(self.fetch, reqs))
+                except KeyboardInterrupt:
+                    self._stop.set()  # workers stop at their next chunk and keep their partial files
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    self.progress.close()
+                    raise
         self.progress.close()
         return results
 
@@ -552,8 +561,8 @@ class Downloader:
                 transfer, expected_sha, expected_size = self._transfer_with_retries(req, resolved, part, sniff=False)
             except DownloadError:
                 raise
-            except NetworkError:
-                keep = part.size() > 0
+            except (NetworkError, KeyboardInterrupt):
+                keep = part.size() > 0  # resumable next time, also after Ctrl-C
                 raise
             if expected_size is not None and transfer.size != expected_size:
                 raise DownloadError(f"The download of {req.url} has {transfer.size} bytes but {expected_size} were expected.")
@@ -608,8 +617,8 @@ class Downloader:
                 transfer, expected_sha, expected_size = self._transfer_with_retries(req, resolved, part)
             except DownloadError:
                 raise
-            except NetworkError:
-                keep_part = part.size() > 0  # resumable next time
+            except (NetworkError, KeyboardInterrupt):
+                keep_part = part.size() > 0  # resumable next time, also after Ctrl-C
                 raise
             if expected_size is not None and transfer.size != expected_size:
                 raise DownloadError(
@@ -669,10 +678,14 @@ class Downloader:
         expected_sha = req.sha256.lower() if req.sha256 else None
         expected_size = req.size
         lfs_followed = False
-        attempt = 0
+        label = req.label or req.url
         while True:
             try:
-                transfer = self._transfer(req, url, resolved, part, start, sniff)
+                transfer = retry.call(
+                    lambda: self._transfer(req, url, resolved, part, start, sniff),
+                    classify=_retry_kind, label=label, attempts=self.retries + 1, backoff=self.backoff,
+                    time_left=lambda: self.deadline - (time.monotonic() - start),
+                )
                 return transfer, expected_sha, expected_size
             except _LfsPointer as ptr:
                 media = lfs_media_url(url)
@@ -687,17 +700,17 @@ class Downloader:
                 part.truncate()
                 continue
             except Transient as exc:
-                attempt += 1
-                left = self.deadline - (time.monotonic() - start)
-                if attempt > self.retries:
-                    hint = "the partial download is kept, run the same fetch later to resume" if part.size() else "check the URL or try again later"
-                    raise NetworkError(f"{str(exc).rstrip('.')}; gave up after {attempt} tries, {hint}.") from None
-                wait = exc.wait if exc.wait is not None else min(8.0, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
-                if wait > left:
+                n = retry.tries(exc)
+                kind = _retry_kind(exc)
+                if kind in ("dns", "tls"):
+                    why = "the host name does not resolve; you appear to be offline" if kind == "dns" else "the TLS connection failed (certificate or protocol)"
+                    raise NetworkError(f"{str(exc).rstrip('.')}: {why}; not retried, check the connection and try again.") from None
+                hint = "the partial download is kept, run the same fetch later to resume" if part.size() else "check the URL or try again later"
+                if n < (2 if kind == "timeout" else self.retries + 1):  # stopped early by the deadline
                     raise NetworkError(
-                        f"{str(exc).rstrip('.')}, and waiting {wait:.0f} s more would pass the {self.deadline:.0f} s deadline; run the same fetch later to resume."
+                        f"{str(exc).rstrip('.')}, and waiting longer would pass the {self.deadline:.0f} s deadline; run the same fetch later to resume."
                     ) from None
-                time.sleep(wait)
+                raise NetworkError(f"{str(exc).rstrip('.')}; gave up after {n} {'try' if n == 1 else 'tries'}, {hint}.") from None
 
     def _transfer(self, req: Request, url: str, resolved: Resolved, part: PartFile, start: float, sniff: bool = True) -> Transfer:
         label = req.label or req.url
@@ -731,11 +744,11 @@ class Downloader:
             raise
         except NetworkError as exc:
             if _transient_cause(exc):
-                raise Transient(str(exc)) from None
+                raise Transient(str(exc), kind=retry.network_kind(exc) or "transient") from None
             raise
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             kind = "timed out" if isinstance(exc, httpx.TimeoutException) else f"broke off ({_clean(str(exc)) or type(exc).__name__})"
-            raise Transient(f"The download of {label} {kind} after {part.size()} bytes.") from None
+            raise Transient(f"The download of {label} {kind} after {part.size()} bytes.", kind=retry.network_kind(exc) or "transient") from None
 
     def _receive(
         self,
@@ -841,6 +854,8 @@ class Downloader:
                 _write_all(part.fd, chunk)
                 hasher.update(chunk)
                 self.progress.advance(key, len(chunk))
+                if self._stop.is_set():
+                    raise NetworkError(f"The download of {label} was interrupted after {received} bytes; the partial file is kept, run the same fetch to resume.")
                 if time.monotonic() > deadline_at:
                     raise NetworkError(
                         f"The download of {label} did not finish within the {self.deadline:.0f} s deadline ({received} bytes so far, the server is too slow); run the same fetch later to resume."

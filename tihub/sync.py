@@ -43,6 +43,7 @@ class SourceReport:
     total: int = 0
     error: str | None = None
     seconds: float = 0.0
+    offline: bool = False  # failed because a host name did not resolve (the machine seems offline)
     deep: dict[str, int] | None = None  # what deep sync read for this source (tihub.deep.DeepStats)
 
     @property
@@ -103,7 +104,22 @@ def sync(
     specs = select_sources(workspace, list(names) if names else None)
     cat = catalog or Catalog.open(workspace)
     deep = deep_reader(cat, workspace, deep_budget)
-    return [sync_source(cat, spec, workspace, progress, deadline_s=deadline_s, deep=deep) for spec in specs]
+    reports: list[SourceReport] = []
+    offline: str | None = None
+    for spec in specs:
+        if offline is not None and spec.kind != "local":
+            # after the first DNS failure the others would fail the same way: say so at once
+            reports.append(SourceReport(name=spec.name, kind=spec.kind, status="failed", offline=True,
+                                        error=f"Source {spec.name!r} was skipped: you appear to be offline ({offline} could not be reached); its previous entries are kept, sync again when connected."))
+            continue
+        report = sync_source(cat, spec, workspace, progress, deadline_s=deadline_s, deep=deep)
+        reports.append(report)
+        if report.offline and offline is None:
+            offline = spec.name
+            from tihub.retry import announce
+
+            announce(f"You appear to be offline ({spec.name}: a host name did not resolve); the other remote sources are skipped.")
+    return reports
 
 
 def deep_reader(catalog: Catalog, workspace: Workspace | None, budget: int | None) -> Any:
@@ -162,6 +178,7 @@ def sync_source(
             setattr(report, k, getattr(result, k))
     except TihubError as exc:
         report.error = str(exc)
+        report.offline = _offline(exc)
     except Exception as exc:  # a bug or malformed data inside an indexer: still one sentence
         report.error = (
             f"The {spec.kind} source {spec.name!r} returned data tihub could not handle "
@@ -175,6 +192,15 @@ def sync_source(
         except TihubError:
             pass
     return report
+
+
+def _offline(exc: BaseException) -> bool:
+    """Whether a source failed because a host name did not resolve (no network, or no DNS)."""
+    from tihub.retry import network_kind
+    from tihub.sources._http import OfflineError
+
+    text = str(exc).lower()
+    return isinstance(exc, OfflineError) or network_kind(exc) == "dns" or "could not resolve host" in text or "appear to be offline" in text
 
 
 def _save_vectors(catalog: Catalog, candidates: list[Candidate]) -> None:

@@ -619,8 +619,9 @@ class Catalog(SearchMixin):
     def _resolve(self, conn: Connection, name_or_id: str | int) -> tuple[int, list[int]]:
         """The entry id for a name, `#id`/id, or trigger; plus the other entries of that name."""
         key = str(name_or_id).strip()
-        if key.lstrip("#").isdigit():
-            eid = int(key.lstrip("#"))
+        digits = key.lstrip("#")
+        if digits.isascii() and digits.isdigit() and len(digits) <= 18:  # an id fits SQLite's INTEGER
+            eid = int(digits)
             if conn.execute(select(S.entries.c.id).where(S.entries.c.id == eid)).first():
                 return eid, []
             if key.startswith("#"):

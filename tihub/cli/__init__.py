@@ -6,6 +6,7 @@ the catalogue, the network stack or torch unless it needs them.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -66,30 +67,59 @@ class LazyGroup(click.Group):
             raise
         return getattr(module, attr, None)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Remember --json before click parses: a failure then answers in JSON too.
+        ctx.meta["tihub.json"] = "--json" in args
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        as_json = bool(ctx.meta.get("tihub.json"))
         try:
             return super().invoke(ctx)
         except TihubError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(1)
+            _command_failed(ctx, str(exc), as_json, 1)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+        except click.ClickException as exc:
+            if as_json:  # usage errors still print their usage on stderr (exit 2)
+                _json_failure(exc.format_message())
             raise
+        except (click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise  # click's main() exits quietly on a closed pipe (`tihub search x | head -1`)
+            _command_failed(ctx, f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}; check the path and its permissions.", as_json, 1)
         except Exception as exc:  # pragma: no cover - last resort, still one line
             if os.environ.get("TIHUB_DEBUG"):
                 raise
-            click.echo(f"Error: internal error {type(exc).__name__}: {exc} (set TIHUB_DEBUG=1 for details).", err=True)
-            ctx.exit(2)
+            _command_failed(ctx, f"internal error {type(exc).__name__}: {exc} (set TIHUB_DEBUG=1 for details).", as_json, 2)
+
+
+def _json_failure(message: str) -> None:
+    import json
+
+    click.echo(json.dumps({"ok": False, "error": " ".join(message.split())}, ensure_ascii=False))
+
+
+def _command_failed(ctx: click.Context, message: str, as_json: bool, code: int) -> None:
+    """A whole-command failure: one sentence on stderr, and the JSON failure object with --json."""
+    from tihub.tables import safe_text
+
+    click.echo(f"Error: {safe_text(message)}", err=True)
+    if as_json:
+        _json_failure(message)
+    ctx.exit(code)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--home", type=click.Path(file_okay=False), envvar="TIHUB_HOME", help="Workspace folder (default: $TIHUB_HOME, else the current folder).")
 @click.option("--db", "db_url", metavar="URL", envvar="TIHUB_DB", help="Catalogue database URL (default: sqlite:///WORKSPACE/catalog.db).")
+@click.option("-v", "--verbose", is_flag=True, help="Show third-party libraries' notes and warnings too.")
 @click.version_option(__version__, prog_name="tihub")
 @click.pass_context
-def cli(ctx: click.Context, home: str | None, db_url: str | None) -> None:
+def cli(ctx: click.Context, home: str | None, db_url: str | None, verbose: bool) -> None:
     """tihub: find, fetch, check, use and train textual-inversion embeddings.
 
     \b
@@ -101,7 +131,21 @@ def cli(ctx: click.Context, home: str | None, db_url: str | None) -> None:
     """
     from tihub.cli._common import Context
 
-    ctx.obj = Context(home=home, db_url=db_url)
+    if not verbose:
+        _quiet_third_party()
+    ctx.obj = Context(home=home, db_url=db_url, verbose=verbose)
+
+
+def _quiet_third_party() -> None:
+    """Silence the notes other libraries print on import and use (torchvision fallbacks, torchsde
+    warnings); tihub's own warnings still show. `tihub --verbose` keeps them."""
+    import warnings
+
+    for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(var, "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for module in ("torchsde", "transformers", "diffusers", "torch", "huggingface_hub", "accelerate"):
+        warnings.filterwarnings("ignore", module=module + r"(\..*)?$")
 
 
 def main() -> None:  # pragma: no cover

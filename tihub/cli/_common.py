@@ -1,4 +1,9 @@
-"""Helpers shared by the command modules: workspace access, JSON output, error exits."""
+"""Helpers shared by the command modules: workspace access, the JSON contract, error exits.
+
+The JSON contract (README "JSON output"): a command that handles items prints a JSON list of
+objects, one per item, each with `ok` and, when not ok, `error` (one sentence). A whole-command
+failure prints `{"ok": false, "error": "..."}`. `tihub/schemas/COMMAND.json` holds each shape.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ class Context:
 
     home: str | None = None
     db_url: str | None = None
+    verbose: bool = False
     _workspace: Workspace | None = field(default=None, repr=False)
 
     @property
@@ -42,12 +48,98 @@ def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
 
 
+def item(ok: bool, error: str | None = None, **facts: Any) -> dict[str, Any]:
+    """One item of a `--json` list: its facts, then `ok`, then `error` (only when not ok)."""
+    out = dict(facts)
+    out["ok"] = bool(ok)
+    if not ok:
+        out["error"] = error or "failed."
+    else:
+        out.pop("error", None)
+    return out
+
+
+def checkpoint_name(label: str | None, sd_checkpoint: str | None) -> str | None:
+    """The model name out of a "name [hash]" label (None for unknown names)."""
+    if not label:
+        return None
+    if sd_checkpoint and label.endswith(f" [{sd_checkpoint}]"):
+        label = label[: -len(sd_checkpoint) - 3]
+    return None if label in ("", "?") else label
+
+
 def fail(message: str) -> None:
     """Print one line to stderr (used for per-item failures in a batch)."""
-    click.echo(f"Error: {message}", err=True)
+    from tihub.tables import safe_text
+
+    click.echo(f"Error: {safe_text(message)}", err=True)
+
+
+def say(line: str) -> None:
+    """Print one line to stdout with any terminal escapes in names shown as text."""
+    from tihub.tables import safe_text
+
+    click.echo(safe_text(line))
 
 
 def exit_status(failed: bool) -> None:
     """Exit 1 when any input failed (after the whole batch was processed)."""
     if failed:
         sys.exit(1)
+
+
+def choice_check(option: str, value: str | None, valid: list[str]) -> None:
+    """Refuse `value` for `option` unless it is one of `valid` (named in the sentence)."""
+    from tihub.errors import ConfigError
+
+    if value is None or value in valid:
+        return
+    known = ", ".join(valid) if valid else "none yet"
+    raise ConfigError(f"{option} {value!r} is not known; use one of: {known}.")
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a --device this torch cannot use, before any model is loaded (one sentence)."""
+    import re
+
+    from tihub.errors import ConfigError
+
+    if device is None or device.strip().lower() in ("", "auto"):
+        return
+    m = re.fullmatch(r"(cpu|cuda|mps)(?::(\d{1,3}))?", device.strip().lower())
+    if not m or (m.group(2) is not None and m.group(1) != "cuda"):
+        raise ConfigError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or mps.")
+    kind = m.group(1)
+    if kind == "cpu":
+        return
+    import torch
+
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"--device {device}: {why}; use --device cpu, or install a CUDA build of torch.")
+        n = int(m.group(2) or 0)
+        if n >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: there is no such GPU (this machine has cuda:0 to cuda:{torch.cuda.device_count() - 1}).")
+    elif not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: Apple's MPS is not available here; use --device cpu.")
+
+
+def check_model_arg(model: str) -> None:
+    """Refuse a --model that is an embedding file (a common mix-up), naming what it is."""
+    import os
+
+    from tihub.errors import ConfigError, TihubError
+
+    if not os.path.isfile(model) or os.path.getsize(model) > 64 * 1024 * 1024:
+        return  # models are folders, Hub ids or big files; the loader explains the rest
+    from tihub.formats import read_embedding
+
+    try:
+        emb = read_embedding(model)
+    except TihubError:
+        return
+    raise ConfigError(
+        f"--model {model} is an embedding ({emb.base}, {emb.vector_count} vectors), not a model; put it in embeddings/ "
+        f"and use its name in the prompt, and pass a checkpoint or diffusers folder with --model."
+    )

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from tihub.cli._common import Context, echo_json, exit_status, fail, pass_ctx
+from tihub.cli._common import Context, choice_check, echo_json, exit_status, fail, item, pass_ctx, say
 
 
 def _catalog(ctx: Context):  # type: ignore[no-untyped-def]
@@ -37,12 +36,13 @@ def sources_cmd(ctx: Context, as_json: bool, init: bool) -> None:
 
     ws = ctx.workspace
     if init:
-        if ws.sources_path.exists():
-            click.echo(f"{ws.sources_path} already exists; edit it by hand.")
-        else:
+        existing = ws.sources() if ws.sources_path.exists() else []
+        if existing:
+            click.echo(f"{ws.sources_path} already lists {len(existing)} source(s); edit it by hand.", err=True)
+        else:  # absent, or a file that lists nothing: the default list is what the user asked for
             ws.ensure()
             ws.sources_path.write_text(DEFAULT_SOURCES_YAML, encoding="utf-8")
-            click.echo(f"Wrote {ws.sources_path}.")
+            click.echo(f"Wrote the default sources to {ws.sources_path}.", err=True)
     specs = ws.sources()
     rows = {r["name"]: r for r in _catalog(ctx).sources()}
     out: list[dict[str, Any]] = []
@@ -64,6 +64,7 @@ def sources_cmd(ctx: Context, as_json: bool, init: bool) -> None:
                 "removed": r.get("removed") or 0,
             }
         )
+        out[-1] = item(out[-1]["status"] != "failed", **out[-1])
     configured = {s.name for s in specs}
     for name, r in rows.items():  # known to the catalogue only (e.g. `local` made by fetch/import)
         if name not in configured:
@@ -75,50 +76,48 @@ def sources_cmd(ctx: Context, as_json: bool, init: bool) -> None:
                     "entries": r.get("entry_count") or 0, "removed": r.get("removed") or 0,
                 }
             )
+            out[-1] = item(r.get("last_status") != "failed", **out[-1])
     if as_json:
         echo_json(out)
         return
     if not out:
-        click.echo(f"No sources in {ws.sources_path}; run `tihub sources --init`.")
+        click.echo(f"No sources in {ws.sources_path}; run `tihub sources --init` to write the default list, or add your own (see README).")
         return
-    w = max(len(o["name"]) for o in out)
-    click.echo(f"{'NAME':<{w}}  {'KIND':<11}  {'ENTRIES':>7}  {'LAST SYNC':<20}  STATUS")
+    from tihub.tables import Column, render
+
+    rows = []
     for o in out:
         flags = "" if o["enabled"] else " (disabled)"
         flags += " nsfw" if o["nsfw"] else ""
-        click.echo(
-            f"{o['name']:<{w}}  {o['kind']:<11}  {o['entries']:>7}  {o['last_sync'] or '-':<20}  {o['status']}{flags}"
-        )
-        if o["error"] and o["status"] == "failed":
-            click.echo(f"{'':<{w}}  {o['error']}")
+        status = o["status"] + flags + (f": {o['error']}" if o.get("error") and o["status"] == "failed" else "")
+        rows.append((o["name"], o["kind"], o["entries"], o["last_sync"], status))
+    click.echo(render(["NAME", "KIND", Column("ENTRIES", "right"), "LAST SYNC", "STATUS"], rows))
 
 
 # ------------------------------------------------------------------------------------- sync
 
 
-class _Progress:
-    """A one-line live status on a terminal, plain lines otherwise (both on stderr)."""
+class _SyncProgress:
+    """Sync's callback (source, message, done, total) on the one progress display."""
 
     def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.width = 0
+        from tihub.progress import Progress
+
+        self.display = Progress("sync", None, "item")
+        self.source: str | None = None
 
     def __call__(self, source: str, message: str, done: int | None, total: int | None) -> None:
-        if self.tty:
-            bar = ""
-            if done is not None and total:
-                n = int(20 * done / total)
-                bar = f"[{'#' * n}{'.' * (20 - n)}] {done}/{total} "
-            line = f"{source}: {bar}{message}"[:100]
-            click.echo("\r" + line.ljust(self.width), nl=False, err=True)
-            self.width = len(line)
-        elif done is None:
-            click.echo(f"{source}: {message}", err=True)
+        if source != self.source:  # one line per source as it starts, then the bar / the tenths
+            self.source = source
+            self.display.note(f"{source}: {message}")
+            self.display.restart(total, source)
+        self.display.update(done, total=total, status=message)
+
+    def note(self, message: str) -> None:
+        self.display.note(message)
 
     def clear(self) -> None:
-        if self.tty and self.width:
-            click.echo("\r" + " " * self.width + "\r", nl=False, err=True)
-            self.width = 0
+        self.display.close()
 
 
 def _source_allows_private(ctx: Context, e: dict[str, Any]) -> bool:
@@ -165,21 +164,25 @@ def sync_cmd(ctx: Context, names: tuple[str, ...], as_json: bool, deadline: floa
       tihub sync hf-concepts local  # just these two
       tihub sync --deep-budget 0    # listings only, read no files
     """
+    from tihub.retry import reporting
     from tihub.sync import sync
 
     budget = _parse_bytes(deep_budget)
-    progress = _Progress()
-    reports = sync(ctx.workspace, list(names) or None, progress=progress, deadline_s=deadline,
-                   catalog=_catalog(ctx), deep_budget=budget)
-    progress.clear()
+    progress = _SyncProgress()
+    try:
+        with reporting(progress.note):  # retries and "you appear to be offline" shown as they happen
+            reports = sync(ctx.workspace, list(names) or None, progress=progress, deadline_s=deadline,
+                           catalog=_catalog(ctx), deep_budget=budget)
+    finally:
+        progress.clear()
     if as_json:
-        echo_json([r.as_dict() for r in reports])
+        echo_json([item(not r.failed, **r.as_dict()) for r in reports])
     else:
         for r in reports:
             if r.failed:
                 fail(r.summary())
             else:
-                click.echo(r.summary())
+                say(r.summary())
     exit_status(any(r.failed for r in reports))
 
 
@@ -218,7 +221,7 @@ def _model_arg(cat: Any, value: str) -> Any:
 @click.argument("query", required=False, default="")
 @click.option("--base", type=click.Choice(["sd1", "sd2", "sdxl", "unknown"]), help="Only embeddings for this base.")
 @click.option("--source", metavar="NAME", help="Only entries of this source.")
-@click.option("--kind", metavar="K", help="Only this kind (object, style, negative).")
+@click.option("--kind", type=click.Choice(["object", "style", "negative"], case_sensitive=False), help="Only this kind.")
 @click.option("--model", metavar="FILE|HASH", help="Only embeddings that load on this model (file, known hash or sd1/sd2/sdxl).")
 @click.option("--local", is_flag=True, help="Only embeddings already on disk.")
 @click.option("--nsfw", is_flag=True, help="Include entries marked NSFW.")
@@ -253,6 +256,8 @@ def search_cmd(
       tihub search "" --model ~/models/sd_xl_base_1.0.safetensors
     """
     cat = _catalog(ctx)
+    if source is not None:
+        choice_check("--source", source, _source_names(ctx, cat))
     model_arg = _model_arg(cat, model) if model else None
     from tihub.errors import ConfigError
 
@@ -267,15 +272,16 @@ def search_cmd(
             click.get_current_context().exit(2)
         raise click.UsageError(str(exc)) from None
     if as_json:
-        echo_json(rows)
+        echo_json([search_item(r) for r in rows])
         return
     if not rows:
         click.echo("No matching entries; try fewer words, --nsfw, or `tihub sync` first.", err=True)
         return
     if rows[0].get("fuzzy"):
         click.echo(f"Nothing matches {query!r} exactly; these names are close:", err=True)
-    wn = min(40, max(len(r["name"]) for r in rows))
-    ws = max(len(r["source"]) for r in rows)
+    from tihub.tables import Column, render
+
+    table = []
     for r in rows:
         flags = []
         if r["local"]:
@@ -288,11 +294,30 @@ def search_cmd(
             flags.append(r["fit"])
         if r["removed"]:
             flags.append("removed")
-        title = f"  {r['title']}" if r["title"] and r["title"] != r["name"] else ""
-        click.echo(
-            f"{r['id']:>7}  {r['name'][:40]:<{wn}}  {r['base']:<7}  {r['source']:<{ws}}"
-            f"{'  [' + ', '.join(flags) + ']' if flags else ''}{title[:60]}"
-        )
+        title = r["title"] if r["title"] and r["title"] != r["name"] else ""
+        table.append((r["id"], r["name"], r["base"], r.get("kind"), r["source"], ", ".join(flags), title))
+    click.echo(render([Column("ID", "right"), Column("NAME", max_width=40), "BASE", "KIND", "SOURCE", "FLAGS", Column("TITLE", max_width=60)], table))
+
+
+def _source_names(ctx: Context, cat: Any) -> list[str]:
+    """Every source name the catalogue or sources.yaml knows."""
+    from tihub.errors import ConfigError
+
+    names = [r["name"] for r in cat.sources()]
+    try:
+        names += [s.name for s in ctx.workspace.sources() if s.name not in names]
+    except ConfigError:
+        pass
+    return names
+
+
+def search_item(row: dict[str, Any]) -> dict[str, Any]:
+    """A search row in the JSON vocabulary: `triggers` a list, `trained_on` the checkpoint hash."""
+    out = {k: v for k, v in row.items() if k not in ("trigger", "sd_checkpoint")}
+    trigger = row.get("trigger")
+    out["triggers"] = [trigger] if trigger else []
+    out["trained_on"] = row.get("sd_checkpoint")
+    return item(True, **out)
 
 
 # ------------------------------------------------------------------------------------- show
@@ -336,32 +361,75 @@ def _training_story(run: dict[str, Any]) -> list[str]:
     return lines
 
 
+def show_item(entry: dict[str, Any]) -> dict[str, Any]:
+    """A catalogue entry in the JSON vocabulary (`triggers` a list; files with `path`, `trained_on`)."""
+    out = {k: v for k, v in entry.items() if k != "trigger"}
+    triggers = [entry["trigger"]] if entry.get("trigger") else []
+    for v in (entry.get("triggers") or {}).values():
+        for word in v if isinstance(v, list) else [v]:
+            if isinstance(word, str) and word not in triggers:
+                triggers.append(word)
+    out["triggers"] = triggers
+    out["files"] = [
+        {
+            **{k: v for k, v in f.items() if k not in ("local_path", "sd_checkpoint", "sd_checkpoint_name")},
+            "path": f.get("local_path"),
+            "trained_on": f.get("sd_checkpoint"),
+            "trained_on_name": f.get("sd_checkpoint_name"),
+        }
+        for f in entry.get("files") or []
+    ]
+    return item(True, **out)
+
+
 @click.command("show")
-@click.argument("name")
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
 @click.option("--app", type=click.Choice(["a1111", "forge", "comfyui", "invokeai", "diffusers"]),
               help="Give the compatibility verdicts of this app (--json always has every app).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per name.")
 @click.option("--thumbnails", is_flag=True, help="Fetch the preview pictures now and show their cached WEBP thumbnails.")
 @pass_ctx
-def show_cmd(ctx: Context, name: str, app: str | None, as_json: bool, thumbnails: bool = False) -> None:
-    """Everything known about one entry: files, hashes, trigger syntax per app, sources,
-    previews, verifications, training runs and how it fits the known models.
+def show_cmd(ctx: Context, names: tuple[str, ...], app: str | None, as_json: bool, thumbnails: bool = False) -> None:
+    """Everything known about entries: files, hashes, trigger syntax per app, sources,
+    previews, verifications, training runs and how each fits the known models.
 
     \b
     Example:
       tihub show easynegative
       tihub show 1234 --json
     """
-    cat = _catalog(ctx)
-    e = cat.entry(name)
-    if thumbnails or as_json:
-        from tihub.previews import entry_previews
+    from tihub.errors import NotFound
 
-        e["pictures"] = entry_previews(cat, str(e["id"]), thumbs=thumbnails, allow_private=_source_allows_private(ctx, e))
+    cat = _catalog(ctx)
+    items: list[dict[str, Any]] = []
+    failed = False
+    for n in names:
+        try:
+            e = cat.entry(n)
+        except NotFound as exc:
+            failed = True
+            fail(str(exc))
+            items.append(item(False, str(exc), name=n))
+            continue
+        if thumbnails or as_json:
+            from tihub.previews import entry_previews
+
+            e["pictures"] = entry_previews(cat, str(e["id"]), thumbs=thumbnails, allow_private=_source_allows_private(ctx, e))
+        items.append(show_item(e))
+        if not as_json:
+            _show_text(e, app)
     if as_json:
-        echo_json(e)
-        return
-    out = click.echo
+        echo_json(items)
+    exit_status(failed)
+
+
+def _show_text(e: dict[str, Any], app: str | None = None) -> None:
+    """One entry as `tihub show` prints it (every name cleaned of terminal escapes)."""
+    from tihub.tables import safe_text
+
+    def out(line: str) -> None:
+        click.echo(safe_text(line))
+
     out(f"{e['name']}  (#{e['id']}, source {e['source']} [{e['source_kind']}])")
     if e["title"] and e["title"] != e["name"]:
         out(f"  title:       {e['title']}")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from tihub.cli._common import Context, echo_json, exit_status, fail, pass_ctx
+from tihub.cli._common import Context, checkpoint_name, echo_json, exit_status, fail, item, pass_ctx, say
 
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -102,6 +102,7 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
     folder = Path(to).expanduser() if to else ws.embeddings_dir
     catalog = None
     failed = False
+    out: list[dict[str, Any]] = []
     requests: list[Request] = []
     specs: dict[str, Any] | None = None
     for t in targets:
@@ -114,17 +115,23 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
             files = catalog.files_for(t)
         except NotFound as exc:
             fail(str(exc))
+            out.append(_fetch_item(t, False, str(exc)))
             failed = True
             continue
         here = [f for f in files if f.get("local_path") and Path(f["local_path"]).is_file()]
         if here and not force and not to:
-            click.echo(f"already here: {t} -> {here[0]['local_path']} (pass --force to fetch it again)")
+            if not as_json:
+                say(f"already here: {t} -> {here[0]['local_path']} (pass --force to fetch it again)")
+            out.append(_fetch_item(t, True, status="exists", path=here[0]["local_path"], name=here[0].get("entry_name"),
+                                   sha256=here[0].get("sha256"), size=here[0].get("size"), url=here[0].get("url")))
             continue
         usable = [f for f in files if f.get("url") and not f.get("manual")]
         if not usable:
             page = next((f.get("url") or f.get("page_url") for f in files if f.get("url") or f.get("page_url")), None)
             where = f"open {page} in a browser, download it" if page else "download it by hand"
-            fail(f"{t} is a manual download: {where} and run `tihub import FILE`.")
+            message = f"{t} is a manual download: {where} and run `tihub import FILE`."
+            fail(message)
+            out.append(_fetch_item(t, False, message, status="manual", url=page))
             failed = True
             continue
         f = usable[0]
@@ -155,14 +162,21 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
 
         after_fetch(catalog, path, sha, req.entry_id, req.url, allow_private=req.allow_private, upstream_sha256=req.sha256)
 
+    from tihub.retry import reporting
+
     results = []
     if requests:
         from tihub.blobcache import BlobCache
 
-        with Downloader(folder, convert=as_, force=force, jobs=jobs, deadline=timeout, progress=Progress(), record=record) as dl:
-            dl.blob_cache = BlobCache.for_workspace(ws)
-            results = dl.fetch_all(requests)
-    out = []
+        progress = Progress()
+        try:
+            with reporting(progress.note), Downloader(folder, convert=as_, force=force, jobs=jobs, deadline=timeout, progress=progress, record=record) as dl:
+                dl.blob_cache = BlobCache.for_workspace(ws)
+                results = dl.fetch_all(requests)
+        except KeyboardInterrupt:
+            progress.close()
+            click.echo("Interrupted; partial downloads are kept, run the same fetch again to resume.", err=True)
+            raise SystemExit(130) from None
     for r in results:
         label = r.request.label or r.request.url
         if r.ok:
@@ -170,15 +184,23 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
             extra = ", converted to safetensors" if r.converted else ""
             extra += f", resumed at {r.resumed_from} bytes" if r.resumed_from else ""
             if not as_json:
-                click.echo(f"{what}: {label} -> {r.path} ({_size(r.size)}, sha256 {r.sha256[:12] if r.sha256 else '?'}{extra})")
+                say(f"{what}: {label} -> {r.path} ({_size(r.size)}, sha256 {r.sha256[:12] if r.sha256 else '?'}{extra})")
         else:
             failed = True
             fail(r.error or f"{label} failed.")
-        out.append({"target": label, "status": r.status, "path": str(r.path) if r.path else None, "sha256": r.sha256,
-                    "size": r.size, "converted": r.converted, "resumed_from": r.resumed_from, "error": r.error})
+        out.append(_fetch_item(label, r.ok, r.error or f"{label} failed.", status=r.status, path=str(r.path) if r.path else None,
+                               name=r.path.stem if r.path else r.request.name, url=r.request.url, sha256=r.sha256, size=r.size,
+                               converted=r.converted, resumed_from=r.resumed_from))
     if as_json:
         echo_json(out)
     exit_status(failed)
+
+
+def _fetch_item(target: str, ok: bool, error: str | None = None, **facts: Any) -> dict[str, Any]:
+    """One fetch result in the JSON vocabulary (every key present, null when unknown)."""
+    base = {"target": target, "status": "failed", "name": None, "path": None, "url": None, "sha256": None, "size": None,
+            "converted": False, "resumed_from": None}
+    return item(ok, error, **{**base, **facts})
 
 
 # ------------------------------------------------------------------------------------ import
@@ -229,14 +251,15 @@ def import_cmd(ctx: Context, files: tuple[str, ...], name: str | None, as_: str,
                 match = f", matches catalogue entry {r.entry!r} by {r.matched_by}"
             else:
                 match = ", matches nothing in the catalogue" + (" or on Civitai" if url and not offline else "")
-            click.echo(f"{'imported' if r.status == 'imported' else 'already here'}: {f} -> {r.path}{match}")
+            say(f"{'imported' if r.status == 'imported' else 'already here'}: {f} -> {r.path}{match}")
             if r.duplicate_of:
-                click.echo(f"  the same bytes as {', '.join(r.duplicate_of)} (exact duplicate)")
+                say(f"  the same bytes as {', '.join(r.duplicate_of)} (exact duplicate)")
             if r.triggers:
-                click.echo(f"  triggers: {', '.join(r.triggers)}")
-        out.append({"file": f, "status": r.status, "path": str(r.path) if r.path else None, "entry": r.entry,
-                    "matched_by": r.matched_by, "error": r.error, "identified": r.identified, "source": r.origin,
-                    "page_url": r.page_url, "triggers": r.triggers or [], "duplicates": r.duplicate_of or []})
+                say(f"  triggers: {', '.join(r.triggers)}")
+        out.append(item(r.status != "failed", r.error or f"{f} failed.", input=f, status=r.status,
+                        name=r.path.stem if r.path else None, path=str(r.path) if r.path else None,
+                        entry=r.entry, matched_by=r.matched_by, identified=r.identified, source=r.origin,
+                        page_url=r.page_url, triggers=r.triggers or [], duplicates=r.duplicate_of or []))
     if as_json:
         echo_json(out)
     exit_status(failed)
@@ -271,32 +294,46 @@ def list_cmd(ctx: Context, offline: bool, as_json: bool) -> None:
     url, allow_private = _civitai(ctx)
     rows = list_collection(ws, _catalog(ctx), civitai_url=url, allow_private=allow_private, remote=not offline)
     if as_json:
-        echo_json(rows)
+        echo_json([list_item(ws.embeddings_dir, r) for r in rows])
         return
     if not rows:
         click.echo(f"No embeddings in {ws.embeddings_dir}; use `tihub fetch NAME` or `tihub import FILE`.")
         return
-    width = min(40, max(len(r["path"]) for r in rows))
-    click.echo(f"{'FILE':<{width}}  {'BASE':<7} {'VEC':>3}  {'FORMAT':<11}  {'TRAINED ON':<28}  ENTRY")
+    from tihub.tables import Column, render, safe_text
+
+    table = []
+    notes = []
     problems = unknown = 0
     for r in rows:
-        vec = "" if r["vectors"] is None else str(r["vectors"])
         if r.get("identified"):
             entry = f"{r['entry']} ({r['source']})"
         else:
             unknown += 1
             entry = "no match" if r["readable"] else "-"
-        click.echo(f"{r['path']:<{width}}  {(r['base'] or '?'):<7} {vec:>3}  {(r['format'] or '?'):<11}  {(r['trained_on'] or '-')[:28]:<28}  {entry}")
+        table.append((r["path"], r["base"] or "?", r["vectors"], r["format"] or "?", r["trained_on"], entry))
         if r.get("page_url") or r.get("triggers"):
             words = f"triggers: {', '.join(r['triggers'])}" if r.get("triggers") else ""
-            click.echo(f"{'':<{width}}  = {'  '.join(x for x in (r.get('page_url') or '', words) if x)}")
+            notes.append(f"  = {r['path']}: {'  '.join(x for x in (r.get('page_url') or '', words) if x)}")
         if r.get("duplicates"):
-            click.echo(f"{'':<{width}}  = the same bytes as {', '.join(r['duplicates'])} (exact duplicate)")
+            notes.append(f"  = {r['path']}: the same bytes as {', '.join(r['duplicates'])} (exact duplicate)")
         for p in r["problems"]:
             problems += 1
-            click.echo(f"{'':<{width}}  ! {p}")
+            notes.append(f"  ! {r['path']}: {p}")
+    click.echo(render([Column("FILE", max_width=40), "BASE", Column("VEC", "right"), "FORMAT", Column("TRAINED ON", max_width=36), "ENTRY"], table))
+    for n in notes:
+        click.echo(safe_text(n))
     where = "the catalogue or on Civitai" if url and not offline else "the catalogue"
     click.echo(f"{len(rows)} file(s), {problems} problem(s), {unknown} matching nothing in {where}.")
+
+
+def list_item(folder: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """A `tihub list` row in the JSON vocabulary: `path` on disk, `trained_on` hash and name."""
+    out = {k: v for k, v in row.items() if k not in ("sd_checkpoint", "sd_checkpoint_name", "trained_on")}
+    out["path"] = str(folder / row["path"])
+    out["trained_on"] = row.get("sd_checkpoint")
+    out["trained_on_name"] = checkpoint_name(row.get("trained_on"), row.get("sd_checkpoint")) or row.get("sd_checkpoint_name")
+    problems = row.get("problems") or []
+    return item(not problems, "; ".join(problems), **out)
 
 
 # ------------------------------------------------------------------------------------ remove
@@ -304,28 +341,36 @@ def list_cmd(ctx: Context, offline: bool, as_json: bool) -> None:
 
 @click.command("remove")
 @click.argument("names", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON results.")
 @pass_ctx
-def remove_cmd(ctx: Context, names: tuple[str, ...]) -> None:
-    """Delete embeddings from embeddings/ and mark them not local in the catalogue.
+def remove_cmd(ctx: Context, names: tuple[str, ...], as_json: bool) -> None:
+    """Delete embeddings from embeddings/ (with their NAME.preview.* and NAME.json sidecars)
+    and mark them not local in the catalogue.
 
     \b
     Example:
       tihub remove bad-artist
       tihub remove styles/old-style.pt
     """
-    from tihub.collection import remove
+    from tihub.collection import remove_files
     from tihub.errors import TihubError
 
     ws = ctx.workspace
     catalog = _catalog(ctx)
     failed = False
+    out = []
     for n in names:
         try:
-            p = remove(ws, n, catalog)
-            click.echo(f"removed: {p}")
+            p, *extra = remove_files(ws, n, catalog)
+            if not as_json:
+                say(f"removed: {p}" + (f" (and {', '.join(x.name for x in extra)})" if extra else ""))
+            out.append(item(True, name=n, path=str(p), sidecars=[str(x) for x in extra]))
         except TihubError as exc:
             failed = True
             fail(str(exc))
+            out.append(item(False, str(exc), name=n, path=None, sidecars=[]))
+    if as_json:
+        echo_json(out)
     exit_status(failed)
 
 
@@ -351,17 +396,22 @@ def export_cmd(ctx: Context, names: tuple[str, ...], to: str, app: str, force: b
       tihub export easynegative --to ~/stable-diffusion-webui --app a1111
     """
     from tihub.collection import export
+    from tihub.errors import ConfigError
 
-    results = export(ctx.workspace, list(names), Path(to).expanduser(), app, force=force)
+    root = Path(to).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"--to {to}: there is no such folder; give the {app} install folder (it must exist), e.g. ~/ComfyUI.")
+    results = export(ctx.workspace, list(names), root, app, force=force)
     failed = False
     for r in results:
         if r.status == "failed":
             failed = True
             fail(r.error or f"{r.name} failed.")
         elif not as_json:
-            click.echo(f"{'exported' if r.status == 'exported' else 'already there'}: {r.name} -> {r.path}   prompt: {r.trigger}")
+            say(f"{'exported' if r.status == 'exported' else 'already there'}: {r.name} -> {r.path}   prompt: {r.trigger}")
     if as_json:
-        echo_json([{"name": r.name, "status": r.status, "path": str(r.path) if r.path else None, "trigger": r.trigger, "error": r.error} for r in results])
+        echo_json([item(r.status != "failed", r.error or f"{r.name} failed.", name=r.name, status=r.status, path=str(r.path) if r.path else None,
+                         triggers=[r.trigger] if r.trigger else []) for r in results])
     exit_status(failed)
 
 
@@ -388,8 +438,8 @@ def _civitai(ctx: Context) -> tuple[str | None, bool]:
 @click.option("--catalog", "include_catalog", is_flag=True, help="Also judge catalogue entries that are not fetched.")
 @click.option("--offline", is_flag=True, envvar="TIHUB_OFFLINE", help="Do not ask Civitai about unknown hashes.")
 @click.option("--app", type=click.Choice(["a1111", "forge", "comfyui", "invokeai", "diffusers"]),
-              help="Judge for this app (its status and reason); --json always has every app under `apps`.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, status, reason, apps, ...}.")
+              help="Judge for this app (its fit and reason); --json always has every app under `apps`.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, ok, fit, reason, trained_on, trained_on_name, apps, ...}.")
 @pass_ctx
 def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, model_hash: str | None, include_catalog: bool, offline: bool, app: str | None, as_json: bool) -> None:
     """Say which embeddings work on a model: trained-on, same-family, partial, wont-load, unknown.
@@ -447,6 +497,7 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
             except NotFound as exc:
                 failed = True
                 fail(str(exc))
+                results.append({"name": n, "error": str(exc)})
                 continue
             rows = []
             for f in files[:1]:
@@ -475,27 +526,39 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
     for kind, items in groups:
         results += (report_local if kind == "local" else report_catalog)(items, model, made_on)
     for r in results:
+        if "error" in r:
+            continue
         m = made_on.get(r.get("sd_checkpoint") or "")
         r["made_on"] = m.label() if m is not None and m.name else None
+        r["made_on_name"] = m.name if m is not None and m.name else None
         if r["made_on"] and r["status"] != TRAINED_ON:
             r["reason"] += f"; it was made on {r['made_on']}"
         if app:
             r["app"] = app
             r["status"], r["reason"] = r["apps"][app]["status"], r["apps"][app]["reason"]
     if as_json:
-        echo_json([{k: r.get(k) for k in ("name", "status", "reason", "made_on", "app", "apps", "line", "path", "source")
-                    if k != "app" or app} for r in results])
+        echo_json([
+            item(False, r["error"], name=r["name"], fit=None, reason=None, trained_on=None, trained_on_name=None) if "error" in r
+            else item(True, name=r["name"], fit=r["status"], reason=r["reason"], trained_on=r.get("sd_checkpoint"),
+                      trained_on_name=r["made_on_name"], line=r.get("line"), path=r.get("path"), source=r.get("source"),
+                      apps={a: {"fit": v["status"], "reason": v["reason"]} for a, v in r["apps"].items()},
+                      **({"app": app} if app else {}))
+            for r in results
+        ])
     else:
         fam = FAMILY_NAMES.get(model.family or "", "unknown family")
         origin = {"hashed": "hashed file", "builtin": "built-in table", "civitai": "Civitai", "catalog": "catalogue"}.get(model.origin, "unknown")
-        click.echo(f"Model: {model.label()} — {fam} ({origin}{'; ' + model.note if model.note and model.origin == 'unknown' else ''})")
+        say(f"Model: {model.label()} — {fam} ({origin}{'; ' + model.note if model.note and model.origin == 'unknown' else ''})")
         if not results:
             click.echo("No embeddings to judge; name some, fetch some, or add --catalog.")
-        w = min(40, max((len(str(r["name"])) for r in results), default=4))
-        for r in results:
-            click.echo(f"{str(r['name']):<{w}}  {r['status']:<12} {r['reason']}")
+        from tihub.tables import Column, render, safe_text
+
+        judged = [r for r in results if "error" not in r]
+        if judged:
+            click.echo(render([Column("NAME", max_width=40), "FIT", "WHY"], [(r["name"], r["status"], r["reason"]) for r in judged]))
+        for r in judged:  # where the apps disagree, each app's verdict
             if not app and len({v["status"] for v in r["apps"].values()}) > 1:
-                click.echo(f"{'':<{w}}  {'per app:':<12} {app_summary(r['apps'])}")
+                click.echo(safe_text(f"{r['name']} per app: {app_summary(r['apps'])}"))
     exit_status(failed)
 
 

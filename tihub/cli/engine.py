@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from tihub.cli._common import Context, echo_json, exit_status, fail, pass_ctx
+from tihub.cli._common import Context, check_device, check_model_arg, echo_json, exit_status, fail, item, pass_ctx, say
 from tihub.errors import ConfigError, NetworkError, NotFound, TihubError
 
 MODEL_HELP = "Model: a diffusers folder, a .safetensors/.ckpt checkpoint, or a Hub repo id (downloaded once, then read from the Hugging Face cache). Default: $TIHUB_MODEL."
@@ -21,6 +21,7 @@ def _model(model: str | None) -> str:
     model = model or os.environ.get("TIHUB_MODEL")
     if not model:
         raise ConfigError("No model given; pass --model PATH (a diffusers folder or checkpoint) or set TIHUB_MODEL.")
+    check_model_arg(model)
     return model
 
 
@@ -36,6 +37,8 @@ def _hash_cache(ctx: Context) -> Any:
 def _engine(ctx: Context, model: str | None, device: str | None = None, dtype: str | None = None, config: str | None = None) -> Any:
     from tihub.engine.generate import Engine
 
+    check_device(device)
+    _loading(_model(model))
     return Engine.load(_model(model), ctx.workspace.embeddings_dir, device=device, dtype=dtype, hash_cache=_hash_cache(ctx), config=config)
 
 
@@ -77,9 +80,28 @@ def _sampling_kwargs(sampling: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _loading(model: str) -> None:
+    """On a terminal, say what the seconds before the first step are spent on."""
+    import sys
+
+    if sys.stderr.isatty():
+        from tihub.tables import safe_text
+
+        click.echo(safe_text(f"Loading model {model} ..."), err=True)
+
+
+def step_progress(engine: Any, label: str, _batches: int | None) -> Any:
+    """The one progress display over the engine's pipeline steps (tihub.progress)."""
+    from tihub.progress import pipeline_steps
+
+    return pipeline_steps(getattr(getattr(engine, "model", None), "pipe", None), label)
+
+
 def _warn(messages: list[str]) -> None:
+    from tihub.tables import safe_text
+
     for m in messages:
-        click.echo(f"Warning: {m}", err=True)
+        click.echo(f"Warning: {safe_text(m)}", err=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +109,7 @@ def _warn(messages: list[str]) -> None:
 
 @click.command("prompt")
 @click.argument("prompt")
-@click.option("--steps", type=int, default=20, show_default=True, help="Sampling steps the schedule is computed for.")
+@click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True, help="Sampling steps the schedule is computed for.")
 @click.option("--model", "model", default=None, help="Check embeddings against this model's text encoder (optional).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
@@ -103,8 +125,6 @@ def prompt_cmd(ctx: Context, prompt: str, steps: int, model: str | None, as_json
       tihub prompt "a photo of (mycat:1.2), [oil:watercolor:0.5] painting" --steps 20
       tihub prompt "easynegative, lowres" --json
     """
-    if steps < 1:
-        raise ConfigError("--steps must be at least 1.")
     from tihub.engine.generate import explain_prompt
 
     if model:
@@ -117,12 +137,13 @@ def prompt_cmd(ctx: Context, prompt: str, steps: int, model: str | None, as_json
         vocab = Vocabulary(ctx.workspace.embeddings_dir)
         info = explain_prompt(prompt, steps, PromptTokenizer(clip_tokenizer(), vocab), vocab)
     if as_json:
-        echo_json(info)
+        embeddings = [{("path" if k == "file" else k): v for k, v in e.items()} for e in info["embeddings"]]
+        echo_json(item(True, **{**info, "embeddings": embeddings}))
         return
     _warn(info["warnings"])
     click.echo("Schedule:")
     for end, text in info["schedule"]:
-        click.echo(f"  until step {end:>3}: {text}")
+        say(f"  until step {end:>3}: {text}")
     click.echo("Attention:")
     for text, weight in info["attention"]:
         click.echo("  BREAK" if weight == -1 and text == "BREAK" else f"  {weight:<8.4g} {text!r}")
@@ -130,7 +151,7 @@ def prompt_cmd(ctx: Context, prompt: str, steps: int, model: str | None, as_json
     if info["embeddings"]:
         click.echo("Embeddings:")
         for e in info["embeddings"]:
-            click.echo(f"  {e['name']}: {e['vectors']} vector(s), {e['file'] or 'in memory'}")
+            say(f"  {e['name']}: {e['vectors']} vector(s), {e['file'] or 'in memory'}")
     else:
         click.echo("Embeddings: none")
 
@@ -154,15 +175,15 @@ def _from_image(path: str) -> dict[str, Any]:
 @click.argument("prompt", required=False)
 @click.option("-n", "--negative", default=None, help="Negative prompt.")
 @click.option("--model", "model", default=None, help=MODEL_HELP)
-@click.option("--steps", type=int, default=None, help="Sampling steps [default: 20].")
+@click.option("--steps", type=click.IntRange(1, 1000), default=None, help="Sampling steps [default: 20].")
 @click.option("--sampler", default=None, help="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M', 'DPM++ 2M SDE', 'DDIM' (old names such as 'DPM++ 2M Karras' too) [default: Euler a].")
 @click.option("--schedule-type", default=None, help="A1111 schedule type: Automatic (the sampler's own, e.g. Karras for DPM++ 2M), Uniform, Karras, Exponential, Polyexponential, SGM Uniform, KL Optimal, Align Your Steps, Simple, Normal, DDIM or Beta [default: Automatic].")
 @click.option("--cfg", type=float, default=None, help="CFG scale [default: 7].")
 @click.option("--seed", type=int, default=None, help="Seed; -1 picks one at random (recorded in the PNG) [default: -1].")
 @click.option("--size", default=None, help="WxH or N (square) [default: the model's native size].")
-@click.option("--batch-size", type=int, default=1, show_default=True, help="Images per pipeline call.")
-@click.option("--batch-count", type=int, default=1, show_default=True, help="Number of batches.")
-@click.option("--clip-skip", type=int, default=None, help="CLIP skip (1 = last layer) [default: 1].")
+@click.option("--batch-size", type=click.IntRange(1, 64), default=1, show_default=True, help="Images per pipeline call.")
+@click.option("--batch-count", type=click.IntRange(1, 10000), default=1, show_default=True, help="Number of batches.")
+@click.option("--clip-skip", type=click.IntRange(1, 12), default=None, help="CLIP skip (1 = last layer) [default: 1].")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None, help="Output folder [default: WORKSPACE/outputs].")
 @click.option("--from-image", "from_image", type=click.Path(dir_okay=False), default=None, help="Re-run the settings in an image's infotext (options given here win); each setting that cannot be followed is named.")
 @click.option("--pad-conds", "pad_conds", is_flag=True, help="A1111's 'Pad conds': pad prompt and negative to the same chunk count (written to the infotext).")
@@ -187,10 +208,6 @@ def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: 
     if prompt is None:
         raise ConfigError("No prompt given; pass PROMPT or --from-image FILE.")
     _warn(base.get("warnings", []))
-    engine = _engine(ctx, model, device, dtype, config)
-    if base.get("model_hash") and engine.model.hash and base["model_hash"].lower() not in (engine.model.hash, (engine.model.sha256 or "")[:8]):
-        _warn([f"--from-image was made with model hash {base['model_hash']}, this model is {engine.model.hash}; images will differ."])
-    outdir = Path(out) if out else ctx.workspace.root / "outputs"
     # settings from the image that have no option here (RNG, ENSD, hires, ...) pass through
     given: dict[str, Any] = dict(base.get("settings", {}))
     source = click.get_current_context().get_parameter_source
@@ -201,33 +218,66 @@ def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: 
     if pad_conds:
         given["pad_conds"] = True
     base_sampler, base_schedule = given.pop("sampler", None), given.pop("schedule_type", None)
+    steps = steps if steps is not None else given.get("steps", 20)
+    # an explicit --sampler starts from its own schedule unless --schedule-type is given too
+    schedule_type = schedule_type or (None if sampler else base_schedule)
+    sampler = sampler or base_sampler
+    size = size or given.get("size")
+    cfg = cfg if cfg is not None else given.get("cfg_scale", 7.0)
+    clip_skip = clip_skip if clip_skip is not None else given.get("clip_skip", 1)
+    _check_settings(steps, sampler, schedule_type, size, clip_skip, cfg)  # before the model loads
+    engine = _engine(ctx, model, device, dtype, config)
+    if base.get("model_hash") and engine.model.hash and base["model_hash"].lower() not in (engine.model.hash, (engine.model.sha256 or "")[:8]):
+        _warn([f"--from-image was made with model hash {base['model_hash']}, this model is {engine.model.hash}; images will differ."])
+    outdir = Path(out) if out else ctx.workspace.root / "outputs"
     from tihub.engine.reproduce import engine_kwargs
 
-    result = engine.generate(
-        prompt,
-        negative if negative is not None else base.get("negative", ""),
-        **{
-            **engine_kwargs(given),
-            "steps": steps if steps is not None else given.get("steps", 20),
-            "sampler": sampler or base_sampler,
-            # an explicit --sampler starts from its own schedule unless --schedule-type is given too
-            "schedule_type": schedule_type or (None if sampler else base_schedule),
-            "cfg_scale": cfg if cfg is not None else given.get("cfg_scale", 7.0),
-            "seed": seed if seed is not None else given.get("seed", -1),
-            "size": size or given.get("size"),
-            "batch_size": batch_size,
-            "batch_count": batch_count,
-            "clip_skip": clip_skip if clip_skip is not None else given.get("clip_skip", 1),
-            "out": outdir,
-            **_sampling_kwargs(sampling),
-        },
-    )
+    with step_progress(engine, "generate", batch_count):
+        result = engine.generate(
+            prompt,
+            negative if negative is not None else base.get("negative", ""),
+            **{
+                **engine_kwargs(given),
+                "steps": steps,
+                "sampler": sampler,
+                "schedule_type": schedule_type,
+                "cfg_scale": cfg,
+                "seed": seed if seed is not None else given.get("seed", -1),
+                "size": size,
+                "batch_size": batch_size,
+                "batch_count": batch_count,
+                "clip_skip": clip_skip,
+                "out": outdir,
+                **_sampling_kwargs(sampling),
+            },
+        )
     _warn(result.warnings)
     if as_json:
-        echo_json({"files": [str(p) for p in result.paths], "seeds": result.seeds, "embeddings": result.used, "infotext": result.infotexts[0] if result.infotexts else None, "plan": [p.to_json() for p in result.plans]})
+        # one object per picture; `plan` is what its batch ran (sampler, schedule, sigmas, RNG, seeds)
+        plans = [p.to_json() for p in result.plans]
+        echo_json([item(True, path=str(p), seed=s, infotext=t, embeddings=result.used,
+                        plan=plans[i // batch_size] if i // batch_size < len(plans) else None)
+                   for i, (p, s, t) in enumerate(zip(result.paths, result.seeds, result.infotexts, strict=False))])
         return
     for p in result.paths:
         click.echo(str(p))
+
+
+def _check_settings(steps: int, sampler: str | None, schedule_type: str | None, size: str | None, clip_skip: int, cfg: float) -> None:
+    """Refuse bad sampling settings in a fraction of a second, before a model is loaded."""
+    import math
+
+    from tihub.engine.generate import Settings, parse_size
+
+    if not math.isfinite(cfg) or abs(cfg) > 100:
+        raise ConfigError(f"--cfg {cfg} is out of range; use a number from 0 to 100 (7 is usual).")
+    w, h = parse_size(size, 512)
+    if max(w, h) > 8192:
+        raise ConfigError(f"Size {w}x{h} is too large; use at most 8192 pixels a side.")
+    from tihub.engine.samplers import DEFAULT
+
+    Settings(steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg, width=w, height=h, clip_skip=clip_skip,
+             schedule_type=schedule_type or "Automatic").check()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +285,7 @@ def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: 
 
 @click.command("png-info")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="JSON: one object for one file, a list for several.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per file.")
 def png_info_cmd(files: tuple[str, ...], as_json: bool) -> None:
     """Print the A1111 generation parameters stored in images (PNG, JPEG, WEBP).
 
@@ -248,19 +298,24 @@ def png_info_cmd(files: tuple[str, ...], as_json: bool) -> None:
       tihub png-info *.png --json
     """
     from tihub.infotext import build_infotext, png_info
+    from tihub.tables import safe_text
+
+    def safe_text_lines(text: str) -> str:
+        return "\n".join(safe_text(line) for line in text.split("\n"))
 
     records = [png_info(f) for f in files]
     failed = any("error" in r for r in records)
     if as_json:
-        echo_json(records[0] if len(records) == 1 else records)
+        echo_json([item("error" not in r, r.get("error"), path=r["file"], **{k: v for k, v in r.items() if k not in ("file", "error")})
+                   for r in records])
     else:
         for r in records:
             if len(records) > 1:
-                click.echo(f"== {r['file']}")
+                click.echo(f"== {safe_text(r['file'])}")
             if "error" in r:
                 fail(r["error"])
                 continue
-            click.echo(build_infotext(r["prompt"], r["negative_prompt"], r["parameters"]))
+            click.echo(safe_text_lines(build_infotext(r["prompt"], r["negative_prompt"], r["parameters"])))
     exit_status(failed)
 
 
@@ -315,13 +370,13 @@ def _resolve_embedding(ctx: Context, name: str) -> tuple[Path | None, int | None
 @click.option("--z", "z", default=None, metavar="AXIS:VALUES", help="Z axis (one grid per value, side by side).")
 @click.option("-p", "--prompt", "prompt", default=None, help="Base prompt; `{emb}` marks where embedding/checkpoint names go.")
 @click.option("-n", "--negative", default="", help="Negative prompt.")
-@click.option("--steps", type=int, default=20, show_default=True)
+@click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--sampler", default="Euler a", show_default=True)
 @click.option("--schedule-type", default=None, help="A1111 schedule type (see tihub generate --help) [default: Automatic].")
 @click.option("--cfg", type=float, default=7.0, show_default=True)
 @click.option("--seed", type=int, default=-1, show_default=True, help="Seed of every cell (unless an axis sets it).")
 @click.option("--size", default=None, help="WxH or N [default: the model's native size].")
-@click.option("--batch", type=int, default=8, show_default=True, help="Most images per pipeline call.")
+@click.option("--batch", type=click.IntRange(1, 64), default=8, show_default=True, help="Most images per pipeline call.")
 @click.option("--pad-conds", "pad_conds", is_flag=True, help="A1111's 'Pad conds': pad prompt and negative to the same chunk count.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None, help="Output folder [default: WORKSPACE/grids].")
 @click.option("--device", default=None)
@@ -351,6 +406,13 @@ def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y
     axes = [parse_axis(a, name) if a else None for a in (x, y, z)]
     while axes and axes[-1] is None:
         axes.pop()
+    # every refusal before a model loads: settings, axis values, device, model
+    _check_settings(steps, sampler, None, size, 1, cfg)
+    for axis in axes:
+        if axis is not None:
+            _check_axis(ctx, axis)
+    check_device(device)
+    _model(model)
     outdir = Path(out) if out else ctx.workspace.root / "grids"
     engines: dict[str | None, Engine] = {}
     cache = _hash_cache(ctx)
@@ -358,6 +420,7 @@ def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y
     def engine_for(m: str | None) -> Engine:
         key = m or None
         if key not in engines:
+            _loading(_model(key or model))
             engines[key] = Engine(load_model(_model(key or model), device=device, dtype=dtype, hash_cache=cache, config=config), ctx.workspace.embeddings_dir)
         return engines[key]
 
@@ -366,7 +429,8 @@ def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y
             raise ConfigError("Give an embedding NAME (standard preview) or at least one axis (--x AXIS:VALUES).")
         path, entry_id, file_id, kind = _resolve_embedding(ctx, name)
         engine = engine_for(None)
-        result = standard_preview(engine, name, kind, steps=steps, size=size, out=outdir, batch=batch)
+        with step_progress(engine, "preview", None):
+            result = standard_preview(engine, name, kind, steps=steps, size=size, out=outdir, batch=batch)
         from tihub.catalog.store import Catalog
 
         Catalog(ctx.engine(), ctx.workspace).add_preview(entry_id=entry_id, file_id=file_id, path=str(result.path), model_hash=engine.model.hash, params={"model": engine.model.name, "steps": steps, "kind": kind, "infotext": result.infotext})
@@ -377,12 +441,13 @@ def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y
         w, h = parse_size(size, native)
         settings = Settings(steps=steps, sampler=sampler, cfg_scale=cfg, width=w, height=h, schedule_type=schedule_type or "Automatic", pad_conds=pad_conds, **_sampling_kwargs(sampling))
         folders = [ctx.workspace.embeddings_dir, ctx.workspace.train_dir]
-        result = make_grid(engine_for, prompt, negative, axes, settings, seed, outdir, batch, folders)
+        with step_progress(engine_for(None), "grid", None):
+            result = make_grid(engine_for, prompt, negative, axes, settings, seed, outdir, batch, folders)
     for e in engines.values():
         result.warnings += e.vocabulary.take_warnings()
     _warn(result.warnings)
     if as_json:
-        echo_json({"grid": str(result.path), "cells": [str(p) for p in result.cell_paths], "pipeline_calls": result.calls})
+        echo_json([item(True, name=name, path=str(result.path), cells=[str(p) for p in result.cell_paths], pipeline_calls=result.calls)])
         return
     click.echo(str(result.path))
 
@@ -433,10 +498,34 @@ def _reproduce(ctx: Context, engine: Any, v: Any, name: str, path: Path | None, 
         client.close()
 
 
+def _check_axis(ctx: Context, axis: Any) -> None:
+    """Refuse an axis value the grid could not use (numbers, sizes, embedding names) up front."""
+    from tihub.engine.generate import parse_size
+
+    for value in axis.values:
+        try:
+            if axis.kind in ("seed", "steps", "clip-skip"):
+                int(value)
+            elif axis.kind == "cfg":
+                float(value)
+            elif axis.kind == "size":
+                parse_size(value)
+        except ValueError:
+            raise ConfigError(f"Axis {axis.title} value {value!r} is not a number; e.g. --x {axis.kind}:10,20,30.") from None
+    if axis.kind == "embedding":
+        from tihub.engine.vocabulary import Vocabulary
+
+        vocabulary = Vocabulary(ctx.workspace.embeddings_dir)
+        vocabulary.refresh()
+        missing = [v for v in axis.values if vocabulary.path_of(v) is None]
+        if missing:
+            raise ConfigError(f"Axis Embedding: {', '.join(repr(v) for v in missing)} is not an embedding in {ctx.workspace.embeddings_dir}; check `tihub list` or fetch it first.")
+
+
 @click.command("verify")
 @click.argument("name")
 @click.option("--model", "model", default=None, help=MODEL_HELP)
-@click.option("--steps", type=int, default=20, show_default=True, help="Steps of the preview grid.")
+@click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True, help="Steps of the preview grid.")
 @click.option("--size", default=None, help="Preview size, WxH or N [default: native].")
 @click.option("--no-grid", is_flag=True, help="Only check the numbers; no preview grid.")
 @click.option("--reproduce", is_flag=True, help="Also regenerate the entry's published previews made on this model and record how alike each is (SSIM).")
@@ -463,22 +552,48 @@ def verify_cmd(ctx: Context, name: str, model: str | None, steps: int, size: str
     from tihub.catalog.store import Catalog
     from tihub.engine.verify import record, verify
 
-    path, entry_id, file_id, kind = _resolve_embedding(ctx, name)
+    check_device(device)
+    _model(model)
+    try:
+        path, entry_id, file_id, kind = _resolve_embedding(ctx, name)
+    except NotFound as exc:
+        if not as_json:
+            raise
+        fail(str(exc))
+        echo_json([item(False, str(exc), name=name, path=None)])
+        raise SystemExit(1) from None
+    _check_settings(steps, None, None, size, 1, 7.0)
     engine = _engine(ctx, model, device, dtype, config)
-    v = verify(engine, name, path=path, grid=not no_grid, steps=steps, size=size, out=ctx.workspace.root / "grids", kind=kind)
-    if reproduce:
-        _reproduce(ctx, engine, v, name, path, entry_id)
+    with step_progress(engine, "verify", None):
+        v = verify(engine, name, path=path, grid=not no_grid, steps=steps, size=size, out=ctx.workspace.root / "grids", kind=kind)
+        if reproduce:
+            _reproduce(ctx, engine, v, name, path, entry_id)
     record(Catalog(ctx.engine(), ctx.workspace), v, entry_id, file_id)
     if as_json:
-        echo_json(v.to_dict())
+        d = v.to_dict()
+        d["path"] = d.pop("file", None)
+        failed_checks = "; ".join(f"{c['check']}: {c['detail']}" for c in v.checks if c["status"] == "failed")
+        echo_json([item(v.result != "failed", f"{name} failed verification on {v.model}: {failed_checks}.", **d)])
     else:
+        from tihub.tables import render, safe_text
+
         _warn(v.warnings)
-        click.echo(f"{name} on {v.model} ({v.model_hash or 'no hash'}): {v.result}")
-        for c in v.checks:
-            click.echo(f"  {c['status']:<8} {c['check']}: {c['detail']}")
+        click.echo(safe_text(f"{name} on {v.model} ({v.model_hash or 'no hash'}): {v.result}"))
+        click.echo(render(["RESULT", "CHECK", "DETAIL"], [(c["status"], c["check"], _detail(c["detail"])) for c in v.checks]))
         if v.grid:
-            click.echo(f"  grid: {v.grid}")
+            click.echo(f"grid: {safe_text(v.grid)}")
         for r in v.reproduced:
             what = f"SSIM {r['ssim']:.3f}, mean abs diff {r['mad']:.1f}/255" if r["ok"] else r.get("error", "")
-            click.echo(f"  preview {r['url']}: {what}")
+            click.echo(safe_text(f"preview {r['url']}: {what}"))
     exit_status(v.result == "failed")
+
+
+def _detail(detail: Any) -> str:
+    """A check's detail as words (numbers and dicts written out, never a Python repr)."""
+    if isinstance(detail, dict):
+        return ", ".join(f"{k} {_detail(v)}" for k, v in detail.items())
+    if isinstance(detail, list | tuple):
+        return ", ".join(_detail(v) for v in detail)
+    if isinstance(detail, float):
+        return f"{detail:.4g}"
+    return str(detail)

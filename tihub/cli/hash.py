@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from tihub.cli._common import Context, echo_json, exit_status, fail, pass_ctx
+from tihub.cli._common import Context, echo_json, exit_status, fail, item, pass_ctx
 from tihub.errors import TihubError
 
 
@@ -50,21 +50,21 @@ def register_models(ctx: Context, rows: list[dict[str, Any]]) -> None:
         )
 
 
-def hash_models(ctx: Context, paths: tuple[str, ...], use_cache: bool = True, jobs: int = 1) -> tuple[list[dict[str, Any]], list[str]]:
-    """Hash and inspect every model under `paths`; return (result rows, error sentences)."""
+def hash_models(ctx: Context, paths: tuple[str, ...], use_cache: bool = True, jobs: int = 1) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Hash and inspect every model under `paths`; return (result rows, (path, error sentence) pairs)."""
     from tihub.checkpoints import inspect_model
     from tihub.hashing import HashCache, ModelHashes, model_hashes
 
     cache = HashCache(ctx.engine(), jobs=jobs) if use_cache else None
-    errors: list[str] = []
+    errors: list[tuple[str, str]] = []
     targets: list[str] = []
     for p in paths:
         if not os.path.exists(p):
-            errors.append(f"{p} does not exist; check the path.")
+            errors.append((p, f"{p} does not exist; check the path."))
             continue
         found = _models_in(p)
         if not found:
-            errors.append(f"{p} holds no model files (.safetensors, .ckpt, .pt, .pth, .bin) or diffusers folders.")
+            errors.append((p, f"{p} holds no model files (.safetensors, .ckpt, .pt, .pth, .bin) or diffusers folders."))
         targets.extend(found)
 
     # Plain files are hashed as one batch: one cache query and one cache write for all of them.
@@ -80,7 +80,7 @@ def hash_models(ctx: Context, paths: tuple[str, ...], use_cache: bool = True, jo
             if isinstance(h, Exception):
                 raise h
         except TihubError as exc:
-            errors.append(str(exc))
+            errors.append((t, str(exc)))
             continue
         try:
             info = inspect_model(t)
@@ -127,29 +127,29 @@ def hash_cmd(ctx: Context, paths: tuple[str, ...], as_json: bool, no_cache: bool
       tihub hash ./my-diffusers-model      # a diffusers folder (hash of its weight files)
     """
     rows, errors = hash_models(ctx, paths, use_cache=not no_cache, jobs=jobs)
-    for message in errors:
+    for _, message in errors:
         fail(message)
     if rows:
         register_models(ctx, rows)
     if as_json:
-        echo_json([{k: v for k, v in r.items() if k != "folder"} for r in rows])
+        echo_json([item(True, **{k: v for k, v in r.items() if k != "folder"}) for r in rows]
+                  + [item(False, message, path=p) for p, message in errors])
     elif rows:
-        header = ("AUTOV2", "OLD", "FAMILY", "WIDTHS", "SHA256", "PATH")
+        from tihub.tables import render, safe_text
+
         table = [
             (
                 r["autov2"],
-                r["old_hash"] or "-",
+                r["old_hash"],
                 r["family"],
-                "+".join(str(v) for v in r["widths"].values()) or "-",
+                "+".join(str(v) for v in r["widths"].values()),
                 r["sha256"],
                 r["path"] + ("/" if r["folder"] and not r["path"].endswith("/") else ""),
             )
             for r in rows
         ]
-        widths = [max(len(str(x)) for x in col) for col in zip(header, *table, strict=True)]
-        for line in (header, *table):
-            click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+        click.echo(render(["AUTOV2", "OLD", "FAMILY", "WIDTHS", "SHA256", "PATH"], table))
         for r in rows:
             if r["family"] == "other" and r["note"]:
-                click.echo(f"note: {r['note']}" if r["path"] in r["note"] else f"note: {r['path']}: {r['note']}")
+                click.echo(safe_text(f"note: {r['note']}" if r["path"] in r["note"] else f"note: {r['path']}: {r['note']}"))
     exit_status(bool(errors))

@@ -38,19 +38,18 @@ def _blank(path: str) -> dict[str, Any]:
         "path": path,
         "ok": False,
         "error": None,
-        "kind": None,
+        "file_kind": None,
         "format": None,
         "layout": None,
         "name": os.path.splitext(os.path.basename(path))[0],
         "internal_name": None,
         "vectors": 0,
-        "width": 0,
         "widths": {},
         "base": "unknown",
         "dtype": None,
         "step": None,
-        "sd_checkpoint": None,
-        "sd_checkpoint_name": None,
+        "trained_on": None,
+        "trained_on_name": None,
         "size": None,
         "sha256": None,
         "shorthash": None,
@@ -93,19 +92,20 @@ def inspect_file(path: str) -> dict[str, Any]:
         emb = read_embedding(path, data)
     except NotAnEmbedding as exc:
         row["error"] = _with_path(str(exc), path)
-        row["kind"] = exc.kind
+        row["file_kind"] = exc.kind
         return row
     except TihubError as exc:
         row["error"] = _with_path(str(exc), path)
         return row
     except Exception as exc:  # a reader bug must not stop the batch; still one line
-        row["error"] = f"internal error reading {path}: {type(exc).__name__}: {exc} (please report it)."
+        row["error"] = f"{path} could not be read ({type(exc).__name__}: {exc}); this is a tihub bug, please report it."
         return row
     if row["sha256"] is None:
         from tihub.hashing import sha256_file
 
         row["sha256"] = sha256_file(path)
         row["shorthash"] = row["sha256"][:12]
+    row.pop("error", None)  # `error` only on failures (README "JSON output")
     row.update(
         ok=True,
         format=emb.container,
@@ -113,13 +113,12 @@ def inspect_file(path: str) -> dict[str, Any]:
         name=emb.name,
         internal_name=emb.internal_name,
         vectors=emb.vector_count,
-        width=emb.width,
         widths=emb.widths,
         base=emb.base,
         dtype=emb.dtype,
         step=emb.step,
-        sd_checkpoint=emb.sd_checkpoint,
-        sd_checkpoint_name=emb.sd_checkpoint_name,
+        trained_on=emb.sd_checkpoint,
+        trained_on_name=emb.sd_checkpoint_name,
     )
     return row
 
@@ -140,28 +139,29 @@ def inspect_paths(paths: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
 
 
 def _table(rows: list[dict[str, Any]]) -> None:
-    header = ("NAME", "BASE", "VEC", "WIDTH", "FORMAT", "STEP", "CHECKPOINT", "SHORTHASH", "PATH")
+    from tihub.tables import Column, render
+
     table = []
     for r in rows:
-        ckpt = r["sd_checkpoint"] or ""
-        if r["sd_checkpoint_name"]:
-            ckpt = f"{r['sd_checkpoint_name']} [{ckpt}]" if ckpt else r["sd_checkpoint_name"]
+        ckpt = r["trained_on"] or ""
+        if r["trained_on_name"]:
+            ckpt = f"{r['trained_on_name']} [{ckpt}]" if ckpt else r["trained_on_name"]
         table.append(
             (
                 r["name"],
                 r["base"],
-                str(r["vectors"]),
-                "+".join(str(v) for v in r["widths"].values()) if len(r["widths"]) > 1 else str(r["width"]),
+                r["vectors"],
+                "+".join(str(v) for v in r["widths"].values()),
                 f"{r['format']}/{r['layout']}",
-                "-" if r["step"] is None else str(r["step"]),
-                ckpt or "-",
+                r["step"],
+                ckpt,
                 r["shorthash"],
                 r["path"],
             )
         )
-    widths = [max(len(x) for x in col) for col in zip(header, *table, strict=True)]
-    for line in (header, *table):
-        click.echo("  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+    header = [Column("NAME", max_width=32), "BASE", Column("VEC", "right"), Column("WIDTH", "right"), "FORMAT",
+              Column("STEP", "right"), Column("CHECKPOINT", max_width=40), "SHORTHASH", "PATH"]
+    click.echo(render(header, table))
 
 
 @click.command("inspect")

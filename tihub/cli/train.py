@@ -2,44 +2,34 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from tihub.cli._common import Context, echo_json, pass_ctx
+from tihub.cli._common import Context, check_device, check_model_arg, echo_json, item, pass_ctx
 
 TEMPLATE_HELP = "subject | style | subject_filewords | style_filewords | a text file (one prompt per line with [name] and [filewords])"
 
 
 class _Bar:
-    """Progress: a tqdm bar on a terminal, a line every 10% otherwise."""
+    """Training steps on the one progress display (tihub.progress): loss and lr as its status."""
 
-    def __init__(self) -> None:
-        self.bar: Any = None
-        self.every = 0
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.progress: Any = None
 
     def __call__(self, info: dict[str, Any]) -> None:
-        step, total = info["step"], info["total"]
-        loss = "-" if info["loss"] is None else f"{info['loss']:.4f}"
-        if sys.stderr.isatty():
-            if self.bar is None:
-                from tqdm import tqdm
+        from tihub.progress import Progress
 
-                self.bar = tqdm(total=total, initial=step - 1, unit="step", dynamic_ncols=True, file=sys.stderr)
-            self.bar.set_postfix_str(f"loss {loss} lr {info['lr']:.3g}", refresh=False)
-            self.bar.update(1)
-            return
-        self.every = self.every or max(1, total // 10)
-        if step % self.every == 0 or step == total:
-            eta = info["eta_s"]
-            eta_txt = "-" if eta is None else f"{int(eta) // 60}:{int(eta) % 60:02d}"
-            click.echo(f"step {step}/{total}  loss {loss}  lr {info['lr']:.3g}  {info['it_s']:.2f} it/s  ETA {eta_txt}", err=True)
+        if self.progress is None:
+            self.progress = Progress(f"train {self.name}", info["total"], "step")
+        loss = "-" if info["loss"] is None else f"{info['loss']:.4f}"
+        self.progress.update(info["step"], total=info["total"], status=f"loss {loss} lr {info['lr']:.3g}")
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        if self.progress is not None:
+            self.progress.close()
 
 
 @click.command("train")
@@ -99,6 +89,7 @@ def train_cmd(ctx: Context, name: str, images: Path, model: str, size: str, run_
 
     ws = ctx.workspace
     validate_schedule(opts["lr"])
+    _check_init_text(opts["init_text"])
     preview_steps = opts.pop("preview_steps")
     preview_seed = opts.pop("preview_seed")
     opts["cuda_graphs"] = {None: "auto", True: "on", False: "off"}[opts["cuda_graphs"]]
@@ -116,6 +107,8 @@ def train_cmd(ctx: Context, name: str, images: Path, model: str, size: str, run_
     from tihub.engine.train import check_config
 
     check_config(cfg)  # every refusal before anything heavy is imported
+    check_model_arg(model)
+    check_device(opts.get("device"))
     from tihub.catalog.store import Catalog
     from tihub.engine.train import model_autov2
     from tihub.hashing import HashCache
@@ -125,31 +118,32 @@ def train_cmd(ctx: Context, name: str, images: Path, model: str, size: str, run_
     from tihub.engine.train import train
 
     click.echo(f"Run folder: {cfg.run_dir}", err=True)
-    bar = _Bar()
+    bar = _Bar(name)
     try:
         result = train(cfg, log=lambda line: click.echo(line, err=True), progress=bar)
     finally:
         bar.close()
     if as_json:
-        echo_json(
-            {
-                "name": result.name,
-                "output": str(result.output),
-                "extra_outputs": [str(p) for p in result.extra_outputs],
-                "run_dir": str(result.run_dir),
-                "steps": result.steps,
-                "pictures": result.pictures,
-                "final_loss": result.final_loss,
-                "sd_checkpoint": result.sd_checkpoint,
-                "checkpoints": [str(p) for p in result.checkpoints],
-                "previews": [str(p) for p in result.previews],
-                "loss_csv": str(result.loss_csv),
-                "loss_png": str(result.loss_png) if result.loss_png else None,
-                "seconds": round(result.seconds, 2),
-                "steps_from": result.steps_from,
-                "file_id": result.file_id,
-            }
-        )
+        echo_json([
+            item(
+                True,
+                name=result.name,
+                path=str(result.output),
+                extra_paths=[str(p) for p in result.extra_outputs],
+                run_dir=str(result.run_dir),
+                steps=result.steps,
+                pictures=result.pictures,
+                final_loss=result.final_loss,
+                trained_on=result.sd_checkpoint,
+                checkpoints=[str(p) for p in result.checkpoints],
+                previews=[str(p) for p in result.previews],
+                loss_csv=str(result.loss_csv),
+                loss_png=str(result.loss_png) if result.loss_png else None,
+                seconds=round(result.seconds, 2),
+                steps_from=result.steps_from,
+                file_id=result.file_id,
+            )
+        ])
         return
     loss = "-" if result.final_loss is None else f"{result.final_loss:.4f}"
     graph = " (replayed from a CUDA graph)" if result.steps_from == "cuda graph" else ""
@@ -159,3 +153,17 @@ def train_cmd(ctx: Context, name: str, images: Path, model: str, size: str, run_
     click.echo(f"  model hash {result.sd_checkpoint or 'unknown'}; {len(result.checkpoints)} checkpoints, loss log {result.loss_csv}")
     if result.loss_png:
         click.echo(f"  loss plot {result.loss_png}")
+
+
+def _check_init_text(text: str) -> None:
+    """--init-text that names a file (a path, or an embedding suffix) must be one that exists."""
+    import os
+
+    from tihub.errors import ConfigError
+    from tihub.formats import EMBEDDING_SUFFIXES
+
+    looks_like_file = os.sep in text or text.lower().endswith(EMBEDDING_SUFFIXES)
+    if looks_like_file and not os.path.exists(os.path.expanduser(text)):
+        raise ConfigError(f"--init-text {text!r} looks like an embedding file but there is none; give an existing file, or words to start from.")
+    if looks_like_file and os.path.isdir(os.path.expanduser(text)):
+        raise ConfigError(f"--init-text {text!r} is a folder; give an embedding file, or words to start from.")

@@ -44,7 +44,14 @@ from tihub.errors import ConfigError, EngineError
 from tihub.formats import write_embedding
 from tihub.formats.model import Embedding
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # kept for callers; names are checked by valid_name
+
+
+def valid_name(name: str | None) -> bool:
+    """A name import and fetch would keep as it is (one safe file stem, any script), one word."""
+    from tihub.naming import safe_stem
+
+    return bool(name) and len(name or "") <= 64 and not any(c.isspace() for c in name or "") and safe_stem(name) == name
 MAX_VECTORS = 75
 LATENT_MODES = ("once", "deterministic", "random")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -176,8 +183,8 @@ def existing_outputs(embeddings_dir: Path, name: str) -> list[Path]:
 
 def check_config(cfg: TrainConfig) -> None:
     """Refuse bad options before anything is loaded (each refusal is one sentence)."""
-    if not NAME_RE.match(cfg.name or ""):
-        raise ConfigError(f"The name {cfg.name!r} cannot be used as a prompt word; use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.")
+    if not valid_name(cfg.name):
+        raise ConfigError(f"The name {cfg.name!r} cannot be used as a prompt word and file name; use one word of up to 64 characters without spaces, slashes or <>:\"|?* (any script: 猫 works).")
     if not 1 <= cfg.vectors <= MAX_VECTORS:
         raise ConfigError(f"--vectors {cfg.vectors} is out of range; use 1 to {MAX_VECTORS} vectors per token.")
     if cfg.steps < 1:
@@ -451,6 +458,24 @@ def read_loss_csv(path: Path) -> list[tuple[int, float]]:
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(fh)]
 
 
+def nice_ticks(lo: float, hi: float, count: int = 5, integer: bool = False) -> tuple[list[float], float]:
+    """Round tick values inside [lo, hi]: multiples of 1, 2 or 5 times a power of ten
+    (0.05, 0.1, 0.15 ... not 0.0734, 0.0981 ...); and the step between them."""
+    span = max(hi - lo, 1e-12)
+    raw = span / max(1, count)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    if integer:
+        step = max(1.0, float(round(step)))
+    first = math.ceil(lo / step - 1e-9) * step
+    ticks = []
+    v = first
+    while v <= hi + step * 1e-9:
+        ticks.append(round(v, 12))
+        v += step
+    return ticks or [lo], step
+
+
 def plot_loss(points: list[tuple[int, float]], path: Path, title: str = "") -> Path | None:
     """A small loss plot (raw loss in grey, moving average in blue), drawn with PIL."""
     from PIL import Image, ImageDraw
@@ -469,12 +494,14 @@ def plot_loss(points: list[tuple[int, float]], path: Path, title: str = "") -> P
     sx = lambda s: L + (s - s0) / max(1, s1 - s0) * (W - L - R)  # noqa: E731
     sy = lambda v: T + (hi - v) / (hi - lo) * (H - T - B)  # noqa: E731
     d.rectangle([L, T, W - R, H - B], outline="black")
-    for k in range(5):
-        v = lo + (hi - lo) * k / 4
+    yticks, ystep = nice_ticks(lo, hi)
+    decimals = max(0, -math.floor(math.log10(ystep)) + (1 if f"{ystep:.1e}".startswith("2.5") else 0))
+    for v in yticks:
         d.line([L - 4, sy(v), L, sy(v)], fill="black")
-        d.text((4, sy(v) - 6), f"{v:.4f}", fill="black")
-    for k in range(5):
-        s = s0 + (s1 - s0) * k / 4
+        d.text((4, sy(v) - 6), f"{v:.{decimals}f}", fill="black")
+    xticks, _ = nice_ticks(s0, s1, integer=True)
+    for s in xticks:
+        d.line([sx(s), H - B, sx(s), H - B + 4], fill="black")
         d.text((sx(s) - 10, H - B + 6), f"{int(s)}", fill="black")
     d.line([(sx(s), sy(v)) for s, v in pts], fill=(170, 170, 170))
     win = max(1, len(pts) // 20)

@@ -55,6 +55,11 @@ class Verification:
         return asdict(self)
 
 
+def _widths(widths: dict[str, int]) -> str:
+    """{"clip_l": 768, "clip_g": 1280} as words: "clip_l 768 + clip_g 1280"."""
+    return " + ".join(f"{k} {v}" for k, v in widths.items())
+
+
 def vocabulary_norms(table: Any) -> dict[str, float]:
     """Statistics of a token-embedding table's row norms (torch tensor [vocab, width])."""
     norms = table.detach().float().norm(dim=1).cpu().numpy()
@@ -103,14 +108,14 @@ def verify(engine: Any, name: str, path: Path | None = None, embedding: Any = No
         except TihubError as exc:
             v.add("readable", False, str(exc))
             return v
-    v.add("readable", True, f"{emb.vector_count} vector(s), widths {emb.widths}, format {emb.layout}/{emb.container}")
+    v.add("readable", True, f"{emb.vector_count} vector(s), widths {_widths(emb.widths)}, format {emb.layout}/{emb.container}")
     enc = engine.encoder()
     arrays = enc.vectors_for(emb)
     model_widths = {e.key: e.width for e in enc.encoders}
     if arrays is None:
-        v.add("width", False, f"width {emb.width} ({emb.widths}) does not fit the {model.family.upper()} model ({model_widths}); use a model of the embedding's family ({emb.base})")
+        v.add("width", False, f"width {emb.width} ({_widths(emb.widths)}) does not fit the {model.family.upper()} model ({_widths(model_widths)}); use a model of the embedding's family ({emb.base})")
         return v
-    v.add("width", True, f"fits the {model.family.upper()} model ({model_widths})")
+    v.add("width", True, f"fits the {model.family.upper()} model ({_widths(model_widths)})")
     tables = {e.key: e.text_encoder.get_input_embeddings().weight for e in enc.encoders}
     check_numbers({e.key: a for e, a in zip(enc.encoders, arrays, strict=True)}, tables, v)
     if v.result == "failed" or not grid:

@@ -118,12 +118,13 @@ class Vocabulary:
         # same mtime tick; list again next time until its mtime is safely in the past
         self._racy = any(self._scanned_at - m / 1e9 < RACY_SECONDS for m in dirs.values())
         entries: dict[str, Entry] = {}
+        duplicates: dict[str, str] = {}
         for name, files in found.items():
             files.sort(key=lambda f: (len(f[0].parts), str(f[0])))
             path, st = files[0]
-            if len(files) > 1:
+            if len(files) > 1:  # said when a prompt uses the name (see load), not on every listing
                 others = ", ".join(str(f[0]) for f in files[1:])
-                self.warn(f"Embedding name '{name}' is used by several files; using {path} and ignoring {others} (rename one to use both).")
+                duplicates[name] = f"Embedding name '{name}' is used by several files; using {path} and ignoring {others} (rename one to use both)."
             old = self._entries.get(name)
             if old is not None and old.path == path and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns:
                 entries[name] = old
@@ -137,6 +138,7 @@ class Vocabulary:
         if entries.keys() != self._entries.keys():
             self.version += 1
         self._entries = entries
+        self._duplicates = duplicates
 
     def require(self, names: list[str]) -> list[str]:
         """Warn for each name that is no embedding here; returns the missing names."""
@@ -167,6 +169,8 @@ class Vocabulary:
         if name in self.extra:
             return self.extra[name]
         entry = self._entries.get(name)
+        if entry is not None and name in getattr(self, "_duplicates", {}):
+            self.warn(self._duplicates[name])
         if entry is None:
             if name in self.gone:
                 self.warn(f"Embedding file {self.gone[name]} was removed; '{name}' is now used as plain text.")

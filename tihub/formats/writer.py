@@ -105,10 +105,28 @@ def write_embedding(emb: Embedding, path: str | os.PathLike[str], fmt: str = "sa
     return out
 
 
+def file_mode() -> int:
+    """The mode a new file gets from open(): 0666 less the process umask (0644 under the usual
+    022), so files tihub writes are readable by an app running as another user, as any file
+    a user saves is. mkstemp's 0600 is for secrets, which embeddings are not."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read the umask by setting it (and put it back at once)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file beside `path` and rename it into place, mode per `file_mode`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -1,4 +1,5 @@
-"""Polite HTTP for indexers: retries with backoff, 429/Retry-After, size caps, checked URLs.
+"""Polite HTTP for indexers: retries (the one policy, `tihub.retry`), 429/Retry-After, size caps,
+checked URLs. A host name that does not resolve raises `OfflineError` at once (no retries).
 
 Every request goes through `tihub.net.stream`, so each URL and each redirect hop is checked
 against the source's `URLPolicy` (private addresses only with `allow_private: true`). Replies
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from tihub import retry
 from tihub.errors import NetworkError, SourceError, UnsafeURL
 from tihub.net import URLPolicy, _is_private, make_client, stream
 from tihub.sources.base import SourceUnchanged
@@ -94,6 +96,18 @@ class Reply:
                 if re.search(r'rel\s*=\s*"?next"?', m.group(2)):
                     return m.group(1)
         return None
+
+
+class OfflineError(SourceError):
+    """A host name did not resolve: the machine is probably offline (a sync stops asking)."""
+
+
+class _Busy(retry.RetryNow):
+    """A retryable answer (408/429/5xx): retried after `wait` seconds."""
+
+    def __init__(self, reply: Reply, message: str, wait: float) -> None:
+        super().__init__(message, wait)
+        self.reply = reply
 
 
 def retry_delay(headers: Mapping[str, str], attempt: int) -> float:
@@ -180,35 +194,46 @@ class Fetcher:
 
         `final(reply)` True marks a retryable status as final (e.g. Civitai's 429 for deep pages).
         """
-        attempt = 0
-        while True:
+        tried = 0
+
+        def once() -> Reply:
+            nonlocal tried
             self._check_deadline(url)
+            tried += 1
             try:
                 reply = self._once(url, headers=headers, cap=cap, auth=auth)
             except UnsafeURL:
                 raise
             except NetworkError as exc:
-                if attempt >= self.max_retries:
-                    raise SourceError(f"Source {self.source!r}: {exc.message.rstrip('.')} (after {attempt + 1} tries); check the URL or try later.") from None
-                wait = BACKOFF * (2**attempt)
-                log.info("%s: %s; retrying in %.1fs", self.source, exc, wait)
-            else:
-                if reply.status not in retry_statuses or (final is not None and final(reply)):
-                    return reply
-                if attempt >= self.max_retries:
-                    what = "rate limited (429)" if reply.status == 429 else f"status {reply.status}"
-                    raise SourceError(f"Source {self.source!r}: {url} kept answering {what} after {attempt + 1} tries; try again later.")
-                wait = retry_delay(reply.headers, attempt)
-                if wait > self.max_wait:
-                    raise WaitTooLong(f"Source {self.source!r}: {url} asks to wait {wait:.0f} s before retrying; try again later.", wait)
-                if self.deadline is not None and time.monotonic() + wait > self.deadline:
-                    raise WaitTooLong(f"Source {self.source!r} would run past its deadline waiting {wait:.0f} s for {url}; sync it again later.", wait)
-                log.info("%s: %s answered %s; retrying in %.1fs", self.source, url, reply.status, wait)
-                if self.on_wait is not None:
-                    self.on_wait(url, reply.status, wait)
-            self._check_deadline(url, wait)
-            self.sleep(wait)
-            attempt += 1
+                raise retry.RetryNow(exc.message, BACKOFF * (2 ** (tried - 1)), retry.network_kind(exc) or "transient") from exc
+            if reply.status not in retry_statuses or (final is not None and final(reply)):
+                return reply
+            wait = retry_delay(reply.headers, tried - 1)
+            if wait > self.max_wait:
+                raise WaitTooLong(f"Source {self.source!r}: {url} asks to wait {wait:.0f} s before retrying; try again later.", wait)
+            if self.deadline is not None and time.monotonic() + wait > self.deadline:
+                raise WaitTooLong(f"Source {self.source!r} would run past its deadline waiting {wait:.0f} s for {url}; sync it again later.", wait)
+            if self.on_wait is not None and tried <= self.max_retries:
+                self.on_wait(url, reply.status, wait)
+            raise _Busy(reply, f"{url} answered {reply.status}", wait)
+
+        def time_left() -> float:
+            return float("inf") if self.deadline is None else self.deadline - time.monotonic()
+
+        try:
+            return retry.call(once, classify=lambda exc: None, label=self.source, attempts=self.max_retries + 1,
+                              time_left=time_left, sleep=self.sleep, jitter=False)
+        except _Busy as exc:
+            self._check_deadline(url, exc.wait or 0.0)
+            what = "rate limited (429)" if exc.reply.status == 429 else f"status {exc.reply.status}"
+            raise SourceError(f"Source {self.source!r}: {url} kept answering {what} after {tried} tries; try again later.") from None
+        except retry.RetryNow as exc:
+            if exc.kind == "dns":
+                raise OfflineError(f"Source {self.source!r}: {exc.message.rstrip('.')}; you appear to be offline (the host name does not resolve), not retried; check the connection and sync again.") from None
+            if exc.kind == "tls":
+                raise SourceError(f"Source {self.source!r}: {exc.message.rstrip('.')}; the TLS connection failed (certificate or protocol), not retried; check the URL, the clock and any proxy.") from None
+            self._check_deadline(url, exc.wait or 0.0)
+            raise SourceError(f"Source {self.source!r}: {exc.message.rstrip('.')} (after {tried} {'try' if tried == 1 else 'tries'}); check the URL or try later.") from None
 
     def _once(self, url: str, *, headers: dict[str, str] | None, cap: int, auth: bool) -> Reply:
         self.requests += 1

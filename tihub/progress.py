@@ -1,0 +1,214 @@
+"""The one progress display of all long work: sync, fetch, generate, grid, verify, train.
+
+On a terminal it is a rich bar (rich: a maintained library) with the work's speed and the time
+left; elsewhere (a pipe, a log file, CI) it prints one plain line each time another tenth of the
+work is done, so logs stay short. Notes (a retry, a wait, a warning) print as their own line
+either way. Everything goes to stderr; stdout stays for results and JSON.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any, TextIO
+
+
+def _stream_is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+class Progress:
+    """Progress of one piece of work: `update()` it, `note()` events, `close()` at the end.
+
+    `unit` "bytes" shows sizes and a transfer speed; any other unit shows "done/total" and
+    units per second. `total` may be unknown (None) and set later with `update(total=...)`.
+    """
+
+    def __init__(self, label: str, total: float | None = None, unit: str = "it", *, stream: TextIO | None = None,
+                 tty: bool | None = None, enabled: bool = True) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = _stream_is_tty(self.stream) if tty is None else tty
+        self.enabled = enabled
+        self.label = label
+        self.unit = unit
+        self.total = total
+        self.done = 0.0
+        self.status = ""
+        self._lock = threading.Lock()
+        self._tenth = 0  # tenths of the work already reported in plain mode
+        self._rich: Any = None
+        self._task: Any = None
+        if self.enabled and self.tty:
+            self._start_rich()
+
+    # -- the terminal bar -------------------------------------------------------------------
+
+    def _start_rich(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress as RichProgress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        if self.unit == "bytes":
+            amount: list[Any] = [DownloadColumn(), TransferSpeedColumn()]
+        else:
+            amount = [MofNCompleteColumn(), TextColumn("{task.fields[rate]}")]
+        self._rich = RichProgress(
+            TextColumn("{task.description}"), BarColumn(bar_width=24), *amount, TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=Console(file=self.stream, highlight=False, markup=False, emoji=False), transient=True,
+        )
+        self._rich.start()
+        self._task = self._rich.add_task(self._safe(self.label), total=self.total, status="", rate="")
+
+    @staticmethod
+    def _safe(text: str) -> str:
+        from tihub.tables import safe_text
+
+        return safe_text(text)
+
+    # -- the public face --------------------------------------------------------------------
+
+    def update(self, completed: float | None = None, *, advance: float = 0, total: float | None = None,
+               status: str | None = None, label: str | None = None) -> None:
+        """Set or advance the amount done (and optionally the total, a short status, the label)."""
+        with self._lock:
+            if total is not None:
+                self.total = total
+            if completed is not None:
+                self.done = completed
+            self.done += advance
+            if status is not None:
+                self.status = status
+            if label is not None:
+                self.label = label
+            if not self.enabled:
+                return
+            if self._rich is not None:
+                task = self._rich.tasks[0] if self._rich.tasks else None
+                speed = task.speed if task is not None else None
+                rate = f"{speed:.2f} {self.unit}/s" if speed else ""
+                self._rich.update(self._task, completed=self.done, total=self.total, status=self._safe(self.status),
+                                  description=self._safe(self.label), rate=rate)
+                return
+            self._plain_line()
+
+    def _plain_line(self) -> None:
+        if not self.total:
+            return
+        tenth = min(10, int(10 * self.done / self.total))
+        if tenth <= self._tenth:
+            return
+        self._tenth = tenth
+        amount = (f"{_human_bytes(self.done)}/{_human_bytes(self.total)}" if self.unit == "bytes"
+                  else f"{self.done:g}/{self.total:g} {self.unit}")
+        line = f"{self.label}: {10 * tenth}% ({amount})" + (f" {self.status}" if self.status else "")
+        print(self._safe(line), file=self.stream, flush=True)
+
+    def restart(self, total: float | None, label: str | None = None) -> None:
+        """Start the same display over for the next piece (a new pipeline call, a new source)."""
+        with self._lock:
+            self.done = 0.0
+            self._tenth = 0
+            if self._rich is not None:
+                self._rich.reset(self._task, total=total, completed=0)
+        self.update(0, total=total, label=label)
+
+    def note(self, message: str) -> None:
+        """One line about an event (retrying, waiting, a warning), above the bar on a terminal."""
+        if not self.enabled:
+            return
+        if self._rich is not None:
+            self._rich.console.print(self._safe(message), markup=False, highlight=False)
+        else:
+            print(self._safe(message), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+            self._rich = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _StepBar:
+    """What a diffusers pipeline expects from `self.progress_bar(total=N)`: a context manager
+    with `update()`. Each pipeline call restarts the shared display with its own step count."""
+
+    def __init__(self, owner: Progress, total: int | None, label: str) -> None:
+        self.owner = owner
+        owner.restart(total, label)
+
+    def update(self, n: int = 1) -> None:
+        self.owner.update(advance=n)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _StepBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class pipeline_steps:  # noqa: N801 - used as a context manager, like contextlib's helpers
+    """Show a pipeline's denoising steps on the one progress display while the block runs:
+    `with pipeline_steps(engine.model.pipe, "generate"): ...`. Pipelines without a
+    `progress_bar` method (or none at all) just run without a bar."""
+
+    def __init__(self, pipe: Any, label: str) -> None:
+        self.pipe = pipe
+        self.label = label
+        self.calls = 0
+        self.progress: Progress | None = None
+
+    def _bar(self, iterable: Any = None, total: int | None = None) -> Any:
+        assert self.progress is not None
+        self.calls += 1
+        label = f"{self.label} {self.calls}" if self.calls > 1 else self.label
+        if iterable is not None:
+            bar = _StepBar(self.progress, len(iterable) if hasattr(iterable, "__len__") else None, label)
+
+            def walk() -> Any:
+                for x in iterable:
+                    yield x
+                    bar.update()
+
+            return walk()
+        return _StepBar(self.progress, total, label)
+
+    def __enter__(self) -> pipeline_steps:
+        if self.pipe is not None and hasattr(self.pipe, "progress_bar"):
+            self.progress = Progress(self.label, None, "step")
+            self.pipe.progress_bar = self._bar  # this instance only; removed on exit
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.close()
+            try:
+                del self.pipe.progress_bar
+            except AttributeError:
+                pass
