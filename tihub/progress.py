@@ -123,7 +123,7 @@ class Progress:
         print(self._safe(line), file=self.stream, flush=True)
 
     def restart(self, total: float | None, label: str | None = None) -> None:
-        """Start the same display over for the next piece (a new pipeline call, a new source)."""
+        """Start the same display over for the next piece (a new sampling pass, a new source)."""
         with self._lock:
             self.done = 0.0
             self._tenth = 0
@@ -152,63 +152,33 @@ class Progress:
         self.close()
 
 
-class _StepBar:
-    """What a diffusers pipeline expects from `self.progress_bar(total=N)`: a context manager
-    with `update()`. Each pipeline call restarts the shared display with its own step count."""
+class sampling_steps:  # noqa: N801 - used as a context manager, like contextlib's helpers
+    """Show the sampling loop's steps (tihub.engine.sampling) on the one progress display while
+    the block runs: `with sampling_steps(engine, "generate"): ...`. The engine tells its
+    `on_step(done, total)` hook; each sampling pass (a batch, a hires pass) restarts the display
+    with its own step count. An engine without that hook just runs without a bar."""
 
-    def __init__(self, owner: Progress, total: int | None, label: str) -> None:
-        self.owner = owner
-        owner.restart(total, label)
-
-    def update(self, n: int = 1) -> None:
-        self.owner.update(advance=n)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> _StepBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-class pipeline_steps:  # noqa: N801 - used as a context manager, like contextlib's helpers
-    """Show a pipeline's denoising steps on the one progress display while the block runs:
-    `with pipeline_steps(engine.model.pipe, "generate"): ...`. Pipelines without a
-    `progress_bar` method (or none at all) just run without a bar."""
-
-    def __init__(self, pipe: Any, label: str) -> None:
-        self.pipe = pipe
+    def __init__(self, engine: Any, label: str) -> None:
+        self.engine = engine
         self.label = label
-        self.calls = 0
+        self.passes = 0
         self.progress: Progress | None = None
 
-    def _bar(self, iterable: Any = None, total: int | None = None) -> Any:
+    def _step(self, done: int, total: int) -> None:
         assert self.progress is not None
-        self.calls += 1
-        label = f"{self.label} {self.calls}" if self.calls > 1 else self.label
-        if iterable is not None:
-            bar = _StepBar(self.progress, len(iterable) if hasattr(iterable, "__len__") else None, label)
+        if done == 0:  # a new pass
+            self.passes += 1
+            self.progress.restart(total, f"{self.label} {self.passes}" if self.passes > 1 else self.label)
+        else:
+            self.progress.update(done, total=total)
 
-            def walk() -> Any:
-                for x in iterable:
-                    yield x
-                    bar.update()
-
-            return walk()
-        return _StepBar(self.progress, total, label)
-
-    def __enter__(self) -> pipeline_steps:
-        if self.pipe is not None and hasattr(self.pipe, "progress_bar"):
+    def __enter__(self) -> sampling_steps:
+        if self.engine is not None and hasattr(self.engine, "on_step"):
             self.progress = Progress(self.label, None, "step")
-            self.pipe.progress_bar = self._bar  # this instance only; removed on exit
+            self.engine.on_step = self._step
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.close()
-            try:
-                del self.pipe.progress_bar
-            except AttributeError:
-                pass
+            self.engine.on_step = None

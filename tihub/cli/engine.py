@@ -91,10 +91,10 @@ def _loading(model: str) -> None:
 
 
 def step_progress(engine: Any, label: str, _batches: int | None) -> Any:
-    """The one progress display over the engine's pipeline steps (tihub.progress)."""
-    from tihub.progress import pipeline_steps
+    """The one progress display over the engine's sampling steps (tihub.progress)."""
+    from tihub.progress import sampling_steps
 
-    return pipeline_steps(getattr(getattr(engine, "model", None), "pipe", None), label)
+    return sampling_steps(engine, label)
 
 
 def _warn(messages: list[str]) -> None:

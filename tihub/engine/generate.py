@@ -24,6 +24,7 @@ import os
 import random
 import re
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,8 @@ class Engine:
         self._schedule: Any = None
         self._upscalers: dict[str, Any] = {}  # model upscaler files, loaded once
         self.plan: Plan | None = None  # the plan of the last `run`
+        # told (done, total) as each sampling pass's steps run (tihub.progress.sampling_steps)
+        self.on_step: Callable[[int, int], None] | None = None
 
     @classmethod
     def load(cls, model: str | os.PathLike[str], embeddings_dir: Any = None, device: Any = None, dtype: Any = None, hash_cache: Any = None, config: Any = None) -> Engine:
@@ -205,7 +208,7 @@ class Engine:
 
         # batch_invariant: on CPU an image is the same alone or in a grid, to the pixel
         with torch.inference_mode(), batch_invariant(pipe.unet, device=device):
-            latents = run_plan(plan, denoiser_for(plan, conds_at, settings.width, settings.height), noise)
+            latents = run_plan(plan, denoiser_for(plan, conds_at, settings.width, settings.height), noise, on_step=self.on_step)
 
         # 5. hires fix: upscale, then A1111's img2img pass with each prompt's final text
         hires = settings.hires
@@ -222,7 +225,7 @@ class Engine:
             final = conds.conds_at(steps - 1)
             noise2 = ImageNoise(settings.rng, seeds, (shape[0], height // pipe.vae_scale_factor, width // pipe.vae_scale_factor), device, settings.ensd)
             with torch.inference_mode(), batch_invariant(pipe.unet, device=device):
-                latents = run_plan(second, denoiser_for(second, lambda _i: final, width, height), noise2, init=init.to(device=device, dtype=torch.float32))
+                latents = run_plan(second, denoiser_for(second, lambda _i: final, width, height), noise2, init=init.to(device=device, dtype=torch.float32), on_step=self.on_step)
             plan.hires = {**hires.to_json(settings.width, settings.height), "plan": second.to_json()}
         self.plan = plan
         return latents, used

@@ -14,6 +14,7 @@ brownian (the SDE samplers' seeded Brownian trees).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,9 +190,37 @@ def _sigma_range(sampler: str, schedule: ModelSchedule, tail: list[float] | None
     return m.sigma_min, m.sigma_max
 
 
-def run(plan: Plan, denoiser: Any, noise: ImageNoise, init: Any = None) -> Any:
+def run(plan: Plan, denoiser: Any, noise: ImageNoise, init: Any = None,
+        on_step: Callable[[int, int], None] | None = None) -> Any:
     """Carry out the plan: starting noise (over `init` for img2img), then the sampler; returns
-    the final latents (float32)."""
+    the final latents (float32). `on_step(done, total)` is told the steps done as they run."""
+    if on_step is None:
+        return _run(plan, denoiser, noise, init)
+    # a model call at level L means every step starting above L is done; this holds for every
+    # solver (one or two calls a step, churned sigmas, DDIM/PLMS timesteps) without touching them
+    spec = SAMPLERS[plan.sampler]
+    levels = [float(v) for v in (plan.timesteps[1:] if spec.timesteps else plan.sigmas[:-1])]
+    total = len(levels)
+    done = 0
+    on_step(0, total)
+
+    def seen(level: float) -> None:
+        nonlocal done
+        now = min(total, sum(1 for v in levels if v > level))
+        if now > done:
+            done = now
+            on_step(done, total)
+
+    denoiser.on_level = seen
+    try:
+        latents = _run(plan, denoiser, noise, init)
+    finally:
+        denoiser.on_level = None
+    on_step(total, total)
+    return latents
+
+
+def _run(plan: Plan, denoiser: Any, noise: ImageNoise, init: Any = None) -> Any:
     import torch
 
     from tihub.engine.sampling import solvers, timesteps

@@ -110,6 +110,7 @@ class Denoiser:
         self.lcm = lcm
         self.calls = 0
         self.last_uncond: Any = None  # the negatives' outputs of the last call (DDIM CFG++)
+        self.on_level: Callable[[float], None] | None = None  # told the sigma/timestep of each call (progress)
         self._prepared: _Prepared | None = None
 
     # -- the UNet with guidance ----------------------------------------------------------------
@@ -186,6 +187,9 @@ class Denoiser:
         """The clean estimate at noise level sigma (k-diffusion samplers)."""
         import torch
 
+        if self.on_level is not None:
+            self.on_level(float(sigma))
+
         s = torch.tensor(sigma, dtype=torch.float32, device=x.device)
         c_in = 1 / (s**2 + 1.0) ** 0.5
         t = self.schedule.sigma_to_t(torch.tensor([sigma], dtype=torch.float32)).expand(x.shape[0])
@@ -213,6 +217,9 @@ class Denoiser:
     def eps(self, x: Any, timestep: int) -> Any:
         """The predicted noise at a whole training timestep (DDIM, PLMS), guided on eps."""
         import torch
+
+        if self.on_level is not None:
+            self.on_level(float(timestep))
 
         if self.prediction == "v_prediction":
             a = self.schedule.alphas_cumprod[int(timestep)].to(x.device)
