@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from tihub.cli._common import Context, echo_json, exit_status, fail, pass_ctx
+from tihub.cli._common import Context, echo_json, exit_status, fail, item, pass_ctx
 from tihub.errors import TihubError
 
 
@@ -72,9 +72,9 @@ def _farm(ctx: Context, action: str, grid: bool, query: str, models: tuple[str, 
             click.echo(json.dumps({"ok": False, "error": str(exc)}))
             exit_status(True)
         raise
-    rows = [r.as_dict() for r in report.results]
-    if as_json:
-        echo_json(rows)
+    if as_json:  # the vocabulary: a grid file is `path`; `error` only on a failed item
+        echo_json([item(d.pop("ok"), d.pop("error") or f"{d['name']} failed on {d['model']}.", path=d.pop("grid"), **d)
+                   for d in (r.as_dict() for r in report.results)])
     else:
         for r in report.results:
             if r.ok:
