@@ -81,7 +81,7 @@ def test_compat_on_a_family_and_on_a_hash(home: Path) -> None:
     hub = Hub(home)
     hub.fetch("cat-toy")
     rows = {r["name"]: r for r in hub.compat("sdxl")}
-    assert rows["cat-toy"]["status"] == "partial" and rows["cat-toy"]["ok"]
+    assert rows["cat-toy"]["fit"] == "partial" and rows["cat-toy"]["ok"]
     with pytest.raises(TihubError, match="not a model hash"):
         hub.compat("zz")
 

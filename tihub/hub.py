@@ -61,7 +61,10 @@ class SearchHit:
     ok: bool = True
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As a `tihub search --json` row (the JSON vocabulary: `triggers` only, no `trigger`)."""
+        out = asdict(self)
+        del out["trigger"]
+        return out
 
 
 @dataclass
@@ -532,7 +535,7 @@ class Hub:
 
     def compat(self, model_hash: str, *, remote: bool = False) -> list[dict[str, Any]]:
         """Verdicts for every local embedding on one model, as `tihub compat --json` rows
-        (`name`, `status`, `reason`, `path`) plus `ok` and the model's label."""
+        (`name`, `fit`, `reason`, `path`, `trained_on`, per-app `apps`) plus `ok` and the model's label."""
         from tihub.compat import report_local
 
         model = self.model(model_hash, remote=remote)
@@ -543,6 +546,7 @@ class Hub:
         ]
         out = []
         for r in report_local(items, model):
-            out.append({"ok": True, "name": r["name"], "status": r["status"], "reason": r["reason"],
-                        "path": r.get("path"), "model": model.label()})
+            out.append({"ok": True, "name": r["name"], "fit": r["status"], "reason": r["reason"],
+                        "path": r.get("path"), "trained_on": r.get("sd_checkpoint"), "model": model.label(),
+                        "apps": {a: {"fit": v["status"], "reason": v["reason"]} for a, v in (r.get("apps") or {}).items()}})
         return out

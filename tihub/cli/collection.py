@@ -483,7 +483,7 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
         model = model_from_hash(model_hash or "", catalog, civitai_url=url, allow_private=allow_private, remote=not offline)
     local = list_collection(ws, catalog)
     failed = False
-    # what to judge: ("local", items) and ("catalog", rows), in order
+    # what to judge: ("local", items), ("catalog", rows) and ("error", [failed name]), in order
     groups: list[tuple[str, list[dict[str, Any]]]] = []
     if names:
         for n in names:
@@ -497,7 +497,7 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
             except NotFound as exc:
                 failed = True
                 fail(str(exc))
-                results.append({"name": n, "error": str(exc)})
+                groups.append(("error", [{"name": n, "error": str(exc)}]))
                 continue
             rows = []
             for f in files[:1]:
@@ -524,7 +524,10 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
     )
     results: list[dict[str, Any]] = []
     for kind, items in groups:
-        results += (report_local if kind == "local" else report_catalog)(items, model, made_on)
+        if kind == "error":  # a name that is neither local nor catalogued: a failed item, in order
+            results += items
+        else:
+            results += (report_local if kind == "local" else report_catalog)(items, model, made_on)
     for r in results:
         if "error" in r:
             continue

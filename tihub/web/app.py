@@ -63,7 +63,6 @@ class HitOut(BaseModel):
     base: str
     kind: str | None
     source: str
-    trigger: str
     triggers: list[str]
     url: str | None
     sha256: str | None
@@ -92,13 +91,20 @@ class JobOut(BaseModel):
     points: list[list[float]] = []
 
 
+class AppFitOut(BaseModel):
+    fit: str
+    reason: str
+
+
 class CompatOut(BaseModel):
     ok: bool = True
     name: str
-    status: str
+    fit: str
     reason: str
     path: str | None
+    trained_on: str | None = None
     model: str
+    apps: dict[str, AppFitOut] = {}
 
 
 class RemoveIn(BaseModel):
@@ -273,12 +279,20 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
     @app.get("/api/entries/{entry}", response_model=dict[str, Any], responses=ERRORS, tags=["catalogue"])
     def api_entry(entry: str) -> Any:
         """One entry by id or name, as `tihub show --json`, with `pictures`."""
-        return _jsonable(hub.entry(entry))
+        e = hub.entry(entry)
+        # the JSON vocabulary (as `tihub show --json`): `triggers` a list, files' `path` and `trained_on`
+        e.pop("trigger", None)
+        e["files"] = [{k: v for k, v in f.items() if k not in ("local_path", "sd_checkpoint", "sd_checkpoint_name")}
+                      for f in e["files"]]
+        return _jsonable(e)
 
     @app.get("/api/local", response_model=list[dict[str, Any]], responses=ERRORS, tags=["collection"])
     def api_local() -> Any:
         """The files in embeddings/, as `tihub list --json`."""
-        return _jsonable(hub.local())
+        from tihub.cli.collection import list_item  # the one mapping of a list row to the JSON vocabulary
+
+        folder = hub.workspace.embeddings_dir
+        return _jsonable([list_item(folder, {k: v for k, v in r.items() if k != "ok"}) for r in hub.local()])
 
     @app.get("/api/compat", response_model=list[CompatOut], responses=ERRORS, tags=["collection"])
     def api_compat(model_hash: str = Query(..., pattern=MODEL_HASH, description="A model hash (8, 10, 12 or 64 hex) or sd1/sd2/sdxl.")) -> Any:
