@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tihub.errors import NotFound, TihubError
+from tihub.errors import ConfigError, NotFound, TihubError
 from tihub.hub import MAX_OFFSET, SORTS, Hub
 from tihub.web.jobs import Jobs
 
@@ -272,8 +272,11 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
         limit: int = Query(20, ge=1, le=500),
         offset: int = Query(0, ge=0, le=MAX_OFFSET),
     ) -> Any:
-        hits = hub.search(q, base=base, kind=kind, source=source, local=local, nsfw=nsfw,
-                          model_hash=model_hash or None, sort=sort, limit=limit, offset=offset)
+        try:
+            hits = hub.search(q, base=base, kind=kind, source=source, local=local, nsfw=nsfw,
+                              model_hash=model_hash or None, sort=sort, limit=limit, offset=offset)
+        except ConfigError as exc:  # an unknown source or kind: nothing of that name, as /api/sync says
+            raise NotFound(str(exc)) from None
         return [h.as_dict() for h in hits]
 
     @app.get("/api/entries/{entry}", response_model=dict[str, Any], responses=ERRORS, tags=["catalogue"])
