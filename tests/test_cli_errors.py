@@ -55,7 +55,8 @@ def test_generate_checks_everything_before_loading_a_model(ws: Path) -> None:
     for extra, words in (
         (["--sampler", "Nope"], "Unknown sampler 'Nope'"),
         (["--size", "65"], "multiple of 8"),
-        (["--schedule-type", "Polyexponential"], "Unknown schedule type"),
+        (["--schedule-type", "Sideways"], "Unknown schedule type"),
+        (["--sampler", "DPM++ 2M", "--eta", "0.5"], "eta"),
         (["--steps", "0"], "--steps"),
         (["--device", "tpu"], "--device 'tpu' is not a device"),
     ):

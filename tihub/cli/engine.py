@@ -225,7 +225,7 @@ def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: 
     size = size or given.get("size")
     cfg = cfg if cfg is not None else given.get("cfg_scale", 7.0)
     clip_skip = clip_skip if clip_skip is not None else given.get("clip_skip", 1)
-    _check_settings(steps, sampler, schedule_type, size, clip_skip, cfg)  # before the model loads
+    _check_settings(steps, sampler, schedule_type, size, clip_skip, cfg, _sampling_kwargs(sampling))  # before the model loads
     engine = _engine(ctx, model, device, dtype, config)
     if base.get("model_hash") and engine.model.hash and base["model_hash"].lower() not in (engine.model.hash, (engine.model.sha256 or "")[:8]):
         _warn([f"--from-image was made with model hash {base['model_hash']}, this model is {engine.model.hash}; images will differ."])
@@ -263,7 +263,8 @@ def generate_cmd(ctx: Context, prompt: str | None, negative: str | None, model: 
         click.echo(str(p))
 
 
-def _check_settings(steps: int, sampler: str | None, schedule_type: str | None, size: str | None, clip_skip: int, cfg: float) -> None:
+def _check_settings(steps: int, sampler: str | None, schedule_type: str | None, size: str | None, clip_skip: int, cfg: float,
+                    sampling: dict[str, Any] | None = None) -> None:
     """Refuse bad sampling settings in a fraction of a second, before a model is loaded."""
     import math
 
@@ -277,7 +278,7 @@ def _check_settings(steps: int, sampler: str | None, schedule_type: str | None, 
     from tihub.engine.samplers import DEFAULT
 
     Settings(steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg, width=w, height=h, clip_skip=clip_skip,
-             schedule_type=schedule_type or "Automatic").check()
+             schedule_type=schedule_type or "Automatic", **(sampling or {})).check()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,7 +408,7 @@ def grid_cmd(ctx: Context, name: str | None, model: str | None, x: str | None, y
     while axes and axes[-1] is None:
         axes.pop()
     # every refusal before a model loads: settings, axis values, device, model
-    _check_settings(steps, sampler, None, size, 1, cfg)
+    _check_settings(steps, sampler, schedule_type, size, 1, cfg, _sampling_kwargs(sampling))
     for axis in axes:
         if axis is not None:
             _check_axis(ctx, axis)
