@@ -141,29 +141,29 @@ def test_real_embeddings_per_app(corpus: Path, home: Path) -> None:
     (home / "sources.yaml").write_text("sources: []\n")
 
     xl = compat("--model-hash", "31e35c80fc")  # SDXL base 1.0
-    assert xl["bad-hands-5"]["status"] == "partial"
-    assert {a: v["status"] for a, v in xl["bad-hands-5"]["apps"].items()} == {
+    assert xl["bad-hands-5"]["fit"] == "partial"
+    assert {a: v["fit"] for a, v in xl["bad-hands-5"]["apps"].items()} == {
         "a1111": "wont-load", "forge": "wont-load", "comfyui": "partial", "invokeai": "wont-load", "diffusers": "partial"}
-    assert xl["SDXL-Detail"]["status"] == "same-family"
-    assert xl["Pony-ScoresNeg"]["status"] == "same-family" and "made for Pony" in xl["Pony-ScoresNeg"]["reason"]
+    assert xl["SDXL-Detail"]["fit"] == "same-family"
+    assert xl["Pony-ScoresNeg"]["fit"] == "same-family" and "made for Pony" in xl["Pony-ScoresNeg"]["reason"]
     assert xl["Pony-ScoresNeg"]["line"] == "pony"
-    assert xl["dgtlv2"]["status"] == "wont-load" and xl["T5-CharDetail_a1111_weighted"]["status"] == "wont-load"
+    assert xl["dgtlv2"]["fit"] == "wont-load" and xl["T5-CharDetail_a1111_weighted"]["fit"] == "wont-load"
     assert set(APPS) == set(xl["dgtlv2"]["apps"])
 
     refiner = compat("--model-hash", "7440042bbd")
-    assert refiner["bad-hands-5"]["status"] == "wont-load"  # was "partial" when the refiner counted as SDXL
-    assert refiner["SDXL-Detail"]["status"] == "partial"
+    assert refiner["bad-hands-5"]["fit"] == "wont-load"  # was "partial" when the refiner counted as SDXL
+    assert refiner["SDXL-Detail"]["fit"] == "partial"
 
     sd2_512 = compat("--model-hash", "88ecb78256")  # SD 2.1 512
-    assert sd2_512["dgtlv2"]["status"] == "same-family"
-    assert sd2_512["cartoonish_doll"]["status"] == "same-family" and "768-v" in sd2_512["cartoonish_doll"]["reason"]
-    assert sd2_512["bad-hands-5"]["status"] == "wont-load"
+    assert sd2_512["dgtlv2"]["fit"] == "same-family"
+    assert sd2_512["cartoonish_doll"]["fit"] == "same-family" and "768-v" in sd2_512["cartoonish_doll"]["reason"]
+    assert sd2_512["bad-hands-5"]["fit"] == "wont-load"
 
     sd1 = compat("--model-hash", "6ce0161689", "--app", "comfyui")
-    assert sd1["bad-hands-5"]["status"] == "same-family" and sd1["bad-hands-5"]["app"] == "comfyui"
-    assert sd1["SDXL-Detail"]["status"] == "partial" and "ComfyUI" in sd1["SDXL-Detail"]["reason"]
+    assert sd1["bad-hands-5"]["fit"] == "same-family" and sd1["bad-hands-5"]["app"] == "comfyui"
+    assert sd1["SDXL-Detail"]["fit"] == "partial" and "ComfyUI" in sd1["SDXL-Detail"]["reason"]
     a1111 = compat("--model-hash", "6ce0161689", "--app", "a1111")
-    assert a1111["SDXL-Detail"]["status"] == "wont-load" and "A1111 lists it as skipped" in a1111["SDXL-Detail"]["reason"]
+    assert a1111["SDXL-Detail"]["fit"] == "wont-load" and "A1111 lists it as skipped" in a1111["SDXL-Detail"]["reason"]
 
     text = CliRunner().invoke(cli, ["compat", "--offline", "--model-hash", "31e35c80fc", "bad-hands-5"]).output
     assert "per app:" in text and "A1111 wont-load" in text and "ComfyUI partial" in text

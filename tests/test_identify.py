@@ -137,7 +137,7 @@ def test_exact_duplicates_keep_their_own_names(corpus: Path, home: Path, monkeyp
         (home / "embeddings" / sub).mkdir()
         shutil.copy(corpus / rel, home / "embeddings" / sub / "bad-hands-5.pt")
 
-    rows = {r["path"]: r for r in json.loads(run("list", "--json").output)}
+    rows = {Path(r["path"]).relative_to(home / "embeddings").as_posix(): r for r in json.loads(run("list", "--json").output)}  # `path` is the full path
     a, b = rows["easynegative.safetensors"], rows["EasyNeg-copy.safetensors"]
     assert a["duplicates"] == ["EasyNeg-copy.safetensors"] and b["duplicates"] == ["easynegative.safetensors"]
     assert (a["entry"], b["entry"]) == ("easynegative", "EasyNeg-copy")  # never the other name's entry
@@ -145,10 +145,10 @@ def test_exact_duplicates_keep_their_own_names(corpus: Path, home: Path, monkeyp
     assert any("duplicate trigger name" in p for p in rows["a/bad-hands-5.pt"]["problems"])
     assert "the same bytes as EasyNeg-copy.safetensors (exact duplicate)" in run("list").output
 
-    ea = json.loads(run("show", "easynegative", "--json").output)
-    eb = json.loads(run("show", "EasyNeg-copy", "--json").output)
-    assert ea["files"][0]["local_path"].endswith("/easynegative.safetensors")
-    assert eb["files"][0]["local_path"].endswith("/EasyNeg-copy.safetensors")
+    [ea] = json.loads(run("show", "easynegative", "--json").output)  # show --json: a list
+    [eb] = json.loads(run("show", "EasyNeg-copy", "--json").output)
+    assert ea["files"][0]["path"].endswith("/easynegative.safetensors")
+    assert eb["files"][0]["path"].endswith("/EasyNeg-copy.safetensors")
     assert [d["name"] for d in ea["duplicates"]] == ["EasyNeg-copy"]
     assert [d["name"] for d in eb["duplicates"]] == ["easynegative"]
     text = run("show", "EasyNeg-copy").output
@@ -161,8 +161,8 @@ def test_exact_duplicates_keep_their_own_names(corpus: Path, home: Path, monkeyp
     assert _resolve_embedding(Context(home=str(home)), "easynegative")[0].name == "easynegative.safetensors"
     # removing one name leaves the other name's file and entry alone
     run("remove", "easynegative")
-    eb = json.loads(run("show", "EasyNeg-copy", "--json").output)
-    assert eb["files"][0]["local_path"].endswith("/EasyNeg-copy.safetensors") and eb["local"]
-    assert json.loads(run("show", "easynegative", "--json").output)["local"] is False
-    rows = {r["path"]: r for r in json.loads(run("list", "--json").output)}
+    [eb] = json.loads(run("show", "EasyNeg-copy", "--json").output)
+    assert eb["files"][0]["path"].endswith("/EasyNeg-copy.safetensors") and eb["local"]
+    assert json.loads(run("show", "easynegative", "--json").output)[0]["local"] is False
+    rows = {Path(r["path"]).relative_to(home / "embeddings").as_posix(): r for r in json.loads(run("list", "--json").output)}  # `path` is the full path
     assert rows["EasyNeg-copy.safetensors"]["duplicates"] == []
