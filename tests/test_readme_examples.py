@@ -28,6 +28,7 @@ NOT_RUN = {
     "train": "needs the reader's pictures and minutes of work",
     "demo": "is the whole tour (make demo)",
     "farm": "starts Ray workers (tests/test_farm.py runs it on a local Ray instance)",
+    "serve": "starts the web server, which has no --json (tests/test_web_*.py)",
 }
 
 
