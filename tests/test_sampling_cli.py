@@ -23,8 +23,9 @@ def test_generate_json_reports_the_plan(home, tiny_sd1_dir, tmp_path):
     code, stdout, err = run("generate", "a cat", "--model", str(tiny_sd1_dir), "--steps", "3", "--size", "64", "--seed", "12", "--batch-size", "2",
                             "--sampler", "DPM++ 2M", "--schedule-type", "Align Your Steps", "--rng", "nv", "--out", str(tmp_path / "o"), "--json")
     assert code == 0, err
-    res = json.loads(stdout)
-    (plan,) = res["plan"]
+    res, other = json.loads(stdout)  # one object per picture, each with its batch's plan
+    plan = res["plan"]
+    assert other["plan"] == plan
     assert (plan["sampler"], plan["schedule_type"], plan["schedule"], plan["rng"], plan["seeds"]) == ("DPM++ 2M", "Align Your Steps", "Align Your Steps", "nv", [12, 13])
     assert [round(s, 3) for s in plan["sigmas"]] == [14.615, 1.396, 0.029, 0.0]  # AYS resampled: its middle entry
     assert "RNG: NV" in res["infotext"] and "Schedule type: Align Your Steps" in res["infotext"]

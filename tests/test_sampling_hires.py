@@ -124,9 +124,9 @@ def test_cli_hires_options(home, tiny_sd1_dir, tmp_path):
     r = CliRunner().invoke(cli, ["generate", "a cat", "--model", str(tiny_sd1_dir), "--steps", "2", "--size", "64", "--seed", "3", "--hires-scale", "1.5",
                                  "--hires-upscaler", "lanczos", "--denoising", "0.4", "--out", str(tmp_path / "o"), "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.stderr
-    res = json.loads(r.stdout)
+    [res] = json.loads(r.stdout)  # one object per picture
     assert "Denoising strength: 0.4" in res["infotext"] and "Hires upscaler: Lanczos" in res["infotext"] and "Hires steps" not in res["infotext"]
-    assert res["plan"][0]["hires"]["upscaler"] == "Lanczos"
+    assert res["plan"]["hires"]["upscaler"] == "Lanczos"
     from PIL import Image
 
-    assert Image.open(res["files"][0]).size == (96, 96)
+    assert Image.open(res["path"]).size == (96, 96)
