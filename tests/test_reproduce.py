@@ -67,15 +67,15 @@ def test_from_image_names_each_setting_it_cannot_follow(home, tiny_sd1_dir, tmp_
     assert "Warning: 'Face restoration: CodeFormer' asks for face restoration, which tihub does not do, so the picture will differ." in lines
     assert any("4x-UltraSharp" in ln for ln in lines)
     # the LoRA tag is not part of the prompt drawn (A1111 takes it out too)
-    res = json.loads(out)
+    [res] = json.loads(out)  # one object per picture
     assert res["infotext"].startswith("a cat \nNegative prompt: blurry\n")
     # --pad-conds is written to the infotext and read back
     code, out, err = run("generate", "a cat", "--model", str(tiny_sd1_dir), "--steps", "1", "--size", "64", "--seed", "3", "--pad-conds", "--out", str(tmp_path / "o"), "--json")
-    assert code == 0 and "Pad conds: True" in json.loads(out)["infotext"]
-    first = json.loads(out)["files"][0]
+    assert code == 0 and "Pad conds: True" in json.loads(out)[0]["infotext"]
+    first = json.loads(out)[0]["path"]
     code, out, err = run("generate", "--from-image", first, "--model", str(tiny_sd1_dir), "--out", str(tmp_path / "o"), "--json")
-    assert code == 0 and err == "" and "Pad conds: True" in json.loads(out)["infotext"]
-    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(json.loads(out)["files"][0])))
+    assert code == 0 and "Warning" not in err and "Pad conds: True" in json.loads(out)[0]["infotext"]
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(json.loads(out)[0]["path"])))
 
 
 def test_reproduce_previews_library(sd1, tmp_path):
@@ -162,7 +162,7 @@ def test_verify_reproduce_against_loopback_civitai(home, wide_model, tmp_path, m
         assert code == 0, err
         code, out, err = run("verify", "model1v0", "--model", str(wide_model), "--reproduce", "--no-grid", "--json")
     assert code == 0, err
-    v = json.loads(out)
+    [v] = json.loads(out)  # verify --json: a list of one
     assert v["result"] == "ok", v["checks"]
     rep = v["reproduced"]
     assert [r["url"].rsplit("/", 1)[1] for r in rep] == ["mine.png", "other.png"]  # the SD1.5 one is another model's
