@@ -547,6 +547,7 @@ class Hub:
         out = []
         for r in report_local(items, model):
             out.append({"ok": True, "name": r["name"], "fit": r["status"], "reason": r["reason"],
-                        "path": r.get("path"), "trained_on": r.get("sd_checkpoint"), "model": model.label(),
+                        "path": str(self.workspace.embeddings_dir / r["path"]) if r.get("path") else None,
+                        "trained_on": r.get("sd_checkpoint"), "model": model.label(),
                         "apps": {a: {"fit": v["status"], "reason": v["reason"]} for a, v in (r.get("apps") or {}).items()}})
         return out

@@ -543,7 +543,8 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
         echo_json([
             item(False, r["error"], name=r["name"], fit=None, reason=None, trained_on=None, trained_on_name=None) if "error" in r
             else item(True, name=r["name"], fit=r["status"], reason=r["reason"], trained_on=r.get("sd_checkpoint"),
-                      trained_on_name=r["made_on_name"], line=r.get("line"), path=r.get("path"), source=r.get("source"),
+                      trained_on_name=r["made_on_name"], line=r.get("line"),
+                      path=str(ws.embeddings_dir / r["path"]) if r.get("path") else None, source=r.get("source"),
                       apps={a: {"fit": v["status"], "reason": v["reason"]} for a, v in r["apps"].items()},
                       **({"app": app} if app else {}))
             for r in results
