@@ -379,7 +379,16 @@ def show_item(entry: dict[str, Any]) -> dict[str, Any]:
         }
         for f in entry.get("files") or []
     ]
+    out["compat"] = [compat_item(c) for c in entry.get("compat") or []]
     return item(True, **out)
+
+
+def compat_item(c: dict[str, Any]) -> dict[str, Any]:
+    """An entry's fit on one known model with the per-app verdicts as `fit`, as `tihub compat --json`."""
+    apps = c.get("apps")
+    if not isinstance(apps, dict):
+        return c
+    return {**c, "apps": {a: {("fit" if k == "status" else k): v for k, v in (x or {}).items()} for a, x in apps.items()}}
 
 
 @click.command("show")

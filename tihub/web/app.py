@@ -287,6 +287,9 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
         e.pop("trigger", None)
         e["files"] = [{k: v for k, v in f.items() if k not in ("local_path", "sd_checkpoint", "sd_checkpoint_name")}
                       for f in e["files"]]
+        from tihub.cli.catalog import compat_item
+
+        e["compat"] = [compat_item(c) for c in e.get("compat") or []]
         return _jsonable(e)
 
     @app.get("/api/local", response_model=list[dict[str, Any]], responses=ERRORS, tags=["collection"])
