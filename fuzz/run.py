@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -42,6 +43,7 @@ def main() -> None:
     for i, seed in enumerate(seeds(name)):
         Path(corpus, f"seed-{i}").write_bytes(seed)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tracemalloc.start()  # once for the whole run: run_one resets the peak per input
 
     def one(data: bytes) -> None:
         run_one(target, data)

@@ -122,19 +122,26 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
 
 def run_one(target: Callable[[bytes], None], data: bytes, measure: bool = True) -> int:
     """Run `target` on `data`; TihubError is the expected refusal. Returns the peak bytes
-    traced (0 when not measured); raises OverBudget past `limit_for(data)`."""
+    traced (0 when not measured); raises OverBudget past `limit_for(data)`. Tracing is started
+    for the call and stopped after it, unless the caller already traces (fuzz/run.py does)."""
+    started = False
     if measure:
         if not tracemalloc.is_tracing():
             tracemalloc.start()
+            started = True
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
     try:
-        target(data)
-    except TihubError:
-        pass
-    if not measure:
-        return 0
-    peak = tracemalloc.get_traced_memory()[1] - base
+        try:
+            target(data)
+        except TihubError:
+            pass
+        if not measure:
+            return 0
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        if started:
+            tracemalloc.stop()
     if peak > limit_for(data):
         raise OverBudget(f"{target.__name__}: a {len(data)}-byte input peaked at {peak} bytes (limit {limit_for(data)})")
     return peak

@@ -90,6 +90,9 @@ def test_a_healthy_catalogue_checks_clean(good_db: Path, tmp_path: Path) -> None
     home = damaged(good_db, tmp_path, "SELECT 1")
     out = tihub(home, "db", "check", "--json")
     assert out.returncode == 0 and all(r["ok"] for r in json.loads(out.stdout))
+    fresh = tmp_path / "fresh"  # no catalogue yet: a new, healthy one
+    out = tihub(fresh, "db", "check")
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_a_database_from_a_newer_tihub_is_read_but_never_written(good_db: Path, tmp_path: Path) -> None:
@@ -109,4 +112,40 @@ def test_a_database_from_a_newer_tihub_is_read_but_never_written(good_db: Path, 
     assert check.returncode == 1 and "newer tihub" in check.stdout
     repair = tihub(home, "db", "repair")
     assert repair.returncode == 1 and "newer tihub" in repair.stderr
+    repair = tihub(home, "db", "repair", "--json")
+    answer = json.loads(repair.stdout)
+    assert repair.returncode == 1 and answer["ok"] is False and "newer tihub" in answer["error"]
     assert before  # the file was only read
+
+
+def test_a_file_that_is_not_a_database_is_one_sentence_everywhere(tmp_path: Path) -> None:
+    home = tmp_path / "ws"
+    home.mkdir()
+    (home / "catalog.db").write_bytes(bytes(range(256)) * 20)
+    for args in (("search", "x"), ("db", "check"), ("db", "repair")):
+        out = tihub(home, *args)
+        text = out.stdout + out.stderr
+        assert out.returncode == 1 and "internal error" not in text and "not a SQLite database" in text, text
+
+
+def test_postgresql_catalogues_are_checked_and_future_ones_never_written(pg_url: str) -> None:
+    from sqlalchemy import text
+
+    from tihub.catalog.db import dispose_all, open_engine, read, write
+    from tihub.catalog.health import check
+    from tihub.errors import CatalogError
+
+    engine = open_engine(pg_url)
+    assert all(f.ok for f in check(engine)), check(engine)
+    with write(engine) as conn:
+        conn.execute(text("INSERT INTO _migrations (name, applied_at) VALUES ('m999_from_the_future', 'x')"))
+    dispose_all()
+    engine = open_engine(pg_url)  # opened again: recognised as a newer tihub's catalogue
+    with read(engine) as conn:
+        assert conn.execute(text("SELECT count(*) FROM _migrations")).scalar() >= 1
+    with pytest.raises(CatalogError, match="newer tihub"):
+        with write(engine) as conn:
+            conn.execute(text("SELECT 1"))
+    bad = [f for f in check(engine) if not f.ok]
+    assert [f.check for f in bad] == ["migrations"]
+    dispose_all()

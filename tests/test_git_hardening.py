@@ -142,3 +142,5 @@ def test_a_git_https_remote_connects_to_the_checked_address(tmp_path: Path, monk
             g = gitsrc.parse_git_url(url, False, False)
         assert g.pinned == ("127.0.0.1",)
         assert f"http.curloptResolve=rebind.test:{port}:127.0.0.1" in g.config()
+        redirects = [x for x in gitsrc.Git(False, None, "r", g).config if x.startswith("http.followRedirects")]
+        assert redirects[-1] == "http.followRedirects=false"  # git applies the last one

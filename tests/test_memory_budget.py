@@ -21,7 +21,6 @@ from tihub.formats import read_embedding  # noqa: E402
 from tihub.formats.budget import EMBEDDING_BUDGET  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-BOMBS = sorted(hostile_files.memory_bombs())
 
 # Run in a fresh interpreter: read each file under tracemalloc (numpy reports its buffers to it)
 # and print name, peak bytes, the error class and message as one JSON line per file.
@@ -134,3 +133,44 @@ def test_float64_json_in_a_png_beyond_float32_is_refused_without_a_warning() -> 
         with pytest.raises(FormatError, match="beyond the float32 range"):
             read_embedding("card.png", data)
 
+
+
+def test_a_state_dict_of_shared_references_is_refused_by_tensor_shapes(tmp_path: Path) -> None:
+    """Thirty dicts, each holding the previous one twice (memo references): 2**30 key paths for a
+    reader that flattens the state dict by walking it."""
+    from tihub.formats import tensor_shapes
+
+    body = b"}q\x00"  # d0 = {} (memo 0)
+    for _ in range(30):
+        body += b"0}(" + _unicode("a") + b"h\x00" + _unicode("b") + b"h\x00" + b"uq\x00"  # POP; memo 0 = {a: prev, b: prev}
+    pkl = payload_pickle(body)
+    path = tmp_path / "dag.ckpt"
+    path.write_bytes(torch_zip([("archive/data.pkl", pkl), ("archive/version", b"3\n")]))
+    done: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            tensor_shapes(path)
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            done["exc"] = exc
+
+    import threading
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "flattening never ended"
+    assert isinstance(done.get("exc"), UnsafeFile), done
+
+
+def test_the_largest_real_embedding_card_reads_within_the_budget(tmp_path: Path) -> None:
+    """A PNG card of a 75-vector SDXL embedding (JSON floats in its text chunk): the biggest read
+    a real embedding asks for must stay inside the budget."""
+    from tihub.formats import Embedding, write_embedding
+
+    rng = np.random.default_rng(0)
+    vectors = {"clip_l": rng.standard_normal((75, 768)).astype(np.float32), "clip_g": rng.standard_normal((75, 1280)).astype(np.float32)}
+    path = tmp_path / "big.png"
+    write_embedding(Embedding("big", vectors, "f32"), path, "png")
+    emb = read_embedding(path)
+    assert np.array_equal(emb.vectors["clip_g"], vectors["clip_g"])

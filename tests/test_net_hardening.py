@@ -23,7 +23,6 @@ from tihub.sources import _http
 from tihub.sources._http import Fetcher
 from tihub.sources.links import index as links_index
 
-PUBLIC = "93.184.216.34"  # a global address: what the rebinding name answers the check
 
 
 @pytest.fixture(autouse=True)
@@ -171,28 +170,41 @@ def test_a_civitai_token_is_not_sent_to_http_civitai(hostile: HostileServer, tmp
 
 
 # -- 5. DNS rebinding -------------------------------------------------------------------------
+# Played on loopback only (no test reaches the internet): 127.0.0.1 counts as public here, and
+# 127.0.0.2, where a second server listens on the same port, is the internal target.
 
 
-def test_a_rebinding_name_never_reaches_loopback_in_a_download(hostile: HostileServer, tmp_path: Path) -> None:
-    with rebinding_resolver("rebind.test", PUBLIC, "127.0.0.1") as given:
-        with dl(tmp_path, deadline=5.0, timeout=2.0) as d:
-            r = d.fetch(Request(hostile.url("/file", host="rebind.test")))
-    assert r.status == "failed"
-    assert given[0] == PUBLIC
-    assert hostile.requests == []  # the connection went to the checked address, not the second answer
+@pytest.fixture
+def internal(hostile: HostileServer, monkeypatch: pytest.MonkeyPatch):
+    import ipaddress
+
+    import tihub.net as net
+
+    monkeypatch.setattr(net, "_is_private", lambda ip: ip == ipaddress.ip_address("127.0.0.2"))
+    srv = HostileServer(bind="127.0.0.2", port=hostile.port).start()
+    yield srv
+    srv.stop()
 
 
-def test_a_rebinding_name_never_reaches_loopback_in_sync_or_after_a_redirect(hostile: HostileServer) -> None:
-    with rebinding_resolver("rebind.test", PUBLIC, "127.0.0.1"):
-        with Fetcher(make_client(timeout=2.0), URLPolicy(), source="s", max_retries=0) as f, pytest.raises(TihubError):
-            f.get(hostile.url("/file", host="rebind.test"))
-    assert hostile.requests == []
-    with rebinding_resolver("rebind.test", PUBLIC, "127.0.0.1"):
+def test_a_rebinding_name_never_reaches_the_internal_address_in_a_download(hostile: HostileServer, internal: HostileServer, tmp_path: Path) -> None:
+    with rebinding_resolver("rebind.test", "127.0.0.1", "127.0.0.2") as given:
+        with dl(tmp_path) as d:
+            d.fetch(Request(hostile.url("/file", host="rebind.test")))
+    assert given == ["127.0.0.1"]  # one lookup, by the check
+    assert [p for p, _h in hostile.requests] == ["/file"]  # the connection went to the checked address
+    assert internal.requests == []
+
+
+def test_a_rebinding_name_never_reaches_the_internal_address_in_sync_or_after_a_redirect(hostile: HostileServer, internal: HostileServer) -> None:
+    with rebinding_resolver("rebind.test", "127.0.0.1", "127.0.0.2"):
+        with Fetcher(None, URLPolicy(), source="s", max_retries=0) as f:
+            assert f.get(hostile.url("/file", host="rebind.test")).body == b"hello"
+    with rebinding_resolver("rebind.test", "127.0.0.1", "127.0.0.2"):
         hop = hostile.url("/redirect?to=" + hostile.url("/file", host="rebind.test"))
-        with make_client(timeout=2.0) as client, pytest.raises(TihubError):
-            with stream(client, "GET", hop, policy=URLPolicy(), first_hop_trusted=True) as resp:
-                resp.read()
-    assert [p for p, _h in hostile.requests] == ["/redirect?to=" + hostile.url("/file", host="rebind.test")]
+        with make_client() as client, stream(client, "GET", hop, policy=URLPolicy(), first_hop_trusted=True) as resp:
+            assert resp.read() == b"hello"
+    assert [p for p, _h in hostile.requests] == ["/file", "/redirect?to=" + hostile.url("/file", host="rebind.test"), "/file"]
+    assert internal.requests == []
 
 
 def test_a_private_answer_is_refused_even_without_rebinding(hostile: HostileServer, tmp_path: Path) -> None:

@@ -25,6 +25,8 @@ def home(tmp_path: Path) -> Path:
     emb.mkdir(parents=True)
     (emb / "good.safetensors").write_bytes(embedding_bytes("safetensors", name="good"))
     os.mkfifo(emb / "pipe.pt")
+    # only the local source: `tihub sync` must not reach the internet
+    (tmp_path / "ws" / "sources.yaml").write_text("sources:\n  - {name: local, kind: local, path: embeddings}\n")
     return tmp_path / "ws"
 
 

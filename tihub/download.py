@@ -535,6 +535,9 @@ class Downloader:
             return Result(req, "failed", error=str(exc))
         except OSError as exc:
             return Result(req, "failed", error=f"Writing into {self.folder} failed for {req.label or req.url}: {exc.strerror or exc}.")
+        except Exception as exc:  # a bug must not end the batch and hide the files already written
+            msg = " ".join(str(exc).split())[:120].rstrip(".")
+            return Result(req, "failed", error=f"Fetching {req.label or req.url} failed unexpectedly ({type(exc).__name__}: {msg}); please report it.")
 
     def fetch_raw(self, req: Request, dest: str | os.PathLike[str]) -> Transfer:
         """Download any file to `dest` (checked, hashed, resumable, atomic) without reading it as

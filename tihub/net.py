@@ -272,8 +272,9 @@ def stream(
     for the URL itself (a URL the user typed); redirects are always checked against `policy`.
     `content` is the request body (kept across 307/308 redirects, dropped when a 301/302/303
     turns it into a GET). `deadline` (a `time.monotonic()` value; by default DEFAULT_DEADLINE_S
-    from now) bounds every socket operation of every hop, the body read inside the `with` included. An answer with a Content-Encoding
-    is refused (UnsafeURL); a malformed Location is one sentence (UnsafeURL).
+    from now) bounds every socket operation of every hop, the body read inside the `with`
+    included. An answer with a Content-Encoding is refused (UnsafeURL); a malformed Location is
+    one sentence (UnsafeURL).
     """
     current = url
     origin = url
@@ -288,11 +289,14 @@ def stream(
         hdrs = dict(headers or {})
         if auth_host_headers and same_origin(current, origin) and _may_carry_credentials(current):
             hdrs.update(auth_host_headers)
-        host = (urlsplit(current).hostname or "").lower()
+        try:
+            request = client.build_request(method, current, headers=hdrs, content=content)
+        except httpx.InvalidURL:
+            raise UnsafeURL(f"The URL {current[:200]!r} is malformed.") from None
+        host = request.url.raw_host.decode("ascii").lower()  # as the connection pool spells it (IDNA)
         token = _EXCHANGE.set(_Exchange(host, tuple(addresses) if addresses is not None else None, deadline))
         try:
             try:
-                request = client.build_request(method, current, headers=hdrs, content=content)
                 response = client.send(request, stream=True)
             except httpx.TimeoutException:
                 raise NetworkError(f"The request to {current} timed out.") from None

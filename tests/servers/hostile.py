@@ -12,7 +12,9 @@ loopback socket so it can do what a polite server library would not:
     srv.stop()
 
 `rebinding_resolver(name, first, then)` patches `socket.getaddrinfo` so `name` answers `first`
-on the first lookup and `then` on every later one: the DNS rebinding attack.
+on the first lookup and `then` on every later one: the DNS rebinding attack. Tests play it on
+loopback only: 127.0.0.1 counts as "public" and 127.0.0.2 (a second server on the same port,
+`HostileServer(bind="127.0.0.2", port=...)`) as the internal target that must see nothing.
 """
 
 from __future__ import annotations
@@ -46,13 +48,13 @@ def gzip_bomb(size: int = 4 << 30) -> bytes:
 
 
 class HostileServer:
-    def __init__(self, drip_s: float = 0.5, body: bytes = b"hello") -> None:
+    def __init__(self, drip_s: float = 0.5, body: bytes = b"hello", bind: str = "127.0.0.1", port: int = 0) -> None:
         self.drip_s = drip_s
         self.body = body
         self.requests: list[tuple[str, dict[str, str]]] = []
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind((bind, port))
         self._sock.listen(16)
         self.port = self._sock.getsockname()[1]
         self._stop = threading.Event()

@@ -150,8 +150,13 @@ _DAMAGE = ("malformed", "vtable constructor failed", "no such table", "no such c
 
 def _catalog_error(exc: BaseException, engine: Engine, writing: bool) -> CatalogError:
     message = _short(exc)
+    where = engine.url.database if is_sqlite(engine) else engine.url.render_as_string(hide_password=True)
+    if "not a database" in message.lower():
+        return CatalogError(
+            f"The catalogue {where} is not a SQLite database ({message.rstrip('.')}); restore a backup, "
+            "or move it away and run `tihub sync` to build a new one (files in embeddings/ are kept)."
+        )
     if any(m in message.lower() for m in _DAMAGE):
-        where = engine.url.database if is_sqlite(engine) else engine.url.render_as_string(hide_password=True)
         return CatalogError(
             f"The catalogue {where} is damaged or was written by another program ({message.rstrip('.')}); "
             "run `tihub db check` to see what, then `tihub db repair`."

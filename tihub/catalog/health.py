@@ -49,18 +49,24 @@ def check(engine: Engine) -> list[Finding]:
     if not is_sqlite(engine):
         findings.append(_tables_generic(engine))
         return findings
-    with _raw(engine) as conn:
-        findings.append(_integrity(conn))
-        findings.append(_tables(conn))
-        for table in FTS_TABLES:
-            findings.append(_fts(conn, table))
+    try:
+        with _raw(engine) as conn:
+            findings.append(_integrity(conn))
+            findings.append(_tables(conn))
+            for table in FTS_TABLES:
+                findings.append(_fts(conn, table))
+    except sqlite3.DatabaseError as exc:  # e.g. "file is not a database": nothing to look inside
+        findings.append(Finding("integrity", False, f"SQLite cannot open the catalogue ({_one(exc)}); {RESTORE_HINT}."))
     return findings
 
 
 def repair(engine: Engine) -> list[Finding]:
     """Rebuild the FTS indexes and their triggers where a check found them damaged; return the
     findings after the repair. A database from a newer tihub is never written."""
-    future = future_migrations(engine)
+    try:
+        future = future_migrations(engine)
+    except CatalogError:  # not even the migrations table can be read: nothing to rebuild from
+        return check(engine)
     if future:
         raise CatalogError(
             f"The catalogue was written by a newer tihub (migration {future[0]}); upgrade tihub instead of repairing it."
@@ -68,7 +74,7 @@ def repair(engine: Engine) -> list[Finding]:
     if not is_sqlite(engine):
         return check(engine)
     before = check(engine)
-    tables_ok = next(f for f in before if f.check == "tables").ok
+    tables_ok = all(f.ok for f in before if f.check in ("tables", "migrations")) and any(f.check == "tables" for f in before)
     broken = [f.check.split(":", 1)[1] for f in before if f.check.startswith("fts:") and not f.ok]
     if broken and tables_ok:
         try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from tihub.cli._common import Context, echo_json, exit_status, pass_ctx
+from tihub.errors import TihubError
 
 
 @click.group("db")
@@ -21,8 +24,12 @@ def db_cmd() -> None:
 def _engine(ctx: Context):  # type: ignore[no-untyped-def]
     from tihub.catalog.db import open_engine
 
+    from pathlib import Path
+
     ctx.workspace.ensure()
-    return open_engine(ctx.workspace.db_url, migrate=False)  # look before anything is written
+    url = ctx.workspace.db_url
+    fresh = url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists()
+    return open_engine(url, migrate=fresh)  # an existing database is looked at before anything is written
 
 
 def _show(findings: list, as_json: bool) -> None:  # type: ignore[type-arg]
@@ -40,7 +47,13 @@ def check_cmd(ctx: Context, as_json: bool) -> None:
     """Check the catalogue: exit 1 when anything is wrong, each problem in one sentence."""
     from tihub.catalog.health import check
 
-    findings = check(_engine(ctx))
+    try:
+        findings = check(_engine(ctx))
+    except TihubError as exc:
+        if not as_json:
+            raise
+        echo_json({"ok": False, "error": str(exc)})
+        sys.exit(1)
     _show(findings, as_json)
     exit_status(not all(f.ok for f in findings))
 
@@ -52,7 +65,13 @@ def repair_cmd(ctx: Context, as_json: bool) -> None:
     """Rebuild the search indexes and their triggers; say what could not be repaired."""
     from tihub.catalog.health import repair
 
-    findings = repair(_engine(ctx))
+    try:
+        findings = repair(_engine(ctx))
+    except TihubError as exc:
+        if not as_json:
+            raise
+        echo_json({"ok": False, "error": str(exc)})  # a whole-command failure, in the shared vocabulary
+        sys.exit(1)
     _show(findings, as_json)
     if not as_json and all(f.ok for f in findings):
         click.echo("The catalogue is healthy.")

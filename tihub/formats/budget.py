@@ -20,8 +20,7 @@ from tihub.errors import UnsafeFile
 
 MiB = 1024 * 1024
 EMBEDDING_BUDGET = 32 * MiB  # per embedding file (read_embedding)
-MAX_EMBEDDING_VECTORS = 75  # no real embedding has more (A1111's own limit)
-MAX_EMBEDDING_WIDTH = 4096  # T5 (recognised, then refused); CLIP encoders are 768/1024/1280
+MAX_EMBEDDING_VECTORS = 75  # no real embedding has more (A1111's own limit); widths are 768/1024/1280
 
 
 class MemoryBudget:
@@ -50,6 +49,8 @@ class MemoryBudget:
 
 
 def _size(n: int) -> str:
+    if n >= 1 << 60:
+        return "more than an exbibyte"
     if n >= 10 * MiB:
         return f"{n // MiB} MiB"
     if n >= MiB:

@@ -586,7 +586,7 @@ def tensor_shapes(path: str | os.PathLike[str], max_pickle: int = MAX_MODEL_PICK
     return out
 
 
-_MAX_FLAT_NODES = 2_000_000  # a checkpoint has ~2,500 tensors; memo references can make a DAG of 2**32 paths
+_MAX_FLAT_NODES = 200_000  # a checkpoint has ~2,500 tensors (optimizer states ~10x); memo references can make a DAG of 2**32 paths
 
 
 def _flatten(

@@ -27,12 +27,12 @@ from tihub.formats.containers import (
     read_safetensors,
     read_torch_zip,
 )
-from tihub.formats.budget import EMBEDDING_BUDGET, MemoryBudget
+from tihub.formats.budget import EMBEDDING_BUDGET, MAX_EMBEDDING_VECTORS, MemoryBudget
 from tihub.formats.model import ENCODER_BY_WIDTH, Embedding
 from tihub.formats.pickle_vm import ModuleState
 from tihub.formats.regular import open_regular
 
-MAX_VECTORS = 75
+MAX_VECTORS = MAX_EMBEDDING_VECTORS
 _basename = os.path.basename
 _POSIX = os.sep == "/" and os.altsep is None
 _S_ISDIR = stat.S_ISDIR

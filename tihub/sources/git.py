@@ -129,7 +129,7 @@ class Git:
 
     def __init__(self, allow_file: bool, deadline: float | None, source: str, remote: GitURL | None = None) -> None:
         protocols = ["http", "https", "ssh", "git"] + (["file"] if allow_file else [])
-        self.config = [*(remote.config() if remote is not None else []),
+        self.config = [
             "-c", "protocol.allow=never",
             *[x for p in protocols for x in ("-c", f"protocol.{p}.allow=always")],
             "-c", "core.hooksPath=/dev/null",
@@ -144,6 +144,7 @@ class Git:
             "-c", "filter.lfs.process=",
             "-c", "filter.lfs.required=false",
             "-c", "safe.directory=*",
+            *(remote.config() if remote is not None else []),  # last: its followRedirects=false wins
         ]
         keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "SSH_AUTH_SOCK", "SYSTEMROOT", "TMPDIR", "TEMP", "TMP")}
         keep.setdefault("PATH", os.defpath)
