@@ -354,7 +354,8 @@ def exact_overhead(engine: Any, settings: Any, batch: int, timed: Callable[..., 
     """The A1111-exact sampler path against the plain one, tihub eager, the same batch."""
     switch = exact_switch()
     if switch is None:
-        print("  A1111-exact sampling: this tree's Settings has no switch for it yet (the sampler rewrite); not measured")
+        print("  A1111-exact sampling is tihub's only sampler path (tihub/engine/sampling/): its cost is the"
+              " 'tihub eager' row against 'diffusers, same batch' above (budget: no more than 5% slower)")
         return
     plain, exact = dataclasses.replace(settings, **{switch: False}), dataclasses.replace(settings, **{switch: True})
     runs: dict[bool, list[float]] = {False: [], True: []}
