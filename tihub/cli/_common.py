@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from tihub.config import Workspace
+from tihub.shapes import checkpoint_name, item  # noqa: F401 (re-exported for the command modules)
 
 
 @dataclass
@@ -46,26 +47,6 @@ pass_ctx = click.make_pass_decorator(Context, ensure=True)
 def echo_json(obj: Any) -> None:
     """Print `obj` as JSON (UTF-8, stable key order as given)."""
     click.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
-
-
-def item(ok: bool, error: str | None = None, **facts: Any) -> dict[str, Any]:
-    """One item of a `--json` list: its facts, then `ok`, then `error` (only when not ok)."""
-    out = dict(facts)
-    out["ok"] = bool(ok)
-    if not ok:
-        out["error"] = error or "failed."
-    else:
-        out.pop("error", None)
-    return out
-
-
-def checkpoint_name(label: str | None, sd_checkpoint: str | None) -> str | None:
-    """The model name out of a "name [hash]" label (None for unknown names)."""
-    if not label:
-        return None
-    if sd_checkpoint and label.endswith(f" [{sd_checkpoint}]"):
-        label = label[: -len(sd_checkpoint) - 3]
-    return None if label in ("", "?") else label
 
 
 def fail(message: str) -> None:

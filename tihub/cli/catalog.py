@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from tihub.cli._common import Context, choice_check, echo_json, exit_status, fail, item, pass_ctx, say
+from tihub.shapes import compat_item
 
 
 def _catalog(ctx: Context):  # type: ignore[no-untyped-def]
@@ -381,14 +382,6 @@ def show_item(entry: dict[str, Any]) -> dict[str, Any]:
     ]
     out["compat"] = [compat_item(c) for c in entry.get("compat") or []]
     return item(True, **out)
-
-
-def compat_item(c: dict[str, Any]) -> dict[str, Any]:
-    """An entry's fit on one known model with the per-app verdicts as `fit`, as `tihub compat --json`."""
-    apps = c.get("apps")
-    if not isinstance(apps, dict):
-        return c
-    return {**c, "apps": {a: {("fit" if k == "status" else k): v for k, v in (x or {}).items()} for a, x in apps.items()}}
 
 
 @click.command("show")

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from tihub.cli._common import Context, checkpoint_name, echo_json, exit_status, fail, item, pass_ctx, say
+from tihub.shapes import list_item
 
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -324,16 +325,6 @@ def list_cmd(ctx: Context, offline: bool, as_json: bool) -> None:
         click.echo(safe_text(n))
     where = "the catalogue or on Civitai" if url and not offline else "the catalogue"
     click.echo(f"{len(rows)} file(s), {problems} problem(s), {unknown} matching nothing in {where}.")
-
-
-def list_item(folder: Path, row: dict[str, Any]) -> dict[str, Any]:
-    """A `tihub list` row in the JSON vocabulary: `path` on disk, `trained_on` hash and name."""
-    out = {k: v for k, v in row.items() if k not in ("sd_checkpoint", "sd_checkpoint_name", "trained_on")}
-    out["path"] = str(folder / row["path"])
-    out["trained_on"] = row.get("sd_checkpoint")
-    out["trained_on_name"] = checkpoint_name(row.get("trained_on"), row.get("sd_checkpoint")) or row.get("sd_checkpoint_name")
-    problems = row.get("problems") or []
-    return item(not problems, "; ".join(problems), **out)
 
 
 # ------------------------------------------------------------------------------------ remove

@@ -287,7 +287,7 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
         e.pop("trigger", None)
         e["files"] = [{k: v for k, v in f.items() if k not in ("local_path", "sd_checkpoint", "sd_checkpoint_name")}
                       for f in e["files"]]
-        from tihub.cli.catalog import compat_item
+        from tihub.shapes import compat_item
 
         e["compat"] = [compat_item(c) for c in e.get("compat") or []]
         return _jsonable(e)
@@ -295,7 +295,7 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
     @app.get("/api/local", response_model=list[dict[str, Any]], responses=ERRORS, tags=["collection"])
     def api_local() -> Any:
         """The files in embeddings/, as `tihub list --json`."""
-        from tihub.cli.collection import list_item  # the one mapping of a list row to the JSON vocabulary
+        from tihub.shapes import list_item  # the one mapping of a list row to the JSON vocabulary
 
         folder = hub.workspace.embeddings_dir
         return _jsonable([list_item(folder, {k: v for k, v in r.items() if k != "ok"}) for r in hub.local()])
