@@ -125,6 +125,14 @@ def m016_record_indexes(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_previews_file ON previews (file_id, model_hash)"))
 
 
+def m016_pg_fast_fold(conn: Connection) -> None:
+    """On PostgreSQL: `tihub_fold` only lower-cases ASCII text (the same answer, faster ingest)."""
+    from tihub.catalog.search_pg import FOLD_DDL
+
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(FOLD_DDL))
+
+
 def m005_substring_search(conn: Connection) -> None:
     """On SQLite: a suffix index over names and trigger words (substring search, see
     `schema.SUB_DDL`) and a case-blind name index (exact names first). Everywhere: entries without a kind get the one
@@ -187,4 +195,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m016_pg_wide_integers", m016_pg_wide_integers),
     ("m016_pg_search", m016_pg_search),
     ("m016_record_indexes", m016_record_indexes),
+    ("m016_pg_fast_fold", m016_pg_fast_fold),
 ]

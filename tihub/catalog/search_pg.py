@@ -46,11 +46,16 @@ _ROW_OF = """SELECT n.id,
         tihub_fold(n.name)
     FROM {src} n JOIN sources s ON s.id = n.source_id"""
 
+# Case- and accent-folded text (the Python `fold` below does the same to the query). ASCII text
+# (as many bytes as characters) is only lower-cased: NFKD leaves it as it is and it holds no
+# combining marks, so the answer is the same, at a third of the cost of a whole ingest's folds.
+FOLD_DDL = r"""CREATE OR REPLACE FUNCTION tihub_fold(t text) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE WHEN octet_length(t) = char_length(t) THEN lower(t)
+                ELSE lower(regexp_replace(normalize(coalesce(t, ''), NFKD), '[\u0300-\u036f]', '', 'g')) END"""
+
 DDL = [
     "CREATE EXTENSION IF NOT EXISTS pg_trgm",
-    # Case- and accent-folded text (the Python `fold` below does the same to the query).
-    r"""CREATE OR REPLACE FUNCTION tihub_fold(t text) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
-        RETURN lower(regexp_replace(normalize(coalesce(t, ''), NFKD), '[\u0300-\u036f]', '', 'g'))""",
+    FOLD_DDL,
     """CREATE TABLE IF NOT EXISTS entries_search (
         id INTEGER PRIMARY KEY REFERENCES entries (id) ON DELETE CASCADE,
         doc tsvector NOT NULL,        -- every searchable word, weighted by field

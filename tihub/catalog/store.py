@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, select, text
+from sqlalchemy import ARRAY, Connection, Engine, any_, bindparam, func, select, text
 
 from tihub.catalog import schema as S
 from tihub.catalog import search_pg
@@ -284,13 +284,19 @@ class Catalog(SearchMixin):
         files_by_id: dict[int, dict[str, Any]] = {}
         fkeys = ["id", "sha256", *_FILE_META]
 
+        pg = conn.dialect.name == "postgresql"
+
         def load_files(col: str, values: list[Any]) -> None:
-            for chunk in _chunks(values):
+            # PostgreSQL takes the whole list as one array parameter; the others IN lists of CHUNK
+            for chunk in [values] if pg and values else _chunks(values):
                 if raw is not None:
                     rows_ = raw.execute(
                         f"SELECT {', '.join(fkeys)} FROM files WHERE {col} IN ({', '.join('?' * len(chunk))})",
                         tuple(chunk),
                     ).fetchall()
+                elif pg:
+                    arg = bindparam("v", chunk, type_=ARRAY(F.c[col].type))
+                    rows_ = conn.execute(select(*fcols).where(F.c[col] == any_(arg))).tuples().all()
                 else:
                     rows_ = conn.execute(select(*fcols).where(F.c[col].in_(chunk))).tuples().all()
                 for row in rows_:
@@ -414,41 +420,49 @@ class Catalog(SearchMixin):
                 ).fetchall():
                     if sha in new_files:
                         new_files[sha]["id"] = fid
+            elif conn.dialect.name == "postgresql":  # ids drawn up front, then one COPY
+                _insert_many(conn, F, _with_new_ids(conn, F, list(new_files.values())))
             else:
                 conn.execute(F.insert(), list(new_files.values()))
                 for chunk in _chunks(list(new_files)):
                     for fid, sha in conn.execute(select(F.c.id, F.c.sha256).where(F.c.sha256.in_(chunk))):
                         new_files[sha]["id"] = fid
-        for row in new_nosha:
-            row["id"] = _insert_id(conn, F, **row)
+        if new_nosha and conn.dialect.name == "postgresql":
+            _insert_many(conn, F, _with_new_ids(conn, F, new_nosha))
+        else:
+            for row in new_nosha:
+                row["id"] = _insert_id(conn, F, **row)
         result.files_new = len(new_files) + len(new_nosha)
         if changed_files:
-            conn.execute(
-                F.update().where(F.c.id == bindparam("_id")).values({k: bindparam(k) for k in _FILE_META}),
-                [{"_id": fid, **{k: v[k] for k in _FILE_META}} for fid, v in changed_files.items()],
-            )
+            _update_many(conn, F, [{"_id": fid, **{k: v[k] for k in _FILE_META}} for fid, v in changed_files.items()],
+                         {"_id": "id"}, _FILE_META)
 
         # -- entries
         ids: dict[str, int] = {rid: row[0] for rid, row in existing.items()}
         if new_entries:
             max_before = conn.execute(text("SELECT COALESCE(MAX(id), 0) FROM entries")).scalar() or 0
-            if is_sqlite(self.engine) and len(new_entries) >= BULK_FTS_MIN:
-                _bulk_insert_entries(conn, new_entries, sid, max_before)
+            if conn.dialect.name == "postgresql":
+                # ids drawn up front, then one COPY: the search rows are built by one
+                # statement-level trigger call over all of them
+                _insert_many(conn, E, _with_new_ids(conn, E, new_entries))
+                got = [(row["id"], row["remote_id"]) for row in new_entries]
             else:
-                _insert_many(conn, E, new_entries)
-            if is_sqlite(self.engine):
-                got = conn.connection.driver_connection.execute(  # type: ignore[union-attr]
-                    "SELECT id, remote_id FROM entries WHERE id > ? ORDER BY id", (max_before,)
-                ).fetchall()
-            else:
-                got = conn.execute(select(E.c.id, E.c.remote_id).where(E.c.source_id == sid, E.c.id > max_before)).all()
+                if is_sqlite(self.engine) and len(new_entries) >= BULK_FTS_MIN:
+                    _bulk_insert_entries(conn, new_entries, sid, max_before)
+                else:
+                    _insert_many(conn, E, new_entries)
+                if is_sqlite(self.engine):
+                    got = conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+                        "SELECT id, remote_id FROM entries WHERE id > ? ORDER BY id", (max_before,)
+                    ).fetchall()
+                else:
+                    got = conn.execute(
+                        select(E.c.id, E.c.remote_id).where(E.c.source_id == sid, E.c.id > max_before)
+                    ).all()
             for eid, rid in got:
                 ids[rid] = eid
         if changed_entries:
-            conn.execute(
-                E.update().where(E.c.id == bindparam("_id")).values({k: bindparam(k) for k in _ENTRY_FIELDS}),
-                changed_entries,
-            )
+            _update_many(conn, E, changed_entries, {"_id": "id"}, _ENTRY_FIELDS)
 
         # -- links
         add_links: list[dict[str, Any]] = []
@@ -482,24 +496,14 @@ class Catalog(SearchMixin):
                 touched.add(rid)
         if add_links:
             _insert_many(conn, EF, add_links)
+        link_keys = {"_e": "entry_id", "_f": "file_id"}
         if upd_links:
-            conn.execute(
-                EF.update()
-                .where(EF.c.entry_id == bindparam("_e"), EF.c.file_id == bindparam("_f"))
-                .values(url=bindparam("url"), manual=bindparam("manual")),
-                upd_links,
-            )
+            _update_many(conn, EF, upd_links, link_keys, ("url", "manual"))
         if del_links:
-            conn.execute(
-                EF.delete().where(EF.c.entry_id == bindparam("_e"), EF.c.file_id == bindparam("_f")), del_links
-            )
+            _delete_many(conn, EF, del_links, link_keys)
         if own_links:  # local sources: each entry's own copy (duplicates keep their own paths)
-            conn.execute(
-                EF.update()
-                .where(EF.c.entry_id == bindparam("_e"), EF.c.file_id == bindparam("_f"))
-                .values(local_path=bindparam("_p")),
-                own_links,
-            )
+            _update_many(conn, EF, [{"_e": r["_e"], "_f": r["_f"], "local_path": r["_p"]} for r in own_links],
+                         link_keys, ("local_path",))
 
         # -- a file now measured: entries of other sources linked to it learn their base
         measured = [
@@ -543,7 +547,7 @@ class Catalog(SearchMixin):
                     if rid in existing:
                         touched.add(rid)
             if add_prev:
-                conn.execute(S.previews.insert(), add_prev)
+                _insert_many(conn, S.previews, add_prev)
             # a source's pictures of a re-listed entry are what it lists now (commit-pinned URLs
             # move with each commit); grids and other records without a kind stay
             stale = [
@@ -577,7 +581,7 @@ class Catalog(SearchMixin):
                 if rid not in cands and rid not in keep_ids and row[-1] is None
             ]
             if gone:
-                conn.execute(E.update().where(E.c.id == bindparam("_id")).values(removed_at=t), gone)
+                _update_many(conn, E, [{"_id": g["_id"], "removed_at": t} for g in gone], {"_id": "id"}, ("removed_at",))
                 if spec.kind == "local":
                     # the file left the folder: it is no longer on disk at that path
                     present = {cf.local_path for c in cands.values() for cf in c.files if cf.local_path}
@@ -600,6 +604,9 @@ class Catalog(SearchMixin):
             conn.execute(
                 E.update().where(E.c.source_id == sid, E.c.removed_at.is_(None), E.c.last_seen != t).values(last_seen=t)
             )
+        elif seen_ids and conn.dialect.name == "postgresql":
+            _update_many(conn, E, [{"_id": i, "last_seen": t} for i in seen_ids], {"_id": "id"}, ("last_seen",),
+                         changed_only=True)
         elif seen_ids:
             conn.execute(
                 E.update().where(E.c.id == bindparam("_id"), E.c.last_seen != t).values(last_seen=t),
@@ -1013,16 +1020,82 @@ def _insert_id(conn: Connection, table: Any, **values: Any) -> int:
 
 
 def _insert_many(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
-    """executemany of same-keyed dict rows; on SQLite straight through the driver."""
+    """Insert same-keyed dict rows: on SQLite an executemany straight through the driver; on
+    PostgreSQL one COPY (one round trip, and statement-level triggers fire once, not per row)."""
     if not rows:
         return
+    cols = list(rows[0])
+    get = operator.itemgetter(*cols)
     if conn.dialect.name == "sqlite":
-        cols = list(rows[0])
         sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        get = operator.itemgetter(*cols)
         conn.connection.driver_connection.executemany(sql, [get(r) for r in rows])  # type: ignore[union-attr]
+    elif conn.dialect.name == "postgresql":
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row(get(r) if len(cols) > 1 else (get(r),))
     else:
         conn.execute(table.insert(), rows)
+
+
+def _with_new_ids(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """PostgreSQL: give the rows, in order, the next ids of the table's sequence (one block of
+    len(rows), reserved in one statement), so that they can be COPYed and their ids are known
+    without reading them back. Every tihub writer holds the write lock, so no other session
+    draws from the sequence between the nextval and the setval."""
+    seq = f"pg_get_serial_sequence('{table.name}', 'id')"
+    last = int(conn.execute(text(f"SELECT setval({seq}, nextval({seq}) + :n - 1)"), {"n": len(rows)}).scalar_one())
+    for new_id, row in enumerate(rows, start=last - len(rows) + 1):
+        row["id"] = new_id
+    return rows
+
+
+def _pg_arrays(conn: Connection, table: Any, rows: list[dict[str, Any]], params: Mapping[str, str]) -> tuple[str, list[Any]]:
+    """`unnest(%s::type[], ...) AS u (col, ...)` over the rows' `params` (param -> column), and its
+    arguments: many rows as one relation in one statement."""
+    casts = ", ".join(f"%s::{table.c[col].type.compile(dialect=conn.dialect)}[]" for col in params.values())
+    names = ", ".join(params.values())
+    return f"unnest({casts}) AS u ({names})", [[r[p] for r in rows] for p in params]
+
+
+def _update_many(
+    conn: Connection,
+    table: Any,
+    rows: list[dict[str, Any]],
+    keys: Mapping[str, str],
+    sets: Iterable[str],
+    *,
+    changed_only: bool = False,
+) -> None:
+    """UPDATE `table` from dict rows: `keys` maps a row's key parameters to the columns that pick
+    the row, `sets` are the columns set (row keys of the same name). On PostgreSQL one statement
+    over the rows as arrays (`changed_only`: rows already holding the values are not rewritten);
+    elsewhere an executemany."""
+    if not rows:
+        return
+    sets = list(sets)
+    if conn.dialect.name == "postgresql":
+        rel, args = _pg_arrays(conn, table, rows, {**keys, **{c: c for c in sets}})
+        where = " AND ".join(f"t.{col} = u.{col}" for col in keys.values())
+        if changed_only:
+            where += " AND (" + " OR ".join(f"t.{c} IS DISTINCT FROM u.{c}" for c in sets) + ")"
+        sql = f"UPDATE {table.name} t SET {', '.join(f'{c} = u.{c}' for c in sets)} FROM {rel} WHERE {where}"
+        conn.connection.driver_connection.execute(sql, args)  # type: ignore[union-attr]
+        return
+    cond = [table.c[col] == bindparam(p) for p, col in keys.items()]
+    conn.execute(table.update().where(*cond).values({c: bindparam(c) for c in sets}), rows)
+
+
+def _delete_many(conn: Connection, table: Any, rows: list[dict[str, Any]], keys: Mapping[str, str]) -> None:
+    """DELETE the rows of `table` whose `keys` columns (param -> column) hold a row's values."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        rel, args = _pg_arrays(conn, table, rows, keys)
+        where = " AND ".join(f"t.{col} = u.{col}" for col in keys.values())
+        conn.connection.driver_connection.execute(f"DELETE FROM {table.name} t USING {rel} WHERE {where}", args)  # type: ignore[union-attr]
+        return
+    conn.execute(table.delete().where(*[table.c[col] == bindparam(p) for p, col in keys.items()]), rows)
 
 
 def _bulk_insert_entries(conn: Connection, rows: list[dict[str, Any]], sid: int, max_before: int) -> None:
