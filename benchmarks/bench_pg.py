@@ -224,7 +224,8 @@ def main() -> None:
             print(f"  {eng:<10} syncs {rate:9,.0f} entries/s in all   searches under load: "
                   f"p50 {med(lat):7.2f} ms  p95 {pct(lat, 95):7.2f} ms  ({len(lat)} searches)", flush=True)
         (rs, ls), (rp, lp) = clients["sqlite"], clients["postgresql"]
-        print(f"  ratio SQLite/PostgreSQL sync rate {rs / rp:.2f}x; PostgreSQL/SQLite search p95 {pct(lp, 95) / pct(ls, 95):.2f}x")
+        print(f"  ratio SQLite/PostgreSQL sync rate {rs / rp:.2f}x; "
+              f"PostgreSQL/SQLite search p95 {pct(lp, 95) / pct(ls, 95):.2f}x")
     finally:
         server.stop()
         for f in tmp.iterdir():

@@ -133,6 +133,17 @@ def m016_pg_fast_fold(conn: Connection) -> None:
         conn.execute(text(FOLD_DDL))
 
 
+def m016_pg_words(conn: Connection) -> None:
+    """On PostgreSQL: the search index reads words as SQLite's tokenizer does (punctuation splits
+    words: "entry-14", "SD 1.5" and a trigger "<easy-neg>" were read otherwise); every entry is
+    indexed again."""
+    from tihub.catalog.search_pg import REINDEX_DDL
+
+    if conn.dialect.name == "postgresql":
+        for ddl in REINDEX_DDL:
+            conn.execute(text(ddl))
+
+
 def m005_substring_search(conn: Connection) -> None:
     """On SQLite: a suffix index over names and trigger words (substring search, see
     `schema.SUB_DDL`) and a case-blind name index (exact names first). Everywhere: entries without a kind get the one
@@ -196,4 +207,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m016_pg_search", m016_pg_search),
     ("m016_record_indexes", m016_record_indexes),
     ("m016_pg_fast_fold", m016_pg_fast_fold),
+    ("m016_pg_words", m016_pg_words),
 ]

@@ -33,15 +33,18 @@ BOUND = 200  # candidates looked at per way of matching, when a limit is given (
 SUBSTRING_MIN = 3  # pg_trgm needs three characters to use its index
 ANALYZE_AFTER = 5000  # new entries in one ingest after which the planner's statistics are refreshed
 
-# The search row of the entries in a transition table (or NEW), as a SELECT over `n`.
+# The search row of the entries in a transition table (or NEW), as a SELECT over `n`. The words
+# are those of `tihub_words` (folded, punctuation as spaces), as SQLite's unicode61 tokenizer
+# splits them: PostgreSQL's own parser would read "entry-14" as "entry" and "-14", "SD 1.5" as
+# "sd" and "1.5", and drop a trigger "<easy-neg>" as an XML tag.
 _ROW_OF = """SELECT n.id,
-        setweight(to_tsvector('simple'::regconfig, tihub_fold(n.name)), 'A')
-        || setweight(to_tsvector('simple'::regconfig, tihub_fold(n.triggers)), 'A')
-        || setweight(to_tsvector('simple'::regconfig, tihub_fold(n.title)), 'B')
-        || setweight(to_tsvector('simple'::regconfig, tihub_fold(n.tags)), 'C')
-        || setweight(to_tsvector('simple'::regconfig, tihub_fold(s.name)), 'C')
-        || setweight(to_tsvector('simple'::regconfig, tihub_fold(n.description)), 'D'),
-        to_tsvector('simple'::regconfig, tihub_fold(concat_ws(' ', n.name, n.triggers, n.title))),
+        setweight(to_tsvector('simple'::regconfig, tihub_words(n.name)), 'A')
+        || setweight(to_tsvector('simple'::regconfig, tihub_words(n.triggers)), 'A')
+        || setweight(to_tsvector('simple'::regconfig, tihub_words(n.title)), 'B')
+        || setweight(to_tsvector('simple'::regconfig, tihub_words(n.tags)), 'C')
+        || setweight(to_tsvector('simple'::regconfig, tihub_words(s.name)), 'C')
+        || setweight(to_tsvector('simple'::regconfig, tihub_words(n.description)), 'D'),
+        to_tsvector('simple'::regconfig, tihub_words(concat_ws(' ', n.name, n.triggers, n.title))),
         tihub_fold(concat_ws(' ', n.name, regexp_replace(coalesce(n.triggers, ''), '"[^"]*"\s*:', ' ', 'g'))),
         tihub_fold(n.name)
     FROM {src} n JOIN sources s ON s.id = n.source_id"""
@@ -53,21 +56,13 @@ FOLD_DDL = r"""CREATE OR REPLACE FUNCTION tihub_fold(t text) RETURNS text LANGUA
     RETURN CASE WHEN octet_length(t) = char_length(t) THEN lower(t)
                 ELSE lower(regexp_replace(normalize(coalesce(t, ''), NFKD), '[\u0300-\u036f]', '', 'g')) END"""
 
-DDL = [
-    "CREATE EXTENSION IF NOT EXISTS pg_trgm",
-    FOLD_DDL,
-    """CREATE TABLE IF NOT EXISTS entries_search (
-        id INTEGER PRIMARY KEY REFERENCES entries (id) ON DELETE CASCADE,
-        doc tsvector NOT NULL,        -- every searchable word, weighted by field
-        names tsvector NOT NULL,      -- the words of name, triggers and title (prefix matches)
-        names_text TEXT NOT NULL,     -- folded name and trigger words (pg_trgm substrings)
-        name_key TEXT NOT NULL        -- the folded name (exact matches)
-    )""",
-    "CREATE INDEX IF NOT EXISTS ix_entries_search_doc ON entries_search USING gin (doc)",
-    "CREATE INDEX IF NOT EXISTS ix_entries_search_names ON entries_search USING gin (names)",
-    "CREATE INDEX IF NOT EXISTS ix_entries_search_trgm ON entries_search USING gin (names_text gin_trgm_ops)",
-    "CREATE INDEX IF NOT EXISTS ix_entries_search_key ON entries_search (name_key)",
-    # New entries: one statement-level trigger per INSERT statement (an ingest's batches).
+# The words of a text for to_tsvector: folded, every run of punctuation a space.
+WORDS_DDL = r"""CREATE OR REPLACE FUNCTION tihub_words(t text) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN regexp_replace(tihub_fold(t), '[[:punct:]]+', ' ', 'g')"""
+
+# The triggers that keep `entries_search` in step with `entries`.
+TRIGGER_DDL = [
+    # New entries: one statement-level trigger per INSERT or COPY statement (an ingest's rows).
     f"""CREATE OR REPLACE FUNCTION tihub_entries_search_ins() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         INSERT INTO entries_search (id, doc, names, names_text, name_key) {_ROW_OF.format(src="new_rows")};
@@ -87,10 +82,36 @@ DDL = [
     "DROP TRIGGER IF EXISTS entries_search_upd ON entries",
     "CREATE TRIGGER entries_search_upd AFTER UPDATE OF name, triggers, title, description, tags, source_id "
     "ON entries FOR EACH ROW EXECUTE FUNCTION tihub_entries_search_upd()",
-    # Entries already there (a catalogue that was on PostgreSQL before this migration).
-    f"INSERT INTO entries_search (id, doc, names, names_text, name_key) {_ROW_OF.format(src='entries')} "
-    "ON CONFLICT (id) DO NOTHING",
 ]
+
+# The search rows of every entry not indexed yet.
+BACKFILL = (
+    f"INSERT INTO entries_search (id, doc, names, names_text, name_key) {_ROW_OF.format(src='entries')} "
+    "ON CONFLICT (id) DO NOTHING"
+)
+
+DDL = [
+    "CREATE EXTENSION IF NOT EXISTS pg_trgm",
+    FOLD_DDL,
+    WORDS_DDL,
+    """CREATE TABLE IF NOT EXISTS entries_search (
+        id INTEGER PRIMARY KEY REFERENCES entries (id) ON DELETE CASCADE,
+        doc tsvector NOT NULL,        -- every searchable word, weighted by field
+        names tsvector NOT NULL,      -- the words of name, triggers and title (prefix matches)
+        names_text TEXT NOT NULL,     -- folded name and trigger words (pg_trgm substrings)
+        name_key TEXT NOT NULL        -- the folded name (exact matches)
+    )""",
+    "CREATE INDEX IF NOT EXISTS ix_entries_search_doc ON entries_search USING gin (doc)",
+    "CREATE INDEX IF NOT EXISTS ix_entries_search_names ON entries_search USING gin (names)",
+    "CREATE INDEX IF NOT EXISTS ix_entries_search_trgm ON entries_search USING gin (names_text gin_trgm_ops)",
+    "CREATE INDEX IF NOT EXISTS ix_entries_search_key ON entries_search (name_key)",
+    *TRIGGER_DDL,
+    # Entries already there (a catalogue that was on PostgreSQL before this migration).
+    BACKFILL,
+]
+
+# Re-index every entry with the words of `tihub_words` (a catalogue indexed before it).
+REINDEX_DDL = [FOLD_DDL, WORDS_DDL, *TRIGGER_DDL, "TRUNCATE entries_search", BACKFILL]
 
 
 def fold(s: str) -> str:

@@ -420,14 +420,14 @@ class Catalog(SearchMixin):
                 ).fetchall():
                     if sha in new_files:
                         new_files[sha]["id"] = fid
-            elif conn.dialect.name == "postgresql":  # ids drawn up front, then one COPY
+            elif pg:  # ids drawn up front, then one COPY
                 _insert_many(conn, F, _with_new_ids(conn, F, list(new_files.values())))
             else:
                 conn.execute(F.insert(), list(new_files.values()))
                 for chunk in _chunks(list(new_files)):
                     for fid, sha in conn.execute(select(F.c.id, F.c.sha256).where(F.c.sha256.in_(chunk))):
                         new_files[sha]["id"] = fid
-        if new_nosha and conn.dialect.name == "postgresql":
+        if new_nosha and pg:
             _insert_many(conn, F, _with_new_ids(conn, F, new_nosha))
         else:
             for row in new_nosha:
@@ -440,13 +440,13 @@ class Catalog(SearchMixin):
         # -- entries
         ids: dict[str, int] = {rid: row[0] for rid, row in existing.items()}
         if new_entries:
-            max_before = conn.execute(text("SELECT COALESCE(MAX(id), 0) FROM entries")).scalar() or 0
-            if conn.dialect.name == "postgresql":
+            if pg:
                 # ids drawn up front, then one COPY: the search rows are built by one
                 # statement-level trigger call over all of them
                 _insert_many(conn, E, _with_new_ids(conn, E, new_entries))
                 got = [(row["id"], row["remote_id"]) for row in new_entries]
             else:
+                max_before = conn.execute(text("SELECT COALESCE(MAX(id), 0) FROM entries")).scalar() or 0
                 if is_sqlite(self.engine) and len(new_entries) >= BULK_FTS_MIN:
                     _bulk_insert_entries(conn, new_entries, sid, max_before)
                 else:
@@ -604,7 +604,7 @@ class Catalog(SearchMixin):
             conn.execute(
                 E.update().where(E.c.source_id == sid, E.c.removed_at.is_(None), E.c.last_seen != t).values(last_seen=t)
             )
-        elif seen_ids and conn.dialect.name == "postgresql":
+        elif seen_ids and pg:
             _update_many(conn, E, [{"_id": i, "last_seen": t} for i in seen_ids], {"_id": "id"}, ("last_seen",),
                          changed_only=True)
         elif seen_ids:
@@ -612,7 +612,7 @@ class Catalog(SearchMixin):
                 E.update().where(E.c.id == bindparam("_id"), E.c.last_seen != t).values(last_seen=t),
                 [{"_id": i} for i in seen_ids],
             )
-        if conn.dialect.name == "postgresql":
+        if pg:
             search_pg.after_ingest(conn, len(new_entries))
         result.total = int(
             conn.execute(
@@ -1050,7 +1050,9 @@ def _with_new_ids(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> l
     return rows
 
 
-def _pg_arrays(conn: Connection, table: Any, rows: list[dict[str, Any]], params: Mapping[str, str]) -> tuple[str, list[Any]]:
+def _pg_arrays(
+    conn: Connection, table: Any, rows: list[dict[str, Any]], params: Mapping[str, str]
+) -> tuple[str, list[Any]]:
     """`unnest(%s::type[], ...) AS u (col, ...)` over the rows' `params` (param -> column), and its
     arguments: many rows as one relation in one statement."""
     casts = ", ".join(f"%s::{table.c[col].type.compile(dialect=conn.dialect)}[]" for col in params.values())
@@ -1093,7 +1095,8 @@ def _delete_many(conn: Connection, table: Any, rows: list[dict[str, Any]], keys:
     if conn.dialect.name == "postgresql":
         rel, args = _pg_arrays(conn, table, rows, keys)
         where = " AND ".join(f"t.{col} = u.{col}" for col in keys.values())
-        conn.connection.driver_connection.execute(f"DELETE FROM {table.name} t USING {rel} WHERE {where}", args)  # type: ignore[union-attr]
+        sql = f"DELETE FROM {table.name} t USING {rel} WHERE {where}"
+        conn.connection.driver_connection.execute(sql, args)  # type: ignore[union-attr]
         return
     conn.execute(table.delete().where(*[table.c[col] == bindparam(p) for p, col in keys.items()]), rows)
 
