@@ -36,18 +36,18 @@ ANALYZE_AFTER = 5000  # new entries in one ingest after which the planner's stat
 # The search row of the entries in a transition table (or NEW), as a SELECT over `n`. The words
 # are those of `tihub_words` (folded, punctuation as spaces), as SQLite's unicode61 tokenizer
 # splits them: PostgreSQL's own parser would read "entry-14" as "entry" and "-14", "SD 1.5" as
-# "sd" and "1.5", and drop a trigger "<easy-neg>" as an XML tag.
-_ROW_OF = """SELECT n.id,
+# "sd" and "1.5", and drop a trigger "<easy-neg>" as an XML tag. `names` is the part of `doc` that
+# comes from name, triggers and title (weights A and B; the same words at the same positions).
+_ROW_OF = """SELECT n.id, d.doc, ts_filter(d.doc, '{{a,b}}'),
+        tihub_fold(concat_ws(' ', n.name, regexp_replace(coalesce(n.triggers, ''), '"[^"]*"\s*:', ' ', 'g'))),
+        tihub_fold(n.name)
+    FROM {src} n JOIN sources s ON s.id = n.source_id, LATERAL (SELECT
         setweight(to_tsvector('simple'::regconfig, tihub_words(n.name)), 'A')
         || setweight(to_tsvector('simple'::regconfig, tihub_words(n.triggers)), 'A')
         || setweight(to_tsvector('simple'::regconfig, tihub_words(n.title)), 'B')
         || setweight(to_tsvector('simple'::regconfig, tihub_words(n.tags)), 'C')
         || setweight(to_tsvector('simple'::regconfig, tihub_words(s.name)), 'C')
-        || setweight(to_tsvector('simple'::regconfig, tihub_words(n.description)), 'D'),
-        to_tsvector('simple'::regconfig, tihub_words(concat_ws(' ', n.name, n.triggers, n.title))),
-        tihub_fold(concat_ws(' ', n.name, regexp_replace(coalesce(n.triggers, ''), '"[^"]*"\s*:', ' ', 'g'))),
-        tihub_fold(n.name)
-    FROM {src} n JOIN sources s ON s.id = n.source_id"""
+        || setweight(to_tsvector('simple'::regconfig, tihub_words(n.description)), 'D') AS doc OFFSET 0) d"""
 
 # Case- and accent-folded text (the Python `fold` below does the same to the query). ASCII text
 # (as many bytes as characters) is only lower-cased: NFKD leaves it as it is and it holds no
