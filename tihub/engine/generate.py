@@ -189,6 +189,7 @@ class Engine:
         #    over model calls, each schedule encoded as one batch; images never padded together
         conds = BatchConds.build(enc, prompts, negatives, steps, pad_conds=settings.pad_conds)
         used = conds.used
+        plan.chunks = conds.plan()  # the chunk layout, per image (generate --json)
         conds_at = conds.conds_at
 
         # 3. noise: per-image generators (A1111's gpu / cpu / nv sources)
