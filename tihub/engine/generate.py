@@ -62,6 +62,11 @@ class Settings:
     s_noise: float = 1.0
     hires: Hires | None = None  # A1111's "Hires. fix": a second pass at a larger size
     pad_conds: bool = False  # A1111's "Pad conds": pad prompt and negative to one chunk count
+    # A1111's variation seeds (tihub.engine.sampling.rng): the variation seed (-1: random, drawn
+    # once), its strength (0: off) and "Seed resize from" (width, height) in pixels
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from: tuple[int, int] | str | None = None
 
     def randomness(self) -> Randomness:
         return Randomness(rng=self.rng, ensd=self.ensd, eta=self.eta, s_churn=self.s_churn, s_tmin=self.s_tmin, s_tmax=self.s_tmax, s_noise=self.s_noise)
@@ -78,6 +83,13 @@ class Settings:
         r = self.randomness()
         r.check(self.sampler)
         self.rng = r.rng
+        self.subseed_strength = float(self.subseed_strength or 0.0)
+        if not 0.0 <= self.subseed_strength <= 1.0:
+            raise ConfigError(f"Variation seed strength {self.subseed_strength:g} is out of range; use 0 (off) to 1.")
+        if self.subseed_strength and (self.subseed is None or int(self.subseed) < 0):
+            self.subseed = resolve_seed(-1)  # drawn once, so every image of a grid shares it
+        self.subseed = -1 if self.subseed is None else int(self.subseed)
+        self.seed_resize_from = parse_seed_resize(self.seed_resize_from)
         if self.hires is not None:
             self.hires.check()
             self.hires.target(self.width, self.height)
@@ -108,6 +120,25 @@ def parse_size(size: str | int | None, default: int = 512) -> tuple[int, int]:
         raise ConfigError(f"Size '{size}' is not WxH or N; use e.g. 512x768 or 512.")
     w = int(m.group(1))
     return w, int(m.group(2) or w)
+
+
+def parse_seed_resize(value: tuple[int, int] | list[int] | str | None) -> tuple[int, int] | None:
+    """A1111's "Seed resize from" as (width, height) in pixels; None when off (0 or absent)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(-?\d+)\s*[x×]\s*(-?\d+)\s*", value)
+        if not m:
+            raise ConfigError(f"Seed resize size '{value}' is not WxH; use e.g. 512x768.")
+        value = (int(m.group(1)), int(m.group(2)))
+    w, h = (int(v) for v in value)
+    if w < 0 or h < 0 or w > 8192 or h > 8192:
+        raise ConfigError(f"Seed resize size {w}x{h} is out of range; use 8 to 8192 pixels a side (0 0 turns it off).")
+    if w == 0 or h == 0:
+        return None
+    if w < 8 or h < 8:
+        raise ConfigError(f"Seed resize size {w}x{h} is smaller than one latent cell; use at least 8x8.")
+    return w, h
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -163,12 +194,13 @@ class Engine:
         settings.check()
         return make_plan(settings.sampler, settings.schedule_type, settings.steps, self.model_schedule(), self.model.family, seeds, settings.randomness())
 
-    def run(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings) -> tuple[list[Any], list[list[str]]]:
-        """Images for parallel lists of prompts/negatives/seeds, as one batch."""
-        latents, used = self.sample(prompts, negatives, seeds, settings)
+    def run(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings, subseeds: list[int] | None = None) -> tuple[list[Any], list[list[str]]]:
+        """Images for parallel lists of prompts/negatives/seeds, as one batch (`subseeds`: each
+        image's variation seed; default: `settings.subseed` for every image, as lone images)."""
+        latents, used = self.sample(prompts, negatives, seeds, settings, subseeds)
         return self.decode(latents), used
 
-    def sample(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings) -> tuple[Any, list[list[str]]]:
+    def sample(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings, subseeds: list[int] | None = None) -> tuple[Any, list[list[str]]]:
         """Final latents (float32) for parallel lists of prompts/negatives/seeds; `self.plan` says
         what ran."""
         import torch
@@ -192,10 +224,20 @@ class Engine:
         plan.chunks = conds.plan()  # the chunk layout, per image (generate --json)
         conds_at = conds.conds_at
 
-        # 3. noise: per-image generators (A1111's gpu / cpu / nv sources)
+        # 3. noise: per-image generators (A1111's gpu / cpu / nv sources), variation seeds
         device = self.model.device
         shape = (pipe.unet.config.in_channels, settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor)
-        noise = ImageNoise(settings.rng, seeds, shape, device, settings.ensd)
+        if subseeds is None:
+            subseeds = [settings.subseed] * n
+        variation = {"subseeds": list(subseeds), "subseed_strength": settings.subseed_strength, "seed_resize_from": settings.seed_resize_from}
+
+        def image_noise(latent_shape: tuple[int, ...]) -> ImageNoise:
+            return ImageNoise(settings.rng, seeds, latent_shape, device, settings.ensd, subseeds=subseeds,
+                              subseed_strength=settings.subseed_strength, seed_resize=settings.seed_resize_from)
+
+        noise = image_noise(shape)
+        if settings.subseed_strength or settings.seed_resize_from:
+            plan.variation = variation
 
         # 4. denoise: the planned sampler through the guided UNet
         from tihub.engine.sampling import model_schedule
@@ -224,7 +266,7 @@ class Engine:
                 init = self.encode([self._upscale_image(img, hires, width, height) for img in self.decode(latents)])
             second = make_plan(settings.sampler, settings.schedule_type, hires.steps or settings.steps, self.model_schedule(), family, seeds, settings.randomness(), denoising=hires.denoising)
             final = conds.conds_at(steps - 1)
-            noise2 = ImageNoise(settings.rng, seeds, (shape[0], height // pipe.vae_scale_factor, width // pipe.vae_scale_factor), device, settings.ensd)
+            noise2 = image_noise((shape[0], height // pipe.vae_scale_factor, width // pipe.vae_scale_factor))
             with torch.inference_mode(), batch_invariant(pipe.unet, device=device):
                 latents = run_plan(second, denoiser_for(second, lambda _i: final, width, height), noise2, init=init.to(device=device, dtype=torch.float32), on_step=self.on_step)
             plan.hires = {**hires.to_json(settings.width, settings.height), "plan": second.to_json()}
@@ -280,7 +322,8 @@ class Engine:
 
     # -- infotext ---------------------------------------------------------------------------
 
-    def infotext(self, prompt: str, negative: str, seed: int, settings: Settings, used: list[str], extra: dict[str, Any] | None = None) -> str:
+    def infotext(self, prompt: str, negative: str, seed: int, settings: Settings, used: list[str], extra: dict[str, Any] | None = None,
+                 subseed: int | None = None) -> str:
         hashes = {}
         for name in used:
             sha = self.vocabulary.sha256(name)
@@ -298,6 +341,10 @@ class Engine:
             "Size": f"{settings.width}x{settings.height}",
             "Model hash": self.model.hash,
             "Model": self.model.name,
+            # A1111's variation keys: the image's variation seed and the strength while it is on
+            "Variation seed": (settings.subseed if subseed is None else subseed) if settings.subseed_strength else None,
+            "Variation seed strength": str(float(settings.subseed_strength)) if settings.subseed_strength else None,
+            "Seed resize from": "{}x{}".format(*settings.seed_resize_from) if settings.seed_resize_from else None,
             "Clip skip": settings.clip_skip if settings.clip_skip > 1 else None,
             **plan.infotext(),  # Schedule type, Eta, Sigma churn ..., ENSD, RNG as A1111 writes them
             **(settings.hires.infotext() if settings.hires else {}),
@@ -336,6 +383,9 @@ class Engine:
         s_noise: float = 1.0,
         hires: Hires | None = None,
         pad_conds: bool = False,
+        subseed: int | None = -1,
+        subseed_strength: float = 0.0,
+        seed_resize_from: tuple[int, int] | str | None = None,
     ) -> Result:
         if batch_size < 1 or batch_count < 1:
             raise ConfigError("--batch-size and --batch-count must be at least 1.")
@@ -344,19 +394,25 @@ class Engine:
         settings = Settings(
             steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg_scale, width=w, height=h, clip_skip=clip_skip, schedule_type=schedule_type or "Automatic",
             rng=rng, ensd=ensd, eta=eta, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, hires=hires, pad_conds=pad_conds,
+            subseed=-1 if subseed is None else subseed, subseed_strength=subseed_strength, seed_resize_from=seed_resize_from,
         )
         settings.check()
         first = resolve_seed(seed)
+        # A1111: image x of the job has seed + x, or, with a variation strength, the seed itself
+        # and variation seed + x
+        step = 0 if settings.subseed_strength else 1
         result = Result([], [], [])
         for batch in range(batch_count):
-            seeds = [(first + batch * batch_size + i) & MAX_SEED for i in range(batch_size)]
-            images, used = self.run([prompt] * batch_size, [negative_prompt] * batch_size, seeds, settings)
+            index = [batch * batch_size + i for i in range(batch_size)]
+            seeds = [(first + x * step) & MAX_SEED for x in index]
+            subseeds = [(settings.subseed + x) & MAX_SEED for x in index]
+            images, used = self.run([prompt] * batch_size, [negative_prompt] * batch_size, seeds, settings, subseeds)
             if self.plan is not None:
                 result.plans.append(self.plan)
-            for img, s, u in zip(images, seeds, used, strict=True):
+            for img, s, sub, u in zip(images, seeds, subseeds, used, strict=True):
                 result.images.append(img)
                 result.seeds.append(s)
-                result.infotexts.append(self.infotext(prompt, negative_prompt, s, settings, u))
+                result.infotexts.append(self.infotext(prompt, negative_prompt, s, settings, u, subseed=sub))
                 for name in u:
                     if name not in result.used:
                         result.used.append(name)
@@ -455,6 +511,9 @@ def generate(
     s_noise: float = 1.0,
     hires: Hires | None = None,
     pad_conds: bool = False,
+    subseed: int | None = -1,
+    subseed_strength: float = 0.0,
+    seed_resize_from: tuple[int, int] | str | None = None,
 ) -> Result:
     """Generate images in one call.
 
@@ -498,4 +557,7 @@ def generate(
         s_noise=s_noise,
         hires=hires,
         pad_conds=pad_conds,
+        subseed=subseed,
+        subseed_strength=subseed_strength,
+        seed_resize_from=seed_resize_from,
     )
