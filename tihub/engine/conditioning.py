@@ -504,8 +504,10 @@ class BatchConds:
         self._last: tuple[Any, CallConds] | None = None
 
     @classmethod
-    def build(cls, encoder: PromptEncoder, prompts: list[str], negatives: list[str], calls: int, pad_conds: bool = False) -> BatchConds:
-        """Encode the prompts of a batch for a run of `calls` model calls.
+    def build(cls, encoder: PromptEncoder, prompts: list[str], negatives: list[str], calls: int, pad_conds: bool = False,
+              first_pass: int | None = None) -> BatchConds:
+        """Encode the prompts of a batch for a run of `calls` model calls (`first_pass`: this is
+        the hires pass, after a first pass of that many model calls; see `prompt_schedule`).
 
         As in A1111's get_multicond_learned_conditioning: each prompt is split at AND, each
         distinct part (and each distinct negative) gets its editing schedule over `calls`, and
@@ -519,7 +521,7 @@ class BatchConds:
         def schedule(text: str, negative: bool) -> tuple[list[Scheduled], list[str]]:
             key = (text, negative and encoder.family == "sdxl" and text == "")
             if key not in cache:
-                entries = prompt_schedule(text, calls)
+                entries = prompt_schedule(text, calls, first_pass)
                 conds, toks = encoder.encode_batch([t for _, t in entries])
                 if key[1]:
                     conds = [Cond(c.hidden * 0, c.pooled * 0 if c.pooled is not None else None) for c in conds]

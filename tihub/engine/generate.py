@@ -71,6 +71,18 @@ class Settings:
     def randomness(self) -> Randomness:
         return Randomness(rng=self.rng, ensd=self.ensd, eta=self.eta, s_churn=self.s_churn, s_tmin=self.s_tmin, s_tmax=self.s_tmax, s_noise=self.s_noise)
 
+    def randomness_for(self, sampler: str) -> Randomness:
+        """The randomness settings a (hires) sampler takes; A1111 passes a sampler only its own
+        options, so the others go back to their defaults."""
+        r = self.randomness()
+        spec = SAMPLERS[sampler]
+        if spec.eta is None:
+            r.eta = None
+        for key, default in (("s_churn", 0.0), ("s_tmin", 0.0), ("s_tmax", 0.0), ("s_noise", 1.0)):
+            if key not in spec.extra:
+                setattr(r, key, default)
+        return r
+
     def check(self) -> None:
         if self.width % 8 or self.height % 8 or self.width < 8 or self.height < 8:
             raise ConfigError(f"Size {self.width}x{self.height} is not a multiple of 8; use e.g. {max(8, self.width // 8 * 8)}x{max(8, self.height // 8 * 8)}.")
@@ -93,6 +105,8 @@ class Settings:
         if self.hires is not None:
             self.hires.check()
             self.hires.target(self.width, self.height)
+            sampler2, kind2, _ = self.hires.pass_settings(self.sampler, self.schedule_type, self.cfg_scale)
+            check_schedule_type(sampler2, kind2)
 
 
 @dataclass
@@ -194,13 +208,19 @@ class Engine:
         settings.check()
         return make_plan(settings.sampler, settings.schedule_type, settings.steps, self.model_schedule(), self.model.family, seeds, settings.randomness())
 
-    def run(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings, subseeds: list[int] | None = None) -> tuple[list[Any], list[list[str]]]:
-        """Images for parallel lists of prompts/negatives/seeds, as one batch (`subseeds`: each
-        image's variation seed; default: `settings.subseed` for every image, as lone images)."""
-        latents, used = self.sample(prompts, negatives, seeds, settings, subseeds)
+    def run(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings, subseeds: list[int] | None = None,
+            a1111_batch: bool = False) -> tuple[list[Any], list[list[str]]]:
+        """Images for parallel lists of prompts/negatives/seeds, computed as one batch.
+
+        `subseeds`: each image's variation seed (default: `settings.subseed` for every image).
+        `a1111_batch`: the images are one A1111 batch (generate's --batch-size), which shares one
+        thing in A1111: the VAE posterior draws of an image-space hires upscaler; otherwise each
+        image is drawn as A1111 draws it alone (grid cells)."""
+        latents, used = self.sample(prompts, negatives, seeds, settings, subseeds, a1111_batch)
         return self.decode(latents), used
 
-    def sample(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings, subseeds: list[int] | None = None) -> tuple[Any, list[list[str]]]:
+    def sample(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings, subseeds: list[int] | None = None,
+               a1111_batch: bool = False) -> tuple[Any, list[list[str]]]:
         """Final latents (float32) for parallel lists of prompts/negatives/seeds; `self.plan` says
         what ran."""
         import torch
@@ -242,18 +262,19 @@ class Engine:
         # 4. denoise: the planned sampler through the guided UNet
         from tihub.engine.sampling import model_schedule
 
-        def denoiser_for(p: Plan, conds: Any, width: int, height: int) -> Denoiser:
+        def denoiser_for(p: Plan, conds: Any, width: int, height: int, cfg_scale: float = settings.cfg_scale) -> Denoiser:
             time_ids = None
             if family == "sdxl":  # SDXL's size conditioning: original size, crop (0, 0), target size
                 time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
             lcm = SAMPLERS[p.sampler].algorithm == "lcm"
-            return Denoiser(pipe.unet, model_schedule(p.sampler, self.model_schedule()), self.model.prediction, conds, settings.cfg_scale, time_ids, lcm=lcm)
+            return Denoiser(pipe.unet, model_schedule(p.sampler, self.model_schedule()), self.model.prediction, conds, cfg_scale, time_ids, lcm=lcm)
 
         # batch_invariant: on CPU an image is the same alone or in a grid, to the pixel
         with torch.inference_mode(), batch_invariant(pipe.unet, device=device):
             latents = run_plan(plan, denoiser_for(plan, conds_at, settings.width, settings.height), noise, on_step=self.on_step)
 
-        # 5. hires fix: upscale, then A1111's img2img pass with each prompt's final text
+        # 5. hires fix: upscale, then A1111's img2img pass with its own sampler, schedule type,
+        #    CFG scale and prompts where given, and the prompts' editing schedules over this pass
         hires = settings.hires
         if hires is not None:
             from tihub.engine.sampling import make_plan
@@ -263,12 +284,24 @@ class Engine:
             if hires.upscaler in LATENT_MODES:
                 init = upscale_latents(latents, hires.upscaler, width, height)
             else:
-                init = self.encode([self._upscale_image(img, hires, width, height) for img in self.decode(latents)])
-            second = make_plan(settings.sampler, settings.schedule_type, hires.steps or settings.steps, self.model_schedule(), family, seeds, settings.randomness(), denoising=hires.denoising)
-            final = conds.conds_at(steps - 1)
+                # A1111 samples the VAE posterior from torch's global CPU generator, which its
+                # gpu/cpu sources left seeded with the batch's last seed (see `encode`)
+                draws = None
+                if settings.rng in ("gpu", "cpu"):
+                    draws = [(seeds[-1], i) for i in range(n)] if a1111_batch else [(s, 0) for s in seeds]
+                init = self.encode([self._upscale_image(img, hires, width, height) for img in self.decode(latents)], draws)
+            sampler2, kind2, cfg2 = hires.pass_settings(settings.sampler, settings.schedule_type, settings.cfg_scale)
+            second = make_plan(sampler2, kind2, hires.steps or settings.steps, self.model_schedule(), family, seeds,
+                               settings.randomness_for(sampler2), denoising=hires.denoising)
+            # A1111: the hires prompts' schedules run over this pass's model calls, counted on
+            # from the first pass's (prompts.prompt_schedule)
+            conds2 = BatchConds.build(enc, [hires.prompt or p for p in prompts], [hires.negative_prompt or q for q in negatives],
+                                      (hires.steps or settings.steps) * second.calls_per_step, pad_conds=settings.pad_conds, first_pass=steps)
+            second.chunks = conds2.plan()
             noise2 = image_noise((shape[0], height // pipe.vae_scale_factor, width // pipe.vae_scale_factor))
             with torch.inference_mode(), batch_invariant(pipe.unet, device=device):
-                latents = run_plan(second, denoiser_for(second, lambda _i: final, width, height), noise2, init=init.to(device=device, dtype=torch.float32), on_step=self.on_step)
+                latents = run_plan(second, denoiser_for(second, conds2.conds_at, width, height, cfg2), noise2,
+                                   init=init.to(device=device, dtype=torch.float32), on_step=self.on_step)
             plan.hires = {**hires.to_json(settings.width, settings.height), "plan": second.to_json()}
         self.plan = plan
         return latents, used
@@ -283,18 +316,36 @@ class Engine:
             model = self._upscalers[hires.upscaler]
         return upscale_image(image, hires.upscaler, width, height, model)
 
-    def encode(self, images: list[Any]) -> Any:
-        """Latents of PIL images: each encoded alone, the VAE posterior's mean."""
+    def encode(self, images: list[Any], draws: list[tuple[int, int]] | None = None) -> Any:
+        """Latents of PIL images, each encoded alone.
+
+        `draws`: per image (seed, k): the VAE posterior is sampled as A1111 samples it, mean + std
+        * the k-th [1, C, h, w] draw of torch's CPU generator seeded with `seed` (A1111 draws it
+        from torch's global CPU generator, which ImageRNG leaves seeded with the batch's last seed
+        under its GPU and CPU sources); None: the posterior mean (the NV source, under which
+        A1111's global generator is in whatever state the process left it)."""
         import numpy as np
         import torch
 
         vae = self.model.pipe.vae
         out = []
+        generators: dict[int, tuple[Any, int]] = {}
         with torch.inference_mode():
-            for image in images:
+            for i, image in enumerate(images):
                 x = torch.from_numpy(np.moveaxis(np.asarray(image, dtype=np.float32) / 255.0, 2, 0))[None] * 2 - 1
-                z = vae.encode(x.to(device=vae.device, dtype=vae.dtype)).latent_dist.mean
-                out.append(z[0].float() * vae.config.scaling_factor)
+                posterior = vae.encode(x.to(device=vae.device, dtype=vae.dtype)).latent_dist
+                z = posterior.mean.float()
+                if draws is not None:
+                    seed, k = draws[i]
+                    g, done = generators.get(seed, (None, 0))
+                    if g is None or done > k:
+                        g, done = torch.Generator("cpu").manual_seed(int(seed)), 0
+                    for _ in range(k - done):  # the draws of the images before this one
+                        torch.randn(tuple(z.shape), generator=g)
+                    eps = torch.randn(tuple(z.shape), generator=g)
+                    generators[seed] = (g, k + 1)
+                    z = z + posterior.std.float() * eps.to(z.device)
+                out.append(z[0] * vae.config.scaling_factor)
         return torch.stack(out)
 
     def decode(self, latents: Any) -> list[Any]:
@@ -347,7 +398,7 @@ class Engine:
             "Seed resize from": "{}x{}".format(*settings.seed_resize_from) if settings.seed_resize_from else None,
             "Clip skip": settings.clip_skip if settings.clip_skip > 1 else None,
             **plan.infotext(),  # Schedule type, Eta, Sigma churn ..., ENSD, RNG as A1111 writes them
-            **(settings.hires.infotext() if settings.hires else {}),
+            **(settings.hires.infotext(settings.sampler, settings.schedule_type, settings.cfg_scale, prompt, negative) if settings.hires else {}),
             "TI hashes": ti_hashes_value(hashes),
             "Pad conds": True if settings.pad_conds else None,
             "Version": f"tihub {__version__}",
@@ -406,7 +457,7 @@ class Engine:
             index = [batch * batch_size + i for i in range(batch_size)]
             seeds = [(first + x * step) & MAX_SEED for x in index]
             subseeds = [(settings.subseed + x) & MAX_SEED for x in index]
-            images, used = self.run([prompt] * batch_size, [negative_prompt] * batch_size, seeds, settings, subseeds)
+            images, used = self.run([prompt] * batch_size, [negative_prompt] * batch_size, seeds, settings, subseeds, a1111_batch=True)
             if self.plan is not None:
                 result.plans.append(self.plan)
             for img, s, sub, u in zip(images, seeds, subseeds, used, strict=True):

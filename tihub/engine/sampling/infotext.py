@@ -23,11 +23,6 @@ NOT_FOLLOWED = {
     "Discard penultimate sigma": "dropping the next-to-last sigma for every sampler",
     "NGMS": "negative guidance minimum sigma",
     "SGM noise multiplier": "the SGM noise multiplier",
-    "Hires sampler": "a separate hires sampler",
-    "Hires schedule type": "a separate hires schedule type",
-    "Hires prompt": "a separate hires prompt",
-    "Hires negative prompt": "a separate hires negative prompt",
-    "Hires CFG Scale": "a separate hires CFG scale",
 }
 
 
@@ -85,9 +80,14 @@ def read_sampling(parameters: dict[str, str]) -> tuple[dict[str, Any], list[str]
             steps=int(_number(steps, "Hires steps")),
             denoising=_number(parameters.get("Denoising strength", "0.7"), "Denoising strength"),
             upscaler=upscaler,
+            sampler=parameters.get("Hires sampler"),
+            schedule_type=parameters.get("Hires schedule type"),
+            cfg_scale=_number(parameters["Hires CFG Scale"], "Hires CFG Scale") if "Hires CFG Scale" in parameters else None,
+            prompt=parameters.get("Hires prompt", ""),
+            negative_prompt=parameters.get("Hires negative prompt", ""),
         )
     for key, what in NOT_FOLLOWED.items():
-        if key in parameters and not (key == "Hires schedule type" and parameters[key] == parameters.get("Schedule type")):
+        if key in parameters:
             warnings.append(f"The image uses {what} ({key}: {parameters[key]}), which tihub does not follow; the image will differ.")
     if "Hires resize" in parameters and "hires" in out:
         # a target size is a scale when both sides grow by the same factor
