@@ -253,3 +253,23 @@ def test_generate_plan_reports_where_the_comma_backtrack_cut(engine):
     assert tok.layout(tok.tokenize("z " * 80))["cuts"] == ["full", "end"]
     assert tok.layout(tok.tokenize("a cat BREAK a hat")) | {"ends_with": None} == {
         "chunks": 2, "chunk_tokens": [2, 2], "boundaries": [2], "cuts": ["BREAK", "end"], "ends_with": None}
+
+
+def test_an_embedding_only_in_the_hires_prompt_is_used_and_hashed(engine):
+    from tihub.engine.sampling.hires import Hires
+
+    write_emb(engine.vocabulary.folder / "octo.safetensors", vec(2, seed=4))
+    r = engine.generate("a cat", steps=1, size=64, seed=2, hires=Hires(scale=1.5, steps=1, denoising=0.5, prompt="a octo cat"))
+    assert r.used == ["octo"] and "TI hashes: \"octo: " in r.infotexts[0]
+    texts = r.plans[0].hires["plan"]["chunks"][0]["parts"][0]["texts"]
+    assert texts[0]["ends_with"] == ["a octo cat"]
+
+
+def test_sdxl_plan_names_both_encoders(tiny_sdxl_dir, tmp_path):
+    from tihub.engine.models import load_model
+
+    eng = engine_on(load_model(tiny_sdxl_dir, device="cpu"), tmp_path)
+    bc = BatchConds.build(eng.encoder(), ["y " * 70 + ", aa bb cc dd ee"], [""], 2)
+    (img,) = bc.plan()
+    assert img["encoders"] == ["clip_l", "clip_g"]
+    assert img["parts"][0]["texts"][0]["chunk_tokens"] == [71, 5] and img["parts"][0]["texts"][0]["cuts"] == ["comma", "end"]

@@ -249,7 +249,6 @@ class Engine:
         shape = (pipe.unet.config.in_channels, settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor)
         if subseeds is None:
             subseeds = [settings.subseed] * n
-        variation = {"subseeds": list(subseeds), "subseed_strength": settings.subseed_strength, "seed_resize_from": settings.seed_resize_from}
 
         def image_noise(latent_shape: tuple[int, ...]) -> ImageNoise:
             return ImageNoise(settings.rng, seeds, latent_shape, device, settings.ensd, subseeds=subseeds,
@@ -257,7 +256,7 @@ class Engine:
 
         noise = image_noise(shape)
         if settings.subseed_strength or settings.seed_resize_from:
-            plan.variation = variation
+            plan.variation = {"subseeds": list(subseeds), "subseed_strength": settings.subseed_strength, "seed_resize_from": settings.seed_resize_from}
 
         # 4. denoise: the planned sampler through the guided UNet
         from tihub.engine.sampling import model_schedule
@@ -298,6 +297,7 @@ class Engine:
             conds2 = BatchConds.build(enc, [hires.prompt or p for p in prompts], [hires.negative_prompt or q for q in negatives],
                                       (hires.steps or settings.steps) * second.calls_per_step, pad_conds=settings.pad_conds, first_pass=steps)
             second.chunks = conds2.plan()
+            used = [list(dict.fromkeys(a + b)) for a, b in zip(used, conds2.used, strict=True)]  # hires-only embeddings too
             noise2 = image_noise((shape[0], height // pipe.vae_scale_factor, width // pipe.vae_scale_factor))
             with torch.inference_mode(), batch_invariant(pipe.unet, device=device):
                 latents = run_plan(second, denoiser_for(second, conds2.conds_at, width, height, cfg2), noise2,
