@@ -177,7 +177,12 @@ def search_ids(
             branches.append(f"(SELECT x.id FROM entries_search x WHERE {subs} LIMIT :bound)")
         named_all = " AND ".join(f"x.names @@ to_tsquery('simple', :n{i})" for i in range(len(words)))
         branches.append(f"(SELECT x.id FROM entries_search x WHERE {named_all} LIMIT :bound)")
-        branches.append(f"({every} LIMIT :bound)")
+        # One word: its whole-word matches anywhere (its prefix and substring matches are the
+        # branches above). The OR of all three would be estimated by the prefix's default
+        # selectivity (2% of the table), and a LIMIT over that estimate picks a table scan
+        # that reads every row when the word is rare.
+        anywhere = "SELECT x.id FROM entries_search x WHERE x.doc @@ to_tsquery('simple', :t0)"
+        branches.append(f"({anywhere if len(words) == 1 else every} LIMIT :bound)")
         p["ids"] = [r[0] for r in conn.execute(text(" UNION ".join(branches)), p)]
         ids = [r[0] for r in conn.execute(text(ranked), p)] if p["ids"] else []
         if len(ids) >= limit or not where or len(p["ids"]) < p["bound"]:
