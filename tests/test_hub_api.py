@@ -328,3 +328,15 @@ def test_sync_tells_each_source_as_it_starts(home: Path) -> None:
     assert [h.name for h in Hub(home).search("mine")] == ["mine"]
     with pytest.raises(ConfigError):
         Hub(home).sync(["nosuch"])
+
+
+def test_fold_sampling_turns_hires_fix_on_with_a1111_defaults() -> None:
+    pytest.importorskip("torch")
+    from tihub.runs import fold_sampling
+
+    out = fold_sampling({"rng": "cpu", "hires_scale": None, "hires_cfg_scale": 5.0, "hires_prompt": "sharp"})
+    assert out["rng"] == "cpu" and not any(k.startswith("hires_") for k in out)
+    hires = out["hires"]
+    assert (hires.scale, hires.steps, hires.denoising, hires.upscaler, hires.cfg_scale, hires.prompt, hires.sampler) == \
+        (2.0, 0, 0.7, "Latent", 5.0, "sharp", None)
+    assert fold_sampling({"rng": "gpu", "hires_scale": None, "denoising": None}) == {"rng": "gpu"}
