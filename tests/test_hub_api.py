@@ -340,3 +340,18 @@ def test_fold_sampling_turns_hires_fix_on_with_a1111_defaults() -> None:
     assert (hires.scale, hires.steps, hires.denoising, hires.upscaler, hires.cfg_scale, hires.prompt, hires.sampler) == \
         (2.0, 0, 0.7, "Latent", 5.0, "sharp", None)
     assert fold_sampling({"rng": "gpu", "hires_scale": None, "denoising": None}) == {"rng": "gpu"}
+
+
+def test_inspect_and_hash_models(home: Path, tmp_path: Path, tiny_sd1_dir: Path) -> None:
+    from fileserver import embedding_bytes
+
+    f = tmp_path / "one.pt"
+    f.write_bytes(embedding_bytes("a1111", name="one"))
+    hub = Hub(home)
+    good, missing = hub.inspect([f, tmp_path / "nothing.pt"])
+    assert good["ok"] and good["name"] == "one" and good["vectors"] >= 1 and not missing["ok"] and "does not exist" in missing["error"]
+    assert hub.inspect(f) == _cli_json("inspect", str(f))
+    rows, errors = hub.hash_models([tiny_sd1_dir, tmp_path / "nowhere"])
+    [row] = rows
+    assert row["folder"] and len(row["autov2"]) == 10 and errors and "does not exist" in errors[0][1]
+    assert hub.model(row["autov2"]).name == Path(tiny_sd1_dir).name  # recorded: a known model now

@@ -14,7 +14,7 @@ calls the same methods. So the decisions live here (or in the library modules th
 download cannot be fetched, which catalogue rows a search returns, how a model argument is
 resolved, how a training run is set up and what it reports.
 
-The verbs: catalogue `sources`, `init_sources`, `sync`, `search`, `facets`, `entry`, `show`,
+The verbs: files `inspect`, `hash_models`; catalogue `sources`, `init_sources`, `sync`, `search`, `facets`, `entry`, `show`,
 `similar`, `dupes`, `outdated`; collection `local`, `fetch`, `fetch_many`, `upgrade`,
 `import_files`, `remove`, `export`, `judge`/`compat`; engine `prompt`, `generate`, `grid`,
 `verify`, `train`. Results are dataclasses (or `--json`-shaped dicts) whose `as_dict()` is the
@@ -28,6 +28,7 @@ torch nor the catalogue.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -370,6 +371,38 @@ class Hub:
         if not path.is_file():
             raise NotFound(f"The {kind} picture {value} is gone from disk.")
         return thumbnail(self.workspace, {"path": str(path)}, size=1024)
+
+    # ------------------------------------------------------------------ files
+
+    def inspect(self, paths: str | Path | list[str | Path]) -> list[dict[str, Any]]:
+        """What embedding files are (files, or every embedding file under folders), read safely
+        without the catalogue: the `tihub inspect --json` items; a bad file is a failed item."""
+        from tihub.inspection import inspect_paths
+
+        return inspect_paths([str(p) for p in ([paths] if isinstance(paths, str | Path) else paths)])
+
+    def hash_models(self, paths: str | Path | list[str | Path], *, use_cache: bool = True,
+                    jobs: int = 1) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """Every hash (sha256, AutoV2, A1111 old hash, short hash), family and text-encoder widths
+        of model files and diffusers folders (folders are searched for them), through the
+        workspace's hash cache (`use_cache`, `jobs` files at once). Each model hashed is recorded
+        as a known model, so `judge(model_hash=...)` can name it. Returns (`tihub hash` rows,
+        (path, error sentence) pairs)."""
+        from tihub.hashing import EMPTY_SHA256, HashCache
+        from tihub.inspection import hash_models
+
+        wanted = [str(p) for p in ([paths] if isinstance(paths, str | Path) else paths)]
+        rows, errors = hash_models(wanted, HashCache(self.catalog.engine, jobs=jobs) if use_cache else None)
+        for row in rows:  # recorded in the catalogue's `models` table
+            name = os.path.basename(os.path.normpath(row["path"]))
+            if not row.get("folder"):
+                name = os.path.splitext(name)[0]
+            self.catalog.add_model(
+                name=name, sha256=row["sha256"], autov2=row["autov2"],
+                old_hash=None if row["old_hash"] == EMPTY_SHA256[:8] else row["old_hash"],  # every file <= 1 MiB shares it
+                family=row["family"], widths=row["widths"], origin="hashed", path=os.path.abspath(row["path"]),
+            )
+        return rows, errors
 
     # ------------------------------------------------------------------ the collection
 
