@@ -2,7 +2,7 @@
 
 On the tiny SD1 model in fp32, 4 steps at 64px: for every A1111 sampler x schedule type the sigmas
 are equal and the final latents within 1e-4 relative L2 (SDE samplers with A1111's Brownian
-seeding); for every sampler and model source (diffusers folders with PNDM and Euler configs, a
+seeding; UniPC against the update rules of test_sampling_unipc); for every sampler and model source (diffusers folders with PNDM and Euler configs, a
 single file whose config says "leading" spacing, an in-memory pipeline) the same through `Engine`.
 The full matrices (test_sampling_parity_matrix.py, a file of their own so `make test` runs them
 beside this one) are marked slow; a handful runs always.
@@ -33,7 +33,7 @@ TOLERANCE = 1e-4
 SCHEDULED = [n for n, s in SAMPLERS.items() if not s.timesteps and s.algorithm not in ("dpm_fast", "dpm_adaptive")]
 MATRIX = [(n, k) for n in SCHEDULED for k in SCHEDULE_TYPES] + [(n, "Automatic") for n in SAMPLERS if n not in SCHEDULED]
 pytestmark = [pytest.mark.filterwarnings("ignore:Should have:UserWarning"), pytest.mark.filterwarnings("ignore:To copy construct:UserWarning")]  # torchsde and k-diffusion, in the reference
-ALWAYS = [("Euler a", "Automatic"), ("DPM++ 2M", "Karras"), ("DPM++ SDE", "Automatic"), ("DPM++ 3M SDE", "Beta"), ("DPM2 a", "SGM Uniform"), ("DDIM", "Automatic"), ("DDIM CFG++", "Automatic"), ("PLMS", "Automatic")]
+ALWAYS = [("Euler a", "Automatic"), ("DPM++ 2M", "Karras"), ("DPM++ SDE", "Automatic"), ("DPM++ 3M SDE", "Beta"), ("DPM2 a", "SGM Uniform"), ("DDIM", "Automatic"), ("DDIM CFG++", "Automatic"), ("PLMS", "Automatic"), ("UniPC", "Automatic")]
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +55,18 @@ def _tihub(pipe, sampler, schedule, cond, uncond, seeds, prediction="epsilon", e
         return plan, run(plan, den, ImageNoise("cpu", seeds, (4, 8, 8), torch.device("cpu"), ensd))
 
 
+def _reference_unipc(unet, cond, uncond, seeds):
+    """UniPC has no k-diffusion counterpart: the update rules of test_sampling_unipc, per image."""
+    from test_sampling_unipc import reference_unipc
+
+    return torch.cat([reference_unipc(unet, cond[i : i + 1], uncond[i : i + 1], s, STEPS, "bh1", "time_uniform") for i, s in enumerate(seeds)])
+
+
 def _check(pipe, sampler, schedule, cond, uncond, seeds):
     plan, got = _tihub(pipe, sampler, schedule, cond[: len(seeds)], uncond[: len(seeds)], seeds)
-    if SAMPLERS[sampler].timesteps:
+    if sampler == "UniPC":
+        want = _reference_unipc(pipe.unet, cond, uncond, seeds)
+    elif SAMPLERS[sampler].timesteps:
         want = reference_timesteps(pipe.unet, sampler, STEPS, cond[: len(seeds)], uncond[: len(seeds)], seeds)
     else:
         sigmas, want = reference_latents(pipe.unet, sampler, schedule, STEPS, cond[: len(seeds)], uncond[: len(seeds)], seeds)
@@ -82,8 +91,8 @@ def test_a1111_parity_core(tiny, sampler, schedule):
 
 
 def test_matrix_covers_every_a1111_name():
-    assert len(SCHEDULE_TYPES) == 12 and len(MATRIX) == len(SCHEDULED) * 12 + 5
-    assert {"DPM++ 2M SDE Heun", "DPM++ 3M SDE", "Restart", "DPM adaptive", "DPM fast", "LCM", "PLMS"} <= set(SAMPLERS)
+    assert len(SCHEDULE_TYPES) == 12 and len(MATRIX) == len(SCHEDULED) * 12 + 6
+    assert {"DPM++ 2M SDE Heun", "DPM++ 3M SDE", "Restart", "DPM adaptive", "DPM fast", "LCM", "PLMS", "UniPC"} <= set(SAMPLERS)
 
 
 def test_v_prediction_parity(tiny):
@@ -155,7 +164,9 @@ def _source_check(sources, name, sampler):
     if sampler not in _REFERENCE:
         enc = engine.encoder()
         cond, uncond = enc.encode("a cat")[0].hidden[None], enc.encode("")[0].hidden[None]
-        if SAMPLERS[sampler].timesteps:
+        if sampler == "UniPC":
+            _REFERENCE[sampler] = _reference_unipc(model.pipe.unet, cond, uncond, [11])
+        elif SAMPLERS[sampler].timesteps:
             _REFERENCE[sampler] = reference_timesteps(model.pipe.unet, sampler, STEPS, cond, uncond, [11])
         else:
             sigmas, _REFERENCE[sampler] = reference_latents(model.pipe.unet, sampler, "Automatic", STEPS, cond, uncond, [11])
