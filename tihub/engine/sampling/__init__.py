@@ -24,6 +24,11 @@ from tihub.engine.sampling.schedule import BETA_ALPHA, BETA_BETA, DEFAULT_RHO, M
 from tihub.errors import ConfigError
 
 
+# Randomness's fields for A1111's other sampler settings (beyond rng, ENSD, eta and the churn options)
+SAMPLER_SETTINGS = ("sigma_min", "sigma_max", "rho", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
+                    "s_min_uncond", "s_min_uncond_all", "skip_early_cond")
+
+
 @dataclass
 class Randomness:
     """A1111's stochastic settings and its other sampler settings (its defaults; `s_tmax` 0 means
