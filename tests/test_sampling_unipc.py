@@ -62,15 +62,16 @@ def _t_of_lam(lam: float) -> float:
     return float(np.interp(la, LOG_ALPHA[::-1], T_NODES[::-1]))
 
 
-def reference_grid(skip: str, steps: int) -> list[float]:
-    """A1111's UniPC times: n + 1 from 1 to 1/1000 (as float32, as A1111 holds them)."""
-    n = len(range(0, 1000, 1000 // steps))  # A1111 runs as many steps as its DDIM grid has entries
+def reference_grid(skip: str, steps: int, n: int | None = None, t_start: float = 1.0) -> list[float]:
+    """A1111's UniPC times: n + 1 from 1 (img2img: t_start) to 1/1000, float32 as A1111 holds them."""
+    if n is None:
+        n = len(range(0, 1000, 1000 // steps))  # A1111 runs as many steps as its DDIM grid has entries
     if skip == "time_uniform":
-        ts = np.linspace(1.0, 0.001, n + 1)
+        ts = np.linspace(t_start, 0.001, n + 1)
     elif skip == "time_quadratic":
-        ts = np.linspace(1.0, 0.001**0.5, n + 1) ** 2
+        ts = np.linspace(t_start**0.5, 0.001**0.5, n + 1) ** 2
     else:
-        ts = np.array([_t_of_lam(v) for v in np.linspace(_lam(1.0), _lam(0.001), n + 1)])
+        ts = np.array([_t_of_lam(v) for v in np.linspace(_lam(t_start), _lam(0.001), n + 1)])
     return [float(np.float32(t)) for t in ts]
 
 
@@ -82,10 +83,17 @@ def _phi(z: float, k: int) -> float:
 
 
 def reference_unipc(unet, cond, uncond, seed: int, steps: int, variant: str, skip: str, order: int = 3, lower_final: bool = True,
-                    cfg: float = 7.0, prediction: str = "epsilon") -> torch.Tensor:
+                    cfg: float = 7.0, prediction: str = "epsilon", init: torch.Tensor | None = None, denoising: float = 0.0) -> torch.Tensor:
+    """A1111's UniPC; with `init` its img2img (the hires pass, `steps` being the hires steps)."""
     ac = torch.tensor(AC)
     x = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(seed)).double()
     times = reference_grid(skip, steps)
+    if init is not None:  # A1111: the grid of int(steps / denoising) steps; noised to its entry t_enc, run from the one below
+        grid = [min(t + 1, 999) for t in range(0, 1000, 1000 // int(steps / min(denoising, 0.999)))]
+        t_enc = steps - 1
+        a = float(AC[grid[t_enc]])
+        x = (init.double() * math.sqrt(a) + x * math.sqrt(1 - a))
+        times = reference_grid(skip, steps, n=t_enc, t_start=float(np.float32(np.float32(grid[t_enc - 1]) / np.float32(1000) + np.float32(0.001))))
     n = len(times) - 1
 
     def x0(x: torch.Tensor, t: float) -> torch.Tensor:
@@ -221,6 +229,22 @@ def test_unipc_v_prediction(tiny):
         _, _, got = tihub_unipc(pipe, cond, uncond, 8, 4, prediction="v_prediction", uni_pc_variant=variant, uni_pc_skip_type=skip)
         want = reference_unipc(pipe.unet, cond, uncond, 8, 4, variant, skip, prediction="v_prediction")
         assert rel_l2(got, want) < TOLERANCE
+
+
+@pytest.mark.parametrize("skip", SKIPS)
+def test_unipc_img2img_as_the_hires_pass(tiny, skip):
+    """A1111's UniPC img2img: noised to the grid entry t_enc, run from just above the entry below."""
+    pipe, cond, uncond = tiny
+    base = ModelSchedule.from_config(dict(pipe.scheduler.config))
+    init = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(11))
+    plan = make_plan("UniPC", "Automatic", 4, base, "sd1", [5], Randomness(rng="cpu", uni_pc_skip_type=skip), denoising=0.6)
+    assert plan.timesteps == [1, 167, 333] and plan.init_timestep == 499 and plan.times[0] == pytest.approx(0.334)
+    conds = StepConds([[(Cond(cond[0]), 1.0)]], [Cond(uncond[0])])
+    den = Denoiser(pipe.unet, base, "epsilon", lambda _i: conds, 7.0)
+    with torch.no_grad():
+        got = run(plan, den, ImageNoise("cpu", [5], (4, 8, 8), torch.device("cpu")), init=init)
+    want = reference_unipc(pipe.unet, cond, uncond, 5, 4, "bh1", skip, init=init, denoising=0.6)
+    assert rel_l2(got, want) < TOLERANCE
 
 
 def test_time_grid_by_hand():
