@@ -358,3 +358,16 @@ def test_cli_sampler_settings_refused_in_one_sentence_until_the_engine_takes_the
     assert code == 1 and "This tihub's engine does not take uni_pc_order yet; drop that option." in err and "Traceback" not in err
     code, _, err = _cli("generate", "x", "--model", str(tiny_sd1_dir), "--size", "64", "--steps", "3", "--sampler", "UniPC", "--seed", "1")
     assert code == 0, err
+
+
+def test_unipc_progress_counts_one_step_per_call(tiny):
+    pipe, cond, uncond = tiny
+    base = ModelSchedule.from_config(dict(pipe.scheduler.config))
+    for skip in SKIPS:
+        plan = make_plan("UniPC", "Automatic", 7, base, "sd1", [5], Randomness(rng="cpu", uni_pc_skip_type=skip))
+        conds = StepConds([[(Cond(cond[0]), 1.0)]], [Cond(uncond[0])])
+        den = Denoiser(pipe.unet, base, "epsilon", lambda _i: conds, 7.0)
+        seen = []
+        with torch.no_grad():
+            run(plan, den, ImageNoise("cpu", [5], (4, 8, 8), torch.device("cpu")), on_step=lambda done, total: seen.append((done, total)))
+        assert seen == [(k, 8) for k in range(9)], skip  # 7 steps run 8: each call one more done

@@ -290,8 +290,12 @@ def run(plan: Plan, denoiser: Any, noise: ImageNoise, init: Any = None,
     spec = SAMPLERS[plan.sampler]
     levels = [float(v) for v in (plan.timesteps[1:] if spec.timesteps else plan.sigmas[:-1])]
     if spec.algorithm == "unipc":  # one call at each time of the grid but the last, at its UNet timestep
-        total_n = len(denoiser.schedule.alphas_cumprod)
-        levels = [(t - 1.0 / total_n) * 1000.0 for t in plan.times[:-1]]
+        import torch
+
+        from tihub.engine.sampling.unipc import VPSchedule
+
+        ns = VPSchedule(denoiser.schedule.alphas_cumprod)
+        levels = [float(ns.model_time(torch.tensor([t], dtype=torch.float32))) for t in plan.times[:-1]]
     total = len(levels)
     done = 0
     on_step(0, total)
