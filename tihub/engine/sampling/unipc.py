@@ -146,7 +146,8 @@ class UniPC:
     def data_prediction(self, x: Any, t: Any) -> Any:
         """x0 from the model's noise prediction at time t (a one-element float32 tensor)."""
         e = self.eps(x, float(self.ns.model_time(t)))
-        return (x - self.ns.sigma(t) * e) / self.ns.alpha(t)
+        # 0-dim scalars (CPU), so that latents on any device combine with them
+        return (x - self.ns.sigma(t)[0] * e) / self.ns.alpha(t)[0]
 
     def sample(self, x: Any, times: Any, order: int = DEFAULT_ORDER, lower_order_final: bool = DEFAULT_LOWER_ORDER_FINAL) -> Any:
         n = len(times) - 1
