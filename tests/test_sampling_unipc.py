@@ -371,3 +371,17 @@ def test_unipc_progress_counts_one_step_per_call(tiny):
         with torch.no_grad():
             run(plan, den, ImageNoise("cpu", [5], (4, 8, 8), torch.device("cpu")), on_step=lambda done, total: seen.append((done, total)))
         assert seen == [(k, 8) for k in range(9)], skip  # 7 steps run 8: each call one more done
+
+
+def test_vary_coeff_batch_gives_each_image_as_alone(tiny):
+    """A1111's vary_coeff works on one image at a time; tihub's batch gives each image alone."""
+    pipe, cond, uncond = tiny
+    base = ModelSchedule.from_config(dict(pipe.scheduler.config))
+    plan = make_plan("UniPC", "Automatic", 4, base, "sd1", [5, 6], Randomness(rng="cpu", uni_pc_variant="vary_coeff"))
+    conds = StepConds([[(Cond(cond[0]), 1.0)], [(Cond(cond[0]), 1.0)]], [Cond(uncond[0]), Cond(uncond[0])])
+    den = Denoiser(pipe.unet, base, "epsilon", lambda _i: conds, 7.0)
+    with torch.no_grad():
+        both = run(plan, den, ImageNoise("cpu", [5, 6], (4, 8, 8), torch.device("cpu")))
+    for i, seed in enumerate((5, 6)):
+        alone = tihub_unipc(pipe, cond, uncond, seed, 4, uni_pc_variant="vary_coeff")[2]
+        assert rel_l2(both[i : i + 1], alone) < 1e-5
