@@ -97,7 +97,16 @@ class _Prepared:
     groups: list[_Group]
     parts: list[list[tuple[int, float]]]  # per image: (entry, weight) of its prompt parts
     negatives: list[int]  # per image: the entry of its negative
-    positive_groups: list[_Group]  # the prompt parts alone (calls that skip the negative)
+    entries: list[tuple[int, Any]]  # (image, cond): prompt parts first, then negatives
+    positive_groups: list[_Group] | None = None  # the prompt parts alone (made when a call skips the negative)
+
+    def without_negatives(self, make: Callable[[list[tuple[int, Any]], list[int]], _Group]) -> list[_Group]:
+        if self.positive_groups is None:
+            by_length: dict[int, list[int]] = {}
+            for k in range(self.negatives[0] if self.negatives else len(self.entries)):
+                by_length.setdefault(int(self.entries[k][1].hidden.shape[0]), []).append(k)
+            self.positive_groups = [make(self.entries, members) for members in by_length.values()]
+        return self.positive_groups
 
 
 def check_guidance(s_min_uncond: float, skip_early_cond: float) -> None:
@@ -142,11 +151,8 @@ class Denoiser:
 
     def _prepare(self, c: StepConds) -> _Prepared:
         """The forward groups of a conditioning, stacked once per distinct conditioning."""
-        import torch
-
         if self._prepared is not None and self._prepared.conds is c:
             return self._prepared
-        device, dtype = self.unet.device, self.unet.dtype
         entries: list[tuple[int, Any]] = []  # (image, cond): prompt parts first, then negatives
         parts: list[list[tuple[int, float]]] = []
         for i, image_parts in enumerate(c.positive):
@@ -161,14 +167,8 @@ class Denoiser:
         by_length: dict[int, list[int]] = {}
         for k, (_, cond) in enumerate(entries):
             by_length.setdefault(int(cond.hidden.shape[0]), []).append(k)
-        groups = []
-        for members in by_length.values():
-            groups.append(self._group(entries, members))
-        # the same without the negatives, for calls that skip them
-        positive: dict[int, list[int]] = {}
-        for k in range(negatives[0] if negatives else len(entries)):
-            positive.setdefault(int(entries[k][1].hidden.shape[0]), []).append(k)
-        self._prepared = _Prepared(c, groups, parts, negatives, [self._group(entries, m) for m in positive.values()])
+        groups = [self._group(entries, members) for members in by_length.values()]
+        self._prepared = _Prepared(c, groups, parts, negatives, entries)
         return self._prepared
 
     def _group(self, entries: list[tuple[int, Any]], members: list[int]) -> _Group:
@@ -198,7 +198,7 @@ class Denoiser:
             self.skipped.append(self.calls)
         self.calls += 1
         outputs: dict[int, Any] = {}
-        for g in prepared.positive_groups if skip else prepared.groups:
+        for g in prepared.without_negatives(self._group) if skip else prepared.groups:
             index = torch.tensor(g.rows, device=x_in.device)
             kwargs: dict[str, Any] = {}
             if g.pooled is not None:
