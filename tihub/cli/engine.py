@@ -63,6 +63,16 @@ def sampling_options(f: Any) -> Any:
                      help="Variation seed strength, 0 (off) to 1: the starting noise is slerped this far towards the variation seed's."),
         click.option("--seed-resize-from", "seed_resize_from", type=int, nargs=2, default=None, metavar="W H",
                      help="A1111's 'Resize seed from width/height': draw the starting noise as for a W x H picture and centre it."),
+        click.option("--sigma-min", "sigma_min", type=float, default=0.0, show_default=True, help="A1111's 'sigma min': the schedule type's lowest sigma; 0 = the model's (not for Automatic without a type of its own, DDIM, PLMS, UniPC, DPM fast/adaptive)."),
+        click.option("--sigma-max", "sigma_max", type=float, default=0.0, show_default=True, help="A1111's 'sigma max': the schedule type's highest sigma; 0 = the model's."),
+        click.option("--rho", "rho", type=float, default=0.0, show_default=True, help="A1111's 'rho' of Karras and Polyexponential; 0 = theirs (7, 1)."),
+        click.option("--uni-pc-variant", "uni_pc_variant", default="bh1", show_default=True, help="UniPC variant (A1111's setting): bh1, bh2 or vary_coeff."),
+        click.option("--uni-pc-skip-type", "uni_pc_skip_type", default="time_uniform", show_default=True, help="UniPC skip type, its time grid: time_uniform, time_quadratic or logSNR."),
+        click.option("--uni-pc-order", "uni_pc_order", type=click.IntRange(1, 50), default=3, show_default=True, help="UniPC order; needs at least as many steps."),
+        click.option("--uni-pc-lower-order-final/--no-uni-pc-lower-order-final", "uni_pc_lower_order_final", default=True, show_default=True, help="UniPC: lower the order on the last steps."),
+        click.option("--ngms", "s_min_uncond", type=float, default=0.0, show_default=True, help="A1111's NGMS (negative guidance minimum sigma): skip the negative on every other step below this sigma (the timestep for DDIM, PLMS, UniPC); 0 = off."),
+        click.option("--ngms-all-steps", "s_min_uncond_all", is_flag=True, help="NGMS on every step, not every other one."),
+        click.option("--skip-early-cfg", "skip_early_cond", type=float, default=0.0, show_default=True, help="A1111's 'Skip Early CFG': no negative for this fraction (0-1) of the first steps; 0 = off."),
         click.option("--hires-scale", "hires_scale", type=float, default=None, help="Hires. fix: upscale by this factor and run a second pass (e.g. 2); any --hires-*/--denoising option turns it on [default: 2]."),
         click.option("--hires-steps", "hires_steps", type=int, default=None, help="Hires. fix: steps of the second pass [default: 0, the first pass's]."),
         click.option("--denoising", "denoising", type=float, default=None, help="Hires. fix: denoising strength of the second pass [default: 0.7]."),
@@ -80,8 +90,16 @@ def sampling_options(f: Any) -> Any:
 
 
 def _sampling_kwargs(sampling: dict[str, Any]) -> dict[str, Any]:
-    """The options of `sampling_options` as Engine.generate / Settings keywords (hires folded)."""
-    out = dict(sampling)
+    """The options of `sampling_options` as Engine.generate / Settings keywords (hires folded;
+    A1111's other sampler settings only where they are not their defaults)."""
+    from tihub.engine.reproduce import _generate_params
+    from tihub.engine.sampling import SAMPLER_SETTINGS, Randomness
+
+    defaults = Randomness()
+    out = {k: v for k, v in sampling.items() if k not in SAMPLER_SETTINGS or v != getattr(defaults, k)}
+    missing = [k for k in out if k in SAMPLER_SETTINGS and k not in _generate_params()]
+    if missing:
+        raise ConfigError(f"This tihub's engine does not take {missing[0]} yet; drop that option.")
     scale, steps, denoising, upscaler = (out.pop(k) for k in ("hires_scale", "hires_steps", "denoising", "hires_upscaler"))
     extra = {k: out.pop(k, None) for k in ("hires_sampler", "hires_schedule_type", "hires_cfg_scale", "hires_prompt", "hires_negative_prompt")}
     if any(v is not None for v in (scale, steps, denoising, upscaler, *extra.values())):
