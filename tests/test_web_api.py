@@ -280,3 +280,41 @@ def test_recorded_loss_plots_and_grids_only_from_inside_the_workspace(client: ht
     assert "outside the workspace" in client.get(f"/records/loss/{bad}").json()["error"]
     page = client.get(f"/entries/{eid}").text
     assert f'src="/records/loss/{good}"' in page
+
+
+def test_jobs_survive_a_restart_and_a_dead_servers_job_shows_failed(ws: Path) -> None:
+    first = start_server(ws)
+    try:
+        with httpx.Client(base_url=first.url, timeout=30) as c:
+            job = wait_job(c, c.post("/api/fetch", json={"target": "cat-toy"}).json()["id"])
+            assert job["state"] == "done", job
+    finally:
+        first.stop()
+    folder = ws / ".tihub-cache" / "jobs"
+    saved = json.loads((folder / f"{job['id']}.json").read_text())
+    assert saved["state"] == "done" and saved["result"]["path"] == job["result"]["path"]
+    # a job its server left running (the server was killed under it)
+    dead = dict(saved, id="9000", kind="train", target="fox", state="running", result=None, finished=None,
+                points=[[1, 0.5], [2, 0.4]])
+    (folder / "9000.json").write_text(json.dumps(dead))
+    (folder / "9001.json").write_text("{not json")  # a damaged file is skipped, not fatal
+    second = start_server(ws)
+    try:
+        with httpx.Client(base_url=second.url, timeout=30) as c:
+            listed = {j["id"]: j for j in c.get("/api/jobs").json()}
+            again = listed[job["id"]]
+            assert again["state"] == "done" and again["result"] == job["result"] and again["started"] == job["started"]
+            stopped = c.get("/api/jobs/9000").json()
+            assert stopped["state"] == "failed" and stopped["ok"] is False and stopped["points"] == [[1, 0.5], [2, 0.4]]
+            assert stopped["error"] == "The server stopped while this job ran; start it again."
+            assert "9001" not in listed
+            new = c.post("/api/sync", json={}).json()
+            assert int(new["id"]) > 9001  # new ids never reuse an old job's
+            wait_job(c, new["id"])
+            page = c.get("/jobs").text
+            assert f'href="/jobs/{job["id"]}"' in page and "The server stopped while this job ran" in page
+            assert job["result"]["path"] in c.get(f"/jobs/{job['id']}").text
+            assert c.get("/jobs/424242").status_code == 404
+    finally:
+        second.stop()
+    assert json.loads((folder / "9000.json").read_text())["state"] == "failed"  # written back

@@ -14,9 +14,13 @@ the package's static files and thumbnails in the workspace cache, looked up by p
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hmac
+import inspect
 import ipaddress
 import time
+import typing
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -27,13 +31,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tihub.errors import ConfigError, NotFound, TihubError
-from tihub.hub import MAX_OFFSET, SORTS, Hub
-from tihub.web.jobs import Jobs
+from tihub.hub import MAX_OFFSET, SORTS, Hub, SearchHit
+from tihub.web.jobs import Job, Jobs
 
 HERE = Path(__file__).resolve().parent
 PAGE_SIZE = 24
@@ -55,40 +59,26 @@ class ErrorOut(BaseModel):
     error: str
 
 
-class HitOut(BaseModel):
-    ok: bool = True
-    id: int
-    name: str
-    title: str | None
-    base: str
-    kind: str | None
-    source: str
-    triggers: list[str]
-    url: str | None
-    sha256: str | None
-    local: bool
-    path: str | None
-    nsfw: bool
-    status: str
-    manual: bool
-    trained_on: str | None
-    fit: str | None = None
-    preview_id: int | None = None
-    preview_nsfw: bool = False
+def model_of(dc: type, *, exclude: tuple[str, ...] = (), name: str | None = None) -> type[BaseModel]:
+    """The response model of a library dataclass (its fields, types and defaults), less the
+    fields in `exclude`: the dataclass stays the one definition of the shape."""
+    hints = typing.get_type_hints(dc)
+    defs: dict[str, Any] = {}
+    for f in dataclasses.fields(dc):
+        if f.name in exclude:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = Field(default_factory=f.default_factory)
+        else:
+            default = ...
+        defs[f.name] = (hints[f.name], default)
+    return create_model(name or dc.__name__, **defs)
 
 
-class JobOut(BaseModel):
-    ok: bool
-    id: str
-    kind: str
-    target: str
-    state: str
-    done: int
-    total: int | None
-    message: str
-    result: dict[str, Any] | None
-    error: str | None
-    points: list[list[float]] = []
+HitOut = model_of(SearchHit, exclude=("trigger",), name="HitOut")  # the JSON vocabulary: `triggers` only
+JobOut = model_of(Job, name="JobOut")
 
 
 class AppFitOut(BaseModel):
@@ -130,6 +120,7 @@ class TrainIn(BaseModel):
     size: str = Field("auto", pattern=r"^(auto|none|\d{2,4}|\d{2,4}x\d{2,4})$")
     lr: str = Field("0.005", max_length=200)
     overwrite: bool = False
+    preview_every: int = Field(0, ge=0, le=100_000, description="Draw a preview picture every N steps (0: none).")
 
 
 class FetchIn(BaseModel):
@@ -182,8 +173,9 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
     app = FastAPI(title="tihub", version="1", summary="Textual-inversion embeddings: search, inspect, fetch, compat.",
                   docs_url="/docs", redoc_url=None)
     app.state.hub = hub
-    app.state.jobs = jobs = Jobs()
+    app.state.jobs = jobs = Jobs(hub.workspace.root / ".tihub-cache" / "jobs")  # kept across restarts
     templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     # -------------------------------------------------------------- safety checks, every request
@@ -312,7 +304,7 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
 
         def work(job: Any) -> dict[str, Any]:
             def progress(done: int, total: int | None, message: str) -> None:
-                job.done, job.total, job.message = done, total, message
+                job.update(done, total, message)
 
             return hub.fetch(body.target, progress=progress, force=body.force).as_dict()
 
@@ -329,7 +321,7 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
 
         def work(job: Any) -> dict[str, Any]:
             def progress(done: int, total: int | None, message: str) -> None:
-                job.done, job.total, job.message = done, total, message
+                job.update(done, total, message)
 
             reports = hub.sync(names, progress=progress)
             failed = [r for r in reports if not r["ok"]]
@@ -348,16 +340,44 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
         if not images.is_dir():
             raise TihubError(f"The pictures folder {body.images} is a file; give a folder of pictures.")
 
-        def work(job: Any) -> dict[str, Any]:
-            def on_step(info: dict[str, Any]) -> None:
-                job.done, job.total = int(info["step"]), int(info["total"])
-                loss = info.get("loss")
-                job.message = f"step {job.done}/{job.total}" + (f", loss {loss:.4f}" if loss is not None else "")
-                if loss is not None:
-                    job.points.append([job.done, float(loss)])
+        run_dir = hub.workspace.train_dir / body.name
+        extra: dict[str, Any] = {}
+        if body.preview_every:
+            if "preview_every" not in inspect.signature(hub.train).parameters:
+                raise TihubError("This tihub's Hub.train cannot make preview pictures; set preview every to 0.")
+            extra["preview_every"] = body.preview_every
 
-            return hub.train(body.name, images, model, steps=body.steps, vectors=body.vectors, size=body.size,
-                             lr=body.lr, overwrite=body.overwrite, on_step=on_step)
+        def made_since(t0: float) -> list[Path]:
+            """This run's preview pictures (written since it started), oldest first."""
+            found = []
+            for p in run_dir.glob(f"{body.name}-*.preview.png"):
+                with contextlib.suppress(OSError):
+                    if p.stat().st_mtime >= t0:
+                        found.append((p.stat().st_mtime, p))
+            return [p for _, p in sorted(found)]
+
+        def work(job: Job) -> dict[str, Any]:
+            t0 = time.time() - 1
+
+            def on_step(info: dict[str, Any]) -> None:
+                if info.get("preview"):  # a preview picture event
+                    job.add_preview(str(info["preview"]))
+                    return
+                if "step" not in info:
+                    return
+                done, total, loss = int(info["step"]), int(info["total"]), info.get("loss")
+                if loss is not None:
+                    job.add_point(done, float(loss))
+                if body.preview_every:  # the pictures made so far (a preview is drawn after its step's report)
+                    for p in made_since(t0):
+                        job.add_preview(str(p))
+                job.update(done, total, f"step {done}/{total}" + (f", loss {loss:.4f}" if loss is not None else ""))
+
+            result = hub.train(body.name, images, model, steps=body.steps, vectors=body.vectors, size=body.size,
+                               lr=body.lr, overwrite=body.overwrite, on_step=on_step, **extra)
+            for p in made_since(t0):
+                job.add_preview(str(p))
+            return result
 
         return jobs.start("train", body.name, work).as_dict()
 
@@ -395,6 +415,20 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
         return job.as_dict()
 
     # -------------------------------------------------------------- pictures
+
+    @app.get("/jobs/{job_id}/previews/{n}", include_in_schema=False)
+    def job_preview(job_id: str, n: int) -> Response:
+        """The n-th picture a job made (a training preview, a grid): only from inside the workspace."""
+        job = jobs.get(job_id)
+        if job is None or not 0 <= n < len(job.previews):
+            return _error(404, f"Job {job_id} has no picture {n}; reload the page.")
+        path = Path(job.previews[n]).resolve()
+        if not path.is_relative_to(hub.workspace.root.resolve()) or not path.is_file():
+            return _error(404, f"The picture {job.previews[n]} is gone or outside the workspace.")
+        kind = {".png": "image/png", ".webp": "image/webp", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(path.suffix.lower())
+        if kind is None:
+            return _error(404, f"{path.name} is not a picture.")
+        return FileResponse(path, media_type=kind, headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/thumbs/{preview_id}", include_in_schema=False)
     def thumb(preview_id: int, size: int = 256) -> Response:
@@ -464,6 +498,17 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
     @app.get("/train", response_class=HTMLResponse, include_in_schema=False)
     def train_page(request: Request) -> Response:
         return templates.TemplateResponse(request, "train.html", {"roots": roots})
+
+    @app.get("/jobs", response_class=HTMLResponse, include_in_schema=False)
+    def jobs_page(request: Request) -> Response:
+        return templates.TemplateResponse(request, "jobs.html", {"jobs": [j.as_dict() for j in jobs.all()]})
+
+    @app.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
+    def job_page(request: Request, job_id: str) -> Response:
+        job = jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"No job has the id {job_id!r}; see the list of jobs at /jobs.")
+        return templates.TemplateResponse(request, "job.html", {"job": job.as_dict()})
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Response:
