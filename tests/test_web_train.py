@@ -65,7 +65,7 @@ def test_train_refuses_folders_outside_the_allowed_ones(served, tmp_path: Path) 
             {"name": "fox", "images": "../elsewhere", "model": str(models / "tiny")},
         ):
             r = c.post("/api/train", json=body)
-            assert r.status_code == 400 and "outside the workspace" in r.json()["error"], r.text
+            assert r.status_code == 403 and "outside the workspace" in r.json()["error"], r.text
         r = c.post("/api/train", json={"name": "../evil", "images": "pictures/fox", "model": str(models / "tiny")})
         assert r.status_code == 422
         r = c.post("/api/train", json={"name": "fox", "images": "pictures/none", "model": str(models / "tiny")})

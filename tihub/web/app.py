@@ -22,6 +22,7 @@ import ipaddress
 import time
 import typing
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -123,6 +124,24 @@ class TrainIn(BaseModel):
     preview_every: int = Field(0, ge=0, le=100_000, description="Draw a preview picture every N steps (0: none).")
 
 
+class ExportIn(BaseModel):
+    name: str = Field(min_length=1, max_length=300, description="An embedding in embeddings/: its name, file name or relative path.")
+    app: typing.Literal["a1111", "comfyui", "invokeai"] = Field(description="The app the file is for.")
+    to: str = Field(min_length=1, max_length=1000, description="The app's install folder: inside the workspace or an --app-folder folder.")
+    force: bool = Field(False, description="Replace a different file of the same name there.")
+
+
+class GridIn(BaseModel):
+    name: str = Field(min_length=1, max_length=300, description="An embedding: a catalogue name (fetched) or a name in embeddings/.")
+    model: str = Field(min_length=1, max_length=1000, description="A model folder or file inside the workspace or a --models folder.")
+    steps: int = Field(20, ge=1, le=150)
+    size: str = Field("", pattern=r"^(|\d{2,4}|\d{2,4}x\d{2,4})$", description="Picture size; empty: the model's own.")
+
+
+class VerifyIn(GridIn):
+    grid: bool = Field(True, description="Also draw the standard preview grid.")
+
+
 class FetchIn(BaseModel):
     target: str = Field(min_length=1, max_length=300, description="A catalogue entry name or id.")
     force: bool = False
@@ -154,18 +173,30 @@ def _host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
-def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | None = None) -> FastAPI:
-    """The ASGI app for one workspace. `token`: required on every request when given.
-    `read_dirs`: folders besides the workspace that training may read models and pictures from."""
-    roots = [hub.workspace.root.resolve(), *[Path(d).expanduser().resolve() for d in read_dirs or []]]
+class Outside(TihubError):
+    """A path outside the folders this server may read or write (answered 403)."""
 
-    def confined(value: str, what: str) -> Path:
+
+def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | None = None,
+               app_dirs: list[Path] | None = None) -> FastAPI:
+    """The ASGI app for one workspace. `token`: required on every request when given.
+    `read_dirs`: folders besides the workspace that training, grids and verification may read
+    models and pictures from. `app_dirs`: apps' install folders that export may copy into."""
+    workspace = hub.workspace.root.resolve()
+    roots = [workspace, *[Path(d).expanduser().resolve() for d in read_dirs or []]]
+    export_roots = [workspace, *[Path(d).expanduser().resolve() for d in app_dirs or []]]
+
+    def confined(value: str, what: str, allowed: list[Path] | None = None) -> Path:
         """`value` (absolute, or relative to the workspace) if it lies inside an allowed folder."""
         p = Path(value).expanduser()
         p = (p if p.is_absolute() else hub.workspace.root / p).resolve()
-        if not any(p.is_relative_to(r) for r in roots):
-            raise TihubError(f"The {what} {value} is outside the workspace and the --models folders; "
-                             "move it there or start `tihub serve --models DIR`.")
+        if allowed is not None:
+            if not any(p.is_relative_to(r) for r in allowed):
+                raise Outside(f"The {what} {value} is outside the workspace and the --app-folder folders; "
+                              "pick one of those or start `tihub serve --app-folder DIR`.")
+        elif not any(p.is_relative_to(r) for r in roots):
+            raise Outside(f"The {what} {value} is outside the workspace and the --models folders; "
+                          "move it there or start `tihub serve --models DIR`.")
         if not p.exists():
             raise NotFound(f"The {what} {value} does not exist.")
         return p
@@ -226,7 +257,7 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
 
     @app.exception_handler(TihubError)
     async def tihub_error(request: Request, exc: TihubError):  # type: ignore[no-untyped-def]
-        status = 404 if isinstance(exc, NotFound) else 400
+        status = 404 if isinstance(exc, NotFound) else 403 if isinstance(exc, Outside) else 400
         if request.url.path.startswith("/api/"):
             return _error(status, str(exc))
         return templates.TemplateResponse(request, "error.html", {"message": str(exc)}, status_code=status)
@@ -381,6 +412,86 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
 
         return jobs.start("train", body.name, work).as_dict()
 
+    def relay(job: Job) -> Callable[[int, int | None, str], None]:
+        """The one progress callback of the library, into a job: amounts, statuses, new pictures."""
+        def progress(done: int, total: int | None, message: str) -> None:
+            kind, data = getattr(message, "kind", "status"), getattr(message, "data", None) or {}
+            if kind == "preview" and data.get("path"):
+                job.add_preview(str(data["path"]))
+            elif kind == "note":
+                job.update(message=str(message))
+            else:
+                job.update(done, total, f"step {done}/{total}" if kind == "step" else str(message))
+        return progress
+
+    def known_embedding(name: str) -> None:
+        """A 404 now, not a failed job later, for a name that is neither fetched nor in embeddings/."""
+        from tihub.collection import find_local
+
+        try:
+            find_local(hub.workspace.embeddings_dir, name)
+            return
+        except NotFound as exc:
+            missing = exc
+        try:
+            e = hub.entry(name)
+        except NotFound:
+            raise missing from None
+        if not e.get("path"):
+            raise NotFound(f"{name} is in the catalogue but not fetched; fetch it first.")
+
+    @app.post("/api/export", response_model=JobOut, status_code=202, responses=ERRORS, tags=["collection"])
+    def api_export(body: ExportIn = Body(...)) -> Any:
+        """Copy one embedding into an app's folder (as `tihub export NAME --to DIR --app APP`); the
+        job's result says where it went and how a prompt names it (`triggers`). The folder must be
+        inside the workspace or a folder given to `tihub serve --app-folder`."""
+        from tihub.collection import export_dir, find_local
+
+        to = confined(body.to, "app folder", export_roots)
+        if not to.is_dir():
+            raise TihubError(f"The app folder {body.to} is a file; give the app's install folder.")
+        for base in ("sd1", "sd2", "sdxl"):  # a symlink inside the app folder must not lead out of it
+            dest = export_dir(to, body.app, base if body.app == "invokeai" else None).resolve()
+            if not any(dest.is_relative_to(r) for r in export_roots):
+                raise Outside(f"{dest} (where {body.app} keeps embeddings) leads outside the allowed folders; fix that link first.")
+        find_local(hub.workspace.embeddings_dir, body.name)  # an unknown name is a 404 now
+
+        def work(job: Job) -> dict[str, Any]:
+            (r,) = hub.export([body.name], to, body.app, force=body.force, progress=relay(job))
+            return r.as_dict()
+
+        return jobs.start("export", body.name, work).as_dict()
+
+    @app.post("/api/grid", response_model=JobOut, status_code=202, responses=ERRORS, tags=["engine"])
+    def api_grid(body: GridIn = Body(...)) -> Any:
+        """Draw the standard preview grid of one embedding on a model (as `tihub grid NAME`); the
+        picture is the job's first of `previews` (`/jobs/{id}/previews/0`) and is attached to the entry."""
+        model = confined(body.model, "model")
+        known_embedding(body.name)
+
+        def work(job: Job) -> dict[str, Any]:
+            r = hub.grid(body.name, model=str(model), steps=body.steps, size=body.size or None, progress=relay(job))
+            job.add_preview(r.path)
+            return r.as_dict()
+
+        return jobs.start("grid", body.name, work).as_dict()
+
+    @app.post("/api/verify", response_model=JobOut, status_code=202, responses=ERRORS, tags=["engine"])
+    def api_verify(body: VerifyIn = Body(...)) -> Any:
+        """Verify one embedding on a model (as `tihub verify NAME --model M`): it loads, its numbers
+        are finite, its norms fit the model, and (with `grid`) its preview grid. Recorded in the
+        catalogue, so the entry page lists it; a failed check fails the job with the reason."""
+        model = confined(body.model, "model")
+        known_embedding(body.name)
+
+        def work(job: Job) -> dict[str, Any]:
+            r = hub.verify(body.name, str(model), steps=body.steps, size=body.size or None, grid=body.grid, progress=relay(job))
+            if r.grid:
+                job.add_preview(r.grid)
+            return r.as_dict()
+
+        return jobs.start("verify", body.name, work).as_dict()
+
     picture_body = {"requestBody": {"required": True, "content": {
         t: {"schema": {"type": "string", "format": "binary"}} for t in ("image/png", "image/jpeg", "image/webp")}}}
 
@@ -488,7 +599,12 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
     def entry_page(request: Request, entry: str) -> Response:
         e = hub.entry(entry)
         model_hash, _ = model_choice(request)
-        return templates.TemplateResponse(request, "entry.html", {"e": e, "model_hash": model_hash, "apps": APP_LABELS})
+        local = Path(e["path"]) if e.get("path") else None
+        emb_dir = hub.workspace.embeddings_dir
+        rel = local.relative_to(emb_dir).as_posix() if local and local.is_relative_to(emb_dir) else e["name"]
+        ctx = {"e": e, "model_hash": model_hash, "apps": APP_LABELS, "app_folders": export_roots[1:], "model_roots": roots,
+               "local_name": rel, "local_stem": local.stem if local else e["name"]}
+        return templates.TemplateResponse(request, "entry.html", ctx)
 
     @app.get("/local", response_class=HTMLResponse, include_in_schema=False)
     def local_page(request: Request) -> Response:

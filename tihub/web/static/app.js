@@ -25,6 +25,16 @@ document.addEventListener("click", (ev) => {
     startJob(t, "/api/train", {name: f.get("name"), images: f.get("images"), model: f.get("model"), steps: Number(f.get("steps")),
       vectors: Number(f.get("vectors")), size: f.get("size") || "auto", overwrite: f.get("overwrite") === "on",
       preview_every: Number(f.get("preview_every") || 0)});
+  } else if (t.matches("button.export")) {
+    const box = t.closest(".act");
+    startJob(t, "/api/export", {name: t.dataset.target, app: box.querySelector("select[name=app]").value,
+      to: box.querySelector("input[name=to]").value.trim()});
+  } else if (t.matches("button.grid, button.verify")) {
+    const model = document.getElementById("try-model").value.trim();
+    const status = t.closest(".act").querySelector(".job-status");
+    if (!model) { status.textContent = "Give a model first (a folder or file inside the workspace or a --models folder)."; return; }
+    startJob(t, t.matches(".grid") ? "/api/grid" : "/api/verify", {name: t.dataset.target, model,
+      steps: Number(document.getElementById("try-steps").value || 20), size: document.getElementById("try-size").value.trim()});
   } else if (t.matches("button.remove")) {
     removeFile(t);
   }
@@ -104,6 +114,7 @@ function showEnd(job, bar, status) {
   if (job.state === "failed") {
     status.textContent = "failed: " + (job.error || "unknown error");
     status.dataset.state = "failed";
+    if (job.kind === "verify") refreshSection("verifications");  // a failed verification is recorded too
     return;
   }
   bar.max = 1; bar.value = 1;
@@ -124,13 +135,25 @@ function showEnd(job, bar, status) {
       out.append(Object.assign(document.createElement("img"), {src: `/jobs/${job.id}/previews/0`, alt: "preview grid", className: "grid"}));
     }
   } else if (job.kind === "verify") {
-    status.append("verified: ", Object.assign(document.createElement("strong"), {className: "verdict", textContent: r.result || r.status || "done"}),
-      r.summary ? " " + r.summary : "");
+    status.append("verified: ", Object.assign(document.createElement("strong"), {className: "verdict", textContent: r.result || "done"}),
+      r.model ? " on " + r.model : "");
+    refreshSection("verifications");
   } else {
     status.append((r.status === "exists" ? "already here: " : "fetched: "), code(r.path, "fetched-path"),
       r.sha256 ? " sha256 " + r.sha256.slice(0, 12) : "");
   }
   status.dataset.state = "done";
+}
+
+// One section of this page as the server renders it now (a new verification record).
+async function refreshSection(id) {
+  const here = document.getElementById(id);
+  if (!here) return;
+  try {
+    const html = await (await fetch(location.pathname)).text();
+    const fresh = new DOMParser().parseFromString(html, "text/html").getElementById(id);
+    if (fresh) here.replaceWith(fresh);
+  } catch (e) { /* the record shows on the next visit */ }
 }
 
 // A training job's preview pictures, as they are made.
