@@ -26,9 +26,11 @@ from typing import Any
 
 from tihub.config import Workspace
 from tihub.errors import ConfigError, NotFound, TihubError
+from tihub.shapes import item
 
-# progress(done, total, message): bytes (or items) done, the total when known, what is happening
-ProgressCallback = Callable[[int, "int | None", str], None]
+# progress(done, total, message): bytes (or items, steps) done, the total when known, what is
+# happening; the message may be a tihub.progress.Event (a new pass, a training step, a preview)
+from tihub.progress import Event, ProgressCallback  # noqa: E402,F401 (part of the Hub API)
 
 SORTS = ("relevance", "name", "base", "source")
 SORT_WINDOW = 1000  # a sort other than relevance orders at most this many best matches
@@ -88,6 +90,102 @@ class FetchResult:
 
 
 @dataclass
+class ExportResult:
+    """One embedding copied into another app's folder (`tihub export --json` item)."""
+
+    name: str
+    ok: bool
+    status: str  # exported | exists | failed
+    path: str | None = None
+    triggers: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return item(self.ok, self.error or f"{self.name} failed.", name=self.name, status=self.status, path=self.path,
+                    triggers=list(self.triggers))
+
+
+@dataclass
+class Picture:
+    """One generated picture (`tihub generate --json` item): its file, seed and A1111 infotext."""
+
+    path: str
+    seed: int
+    infotext: str
+    embeddings: list[str] = field(default_factory=list)  # embedding names the prompts used
+    plan: dict[str, Any] | None = None  # what its batch ran: sampler, schedule, sigmas, RNG, seeds
+
+    def as_dict(self) -> dict[str, Any]:
+        return item(True, path=self.path, seed=self.seed, infotext=self.infotext, embeddings=list(self.embeddings), plan=self.plan)
+
+
+@dataclass
+class GenerateResult:
+    """The pictures of one `Hub.generate` call, and the warnings it gave (one sentence each)."""
+
+    pictures: list[Picture]
+    model: str
+    model_hash: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    ok: bool = True
+
+    def items(self) -> list[dict[str, Any]]:
+        """As `tihub generate --json`: one item per picture."""
+        return [p.as_dict() for p in self.pictures]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": True, "pictures": self.items(), "model": self.model, "model_hash": self.model_hash,
+                "warnings": list(self.warnings)}
+
+
+@dataclass
+class GridResult:
+    """A grid picture (`tihub grid --json` item): the whole grid, each cell, the pipeline calls."""
+
+    name: str | None
+    path: str
+    cells: list[str] = field(default_factory=list)
+    pipeline_calls: int = 0
+    warnings: list[str] = field(default_factory=list)
+    ok: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return item(True, name=self.name, path=self.path, cells=list(self.cells), pipeline_calls=self.pipeline_calls)
+
+
+@dataclass
+class VerifyResult:
+    """How an embedding fared on a model (`tihub verify --json` item); recorded in the catalogue."""
+
+    name: str
+    path: str | None
+    model: str
+    model_hash: str | None
+    result: str  # ok | warning | failed
+    checks: list[dict[str, Any]] = field(default_factory=list)  # {check, status, detail}
+    norms: dict[str, Any] = field(default_factory=dict)
+    grid: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    reproduced: list[dict[str, Any]] = field(default_factory=list)  # per published preview: ssim, mad, ...
+
+    @property
+    def ok(self) -> bool:
+        return self.result != "failed"
+
+    @property
+    def error(self) -> str | None:
+        if self.ok:
+            return None
+        failed = "; ".join(f"{c['check']}: {c['detail']}" for c in self.checks if c["status"] == "failed")
+        return f"{self.name} failed verification on {self.model}: {failed}."
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {"name": self.name, "model": self.model, "model_hash": self.model_hash, "result": self.result, "checks": self.checks,
+             "norms": self.norms, "grid": self.grid, "warnings": self.warnings, "reproduced": self.reproduced, "path": self.path}
+        return item(self.ok, self.error, **d)
+
+
+@dataclass
 class Facets:
     """The values a search can be narrowed by."""
 
@@ -136,6 +234,84 @@ def _nsfw_picture(params: str | None) -> bool:
     except ValueError:
         return False
     return isinstance(data, dict) and bool(data.get("nsfw"))
+
+
+class _TrainWatcher:
+    """Relays a training run to one progress callback: each step, the notes, and each preview
+    picture as soon as it is on disk (the engine draws it right after its step is reported, so
+    it is looked for at the next step, and the last ones when the run ends)."""
+
+    def __init__(self, cfg: Any, progress: ProgressCallback | None, on_step: Callable[[dict[str, Any]], None] | None) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.on_step = on_step
+        self.next_preview: int | None = None  # the next step a preview picture is expected after
+        self.reported: set[str] = set()
+
+    def note(self, line: str) -> None:
+        if self.progress:
+            self.progress(0, None, Event(line, "note"))
+
+    def _preview(self, path: Path, step: int | None) -> None:
+        if str(path) in self.reported:
+            return
+        self.reported.add(str(path))
+        if self.progress:
+            self.progress(step or 0, self.cfg.steps, Event(f"preview {path}", "preview", path=str(path), step=step))
+
+    def step(self, info: dict[str, Any]) -> None:
+        done, total = int(info["step"]), int(info["total"])
+        every = self.cfg.preview_every
+        if every:
+            if self.next_preview is None:  # the first step seen (a resumed run starts later)
+                self.next_preview = -(-done // every) * every
+            while self.next_preview < done:
+                path = Path(self.cfg.run_dir) / f"{self.cfg.name}-{self.next_preview}.preview.png"
+                if path.is_file():
+                    self._preview(path, self.next_preview)
+                self.next_preview += every
+        if self.on_step:
+            self.on_step(info)
+        if self.progress:
+            loss = "-" if info.get("loss") is None else f"{info['loss']:.4f}"
+            lr = info.get("lr")
+            self.progress(done, total, Event(f"loss {loss} lr {lr:.3g}" if lr is not None else f"loss {loss}", "step", **info))
+
+    def finish(self, previews: list[Path]) -> None:
+        import re
+
+        for p in previews:
+            m = re.search(r"-(\d+)\.preview\.png$", Path(p).name)
+            self._preview(Path(p), int(m.group(1)) if m else None)
+
+
+class _sampling_relay:  # noqa: N801 - a context manager, like contextlib's helpers
+    """Tells `progress` the engine's sampling steps while the block runs: the engine's
+    `on_step(done, total)` hook, with an Event "pass" as each pass (a batch, a hires pass) starts."""
+
+    def __init__(self, engine: Any, label: str, progress: ProgressCallback | None) -> None:
+        self.engine = engine
+        self.label = label
+        self.progress = progress
+        self.passes = 0
+
+    def _step(self, done: int, total: int) -> None:
+        assert self.progress is not None
+        if done == 0:  # a new pass
+            self.passes += 1
+            label = f"{self.label} {self.passes}" if self.passes > 1 else self.label
+            self.progress(0, total, Event(label, "pass", number=self.passes))
+        else:
+            self.progress(done, total, "")
+
+    def __enter__(self) -> _sampling_relay:
+        if self.progress is not None and hasattr(self.engine, "on_step"):
+            self.engine.on_step = self._step
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None and hasattr(self.engine, "on_step"):
+            self.engine.on_step = None
 
 
 class Hub:
@@ -496,28 +672,282 @@ class Hub:
 
     def train(self, name: str, images: str | Path, model: str | Path, *, steps: int = 200, vectors: int = 1,
               size: str = "auto", lr: str = "0.005", template: str = "style_filewords", device: str | None = None,
-              save_every: int = 0, overwrite: bool = False,
-              on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Train a new embedding `name` on a folder of pictures, as `tihub train` does (the run is
-        recorded in the catalogue; the file goes to embeddings/NAME.safetensors). `on_step`
-        receives the engine's per-step dict (`step`, `total`, `loss`, `lr`, `it_s`, `eta_s`).
-        Raises TihubError for a refused setting (one sentence)."""
-        from tihub.engine.lr_schedule import validate_schedule
-        from tihub.engine.train import TrainConfig, check_config, model_autov2, parse_size, train
-        from tihub.hashing import HashCache
+              save_every: int = 0, overwrite: bool = False, run_dir: str | Path | None = None,
+              preview_every: int = 0, progress: ProgressCallback | None = None,
+              on_step: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> dict[str, Any]:
+        """Train a new embedding `name` on a folder of pictures, as `tihub train` does: the file goes
+        to embeddings/NAME.safetensors, checkpoints, previews and the loss log to the run folder
+        (`run_dir`, default WORKSPACE/train/NAME), and the run is recorded in the catalogue.
 
+        `options` are the other settings of `tihub.engine.train.TrainConfig` (`init_text`,
+        `batch_size`, `flip`, `seed`, `resume`, `precision`, `preview_prompt`, `preview_steps`, ...).
+        With `preview_every` N a preview picture is drawn every N steps.
+
+        `progress(step, total, message)` is told each step (an Event "step" whose data is the
+        engine's step dict: `loss`, `lr`, `it_s`, `eta_s`), each new preview picture as it is
+        made (an Event "preview" with `path` and `step`) and the run's notes (Events "note").
+        `on_step` receives the engine's per-step dict alone. Returns the `tihub train --json` item
+        (`path`, `previews`, `checkpoints`, `loss_png`, ...). Raises TihubError for a refused
+        setting (one sentence) before anything heavy is imported."""
+        from tihub.engine.lr_schedule import validate_schedule
+        from tihub.engine.train import TrainConfig, check_config, model_autov2, parse_size
+        from tihub.runs import check_device, check_init_text, check_model_arg
+
+        graphs = options.get("cuda_graphs", "auto")
+        options["cuda_graphs"] = {None: "auto", True: "on", False: "off"}.get(graphs, graphs) if not isinstance(graphs, str) else graphs
         validate_schedule(lr)
+        check_init_text(str(options.get("init_text", "*")))
         self.workspace.ensure()
         cfg = TrainConfig(name=name, images=Path(images), model=str(model), embeddings_dir=self.workspace.embeddings_dir,
-                          run_dir=self.workspace.train_dir / name, size=parse_size(size), steps=steps, vectors=vectors,
-                          lr=lr, template=template, device=device, save_every=save_every, overwrite=overwrite)
-        check_config(cfg)
+                          run_dir=Path(run_dir) if run_dir else self.workspace.train_dir / name, size=parse_size(size),
+                          steps=steps, vectors=vectors, lr=lr, template=template, device=device, save_every=save_every,
+                          overwrite=overwrite, preview_every=preview_every, **options)
+        check_config(cfg)  # every refusal before anything heavy is imported
+        check_model_arg(str(model))
+        check_device(device)
         cfg.catalog = self.catalog
-        cfg.model_hash = model_autov2(str(model), HashCache(self.catalog.engine))
-        r = train(cfg, log=lambda line: None, progress=on_step)
-        return {"ok": True, "name": r.name, "path": str(r.output), "run_dir": str(r.run_dir), "steps": r.steps,
-                "pictures": r.pictures, "final_loss": r.final_loss, "trained_on": r.sd_checkpoint,
-                "loss_png": str(r.loss_png) if r.loss_png else None, "seconds": round(r.seconds, 2)}
+        from tihub.hashing import HashCache
+
+        cfg.model_hash = model_autov2(str(model), HashCache(self.catalog.engine))  # the workspace's hash cache
+        watcher = _TrainWatcher(cfg, progress, on_step)
+        watcher.note(f"Run folder: {cfg.run_dir}")
+        from tihub.engine.train import train
+
+        r = train(cfg, log=watcher.note, progress=watcher.step)
+        watcher.finish(r.previews)
+        return item(True, name=r.name, path=str(r.output), extra_paths=[str(p) for p in r.extra_outputs],
+                    run_dir=str(r.run_dir), steps=r.steps, pictures=r.pictures, final_loss=r.final_loss,
+                    trained_on=r.sd_checkpoint, checkpoints=[str(p) for p in r.checkpoints],
+                    previews=[str(p) for p in r.previews], loss_csv=str(r.loss_csv),
+                    loss_png=str(r.loss_png) if r.loss_png else None, seconds=round(r.seconds, 2),
+                    steps_from=r.steps_from, file_id=r.file_id)
+
+    # ------------------------------------------------------------------ the engine: generate, grid, verify
+
+    def _hash_cache(self) -> Any:
+        try:
+            from tihub.hashing import HashCache
+
+            return HashCache(self.catalog.engine)
+        except Exception:  # noqa: BLE001 - the cache only saves time
+            return None
+
+    def _load_model(self, model: str | Path | None, device: str | None, dtype: str | None, config: str | None,
+                    progress: ProgressCallback | None) -> Any:
+        """The loaded model of a run (after the cheap checks: device, model argument)."""
+        from tihub.runs import check_device, model_arg
+
+        check_device(device)
+        chosen = model_arg(model)
+        if progress:
+            progress(0, None, Event(f"Loading model {chosen} ...", "loading", model=chosen))
+        from tihub.engine.models import load_model
+
+        return load_model(chosen, device=device, dtype=dtype, hash_cache=self._hash_cache(), config=config)
+
+    def generate(self, prompt: str | None = None, *, negative: str | None = None, model: str | Path | None = None,
+                 steps: int | None = None, sampler: str | None = None, schedule_type: str | None = None,
+                 cfg: float | None = None, seed: int | None = None, size: str | int | None = None, batch_size: int = 1,
+                 batch_count: int = 1, clip_skip: int | None = None, pad_conds: bool = False,
+                 from_image: str | Path | None = None, out: str | Path | None = None, device: str | None = None,
+                 dtype: str | None = None, config: str | None = None, progress: ProgressCallback | None = None,
+                 **sampling: Any) -> GenerateResult:
+        """Generate pictures for `prompt` with the embeddings in embeddings/ (used by file name, as
+        in A1111); each PNG carries A1111 infotext. Saved to `out` (default WORKSPACE/outputs).
+
+        `from_image` re-runs the settings in a picture's infotext; the arguments given here win,
+        and every setting that cannot be followed is named in `warnings`. `sampling` holds A1111's
+        sampling settings (`rng`, `ensd`, `eta`, `s_churn`, ..., `hires_scale`, `hires_steps`,
+        `denoising`, `hires_upscaler`). `progress(step, total, message)` is told each sampling
+        step; an Event "pass" starts each batch. Raises TihubError for a refused setting before
+        the model loads."""
+        from tihub.runs import check_settings, fold_sampling
+        from tihub.runs import from_image as read_image_settings
+
+        base: dict[str, Any] = read_image_settings(from_image) if from_image else {}
+        prompt = prompt if prompt is not None else base.get("prompt")
+        if prompt is None:
+            raise ConfigError("No prompt given; pass PROMPT or --from-image FILE.")
+        warnings = list(base.get("warnings", []))
+        # settings from the image that have no argument here (RNG, ENSD, hires, ...) pass through;
+        # a sampling setting given here wins over the image's
+        given: dict[str, Any] = dict(base.get("settings", {}))
+        for key in sampling:
+            given.pop(key, None)
+        if pad_conds:
+            given["pad_conds"] = True
+        base_sampler, base_schedule = given.pop("sampler", None), given.pop("schedule_type", None)
+        steps = steps if steps is not None else given.get("steps", 20)
+        # an explicit sampler starts from its own schedule unless a schedule type is given too
+        schedule_type = schedule_type or (None if sampler else base_schedule)
+        sampler = sampler or base_sampler
+        size = size or given.get("size")
+        cfg = cfg if cfg is not None else given.get("cfg_scale", 7.0)
+        clip_skip = clip_skip if clip_skip is not None else given.get("clip_skip", 1)
+        folded = fold_sampling(sampling)
+        check_settings(steps, sampler, schedule_type, size, clip_skip, cfg, folded)  # before the model loads
+        from tihub.engine.generate import Engine
+
+        engine = Engine(self._load_model(model, device, dtype, config, progress), self.workspace.embeddings_dir)
+        made_with = base.get("model_hash")
+        if made_with and engine.model.hash and made_with.lower() not in (engine.model.hash, (engine.model.sha256 or "")[:8]):
+            warnings.append(f"--from-image was made with model hash {made_with}, this model is {engine.model.hash}; images will differ.")
+        from tihub.engine.reproduce import engine_kwargs
+
+        with _sampling_relay(engine, "generate", progress):
+            result = engine.generate(
+                prompt, negative if negative is not None else base.get("negative", ""),
+                **{**engine_kwargs(given), "steps": steps, "sampler": sampler, "schedule_type": schedule_type,
+                   "cfg_scale": cfg, "seed": seed if seed is not None else given.get("seed", -1), "size": size,
+                   "batch_size": batch_size, "batch_count": batch_count, "clip_skip": clip_skip,
+                   "out": Path(out) if out else self.workspace.root / "outputs", **folded},
+            )
+        plans = [p.to_json() for p in result.plans]
+        pictures = [Picture(path=str(p), seed=sd, infotext=t, embeddings=list(result.used),
+                            plan=plans[i // batch_size] if i // batch_size < len(plans) else None)
+                    for i, (p, sd, t) in enumerate(zip(result.paths, result.seeds, result.infotexts, strict=False))]
+        return GenerateResult(pictures, model=engine.model.name, model_hash=engine.model.hash, warnings=warnings + list(result.warnings))
+
+    def grid(self, name: str | None = None, *, model: str | Path | None = None, x: str | None = None, y: str | None = None,
+             z: str | None = None, prompt: str | None = None, negative: str = "", steps: int = 20, sampler: str = "Euler a",
+             schedule_type: str | None = None, cfg: float = 7.0, seed: int = -1, size: str | int | None = None,
+             batch: int = 8, pad_conds: bool = False, out: str | Path | None = None, device: str | None = None,
+             dtype: str | None = None, config: str | None = None, progress: ProgressCallback | None = None,
+             **sampling: Any) -> GridResult:
+        """An A1111-style X/Y/Z grid (axes as `KIND:VALUES`, e.g. x="seed:1-3"), or with `name`
+        and no axes the standard preview of that embedding, attached to its catalogue entry.
+        Saved to `out` (default WORKSPACE/grids). `sampling` as in `generate`. Every refusal
+        (settings, axis values, device, model) comes before a model loads."""
+        from tihub.engine.grid import parse_axis
+        from tihub.runs import check_axis, check_device, check_settings, fold_sampling, model_arg
+
+        axes = [parse_axis(a, name) if a else None for a in (x, y, z)]
+        while axes and axes[-1] is None:
+            axes.pop()
+        folded = fold_sampling(sampling)
+        check_settings(steps, sampler, schedule_type, size, 1, cfg, folded)
+        for axis in axes:
+            if axis is not None:
+                check_axis(self.workspace.embeddings_dir, axis)
+        check_device(device)
+        model_arg(model)
+        if not axes and not name:
+            raise ConfigError("Give an embedding NAME (standard preview) or at least one axis (--x AXIS:VALUES).")
+        outdir = Path(out) if out else self.workspace.root / "grids"
+        from tihub.engine.generate import Engine, Settings, parse_size
+        from tihub.engine.grid import make_grid, standard_preview
+
+        engines: dict[str | None, Engine] = {}
+
+        def engine_for(m: str | None) -> Engine:
+            key = m or None
+            if key not in engines:
+                engines[key] = Engine(self._load_model(key or model, device, dtype, config, progress), self.workspace.embeddings_dir)
+            return engines[key]
+
+        if not axes:
+            assert name is not None
+            found = self._resolve(name)
+            engine = engine_for(None)
+            with _sampling_relay(engine, "preview", progress):
+                result = standard_preview(engine, name, found.kind, steps=steps, size=size, out=outdir, batch=batch)
+            self.catalog.add_preview(entry_id=found.entry_id, file_id=found.file_id, path=str(result.path),
+                                     model_hash=engine.model.hash,
+                                     params={"model": engine.model.name, "steps": steps, "kind": found.kind, "infotext": result.infotext})
+        else:
+            if prompt is None:
+                prompt = "{emb}" if any(a is not None and a.kind in ("embedding", "checkpoint") for a in axes) else (name or "")
+            native = engine_for(None).model.native_size if size is None else 512
+            w, h = parse_size(size, native)
+            settings = Settings(steps=steps, sampler=sampler, cfg_scale=cfg, width=w, height=h,
+                                schedule_type=schedule_type or "Automatic", pad_conds=pad_conds, **folded)
+            folders = [self.workspace.embeddings_dir, self.workspace.train_dir]
+            with _sampling_relay(engine_for(None), "grid", progress):
+                result = make_grid(engine_for, prompt, negative, axes, settings, seed, outdir, batch, folders)
+        warnings = list(result.warnings)
+        for e in engines.values():
+            warnings += e.vocabulary.take_warnings()
+        return GridResult(name=name, path=str(result.path), cells=[str(p) for p in result.cell_paths],
+                          pipeline_calls=result.calls, warnings=warnings)
+
+    def _resolve(self, name: str) -> Any:
+        from tihub.runs import resolve_embedding
+
+        return resolve_embedding(self.catalog, self.workspace.embeddings_dir, name)
+
+    def verify(self, name: str, model: str | Path | None = None, *, steps: int = 20, size: str | int | None = None,
+               grid: bool = True, reproduce: bool = False, device: str | None = None, dtype: str | None = None,
+               config: str | None = None, progress: ProgressCallback | None = None) -> VerifyResult:
+        """Verify embedding `name` (a catalogue name or an embeddings/ file name) on a model: it
+        loads (width), its numbers are finite, its vector norms against the model's own; with
+        `grid` the standard preview grid. With `reproduce`, the entry's published previews made
+        on this model are drawn again and compared (SSIM). Recorded in the catalogue. A failed
+        check is a result (`ok` False), not an exception; NotFound for an unknown name."""
+        from tihub.engine.verify import record, verify
+        from tihub.runs import check_device, check_settings, model_arg
+
+        check_device(device)
+        model_arg(model)
+        found = self._resolve(name)
+        check_settings(steps, None, None, size, 1, 7.0)
+        from tihub.engine.generate import Engine
+
+        engine = Engine(self._load_model(model, device, dtype, config, progress), self.workspace.embeddings_dir)
+        with _sampling_relay(engine, "verify", progress):
+            v = verify(engine, name, path=found.path, grid=grid, steps=steps, size=size, out=self.workspace.root / "grids",
+                       kind=found.kind)
+            if reproduce:
+                self._reproduce(engine, v, name, found)
+        record(self.catalog, v, found.entry_id, found.file_id)
+        return VerifyResult(name=v.name, path=v.file, model=v.model, model_hash=v.model_hash, result=v.result,
+                            checks=v.checks, norms=v.norms, grid=v.grid, warnings=v.warnings, reproduced=v.reproduced)
+
+    def _reproduce(self, engine: Any, v: Any, name: str, found: Any) -> None:
+        """`verify(reproduce=True)`: the entry's preview records, fetched with its source's URL policy."""
+        from tihub.engine.verify import reproduce_published
+        from tihub.runs import preview_fetcher
+
+        previews: list[dict[str, Any]] = []
+        allow_private = False
+        if found.entry_id is not None:
+            entry = self.catalog.entry(found.entry_id)
+            previews = entry.get("previews", [])
+            allow_private = self.allows_private(entry.get("source"))
+        emb = None
+        if engine.vocabulary.path_of(name) is None:
+            from tihub.formats import read_embedding
+
+            try:
+                emb = read_embedding(found.path)
+            except TihubError:
+                emb = None
+        with preview_fetcher(allow_private) as fetch:
+            reproduce_published(engine, v, previews, fetch, out=self.workspace.root / "outputs" / "reproduce", embedding=emb)
+
+    # ------------------------------------------------------------------ export
+
+    def export(self, names: str | list[str], to: str | Path, app: str, force: bool = False, *,
+               progress: ProgressCallback | None = None) -> list[ExportResult]:
+        """Copy embeddings (names in embeddings/) where another app looks for them: A1111/Forge
+        TO/embeddings/, ComfyUI TO/models/embeddings/, InvokeAI TO/models/<base>/embedding/; each
+        result says how to use it in a prompt (`triggers`). PNG embeddings become safetensors for
+        apps that cannot read pictures. A failed name is a result; ConfigError for a missing TO."""
+        from tihub.collection import export
+
+        names = [names] if isinstance(names, str) else list(names)
+        root = Path(to).expanduser()
+        if not root.is_dir():
+            raise ConfigError(f"--to {to}: there is no such folder; give the {app} install folder (it must exist), e.g. ~/ComfyUI.")
+        out = []
+        for i, name in enumerate(names):
+            if progress:
+                progress(i, len(names), f"exporting {name}")
+            (r,) = export(self.workspace, [name], root, app, force=force)
+            out.append(ExportResult(name=r.name, ok=r.status != "failed", status=r.status, path=str(r.path) if r.path else None,
+                                    triggers=[r.trigger] if r.trigger else [], error=r.error))
+        if progress:
+            progress(len(names), len(names), "done")
+        return out
 
     # ------------------------------------------------------------------ compat
 

@@ -10,7 +10,38 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, TextIO
+
+# The one progress callback type of all long work (tihub.hub.Hub): progress(done, total, message),
+# the amount done (bytes, items or steps), the total when known, and what is happening. The
+# message may be an `Event`, which also says what happened in a form a program can read.
+ProgressCallback = Callable[[int, "int | None", str], None]
+
+
+class Event(str):
+    """A progress message that also carries what happened: `kind` and `data`.
+
+    Kinds: "pass" (a new sampling pass or sync source starts: the display starts over),
+    "loading" (a model is being loaded: data has `model`),
+    "step" (a training step: data is the engine's step dict with `loss`, `lr`, ...),
+    "preview" (a new picture: data has `path` and `step`), "note" (a line to show: a retry,
+    a warning). A plain `str` message is a short status ("downloading", "checking").
+    """
+
+    kind: str
+    data: dict[str, Any]
+
+    def __new__(cls, text: str, kind: str = "status", **data: Any) -> Event:
+        self = super().__new__(cls, text)
+        self.kind = kind
+        self.data = data
+        return self
+
+
+def event_kind(message: str) -> str:
+    """The kind of a progress message: an Event's `kind`, else "status"."""
+    return getattr(message, "kind", "status")
 
 
 def _stream_is_tty(stream: TextIO) -> bool:
@@ -182,3 +213,51 @@ class sampling_steps:  # noqa: N801 - used as a context manager, like contextlib
         if self.progress is not None:
             self.progress.close()
             self.engine.on_step = None
+
+
+class Bar:
+    """A `ProgressCallback` that shows the work on the one progress display (stderr).
+
+    `Bar("fetch", "bytes")` is passed as the `progress` of a Hub method: a "pass" event starts the
+    display over with its text as the label, "note" and "preview" events print their line, and
+    everything else moves the bar (a plain message becomes its status). `close()` at the end.
+    """
+
+    def __init__(self, label: str, unit: str = "it", *, enabled: bool = True, stream: TextIO | None = None) -> None:
+        self.label = label
+        self.unit = unit
+        self.enabled = enabled
+        self.stream = stream
+        self.display: Progress | None = None
+
+    def _display(self, total: float | None) -> Progress:
+        if self.display is None:
+            self.display = Progress(self.label, total, self.unit, stream=self.stream, enabled=self.enabled)
+        return self.display
+
+    def __call__(self, done: int, total: int | None, message: str = "") -> None:
+        kind = event_kind(message)
+        display = self._display(total)
+        if kind in ("note", "preview"):
+            display.note(str(message))
+        elif kind == "loading":  # what the seconds before the first step are spent on, on a terminal
+            if display.tty:
+                display.note(str(message))
+        elif kind == "pass":
+            display.restart(total, str(message) or None)
+        else:
+            display.update(done, total=total, status=str(message))
+
+    def note(self, message: str) -> None:
+        """One line above the bar (a retry, a wait)."""
+        self._display(None).note(message)
+
+    def close(self) -> None:
+        if self.display is not None:
+            self.display.close()
+
+    def __enter__(self) -> Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from tihub.config import Workspace
+from tihub.runs import check_device, check_model_arg  # noqa: F401 (re-exported for the command modules)
 from tihub.shapes import checkpoint_name, item  # noqa: F401 (re-exported for the command modules)
 
 
@@ -77,50 +78,3 @@ def choice_check(option: str, value: str | None, valid: list[str]) -> None:
         return
     known = ", ".join(valid) if valid else "none yet"
     raise ConfigError(f"{option} {value!r} is not known; use one of: {known}.")
-
-
-def check_device(device: str | None) -> None:
-    """Refuse a --device this torch cannot use, before any model is loaded (one sentence)."""
-    import re
-
-    from tihub.errors import ConfigError
-
-    if device is None or device.strip().lower() in ("", "auto"):
-        return
-    m = re.fullmatch(r"(cpu|cuda|mps)(?::(\d{1,3}))?", device.strip().lower())
-    if not m or (m.group(2) is not None and m.group(1) != "cuda"):
-        raise ConfigError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or mps.")
-    kind = m.group(1)
-    if kind == "cpu":
-        return
-    import torch
-
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise ConfigError(f"--device {device}: {why}; use --device cpu, or install a CUDA build of torch.")
-        n = int(m.group(2) or 0)
-        if n >= torch.cuda.device_count():
-            raise ConfigError(f"--device {device}: there is no such GPU (this machine has cuda:0 to cuda:{torch.cuda.device_count() - 1}).")
-    elif not torch.backends.mps.is_available():
-        raise ConfigError(f"--device {device}: Apple's MPS is not available here; use --device cpu.")
-
-
-def check_model_arg(model: str) -> None:
-    """Refuse a --model that is an embedding file (a common mix-up), naming what it is."""
-    import os
-
-    from tihub.errors import ConfigError, TihubError
-
-    if not os.path.isfile(model) or os.path.getsize(model) > 64 * 1024 * 1024:
-        return  # models are folders, Hub ids or big files; the loader explains the rest
-    from tihub.formats import read_embedding
-
-    try:
-        emb = read_embedding(model)
-    except TihubError:
-        return
-    raise ConfigError(
-        f"--model {model} is an embedding ({emb.base}, {emb.vector_count} vectors), not a model; put it in embeddings/ "
-        f"and use its name in the prompt, and pass a checkpoint or diffusers folder with --model."
-    )

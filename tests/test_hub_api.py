@@ -1,0 +1,161 @@
+"""The Python API (`tihub.hub.Hub`) for the long work: export, generate, grid, verify, train, each
+with typed results in the CLI's JSON shapes and the one progress callback, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tihub.cli import cli
+from tihub.errors import ConfigError, NotFound
+from tihub.hub import Hub
+from tihub.progress import Event, event_kind
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Recorder:
+    """A progress callback that keeps every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int | None, str]] = []
+
+    def __call__(self, done: int, total: int | None, message: str) -> None:
+        self.calls.append((done, total, message))
+
+    def kinds(self) -> list[str]:
+        return [event_kind(m) for _, _, m in self.calls]
+
+    def of(self, kind: str) -> list[Any]:
+        return [m for _, _, m in self.calls if event_kind(m) == kind]
+
+
+def _emb768(home: Path, name: str, n: int = 2) -> Path:
+    from safetensors.numpy import save_file
+
+    path = home / "embeddings" / f"{name}.safetensors"
+    save_file({"emb_params": np.full((n, 768), 0.01, dtype=np.float32)}, str(path))
+    return path
+
+
+def _cli_json(*args: str) -> Any:
+    res = CliRunner().invoke(cli, [*args, "--json"], catch_exceptions=False)
+    return json.loads(res.stdout)
+
+
+def test_hub_imports_without_torch() -> None:
+    code = "import sys, tihub.hub, tihub.runs, tihub.progress; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_event_is_a_string_that_says_what_happened() -> None:
+    e = Event("preview /x/a-2.preview.png", "preview", path="/x/a-2.preview.png", step=2)
+    assert isinstance(e, str) and e == "preview /x/a-2.preview.png"
+    assert e.kind == "preview" and e.data == {"path": "/x/a-2.preview.png", "step": 2}
+    assert event_kind("downloading") == "status"
+
+
+def test_export_results_are_the_cli_json_items(home: Path, tmp_path: Path) -> None:
+    _emb768(home, "wideone")
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    progress = Recorder()
+    results = Hub(home).export(["wideone", "nosuch"], comfy, "comfyui", progress=progress)
+    ok, missing = results
+    assert ok.ok and ok.status == "exported" and ok.triggers == ["embedding:wideone"]
+    assert Path(ok.path or "") == comfy / "models" / "embeddings" / "wideone.safetensors" and Path(ok.path or "").is_file()
+    assert not missing.ok and missing.status == "failed" and "nosuch" in (missing.error or "")
+    assert progress.calls[-1][:2] == (2, 2)
+    # the same item shapes as `tihub export --json` (a second export finds the file there)
+    again = [r.as_dict() for r in Hub(home).export("wideone", comfy, "comfyui")]
+    assert again == _cli_json("--home", str(home), "export", "wideone", "--to", str(comfy), "--app", "comfyui")
+    assert again[0]["status"] == "exists" and again[0]["ok"] is True
+    with pytest.raises(ConfigError, match="no such folder"):
+        Hub(home).export(["wideone"], tmp_path / "nowhere", "a1111")
+
+
+def test_generate_tells_each_pass_and_step(home: Path, tiny_sd1_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    progress = Recorder()
+    result = Hub(home).generate("a photo of a cat", model=tiny_sd1_dir, steps=3, size=64, seed=7, batch_count=2,
+                                device="cpu", out=tmp_path / "out", progress=progress)
+    assert [p.seed for p in result.pictures] == [7, 8]
+    assert all(Path(p.path).is_file() and "Seed: " in p.infotext for p in result.pictures)
+    passes = progress.of("pass")
+    assert [str(p) for p in passes] == ["generate", "generate 2"]
+    assert [d for d, _, m in progress.calls if event_kind(m) == "status"] == [1, 2, 3, 1, 2, 3]
+    d = result.as_dict()
+    assert d["ok"] is True and d["model_hash"] == result.model_hash and len(d["pictures"]) == 2
+    assert set(d["pictures"][0]) == {"path", "seed", "infotext", "embeddings", "plan", "ok"}
+    with pytest.raises(ConfigError, match="cfg"):  # refused before the model loads
+        Hub(home).generate("x", model=tiny_sd1_dir, cfg=1e9)
+
+
+def test_grid_and_standard_preview(home: Path, tiny_sd1_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    hub = Hub(home)
+    progress = Recorder()
+    g = hub.grid(model=tiny_sd1_dir, prompt="a cat", x="seed:1,2", steps=1, size=64, device="cpu", out=tmp_path / "g",
+                 progress=progress)
+    assert len(g.cells) == 2 and g.pipeline_calls == 1 and Path(g.path).is_file()
+    assert "grid" in [str(p) for p in progress.of("pass")]
+    assert set(g.as_dict()) == {"name", "path", "cells", "pipeline_calls", "ok"}
+    _emb768(home, "wideone")
+    preview = hub.grid("wideone", model=tiny_sd1_dir, steps=1, size=64, device="cpu")
+    assert any("wideone" in w for w in preview.warnings)  # 768-wide on a 32-wide model: plain text
+    entry = hub.entry("wideone")
+    assert entry["pictures"] and entry["pictures"][0]["path"] == preview.path
+    with pytest.raises(ConfigError, match="NAME"):
+        hub.grid(model=tiny_sd1_dir)
+
+
+def test_verify_records_and_matches_the_cli(home: Path, tiny_sd1_dir: Path) -> None:
+    pytest.importorskip("torch")
+    _emb768(home, "toowide")
+    hub = Hub(home)
+    v = hub.verify("toowide", tiny_sd1_dir, grid=False, device="cpu")
+    assert v.ok is False and v.result == "failed" and "width" in (v.error or "")
+    assert [c["check"] for c in v.checks][1] == "width"
+    assert hub.entry("toowide")["verifications"][0]["result"] == "failed"
+    mine = v.as_dict()
+    [theirs] = _cli_json("--home", str(home), "verify", "toowide", "--model", str(tiny_sd1_dir), "--no-grid")
+    assert list(mine) == list(theirs) and mine["error"] == theirs["error"] and mine["checks"] == theirs["checks"]
+    with pytest.raises(NotFound, match="nosuchthing"):
+        hub.verify("nosuchthing", tiny_sd1_dir)
+
+
+def test_train_reports_each_preview_as_it_is_made(home: Path, tmp_path: Path, tiny_sd1_dir: Path) -> None:
+    pytest.importorskip("torch")
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for i in range(2):
+        arr = np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(pics / f"{i}-a red fox.png")
+    progress = Recorder()
+    seen_steps: list[int] = []
+    result = Hub(home).train("foxtok", pics, tiny_sd1_dir, steps=4, device="cpu", preview_every=2, preview_steps=1,
+                             progress=progress, on_step=lambda info: seen_steps.append(info["step"]))
+    assert result["ok"] is True and Path(result["path"]).is_file()
+    previews = progress.of("preview")
+    assert [p.data["step"] for p in previews] == [2, 4]
+    assert [p.data["path"] for p in previews] == result["previews"]
+    assert all(Path(p).is_file() for p in result["previews"])
+    # the preview of step 2 was told before step 4 was (while the run was going on)
+    order = [(event_kind(m), d) for d, _, m in progress.calls if event_kind(m) in ("preview", "step")]
+    assert order.index(("preview", 2)) < order.index(("step", 4))
+    steps = progress.of("step")
+    assert [s.data["step"] for s in steps] == [1, 2, 3, 4] == seen_steps and "loss" in steps[-1]
+    assert any(str(n).startswith("Run folder: ") for n in progress.of("note"))
+    for key in ("checkpoints", "loss_csv", "steps_from", "file_id", "extra_paths", "trained_on", "seconds"):
+        assert key in result
+    with pytest.raises(ConfigError, match="init-text"):
+        Hub(home).train("foxtok2", pics, tiny_sd1_dir, steps=1, init_text="nosuch/file.pt")
