@@ -184,7 +184,7 @@ class Jobs:
             try:
                 result = work(job)
             except Exception as exc:  # the job's one sentence, never a traceback
-                job.error = str(exc) or f"{kind} of {target} failed ({type(exc).__name__})."
+                job.error = _sentence(str(exc)) or f"{kind} of {target} failed ({type(exc).__name__})."
                 job.state, job.ok = "failed", False
             else:
                 job.result = result
@@ -193,10 +193,18 @@ class Jobs:
                     job.message = "done"
                 else:
                     job.state, job.ok = "failed", False
-                    job.error = result.get("error") or f"{kind} of {target} failed."
+                    job.error = _sentence(result.get("error") or f"{kind} of {target} failed.")
             job.finished = time.time()
             job.save()
 
         threading.Thread(target=run, name=f"tihub-job-{job.id}", daemon=True).start()
         return job
 
+
+
+def _sentence(text: str) -> str:
+    """One sentence: one full stop at the end (a reason that ends in one gets no second)."""
+    text = " ".join(text.split())
+    while text.endswith(".."):
+        text = text[:-1]
+    return text
