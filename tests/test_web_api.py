@@ -105,7 +105,8 @@ def test_errors_are_one_json_sentence(client: httpx.Client, method: str, path: s
 @pytest.mark.parametrize("path", [
     "/static/../../../../etc/passwd", "/static/%2e%2e/%2e%2e/etc/passwd", "/static/..%2f..%2f..%2fetc%2fpasswd",
     "/thumbs/..%2f..%2fcatalog.db", "/api/entries/..%2F..%2Fcatalog.db", "/entries/%2e%2e%2fcatalog.db",
-    "/static/app.js/../../hub.py",
+    "/static/app.js/../../hub.py", "/jobs/..%2f..%2fcatalog.db", "/jobs/1/previews/..%2f..%2fcatalog.db",
+    "/jobs/1/previews/-1", "/api/jobs/..%2F..%2Fcatalog.db",
 ])
 def test_no_path_escapes_the_served_folders(client: httpx.Client, path: str) -> None:
     r = client.get(path)
@@ -134,6 +135,11 @@ def test_token_rules(ws: Path) -> None:
             assert c.get("/api/search").json()["ok"] is False
             assert c.get("/").status_code == 401
             assert c.get("/api/search", headers={"Authorization": "Bearer wrong"}).status_code == 401
+            for path, body in (("/api/export", {"name": "cat-toy", "app": "a1111", "to": "."}),
+                               ("/api/grid", {"name": "cat-toy", "model": "."}), ("/api/verify", {"name": "cat-toy", "model": "."})):
+                r = c.post(path, json=body)
+                assert r.status_code == 401 and r.json()["ok"] is False, path
+            assert c.get("/jobs").status_code == 401 and c.get("/api/jobs").status_code == 401
             assert c.get("/api/search", headers={"Authorization": "Bearer s3cret"}).status_code == 200
             assert c.get("/api/search", headers={"X-Tihub-Token": "s3cret"}).status_code == 200
             first = c.get("/?token=s3cret&q=cat")  # the first visit sets the cookie and drops the token from the URL ...
