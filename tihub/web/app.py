@@ -14,10 +14,8 @@ the package's static files and thumbnails in the workspace cache, looked up by p
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hmac
-import inspect
 import ipaddress
 import time
 import typing
@@ -371,44 +369,19 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
         if not images.is_dir():
             raise TihubError(f"The pictures folder {body.images} is a file; give a folder of pictures.")
 
-        run_dir = hub.workspace.train_dir / body.name
-        extra: dict[str, Any] = {}
-        if body.preview_every:
-            if "preview_every" not in inspect.signature(hub.train).parameters:
-                raise TihubError("This tihub's Hub.train cannot make preview pictures; set preview every to 0.")
-            extra["preview_every"] = body.preview_every
-
-        def made_since(t0: float) -> list[Path]:
-            """This run's preview pictures (written since it started), oldest first."""
-            found = []
-            for p in run_dir.glob(f"{body.name}-*.preview.png"):
-                with contextlib.suppress(OSError):
-                    if p.stat().st_mtime >= t0:
-                        found.append((p.stat().st_mtime, p))
-            return [p for _, p in sorted(found)]
-
         def work(job: Job) -> dict[str, Any]:
-            t0 = time.time() - 1
+            others = relay(job)  # preview pictures (as the engine makes them) and notes
 
-            def on_step(info: dict[str, Any]) -> None:
-                if info.get("preview"):  # a preview picture event
-                    job.add_preview(str(info["preview"]))
-                    return
-                if "step" not in info:
-                    return
-                done, total, loss = int(info["step"]), int(info["total"]), info.get("loss")
+            def progress(done: int, total: int | None, message: str) -> None:
+                if getattr(message, "kind", None) != "step":
+                    return others(done, total, message)
+                loss = message.data.get("loss")  # type: ignore[attr-defined]
                 if loss is not None:
                     job.add_point(done, float(loss))
-                if body.preview_every:  # the pictures made so far (a preview is drawn after its step's report)
-                    for p in made_since(t0):
-                        job.add_preview(str(p))
                 job.update(done, total, f"step {done}/{total}" + (f", loss {loss:.4f}" if loss is not None else ""))
 
-            result = hub.train(body.name, images, model, steps=body.steps, vectors=body.vectors, size=body.size,
-                               lr=body.lr, overwrite=body.overwrite, on_step=on_step, **extra)
-            for p in made_since(t0):
-                job.add_preview(str(p))
-            return result
+            return hub.train(body.name, images, model, steps=body.steps, vectors=body.vectors, size=body.size,
+                             lr=body.lr, overwrite=body.overwrite, preview_every=body.preview_every, progress=progress)
 
         return jobs.start("train", body.name, work).as_dict()
 
