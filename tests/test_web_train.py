@@ -106,11 +106,19 @@ def test_train_page_shows_a_live_loss_plot_and_writes_the_embedding(served, tmp_
                                "[...document.querySelectorAll('#previews img')].every(i => i.complete && i.naturalWidth > 0)")
         assert page.locator("#previews figcaption").all_inner_texts() == ["step 4", "step 8"]
         shown = page.locator(".fetched-path").inner_text()
+        job_url = page.locator("#train-job a.job-link").get_attribute("href")
         out = tmp_path / "screens"
         out.mkdir()
         page.screenshot(path=str(out / "train.png"), full_page=True)
+        # the job's own page (as /jobs links it, also after a restart): the curve and the previews
+        page.goto(server.url + job_url)
+        page.wait_for_selector("#job .job-status[data-state=done]")
+        assert len((page.locator("svg.loss-plot polyline").get_attribute("points") or "").split()) == 8
+        page.wait_for_function("[...document.querySelectorAll('#previews img')].length === 2")
+        page.screenshot(path=str(out / "train-job.png"), full_page=True)
         if os.environ.get("TIHUB_SCREENSHOTS"):
-            shutil.copy(out / "train.png", Path(os.environ["TIHUB_SCREENSHOTS"]) / "train.png")
+            for name in ("train.png", "train-job.png"):
+                shutil.copy(out / name, Path(os.environ["TIHUB_SCREENSHOTS"]) / name)
         browser.close()
     target = server.hub.workspace.embeddings_dir / "webfox.safetensors"
     assert shown == str(target) and target.is_file()

@@ -94,7 +94,11 @@ async function poll(id, bar, status, button) {
   if (job.total) { bar.max = job.total; bar.value = job.done; }
   if (job.points && job.points.length) drawLoss(job.points);
   if (job.previews && job.kind === "train") showPreviews(job);
-  if (box) box.dataset.job = job.id;
+  if (box) {
+    box.dataset.job = job.id;
+    const link = box.querySelector("a.job-link");
+    if (link) { link.href = "/jobs/" + encodeURIComponent(job.id); link.hidden = false; }
+  }
   if (job.state === "done" || job.state === "failed") {
     showEnd(job, bar, status);
     if (button) button.disabled = false;
