@@ -314,6 +314,7 @@ def test_jobs_survive_a_restart_and_a_dead_servers_job_shows_failed(ws: Path) ->
             assert stopped["state"] == "failed" and stopped["ok"] is False and stopped["points"] == [[1, 0.5], [2, 0.4]]
             assert stopped["error"] == "The server stopped while this job ran; start it again."
             assert "9001" not in listed
+            assert c.get("/api/jobs", params={"active": "true"}).json() == []  # nothing runs now
             new = c.post("/api/sync", json={}).json()
             assert int(new["id"]) > 9001  # new ids never reuse an old job's
             wait_job(c, new["id"])

@@ -488,8 +488,9 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
         return hub.remove(body.name)
 
     @app.get("/api/jobs", response_model=list[JobOut], responses=ERRORS, tags=["jobs"])
-    def api_jobs() -> Any:
-        return [j.as_dict() for j in jobs.all()]
+    def api_jobs(active: bool = Query(False, description="Only the jobs still queued or running.")) -> Any:
+        """Every job this workspace's servers ran (the newest 200, kept across restarts), newest first."""
+        return [j.as_dict() for j in jobs.all() if not active or j.state in ("queued", "running")]
 
     @app.get("/api/jobs/{job_id}", response_model=JobOut, responses=ERRORS, tags=["jobs"])
     def api_job(job_id: str) -> Any:

@@ -49,7 +49,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   const buttons = [...document.querySelectorAll("button[data-kind]")];
   if (!buttons.length) return;
   let jobs = [];
-  try { jobs = await (await fetch("/api/jobs")).json(); } catch (e) { return; }
+  try { jobs = await (await fetch("/api/jobs?active=true")).json(); } catch (e) { return; }
   for (const button of buttons) {
     const kind = button.dataset.kind, target = button.dataset.target === undefined ? null : button.dataset.target;
     const job = jobs.find((j) => j.kind === kind && (target === null || j.target === target) && (j.state === "running" || j.state === "queued"));
