@@ -4,6 +4,7 @@ two fetches of one file, and the command line's own rules."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -300,9 +301,12 @@ def test_jobs_survive_a_restart_and_a_dead_servers_job_shows_failed(ws: Path) ->
     saved = json.loads((folder / f"{job['id']}.json").read_text())
     assert saved["state"] == "done" and saved["result"]["path"] == job["result"]["path"]
     # a job its server left running (the server was killed under it)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
     dead = dict(saved, id="9000", kind="train", target="fox", state="running", result=None, finished=None,
-                points=[[1, 0.5], [2, 0.4]])
+                points=[[1, 0.5], [2, 0.4]], pid=int(gone))
     (folder / "9000.json").write_text(json.dumps(dead))
+    # a job another live server on this workspace runs stays running
+    (folder / "8999.json").write_text(json.dumps(dict(dead, id="8999", pid=os.getppid())))
     (folder / "9001.json").write_text("{not json")  # a damaged file is skipped, not fatal
     second = start_server(ws)
     try:
@@ -314,7 +318,7 @@ def test_jobs_survive_a_restart_and_a_dead_servers_job_shows_failed(ws: Path) ->
             assert stopped["state"] == "failed" and stopped["ok"] is False and stopped["points"] == [[1, 0.5], [2, 0.4]]
             assert stopped["error"] == "The server stopped while this job ran; start it again."
             assert "9001" not in listed
-            assert c.get("/api/jobs", params={"active": "true"}).json() == []  # nothing runs now
+            assert [j["id"] for j in c.get("/api/jobs", params={"active": "true"}).json()] == ["8999"]
             new = c.post("/api/sync", json={}).json()
             assert int(new["id"]) > 9001  # new ids never reuse an old job's
             wait_job(c, new["id"])

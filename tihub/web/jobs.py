@@ -8,7 +8,8 @@ end with one correct file.
 Every job is also a small JSON file, `WORKSPACE/.tihub-cache/jobs/ID.json`, written atomically
 (a temporary file, then a rename) when it starts, ends, and at most twice a second while it
 runs. A server that starts lists the jobs of earlier servers; one that was still running when its
-server stopped is shown as failed, with a sentence that says so. The newest `KEEP` jobs are kept.
+server stopped is shown as failed, with a sentence that says so (unless the process that wrote it
+still lives: another server on the same workspace). The newest `KEEP` jobs are kept.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Job:
     # not fields (never shown or saved): the folder it is written to, and when it last was
     _folder = None
     _saved = 0.0
+    _pid = 0  # the process that last wrote its file
 
     def as_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -88,7 +90,7 @@ class Job:
         if self._folder is None or (soon and time.monotonic() - self._saved < SAVE_EVERY):
             return
         self._saved = time.monotonic()
-        data = self.as_dict()
+        data = {**self.as_dict(), "pid": os.getpid()}  # the server process that runs it
         target = self._folder / f"{self.id}.json"
         tmp = self._folder / f".{self.id}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
@@ -105,6 +107,7 @@ class Job:
             data = json.loads(path.read_text(encoding="utf-8"))
             known = {f.name for f in fields(cls)}
             job = cls(**{k: v for k, v in data.items() if k in known})
+            job._pid = int(data.get("pid") or 0)
         except (OSError, ValueError, TypeError):
             return None
         if not (isinstance(job.id, str) and job.id == path.stem and isinstance(job.state, str)):
@@ -132,7 +135,7 @@ class Jobs:
                 (self._folder / f"{old.id}.json").unlink()
         for job in found[-KEEP:]:
             job._folder = self._folder
-            if job.state in ("queued", "running"):  # its server died under it
+            if job.state in ("queued", "running") and not _alive_elsewhere(job._pid):  # its server died under it
                 job.state, job.ok, job.error, job.message = "failed", False, STOPPED, "stopped"
                 job.finished = job.finished or time.time()
                 job.save()
@@ -200,6 +203,19 @@ class Jobs:
         threading.Thread(target=run, name=f"tihub-job-{job.id}", daemon=True).start()
         return job
 
+
+
+def _alive_elsewhere(pid: int) -> bool:
+    """Whether `pid` is another live process (another `tihub serve` on this workspace runs the job)."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by someone else
+        return True
+    return True
 
 
 def _sentence(text: str) -> str:
