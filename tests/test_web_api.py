@@ -189,6 +189,17 @@ def test_openapi_describes_the_api(client: httpx.Client) -> None:
     for p in ("/api/search", "/api/entries/{entry}", "/api/local", "/api/fetch", "/api/jobs/{job_id}", "/api/compat"):
         assert p in spec["paths"], p
     assert "ErrorOut" in json.dumps(spec["paths"]["/api/search"]["get"]["responses"]["422"])
+    for p in ("/api/export", "/api/grid", "/api/verify"):
+        assert "JobOut" in json.dumps(spec["paths"][p]["post"]["responses"]["202"]), p
+    # the response shapes are the library's dataclasses (one definition), less `trigger` for search
+    import dataclasses
+
+    from tihub.hub import SearchHit
+    from tihub.web.jobs import Job
+
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["HitOut"]["properties"]) == {f.name for f in dataclasses.fields(SearchHit)} - {"trigger"}
+    assert set(schemas["JobOut"]["properties"]) == {f.name for f in dataclasses.fields(Job)}
 
 
 def test_serve_command_refuses_a_public_host_without_token(tmp_path: Path) -> None:
