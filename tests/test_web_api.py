@@ -340,3 +340,30 @@ def test_jobs_survive_a_restart_and_a_dead_servers_job_shows_failed(ws: Path) ->
     finally:
         second.stop()
     assert json.loads((folder / "9000.json").read_text())["state"] == "failed"  # written back
+
+
+def test_facets_are_served_at_once_and_refreshed_behind() -> None:
+    from tihub.web.app import FacetCache
+
+    gate = threading.Event()
+
+    class SlowHub:
+        calls = 0
+
+        def facets(self, max_age: float = 30.0) -> int:
+            SlowHub.calls += 1
+            if SlowHub.calls > 1:
+                assert gate.wait(10)
+            return SlowHub.calls
+
+    cache = FacetCache(SlowHub(), max_age=0.0)  # type: ignore[arg-type]
+    assert cache.get() == 1  # the first list is waited for
+    time.sleep(0.01)
+    assert cache.get() == 1  # old: served as it is while a new one is made ...
+    assert cache.get() == 1 and SlowHub.calls == 2  # ... by one thread only
+    gate.set()
+    for _ in range(200):  # the new list replaces the old one when it is made
+        if cache.get() > 1:
+            break
+        time.sleep(0.01)
+    assert cache.get() > 1

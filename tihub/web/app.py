@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import ipaddress
+import threading
 import time
 import typing
 from pathlib import Path
@@ -171,6 +172,48 @@ def _host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
+class FacetCache:
+    """The search page's facets without the wait: listing the kinds scans the catalogue (1.5 s at
+    1,000,000 entries), so the first list is made when the server starts, and a list older than
+    `max_age` is served while a fresh one is made in the background."""
+
+    def __init__(self, hub: Hub, max_age: float = 30.0) -> None:
+        self.hub, self.max_age = hub, max_age
+        self._value: Any = None
+        self._at = 0.0
+        self._lock = threading.Lock()  # one refresh at a time
+        self._busy = False
+
+    def refresh(self) -> Any:
+        with self._lock:
+            self._value, self._at = self.hub.facets(max_age=0), time.monotonic()
+            return self._value
+
+    def _background(self) -> None:
+        try:
+            self.refresh()
+        except Exception:  # noqa: BLE001 - the page keeps the list it has; the next visit tries again
+            pass
+        finally:
+            self._busy = False
+
+    def start(self) -> None:
+        """Refresh in a thread (unless one runs)."""
+        if not self._busy:
+            self._busy = True
+            threading.Thread(target=self._background, name="tihub-facets", daemon=True).start()
+
+    def get(self) -> Any:
+        if self._value is None:  # the first list: wait for it (for the one the start began, if it runs)
+            with self._lock:
+                if self._value is None:
+                    self._value, self._at = self.hub.facets(max_age=0), time.monotonic()
+            return self._value
+        if time.monotonic() - self._at > self.max_age:
+            self.start()
+        return self._value
+
+
 class Outside(TihubError):
     """A path outside the folders this server may read or write (answered 403)."""
 
@@ -203,6 +246,8 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
                   docs_url="/docs", redoc_url=None)
     app.state.hub = hub
     app.state.jobs = jobs = Jobs(hub.workspace.root / ".tihub-cache" / "jobs")  # kept across restarts
+    app.state.facets = facets = FacetCache(hub)
+    facets.start()  # the first page should not wait for the scan
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
@@ -353,6 +398,7 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
                 job.update(done, total, message)
 
             reports = hub.sync(names, progress=progress)
+            facets.refresh()  # new kinds and sources show at once
             failed = [r for r in reports if not r["ok"]]
             out: dict[str, Any] = {"ok": not failed, "reports": reports}
             if failed:
@@ -559,7 +605,7 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
         hits = hits[:PAGE_SIZE]
         params = {k: v for k, v in dict(q=q, base=base, kind=kind, source=source, local=local, nsfw=nsfw, sort=sort).items() if v}
         ctx = {
-            "hits": hits, "facets": hub.facets(), "q": q, "base": base, "kind": kind, "source": source, "local": local,
+            "hits": hits, "facets": facets.get(), "q": q, "base": base, "kind": kind, "source": source, "local": local,
             "nsfw": nsfw, "sort": sort, "sorts": SORTS, "page": page, "model_hash": model_hash, "warning": warning,
             "prev_url": "/?" + urlencode({**params, "page": page - 1}) if page > 1 else None,
             "next_url": "/?" + urlencode({**params, "page": page + 1}) if more else None,
