@@ -159,3 +159,28 @@ def test_train_reports_each_preview_as_it_is_made(home: Path, tmp_path: Path, ti
         assert key in result
     with pytest.raises(ConfigError, match="init-text"):
         Hub(home).train("foxtok2", pics, tiny_sd1_dir, steps=1, init_text="nosuch/file.pt")
+
+
+def test_the_readme_python_api_example_runs(tmp_path: Path, tiny_sd1_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's "Python API" block, run as written (HOME and the current folder point at a
+    small offline workspace with the tiny model as ./sd15)."""
+    pytest.importorskip("torch")
+    import re
+
+    from fileserver import embedding_bytes
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Python API", 1)[1]
+    [code] = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+    home = tmp_path / "tihub"
+    (home / "embeddings").mkdir(parents=True)
+    (home / "embeddings" / "mycat.safetensors").write_bytes(embedding_bytes(name="mycat"))
+    (tmp_path / "sd15").symlink_to(tiny_sd1_dir, target_is_directory=True)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    code = code.replace('seed=42,', 'seed=42, steps=2, size=64,')  # the fewest steps on the tiny model
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "watercolor-style" in out and "mycat" in out  # the failed fetch's sentence, the verdict
+    assert len(list((tmp_path / "tihub" / "outputs").glob("*.png"))) == 1 and out.rstrip().endswith("True")

@@ -183,38 +183,6 @@ class Progress:
         self.close()
 
 
-class sampling_steps:  # noqa: N801 - used as a context manager, like contextlib's helpers
-    """Show the sampling loop's steps (tihub.engine.sampling) on the one progress display while
-    the block runs: `with sampling_steps(engine, "generate"): ...`. The engine tells its
-    `on_step(done, total)` hook; each sampling pass (a batch, a hires pass) restarts the display
-    with its own step count. An engine without that hook just runs without a bar."""
-
-    def __init__(self, engine: Any, label: str) -> None:
-        self.engine = engine
-        self.label = label
-        self.passes = 0
-        self.progress: Progress | None = None
-
-    def _step(self, done: int, total: int) -> None:
-        assert self.progress is not None
-        if done == 0:  # a new pass
-            self.passes += 1
-            self.progress.restart(total, f"{self.label} {self.passes}" if self.passes > 1 else self.label)
-        else:
-            self.progress.update(done, total=total)
-
-    def __enter__(self) -> sampling_steps:
-        if self.engine is not None and hasattr(self.engine, "on_step"):
-            self.progress = Progress(self.label, None, "step")
-            self.engine.on_step = self._step
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.close()
-            self.engine.on_step = None
-
-
 class Bar:
     """A `ProgressCallback` that shows the work on the one progress display (stderr).
 
@@ -245,8 +213,8 @@ class Bar:
                 display.note(str(message))
         elif kind == "pass":
             display.restart(total, str(message) or None)
-        else:
-            display.update(done, total=total, status=str(message))
+        else:  # a step; an Event may also carry the bar's new `label` (e.g. "fetch 2/5")
+            display.update(done, total=total, status=str(message), label=getattr(message, "data", {}).get("label"))
 
     def note(self, message: str) -> None:
         """One line above the bar (a retry, a wait)."""

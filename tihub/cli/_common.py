@@ -27,12 +27,22 @@ class Context:
     db_url: str | None = None
     verbose: bool = False
     _workspace: Workspace | None = field(default=None, repr=False)
+    _hub: Any = field(default=None, repr=False)
 
     @property
     def workspace(self) -> Workspace:
         if self._workspace is None:
             self._workspace = Workspace.locate(self.home, self.db_url)
         return self._workspace
+
+    @property
+    def hub(self):  # type: ignore[no-untyped-def]
+        """The library facade (tihub.hub.Hub) on this workspace: every command calls it."""
+        if self._hub is None:
+            from tihub.hub import Hub
+
+            self._hub = Hub.on(self.workspace)
+        return self._hub
 
     def engine(self):  # type: ignore[no-untyped-def]
         """The catalogue database engine (created and migrated on first use)."""
