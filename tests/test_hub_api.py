@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +185,130 @@ def test_the_readme_python_api_example_runs(tmp_path: Path, tiny_sd1_dir: Path, 
     out = capsys.readouterr().out
     assert "watercolor-style" in out and "mycat" in out  # the failed fetch's sentence, the verdict
     assert len(list((tmp_path / "tihub" / "outputs").glob("*.png"))) == 1 and out.rstrip().endswith("True")
+
+
+# ------------------------------------------------------------------ the collection and the catalogue
+
+
+@pytest.fixture
+def mirror(home: Path) -> Iterator[tuple[Any, str]]:
+    """A loopback file server with one catalogued file (and a manual download) in `home`."""
+    import hashlib
+
+    from fileserver import FileServer, embedding_bytes
+
+    from tihub.catalog.db import open_engine
+    from tihub.catalog.store import Catalog
+    from tihub.config import SourceSpec, Workspace
+    from tihub.sources.base import Candidate, CandidateFile
+
+    srv = FileServer().start()
+    (home / "sources.yaml").write_text("sources:\n  - {name: mirror, kind: links, url: 'http://127.0.0.1/', allow_private: true}\n"
+                                       "  - {name: local, kind: local, path: embeddings}\n")
+    data = embedding_bytes("a1111", name="EasyNeg", sd_checkpoint="925997e9")
+    url = srv.add("/files/easynegative.pt", data)
+    ws = Workspace.locate(home)
+    Catalog(open_engine(ws.db_url), ws).ingest(SourceSpec(name="mirror", kind="links", allow_private=True), [
+        Candidate("easy", "easynegative", base_model="SD 1.5", files=[CandidateFile(
+            "easynegative.pt", url, len(data), hashlib.sha256(data).hexdigest(), widths={"clip_l": 768}, sd_checkpoint="925997e9")]),
+        Candidate("megafile", "megafile", files=[CandidateFile("x.pt", "https://mega.nz/file/abc#k", manual=True)], status="manual"),
+    ])
+    try:
+        yield srv, url
+    finally:
+        srv.stop()
+
+
+def test_fetch_many_decides_per_target_in_order(home: Path, mirror: tuple[Any, str]) -> None:
+    srv, _ = mirror
+    from fileserver import embedding_bytes
+
+    direct = srv.add("/d/thing.pt", embedding_bytes("a1111", name="thing"))
+    hub = Hub(home)
+    progress = Recorder()
+    results = hub.fetch_many(["megafile", "easynegative", "nosuch", direct], progress=progress)
+    manual, easy, missing, thing = results
+    assert [r.target for r in results] == ["megafile", "easynegative", "nosuch", direct]
+    assert not manual.ok and manual.manual and "manual download" in (manual.error or "") and "mega.nz" in (manual.error or "")
+    assert manual.as_dict()["status"] == "manual"
+    assert easy.ok and easy.status == "fetched" and easy.converted and Path(easy.path or "").name == "easynegative.safetensors"
+    assert not missing.ok and "nosuch" in (missing.error or "")
+    assert thing.ok and Path(thing.path or "").is_file()
+    assert any(getattr(m, "data", {}).get("label") == "fetch 2/2" for _, _, m in progress.calls)
+    assert progress.calls[-1][2] == "done"
+    again = hub.fetch_many(["easynegative"])
+    assert again[0].already_local and again[0].status == "exists"
+    with pytest.raises(ConfigError, match="--name only works with one target"):
+        hub.fetch_many(["a", "b"], name="x")
+    # the CLI prints the same items
+    assert [r.as_dict() for r in hub.fetch_many(["easynegative", "megafile"])] == \
+        _cli_json("--home", str(home), "fetch", "easynegative", "megafile")
+
+
+def test_search_show_sources_and_judge_are_the_cli_items(home: Path, mirror: tuple[Any, str]) -> None:
+    hub = Hub(home)
+    hub.fetch("easynegative")
+    assert [h.item() for h in hub.search("", limit=None, pictures=False)] == _cli_json("--home", str(home), "search", "", "--limit", "0")
+    assert {h.name: h.fit for h in hub.search("", model="sd1", limit=None)}["easynegative"] == "same-family"
+    assert "easynegative" not in {h.name for h in hub.search("", model="sdxl", limit=None)}  # an SD1 file
+    with pytest.raises(NotFound, match="--source 'nope' is not known"):
+        hub.search("", source="nope")
+    with pytest.raises(ConfigError, match="Unknown kind 'foo'"):
+        hub.search("", kind="foo")
+    from tihub.shapes import show_item
+
+    assert [show_item(hub.show("easynegative"))] == _cli_json("--home", str(home), "show", "easynegative")
+    assert hub.sources() == _cli_json("--home", str(home), "sources")
+    wrote, message = hub.init_sources()
+    assert not wrote and "already lists 2 source(s)" in message
+    report = hub.judge(["easynegative", "nosuch"], model_hash="sdxl")
+    assert report.model.family == "sdxl"
+    easy, missing = report.results
+    assert easy.ok and easy.fit == "partial" and easy.apps["a1111"]["fit"] == "wont-load" and not missing.ok
+    assert [r.as_dict() for r in report.results] == _cli_json("--home", str(home), "compat", "easynegative", "nosuch",
+                                                              "--model-hash", "sdxl")
+    for_app = hub.judge(["easynegative"], model_hash="sdxl", app="comfyui").results[0]
+    assert for_app.fit == "partial" and for_app.as_dict()["app"] == "comfyui"
+    with pytest.raises(ConfigError, match="exactly one"):
+        hub.judge()
+
+
+def test_import_list_remove(home: Path, tmp_path: Path) -> None:
+    from fileserver import embedding_bytes
+
+    src = tmp_path / "dl" / "mystyle.pt"
+    src.parent.mkdir()
+    src.write_bytes(embedding_bytes("a1111", name="mystyle"))
+    hub = Hub(home)
+    [r] = hub.import_files(src, remote=False)
+    assert r.ok and r.status == "imported" and Path(r.path or "").parent == home / "embeddings"
+    assert set(r.as_dict()) == {"input", "status", "name", "path", "entry", "matched_by", "identified", "source", "page_url",
+                                "triggers", "duplicates", "ok"}
+    [bad] = hub.import_files(tmp_path / "nothing.pt", remote=False)
+    assert not bad.ok and bad.as_dict()["error"]
+    assert [row["name"] for row in hub.local()] == ["mystyle"]
+    gone = hub.remove("mystyle")
+    assert gone["ok"] and gone["path"].endswith("mystyle.pt") and hub.local() == []
+    with pytest.raises(NotFound):
+        hub.remove("mystyle")
+
+
+def test_the_terminal_bar_is_a_progress_callback() -> None:
+    import io
+
+    from tihub.progress import Bar
+
+    out = io.StringIO()
+    bar = Bar("work", "step", stream=out)  # not a terminal: a line per tenth, notes as lines
+    bar(0, None, Event("Loading model m ...", "loading", model="m"))  # said on a terminal only
+    bar(0, 4, Event("generate", "pass", number=1))
+    for i in range(1, 5):
+        bar(i, 4, "")
+    bar(0, None, Event("preview /r/a-2.preview.png", "preview", path="/r/a-2.preview.png", step=2))
+    bar(0, 2, Event("generate 2", "pass", number=2))
+    bar(2, 2, "")
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "generate: 20% (1/4 step)" and "generate: 100% (4/4 step)" in lines
+    assert "preview /r/a-2.preview.png" in lines and lines[-1] == "generate 2: 100% (2/2 step)"
+    assert not any("Loading" in line for line in lines)

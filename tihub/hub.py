@@ -31,296 +31,33 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tihub.config import Workspace
 from tihub.errors import ConfigError, NotFound, TihubError
-from tihub.shapes import item
-
 # progress(done, total, message): bytes (or items, steps) done, the total when known, what is
 # happening; the message may be a tihub.progress.Event (a new pass, a training step, a preview)
-from tihub.progress import Event, ProgressCallback  # noqa: E402,F401 (part of the Hub API)
+from tihub.progress import Event, ProgressCallback, TrainWatcher, fetch_relay, sampling_relay  # noqa: F401 (part of the Hub API)
+from tihub.results import (  # noqa: F401 (the typed results, part of the Hub API)
+    CompatReport,
+    CompatResult,
+    ExportResult,
+    Facets,
+    FetchResult,
+    GenerateResult,
+    GridResult,
+    ImportResult,
+    Picture,
+    SearchHit,
+    VerifyResult,
+)
+from tihub.shapes import item
 
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 SORTS = ("relevance", "name", "base", "source")
 SORT_WINDOW = 1000  # a sort other than relevance orders at most this many best matches
 MAX_OFFSET = 5000  # paging deeper would rank that many results per page; narrow the search instead
-
-
-@dataclass
-class SearchHit:
-    """One search result (a catalogue entry), as a card or a `tihub search --json` row shows it."""
-
-    id: int
-    name: str
-    title: str | None
-    base: str
-    kind: str | None
-    source: str
-    trigger: str
-    triggers: list[str]
-    url: str | None
-    sha256: str | None
-    local: bool
-    path: str | None
-    nsfw: bool
-    status: str
-    manual: bool
-    trained_on: str | None
-    fit: str | None = None
-    preview_id: int | None = None
-    preview_nsfw: bool = False
-    ok: bool = True
-    base_model: str | None = None  # the base the source declared
-    file_name: str | None = None
-    size: int | None = None
-    files: int = 0
-    removed: bool = False  # gone upstream
-    page_url: str | None = None
-    fuzzy: bool = False  # shown because its name is within a typo or two of the query
-
-    def as_dict(self) -> dict[str, Any]:
-        """As a card shows it (the JSON vocabulary: `triggers` only, no `trigger`), with its
-        first picture (`preview_id`) and where it is on disk (`path`)."""
-        out = asdict(self)
-        del out["trigger"]
-        return out
-
-    def item(self) -> dict[str, Any]:
-        """As a `tihub search --json` item (tihub/schemas/search.json)."""
-        out: dict[str, Any] = {k: getattr(self, k) for k in _SEARCH_ITEM_KEYS}
-        if self.fit is not None:
-            out["fit"] = self.fit
-        if self.fuzzy:
-            out["fuzzy"] = True
-        out["triggers"] = list(self.triggers)
-        out["trained_on"] = self.trained_on
-        return item(True, **out)
-
-
-_SEARCH_ITEM_KEYS = ("id", "name", "source", "base", "url", "sha256", "local", "title", "kind", "base_model", "nsfw",
-                     "status", "manual", "file_name", "size", "files", "removed", "page_url")
-
-
-@dataclass
-class FetchResult:
-    """The outcome of fetching one catalogue entry's file."""
-
-    target: str
-    ok: bool
-    status: str  # fetched | exists | manual | failed
-    path: str | None = None
-    sha256: str | None = None
-    size: int | None = None
-    converted: bool = False
-    error: str | None = None
-    name: str | None = None  # the file's name (trigger word)
-    url: str | None = None
-    resumed_from: int | None = None  # bytes an interrupted download was continued from
-    already_local: bool = False  # the catalogue knew it on disk: nothing was downloaded
-    manual: bool = False  # failed because the file is a manual download (a page to open in a browser)
-
-    def as_dict(self) -> dict[str, Any]:
-        """As a `tihub fetch --json` item (every key present, null when unknown; `status` "manual"
-        for a manual download)."""
-        status = "manual" if self.manual else self.status
-        return item(self.ok, self.error or f"{self.target} failed.", target=self.target, status=status, name=self.name,
-                    path=self.path, url=self.url, sha256=self.sha256, size=self.size, converted=self.converted,
-                    resumed_from=self.resumed_from)
-
-
-@dataclass
-class ImportResult:
-    """One file added by `Hub.import_files` (`tihub import --json` item): where it went and what it is."""
-
-    input: str
-    ok: bool
-    status: str  # imported | exists | failed
-    path: str | None = None
-    entry: str | None = None  # the catalogue entry it matched
-    matched_by: str | None = None  # sha256 | name
-    identified: str | None = None  # catalog | civitai: what recognised the bytes
-    source: str | None = None  # the catalogue source (or civitai) the bytes come from
-    page_url: str | None = None
-    triggers: list[str] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)  # files on disk with the very same bytes
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return item(self.ok, self.error or f"{self.input} failed.", input=self.input, status=self.status,
-                    name=Path(self.path).stem if self.path else None, path=self.path, entry=self.entry,
-                    matched_by=self.matched_by, identified=self.identified, source=self.source, page_url=self.page_url,
-                    triggers=list(self.triggers), duplicates=list(self.duplicates))
-
-
-@dataclass
-class CompatResult:
-    """How one embedding fits a model (`tihub compat --json` item); `apps` holds each app's verdict."""
-
-    name: str
-    ok: bool
-    fit: str | None = None  # trained-on | same-family | partial | wont-load | unknown
-    reason: str | None = None
-    trained_on: str | None = None
-    trained_on_name: str | None = None
-    line: str | None = None  # a fine-tune line (pony, illustrious, ...) it was made for
-    path: str | None = None
-    source: str | None = None
-    apps: dict[str, dict[str, Any]] = field(default_factory=dict)  # app -> {fit, reason}
-    app: str | None = None  # the app `fit` and `reason` are for (None: the family verdict)
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        if not self.ok:
-            return item(False, self.error, name=self.name, fit=None, reason=None, trained_on=None, trained_on_name=None)
-        return item(True, name=self.name, fit=self.fit, reason=self.reason, trained_on=self.trained_on,
-                    trained_on_name=self.trained_on_name, line=self.line, path=self.path, source=self.source,
-                    apps=self.apps, **({"app": self.app} if self.app else {}))
-
-
-@dataclass
-class CompatReport:
-    """The verdicts of `Hub.judge` on one model (`model`: a tihub.compat.KnownModel)."""
-
-    model: Any
-    results: list[CompatResult] = field(default_factory=list)
-
-
-@dataclass
-class ExportResult:
-    """One embedding copied into another app's folder (`tihub export --json` item)."""
-
-    name: str
-    ok: bool
-    status: str  # exported | exists | failed
-    path: str | None = None
-    triggers: list[str] = field(default_factory=list)
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return item(self.ok, self.error or f"{self.name} failed.", name=self.name, status=self.status, path=self.path,
-                    triggers=list(self.triggers))
-
-
-@dataclass
-class Picture:
-    """One generated picture (`tihub generate --json` item): its file, seed and A1111 infotext."""
-
-    path: str
-    seed: int
-    infotext: str
-    embeddings: list[str] = field(default_factory=list)  # embedding names the prompts used
-    plan: dict[str, Any] | None = None  # what its batch ran: sampler, schedule, sigmas, RNG, seeds
-
-    def as_dict(self) -> dict[str, Any]:
-        return item(True, path=self.path, seed=self.seed, infotext=self.infotext, embeddings=list(self.embeddings), plan=self.plan)
-
-
-@dataclass
-class GenerateResult:
-    """The pictures of one `Hub.generate` call, and the warnings it gave (one sentence each)."""
-
-    pictures: list[Picture]
-    model: str
-    model_hash: str | None = None
-    warnings: list[str] = field(default_factory=list)
-    ok: bool = True
-
-    def items(self) -> list[dict[str, Any]]:
-        """As `tihub generate --json`: one item per picture."""
-        return [p.as_dict() for p in self.pictures]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"ok": True, "pictures": self.items(), "model": self.model, "model_hash": self.model_hash,
-                "warnings": list(self.warnings)}
-
-
-@dataclass
-class GridResult:
-    """A grid picture (`tihub grid --json` item): the whole grid, each cell, the pipeline calls."""
-
-    name: str | None
-    path: str
-    cells: list[str] = field(default_factory=list)
-    pipeline_calls: int = 0
-    warnings: list[str] = field(default_factory=list)
-    ok: bool = True
-
-    def as_dict(self) -> dict[str, Any]:
-        return item(True, name=self.name, path=self.path, cells=list(self.cells), pipeline_calls=self.pipeline_calls)
-
-
-@dataclass
-class VerifyResult:
-    """How an embedding fared on a model (`tihub verify --json` item); recorded in the catalogue."""
-
-    name: str
-    path: str | None
-    model: str
-    model_hash: str | None
-    result: str  # ok | warning | failed
-    checks: list[dict[str, Any]] = field(default_factory=list)  # {check, status, detail}
-    norms: dict[str, Any] = field(default_factory=dict)
-    grid: str | None = None
-    warnings: list[str] = field(default_factory=list)
-    reproduced: list[dict[str, Any]] = field(default_factory=list)  # per published preview: ssim, mad, ...
-
-    @property
-    def ok(self) -> bool:
-        return self.result != "failed"
-
-    @property
-    def error(self) -> str | None:
-        if self.ok:
-            return None
-        failed = "; ".join(f"{c['check']}: {c['detail']}" for c in self.checks if c["status"] == "failed")
-        return f"{self.name} failed verification on {self.model}: {failed}."
-
-    def as_dict(self) -> dict[str, Any]:
-        d = {"name": self.name, "model": self.model, "model_hash": self.model_hash, "result": self.result, "checks": self.checks,
-             "norms": self.norms, "grid": self.grid, "warnings": self.warnings, "reproduced": self.reproduced, "path": self.path}
-        return item(self.ok, self.error, **d)
-
-
-@dataclass
-class Facets:
-    """The values a search can be narrowed by."""
-
-    bases: list[str] = field(default_factory=lambda: ["sd1", "sd2", "sdxl", "unknown"])
-    kinds: list[str] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)
-    models: list[dict[str, Any]] = field(default_factory=list)  # known models: name, family, autov2
-
-
-def _fetch_progress(callback: ProgressCallback | None) -> Any:
-    """A `tihub.download.Progress` that tells one `ProgressCallback` the bytes of all files of a
-    fetch together: "downloading" (labelled "fetch DONE/COUNT"), "checking" as each file ends,
-    and its notes (retries, waits) as Events "note"."""
-    from tihub.download import Progress
-
-    class _Relay(Progress):
-        def _show(self) -> None:
-            self._tell("downloading")
-
-        def _tell(self, message: str) -> None:
-            if callback:
-                with self.lock:
-                    done, total, label = self._done, self._total or None, f"fetch {self.finished}/{self.count or '?'}"
-                callback(done, total, Event(message, "status", label=label))
-
-        def finish(self, key: str) -> None:
-            with self.lock:
-                self.files.pop(key, None)
-                self.finished += 1
-            self._tell("checking")
-
-        def note(self, message: str) -> None:
-            if callback:
-                callback(0, None, Event(message, "note"))
-
-    return _Relay(enabled=True)
 
 
 def _strip_suffix(name: str | None) -> str | None:
@@ -341,84 +78,6 @@ def _nsfw_picture(params: str | None) -> bool:
     except ValueError:
         return False
     return isinstance(data, dict) and bool(data.get("nsfw"))
-
-
-class _TrainWatcher:
-    """Relays a training run to one progress callback: each step, the notes, and each preview
-    picture as soon as it is on disk (the engine draws it right after its step is reported, so
-    it is looked for at the next step, and the last ones when the run ends)."""
-
-    def __init__(self, cfg: Any, progress: ProgressCallback | None, on_step: Callable[[dict[str, Any]], None] | None) -> None:
-        self.cfg = cfg
-        self.progress = progress
-        self.on_step = on_step
-        self.next_preview: int | None = None  # the next step a preview picture is expected after
-        self.reported: set[str] = set()
-
-    def note(self, line: str) -> None:
-        if self.progress:
-            self.progress(0, None, Event(line, "note"))
-
-    def _preview(self, path: Path, step: int | None) -> None:
-        if str(path) in self.reported:
-            return
-        self.reported.add(str(path))
-        if self.progress:
-            self.progress(step or 0, self.cfg.steps, Event(f"preview {path}", "preview", path=str(path), step=step))
-
-    def step(self, info: dict[str, Any]) -> None:
-        done, total = int(info["step"]), int(info["total"])
-        every = self.cfg.preview_every
-        if every:
-            if self.next_preview is None:  # the first step seen (a resumed run starts later)
-                self.next_preview = -(-done // every) * every
-            while self.next_preview < done:
-                path = Path(self.cfg.run_dir) / f"{self.cfg.name}-{self.next_preview}.preview.png"
-                if path.is_file():
-                    self._preview(path, self.next_preview)
-                self.next_preview += every
-        if self.on_step:
-            self.on_step(info)
-        if self.progress:
-            loss = "-" if info.get("loss") is None else f"{info['loss']:.4f}"
-            lr = info.get("lr")
-            self.progress(done, total, Event(f"loss {loss} lr {lr:.3g}" if lr is not None else f"loss {loss}", "step", **info))
-
-    def finish(self, previews: list[Path]) -> None:
-        import re
-
-        for p in previews:
-            m = re.search(r"-(\d+)\.preview\.png$", Path(p).name)
-            self._preview(Path(p), int(m.group(1)) if m else None)
-
-
-class _sampling_relay:  # noqa: N801 - a context manager, like contextlib's helpers
-    """Tells `progress` the engine's sampling steps while the block runs: the engine's
-    `on_step(done, total)` hook, with an Event "pass" as each pass (a batch, a hires pass) starts."""
-
-    def __init__(self, engine: Any, label: str, progress: ProgressCallback | None) -> None:
-        self.engine = engine
-        self.label = label
-        self.progress = progress
-        self.passes = 0
-
-    def _step(self, done: int, total: int) -> None:
-        assert self.progress is not None
-        if done == 0:  # a new pass
-            self.passes += 1
-            label = f"{self.label} {self.passes}" if self.passes > 1 else self.label
-            self.progress(0, total, Event(label, "pass", number=self.passes))
-        else:
-            self.progress(done, total, "")
-
-    def __enter__(self) -> _sampling_relay:
-        if self.progress is not None and hasattr(self.engine, "on_step"):
-            self.engine.on_step = self._step
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None and hasattr(self.engine, "on_step"):
-            self.engine.on_step = None
 
 
 class Hub:
@@ -814,7 +473,7 @@ class Hub:
             cat.upsert_local_file(path, emb, sha, r.entry_id)
             after_fetch(cat, path, sha, r.entry_id, r.url, allow_private=r.allow_private, upstream_sha256=r.sha256)
 
-        relay = _fetch_progress(progress)
+        relay = fetch_relay(progress)
         with reporting(relay.note), Downloader(folder, convert=convert, force=force, jobs=jobs, deadline=timeout,
                                                progress=relay, record=record) as dl:
             dl.blob_cache = BlobCache.for_workspace(self.workspace)
@@ -891,7 +550,7 @@ class Hub:
         from tihub.updates import upgrade
 
         return upgrade(self.catalog, self.workspace, names, all_=all_, keep_old=keep_old, convert=convert, jobs=jobs,
-                       timeout=timeout, progress=_fetch_progress(progress), allow_private=self.allows_private)
+                       timeout=timeout, progress=fetch_relay(progress), allow_private=self.allows_private)
 
     # ------------------------------------------------------------------ sources and sync
 
@@ -1043,7 +702,7 @@ class Hub:
         from tihub.hashing import HashCache
 
         cfg.model_hash = model_autov2(str(model), HashCache(self.catalog.engine))  # the workspace's hash cache
-        watcher = _TrainWatcher(cfg, progress, on_step)
+        watcher = TrainWatcher(cfg, progress, on_step)
         watcher.note(f"Run folder: {cfg.run_dir}")
         from tihub.engine.train import train
 
@@ -1146,7 +805,7 @@ class Hub:
             warnings.append(f"--from-image was made with model hash {made_with}, this model is {engine.model.hash}; images will differ.")
         from tihub.engine.reproduce import engine_kwargs
 
-        with _sampling_relay(engine, "generate", progress):
+        with sampling_relay(engine, "generate", progress):
             result = engine.generate(
                 prompt, negative if negative is not None else base.get("negative", ""),
                 **{**engine_kwargs(given), "steps": steps, "sampler": sampler, "schedule_type": schedule_type,
@@ -1201,7 +860,7 @@ class Hub:
             assert name is not None
             found = self.resolve(name)
             engine = engine_for(None)
-            with _sampling_relay(engine, "preview", progress):
+            with sampling_relay(engine, "preview", progress):
                 result = standard_preview(engine, name, found.kind, steps=steps, size=size, out=outdir, batch=batch)
             self.catalog.add_preview(entry_id=found.entry_id, file_id=found.file_id, path=str(result.path),
                                      model_hash=engine.model.hash,
@@ -1214,7 +873,7 @@ class Hub:
             settings = Settings(steps=steps, sampler=sampler, cfg_scale=cfg, width=w, height=h,
                                 schedule_type=schedule_type or "Automatic", pad_conds=pad_conds, **folded)
             folders = [self.workspace.embeddings_dir, self.workspace.train_dir]
-            with _sampling_relay(engine_for(None), "grid", progress):
+            with sampling_relay(engine_for(None), "grid", progress):
                 result = make_grid(engine_for, prompt, negative, axes, settings, seed, outdir, batch, folders)
         warnings = list(result.warnings)
         for e in engines.values():
@@ -1248,7 +907,7 @@ class Hub:
         from tihub.engine.generate import Engine
 
         engine = Engine(self._load_model(model, device, dtype, config, progress), self.workspace.embeddings_dir)
-        with _sampling_relay(engine, "verify", progress):
+        with sampling_relay(engine, "verify", progress):
             v = verify(engine, name, path=found.path, grid=grid, steps=steps, size=size, out=self.workspace.root / "grids",
                        kind=found.kind)
             if reproduce:

@@ -1,9 +1,13 @@
-"""The one progress display of all long work: sync, fetch, generate, grid, verify, train.
+"""The one progress display of all long work (sync, fetch, generate, grid, verify, train), and the
+one progress callback type the library reports through.
 
-On a terminal it is a rich bar (rich: a maintained library) with the work's speed and the time
-left; elsewhere (a pipe, a log file, CI) it prints one plain line each time another tenth of the
-work is done, so logs stay short. Notes (a retry, a wait, a warning) print as their own line
-either way. Everything goes to stderr; stdout stays for results and JSON.
+Library code (tihub.hub.Hub) takes `progress(done, total, message)` (`ProgressCallback`); the
+message may be an `Event` saying what happened. `Bar` is such a callback that shows the work on
+a terminal: a rich bar (rich: a maintained library) with the work's speed and the time left;
+elsewhere (a pipe, a log file, CI) one plain line each time another tenth of the work is done,
+so logs stay short. Notes (a retry, a wait, a warning) print as their own line either way.
+Everything goes to stderr; stdout stays for results and JSON. The relays at the end tell one
+callback what the download, sampling and training loops report through their own hooks.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 # The one progress callback type of all long work (tihub.hub.Hub): progress(done, total, message),
@@ -229,3 +234,114 @@ class Bar:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- relays: the library's own hooks told to one ProgressCallback -------------------------
+
+
+def fetch_relay(callback: ProgressCallback | None) -> Any:
+    """A `tihub.download.Progress` that tells one `ProgressCallback` the bytes of all files of a
+    fetch together: "downloading" (labelled "fetch DONE/COUNT"), "checking" as each file ends,
+    and its notes (retries, waits) as Events "note"."""
+    from tihub.download import Progress
+
+    class _Relay(Progress):
+        def _show(self) -> None:
+            self._tell("downloading")
+
+        def _tell(self, message: str) -> None:
+            if callback:
+                with self.lock:
+                    done, total, label = self._done, self._total or None, f"fetch {self.finished}/{self.count or '?'}"
+                callback(done, total, Event(message, "status", label=label))
+
+        def finish(self, key: str) -> None:
+            with self.lock:
+                self.files.pop(key, None)
+                self.finished += 1
+            self._tell("checking")
+
+        def note(self, message: str) -> None:
+            if callback:
+                callback(0, None, Event(message, "note"))
+
+    return _Relay(enabled=True)
+
+
+class TrainWatcher:
+    """Relays a training run (tihub.engine.train's `log` and `progress` hooks) to one progress
+    callback: each step, the notes, and each preview picture as soon as it is on disk (the engine
+    draws it right after its step is reported, so it is looked for at the next step, and the
+    last ones when the run ends)."""
+
+    def __init__(self, cfg: Any, progress: ProgressCallback | None, on_step: Callable[[dict[str, Any]], None] | None) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.on_step = on_step
+        self.next_preview: int | None = None  # the next step a preview picture is expected after
+        self.reported: set[str] = set()
+
+    def note(self, line: str) -> None:
+        if self.progress:
+            self.progress(0, None, Event(line, "note"))
+
+    def _preview(self, path: Path, step: int | None) -> None:
+        if str(path) in self.reported:
+            return
+        self.reported.add(str(path))
+        if self.progress:
+            self.progress(step or 0, self.cfg.steps, Event(f"preview {path}", "preview", path=str(path), step=step))
+
+    def step(self, info: dict[str, Any]) -> None:
+        done, total = int(info["step"]), int(info["total"])
+        every = self.cfg.preview_every
+        if every:
+            if self.next_preview is None:  # the first step seen (a resumed run starts later)
+                self.next_preview = -(-done // every) * every
+            while self.next_preview < done:
+                path = Path(self.cfg.run_dir) / f"{self.cfg.name}-{self.next_preview}.preview.png"
+                if path.is_file():
+                    self._preview(path, self.next_preview)
+                self.next_preview += every
+        if self.on_step:
+            self.on_step(info)
+        if self.progress:
+            loss = "-" if info.get("loss") is None else f"{info['loss']:.4f}"
+            lr = info.get("lr")
+            self.progress(done, total, Event(f"loss {loss} lr {lr:.3g}" if lr is not None else f"loss {loss}", "step", **info))
+
+    def finish(self, previews: list[Path]) -> None:
+        import re
+
+        for p in previews:
+            m = re.search(r"-(\d+)\.preview\.png$", Path(p).name)
+            self._preview(Path(p), int(m.group(1)) if m else None)
+
+
+class sampling_relay:  # noqa: N801 - a context manager, like contextlib's helpers
+    """Tells `progress` the engine's sampling steps while the block runs: the engine's
+    `on_step(done, total)` hook, with an Event "pass" as each pass (a batch, a hires pass) starts."""
+
+    def __init__(self, engine: Any, label: str, progress: ProgressCallback | None) -> None:
+        self.engine = engine
+        self.label = label
+        self.progress = progress
+        self.passes = 0
+
+    def _step(self, done: int, total: int) -> None:
+        assert self.progress is not None
+        if done == 0:  # a new pass
+            self.passes += 1
+            label = f"{self.label} {self.passes}" if self.passes > 1 else self.label
+            self.progress(0, total, Event(label, "pass", number=self.passes))
+        else:
+            self.progress(done, total, "")
+
+    def __enter__(self) -> sampling_relay:
+        if self.progress is not None and hasattr(self.engine, "on_step"):
+            self.engine.on_step = self._step
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None and hasattr(self.engine, "on_step"):
+            self.engine.on_step = None

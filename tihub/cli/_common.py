@@ -15,7 +15,6 @@ from typing import Any
 import click
 
 from tihub.config import Workspace
-from tihub.runs import check_device, check_model_arg  # noqa: F401 (re-exported for the command modules)
 from tihub.shapes import checkpoint_name, item  # noqa: F401 (re-exported for the command modules)
 
 
@@ -78,13 +77,3 @@ def exit_status(failed: bool) -> None:
     """Exit 1 when any input failed (after the whole batch was processed)."""
     if failed:
         sys.exit(1)
-
-
-def choice_check(option: str, value: str | None, valid: list[str]) -> None:
-    """Refuse `value` for `option` unless it is one of `valid` (named in the sentence)."""
-    from tihub.errors import ConfigError
-
-    if value is None or value in valid:
-        return
-    known = ", ".join(valid) if valid else "none yet"
-    raise ConfigError(f"{option} {value!r} is not known; use one of: {known}.")
