@@ -264,6 +264,10 @@ def test_entry_page_exports_draws_a_grid_and_verifies(served, tmp_path: Path) ->
         page.click("button.grid")
         ended(page, "#grid", 240_000)
         page.wait_for_function("(() => { const i = document.querySelector('#grid .job-picture img'); return i && i.complete && i.naturalWidth > 0; })()")
+        page.reload()  # the model is remembered in this browser
+        assert page.input_value("#try-model") == str(models / "tiny")
+        page.fill("#try-steps", "2")
+        page.fill("#try-size", "64")
         # verify on the tiny model: the verdict, and the record in the page's Verifications
         page.click("button.verify")
         page.wait_for_selector("#verify .job-status[data-state]", timeout=240_000)

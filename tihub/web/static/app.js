@@ -245,3 +245,11 @@ document.addEventListener("change", async (ev) => {
   }
   status.dataset.state = "done";
 });
+
+// The model typed for grids, verification and training is remembered in this browser.
+document.addEventListener("DOMContentLoaded", () => {
+  for (const input of document.querySelectorAll("#try-model, form#train input[name=model]")) {
+    if (!input.value) input.value = localStorage.getItem("tihub-model") || "";
+    input.addEventListener("input", () => localStorage.setItem("tihub-model", input.value.trim()));
+  }
+});
