@@ -234,3 +234,42 @@ def test_plan_reports_the_chunk_layout(engine):
     assert [p["weight"] for p in img["parts"]] == [1.0, 0.5]
     assert [(t["text"], t["until_call"], t["tokens"]) for t in img["parts"][0]["texts"]] == [("cat", 1, 77), ("dog", 4, 77)]
     assert img["parts"][1]["texts"][0]["tokens"] == 154 and img["negative"][0]["text"] == "blurry"
+
+
+def test_generate_plan_reports_where_the_comma_backtrack_cut(engine):
+    # the 71+12 case: the comma within the last 20 tokens moves "aa bb cc dd octo" (4 + 8 vectors)
+    write_emb(engine.vocabulary.folder / "octo.safetensors", vec(8, seed=1))
+    prompt = "y " * 70 + ", aa bb cc dd octo"
+    result = engine.generate(prompt, "blurry", steps=1, size=64, seed=3)
+    (img,) = result.plans[0].to_json()["chunks"]
+    assert img["encoders"] == ["clip_l"]
+    (text,) = img["parts"][0]["texts"]
+    assert (text["chunks"], text["chunk_tokens"], text["boundaries"], text["cuts"]) == (2, [71, 12], [71], ["comma", "end"])
+    assert text["ends_with"] == ["y y ,", "cc dd octo"] and text["tokens"] == 154
+    (neg,) = img["negative"]
+    assert (neg["text"], neg["chunks"], neg["chunk_tokens"], neg["boundaries"], neg["cuts"]) == ("blurry", 1, [1], [], ["end"])
+    # 75 tokens without a comma near the end: cut because full; BREAK: cut there
+    tok = engine.encoder().tokenizer
+    assert tok.layout(tok.tokenize("z " * 80))["cuts"] == ["full", "end"]
+    assert tok.layout(tok.tokenize("a cat BREAK a hat")) | {"ends_with": None} == {
+        "chunks": 2, "chunk_tokens": [2, 2], "boundaries": [2], "cuts": ["BREAK", "end"], "ends_with": None}
+
+
+def test_an_embedding_only_in_the_hires_prompt_is_used_and_hashed(engine):
+    from tihub.engine.sampling.hires import Hires
+
+    write_emb(engine.vocabulary.folder / "octo.safetensors", vec(2, seed=4))
+    r = engine.generate("a cat", steps=1, size=64, seed=2, hires=Hires(scale=1.5, steps=1, denoising=0.5, prompt="a octo cat"))
+    assert r.used == ["octo"] and "TI hashes: \"octo: " in r.infotexts[0]
+    texts = r.plans[0].hires["plan"]["chunks"][0]["parts"][0]["texts"]
+    assert texts[0]["ends_with"] == ["a octo cat"]
+
+
+def test_sdxl_plan_names_both_encoders(tiny_sdxl_dir, tmp_path):
+    from tihub.engine.models import load_model
+
+    eng = engine_on(load_model(tiny_sdxl_dir, device="cpu"), tmp_path)
+    bc = BatchConds.build(eng.encoder(), ["y " * 70 + ", aa bb cc dd ee"], [""], 2)
+    (img,) = bc.plan()
+    assert img["encoders"] == ["clip_l", "clip_g"]
+    assert img["parts"][0]["texts"][0]["chunk_tokens"] == [71, 5] and img["parts"][0]["texts"][0]["cuts"] == ["comma", "end"]

@@ -312,3 +312,19 @@ def test_the_terminal_bar_is_a_progress_callback() -> None:
     assert lines[0] == "generate: 20% (1/4 step)" and "generate: 100% (4/4 step)" in lines
     assert "preview /r/a-2.preview.png" in lines and lines[-1] == "generate 2: 100% (2/2 step)"
     assert not any("Loading" in line for line in lines)
+
+
+def test_sync_tells_each_source_as_it_starts(home: Path) -> None:
+    from fileserver import embedding_bytes
+
+    (home / "embeddings" / "mine.safetensors").write_bytes(embedding_bytes(name="mine"))
+    (home / "sources.yaml").write_text("sources:\n  - {name: local, kind: local, path: embeddings}\n", encoding="utf-8")
+    progress = Recorder()
+    [report] = Hub(home).sync(progress=progress, deep_budget=0)
+    assert report["ok"] is True and report["name"] == "local" and report["summary"]
+    passes = progress.of("pass")
+    assert [p.data["source"] for p in passes] == ["local"]
+    assert progress.kinds().index("note") < progress.kinds().index("pass")  # "local: ..." said first
+    assert [h.name for h in Hub(home).search("mine")] == ["mine"]
+    with pytest.raises(ConfigError):
+        Hub(home).sync(["nosuch"])

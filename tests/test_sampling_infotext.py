@@ -20,12 +20,12 @@ def test_a1111_sampling_keys_become_generate_arguments():
 
 
 def test_settings_tihub_cannot_follow_are_named_one_sentence_each():
-    params = {"Sampler": "Euler a", "Size": "512x512", "Hires resize": "1024x1024", "Hires upscaler": "R-ESRGAN 4x+", "Variation seed": "5",
+    params = {"Sampler": "Euler a", "Size": "512x512", "Hires resize": "1024x1024", "Hires upscaler": "R-ESRGAN 4x+", "SGM noise multiplier": "True",
               "Schedule rho": "5", "Sigma churn": "0.5", "RNG": "TPU"}
     kwargs, warnings = read_sampling(params)
     assert kwargs["hires"].scale == 2.0 and kwargs["hires"].upscaler == "Lanczos" and kwargs["s_churn"] == 0.5
     assert any("hires upscaler 'R-ESRGAN 4x+'" in w for w in warnings)
-    assert any("a variation seed (Variation seed: 5)" in w for w in warnings)
+    assert any("the SGM noise multiplier (SGM noise multiplier: True)" in w for w in warnings)
     assert any("a custom schedule rho" in w for w in warnings) and any("RNG 'TPU'" in w for w in warnings)
     assert all(w.count(". ") == 0 and w.endswith(".") for w in warnings)
     # an old A1111 name carries its schedule; no key before 1.9 means the uniform schedule

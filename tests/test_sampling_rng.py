@@ -159,3 +159,103 @@ def test_plan_reports_what_ran(engine):
     assert (plan["sampler"], plan["schedule_type"], plan["schedule"], plan["rng"], plan["seeds"], plan["ensd"]) == ("DPM++ 3M SDE", "Automatic", "Exponential", "cpu", [9, 10], 31337)
     assert len(plan["sigmas"]) == 5 and plan["sigmas"][-1] == 0 and plan["brownian_noise"] is True
     assert "hires" in plan and "chunks" in plan
+
+
+# -- variation seeds (A1111's Variation seed, Variation seed strength, Seed resize from) ----------
+
+
+def _ref_slerp(t, low, high):
+    """A1111's slerp written out: per channel c and column w, the angle between the columns'
+    unit vectors over the rows; linear mix (reversed weights, as A1111) when nearly parallel."""
+    out = torch.empty_like(low)
+    lo = low / low.norm(dim=1, keepdim=True)
+    hi = high / high.norm(dim=1, keepdim=True)
+    dots = (lo * hi).sum(1)
+    if dots.mean() > 0.9995:
+        return low * t + high * (1 - t)
+    for c in range(low.shape[0]):
+        for w in range(low.shape[2]):
+            omega = torch.acos(dots[c, w])
+            out[c, :, w] = torch.sin((1 - t) * omega) / torch.sin(omega) * low[c, :, w] + torch.sin(t * omega) / torch.sin(omega) * high[c, :, w]
+    return out
+
+
+def _fresh(source, seed, shape):
+    """The first draw of a fresh generator of `seed` (cpu: torch's CPU generator; gpu without an
+    NVIDIA GPU and nv: the Philox emulation)."""
+    if source == "cpu":
+        return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    return torch.from_numpy(PhiloxGenerator(seed).randn(shape))
+
+
+@pytest.mark.parametrize("source", ["cpu", "gpu", "nv"])
+def test_variation_noise_is_a1111s_slerp_of_seed_and_subseed(source):
+    shape = (4, 8, 6)
+    noise = ImageNoise(source, [10, 10], shape, torch.device("cpu"), subseeds=[70, 71], subseed_strength=0.3)
+    got = noise.first()
+    for i, sub in enumerate([70, 71]):
+        want = _ref_slerp(0.3, _fresh(source, 10, shape), _fresh(source, sub, shape))
+        assert torch.allclose(got[i], want, rtol=0, atol=1e-6), i
+    # the later noise continues the image seed's own generator (the subseed plays no part)
+    if source == "cpu":
+        g = torch.Generator().manual_seed(10)
+        torch.randn(shape, generator=g)
+        assert torch.equal(noise.next()[0], torch.randn(shape, generator=g))
+    # strength 0 is the plain seed, to the bit; an image past the subseed list takes variation seed 0
+    plain = ImageNoise(source, [10], shape, torch.device("cpu")).first()
+    assert torch.equal(ImageNoise(source, [10], shape, torch.device("cpu"), subseeds=[70], subseed_strength=0.0).first(), plain)
+    short = ImageNoise(source, [10, 10], shape, torch.device("cpu"), subseeds=[70], subseed_strength=0.5).first()
+    assert torch.allclose(short[1], _ref_slerp(0.5, _fresh(source, 10, shape), _fresh(source, 0, shape)), atol=1e-6)
+
+
+@pytest.mark.parametrize("source", ["cpu", "nv"])
+def test_seed_resize_centres_the_noise_of_the_other_size(source):
+    shape = (4, 8, 8)
+    # from a smaller size (48x32 px = 6x4 latent): pasted into the middle of the seed's own noise
+    got = ImageNoise(source, [3], shape, torch.device("cpu"), subseeds=[9], subseed_strength=0.25, seed_resize=(48, 32)).first()[0]
+    small = _ref_slerp(0.25, _fresh(source, 3, (4, 4, 6)), _fresh(source, 9, (4, 4, 6)))
+    want = _fresh(source, 3, shape)
+    want[:, 2:6, 1:7] = small
+    assert torch.allclose(got, want, atol=1e-6)
+    # from a larger size (96x80 px = 12x10 latent): its middle is cropped out
+    got = ImageNoise(source, [3], shape, torch.device("cpu"), seed_resize=(96, 80)).first()[0]
+    assert torch.equal(got, _fresh(source, 3, (4, 10, 12))[:, 1:9, 2:10])
+    # the same size is the plain noise
+    assert torch.equal(ImageNoise(source, [3], shape, torch.device("cpu"), seed_resize=(64, 64)).first(), ImageNoise(source, [3], shape, torch.device("cpu")).first())
+
+
+def test_variation_seeds_through_the_engine(engine):
+    from tihub.engine.generate import Settings
+    from tihub.engine.grid import make_grid, parse_axis
+
+    kw = dict(steps=3, size=64, sampler="DPM++ 2M SDE", seed=21, subseed=500, subseed_strength=0.4, seed_resize_from=(48, 48))
+    a, b = engine.generate("a cat", **kw), engine.generate("a cat", **kw)
+    assert _png(a.images[0]) == _png(b.images[0])  # same seed twice: same PNG bytes
+    p = _params(a)
+    assert (p["Variation seed"], p["Variation seed strength"], p["Seed resize from"]) == ("500", "0.4", "48x48")
+    other = engine.generate("a cat", **{**kw, "subseed": 501})
+    assert _png(other.images[0]) != _png(a.images[0])
+    # strength 0 is the plain seed (and writes no variation keys)
+    off = engine.generate("a cat", **{**kw, "subseed_strength": 0.0, "seed_resize_from": None})
+    plain = engine.generate("a cat", steps=3, size=64, sampler="DPM++ 2M SDE", seed=21)
+    assert _png(off.images[0]) == _png(plain.images[0]) and "Variation seed" not in _params(off)
+    # A1111's batch: every image keeps the seed, the variation seed counts up
+    r = engine.generate("a cat", **{**kw, "batch_size": 2, "batch_count": 2})
+    assert r.seeds == [21] * 4 and [_params_of(t)["Variation seed"] for t in r.infotexts] == ["500", "501", "502", "503"]
+    assert r.plans[1].to_json()["variation"] == {"subseeds": [502, 503], "subseed_strength": 0.4, "seed_resize_from": (48, 48)}
+    assert np.array_equal(np.asarray(r.images[0]), np.asarray(a.images[0]))
+    # a grid cell equals the lone image: cells over seeds, each with variation seed 500
+    settings = Settings(steps=3, sampler="DPM++ 2M SDE", width=64, height=64, subseed=500, subseed_strength=0.4, seed_resize_from=(48, 48))
+    cells = make_grid(lambda _m: engine, "a cat", "", [parse_axis("seed:20,21")], settings, 20, None, 8)
+    lone = engine.generate("a cat", **kw)
+    assert np.array_equal(np.asarray(cells.cells[1].image), np.asarray(lone.images[0]))
+    with pytest.raises(ConfigError, match="Variation seed strength 1.5 is out of range; use 0 \\(off\\) to 1"):
+        engine.generate("a cat", **{**kw, "subseed_strength": 1.5})
+    with pytest.raises(ConfigError, match="Seed resize size '48by48' is not WxH"):
+        engine.generate("a cat", **{**kw, "seed_resize_from": "48by48"})
+
+
+def _params_of(text):
+    from tihub.infotext import parse_infotext
+
+    return parse_infotext(text).parameters

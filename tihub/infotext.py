@@ -25,7 +25,7 @@ from typing import Any
 
 # Key order A1111 writes (those tihub produces); other keys follow in insertion order.
 KEY_ORDER = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
-             "Denoising strength", "Clip skip", "ENSD", "RNG", "TI hashes", "Version")
+             "Variation seed", "Variation seed strength", "Seed resize from", "Denoising strength", "Clip skip", "ENSD", "RNG", "TI hashes", "Version")
 _LAST = ("Version", "User")  # A1111 writes these after every other key (Hires ..., Eta, ...)
 
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -346,6 +346,9 @@ SETTING_KEYS: dict[str, tuple[str, type]] = {
     "Schedule min sigma": ("sigma_min", float),
     "Schedule rho": ("rho", float),
     "Pad conds": ("pad_conds", bool),
+    "Variation seed": ("subseed", int),
+    "Variation seed strength": ("subseed_strength", float),
+    "Seed resize from": ("seed_resize_from", str),
     "Hires upscale": ("hires_scale", float),
     "Hires resize": ("hires_resize", str),
     "Hires steps": ("hires_steps", int),
@@ -368,8 +371,6 @@ BUILTIN_UPSCALERS = {"latent", "latent (antialiased)", "latent (bicubic)", "late
 NOT_FOLLOWED = {
     "Face restoration": "face restoration",
     "Tiling": "tiling",
-    "Variation seed": "a variation seed",
-    "Seed resize from": "seed resizing",
     "Token merging ratio": "token merging",
     "NGMS": "negative guidance minimum sigma",
     "Noise multiplier": "the img2img noise multiplier",
@@ -457,6 +458,8 @@ def reproduction(info: Infotext, supported: Any = None) -> Reproduction:
             ddim = (p.get("Sampler") or "").strip().upper().startswith("DDIM")
             if (key == "Eta DDIM" and not ddim) or (key == "Eta" and ddim):
                 continue  # the other sampler family's eta: no effect on this picture
+            if key in ("Variation seed", "Variation seed strength") and p.get("Variation seed strength", "0").strip() in _OFF:
+                continue  # written, but off
             if key == "Denoising strength" and not hires:
                 notes.append(f"'Denoising strength: {value}' without hires fix means an img2img picture; tihub draws it from text only, so it will differ.")
                 continue
@@ -480,10 +483,10 @@ def reproduction(info: Infotext, supported: Any = None) -> Reproduction:
         elif key == "Comfy workflow":
             notes.append("The picture was made by a ComfyUI workflow; only its prompt, sampler, steps, CFG, seed and size are followed.")
         elif key in NOT_FOLLOWED:
-            if value.strip().lower() in _OFF or (key == "Variation seed" and p.get("Variation seed strength", "0").strip() in _OFF):
+            if value.strip().lower() in _OFF:
                 continue  # written, but off
             notes.append(f"'{key}: {value}' asks for {NOT_FOLLOWED[key]}, which tihub does not do, so the picture will differ.")
-        elif key == "Variation seed strength" or key.startswith(("Hires resize-", "Size-")):
+        elif key.startswith(("Hires resize-", "Size-")):
             continue
         elif key.startswith(("ADetailer", "ControlNet")):
             group = "ADetailer" if key.startswith("ADetailer") else "ControlNet"

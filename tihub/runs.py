@@ -19,7 +19,8 @@ from typing import Any
 from tihub.errors import ConfigError, NetworkError, NotFound, TihubError
 
 # the hires. fix options of `tihub generate/grid` that become the engine's one `hires` object
-HIRES_KEYS = ("hires_scale", "hires_steps", "denoising", "hires_upscaler")
+HIRES_KEYS = ("hires_scale", "hires_steps", "denoising", "hires_upscaler", "hires_sampler", "hires_schedule_type",
+              "hires_cfg_scale", "hires_prompt", "hires_negative_prompt")
 PREVIEW_CAP = 32 * 1024 * 1024  # a published preview picture read by `verify --reproduce`
 
 
@@ -83,16 +84,23 @@ def check_init_text(text: str) -> None:
 
 
 def fold_sampling(options: dict[str, Any]) -> dict[str, Any]:
-    """Sampling options (`rng`, `eta`, ..., `hires_scale`/`hires_steps`/`denoising`/`hires_upscaler`)
-    as Engine.generate / Settings keywords: any hires option given turns hires. fix on, with
-    A1111's defaults for the others. Options already folded (`hires=`) pass through."""
+    """Sampling options (`rng`, `eta`, `subseed`, ..., and the hires. fix options `hires_scale`,
+    `hires_steps`, `denoising`, `hires_upscaler`, `hires_sampler`, `hires_schedule_type`,
+    `hires_cfg_scale`, `hires_prompt`, `hires_negative_prompt`) as Engine.generate / Settings
+    keywords: any hires option given turns hires. fix on, with A1111's defaults for the others
+    (the first pass's sampler, schedule, CFG and prompts). Options already folded (`hires=`)
+    pass through."""
     out = dict(options)
-    scale, steps, denoising, upscaler = (out.pop(k, None) for k in HIRES_KEYS)
-    if any(v is not None for v in (scale, steps, denoising, upscaler)):
+    hires = {k: out.pop(k, None) for k in HIRES_KEYS}
+    if any(v is not None for v in hires.values()):
         from tihub.engine.sampling.hires import Hires
 
-        out["hires"] = Hires(scale=2.0 if scale is None else scale, steps=steps or 0,
-                             denoising=0.7 if denoising is None else denoising, upscaler=upscaler or "Latent")
+        out["hires"] = Hires(
+            scale=2.0 if hires["hires_scale"] is None else hires["hires_scale"], steps=hires["hires_steps"] or 0,
+            denoising=0.7 if hires["denoising"] is None else hires["denoising"], upscaler=hires["hires_upscaler"] or "Latent",
+            sampler=hires["hires_sampler"], schedule_type=hires["hires_schedule_type"], cfg_scale=hires["hires_cfg_scale"],
+            prompt=hires["hires_prompt"] or "", negative_prompt=hires["hires_negative_prompt"] or "",
+        )
     return out
 
 

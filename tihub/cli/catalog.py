@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from tihub.cli._common import Context, echo_json, exit_status, fail, item, pass_ctx, say
-from tihub.shapes import show_item  # noqa: F401 (the `tihub show --json` mapping, used here and by tests)
+from tihub.shapes import show_item
 
 
 # ---------------------------------------------------------------------------------- sources

@@ -20,8 +20,8 @@ config_option = click.option("--config", "config", type=click.Path(file_okay=Fal
 
 
 def sampling_options(f: Any) -> Any:
-    """A1111's sampling settings (`--rng`, `--ensd`, `--eta`, sigma churn/tmin/tmax/noise), passed
-    on as the keyword arguments of Engine.generate / Settings."""
+    """A1111's sampling settings (`--rng`, `--ensd`, `--eta`, sigma churn/tmin/tmax/noise, variation
+    seeds, hires fix), passed on as the keyword arguments of Engine.generate / Settings."""
     options = [
         click.option("--rng", "rng", type=click.Choice(["gpu", "cpu", "nv"], case_sensitive=False), default="gpu", show_default=True,
                      help="Noise source as A1111's setting: gpu (torch on an NVIDIA GPU; without one, tihub's emulation of it), cpu (torch CPU generator), nv (A1111's NV emulation)."),
@@ -31,11 +31,21 @@ def sampling_options(f: Any) -> Any:
         click.option("--s-tmin", "s_tmin", type=float, default=0.0, show_default=True, help="Sigma tmin (Euler, Heun, DPM2)."),
         click.option("--s-tmax", "s_tmax", type=float, default=0.0, show_default=True, help="Sigma tmax; 0 = no bound (Euler, Heun, DPM2)."),
         click.option("--s-noise", "s_noise", type=float, default=1.0, show_default=True, help="Sigma noise (Euler, Heun, DPM2 and the ancestral/SDE DPM samplers)."),
+        click.option("--subseed", "subseed", type=int, default=None, help="Variation seed (A1111's); -1 picks one at random [default: -1]."),
+        click.option("--subseed-strength", "subseed_strength", type=float, default=0.0, show_default=True,
+                     help="Variation seed strength, 0 (off) to 1: the starting noise is slerped this far towards the variation seed's."),
+        click.option("--seed-resize-from", "seed_resize_from", type=int, nargs=2, default=None, metavar="W H",
+                     help="A1111's 'Resize seed from width/height': draw the starting noise as for a W x H picture and centre it."),
         click.option("--hires-scale", "hires_scale", type=float, default=None, help="Hires. fix: upscale by this factor and run a second pass (e.g. 2); any --hires-*/--denoising option turns it on [default: 2]."),
         click.option("--hires-steps", "hires_steps", type=int, default=None, help="Hires. fix: steps of the second pass [default: 0, the first pass's]."),
         click.option("--denoising", "denoising", type=float, default=None, help="Hires. fix: denoising strength of the second pass [default: 0.7]."),
         click.option("--hires-upscaler", "hires_upscaler", default=None,
                      help="Hires. fix: Latent, Latent (antialiased), Latent (bicubic), Latent (bicubic antialiased), Latent (nearest), Latent (nearest-exact), Lanczos, Nearest, None, or an ESRGAN-family model file [default: Latent]."),
+        click.option("--hires-sampler", "hires_sampler", default=None, help="Hires. fix: the second pass's sampler [default: the first pass's]."),
+        click.option("--hires-schedule-type", "hires_schedule_type", default=None, help="Hires. fix: the second pass's schedule type [default: the first pass's]."),
+        click.option("--hires-cfg", "hires_cfg_scale", type=float, default=None, help="Hires. fix: the second pass's CFG scale (Forge's 'Hires CFG Scale') [default: --cfg]."),
+        click.option("--hires-prompt", "hires_prompt", default=None, help="Hires. fix: the second pass's prompt [default: PROMPT]."),
+        click.option("--hires-negative", "hires_negative_prompt", default=None, help="Hires. fix: the second pass's negative prompt [default: the negative prompt]."),
     ]
     for option in reversed(options):
         f = option(f)

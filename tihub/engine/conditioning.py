@@ -47,6 +47,9 @@ class Chunk:
     multipliers: list[float] = field(default_factory=list)
     fixes: list[Fix] = field(default_factory=list)
     length: int = 0  # real tokens before padding
+    # why the chunk ended: "comma" (the comma backtrack moved the tail on), "full" (75 tokens),
+    # "embedding" (the next embedding did not fit), "BREAK", or "end" (the text ended)
+    cut: str = "end"
 
 
 @dataclass
@@ -120,10 +123,11 @@ class PromptTokenizer:
         count = 0
         last_comma = -1
 
-        def next_chunk() -> None:
+        def next_chunk(cut: str = "end") -> None:
             nonlocal chunk, last_comma, count
             count += len(chunk.tokens)
             chunk.length = len(chunk.tokens)
+            chunk.cut = cut
             pad = CHUNK - len(chunk.tokens)
             chunk.tokens += [self.eos] * pad
             chunk.multipliers += [1.0] * pad
@@ -134,7 +138,7 @@ class PromptTokenizer:
         it = iter(run_ids)
         for text_part, weight in runs:
             if text_part == "BREAK" and weight == -1:
-                next_chunk()
+                next_chunk("BREAK")
                 continue
             if not text_part:
                 continue
@@ -152,10 +156,10 @@ class PromptTokenizer:
                     cut = last_comma + 1
                     moved, moved_w = chunk.tokens[cut:], chunk.multipliers[cut:]
                     chunk.tokens, chunk.multipliers = chunk.tokens[:cut], chunk.multipliers[:cut]
-                    next_chunk()
+                    next_chunk("comma")
                     chunk.tokens, chunk.multipliers = moved, moved_w
                 if len(chunk.tokens) == CHUNK:
-                    next_chunk()
+                    next_chunk("full")
                 match = None
                 for ids, name in self._lookup.get(token, ()):
                     if tuple(tokens[pos:pos + len(ids)]) == ids:
@@ -173,7 +177,7 @@ class PromptTokenizer:
                 if n < emb.vector_count and self.vocabulary is not None:
                     self.vocabulary.warn(f"Embedding '{name}' has {emb.vector_count} vectors; only the first {CHUNK} fit in a prompt chunk.")
                 if len(chunk.tokens) + n > CHUNK:
-                    next_chunk()
+                    next_chunk("embedding")
                 chunk.fixes.append(Fix(len(chunk.tokens), name, n))
                 chunk.tokens += [0] * n
                 chunk.multipliers += [weight] * n
@@ -183,6 +187,37 @@ class PromptTokenizer:
         if chunk.tokens or not chunks:
             next_chunk()
         return Tokenized(chunks, count, used)
+
+    def layout(self, tok: Tokenized) -> dict[str, Any]:
+        """Where a text's 75-token chunks begin and end (for `generate --json`): the chunk count,
+        real tokens per chunk (an embedding counts its vectors), the token positions where chunks
+        2.. begin, why each chunk ended (`Chunk.cut`) and the last words before each boundary."""
+        starts, at = [], 0
+        for c in tok.chunks[:-1]:
+            at += c.length
+            starts.append(at)
+        return {
+            "chunks": len(tok.chunks),
+            "chunk_tokens": [c.length for c in tok.chunks],
+            "boundaries": starts,
+            "cuts": [c.cut for c in tok.chunks],
+            "ends_with": [self._tail(c) for c in tok.chunks],
+        }
+
+    def _tail(self, chunk: Chunk, words: int = 3) -> str:
+        """The chunk's last few real tokens as text (an embedding by its name)."""
+        starts = {fix.offset + fix.count - 1: fix for fix in chunk.fixes}
+        items: list[str] = []
+        i = min(chunk.length, CHUNK) - 1
+        while i >= 0 and len(items) < words:
+            fix = starts.get(i)
+            if fix is not None:
+                items.insert(0, fix.name)
+                i = fix.offset - 1
+            else:
+                items.insert(0, self.tokenizer.decode([chunk.tokens[i]]).strip())
+                i -= 1
+        return " ".join(items)
 
 
 @dataclass
@@ -376,6 +411,7 @@ class Scheduled:
     end: int
     cond: Cond
     text: str
+    tokens: Tokenized | None = None  # its tokenization (the chunk layout `plan` reports)
 
 
 @dataclass
@@ -463,11 +499,15 @@ class BatchConds:
         self.empty = empty
         self.pad_conds = pad_conds
         self.padded = False  # whether "Pad conds" padded anything (A1111 then names it)
+        self.tokenizer: PromptTokenizer | None = None  # set by `build`, for `plan`
+        self.encoders: list[str] = []
         self._last: tuple[Any, CallConds] | None = None
 
     @classmethod
-    def build(cls, encoder: PromptEncoder, prompts: list[str], negatives: list[str], calls: int, pad_conds: bool = False) -> BatchConds:
-        """Encode the prompts of a batch for a run of `calls` model calls.
+    def build(cls, encoder: PromptEncoder, prompts: list[str], negatives: list[str], calls: int, pad_conds: bool = False,
+              first_pass: int | None = None) -> BatchConds:
+        """Encode the prompts of a batch for a run of `calls` model calls (`first_pass`: this is
+        the hires pass, after a first pass of that many model calls; see `prompt_schedule`).
 
         As in A1111's get_multicond_learned_conditioning: each prompt is split at AND, each
         distinct part (and each distinct negative) gets its editing schedule over `calls`, and
@@ -481,12 +521,12 @@ class BatchConds:
         def schedule(text: str, negative: bool) -> tuple[list[Scheduled], list[str]]:
             key = (text, negative and encoder.family == "sdxl" and text == "")
             if key not in cache:
-                entries = prompt_schedule(text, calls)
+                entries = prompt_schedule(text, calls, first_pass)
                 conds, toks = encoder.encode_batch([t for _, t in entries])
                 if key[1]:
                     conds = [Cond(c.hidden * 0, c.pooled * 0 if c.pooled is not None else None) for c in conds]
                 used = list(dict.fromkeys(n for tok in toks for n in tok.used))
-                cache[key] = ([Scheduled(end, c, t) for (end, t), c in zip(entries, conds, strict=True)], used)
+                cache[key] = ([Scheduled(end, c, t, tk) for (end, t), c, tk in zip(entries, conds, toks, strict=True)], used)
             return cache[key]
 
         images = []
@@ -498,7 +538,10 @@ class BatchConds:
                 used += u
             uncond, u = schedule(negative, True)
             images.append(ImageConds(parts, uncond, list(dict.fromkeys(used + u))))
-        return cls(images, encoder.empty(), pad_conds)
+        out = cls(images, encoder.empty(), pad_conds)
+        out.tokenizer = encoder.tokenizer
+        out.encoders = [e.key for e in encoder.encoders]
+        return out
 
     def conds_at(self, call: int) -> CallConds:
         """The conditioning in force at model call `call` (0-based), padded as A1111 pads it,
@@ -586,14 +629,26 @@ class BatchConds:
         return [img.used for img in self.images]
 
     def plan(self) -> list[dict[str, Any]]:
-        """Per image, the chunk layout (for `generate --json`): tokens per chunk of each text."""
-        out = []
-        for img in self.images:
-            out.append({
-                "parts": [{"weight": p.weight, "texts": [{"text": s.text, "until_call": s.end, "tokens": int(s.cond.hidden.shape[0])} for s in p.schedule]} for p in img.parts],
-                "negative": [{"text": s.text, "until_call": s.end, "tokens": int(s.cond.hidden.shape[0])} for s in img.uncond],
-            })
-        return out
+        """Per image, the chunk layout (for `generate --json`; README "Same image as A1111").
+
+        `{"encoders": [...], "parts": [{"weight", "texts": [...]}], "negative": [...]}`: one entry
+        per AND part of the prompt, each with its editing schedule's texts; per text `until_call`
+        (the last model call it conditions, 0-based), `tokens` (its conditioning rows, 77 per
+        chunk, after the schedule's texts were brought to one chunk count) and the layout of
+        `PromptTokenizer.layout` (chunks, chunk_tokens, boundaries, cuts, ends_with). The layout
+        holds for every listed encoder: SDXL's two encoders tokenize alike, as in A1111."""
+
+        def text(s: Scheduled) -> dict[str, Any]:
+            out: dict[str, Any] = {"text": s.text, "until_call": s.end, "tokens": int(s.cond.hidden.shape[0])}
+            if s.tokens is not None and self.tokenizer is not None:
+                out.update(self.tokenizer.layout(s.tokens))
+            return out
+
+        return [{
+            "encoders": list(self.encoders),
+            "parts": [{"weight": p.weight, "texts": [text(s) for s in p.schedule]} for p in img.parts],
+            "negative": [text(s) for s in img.uncond],
+        } for img in self.images]
 
 
 class GuidedUNet:

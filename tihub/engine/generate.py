@@ -62,9 +62,26 @@ class Settings:
     s_noise: float = 1.0
     hires: Hires | None = None  # A1111's "Hires. fix": a second pass at a larger size
     pad_conds: bool = False  # A1111's "Pad conds": pad prompt and negative to one chunk count
+    # A1111's variation seeds (tihub.engine.sampling.rng): the variation seed (-1: random, drawn
+    # once), its strength (0: off) and "Seed resize from" (width, height) in pixels
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from: tuple[int, int] | str | None = None
 
     def randomness(self) -> Randomness:
         return Randomness(rng=self.rng, ensd=self.ensd, eta=self.eta, s_churn=self.s_churn, s_tmin=self.s_tmin, s_tmax=self.s_tmax, s_noise=self.s_noise)
+
+    def randomness_for(self, sampler: str) -> Randomness:
+        """The randomness settings a (hires) sampler takes; A1111 passes a sampler only its own
+        options, so the others go back to their defaults."""
+        r = self.randomness()
+        spec = SAMPLERS[sampler]
+        if spec.eta is None:
+            r.eta = None
+        for key, default in (("s_churn", 0.0), ("s_tmin", 0.0), ("s_tmax", 0.0), ("s_noise", 1.0)):
+            if key not in spec.extra:
+                setattr(r, key, default)
+        return r
 
     def check(self) -> None:
         if self.width % 8 or self.height % 8 or self.width < 8 or self.height < 8:
@@ -78,9 +95,18 @@ class Settings:
         r = self.randomness()
         r.check(self.sampler)
         self.rng = r.rng
+        self.subseed_strength = float(self.subseed_strength or 0.0)
+        if not 0.0 <= self.subseed_strength <= 1.0:
+            raise ConfigError(f"Variation seed strength {self.subseed_strength:g} is out of range; use 0 (off) to 1.")
+        if self.subseed_strength and (self.subseed is None or int(self.subseed) < 0):
+            self.subseed = resolve_seed(-1)  # drawn once, so every image of a grid shares it
+        self.subseed = -1 if self.subseed is None else int(self.subseed)
+        self.seed_resize_from = parse_seed_resize(self.seed_resize_from)
         if self.hires is not None:
             self.hires.check()
             self.hires.target(self.width, self.height)
+            sampler2, kind2, _ = self.hires.pass_settings(self.sampler, self.schedule_type, self.cfg_scale)
+            check_schedule_type(sampler2, kind2)
 
 
 @dataclass
@@ -108,6 +134,25 @@ def parse_size(size: str | int | None, default: int = 512) -> tuple[int, int]:
         raise ConfigError(f"Size '{size}' is not WxH or N; use e.g. 512x768 or 512.")
     w = int(m.group(1))
     return w, int(m.group(2) or w)
+
+
+def parse_seed_resize(value: tuple[int, int] | list[int] | str | None) -> tuple[int, int] | None:
+    """A1111's "Seed resize from" as (width, height) in pixels; None when off (0 or absent)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(-?\d+)\s*[x×]\s*(-?\d+)\s*", value)
+        if not m:
+            raise ConfigError(f"Seed resize size '{value}' is not WxH; use e.g. 512x768.")
+        value = (int(m.group(1)), int(m.group(2)))
+    w, h = (int(v) for v in value)
+    if w < 0 or h < 0 or w > 8192 or h > 8192:
+        raise ConfigError(f"Seed resize size {w}x{h} is out of range; use 8 to 8192 pixels a side (0 0 turns it off).")
+    if w == 0 or h == 0:
+        return None
+    if w < 8 or h < 8:
+        raise ConfigError(f"Seed resize size {w}x{h} is smaller than one latent cell; use at least 8x8.")
+    return w, h
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -163,12 +208,19 @@ class Engine:
         settings.check()
         return make_plan(settings.sampler, settings.schedule_type, settings.steps, self.model_schedule(), self.model.family, seeds, settings.randomness())
 
-    def run(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings) -> tuple[list[Any], list[list[str]]]:
-        """Images for parallel lists of prompts/negatives/seeds, as one batch."""
-        latents, used = self.sample(prompts, negatives, seeds, settings)
+    def run(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings, subseeds: list[int] | None = None,
+            a1111_batch: bool = False) -> tuple[list[Any], list[list[str]]]:
+        """Images for parallel lists of prompts/negatives/seeds, computed as one batch.
+
+        `subseeds`: each image's variation seed (default: `settings.subseed` for every image).
+        `a1111_batch`: the images are one A1111 batch (generate's --batch-size), which shares one
+        thing in A1111: the VAE posterior draws of an image-space hires upscaler; otherwise each
+        image is drawn as A1111 draws it alone (grid cells)."""
+        latents, used = self.sample(prompts, negatives, seeds, settings, subseeds, a1111_batch)
         return self.decode(latents), used
 
-    def sample(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings) -> tuple[Any, list[list[str]]]:
+    def sample(self, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings, subseeds: list[int] | None = None,
+               a1111_batch: bool = False) -> tuple[Any, list[list[str]]]:
         """Final latents (float32) for parallel lists of prompts/negatives/seeds; `self.plan` says
         what ran."""
         import torch
@@ -189,28 +241,39 @@ class Engine:
         #    over model calls, each schedule encoded as one batch; images never padded together
         conds = BatchConds.build(enc, prompts, negatives, steps, pad_conds=settings.pad_conds)
         used = conds.used
+        plan.chunks = conds.plan()  # the chunk layout, per image (generate --json)
         conds_at = conds.conds_at
 
-        # 3. noise: per-image generators (A1111's gpu / cpu / nv sources)
+        # 3. noise: per-image generators (A1111's gpu / cpu / nv sources), variation seeds
         device = self.model.device
         shape = (pipe.unet.config.in_channels, settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor)
-        noise = ImageNoise(settings.rng, seeds, shape, device, settings.ensd)
+        if subseeds is None:
+            subseeds = [settings.subseed] * n
+
+        def image_noise(latent_shape: tuple[int, ...]) -> ImageNoise:
+            return ImageNoise(settings.rng, seeds, latent_shape, device, settings.ensd, subseeds=subseeds,
+                              subseed_strength=settings.subseed_strength, seed_resize=settings.seed_resize_from)
+
+        noise = image_noise(shape)
+        if settings.subseed_strength or settings.seed_resize_from:
+            plan.variation = {"subseeds": list(subseeds), "subseed_strength": settings.subseed_strength, "seed_resize_from": settings.seed_resize_from}
 
         # 4. denoise: the planned sampler through the guided UNet
         from tihub.engine.sampling import model_schedule
 
-        def denoiser_for(p: Plan, conds: Any, width: int, height: int) -> Denoiser:
+        def denoiser_for(p: Plan, conds: Any, width: int, height: int, cfg_scale: float = settings.cfg_scale) -> Denoiser:
             time_ids = None
             if family == "sdxl":  # SDXL's size conditioning: original size, crop (0, 0), target size
                 time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
             lcm = SAMPLERS[p.sampler].algorithm == "lcm"
-            return Denoiser(pipe.unet, model_schedule(p.sampler, self.model_schedule()), self.model.prediction, conds, settings.cfg_scale, time_ids, lcm=lcm)
+            return Denoiser(pipe.unet, model_schedule(p.sampler, self.model_schedule()), self.model.prediction, conds, cfg_scale, time_ids, lcm=lcm)
 
         # batch_invariant: on CPU an image is the same alone or in a grid, to the pixel
         with torch.inference_mode(), batch_invariant(pipe.unet, device=device):
             latents = run_plan(plan, denoiser_for(plan, conds_at, settings.width, settings.height), noise, on_step=self.on_step)
 
-        # 5. hires fix: upscale, then A1111's img2img pass with each prompt's final text
+        # 5. hires fix: upscale, then A1111's img2img pass with its own sampler, schedule type,
+        #    CFG scale and prompts where given, and the prompts' editing schedules over this pass
         hires = settings.hires
         if hires is not None:
             from tihub.engine.sampling import make_plan
@@ -220,12 +283,25 @@ class Engine:
             if hires.upscaler in LATENT_MODES:
                 init = upscale_latents(latents, hires.upscaler, width, height)
             else:
-                init = self.encode([self._upscale_image(img, hires, width, height) for img in self.decode(latents)])
-            second = make_plan(settings.sampler, settings.schedule_type, hires.steps or settings.steps, self.model_schedule(), family, seeds, settings.randomness(), denoising=hires.denoising)
-            final = conds.conds_at(steps - 1)
-            noise2 = ImageNoise(settings.rng, seeds, (shape[0], height // pipe.vae_scale_factor, width // pipe.vae_scale_factor), device, settings.ensd)
+                # A1111 samples the VAE posterior from torch's global CPU generator, which its
+                # gpu/cpu sources left seeded with the batch's last seed (see `encode`)
+                draws = None
+                if settings.rng in ("gpu", "cpu"):
+                    draws = [(seeds[-1], i) for i in range(n)] if a1111_batch else [(s, 0) for s in seeds]
+                init = self.encode([self._upscale_image(img, hires, width, height) for img in self.decode(latents)], draws)
+            sampler2, kind2, cfg2 = hires.pass_settings(settings.sampler, settings.schedule_type, settings.cfg_scale)
+            second = make_plan(sampler2, kind2, hires.steps or settings.steps, self.model_schedule(), family, seeds,
+                               settings.randomness_for(sampler2), denoising=hires.denoising)
+            # A1111: the hires prompts' schedules run over this pass's model calls, counted on
+            # from the first pass's (prompts.prompt_schedule)
+            conds2 = BatchConds.build(enc, [hires.prompt or p for p in prompts], [hires.negative_prompt or q for q in negatives],
+                                      (hires.steps or settings.steps) * second.calls_per_step, pad_conds=settings.pad_conds, first_pass=steps)
+            second.chunks = conds2.plan()
+            used = [list(dict.fromkeys(a + b)) for a, b in zip(used, conds2.used, strict=True)]  # hires-only embeddings too
+            noise2 = image_noise((shape[0], height // pipe.vae_scale_factor, width // pipe.vae_scale_factor))
             with torch.inference_mode(), batch_invariant(pipe.unet, device=device):
-                latents = run_plan(second, denoiser_for(second, lambda _i: final, width, height), noise2, init=init.to(device=device, dtype=torch.float32), on_step=self.on_step)
+                latents = run_plan(second, denoiser_for(second, conds2.conds_at, width, height, cfg2), noise2,
+                                   init=init.to(device=device, dtype=torch.float32), on_step=self.on_step)
             plan.hires = {**hires.to_json(settings.width, settings.height), "plan": second.to_json()}
         self.plan = plan
         return latents, used
@@ -240,18 +316,36 @@ class Engine:
             model = self._upscalers[hires.upscaler]
         return upscale_image(image, hires.upscaler, width, height, model)
 
-    def encode(self, images: list[Any]) -> Any:
-        """Latents of PIL images: each encoded alone, the VAE posterior's mean."""
+    def encode(self, images: list[Any], draws: list[tuple[int, int]] | None = None) -> Any:
+        """Latents of PIL images, each encoded alone.
+
+        `draws`: per image (seed, k): the VAE posterior is sampled as A1111 samples it, mean + std
+        * the k-th [1, C, h, w] draw of torch's CPU generator seeded with `seed` (A1111 draws it
+        from torch's global CPU generator, which ImageRNG leaves seeded with the batch's last seed
+        under its GPU and CPU sources); None: the posterior mean (the NV source, under which
+        A1111's global generator is in whatever state the process left it)."""
         import numpy as np
         import torch
 
         vae = self.model.pipe.vae
         out = []
+        generators: dict[int, tuple[Any, int]] = {}
         with torch.inference_mode():
-            for image in images:
+            for i, image in enumerate(images):
                 x = torch.from_numpy(np.moveaxis(np.asarray(image, dtype=np.float32) / 255.0, 2, 0))[None] * 2 - 1
-                z = vae.encode(x.to(device=vae.device, dtype=vae.dtype)).latent_dist.mean
-                out.append(z[0].float() * vae.config.scaling_factor)
+                posterior = vae.encode(x.to(device=vae.device, dtype=vae.dtype)).latent_dist
+                z = posterior.mean.float()
+                if draws is not None:
+                    seed, k = draws[i]
+                    g, done = generators.get(seed, (None, 0))
+                    if g is None or done > k:
+                        g, done = torch.Generator("cpu").manual_seed(int(seed)), 0
+                    for _ in range(k - done):  # the draws of the images before this one
+                        torch.randn(tuple(z.shape), generator=g)
+                    eps = torch.randn(tuple(z.shape), generator=g)
+                    generators[seed] = (g, k + 1)
+                    z = z + posterior.std.float() * eps.to(z.device)
+                out.append(z[0] * vae.config.scaling_factor)
         return torch.stack(out)
 
     def decode(self, latents: Any) -> list[Any]:
@@ -279,7 +373,8 @@ class Engine:
 
     # -- infotext ---------------------------------------------------------------------------
 
-    def infotext(self, prompt: str, negative: str, seed: int, settings: Settings, used: list[str], extra: dict[str, Any] | None = None) -> str:
+    def infotext(self, prompt: str, negative: str, seed: int, settings: Settings, used: list[str], extra: dict[str, Any] | None = None,
+                 subseed: int | None = None) -> str:
         hashes = {}
         for name in used:
             sha = self.vocabulary.sha256(name)
@@ -297,9 +392,13 @@ class Engine:
             "Size": f"{settings.width}x{settings.height}",
             "Model hash": self.model.hash,
             "Model": self.model.name,
+            # A1111's variation keys: the image's variation seed and the strength while it is on
+            "Variation seed": (settings.subseed if subseed is None else subseed) if settings.subseed_strength else None,
+            "Variation seed strength": str(float(settings.subseed_strength)) if settings.subseed_strength else None,
+            "Seed resize from": "{}x{}".format(*settings.seed_resize_from) if settings.seed_resize_from else None,
             "Clip skip": settings.clip_skip if settings.clip_skip > 1 else None,
             **plan.infotext(),  # Schedule type, Eta, Sigma churn ..., ENSD, RNG as A1111 writes them
-            **(settings.hires.infotext() if settings.hires else {}),
+            **(settings.hires.infotext(settings.sampler, settings.schedule_type, settings.cfg_scale, prompt, negative) if settings.hires else {}),
             "TI hashes": ti_hashes_value(hashes),
             "Pad conds": True if settings.pad_conds else None,
             "Version": f"tihub {__version__}",
@@ -335,6 +434,9 @@ class Engine:
         s_noise: float = 1.0,
         hires: Hires | None = None,
         pad_conds: bool = False,
+        subseed: int | None = -1,
+        subseed_strength: float = 0.0,
+        seed_resize_from: tuple[int, int] | str | None = None,
     ) -> Result:
         if batch_size < 1 or batch_count < 1:
             raise ConfigError("--batch-size and --batch-count must be at least 1.")
@@ -343,19 +445,25 @@ class Engine:
         settings = Settings(
             steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg_scale, width=w, height=h, clip_skip=clip_skip, schedule_type=schedule_type or "Automatic",
             rng=rng, ensd=ensd, eta=eta, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, hires=hires, pad_conds=pad_conds,
+            subseed=-1 if subseed is None else subseed, subseed_strength=subseed_strength, seed_resize_from=seed_resize_from,
         )
         settings.check()
         first = resolve_seed(seed)
+        # A1111: image x of the job has seed + x, or, with a variation strength, the seed itself
+        # and variation seed + x
+        step = 0 if settings.subseed_strength else 1
         result = Result([], [], [])
         for batch in range(batch_count):
-            seeds = [(first + batch * batch_size + i) & MAX_SEED for i in range(batch_size)]
-            images, used = self.run([prompt] * batch_size, [negative_prompt] * batch_size, seeds, settings)
+            index = [batch * batch_size + i for i in range(batch_size)]
+            seeds = [(first + x * step) & MAX_SEED for x in index]
+            subseeds = [(settings.subseed + x) & MAX_SEED for x in index]
+            images, used = self.run([prompt] * batch_size, [negative_prompt] * batch_size, seeds, settings, subseeds, a1111_batch=True)
             if self.plan is not None:
                 result.plans.append(self.plan)
-            for img, s, u in zip(images, seeds, used, strict=True):
+            for img, s, sub, u in zip(images, seeds, subseeds, used, strict=True):
                 result.images.append(img)
                 result.seeds.append(s)
-                result.infotexts.append(self.infotext(prompt, negative_prompt, s, settings, u))
+                result.infotexts.append(self.infotext(prompt, negative_prompt, s, settings, u, subseed=sub))
                 for name in u:
                     if name not in result.used:
                         result.used.append(name)
@@ -454,6 +562,9 @@ def generate(
     s_noise: float = 1.0,
     hires: Hires | None = None,
     pad_conds: bool = False,
+    subseed: int | None = -1,
+    subseed_strength: float = 0.0,
+    seed_resize_from: tuple[int, int] | str | None = None,
 ) -> Result:
     """Generate images in one call.
 
@@ -497,4 +608,7 @@ def generate(
         s_noise=s_noise,
         hires=hires,
         pad_conds=pad_conds,
+        subseed=subseed,
+        subseed_strength=subseed_strength,
+        seed_resize_from=seed_resize_from,
     )

@@ -25,7 +25,7 @@ import csv
 import io
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +181,8 @@ def build_cells(
         expanded.append(pairs)
         labels.append([lbl for lbl, _ in pairs])
     first_seed = resolve_seed(seed)
+    if base.subseed_strength and (base.subseed is None or base.subseed < 0):
+        base = replace(base, subseed=resolve_seed(-1))  # one random variation seed for the grid
     cells = []
     read = reader
     if read is None:

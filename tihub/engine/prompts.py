@@ -237,26 +237,28 @@ class _ScheduleParser:
         return None
 
 
-def _walk(nodes: list, steps: int, found: set[int]) -> None:
+def _walk(nodes: list, steps: int, found: set[int], int_offset: int = 0, float_offset: float = 0.0) -> None:
     for node in nodes:
         if isinstance(node, _Scheduled):
             v = float(node.when_text)
             if "." in node.when_text:
-                v *= steps  # a fraction of the steps
+                v = (v - float_offset) * steps  # a fraction of the steps
+            else:
+                v -= int_offset
             node.when = min(steps, int(v))
             if node.when >= 1:
                 found.add(node.when)
             if node.before:
-                _walk(node.before, steps, found)
-            _walk(node.after, steps, found)
+                _walk(node.before, steps, found, int_offset, float_offset)
+            _walk(node.after, steps, found, int_offset, float_offset)
         elif isinstance(node, _Alternate):
             found.update(range(1, steps + 1))
             for opt in node.options:
-                _walk(opt, steps, found)
+                _walk(opt, steps, found, int_offset, float_offset)
         elif isinstance(node, _Group):
             for part in node.parts:
                 if isinstance(part, list):
-                    _walk(part, steps, found)
+                    _walk(part, steps, found, int_offset, float_offset)
 
 
 def _render(nodes: list, step: int) -> str:
@@ -275,10 +277,17 @@ def _render(nodes: list, step: int) -> str:
     return "".join(out)
 
 
-def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
+def prompt_schedule(prompt: str, steps: int, first_pass: int | None = None) -> list[tuple[int, str]]:
     """The texts a prompt conditions on, as `(end_step, text)` pairs (A1111 semantics).
 
+    With `first_pass` (the first pass's steps) the schedule is the hires pass's, of `steps`
+    steps, as A1111 1.6+ makes it: a whole-number `when` counts on from the first pass's steps
+    (`[a:b:25]` after 20 steps switches at hires step 5) and a fraction from 1 (`[a:b:1.5]` at half
+    the hires steps); a switch inside the first pass has already happened.
+
     >>> prompt_schedule("a [b:c:2] d", 4)
+    [(2, 'a b d'), (4, 'a c d')]
+    >>> prompt_schedule("a [b:c:1.5] d", 4, first_pass=10)
     [(2, 'a b d'), (4, 'a c d')]
     """
     try:
@@ -286,7 +295,10 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
     except _Fail:
         return [(steps, prompt)]
     found = {steps}
-    _walk(nodes, steps, found)
+    if first_pass is None:
+        _walk(nodes, steps, found)
+    else:
+        _walk(nodes, steps, found, int_offset=first_pass, float_offset=1.0)
     return [(s, _render(nodes, s)) for s in sorted(found)]
 
 

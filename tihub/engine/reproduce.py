@@ -31,7 +31,8 @@ SIDE = 128  # similarity is measured at this size (longer side)
 MAX_PIXELS = 40_000_000  # a published picture larger than this is refused (decompression bombs)
 
 
-HIRES_OPTIONS = ("hires_scale", "hires_steps", "hires_upscaler", "denoising")  # as the CLI's --hires-* options
+HIRES_OPTIONS = ("hires_scale", "hires_steps", "hires_upscaler", "denoising", "hires_sampler", "hires_schedule_type",
+                 "hires_cfg_scale", "hires_prompt", "hires_negative_prompt")  # as the CLI's --hires-* options
 
 
 def _generate_params() -> set[str]:
@@ -60,6 +61,8 @@ def engine_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
         out["hires"] = Hires(
             scale=found.get("hires_scale", 2.0), steps=found.get("hires_steps", 0),
             denoising=found.get("denoising", 0.7), upscaler=found.get("hires_upscaler", "Latent"),
+            sampler=found.get("hires_sampler"), schedule_type=found.get("hires_schedule_type"), cfg_scale=found.get("hires_cfg_scale"),
+            prompt=found.get("hires_prompt", ""), negative_prompt=found.get("hires_negative_prompt", ""),
         )
     return out
 

@@ -72,6 +72,7 @@ class Plan:
     denoising: float | None = None  # img2img (the hires pass): the strength; sigmas are the tail run
     full_sigmas: list[float] = field(default_factory=list)  # img2img: the whole schedule
     init_timestep: int = 0  # img2img on the timestep grid: where the start is noised to
+    variation: dict[str, Any] | None = None  # variation seeds: subseeds, strength, seed resize
 
     def infotext(self) -> dict[str, Any]:
         """The keys A1111 writes for these settings (values None are left out)."""
@@ -118,6 +119,7 @@ class Plan:
             "hires": self.hires,
             "chunks": self.chunks,
             "notes": self.notes,
+            "variation": self.variation,
         }
 
 

@@ -10,8 +10,14 @@ The first picture (at Size) is upscaled to `int(width * scale) x int(height * sc
 The second pass is A1111's img2img schedule: with hires steps n (0: the first pass's steps) and
 denoising d, the sampler's schedule is made for int(n / min(d, 0.999)) steps and its last n
 sigmas run, from the upscaled latent plus fresh noise of each image's seed at the first of them.
-The conditioning is each prompt's final text (A1111 continues prompt editing into the hires pass
-only for `[a:b:when]` with when past the first pass, which is not followed).
+
+As A1111 1.10: the pass may use its own sampler ("Hires sampler"; none: the first pass's) and
+schedule type ("Hires schedule type"; none: the first pass's chosen type, so "Automatic" is the
+hires sampler's own), its own prompt and negative ("Hires prompt", "Hires negative prompt"; empty:
+the first pass's). Its conditioning is the prompt's editing schedule over the hires pass
+(prompts.prompt_schedule with the first pass's model calls), so `[a:b:25]` after 20 steps
+switches at hires step 5. "Hires CFG Scale" (Forge's key; A1111 1.10 has none) sets the pass's
+CFG scale.
 """
 
 from __future__ import annotations
@@ -42,6 +48,11 @@ class Hires:
     steps: int = 0  # 0: the first pass's steps
     denoising: float = 0.7
     upscaler: str = "Latent"
+    sampler: str | None = None  # None: the first pass's (A1111's "Use same sampler")
+    schedule_type: str | None = None  # None: the first pass's chosen type ("Use same scheduler")
+    cfg_scale: float | None = None  # None: the first pass's
+    prompt: str = ""  # "": the first pass's prompt
+    negative_prompt: str = ""  # "": the first pass's negative prompt
 
     def check(self) -> None:
         if not 1.0 <= self.scale <= 8.0:
@@ -51,6 +62,31 @@ class Hires:
         if not 0.0 < self.denoising <= 1.0:
             raise ConfigError(f"Denoising strength {self.denoising:g} is out of range; use a value above 0 and at most 1 (e.g. 0.7).")
         self.upscaler = upscaler_name(self.upscaler)
+        from tihub.engine.samplers import canonical_schedule, resolve
+
+        if self.sampler is not None and self.sampler.strip().lower() in ("", "use same sampler"):
+            self.sampler = None
+        if self.schedule_type is not None and self.schedule_type.strip().lower() in ("", "use same scheduler"):
+            self.schedule_type = None
+        if self.sampler is not None:
+            # an old-style name ("DPM++ 2M Karras") carries its schedule type
+            self.sampler, kind = resolve(self.sampler, self.schedule_type)
+            if self.schedule_type is not None or kind != "Automatic":
+                self.schedule_type = kind
+        elif self.schedule_type is not None:
+            self.schedule_type = canonical_schedule(self.schedule_type)
+        if self.cfg_scale is not None and not (0 <= self.cfg_scale <= 100):
+            raise ConfigError(f"Hires CFG scale {self.cfg_scale:g} is out of range; use 0 to 100 (or leave it out for the first pass's).")
+
+    def pass_settings(self, sampler: str, schedule_type: str, cfg_scale: float) -> tuple[str, str, float]:
+        """(sampler, schedule type, CFG scale) of the hires pass after a first pass with these."""
+        from tihub.engine.samplers import SAMPLERS
+
+        hs = self.sampler or sampler
+        kind = self.schedule_type or schedule_type
+        if SAMPLERS[hs].timesteps and self.schedule_type is None:
+            kind = "Automatic"  # A1111's DDIM/PLMS ignore an inherited schedule type
+        return hs, kind, cfg_scale if self.cfg_scale is None else self.cfg_scale
 
     def target(self, width: int, height: int) -> tuple[int, int]:
         w, h = int(width * self.scale), int(height * self.scale)
@@ -58,18 +94,51 @@ class Hires:
             raise ConfigError(f"Hires scale {self.scale:g} makes {width}x{height} into {w}x{h}, not a multiple of 8; pick a scale that does (e.g. 1.5 or 2).")
         return w, h
 
-    def infotext(self) -> dict[str, Any]:
-        """A1111's keys (Size stays the first pass's)."""
-        return {
-            "Denoising strength": f"{self.denoising:g}",
+    def infotext(self, sampler: str | None = None, schedule_type: str | None = None, cfg_scale: float | None = None,
+                 prompt: str | None = None, negative_prompt: str | None = None) -> dict[str, Any]:
+        """A1111's keys, in A1111 1.10's order (Size stays the first pass's), given the first
+        pass's sampler, schedule type, CFG scale, prompt and negative: "Hires sampler" when it
+        differs, "Hires prompt"/"Hires negative prompt" when they differ, "Hires schedule type"
+        when the type that ran differs from the one the first pass wrote, and (Forge's)
+        "Hires CFG Scale" when it differs from the CFG scale."""
+        params: dict[str, Any] = {"Denoising strength": f"{self.denoising:g}"}
+        if sampler is not None and self.sampler is not None and self.sampler != sampler:
+            params["Hires sampler"] = self.sampler
+        if prompt is not None and self.prompt and self.prompt != prompt:
+            params["Hires prompt"] = self.prompt
+        if negative_prompt is not None and self.negative_prompt and self.negative_prompt != negative_prompt:
+            params["Hires negative prompt"] = self.negative_prompt
+        if cfg_scale is not None and self.cfg_scale is not None and self.cfg_scale != cfg_scale:
+            params["Hires CFG Scale"] = f"{self.cfg_scale:g}"
+        if sampler is not None and schedule_type is not None:
+            hs, kind, _ = self.pass_settings(sampler, schedule_type, 0.0)
+            ran = written_schedule(hs, kind)
+            if ran is not None and ran != written_schedule(sampler, schedule_type):
+                params["Hires schedule type"] = ran
+        params.update({
             "Hires upscale": f"{self.scale:g}",
             "Hires steps": self.steps or None,
             "Hires upscaler": Path(self.upscaler).stem if is_model_file(self.upscaler) else self.upscaler,
-        }
+        })
+        return params
 
     def to_json(self, width: int, height: int) -> dict[str, Any]:
         w, h = self.target(width, height)
-        return {"scale": self.scale, "steps": self.steps, "denoising": self.denoising, "upscaler": self.upscaler, "size": f"{w}x{h}"}
+        return {"scale": self.scale, "steps": self.steps, "denoising": self.denoising, "upscaler": self.upscaler, "size": f"{w}x{h}",
+                "sampler": self.sampler, "schedule_type": self.schedule_type, "cfg_scale": self.cfg_scale,
+                "prompt": self.prompt or None, "negative_prompt": self.negative_prompt or None}
+
+
+def written_schedule(sampler: str, kind: str) -> str | None:
+    """The schedule label A1111 1.10 records for a pass (its get_sigmas): the type that ran, or
+    None where the sampler has no schedule function (DDIM, PLMS; "Automatic" on a sampler
+    without a default type, which runs the model's own uniform sigmas)."""
+    from tihub.engine.samplers import SAMPLERS, effective_schedule
+
+    spec = SAMPLERS[sampler]
+    if spec.timesteps or (kind == "Automatic" and spec.scheduler is None):
+        return None
+    return effective_schedule(sampler, kind)
 
 
 def is_model_file(name: str) -> bool:

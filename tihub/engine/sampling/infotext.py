@@ -1,7 +1,8 @@
 """The sampling settings of an A1111 infotext, as generate's keyword arguments.
 
 `read_sampling(parameters)` turns the keys A1111 writes for sampling (Sampler, Schedule type, RNG,
-ENSD, Eta, Eta DDIM, Sigma churn/tmin/tmax/noise, Denoising strength and the Hires keys) into
+ENSD, Eta, Eta DDIM, Sigma churn/tmin/tmax/noise, the variation-seed keys, Denoising strength and
+the Hires keys) into
 keyword arguments of `Engine.generate` and lists, one sentence each, the settings tihub cannot
 follow (so the picture will differ). No torch is imported.
 """
@@ -21,14 +22,7 @@ NOT_FOLLOWED = {
     "Schedule rho": "a custom schedule rho",
     "Discard penultimate sigma": "dropping the next-to-last sigma for every sampler",
     "NGMS": "negative guidance minimum sigma",
-    "Variation seed": "a variation seed",
-    "Seed resize from": "seed resizing",
     "SGM noise multiplier": "the SGM noise multiplier",
-    "Hires sampler": "a separate hires sampler",
-    "Hires schedule type": "a separate hires schedule type",
-    "Hires prompt": "a separate hires prompt",
-    "Hires negative prompt": "a separate hires negative prompt",
-    "Hires CFG Scale": "a separate hires CFG scale",
 }
 
 
@@ -65,6 +59,11 @@ def read_sampling(parameters: dict[str, str]) -> tuple[dict[str, Any], list[str]
     for key, name in (("Sigma churn", "s_churn"), ("Sigma tmin", "s_tmin"), ("Sigma tmax", "s_tmax"), ("Sigma noise", "s_noise")):
         if key in parameters:
             out[name] = _number(parameters[key], key)
+    if "Variation seed strength" in parameters:
+        out["subseed_strength"] = _number(parameters["Variation seed strength"], "Variation seed strength")
+        out["subseed"] = int(_number(parameters.get("Variation seed", "-1"), "Variation seed"))
+    if "Seed resize from" in parameters:
+        out["seed_resize_from"] = parameters["Seed resize from"]
     hires_keys = ("Hires upscale", "Hires steps", "Hires upscaler", "Hires resize")
     if any(k in parameters for k in hires_keys):
         from tihub.engine.sampling.hires import Hires, upscaler_name
@@ -81,9 +80,14 @@ def read_sampling(parameters: dict[str, str]) -> tuple[dict[str, Any], list[str]
             steps=int(_number(steps, "Hires steps")),
             denoising=_number(parameters.get("Denoising strength", "0.7"), "Denoising strength"),
             upscaler=upscaler,
+            sampler=parameters.get("Hires sampler"),
+            schedule_type=parameters.get("Hires schedule type"),
+            cfg_scale=_number(parameters["Hires CFG Scale"], "Hires CFG Scale") if "Hires CFG Scale" in parameters else None,
+            prompt=parameters.get("Hires prompt", ""),
+            negative_prompt=parameters.get("Hires negative prompt", ""),
         )
     for key, what in NOT_FOLLOWED.items():
-        if key in parameters and not (key == "Hires schedule type" and parameters[key] == parameters.get("Schedule type")):
+        if key in parameters:
             warnings.append(f"The image uses {what} ({key}: {parameters[key]}), which tihub does not follow; the image will differ.")
     if "Hires resize" in parameters and "hires" in out:
         # a target size is a scale when both sides grow by the same factor
