@@ -261,3 +261,24 @@ def test_with_a_token_the_first_visit_is_enough(browser, site) -> None:  # type:
         ctx.close()
     finally:
         server.stop()
+
+
+def test_jobs_page_lists_past_jobs_and_opens_one(page, site, shots) -> None:  # type: ignore[no-untyped-def]
+    server, _ = site
+    job = server.app.state.jobs.start("fetch", "cat-toy", lambda j: server.hub.fetch("cat-toy").as_dict())
+    for _ in range(200):
+        if server.app.state.jobs.get(job.id).state in ("done", "failed"):
+            break
+        import time
+
+        time.sleep(0.05)
+    page.goto(server.url + "/jobs")
+    row = page.locator(f"tr.job-row[data-id='{job.id}']")
+    assert row.get_attribute("data-state") == "done"
+    assert "cat-toy.safetensors" in row.locator(".outcome").inner_text()
+    snap(page, shots, "jobs")
+    row.locator("a").click()
+    page.wait_for_url(f"**/jobs/{job.id}")
+    page.wait_for_selector("#job .job-status[data-state=done]")
+    assert "cat-toy.safetensors" in page.locator("#job .fetched-path").inner_text()
+    snap(page, shots, "job")
