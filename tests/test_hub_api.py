@@ -17,7 +17,7 @@ from PIL import Image
 
 from tihub.cli import cli
 from tihub.errors import ConfigError, NotFound
-from tihub.hub import Hub
+from tihub.hub import EntryDetail, Hub, LocalFile, RemoveResult, SourceInfo, SyncResult, TrainResult
 from tihub.progress import Event, event_kind
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,19 +145,19 @@ def test_train_reports_each_preview_as_it_is_made(home: Path, tmp_path: Path, ti
     seen_steps: list[int] = []
     result = Hub(home).train("foxtok", pics, tiny_sd1_dir, steps=4, device="cpu", preview_every=2, preview_steps=1,
                              progress=progress, on_step=lambda info: seen_steps.append(info["step"]))
-    assert result["ok"] is True and Path(result["path"]).is_file()
+    assert isinstance(result, TrainResult) and result.ok and Path(result.path).is_file()
     previews = progress.of("preview")
     assert [p.data["step"] for p in previews] == [2, 4]
-    assert [p.data["path"] for p in previews] == result["previews"]
-    assert all(Path(p).is_file() for p in result["previews"])
+    assert [p.data["path"] for p in previews] == result.previews
+    assert all(Path(p).is_file() for p in result.previews)
     # the preview of step 2 was told before step 4 was (while the run was going on)
     order = [(event_kind(m), d) for d, _, m in progress.calls if event_kind(m) in ("preview", "step")]
     assert order.index(("preview", 2)) < order.index(("step", 4))
     steps = progress.of("step")
     assert [s.data["step"] for s in steps] == [1, 2, 3, 4] == seen_steps and "loss" in steps[-1]
     assert any(str(n).startswith("Run folder: ") for n in progress.of("note"))
-    for key in ("checkpoints", "loss_csv", "steps_from", "file_id", "extra_paths", "trained_on", "seconds"):
-        assert key in result
+    assert set(result.as_dict()) == {"name", "path", "extra_paths", "run_dir", "steps", "pictures", "final_loss", "trained_on",
+                                     "checkpoints", "previews", "loss_csv", "loss_png", "seconds", "steps_from", "file_id", "ok"}
     with pytest.raises(ConfigError, match="init-text"):
         Hub(home).train("foxtok2", pics, tiny_sd1_dir, steps=1, init_text="nosuch/file.pt")
 
@@ -255,10 +255,17 @@ def test_search_show_sources_and_judge_are_the_cli_items(home: Path, mirror: tup
         hub.search("", source="nope")
     with pytest.raises(ConfigError, match="Unknown kind 'foo'"):
         hub.search("", kind="foo")
-    from tihub.shapes import show_item
-
-    assert [show_item(hub.show("easynegative"))] == _cli_json("--home", str(home), "show", "easynegative")
-    assert hub.sources() == _cli_json("--home", str(home), "sources")
+    shown = hub.show("easynegative")
+    assert isinstance(shown, EntryDetail) and shown.name == "easynegative" and shown.files
+    assert [shown.as_dict()] == _cli_json("--home", str(home), "show", "easynegative")
+    sources = hub.sources()
+    assert all(isinstance(s, SourceInfo) for s in sources)
+    assert [s.as_dict() for s in sources] == _cli_json("--home", str(home), "sources")
+    assert [r.as_dict() for r in hub.local()] == _cli_json("--home", str(home), "list", "--offline")
+    verdicts = hub.compat("sdxl")
+    assert {r.name: r.fit for r in verdicts}["easynegative"] == "partial" and verdicts[0].model
+    cli_items = _cli_json("--home", str(home), "compat", "--model-hash", "sdxl")  # the CLI names the model once, in its header
+    assert [{k: v for k, v in r.as_dict().items() if k != "model"} for r in verdicts] == cli_items
     wrote, message = hub.init_sources()
     assert not wrote and "already lists 2 source(s)" in message
     report = hub.judge(["easynegative", "nosuch"], model_hash="sdxl")
@@ -286,9 +293,12 @@ def test_import_list_remove(home: Path, tmp_path: Path) -> None:
                                 "triggers", "duplicates", "ok"}
     [bad] = hub.import_files(tmp_path / "nothing.pt", remote=False)
     assert not bad.ok and bad.as_dict()["error"]
-    assert [row["name"] for row in hub.local()] == ["mystyle"]
+    [row] = hub.local()
+    assert isinstance(row, LocalFile) and row.name == "mystyle" and row.ok and row.path == "mystyle.pt"
+    assert row.as_dict()["path"] == str(home / "embeddings" / "mystyle.pt")
     gone = hub.remove("mystyle")
-    assert gone["ok"] and gone["path"].endswith("mystyle.pt") and hub.local() == []
+    assert isinstance(gone, RemoveResult) and gone.ok and (gone.path or "").endswith("mystyle.pt") and hub.local() == []
+    assert gone.as_dict() == {"name": "mystyle", "path": gone.path, "sidecars": [], "ok": True}
     with pytest.raises(NotFound):
         hub.remove("mystyle")
 
@@ -321,7 +331,8 @@ def test_sync_tells_each_source_as_it_starts(home: Path) -> None:
     (home / "sources.yaml").write_text("sources:\n  - {name: local, kind: local, path: embeddings}\n", encoding="utf-8")
     progress = Recorder()
     [report] = Hub(home).sync(progress=progress, deep_budget=0)
-    assert report["ok"] is True and report["name"] == "local" and report["summary"]
+    assert isinstance(report, SyncResult) and report.ok and report.name == "local" and report.summary
+    assert "summary" not in report.as_dict() and report.as_dict()["ok"] is True
     passes = progress.of("pass")
     assert [p.data["source"] for p in passes] == ["local"]
     assert progress.kinds().index("note") < progress.kinds().index("pass")  # "local: ..." said first

@@ -168,8 +168,8 @@ def test_entry_page_and_fetch_with_progress(page, site, shots) -> None:  # type:
     # the job's last progress was the whole file, and the entry now says where it is on disk
     hub = server.hub  # the file is recorded in the catalogue, with the sha256 of its bytes
     assert hub.entry("big-one")["path"] == str(target)
-    (row,) = [r for r in hub.local() if r["name"] == "big-one"]
-    assert row["ok"] and row["sha256"] == sha256_of(target) and row["widths"] == {"clip_l": 768}
+    (row,) = [r for r in hub.local() if r.name == "big-one"]
+    assert row.ok and row.sha256 == sha256_of(target) and row.widths == {"clip_l": 768}
     page.reload()
     assert page.locator("#disk-path").inner_text() == str(target)
     snap(page, shots, "entry")

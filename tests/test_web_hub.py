@@ -80,8 +80,8 @@ def test_a_manual_download_is_one_sentence(home: Path) -> None:
 def test_compat_on_a_family_and_on_a_hash(home: Path) -> None:
     hub = Hub(home)
     hub.fetch("cat-toy")
-    rows = {r["name"]: r for r in hub.compat("sdxl")}
-    assert rows["cat-toy"]["fit"] == "partial" and rows["cat-toy"]["ok"]
+    rows = {r.name: r for r in hub.compat("sdxl")}
+    assert rows["cat-toy"].fit == "partial" and rows["cat-toy"].ok and rows["cat-toy"].as_dict()["model"]
     with pytest.raises(TihubError, match="not a model hash"):
         hub.compat("zz")
 

@@ -32,6 +32,7 @@ import os
 import re
 import threading
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +44,22 @@ from tihub.progress import Event, ProgressCallback, TrainWatcher, fetch_relay, s
 from tihub.results import (  # noqa: F401 (the typed results, part of the Hub API)
     CompatReport,
     CompatResult,
+    EntryDetail,
     ExportResult,
     Facets,
     FetchResult,
     GenerateResult,
     GridResult,
     ImportResult,
+    LocalFile,
     Picture,
+    RemoveResult,
     SearchHit,
+    SourceInfo,
+    SyncResult,
+    TrainResult,
     VerifyResult,
 )
-from tihub.shapes import item
 
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 SORTS = ("relevance", "name", "base", "source")
@@ -410,28 +416,27 @@ class Hub:
         """Whether unknown hashes are looked up on Civitai (a civitai source is configured)."""
         return remote and self._civitai()[0] is not None
 
-    def local(self, *, remote: bool = False) -> list[dict[str, Any]]:
-        """The files in embeddings/ (subfolders too) as `tihub list` rows, each with `ok` (no
-        problems) and `path` relative to embeddings/. With `remote`, hashes nothing local knows
+    def local(self, *, remote: bool = False) -> list[LocalFile]:
+        """The files in embeddings/ (subfolders too) as `tihub list` shows them, each with `ok` (no
+        problems) and `path` relative to embeddings/ (`as_dict()`: the `tihub list --json` item). With `remote`, hashes nothing local knows
         are looked up on Civitai (when a civitai source is configured; answers cached)."""
         from tihub.collection import list_collection
 
         self.workspace.ensure()
         url, allow_private = self._civitai() if remote else (None, False)
         rows = list_collection(self.workspace, self.catalog, civitai_url=url, allow_private=allow_private, remote=remote)
-        for r in rows:
-            r["ok"] = not r.get("problems")
-            r["path"] = str(r["path"])
-        return rows
+        folder = str(self.workspace.embeddings_dir)
+        return [LocalFile(**{**{k: v for k, v in r.items() if k in _LOCAL_FIELDS}, "path": str(r["path"])}, folder=folder)
+                for r in rows]
 
-    def remove(self, name: str) -> dict[str, Any]:
+    def remove(self, name: str) -> RemoveResult:
         """Delete one embedding from embeddings/ (name, file name or relative path) with its
         NAME.preview.* and NAME.json sidecars, and mark it not local, as `tihub remove`: the
         `tihub remove --json` item (`path`, `sidecars`). Raises NotFound."""
         from tihub.collection import remove_files
 
         path, *extra = remove_files(self.workspace, name, self.catalog)
-        return item(True, name=name, path=str(path), sidecars=[str(x) for x in extra])
+        return RemoveResult(name=name, path=str(path), sidecars=[str(x) for x in extra])
 
     def import_files(self, files: str | Path | list[str | Path], *, name: str | None = None, convert: str = "original",
                      force: bool = False, remote: bool = True) -> list[ImportResult]:
@@ -587,26 +592,25 @@ class Hub:
 
     # ------------------------------------------------------------------ sources and sync
 
-    def sources(self) -> list[dict[str, Any]]:
+    def sources(self) -> list[SourceInfo]:
         """The configured sources with their last sync, status and entry counts, then the sources
         only the catalogue knows (e.g. `local`), as `tihub sources --json` items."""
         specs = self.workspace.sources()
         rows = {r["name"]: r for r in self.catalog.sources()}
-        out: list[dict[str, Any]] = []
+        out: list[SourceInfo] = []
         for s in specs:
             r = rows.get(s.name, {})
-            status = r.get("last_status") or "never synced"
-            out.append(item(status != "failed", name=s.name, kind=s.kind, target=s.get("url") or s.get("author") or s.get("path") or "",
-                            enabled=s.enabled, nsfw=s.nsfw, allow_private=s.allow_private, last_sync=r.get("last_sync"),
-                            status=status, error=r.get("last_error"), entries=r.get("entry_count") or 0,
-                            removed=r.get("removed") or 0))
+            out.append(SourceInfo(name=s.name, kind=s.kind, target=s.get("url") or s.get("author") or s.get("path") or "",
+                                  enabled=s.enabled, nsfw=s.nsfw, allow_private=s.allow_private, last_sync=r.get("last_sync"),
+                                  status=r.get("last_status") or "never synced", error=r.get("last_error"),
+                                  entries=r.get("entry_count") or 0, removed=r.get("removed") or 0))
         configured = {s.name for s in specs}
         for name, r in rows.items():  # known to the catalogue only (e.g. `local` made by fetch/import)
             if name not in configured:
-                out.append(item(r.get("last_status") != "failed", name=name, kind=r["kind"], target="", enabled=False,
-                                nsfw=bool(r["nsfw"]), allow_private=False, last_sync=r.get("last_sync"),
-                                status=(r.get("last_status") or "-") + " (not in sources.yaml)", error=r.get("last_error"),
-                                entries=r.get("entry_count") or 0, removed=r.get("removed") or 0))
+                out.append(SourceInfo(name=name, kind=r["kind"], target="", enabled=False, nsfw=bool(r["nsfw"]),
+                                      allow_private=False, last_sync=r.get("last_sync"),
+                                      status=(r.get("last_status") or "-") + " (not in sources.yaml)", error=r.get("last_error"),
+                                      entries=r.get("entry_count") or 0, removed=r.get("removed") or 0))
         return out
 
     def init_sources(self) -> tuple[bool, str]:
@@ -633,7 +637,7 @@ class Hub:
         return names
 
     def sync(self, names: list[str] | None = None, *, progress: ProgressCallback | None = None,
-             deadline: float = 900.0, deep_budget: int = 64 * 1024 * 1024) -> list[dict[str, Any]]:
+             deadline: float = 900.0, deep_budget: int = 64 * 1024 * 1024) -> list[SyncResult]:
         """Sync the sources in sources.yaml (all enabled ones, or `names`), as `tihub sync --json`:
         one report per source with `ok`, plus its one-line `summary`. A failing source keeps its
         entries; never raises for one source (raises ConfigError for a broken sources.yaml or an
@@ -664,12 +668,7 @@ class Hub:
             reports = sync(self.workspace, names or None, progress=relay, deadline_s=deadline, catalog=self.catalog,
                            deep_budget=deep_budget)
         self._facets = None  # kinds and sources may have changed
-        out = []
-        for r in reports:
-            d = item(not r.failed, **r.as_dict())
-            d["summary"] = r.summary()
-            out.append(d)
-        return out
+        return [SyncResult(**r.as_dict(), summary=r.summary()) for r in reports]
 
     # ------------------------------------------------------------------ train
 
@@ -700,7 +699,7 @@ class Hub:
               size: str = "auto", lr: str = "0.005", template: str = "style_filewords", device: str | None = None,
               save_every: int = 0, overwrite: bool = False, run_dir: str | Path | None = None,
               preview_every: int = 0, progress: ProgressCallback | None = None,
-              on_step: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> dict[str, Any]:
+              on_step: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> TrainResult:
         """Train a new embedding `name` on a folder of pictures, as `tihub train` does: the file goes
         to embeddings/NAME.safetensors, checkpoints, previews and the loss log to the run folder
         (`run_dir`, default WORKSPACE/train/NAME), and the run is recorded in the catalogue.
@@ -741,12 +740,12 @@ class Hub:
 
         r = train(cfg, log=watcher.note, progress=watcher.step)
         watcher.finish(r.previews)
-        return item(True, name=r.name, path=str(r.output), extra_paths=[str(p) for p in r.extra_outputs],
-                    run_dir=str(r.run_dir), steps=r.steps, pictures=r.pictures, final_loss=r.final_loss,
-                    trained_on=r.sd_checkpoint, checkpoints=[str(p) for p in r.checkpoints],
-                    previews=[str(p) for p in r.previews], loss_csv=str(r.loss_csv),
-                    loss_png=str(r.loss_png) if r.loss_png else None, seconds=round(r.seconds, 2),
-                    steps_from=r.steps_from, file_id=r.file_id)
+        return TrainResult(name=r.name, path=str(r.output), extra_paths=[str(p) for p in r.extra_outputs],
+                           run_dir=str(r.run_dir), steps=r.steps, pictures=r.pictures, final_loss=r.final_loss,
+                           trained_on=r.sd_checkpoint, checkpoints=[str(p) for p in r.checkpoints],
+                           previews=[str(p) for p in r.previews], loss_csv=str(r.loss_csv),
+                           loss_png=str(r.loss_png) if r.loss_png else None, seconds=round(r.seconds, 2),
+                           steps_from=r.steps_from, file_id=r.file_id)
 
     # ------------------------------------------------------------------ the engine: generate, grid, verify
 
@@ -998,12 +997,15 @@ class Hub:
 
     # ------------------------------------------------------------------ compat
 
-    def compat(self, model_hash: str, *, remote: bool = False) -> list[dict[str, Any]]:
-        """Verdicts for every local embedding on one model (any hash form, or sd1/sd2/sdxl), as
-        `tihub compat --json` items (`name`, `fit`, `reason`, `path`, `trained_on`, per-app
-        `apps`) plus the model's label as `model`."""
+    def compat(self, model_hash: str, *, remote: bool = False) -> list[CompatResult]:
+        """Verdicts for every local embedding on one model (any hash form, or sd1/sd2/sdxl): each
+        `name`, `fit`, `reason`, `path`, `trained_on`, per-app `apps` and the model's label as
+        `model` (`as_dict()`: the `tihub compat --json` item)."""
         report = self.judge(model_hash=model_hash, remote=remote)
-        return [{**r.as_dict(), "model": report.model.label()} for r in report.results]
+        label = report.model.label()
+        for r in report.results:
+            r.model = label
+        return report.results
 
     def judge(self, names: list[str] | tuple[str, ...] = (), *, model_file: str | Path | None = None,
               model_hash: str | None = None, catalog: bool = False, remote: bool = False,
@@ -1026,7 +1028,7 @@ class Hub:
         cat = self.catalog
         url, allow_private = self._civitai()
         model = model_from_file(str(model_file), cat) if model_file else self.model(model_hash or "", remote=remote)
-        local = self.local()
+        local = [f.row() for f in self.local()]
         # what to judge: ("local", items), ("catalog", rows) and ("error", [failed name]), in order
         groups: list[tuple[str, list[dict[str, Any]]]] = []
         if names:
@@ -1082,19 +1084,20 @@ class Hub:
 
     # ------------------------------------------------------------------ what the catalogue knows across entries
 
-    def show(self, name_or_id: str | int, *, thumbnails: bool = False, pictures: bool = True) -> dict[str, Any]:
+    def show(self, name_or_id: str | int, *, thumbnails: bool = False, pictures: bool = True) -> EntryDetail:
         """Everything the catalogue knows about one entry, as `tihub show` reads it (files,
         hashes, trigger syntax per app, previews, verifications, training runs, compatibility with
         the known models), with its `pictures` described (with `thumbnails`, their cached WEBP
-        thumbnails are made now). `tihub.shapes.show_item` maps it to the JSON vocabulary.
-        Raises NotFound."""
+        thumbnails are made now): `data` holds it as the catalogue reads it, `as_dict()` is the
+        `tihub show --json` item. Raises NotFound."""
         e = self.catalog.entry(name_or_id)
         if pictures or thumbnails:
             from tihub.previews import entry_previews
 
             e["pictures"] = entry_previews(self.catalog, str(e["id"]), thumbs=thumbnails,
                                            allow_private=self.allows_private(e.get("source")))
-        return e
+        return EntryDetail(id=e["id"], name=e["name"], source=e["source"], base=e["base"], kind=e.get("kind"),
+                           title=e.get("title"), nsfw=bool(e.get("nsfw")), data=e)
 
     def similar(self, name: str, limit: int = 10) -> list[dict[str, Any]]:
         """Catalogued embeddings whose vectors point the same way as `name`'s (a catalogue name
@@ -1149,3 +1152,6 @@ def _compat_local_item(row: dict[str, Any]) -> dict[str, Any]:
         widths, problem = {"t5xxl": 4096}, None
     return {"name": row["name"], "widths": widths, "sd_checkpoint": row.get("sd_checkpoint"),
             "sd_checkpoint_name": row.get("sd_checkpoint_name"), "problem": problem, "path": row["path"]}
+
+
+_LOCAL_FIELDS = frozenset(f.name for f in fields(LocalFile)) - {"folder"}

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tihub.shapes import item
+from tihub.shapes import item, list_item, show_item
 
 
 @dataclass
@@ -132,13 +132,15 @@ class CompatResult:
     apps: dict[str, dict[str, Any]] = field(default_factory=dict)  # app -> {fit, reason}
     app: str | None = None  # the app `fit` and `reason` are for (None: the family verdict)
     error: str | None = None
+    model: str | None = None  # the model's label (`Hub.compat`; `Hub.judge` keeps it on the report)
 
     def as_dict(self) -> dict[str, Any]:
+        more = {"model": self.model} if self.model is not None else {}
         if not self.ok:
-            return item(False, self.error, name=self.name, fit=None, reason=None, trained_on=None, trained_on_name=None)
+            return item(False, self.error, name=self.name, fit=None, reason=None, trained_on=None, trained_on_name=None, **more)
         return item(True, name=self.name, fit=self.fit, reason=self.reason, trained_on=self.trained_on,
                     trained_on_name=self.trained_on_name, line=self.line, path=self.path, source=self.source,
-                    apps=self.apps, **({"app": self.app} if self.app else {}))
+                    apps=self.apps, **({"app": self.app} if self.app else {}), **more)
 
 
 @dataclass
@@ -236,7 +238,7 @@ class VerifyResult:
     def error(self) -> str | None:
         if self.ok:
             return None
-        failed = "; ".join(f"{c['check']}: {c['detail']}" for c in self.checks if c["status"] == "failed")
+        failed = "; ".join(f"{c['check']}: {str(c['detail']).rstrip('. ')}" for c in self.checks if c["status"] == "failed")
         return f"{self.name} failed verification on {self.model}: {failed}."
 
     def as_dict(self) -> dict[str, Any]:
@@ -253,3 +255,173 @@ class Facets:
     kinds: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     models: list[dict[str, Any]] = field(default_factory=list)  # known models: name, family, autov2
+
+
+@dataclass
+class TrainResult:
+    """A finished training run (`tihub train --json` item): the embedding file, the run folder's
+    checkpoints, previews and loss log, and the model hash it was trained on."""
+
+    name: str
+    path: str
+    run_dir: str
+    steps: int
+    pictures: int
+    final_loss: float | None
+    trained_on: str | None
+    loss_csv: str
+    loss_png: str | None
+    seconds: float
+    steps_from: str | None = None  # "cuda graph" when the steps were replayed from one
+    file_id: int | None = None  # the catalogue file row it was recorded as
+    extra_paths: list[str] = field(default_factory=list)  # other formats written beside `path`
+    checkpoints: list[str] = field(default_factory=list)
+    previews: list[str] = field(default_factory=list)
+    ok: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return item(True, name=self.name, path=self.path, extra_paths=list(self.extra_paths), run_dir=self.run_dir,
+                    steps=self.steps, pictures=self.pictures, final_loss=self.final_loss, trained_on=self.trained_on,
+                    checkpoints=list(self.checkpoints), previews=list(self.previews), loss_csv=self.loss_csv,
+                    loss_png=self.loss_png, seconds=self.seconds, steps_from=self.steps_from, file_id=self.file_id)
+
+
+@dataclass
+class SyncResult:
+    """How syncing one source went (`tihub sync --json` item), with its one-line `summary`."""
+
+    name: str
+    kind: str
+    status: str  # ok | unchanged | failed
+    summary: str
+    new: int = 0
+    updated: int = 0
+    removed: int = 0
+    revived: int = 0
+    unchanged: int = 0
+    total: int = 0
+    error: str | None = None
+    seconds: float = 0.0
+    offline: bool = False  # failed because a host name did not resolve
+    deep: dict[str, int] | None = None  # what deep sync read (tihub.deep.DeepStats)
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    def as_dict(self) -> dict[str, Any]:
+        return item(self.ok, self.error, name=self.name, kind=self.kind, status=self.status, new=self.new,
+                    updated=self.updated, removed=self.removed, revived=self.revived, unchanged=self.unchanged,
+                    total=self.total, seconds=self.seconds, offline=self.offline, deep=self.deep)
+
+
+@dataclass
+class SourceInfo:
+    """One source (`tihub sources --json` item): its settings in sources.yaml and its last sync."""
+
+    name: str
+    kind: str
+    target: str  # its URL, author or folder ("" for one only the catalogue knows)
+    enabled: bool
+    nsfw: bool
+    allow_private: bool
+    status: str  # ok | unchanged | failed | never synced | ... (not in sources.yaml)
+    last_sync: str | None = None
+    error: str | None = None  # the last sync's error
+    entries: int = 0
+    removed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.status.startswith("failed")
+
+    def as_dict(self) -> dict[str, Any]:
+        return item(self.ok, self.error, name=self.name, kind=self.kind, target=self.target, enabled=self.enabled,
+                    nsfw=self.nsfw, allow_private=self.allow_private, last_sync=self.last_sync, status=self.status,
+                    entries=self.entries, removed=self.removed)
+
+
+@dataclass
+class RemoveResult:
+    """One embedding deleted from embeddings/ (`tihub remove --json` item) with its sidecars."""
+
+    name: str
+    path: str | None
+    sidecars: list[str] = field(default_factory=list)  # NAME.preview.* and NAME.json removed with it
+    ok: bool = True
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return item(self.ok, self.error, name=self.name, path=self.path, sidecars=list(self.sidecars))
+
+
+@dataclass
+class LocalFile:
+    """One file in embeddings/ as `tihub list` shows it; `path` is relative to `folder`
+    (embeddings/), `problems` one sentence each (`ok` when none)."""
+
+    name: str
+    path: str
+    folder: str  # the embeddings/ folder `path` is relative to
+    format: str | None = None
+    base: str | None = None
+    vectors: int | None = None
+    widths: dict[str, int] | None = None
+    sd_checkpoint: str | None = None  # the trained-on hash
+    sd_checkpoint_name: str | None = None  # the name the file recorded for it
+    trained_on: str | None = None  # "name [hash]" as the table shows it
+    entry: str | None = None  # the catalogue entry with these bytes
+    source: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    problems: list[str] = field(default_factory=list)
+    readable: bool = True
+    identified: str | None = None  # catalog | civitai: what recognised the bytes
+    page_url: str | None = None
+    triggers: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)  # other paths with the very same bytes
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def row(self) -> dict[str, Any]:
+        """The `tihub list` row (path relative to embeddings/, no `ok`)."""
+        out = asdict(self)
+        del out["folder"]
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """As a `tihub list --json` item (`path` on disk, `trained_on` the hash, `trained_on_name`)."""
+        return list_item(Path(self.folder), self.row())
+
+
+@dataclass
+class EntryDetail:
+    """Everything the catalogue knows about one entry (`Hub.show`); `data` holds it all as
+    `tihub show` reads it (files, previews, verifications, training runs, compat), the fields
+    are its most used facts. `as_dict()` is the `tihub show --json` item."""
+
+    id: int
+    name: str
+    source: str
+    base: str
+    kind: str | None
+    title: str | None
+    nsfw: bool
+    data: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+    @property
+    def files(self) -> list[dict[str, Any]]:
+        return list(self.data.get("files") or [])
+
+    @property
+    def pictures(self) -> list[dict[str, Any]]:
+        return list(self.data.get("pictures") or [])
+
+    def as_dict(self) -> dict[str, Any]:
+        return show_item(self.data)

@@ -8,7 +8,6 @@ from typing import Any
 import click
 
 from tihub.cli._common import Context, echo_json, exit_status, fail, item, pass_ctx, say
-from tihub.shapes import show_item
 
 
 # ---------------------------------------------------------------------------------- sources
@@ -33,7 +32,7 @@ def sources_cmd(ctx: Context, as_json: bool, init: bool) -> None:
         click.echo(message, err=True)
     out = hub.sources()
     if as_json:
-        echo_json(out)
+        echo_json([o.as_dict() for o in out])
         return
     if not out:
         click.echo(f"No sources in {hub.workspace.sources_path}; run `tihub sources --init` to write the default list, or add your own (see README).")
@@ -42,10 +41,10 @@ def sources_cmd(ctx: Context, as_json: bool, init: bool) -> None:
 
     rows = []
     for o in out:
-        flags = "" if o["enabled"] else " (disabled)"
-        flags += " nsfw" if o["nsfw"] else ""
-        status = o["status"] + flags + (f": {o['error']}" if o.get("error") and o["status"] == "failed" else "")
-        rows.append((o["name"], o["kind"], o["entries"], o["last_sync"], status))
+        flags = "" if o.enabled else " (disabled)"
+        flags += " nsfw" if o.nsfw else ""
+        status = o.status + flags + (f": {o.error}" if o.error and o.status == "failed" else "")
+        rows.append((o.name, o.kind, o.entries, o.last_sync, status))
     click.echo(render(["NAME", "KIND", Column("ENTRIES", "right"), "LAST SYNC", "STATUS"], rows))
 
 
@@ -91,14 +90,14 @@ def sync_cmd(ctx: Context, names: tuple[str, ...], as_json: bool, deadline: floa
     with Bar("sync", "item") as bar:
         reports = ctx.hub.sync(list(names) or None, progress=bar, deadline=deadline, deep_budget=budget)
     if as_json:
-        echo_json([{k: v for k, v in r.items() if k != "summary"} for r in reports])
+        echo_json([r.as_dict() for r in reports])
     else:
         for r in reports:
-            if r["ok"]:
-                say(r["summary"])
+            if r.ok:
+                say(r.summary)
             else:
-                fail(r["summary"])
-    exit_status(any(not r["ok"] for r in reports))
+                fail(r.summary)
+    exit_status(any(not r.ok for r in reports))
 
 
 # ----------------------------------------------------------------------------------- search
@@ -249,9 +248,9 @@ def show_cmd(ctx: Context, names: tuple[str, ...], app: str | None, as_json: boo
             fail(str(exc))
             items.append(item(False, str(exc), name=n))
             continue
-        items.append(show_item(e))
+        items.append(e.as_dict())
         if not as_json:
-            _show_text(e, app)
+            _show_text(e.data, app)
     if as_json:
         echo_json(items)
     exit_status(failed)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from tihub.cli._common import Context, echo_json, exit_status, fail, item, pass_ctx, say
-from tihub.shapes import list_item
+from tihub.cli._common import Context, echo_json, exit_status, fail, pass_ctx, say
 
 
 def _size(n: int | None) -> str:
@@ -170,7 +169,7 @@ def list_cmd(ctx: Context, offline: bool, as_json: bool) -> None:
     rows = hub.local(remote=not offline)
     folder = hub.workspace.embeddings_dir
     if as_json:
-        echo_json([list_item(folder, {k: v for k, v in r.items() if k != "ok"}) for r in rows])
+        echo_json([r.as_dict() for r in rows])
         return
     if not rows:
         click.echo(f"No embeddings in {folder}; use `tihub fetch NAME` or `tihub import FILE`.")
@@ -181,20 +180,20 @@ def list_cmd(ctx: Context, offline: bool, as_json: bool) -> None:
     notes = []
     problems = unknown = 0
     for r in rows:
-        if r.get("identified"):
-            entry = f"{r['entry']} ({r['source']})"
+        if r.identified:
+            entry = f"{r.entry} ({r.source})"
         else:
             unknown += 1
-            entry = "no match" if r["readable"] else "-"
-        table.append((r["path"], r["base"] or "?", r["vectors"], r["format"] or "?", r["trained_on"], entry))
-        if r.get("page_url") or r.get("triggers"):
-            words = f"triggers: {', '.join(r['triggers'])}" if r.get("triggers") else ""
-            notes.append(f"  = {r['path']}: {'  '.join(x for x in (r.get('page_url') or '', words) if x)}")
-        if r.get("duplicates"):
-            notes.append(f"  = {r['path']}: the same bytes as {', '.join(r['duplicates'])} (exact duplicate)")
-        for p in r["problems"]:
+            entry = "no match" if r.readable else "-"
+        table.append((r.path, r.base or "?", r.vectors, r.format or "?", r.trained_on, entry))
+        if r.page_url or r.triggers:
+            words = f"triggers: {', '.join(r.triggers)}" if r.triggers else ""
+            notes.append(f"  = {r.path}: {'  '.join(x for x in (r.page_url or '', words) if x)}")
+        if r.duplicates:
+            notes.append(f"  = {r.path}: the same bytes as {', '.join(r.duplicates)} (exact duplicate)")
+        for p in r.problems:
             problems += 1
-            notes.append(f"  ! {r['path']}: {p}")
+            notes.append(f"  ! {r.path}: {p}")
     click.echo(render([Column("FILE", max_width=40), "BASE", Column("VEC", "right"), "FORMAT", Column("TRAINED ON", max_width=36), "ENTRY"], table))
     for n in notes:
         click.echo(safe_text(n))
@@ -219,22 +218,23 @@ def remove_cmd(ctx: Context, names: tuple[str, ...], as_json: bool) -> None:
       tihub remove styles/old-style.pt
     """
     from tihub.errors import TihubError
+    from tihub.results import RemoveResult
 
     failed = False
-    out = []
+    out: list[RemoveResult] = []
     for n in names:  # a name that cannot be removed does not stop the others
         try:
             r = ctx.hub.remove(n)
             if not as_json:
-                extra = [Path(x).name for x in r["sidecars"]]
-                say(f"removed: {r['path']}" + (f" (and {', '.join(extra)})" if extra else ""))
+                extra = [Path(x).name for x in r.sidecars]
+                say(f"removed: {r.path}" + (f" (and {', '.join(extra)})" if extra else ""))
             out.append(r)
         except TihubError as exc:
             failed = True
             fail(str(exc))
-            out.append(item(False, str(exc), name=n, path=None, sidecars=[]))
+            out.append(RemoveResult(name=n, path=None, ok=False, error=str(exc)))
     if as_json:
-        echo_json(out)
+        echo_json([r.as_dict() for r in out])
     exit_status(failed)
 
 

@@ -69,13 +69,13 @@ def train_cmd(ctx: Context, name: str, images: Path, model: str, size: str, run_
     with Bar(f"train {name}", "step") as bar:
         result = ctx.hub.train(name, images, model, size=size, run_dir=run_dir, progress=bar, **opts)
     if as_json:
-        echo_json([result])
+        echo_json([result.as_dict()])
         return
-    loss = "-" if result["final_loss"] is None else f"{result['final_loss']:.4f}"
-    graph = " (replayed from a CUDA graph)" if result["steps_from"] == "cuda graph" else ""
-    click.echo(f"Trained {result['name']} on {result['pictures']}: {result['steps']} steps{graph} in {result['seconds']:.1f} s, last loss {loss}.")
-    for p in [result["path"], *result["extra_paths"]]:
+    loss = "-" if result.final_loss is None else f"{result.final_loss:.4f}"
+    graph = " (replayed from a CUDA graph)" if result.steps_from == "cuda graph" else ""
+    click.echo(f"Trained {result.name} on {result.pictures}: {result.steps} steps{graph} in {result.seconds:.1f} s, last loss {loss}.")
+    for p in [result.path, *result.extra_paths]:
         click.echo(f"  wrote {p}")
-    click.echo(f"  model hash {result['trained_on'] or 'unknown'}; {len(result['checkpoints'])} checkpoints, loss log {result['loss_csv']}")
-    if result["loss_png"]:
-        click.echo(f"  loss plot {result['loss_png']}")
+    click.echo(f"  model hash {result.trained_on or 'unknown'}; {len(result.checkpoints)} checkpoints, loss log {result.loss_csv}")
+    if result.loss_png:
+        click.echo(f"  loss plot {result.loss_png}")

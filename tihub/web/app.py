@@ -361,15 +361,12 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
     @app.get("/api/local", response_model=list[dict[str, Any]], responses=ERRORS, tags=["collection"])
     def api_local() -> Any:
         """The files in embeddings/, as `tihub list --json`."""
-        from tihub.shapes import list_item  # the one mapping of a list row to the JSON vocabulary
-
-        folder = hub.workspace.embeddings_dir
-        return _jsonable([list_item(folder, {k: v for k, v in r.items() if k != "ok"}) for r in hub.local()])
+        return _jsonable([r.as_dict() for r in hub.local()])
 
     @app.get("/api/compat", response_model=list[CompatOut], responses=ERRORS, tags=["collection"])
     def api_compat(model_hash: str = Query(..., pattern=MODEL_HASH, description="A model hash (8, 10, 12 or 64 hex) or sd1/sd2/sdxl.")) -> Any:
         """How every local embedding fits one model (as `tihub compat --model-hash H --json`)."""
-        return hub.compat(model_hash)
+        return [r.as_dict() for r in hub.compat(model_hash)]
 
     @app.post("/api/fetch", response_model=JobOut, status_code=202, responses=ERRORS, tags=["collection"])
     def api_fetch(body: FetchIn = Body(...)) -> Any:
@@ -399,10 +396,10 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
 
             reports = hub.sync(names, progress=progress)
             facets.refresh()  # new kinds and sources show at once
-            failed = [r for r in reports if not r["ok"]]
-            out: dict[str, Any] = {"ok": not failed, "reports": reports}
+            failed = [r for r in reports if not r.ok]
+            out: dict[str, Any] = {"ok": not failed, "reports": [{**r.as_dict(), "summary": r.summary} for r in reports]}
             if failed:
-                out["error"] = "; ".join(r["summary"] for r in failed)
+                out["error"] = "; ".join(r.summary for r in failed)
             return out
 
         return jobs.start("sync", ",".join(sorted(names)) or "all", work).as_dict()
@@ -427,7 +424,8 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
                 job.update(done, total, f"step {done}/{total}" + (f", loss {loss:.4f}" if loss is not None else ""))
 
             return hub.train(body.name, images, model, steps=body.steps, vectors=body.vectors, size=body.size,
-                             lr=body.lr, overwrite=body.overwrite, preview_every=body.preview_every, progress=progress)
+                             lr=body.lr, overwrite=body.overwrite, preview_every=body.preview_every,
+                             progress=progress).as_dict()
 
         return jobs.start("train", body.name, work).as_dict()
 
@@ -531,7 +529,7 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
     @app.post("/api/remove", response_model=RemovedOut, responses=ERRORS, tags=["collection"])
     def api_remove(body: RemoveIn = Body(...)) -> Any:
         """Delete one embedding from embeddings/ (as `tihub remove NAME`)."""
-        return hub.remove(body.name)
+        return hub.remove(body.name).as_dict()
 
     @app.get("/api/jobs", response_model=list[JobOut], responses=ERRORS, tags=["jobs"])
     def api_jobs(active: bool = Query(False, description="Only the jobs still queued or running.")) -> Any:

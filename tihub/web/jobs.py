@@ -219,8 +219,5 @@ def _alive_elsewhere(pid: int) -> bool:
 
 
 def _sentence(text: str) -> str:
-    """One sentence: one full stop at the end (a reason that ends in one gets no second)."""
-    text = " ".join(text.split())
-    while text.endswith(".."):
-        text = text[:-1]
-    return text
+    """One line: a message's whitespace (new lines included) as single spaces."""
+    return " ".join(text.split())
