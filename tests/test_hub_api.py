@@ -366,3 +366,36 @@ def test_inspect_and_hash_models(home: Path, tmp_path: Path, tiny_sd1_dir: Path)
     [row] = rows
     assert row["folder"] and len(row["autov2"]) == 10 and errors and "does not exist" in errors[0][1]
     assert hub.model(row["autov2"]).name == Path(tiny_sd1_dir).name  # recorded: a known model now
+
+
+def test_allows_private_reads_sources_yaml_again_only_when_it_changed(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from tihub.config import Workspace
+
+    yaml = home / "sources.yaml"
+    yaml.write_text("sources:\n  - {name: lan, kind: links, url: 'http://10.0.0.5/', allow_private: false}\n", encoding="utf-8")
+    hub = Hub(home)
+    reads: list[int] = []
+    real = Workspace.sources
+    monkeypatch.setattr(Workspace, "sources", lambda self: reads.append(1) or real(self))
+    assert [hub.allows_private("lan") for _ in range(5)] == [False] * 5 and len(reads) == 1  # read once
+    yaml.write_text(yaml.read_text(encoding="utf-8").replace("false", "true "), encoding="utf-8")  # the same size
+    st = yaml.stat()
+    os.utime(yaml, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a changed stamp, even on a coarse clock
+    assert hub.allows_private("lan") is True and len(reads) == 2
+    yaml.write_text("sources: [\n", encoding="utf-8")  # broken: no source permits private addresses
+    assert hub.allows_private("lan") is False
+    yaml.unlink()  # absent: the built-in defaults
+    assert hub.allows_private("lan") is False and not hub.allows_private(None)
+
+
+def test_a_failed_verification_is_one_sentence_with_one_full_stop() -> None:
+    from tihub.results import VerifyResult
+
+    v = VerifyResult(name="cat", path=None, model="tiny", model_hash=None, result="failed", checks=[
+        {"check": "loads", "status": "failed", "detail": "its width 1024 does not fit the model's 768."},
+        {"check": "finite", "status": "ok", "detail": "all finite"},
+        {"check": "norms", "status": "failed", "detail": "vector 0 is 40x the model's"}])
+    assert v.error == "cat failed verification on tiny: loads: its width 1024 does not fit the model's 768; norms: vector 0 is 40x the model's."
+    assert v.as_dict()["error"] == v.error and not v.ok

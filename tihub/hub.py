@@ -97,6 +97,7 @@ class Hub:
         self._catalog: Any = None
         self._lock = threading.Lock()
         self._fetch_locks: dict[str, threading.Lock] = {}
+        self._sources_cache: tuple[tuple[int, int] | None, dict[str, Any]] | None = None
 
     @classmethod
     def on(cls, workspace: Workspace) -> Hub:
@@ -118,10 +119,22 @@ class Hub:
             return self._catalog
 
     def _sources(self) -> dict[str, Any]:
+        """sources.yaml's sources by name ({} for a broken file), read again only when the file's
+        modification time or size changed (a thumbnail asks for every picture)."""
         try:
-            return {s.name: s for s in self.workspace.sources()}
+            st = self.workspace.sources_path.stat()
+            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None  # absent: the built-in defaults
+        cached = self._sources_cache
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            specs = {s.name: s for s in self.workspace.sources()}
         except ConfigError:
-            return {}
+            specs = {}
+        self._sources_cache = (stamp, specs)
+        return specs
 
     def allows_private(self, source: str | None) -> bool:
         """Whether a source permits private addresses (its files and pictures may live there)."""
