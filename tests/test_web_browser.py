@@ -189,6 +189,61 @@ def test_local_collection_page(page, site, shots) -> None:  # type: ignore[no-un
     page.click("button.remove[data-name='cat-toy.safetensors']")
     page.wait_for_function("!document.querySelector(\"button.remove[data-name='cat-toy.safetensors']\")")
     assert not path.exists() and not server.hub.entry("cat-toy")["local"]
+    assert page.locator("#file-count").inner_text() == str(page.locator("#local button.remove").count())  # the count follows
+
+
+def test_every_page_fits_a_phone_screen(browser, site, shots) -> None:  # type: ignore[no-untyped-def]
+    """At 390 px nothing is wider than the screen: two card columns, tables as one block per row,
+    inputs that shrink; the long paths wrap."""
+    server, _ = site
+    server.hub.fetch("cat-toy")
+    server.app.state.jobs.start("fetch", "cat-toy", lambda j: server.hub.fetch("cat-toy").as_dict())
+    ctx = browser.new_context(viewport={"width": 390, "height": 844})
+    pg = ctx.new_page()
+    try:
+        for name, path in (("index", "/"), ("entry", "/entries/cat-toy"), ("local", "/local"), ("train", "/train"),
+                           ("jobs", "/jobs")):
+            pg.goto(server.url + path)
+            wide = pg.evaluate("document.documentElement.scrollWidth")
+            snap(pg, shots, f"phone-{name}")
+            assert wide <= 390, f"{path} is {wide} px wide on a 390 px screen"
+        pg.goto(server.url + "/")
+        tops = pg.locator(".card").evaluate_all("cards => cards.slice(0, 2).map(c => c.getBoundingClientRect().top)")
+        assert len(tops) == 2 and tops[0] == tops[1]  # two cards side by side
+    finally:
+        ctx.close()
+
+
+def test_feedback_for_a_missing_folder_and_a_file_with_nothing_to_download(page, site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server, home = site
+    server.hub.fetch("cat-toy")
+    page.goto(server.url + "/entries/cat-toy")
+    page.fill("#export input[name=to]", "")
+    page.click("button.export")  # an empty folder: told at once, nothing sent
+    assert "install folder" in page.locator("#export .job-status").inner_text()
+    page.fill("#export input[name=to]", "no/such/folder")
+    page.click("button.export")
+    page.wait_for_selector("#export .job-status[data-state=failed]")
+    status = page.locator("#export .job-status").inner_text()
+    assert status.startswith("failed: ") and "no/such/folder" in status and "Traceback" not in status
+    assert page.locator("#export progress").is_hidden()  # no empty bar beside a failure
+    # an entry of a local folder source: its file is on disk and there is nothing to fetch
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    from fileserver import embedding_bytes
+
+    (folder / "handmade.safetensors").write_bytes(embedding_bytes(name="handmade"))
+    yaml = home / "sources.yaml"
+    before = yaml.read_text(encoding="utf-8")
+    yaml.write_text(before + f"  - {{name: mine, kind: local, path: '{folder}'}}\n", encoding="utf-8")
+    try:
+        [report] = server.hub.sync(["mine"], deep_budget=0)
+        assert report.ok
+        page.goto(server.url + "/entries/handmade")
+        assert page.locator("button.fetch").count() == 0
+        assert "nothing to download" in page.locator("#no-download").inner_text()
+    finally:
+        yaml.write_text(before, encoding="utf-8")
 
 
 def test_reopening_a_page_shows_its_running_job(page, site) -> None:  # type: ignore[no-untyped-def]
@@ -281,4 +336,6 @@ def test_jobs_page_lists_past_jobs_and_opens_one(page, site, shots) -> None:  # 
     page.wait_for_url(f"**/jobs/{job.id}")
     page.wait_for_selector("#job .job-status[data-state=done]")
     assert "cat-toy.safetensors" in page.locator("#job .fetched-path").inner_text()
+    result = page.locator("table.result").inner_text()  # for people: no Python spellings, no row ids
+    assert "converted\tno" in result and "True" not in result and "False" not in result and "file_id" not in result
     snap(page, shots, "job")

@@ -495,16 +495,18 @@ class Hub(EngineVerbs):
         except NotFound as exc:
             return FetchResult(target, False, "failed", error=str(exc))
         here = [f for f in files if f.get("local_path") and Path(f["local_path"]).is_file()]
-        if here and not force and to is None:
+        usable = [f for f in files if f.get("url") and not f.get("manual")]
+        if here and to is None and (not force or not usable):  # on disk (and, forced, nothing to download it from)
             f = here[0]
             return FetchResult(target, True, "exists", path=f["local_path"], name=f.get("entry_name"), sha256=f.get("sha256"),
                                size=f.get("size"), url=f.get("url"), already_local=True)
-        usable = [f for f in files if f.get("url") and not f.get("manual")]
         if not usable:
             page = next((f.get("url") or f.get("page_url") for f in files if f.get("url") or f.get("page_url")), None)
             where = f"open {page} in a browser, download it" if page else "download it by hand"
+            named = files[0].get("entry_name") if files else None  # an id says nothing to a person: name it
+            who = f"{named} (#{target})" if named and str(target).isdigit() else target
             return FetchResult(target, False, "failed", url=page, manual=True,
-                               error=f"{target} is a manual download: {where} and run `tihub import FILE`.")
+                               error=f"{who} is a manual download: {where} and run `tihub import FILE`.")
         f = usable[0]
         spec = (sources if sources is not None else self._sources()).get(f.get("source") or "")
         return Request(f["url"], name=name or f.get("entry_name"), sha256=f.get("sha256"), size=f.get("size"),

@@ -239,7 +239,8 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
             raise Outside(f"The {what} {value} is outside the workspace and the --models folders; "
                           "move it there or start `tihub serve --models DIR`.")
         if not p.exists():
-            raise NotFound(f"The {what} {value} does not exist.")
+            where = "a path relative to the workspace or an absolute path inside " + ("an --app-folder" if allowed is not None else "a --models folder")
+            raise NotFound(f"The {what} {value} does not exist (looked for {p}); give {where}.")
         return p
 
     app = FastAPI(title="tihub", version="1", summary="Textual-inversion embeddings: search, inspect, fetch, compat.",

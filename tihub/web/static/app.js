@@ -26,9 +26,9 @@ document.addEventListener("click", (ev) => {
       vectors: Number(f.get("vectors")), size: f.get("size") || "auto", overwrite: f.get("overwrite") === "on",
       preview_every: Number(f.get("preview_every") || 0)});
   } else if (t.matches("button.export")) {
-    const box = t.closest(".act");
-    startJob(t, "/api/export", {name: t.dataset.target, app: box.querySelector("select[name=app]").value,
-      to: box.querySelector("input[name=to]").value.trim()});
+    const box = t.closest(".act"), to = box.querySelector("input[name=to]").value.trim();
+    if (!to) { box.querySelector(".job-status").textContent = "Give the app's install folder first (inside the workspace or an --app-folder)."; return; }
+    startJob(t, "/api/export", {name: t.dataset.target, app: box.querySelector("select[name=app]").value, to});
   } else if (t.matches("button.grid, button.verify")) {
     const model = document.getElementById("try-model").value.trim();
     const status = t.closest(".act").querySelector(".job-status");
@@ -81,7 +81,7 @@ async function startJob(button, url, body) {
     const r = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
     job = await r.json();
     if (!r.ok) throw new Error(job.error || r.statusText);
-  } catch (e) { status.textContent = "failed: " + e.message; button.disabled = false; return; }
+  } catch (e) { status.textContent = "failed: " + e.message; status.dataset.state = "failed"; bar.hidden = true; button.disabled = false; return; }
   poll(job.id, bar, status, button);
 }
 
@@ -116,6 +116,7 @@ function code(text, className) {
 function showEnd(job, bar, status) {
   status.innerHTML = "";
   if (job.state === "failed") {
+    bar.hidden = true;  // an empty bar beside a failure says nothing
     status.textContent = "failed: " + (job.error || "unknown error");
     status.dataset.state = "failed";
     if (job.kind === "verify") refreshSection("verifications");  // a failed verification is recorded too
@@ -181,6 +182,8 @@ async function removeFile(button) {
   const out = await r.json();
   if (!r.ok) { button.disabled = false; button.insertAdjacentText("afterend", " " + (out.error || r.statusText)); return; }
   button.closest("tr").remove();
+  const count = document.getElementById("file-count");  // the heading counts what is left
+  if (count) count.textContent = document.querySelectorAll("#local button.remove").length;
 }
 
 // The live loss curve of a training job: [step, loss] points scaled into the SVG, with step
