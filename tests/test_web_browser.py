@@ -215,7 +215,7 @@ def test_every_page_fits_a_phone_screen(browser, site, shots) -> None:  # type: 
 
 
 def test_feedback_for_a_missing_folder_and_a_file_with_nothing_to_download(page, site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    server, home = site
+    server, _ = site
     server.hub.fetch("cat-toy")
     page.goto(server.url + "/entries/cat-toy")
     page.fill("#export input[name=to]", "")
@@ -228,22 +228,24 @@ def test_feedback_for_a_missing_folder_and_a_file_with_nothing_to_download(page,
     assert status.startswith("failed: ") and "no/such/folder" in status and "Traceback" not in status
     assert page.locator("#export progress").is_hidden()  # no empty bar beside a failure
     # an entry of a local folder source: its file is on disk and there is nothing to fetch
-    folder = tmp_path / "mine"
-    folder.mkdir()
     from fileserver import embedding_bytes
 
+    from tihub.hub import Hub
+
+    folder, own = tmp_path / "mine", tmp_path / "home"
+    folder.mkdir()
+    own.mkdir()
     (folder / "handmade.safetensors").write_bytes(embedding_bytes(name="handmade"))
-    yaml = home / "sources.yaml"
-    before = yaml.read_text(encoding="utf-8")
-    yaml.write_text(before + f"  - {{name: mine, kind: local, path: '{folder}'}}\n", encoding="utf-8")
+    (own / "sources.yaml").write_text(f"sources:\n  - {{name: mine, kind: local, path: '{folder}'}}\n", encoding="utf-8")
+    [report] = Hub(own).sync(deep_budget=0)
+    assert report.ok
+    other = start_server(own)
     try:
-        [report] = server.hub.sync(["mine"], deep_budget=0)
-        assert report.ok
-        page.goto(server.url + "/entries/handmade")
+        page.goto(other.url + "/entries/handmade")
         assert page.locator("button.fetch").count() == 0
         assert "nothing to download" in page.locator("#no-download").inner_text()
     finally:
-        yaml.write_text(before, encoding="utf-8")
+        other.stop()
 
 
 def test_reopening_a_page_shows_its_running_job(page, site) -> None:  # type: ignore[no-untyped-def]
