@@ -367,3 +367,10 @@ def test_facets_are_served_at_once_and_refreshed_behind() -> None:
             break
         time.sleep(0.01)
     assert cache.get() > 1
+
+
+def test_a_missing_entry_page_offers_to_search_for_it(client: httpx.Client) -> None:
+    r = client.get("/entries/no-such-thing")
+    assert r.status_code == 404 and 'href="/?q=no-such-thing"' in r.text and "Traceback" not in r.text
+    empty = client.get("/", params={"q": "zzzz-nothing-matches"})
+    assert "No matching entries" in empty.text and 'class="pages"' not in empty.text  # no lone "page 1"

@@ -304,7 +304,8 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
         status = 404 if isinstance(exc, NotFound) else 403 if isinstance(exc, Outside) else 400
         if request.url.path.startswith("/api/"):
             return _error(status, str(exc))
-        return templates.TemplateResponse(request, "error.html", {"message": str(exc)}, status_code=status)
+        missing = request.path_params.get("entry") if request.url.path.startswith("/entries/") else None
+        return templates.TemplateResponse(request, "error.html", {"message": str(exc), "search": missing}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):  # type: ignore[no-untyped-def]
