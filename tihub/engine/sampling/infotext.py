@@ -14,6 +14,7 @@ from typing import Any
 
 from tihub.engine.samplers import from_infotext
 from tihub.errors import ConfigError
+from tihub.infotext import SETTING_KEYS
 
 # A1111 keys for settings tihub has no option for
 NOT_FOLLOWED = {
@@ -22,18 +23,12 @@ NOT_FOLLOWED = {
 }
 
 
-# A1111 keys of sampler settings tihub follows beyond the ones above: key -> (Randomness field, type)
+# A1111 keys of sampler settings tihub follows beyond the ones above: key -> (Randomness field,
+# type), as tihub.infotext's table of settings has them
 SAMPLER_KEYS: dict[str, tuple[str, type]] = {
-    "Schedule min sigma": ("sigma_min", float),
-    "Schedule max sigma": ("sigma_max", float),
-    "Schedule rho": ("rho", float),
-    "UniPC variant": ("uni_pc_variant", str),
-    "UniPC skip type": ("uni_pc_skip_type", str),
-    "UniPC order": ("uni_pc_order", int),
-    "UniPC lower order final": ("uni_pc_lower_order_final", bool),
-    "NGMS": ("s_min_uncond", float),
-    "NGMS all steps": ("s_min_uncond_all", bool),
-    "Skip Early CFG": ("skip_early_cond", float),
+    key: SETTING_KEYS[key]
+    for key in ("Schedule min sigma", "Schedule max sigma", "Schedule rho", "UniPC variant", "UniPC skip type", "UniPC order",
+                "UniPC lower order final", "NGMS", "NGMS all steps", "Skip Early CFG")
 }
 
 
