@@ -374,3 +374,18 @@ def test_a_missing_entry_page_offers_to_search_for_it(client: httpx.Client) -> N
     assert r.status_code == 404 and 'href="/?q=no-such-thing"' in r.text and "Traceback" not in r.text
     empty = client.get("/", params={"q": "zzzz-nothing-matches"})
     assert "No matching entries" in empty.text and 'class="pages"' not in empty.text  # no lone "page 1"
+
+
+@pytest.mark.parametrize("method, path, body, words", [
+    ("GET", "/api/search?base=sd9", None, "use sd1, sd2, sdxl or unknown"),
+    ("POST", "/api/grid", {"name": "cat-toy", "model": "models", "size": "abc"}, "WIDTHxHEIGHT"),
+    ("POST", "/api/train", {"name": "my cat", "images": "pictures", "model": "models"}, "no spaces"),
+    ("PUT", "/api/pictures/fox/notes.txt", b"hello", ".png, .jpg or .webp"),
+])
+def test_a_value_of_the_wrong_form_is_told_in_words_not_as_a_pattern(client: httpx.Client, method: str, path: str,
+                                                                     body: object, words: str) -> None:
+    kw = {"json": body} if isinstance(body, dict) else {"content": body} if body is not None else {}
+    r = client.request(method, path, **kw)
+    error = r.json()["error"]
+    assert r.status_code == 422 and words in error and error.endswith(".")
+    assert not any(mark in error for mark in ("^", "\\d", "[A-Z", "String should match")), error

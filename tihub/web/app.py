@@ -311,6 +311,11 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
     async def bad_request(request: Request, exc: RequestValidationError):  # type: ignore[no-untyped-def]
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()) if x not in ("query", "body", "path")) or "the request"
+        if first.get("type") == "string_pattern_mismatch":  # say what is wanted, never the regular expression
+            value = str(first.get("input", ""))
+            value = value if len(value) <= 60 else value[:57] + "..."
+            hint = PATTERN_HINTS.get(where.rsplit(".", 1)[-1], "see /docs for the form it takes")
+            return _error(422, f"The {where} {value!r} is not valid: {hint}.")
         return _error(422, f"{where}: {first.get('msg', 'invalid value')}; fix it and try again.")
 
     @app.exception_handler(StarletteHTTPException)
@@ -652,6 +657,17 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
 
     return app
 
+
+# What a field whose value failed its pattern wants, in words (the 422 sentence).
+PATTERN_HINTS = {
+    "name": "use letters, digits, dashes, underscores and dots, starting with a letter or digit (no spaces)",
+    "size": "give WIDTH or WIDTHxHEIGHT in pixels, e.g. 512 or 512x768 (empty, or auto for training: the model's own)",
+    "filename": "upload .png, .jpg or .webp pictures whose names use letters, digits, dashes, underscores and dots",
+    "folder": "use letters, digits, dashes, underscores and dots (one folder name, no slashes)",
+    "base": "use sd1, sd2, sdxl or unknown",
+    "model_hash": "give a model hash (8, 10, 12 or 64 hex digits) or sd1, sd2 or sdxl",
+    "sort": "use " + ", ".join(SORTS),
+}
 
 APP_LABELS = {"a1111": "A1111 / Forge", "comfyui": "ComfyUI", "invokeai": "InvokeAI", "diffusers": "diffusers"}
 
