@@ -167,9 +167,17 @@ def test_train_page_uploads_pictures(served, tmp_path: Path) -> None:  # type: i
         page.set_input_files("input[name=upload]", [str(f) for f in sorted(files.iterdir())])
         page.wait_for_selector(".upload-status[data-state=done]")
         assert page.input_value("input[name=images]") == "pictures/upfox"
+        # a file that is not a picture is told, in words, and does not stop the pictures after it
+        (files / "notes.txt").write_text("hello", encoding="utf-8")
+        (files / "zfox.png").write_bytes((files / "fox0.png").read_bytes())
+        page.set_input_files("input[name=upload]", [str(files / "notes.txt"), str(files / "zfox.png")])
+        page.wait_for_selector(".upload-status[data-state=failed]")
+        status = page.locator(".upload-status").inner_text()
+        assert status.startswith("uploaded 1 of 2 picture(s) to pictures/upfox; notes.txt: ") and ".png, .jpg or .webp" in status
+        assert page.locator(".upload-status").evaluate("e => getComputedStyle(e).color") == "rgb(201, 42, 42)"  # red
         browser.close()
     got = sorted(p.name for p in (server.hub.workspace.root / "pictures" / "upfox").iterdir())
-    assert got == ["fox0.png", "fox1.png"]
+    assert got == ["fox0.png", "fox1.png", "zfox.png"]
 
 
 def trained(server: LiveServer, models: Path, name: str = "webcat") -> dict:

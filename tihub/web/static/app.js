@@ -237,16 +237,24 @@ document.addEventListener("change", async (ev) => {
   const name = form.elements.name.value.trim();
   if (!name) { status.textContent = "Give the embedding a name first; its pictures go to pictures/NAME/."; input.value = ""; return; }
   let done = 0;
+  const failed = [];  // a refused file does not stop the others; each is told
+  delete status.dataset.state;
   for (const file of input.files) {
     const safe = file.name.replace(/[^A-Za-z0-9_.-]/g, "_").replace(/^[^A-Za-z0-9]+/, "");
-    const r = await fetch(`/api/pictures/${encodeURIComponent(name)}/${encodeURIComponent(safe)}`, {method: "PUT", body: file});
-    const out = await r.json();
-    if (!r.ok) { status.textContent = `${file.name}: ${out.error}`; status.dataset.state = "failed"; return; }
+    let out = {}, ok = false;
+    try {
+      const r = await fetch(`/api/pictures/${encodeURIComponent(name)}/${encodeURIComponent(safe)}`, {method: "PUT", body: file});
+      out = await r.json();
+      ok = r.ok;
+    } catch (e) { out = {error: "lost the server: " + e.message}; }
+    if (!ok) { failed.push(`${file.name}: ${out.error || "refused."}`); continue; }
     done += 1;
     form.elements.images.value = out.folder;
     status.textContent = `uploaded ${done} of ${input.files.length} picture(s) to ${out.folder}`;
   }
-  status.dataset.state = "done";
+  status.textContent = `uploaded ${done} of ${input.files.length} picture(s)` + (done ? ` to ${form.elements.images.value}` : "") +
+    (failed.length ? "; " + failed.join(" ") : ".");
+  status.dataset.state = failed.length ? "failed" : "done";
 });
 
 // The model typed for grids, verification and training is remembered in this browser.
