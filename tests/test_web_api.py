@@ -389,3 +389,29 @@ def test_a_value_of_the_wrong_form_is_told_in_words_not_as_a_pattern(client: htt
     error = r.json()["error"]
     assert r.status_code == 422 and words in error and error.endswith(".")
     assert not any(mark in error for mark in ("^", "\\d", "[A-Z", "String should match")), error
+
+
+def test_a_job_that_breaks_says_one_line_and_logs_the_traceback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import time
+
+    from tihub.errors import NotFound
+    from tihub.web.jobs import Jobs
+
+    jobs = Jobs(tmp_path / "jobs")
+
+    def broken(job: object) -> dict:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)\n  at some C++ frame\n")
+
+    def refused(job: object) -> dict:
+        raise NotFound("No embedding is named 'x'; fetch it first.")
+
+    with caplog.at_level("ERROR", logger="tihub.web"):
+        a, b = jobs.start("grid", "cat", broken), jobs.start("verify", "x", refused)
+        for _ in range(100):
+            if a.state == b.state == "failed":
+                break
+            time.sleep(0.05)
+    assert a.error == ("The grid of cat failed (RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)); "
+                       "see the server's log.")
+    assert b.error == "No embedding is named 'x'; fetch it first."
+    assert "Traceback" in caplog.text and "C++ frame" in caplog.text  # the whole story is in the server's log

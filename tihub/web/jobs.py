@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -23,6 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from tihub.errors import TihubError
+
+log = logging.getLogger("tihub.web")
 
 KEEP = 200  # finished jobs kept on disk (the oldest go first)
 SAVE_EVERY = 0.5  # seconds between saves of a running job's progress
@@ -186,8 +191,13 @@ class Jobs:
             job.save()
             try:
                 result = work(job)
-            except Exception as exc:  # the job's one sentence, never a traceback
+            except TihubError as exc:  # the job's one sentence
                 job.error = _sentence(str(exc)) or f"{kind} of {target} failed ({type(exc).__name__})."
+                job.state, job.ok = "failed", False
+            except Exception as exc:  # a bug or a library's own error: its first line, the traceback in the log
+                log.exception("job %s (%s of %s) failed", job.id, kind, target)
+                first = (str(exc).strip().splitlines() or [""])[0][:200].rstrip(" .")
+                job.error = f"The {kind} of {target} failed ({type(exc).__name__}{': ' + first if first else ''}); see the server's log."
                 job.state, job.ok = "failed", False
             else:
                 job.result = result
