@@ -208,7 +208,7 @@ def test_every_page_fits_a_phone_screen(browser, site, shots) -> None:  # type: 
             snap(pg, shots, f"phone-{name}")
             assert wide <= 390, f"{path} is {wide} px wide on a 390 px screen"
         pg.goto(server.url + "/train")  # the loss plot shrinks with the screen; its letters stay readable
-        assert pg.locator("svg.loss-plot > text").first.evaluate("t => t.getBoundingClientRect().height") >= 9
+        assert pg.locator("svg.loss-plot > text").first.evaluate("t => t.getBoundingClientRect().height") >= 12
         pg.goto(server.url + "/")
         tops = pg.locator(".card").evaluate_all("cards => cards.slice(0, 2).map(c => c.getBoundingClientRect().top)")
         assert len(tops) == 2 and tops[0] == tops[1]  # two cards side by side
