@@ -37,8 +37,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 
 
 def catalogue(n: int) -> Path:
-    path = Path(f"/tmp/tihub_bench_serve_{n}.db")
-    theirs = Path(f"/tmp/tihub_bench_search_v2_{n}.db")
+    path = Path(f"/tmp/tihub_bench_serve_v5_{n}.db")
+    theirs = Path(f"/tmp/tihub_bench_search_v5_{n}.db")  # bench_search.py's file (same build, same version)
     if not path.exists() and theirs.exists() and theirs.with_suffix(".json").exists():
         shutil.copy(theirs, path)
         shutil.copy(theirs.with_suffix(".json"), path.with_suffix(".json"))

@@ -292,7 +292,7 @@ def test_records_show_up_in_entry(cat: Catalog) -> None:
     (c,) = e["compat"]
     assert {k: c[k] for k in ("model", "family", "sha256", "autov2", "fit")} == {
         "model": "sdxl-base", "family": "sdxl", "sha256": "c" * 64, "autov2": "c" * 10, "fit": "partial"}
-    assert {a: v["status"] for a, v in c["apps"].items()} == {  # an SD1 embedding on SDXL, per app
+    assert {a: v["fit"] for a, v in c["apps"].items()} == {  # an SD1 embedding on SDXL, per app
         "a1111": "wont-load", "forge": "wont-load", "comfyui": "partial", "invokeai": "wont-load", "diffusers": "partial"}
     assert "A1111 lists it as skipped" in c["apps"]["a1111"]["reason"]
     assert "ComfyUI applies it to CLIP-L only" in c["apps"]["comfyui"]["reason"]

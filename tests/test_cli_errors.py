@@ -3,6 +3,7 @@ traceback or "internal error"; checks run before any model loads; a closed pipe 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -100,9 +101,29 @@ def test_train_refuses_a_missing_init_file_and_takes_any_script(ws: Path) -> Non
 
 def test_unknown_kind_and_source_list_the_valid_ones(ws: Path) -> None:
     r = invoke(ws, ["search", "x", "--kind", "foo"])
-    assert r.exit_code == 2 and "'object', 'style', 'negative'" in r.output
+    assert r.exit_code == 2 and "Unknown kind 'foo'; use one of: object, style, negative." in r.output
     r = invoke(ws, ["search", "x", "--source", "nosuch"])
     assert r.exit_code == 1 and r.output.strip() == "Error: --source 'nosuch' is not known; use one of: local."
+    # a kind a source itself uses (HF type_of_concept.txt) is one the catalogue knows: searchable
+    from sqlalchemy import text
+
+    from tihub.catalog.db import open_engine, write
+    from tihub.config import Workspace
+
+    assert invoke(ws, ["sync", "local"]).exit_code == 0
+    engine = open_engine(Workspace.locate(str(ws / "home"), None).db_url)
+    with write(engine) as conn:
+        kinds = conn.execute(text("SELECT id, kind FROM entries")).all()
+        conn.execute(text("UPDATE entries SET kind = 'concept'"))
+    try:
+        r = invoke(ws, ["search", "", "--kind", "concept", "--json"])
+        assert r.exit_code == 0 and json.loads(r.stdout) and {e["kind"] for e in json.loads(r.stdout)} == {"concept"}
+        r = invoke(ws, ["search", "", "--kind", "foo", "--json"])
+        assert r.exit_code == 2 and json.loads(r.stdout)["error"] == "Unknown kind 'foo'; use one of: object, style, negative, concept."
+    finally:
+        with write(engine) as conn:
+            for i, k in kinds:
+                conn.execute(text("UPDATE entries SET kind = :k WHERE id = :i"), {"k": k, "i": i})
 
 
 def test_a_closed_pipe_exits_quietly(ws: Path) -> None:

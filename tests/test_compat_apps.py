@@ -29,12 +29,12 @@ def model(family: str | None, name: str = "m", variant: str | None = None) -> Kn
 
 
 def statuses(v: dict) -> dict[str, str]:
-    return {a: x["status"] for a, x in v["apps"].items()}
+    return {a: x["fit"] for a, x in v["apps"].items()}
 
 
 def test_sd1_embedding_on_sdxl_differs_per_app() -> None:
     v = verdict(SD1_W, None, model("sdxl"))
-    assert v["status"] == "partial"
+    assert v["fit"] == "partial"
     assert statuses(v) == {"a1111": "wont-load", "forge": "wont-load", "comfyui": "partial",
                            "invokeai": "wont-load", "diffusers": "partial"}
     assert v["apps"]["a1111"]["reason"].startswith("A1111 lists it as skipped")
@@ -45,7 +45,7 @@ def test_sd1_embedding_on_sdxl_differs_per_app() -> None:
 
 def test_sdxl_embedding_on_sd1_and_same_family_everywhere() -> None:
     v = verdict(SDXL_W, None, model("sd1"))
-    assert v["status"] == "wont-load"
+    assert v["fit"] == "wont-load"
     assert statuses(v)["comfyui"] == "partial" and statuses(v)["a1111"] == "wont-load"
     for w, fam in ((SD1_W, "sd1"), (SD2_W, "sd2"), (SDXL_W, "sdxl")):
         assert set(statuses(verdict(w, None, model(fam))).values()) == {"same-family"}
@@ -54,11 +54,11 @@ def test_sdxl_embedding_on_sd1_and_same_family_everywhere() -> None:
 
 def test_sdxl_refiner_has_clip_g_only() -> None:
     v = verdict(SDXL_W, None, model("sdxl-refiner"))
-    assert v["status"] == "partial" and "CLIP-G" not in v["reason"] and "clip_g" in v["reason"]
+    assert v["fit"] == "partial" and "CLIP-G" not in v["reason"] and "clip_g" in v["reason"]
     assert statuses(v)["comfyui"] == "partial" and statuses(v)["a1111"] == "wont-load"
     assert statuses(v)["invokeai"] == "wont-load"
     v = verdict(SD1_W, None, model("sdxl-refiner"))
-    assert v["status"] == "wont-load" and set(statuses(v).values()) == {"wont-load"}
+    assert v["fit"] == "wont-load" and set(statuses(v).values()) == {"wont-load"}
     assert fits("sd1", "sdxl-refiner") == "wont-load" and fits("sdxl", "sdxl-refiner") == "partial"
     # the built-in table knows the refiner as a refiner (it used to say SDXL: "partial")
     refiner = builtin_lookup("7440042bbd")
@@ -67,12 +67,12 @@ def test_sdxl_refiner_has_clip_g_only() -> None:
 
 def test_t5_embeddings_on_flux_and_sd3() -> None:
     v = verdict(T5_W, None, model("flux"))
-    assert v["status"] == "partial"  # Flux also has CLIP-L
+    assert v["fit"] == "partial"  # Flux also has CLIP-L
     s = statuses(v)
     assert s["comfyui"] == "partial" and s["invokeai"] == "wont-load" and s["a1111"] == "wont-load"
     assert "does not run Flux" in v["apps"]["a1111"]["reason"]
     assert s["forge"] == "unknown"  # not checked: said so, not guessed
-    assert verdict(T5_W, None, model("sd1"))["status"] == "wont-load"
+    assert verdict(T5_W, None, model("sd1"))["fit"] == "wont-load"
     assert statuses(verdict(SDXL_W, None, model("sd3")))["diffusers"] == "wont-load"  # no TI loader in SD3
 
 
@@ -81,11 +81,11 @@ def test_sd2_512_and_768_v_and_inpainting_notes() -> None:
     on_512 = builtin_lookup("88ecb78256")
     assert (on_768.variant, on_512.variant) == ("768-v", "512")
     v = verdict(SD2_W, "df955bdf6b", on_768, made_on=builtin_lookup("df955bdf6b"))
-    assert v["status"] == "same-family" and "made on" in v["reason"] and "768-v" in v["reason"]
+    assert v["fit"] == "same-family" and "made on" in v["reason"] and "768-v" in v["reason"]
     inpaint = builtin_lookup("c6bbc15e32")
     assert inpaint.family == "sd1" and inpaint.variant == "inpainting"
     v = verdict(SD1_W, None, inpaint)
-    assert v["status"] == "same-family" and "inpainting" in v["reason"]
+    assert v["fit"] == "same-family" and "inpainting" in v["reason"]
 
 
 def test_fine_tune_lines() -> None:
@@ -93,7 +93,7 @@ def test_fine_tune_lines() -> None:
     assert line_of("NoobAI-XL (NAI-XL) Epsilon") == "noobai" and line_of("SDXL 1.0") is None
     base = model("sdxl", "sd_xl_base_1.0.safetensors")
     v = verdict(SDXL_W, None, base, line="pony")
-    assert v["status"] == "same-family" and "made for Pony" in v["reason"] and "different line" in v["reason"]
+    assert v["fit"] == "same-family" and "made for Pony" in v["reason"] and "different line" in v["reason"]
     pony = model("sdxl", "ponyDiffusionV6XL.safetensors")
     assert "different line" not in verdict(SDXL_W, None, pony, line="pony")["reason"]
     assert "made for Illustrious" in verdict(SDXL_W, None, pony, line="illustrious")["reason"]

@@ -154,11 +154,10 @@ def test_exact_duplicates_keep_their_own_names(corpus: Path, home: Path, monkeyp
     text = run("show", "EasyNeg-copy").output
     assert "exact duplicates" in text and "easynegative.safetensors" in text
     # generate/verify resolve a name to that name's own file
-    from tihub.cli._common import Context
-    from tihub.cli.engine import _resolve_embedding
+    from tihub.hub import Hub
 
-    assert _resolve_embedding(Context(home=str(home)), "EasyNeg-copy")[0].name == "EasyNeg-copy.safetensors"
-    assert _resolve_embedding(Context(home=str(home)), "easynegative")[0].name == "easynegative.safetensors"
+    assert Hub(home).resolve("EasyNeg-copy").path.name == "EasyNeg-copy.safetensors"
+    assert Hub(home).resolve("easynegative").path.name == "easynegative.safetensors"
     # removing one name leaves the other name's file and entry alone
     run("remove", "easynegative")
     [eb] = json.loads(run("show", "EasyNeg-copy", "--json").output)

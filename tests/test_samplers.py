@@ -9,14 +9,15 @@ from tihub.errors import ConfigError
 
 A1111_NAMES = [
     "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a", "Euler", "LMS", "Heun",
-    "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++", "PLMS", "LCM",
+    "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++", "PLMS", "UniPC", "LCM",
 ]
 
 
 def test_every_a1111_sampler_is_known_or_refused_by_name():
     assert list(SAMPLERS) == A1111_NAMES
-    with pytest.raises(ConfigError, match="Sampler 'UniPC': tihub does not follow A1111's UniPC"):
-        resolve("unipc")
+    assert resolve("unipc") == ("UniPC", "Automatic") and SAMPLERS["UniPC"].timesteps
+    with pytest.raises(ConfigError, match="Sampler UniPC runs on A1111's fixed timestep grid and takes no schedule type"):
+        check_schedule_type("UniPC", "Karras")
     assert resolve("ddim cfg++") == ("DDIM CFG++", "Automatic")
     with pytest.raises(ConfigError, match="Unknown sampler 'Eulerish'; choose one of: DPM\\+\\+ 2M, .*LCM\\."):
         resolve("Eulerish")

@@ -4,6 +4,7 @@ two fetches of one file, and the command line's own rules."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -105,7 +106,8 @@ def test_errors_are_one_json_sentence(client: httpx.Client, method: str, path: s
 @pytest.mark.parametrize("path", [
     "/static/../../../../etc/passwd", "/static/%2e%2e/%2e%2e/etc/passwd", "/static/..%2f..%2f..%2fetc%2fpasswd",
     "/thumbs/..%2f..%2fcatalog.db", "/api/entries/..%2F..%2Fcatalog.db", "/entries/%2e%2e%2fcatalog.db",
-    "/static/app.js/../../hub.py",
+    "/static/app.js/../../hub.py", "/jobs/..%2f..%2fcatalog.db", "/jobs/1/previews/..%2f..%2fcatalog.db",
+    "/jobs/1/previews/-1", "/api/jobs/..%2F..%2Fcatalog.db",
 ])
 def test_no_path_escapes_the_served_folders(client: httpx.Client, path: str) -> None:
     r = client.get(path)
@@ -134,6 +136,11 @@ def test_token_rules(ws: Path) -> None:
             assert c.get("/api/search").json()["ok"] is False
             assert c.get("/").status_code == 401
             assert c.get("/api/search", headers={"Authorization": "Bearer wrong"}).status_code == 401
+            for path, body in (("/api/export", {"name": "cat-toy", "app": "a1111", "to": "."}),
+                               ("/api/grid", {"name": "cat-toy", "model": "."}), ("/api/verify", {"name": "cat-toy", "model": "."})):
+                r = c.post(path, json=body)
+                assert r.status_code == 401 and r.json()["ok"] is False, path
+            assert c.get("/jobs").status_code == 401 and c.get("/api/jobs").status_code == 401
             assert c.get("/api/search", headers={"Authorization": "Bearer s3cret"}).status_code == 200
             assert c.get("/api/search", headers={"X-Tihub-Token": "s3cret"}).status_code == 200
             first = c.get("/?token=s3cret&q=cat")  # the first visit sets the cookie and drops the token from the URL ...
@@ -182,6 +189,17 @@ def test_openapi_describes_the_api(client: httpx.Client) -> None:
     for p in ("/api/search", "/api/entries/{entry}", "/api/local", "/api/fetch", "/api/jobs/{job_id}", "/api/compat"):
         assert p in spec["paths"], p
     assert "ErrorOut" in json.dumps(spec["paths"]["/api/search"]["get"]["responses"]["422"])
+    for p in ("/api/export", "/api/grid", "/api/verify"):
+        assert "JobOut" in json.dumps(spec["paths"][p]["post"]["responses"]["202"]), p
+    # the response shapes are the library's dataclasses (one definition), less `trigger` for search
+    import dataclasses
+
+    from tihub.hub import SearchHit
+    from tihub.web.jobs import Job
+
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["HitOut"]["properties"]) == {f.name for f in dataclasses.fields(SearchHit)} - {"trigger"}
+    assert set(schemas["JobOut"]["properties"]) == {f.name for f in dataclasses.fields(Job)}
 
 
 def test_serve_command_refuses_a_public_host_without_token(tmp_path: Path) -> None:
@@ -280,3 +298,120 @@ def test_recorded_loss_plots_and_grids_only_from_inside_the_workspace(client: ht
     assert "outside the workspace" in client.get(f"/records/loss/{bad}").json()["error"]
     page = client.get(f"/entries/{eid}").text
     assert f'src="/records/loss/{good}"' in page
+
+
+def test_jobs_survive_a_restart_and_a_dead_servers_job_shows_failed(ws: Path) -> None:
+    first = start_server(ws)
+    try:
+        with httpx.Client(base_url=first.url, timeout=30) as c:
+            job = wait_job(c, c.post("/api/fetch", json={"target": "cat-toy"}).json()["id"])
+            assert job["state"] == "done", job
+    finally:
+        first.stop()
+    folder = ws / ".tihub-cache" / "jobs"
+    saved = json.loads((folder / f"{job['id']}.json").read_text())
+    assert saved["state"] == "done" and saved["result"]["path"] == job["result"]["path"]
+    # a job its server left running (the server was killed under it)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    dead = dict(saved, id="9000", kind="train", target="fox", state="running", result=None, finished=None,
+                points=[[1, 0.5], [2, 0.4]], pid=int(gone))
+    (folder / "9000.json").write_text(json.dumps(dead))
+    # a job another live server on this workspace runs stays running
+    (folder / "8999.json").write_text(json.dumps(dict(dead, id="8999", pid=os.getppid())))
+    (folder / "9001.json").write_text("{not json")  # a damaged file is skipped, not fatal
+    second = start_server(ws)
+    try:
+        with httpx.Client(base_url=second.url, timeout=30) as c:
+            listed = {j["id"]: j for j in c.get("/api/jobs").json()}
+            again = listed[job["id"]]
+            assert again["state"] == "done" and again["result"] == job["result"] and again["started"] == job["started"]
+            stopped = c.get("/api/jobs/9000").json()
+            assert stopped["state"] == "failed" and stopped["ok"] is False and stopped["points"] == [[1, 0.5], [2, 0.4]]
+            assert stopped["error"] == "The server stopped while this job ran; start it again."
+            assert "9001" not in listed
+            assert [j["id"] for j in c.get("/api/jobs", params={"active": "true"}).json()] == ["8999"]
+            new = c.post("/api/sync", json={}).json()
+            assert int(new["id"]) > 9001  # new ids never reuse an old job's
+            wait_job(c, new["id"])
+            page = c.get("/jobs").text
+            assert f'href="/jobs/{job["id"]}"' in page and "The server stopped while this job ran" in page
+            assert job["result"]["path"] in c.get(f"/jobs/{job['id']}").text
+            assert c.get("/jobs/424242").status_code == 404
+    finally:
+        second.stop()
+    assert json.loads((folder / "9000.json").read_text())["state"] == "failed"  # written back
+
+
+def test_facets_are_served_at_once_and_refreshed_behind() -> None:
+    from tihub.web.app import FacetCache
+
+    gate = threading.Event()
+
+    class SlowHub:
+        calls = 0
+
+        def facets(self, max_age: float = 30.0) -> int:
+            SlowHub.calls += 1
+            if SlowHub.calls > 1:
+                assert gate.wait(10)
+            return SlowHub.calls
+
+    cache = FacetCache(SlowHub(), max_age=0.0)  # type: ignore[arg-type]
+    assert cache.get() == 1  # the first list is waited for
+    time.sleep(0.01)
+    assert cache.get() == 1  # old: served as it is while a new one is made ...
+    assert cache.get() == 1 and SlowHub.calls == 2  # ... by one thread only
+    gate.set()
+    for _ in range(200):  # the new list replaces the old one when it is made
+        if cache.get() > 1:
+            break
+        time.sleep(0.01)
+    assert cache.get() > 1
+
+
+def test_a_missing_entry_page_offers_to_search_for_it(client: httpx.Client) -> None:
+    r = client.get("/entries/no-such-thing")
+    assert r.status_code == 404 and 'href="/?q=no-such-thing"' in r.text and "Traceback" not in r.text
+    empty = client.get("/", params={"q": "zzzz-nothing-matches"})
+    assert "No matching entries" in empty.text and 'class="pages"' not in empty.text  # no lone "page 1"
+
+
+@pytest.mark.parametrize("method, path, body, words", [
+    ("GET", "/api/search?base=sd9", None, "use sd1, sd2, sdxl or unknown"),
+    ("POST", "/api/grid", {"name": "cat-toy", "model": "models", "size": "abc"}, "WIDTHxHEIGHT"),
+    ("POST", "/api/train", {"name": "my cat", "images": "pictures", "model": "models"}, "no spaces"),
+    ("PUT", "/api/pictures/fox/notes.txt", b"hello", ".png, .jpg or .webp"),
+])
+def test_a_value_of_the_wrong_form_is_told_in_words_not_as_a_pattern(client: httpx.Client, method: str, path: str,
+                                                                     body: object, words: str) -> None:
+    kw = {"json": body} if isinstance(body, dict) else {"content": body} if body is not None else {}
+    r = client.request(method, path, **kw)
+    error = r.json()["error"]
+    assert r.status_code == 422 and words in error and error.endswith(".")
+    assert not any(mark in error for mark in ("^", "\\d", "[A-Z", "String should match")), error
+
+
+def test_a_job_that_breaks_says_one_line_and_logs_the_traceback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import time
+
+    from tihub.errors import NotFound
+    from tihub.web.jobs import Jobs
+
+    jobs = Jobs(tmp_path / "jobs")
+
+    def broken(job: object) -> dict:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)\n  at some C++ frame\n")
+
+    def refused(job: object) -> dict:
+        raise NotFound("No embedding is named 'x'; fetch it first.")
+
+    with caplog.at_level("ERROR", logger="tihub.web"):
+        a, b = jobs.start("grid", "cat", broken), jobs.start("verify", "x", refused)
+        for _ in range(100):
+            if a.state == b.state == "failed":
+                break
+            time.sleep(0.05)
+    assert a.error == ("The grid of cat failed (RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)); "
+                       "see the server's log.")
+    assert b.error == "No embedding is named 'x'; fetch it first."
+    assert "Traceback" in caplog.text and "C++ frame" in caplog.text  # the whole story is in the server's log

@@ -168,8 +168,8 @@ def test_entry_page_and_fetch_with_progress(page, site, shots) -> None:  # type:
     # the job's last progress was the whole file, and the entry now says where it is on disk
     hub = server.hub  # the file is recorded in the catalogue, with the sha256 of its bytes
     assert hub.entry("big-one")["path"] == str(target)
-    (row,) = [r for r in hub.local() if r["name"] == "big-one"]
-    assert row["ok"] and row["sha256"] == sha256_of(target) and row["widths"] == {"clip_l": 768}
+    (row,) = [r for r in hub.local() if r.name == "big-one"]
+    assert row.ok and row.sha256 == sha256_of(target) and row.widths == {"clip_l": 768}
     page.reload()
     assert page.locator("#disk-path").inner_text() == str(target)
     snap(page, shots, "entry")
@@ -189,6 +189,65 @@ def test_local_collection_page(page, site, shots) -> None:  # type: ignore[no-un
     page.click("button.remove[data-name='cat-toy.safetensors']")
     page.wait_for_function("!document.querySelector(\"button.remove[data-name='cat-toy.safetensors']\")")
     assert not path.exists() and not server.hub.entry("cat-toy")["local"]
+    assert page.locator("#file-count").inner_text() == str(page.locator("#local button.remove").count())  # the count follows
+
+
+def test_every_page_fits_a_phone_screen(browser, site, shots) -> None:  # type: ignore[no-untyped-def]
+    """At 390 px nothing is wider than the screen: two card columns, tables as one block per row,
+    inputs that shrink; the long paths wrap."""
+    server, _ = site
+    server.hub.fetch("cat-toy")
+    server.app.state.jobs.start("fetch", "cat-toy", lambda j: server.hub.fetch("cat-toy").as_dict())
+    ctx = browser.new_context(viewport={"width": 390, "height": 844})
+    pg = ctx.new_page()
+    try:
+        for name, path in (("index", "/"), ("entry", "/entries/cat-toy"), ("local", "/local"), ("train", "/train"),
+                           ("jobs", "/jobs")):
+            pg.goto(server.url + path)
+            wide = pg.evaluate("document.documentElement.scrollWidth")
+            snap(pg, shots, f"phone-{name}")
+            assert wide <= 390, f"{path} is {wide} px wide on a 390 px screen"
+        pg.goto(server.url + "/train")  # the loss plot shrinks with the screen; its letters stay readable
+        assert pg.locator("svg.loss-plot > text").first.evaluate("t => t.getBoundingClientRect().height") >= 12
+        pg.goto(server.url + "/")
+        tops = pg.locator(".card").evaluate_all("cards => cards.slice(0, 2).map(c => c.getBoundingClientRect().top)")
+        assert len(tops) == 2 and tops[0] == tops[1]  # two cards side by side
+    finally:
+        ctx.close()
+
+
+def test_feedback_for_a_missing_folder_and_a_file_with_nothing_to_download(page, site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server, _ = site
+    server.hub.fetch("cat-toy")
+    page.goto(server.url + "/entries/cat-toy")
+    page.fill("#export input[name=to]", "")
+    page.click("button.export")  # an empty folder: told at once, nothing sent
+    assert "install folder" in page.locator("#export .job-status").inner_text()
+    page.fill("#export input[name=to]", "no/such/folder")
+    page.click("button.export")
+    page.wait_for_selector("#export .job-status[data-state=failed]")
+    status = page.locator("#export .job-status").inner_text()
+    assert status.startswith("failed: ") and "no/such/folder" in status and "Traceback" not in status
+    assert page.locator("#export progress").is_hidden()  # no empty bar beside a failure
+    # an entry of a local folder source: its file is on disk and there is nothing to fetch
+    from fileserver import embedding_bytes
+
+    from tihub.hub import Hub
+
+    folder, own = tmp_path / "mine", tmp_path / "home"
+    folder.mkdir()
+    own.mkdir()
+    (folder / "handmade.safetensors").write_bytes(embedding_bytes(name="handmade"))
+    (own / "sources.yaml").write_text(f"sources:\n  - {{name: mine, kind: local, path: '{folder}'}}\n", encoding="utf-8")
+    [report] = Hub(own).sync(deep_budget=0)
+    assert report.ok
+    other = start_server(own)
+    try:
+        page.goto(other.url + "/entries/handmade")
+        assert page.locator("button.fetch").count() == 0
+        assert "nothing to download" in page.locator("#no-download").inner_text()
+    finally:
+        other.stop()
 
 
 def test_reopening_a_page_shows_its_running_job(page, site) -> None:  # type: ignore[no-untyped-def]
@@ -261,3 +320,26 @@ def test_with_a_token_the_first_visit_is_enough(browser, site) -> None:  # type:
         ctx.close()
     finally:
         server.stop()
+
+
+def test_jobs_page_lists_past_jobs_and_opens_one(page, site, shots) -> None:  # type: ignore[no-untyped-def]
+    server, _ = site
+    job = server.app.state.jobs.start("fetch", "cat-toy", lambda j: server.hub.fetch("cat-toy").as_dict())
+    for _ in range(200):
+        if server.app.state.jobs.get(job.id).state in ("done", "failed"):
+            break
+        import time
+
+        time.sleep(0.05)
+    page.goto(server.url + "/jobs")
+    row = page.locator(f"tr.job-row[data-id='{job.id}']")
+    assert row.get_attribute("data-state") == "done"
+    assert "cat-toy.safetensors" in row.locator(".outcome").inner_text()
+    snap(page, shots, "jobs")
+    row.locator("a").click()
+    page.wait_for_url(f"**/jobs/{job.id}")
+    page.wait_for_selector("#job .job-status[data-state=done]")
+    assert "cat-toy.safetensors" in page.locator("#job .fetched-path").inner_text()
+    result = page.locator("table.result").inner_text()  # for people: no Python spellings, no row ids
+    assert "converted\tno" in result and "True" not in result and "False" not in result and "file_id" not in result
+    snap(page, shots, "job")

@@ -73,6 +73,9 @@ def test_a_manual_download_is_one_sentence(home: Path) -> None:
     r = hub.fetch("watercolor-style")
     assert not r.ok and r.status == "failed" and "manual download" in (r.error or "") and "tihub import" in (r.error or "")
     assert r.as_dict()["ok"] is False
+    eid = hub.entry("watercolor-style")["id"]
+    by_id = hub.fetch(eid)  # the web's Fetch button sends the id: the sentence names the entry
+    assert (by_id.error or "").startswith(f"watercolor-style (#{eid}) is a manual download")
     missing = hub.fetch("no-such-entry")
     assert not missing.ok and "no-such-entry" in (missing.error or "")
 
@@ -80,8 +83,8 @@ def test_a_manual_download_is_one_sentence(home: Path) -> None:
 def test_compat_on_a_family_and_on_a_hash(home: Path) -> None:
     hub = Hub(home)
     hub.fetch("cat-toy")
-    rows = {r["name"]: r for r in hub.compat("sdxl")}
-    assert rows["cat-toy"]["fit"] == "partial" and rows["cat-toy"]["ok"]
+    rows = {r.name: r for r in hub.compat("sdxl")}
+    assert rows["cat-toy"].fit == "partial" and rows["cat-toy"].ok and rows["cat-toy"].as_dict()["model"]
     with pytest.raises(TihubError, match="not a model hash"):
         hub.compat("zz")
 
@@ -94,3 +97,19 @@ def test_nsfw_flag_of_a_picture_is_read_from_its_params(home: Path) -> None:
     assert not _nsfw_picture("not json")
     with pytest.raises(TihubError, match="narrow the search"):
         Hub(home).search("", offset=10**6)
+
+
+def test_fetch_again_of_a_file_with_nowhere_to_download_from_keeps_it(home: Path, tmp_path: Path) -> None:
+    """A local folder source's entry has its file on disk and no URL: forcing a fetch finds it
+    there, instead of calling it a manual download."""
+    from fileserver import embedding_bytes
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "handmade.safetensors").write_bytes(embedding_bytes(name="handmade"))
+    (home / "sources.yaml").write_text(f"sources:\n  - {{name: mine, kind: local, path: '{folder}'}}\n", encoding="utf-8")
+    hub = Hub(home)
+    [report] = hub.sync(deep_budget=0)
+    assert report.ok
+    r = hub.fetch("handmade", force=True)
+    assert r.ok and r.status == "exists" and r.path == str(folder / "handmade.safetensors")

@@ -27,7 +27,7 @@ def web_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 OPERATIONS = ["GET /api/search", "GET /api/entries/{entry}", "GET /api/local", "GET /api/compat",
-              "POST /api/fetch", "POST /api/remove", "POST /api/sync",
+              "POST /api/fetch", "POST /api/remove", "POST /api/sync", "POST /api/export", "POST /api/grid", "POST /api/verify",
               "PUT /api/pictures/{folder}/{filename}", "GET /api/jobs", "GET /api/jobs/{job_id}"]
 
 

@@ -39,7 +39,7 @@ from tihub.catalog.compat_rules import (
     TRAINED_ON,
     UNKNOWN,
     WONT_LOAD,
-    app_verdict,
+    app_fits,
     base_from_widths,
     encoders_of,
     family_fit,
@@ -225,8 +225,8 @@ def verdict(
 ) -> dict[str, Any]:
     """`check()` plus what each app does and the model line.
 
-    Returns {"status", "reason", "apps": {app: {"status", "reason"}}, "line"}: every app's
-    status is the family verdict unless that app does something else with the file (A1111
+    Returns {"fit", "reason", "apps": {app: {"fit", "reason"}}, "line"}: every app's
+    fit is the family verdict unless that app does something else with the file (A1111
     lists an SD1 embedding on SDXL as skipped, ComfyUI applies it to CLIP-L only, ...).
     `line`: the fine-tune line the embedding was made for (pony | illustrious | noobai), from
     its source's base model, its sd_checkpoint_name or its name. `made_on`: the model its
@@ -250,15 +250,8 @@ def verdict(
                          "same OpenCLIP-H encoder, so it loads, but the look can differ")
     if notes:
         reason = reason + "; " + "; ".join(notes)
-    apps: dict[str, dict[str, str]] = {}
-    enc = encoders_of(embedding_widths)
-    for app in APPS:
-        special = app_verdict(app, enc, family) if status != UNKNOWN or family in ("sd3", "flux") else None
-        if special is None:
-            apps[app] = {"status": status, "reason": reason}
-        else:
-            apps[app] = {"status": special[0], "reason": special[1]}
-    return {"status": status, "reason": reason, "apps": apps, "line": line}
+    apps = app_fits(encoders_of(embedding_widths), family, status, reason)
+    return {"fit": status, "reason": reason, "apps": apps, "line": line}
 
 
 def _widths_text(widths: Mapping[str, int]) -> str:
@@ -669,8 +662,8 @@ def report_local(
     for it in items:
         if it.get("problem") and not it.get("widths"):
             reason = f"unreadable: {it['problem']}"
-            out.append({"name": it["name"], "status": UNKNOWN, "reason": reason, "path": it.get("path"),
-                        "apps": {a: {"status": UNKNOWN, "reason": reason} for a in APPS}, "line": None})
+            out.append({"name": it["name"], "fit": UNKNOWN, "reason": reason, "path": it.get("path"),
+                        "apps": {a: {"fit": UNKNOWN, "reason": reason} for a in APPS}, "line": None})
             continue
         ck = it.get("sd_checkpoint")
         trained = (made_on or {}).get(ck or "")
@@ -711,4 +704,4 @@ def report_catalog(
 
 def app_summary(apps: Mapping[str, Mapping[str, str]]) -> str:
     """"A1111 wont-load, ComfyUI partial, ..." for one verdict's per-app statuses."""
-    return ", ".join(f"{APP_LABELS[a]} {v['status']}" for a, v in apps.items())
+    return ", ".join(f"{APP_LABELS[a]} {v['fit']}" for a, v in apps.items())

@@ -1,16 +1,52 @@
-"""The one progress display of all long work: sync, fetch, generate, grid, verify, train.
+"""The one progress display of all long work (sync, fetch, generate, grid, verify, train), and the
+one progress callback type the library reports through.
 
-On a terminal it is a rich bar (rich: a maintained library) with the work's speed and the time
-left; elsewhere (a pipe, a log file, CI) it prints one plain line each time another tenth of the
-work is done, so logs stay short. Notes (a retry, a wait, a warning) print as their own line
-either way. Everything goes to stderr; stdout stays for results and JSON.
+Library code (tihub.hub.Hub) takes `progress(done, total, message)` (`ProgressCallback`); the
+message may be an `Event` saying what happened. `Bar` is such a callback that shows the work on
+a terminal: a rich bar (rich: a maintained library) with the work's speed and the time left;
+elsewhere (a pipe, a log file, CI) one plain line each time another tenth of the work is done,
+so logs stay short. Notes (a retry, a wait, a warning) print as their own line either way.
+Everything goes to stderr; stdout stays for results and JSON. The relays at the end tell one
+callback what the download, sampling and training loops report through their own hooks.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
+
+# The one progress callback type of all long work (tihub.hub.Hub): progress(done, total, message),
+# the amount done (bytes, items or steps), the total when known, and what is happening. The
+# message may be an `Event`, which also says what happened in a form a program can read.
+ProgressCallback = Callable[[int, "int | None", str], None]
+
+
+class Event(str):
+    """A progress message that also carries what happened: `kind` and `data`.
+
+    Kinds: "pass" (a new sampling pass or sync source starts: the display starts over),
+    "loading" (a model is being loaded: data has `model`),
+    "step" (a training step: data is the engine's step dict with `loss`, `lr`, ...),
+    "preview" (a new picture: data has `path` and `step`), "note" (a line to show: a retry,
+    a warning). A plain `str` message is a short status ("downloading", "checking").
+    """
+
+    kind: str
+    data: dict[str, Any]
+
+    def __new__(cls, text: str, kind: str = "status", **data: Any) -> Event:
+        self = super().__new__(cls, text)
+        self.kind = kind
+        self.data = data
+        return self
+
+
+def event_kind(message: str) -> str:
+    """The kind of a progress message: an Event's `kind`, else "status"."""
+    return getattr(message, "kind", "status")
 
 
 def _stream_is_tty(stream: TextIO) -> bool:
@@ -152,33 +188,160 @@ class Progress:
         self.close()
 
 
-class sampling_steps:  # noqa: N801 - used as a context manager, like contextlib's helpers
-    """Show the sampling loop's steps (tihub.engine.sampling) on the one progress display while
-    the block runs: `with sampling_steps(engine, "generate"): ...`. The engine tells its
-    `on_step(done, total)` hook; each sampling pass (a batch, a hires pass) restarts the display
-    with its own step count. An engine without that hook just runs without a bar."""
+class Bar:
+    """A `ProgressCallback` that shows the work on the one progress display (stderr).
 
-    def __init__(self, engine: Any, label: str) -> None:
+    `Bar("fetch", "bytes")` is passed as the `progress` of a Hub method: a "pass" event starts the
+    display over with its text as the label, "note" and "preview" events print their line, and
+    everything else moves the bar (a plain message becomes its status). `close()` at the end.
+    """
+
+    def __init__(self, label: str, unit: str = "it", *, enabled: bool = True, stream: TextIO | None = None) -> None:
+        self.label = label
+        self.unit = unit
+        self.enabled = enabled
+        self.stream = stream
+        self.display: Progress | None = None
+
+    def _display(self, total: float | None) -> Progress:
+        if self.display is None:
+            self.display = Progress(self.label, total, self.unit, stream=self.stream, enabled=self.enabled)
+        return self.display
+
+    def __call__(self, done: int, total: int | None, message: str = "") -> None:
+        kind = event_kind(message)
+        display = self._display(total)
+        if kind in ("note", "preview"):
+            display.note(str(message))
+        elif kind == "loading":  # what the seconds before the first step are spent on, on a terminal
+            if display.tty:
+                display.note(str(message))
+        elif kind == "pass":
+            display.restart(total, str(message) or None)
+        else:  # a step; an Event may also carry the bar's new `label` (e.g. "fetch 2/5")
+            display.update(done, total=total, status=str(message), label=getattr(message, "data", {}).get("label"))
+
+    def note(self, message: str) -> None:
+        """One line above the bar (a retry, a wait)."""
+        self._display(None).note(message)
+
+    def close(self) -> None:
+        if self.display is not None:
+            self.display.close()
+
+    def __enter__(self) -> Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- relays: the library's own hooks told to one ProgressCallback -------------------------
+
+
+def fetch_relay(callback: ProgressCallback | None) -> Any:
+    """A `tihub.download.Progress` that tells one `ProgressCallback` the bytes of all files of a
+    fetch together: "downloading" (labelled "fetch DONE/COUNT"), "checking" as each file ends,
+    and its notes (retries, waits) as Events "note"."""
+    from tihub.download import Progress
+
+    class _Relay(Progress):
+        def _show(self) -> None:
+            self._tell("downloading")
+
+        def _tell(self, message: str) -> None:
+            if callback:
+                with self.lock:
+                    done, total, label = self._done, self._total or None, f"fetch {self.finished}/{self.count or '?'}"
+                callback(done, total, Event(message, "status", label=label))
+
+        def finish(self, key: str) -> None:
+            with self.lock:
+                self.files.pop(key, None)
+                self.finished += 1
+            self._tell("checking")
+
+        def note(self, message: str) -> None:
+            if callback:
+                callback(0, None, Event(message, "note"))
+
+    return _Relay(enabled=True)
+
+
+class TrainWatcher:
+    """Relays a training run (tihub.engine.train's `log` and `progress` hooks) to one progress
+    callback: each step, the notes, and each preview picture as soon as it is on disk (the engine
+    draws it right after its step is reported, so it is looked for at the next step, and the
+    last ones when the run ends)."""
+
+    def __init__(self, cfg: Any, progress: ProgressCallback | None, on_step: Callable[[dict[str, Any]], None] | None) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.on_step = on_step
+        self.next_preview: int | None = None  # the next step a preview picture is expected after
+        self.reported: set[str] = set()
+
+    def note(self, line: str) -> None:
+        if self.progress:
+            self.progress(0, None, Event(line, "note"))
+
+    def _preview(self, path: Path, step: int | None) -> None:
+        if str(path) in self.reported:
+            return
+        self.reported.add(str(path))
+        if self.progress:
+            self.progress(step or 0, self.cfg.steps, Event(f"preview {path}", "preview", path=str(path), step=step))
+
+    def step(self, info: dict[str, Any]) -> None:
+        done, total = int(info["step"]), int(info["total"])
+        every = self.cfg.preview_every
+        if every:
+            if self.next_preview is None:  # the first step seen (a resumed run starts later)
+                self.next_preview = -(-done // every) * every
+            while self.next_preview < done:
+                path = Path(self.cfg.run_dir) / f"{self.cfg.name}-{self.next_preview}.preview.png"
+                if path.is_file():
+                    self._preview(path, self.next_preview)
+                self.next_preview += every
+        if self.on_step:
+            self.on_step(info)
+        if self.progress:
+            loss = "-" if info.get("loss") is None else f"{info['loss']:.4f}"
+            lr = info.get("lr")
+            self.progress(done, total, Event(f"loss {loss} lr {lr:.3g}" if lr is not None else f"loss {loss}", "step", **info))
+
+    def finish(self, previews: list[Path]) -> None:
+        import re
+
+        for p in previews:
+            m = re.search(r"-(\d+)\.preview\.png$", Path(p).name)
+            self._preview(Path(p), int(m.group(1)) if m else None)
+
+
+class sampling_relay:  # noqa: N801 - a context manager, like contextlib's helpers
+    """Tells `progress` the engine's sampling steps while the block runs: the engine's
+    `on_step(done, total)` hook, with an Event "pass" as each pass (a batch, a hires pass) starts."""
+
+    def __init__(self, engine: Any, label: str, progress: ProgressCallback | None) -> None:
         self.engine = engine
         self.label = label
+        self.progress = progress
         self.passes = 0
-        self.progress: Progress | None = None
 
     def _step(self, done: int, total: int) -> None:
         assert self.progress is not None
         if done == 0:  # a new pass
             self.passes += 1
-            self.progress.restart(total, f"{self.label} {self.passes}" if self.passes > 1 else self.label)
+            label = f"{self.label} {self.passes}" if self.passes > 1 else self.label
+            self.progress(0, total, Event(label, "pass", number=self.passes))
         else:
-            self.progress.update(done, total=total)
+            self.progress(done, total, "")
 
-    def __enter__(self) -> sampling_steps:
-        if self.engine is not None and hasattr(self.engine, "on_step"):
-            self.progress = Progress(self.label, None, "step")
+    def __enter__(self) -> sampling_relay:
+        if self.progress is not None and hasattr(self.engine, "on_step"):
             self.engine.on_step = self._step
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.close()
+        if self.progress is not None and hasattr(self.engine, "on_step"):
             self.engine.on_step = None

@@ -30,11 +30,9 @@ def checkpoint_name(label: str | None, sd_checkpoint: str | None) -> str | None:
 
 
 def compat_item(c: dict[str, Any]) -> dict[str, Any]:
-    """An entry's fit on one known model with the per-app verdicts as `fit`, as `tihub compat --json`."""
-    apps = c.get("apps")
-    if not isinstance(apps, dict):
-        return c
-    return {**c, "apps": {a: {("fit" if k == "status" else k): v for k, v in (x or {}).items()} for a, x in apps.items()}}
+    """An entry's fit on one known model, as `tihub compat --json` items are: its `fit` and the
+    per-app verdicts `apps` ({app: {fit, reason}}, as tihub.catalog.compat_rules makes them)."""
+    return dict(c)
 
 
 def list_item(folder: Path, row: dict[str, Any]) -> dict[str, Any]:
@@ -45,3 +43,26 @@ def list_item(folder: Path, row: dict[str, Any]) -> dict[str, Any]:
     out["trained_on_name"] = checkpoint_name(row.get("trained_on"), row.get("sd_checkpoint")) or row.get("sd_checkpoint_name")
     problems = row.get("problems") or []
     return item(not problems, "; ".join(problems), **out)
+
+
+def show_item(entry: dict[str, Any]) -> dict[str, Any]:
+    """A catalogue entry (`Hub.show`) in the JSON vocabulary, as `tihub show --json`: `triggers` a
+    list; files with `path`, `trained_on` and `trained_on_name`; per-app verdicts as `fit`."""
+    out = {k: v for k, v in entry.items() if k != "trigger"}
+    triggers = [entry["trigger"]] if entry.get("trigger") else []
+    for v in (entry.get("triggers") or {}).values():
+        for word in v if isinstance(v, list) else [v]:
+            if isinstance(word, str) and word not in triggers:
+                triggers.append(word)
+    out["triggers"] = triggers
+    out["files"] = [
+        {
+            **{k: v for k, v in f.items() if k not in ("local_path", "sd_checkpoint", "sd_checkpoint_name")},
+            "path": f.get("local_path"),
+            "trained_on": f.get("sd_checkpoint"),
+            "trained_on_name": f.get("sd_checkpoint_name"),
+        }
+        for f in entry.get("files") or []
+    ]
+    out["compat"] = [compat_item(c) for c in entry.get("compat") or []]
+    return item(True, **out)

@@ -221,8 +221,20 @@ _RUNS = {
 }
 
 
+def app_fits(embedding: frozenset[str], family: str | None, fit: str, reason: str | None = None) -> dict[str, dict[str, str | None]]:
+    """Each app's verdict, `{app: {"fit", "reason"}}`: the family-level `fit` (with its `reason`)
+    unless the app does something else with the file (`app_verdict`: A1111 lists an SD1
+    embedding on SDXL as skipped, ComfyUI applies it to CLIP-L only, ...). SD3 and Flux are
+    judged per app even when the family verdict is unknown."""
+    out: dict[str, dict[str, str | None]] = {}
+    for app in APPS:
+        special = app_verdict(app, embedding, family) if fit != UNKNOWN or family in ("sd3", "flux") else None
+        out[app] = {"fit": special[0], "reason": special[1]} if special else {"fit": fit, "reason": reason}
+    return out
+
+
 def app_verdict(app: str, embedding: frozenset[str], family: str | None) -> tuple[str, str] | None:
-    """(status, what the app does) for an embedding targeting `embedding` encoders on a model of
+    """(fit, what the app does) for an embedding targeting `embedding` encoders on a model of
     `family`, or None when the family-level verdict already says it (it loads fully in every
     app, or nothing is known). Each rule cites the code it follows."""
     if not embedding or family not in ENCODERS:

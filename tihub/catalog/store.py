@@ -24,10 +24,9 @@ from sqlalchemy import ARRAY, Connection, Engine, any_, bindparam, func, select,
 from tihub.catalog import schema as S
 from tihub.catalog import search_pg
 from tihub.catalog.compat_rules import (
-    APPS,
     ENCODERS,
     LINE_LABELS,
-    app_verdict,
+    app_fits,
     base_from_widths,
     encoders_of,
     fits,
@@ -731,10 +730,7 @@ class Catalog(SearchMixin):
         compat = []
         for m in models:
             verdict = fits(e["base"], m["family"], sd_ck, [m["sha256"], m["autov2"], m["old_hash"]])
-            apps = {}
-            for app in APPS:  # what each app does with it (None: the family verdict holds)
-                special = app_verdict(app, enc, m["family"]) if verdict != "unknown" or m["family"] in ("sd3", "flux") else None
-                apps[app] = {"status": special[0], "reason": special[1]} if special else {"status": verdict, "reason": None}
+            apps = app_fits(enc, m["family"], verdict)  # what each app does with it
             mline = line_of(m["name"]) if m["family"] == "sdxl" else None
             note = None
             if line and m["family"] == "sdxl" and line != mline and verdict in ("trained-on", "same-family"):

@@ -26,12 +26,22 @@ class Context:
     db_url: str | None = None
     verbose: bool = False
     _workspace: Workspace | None = field(default=None, repr=False)
+    _hub: Any = field(default=None, repr=False)
 
     @property
     def workspace(self) -> Workspace:
         if self._workspace is None:
             self._workspace = Workspace.locate(self.home, self.db_url)
         return self._workspace
+
+    @property
+    def hub(self):  # type: ignore[no-untyped-def]
+        """The library facade (tihub.hub.Hub) on this workspace: every command calls it."""
+        if self._hub is None:
+            from tihub.hub import Hub
+
+            self._hub = Hub.on(self.workspace)
+        return self._hub
 
     def engine(self):  # type: ignore[no-untyped-def]
         """The catalogue database engine (created and migrated on first use)."""
@@ -67,60 +77,3 @@ def exit_status(failed: bool) -> None:
     """Exit 1 when any input failed (after the whole batch was processed)."""
     if failed:
         sys.exit(1)
-
-
-def choice_check(option: str, value: str | None, valid: list[str]) -> None:
-    """Refuse `value` for `option` unless it is one of `valid` (named in the sentence)."""
-    from tihub.errors import ConfigError
-
-    if value is None or value in valid:
-        return
-    known = ", ".join(valid) if valid else "none yet"
-    raise ConfigError(f"{option} {value!r} is not known; use one of: {known}.")
-
-
-def check_device(device: str | None) -> None:
-    """Refuse a --device this torch cannot use, before any model is loaded (one sentence)."""
-    import re
-
-    from tihub.errors import ConfigError
-
-    if device is None or device.strip().lower() in ("", "auto"):
-        return
-    m = re.fullmatch(r"(cpu|cuda|mps)(?::(\d{1,3}))?", device.strip().lower())
-    if not m or (m.group(2) is not None and m.group(1) != "cuda"):
-        raise ConfigError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or mps.")
-    kind = m.group(1)
-    if kind == "cpu":
-        return
-    import torch
-
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise ConfigError(f"--device {device}: {why}; use --device cpu, or install a CUDA build of torch.")
-        n = int(m.group(2) or 0)
-        if n >= torch.cuda.device_count():
-            raise ConfigError(f"--device {device}: there is no such GPU (this machine has cuda:0 to cuda:{torch.cuda.device_count() - 1}).")
-    elif not torch.backends.mps.is_available():
-        raise ConfigError(f"--device {device}: Apple's MPS is not available here; use --device cpu.")
-
-
-def check_model_arg(model: str) -> None:
-    """Refuse a --model that is an embedding file (a common mix-up), naming what it is."""
-    import os
-
-    from tihub.errors import ConfigError, TihubError
-
-    if not os.path.isfile(model) or os.path.getsize(model) > 64 * 1024 * 1024:
-        return  # models are folders, Hub ids or big files; the loader explains the rest
-    from tihub.formats import read_embedding
-
-    try:
-        emb = read_embedding(model)
-    except TihubError:
-        return
-    raise ConfigError(
-        f"--model {model} is an embedding ({emb.base}, {emb.vector_count} vectors), not a model; put it in embeddings/ "
-        f"and use its name in the prompt, and pass a checkpoint or diffusers folder with --model."
-    )

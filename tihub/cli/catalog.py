@@ -7,14 +7,7 @@ from typing import Any
 
 import click
 
-from tihub.cli._common import Context, choice_check, echo_json, exit_status, fail, item, pass_ctx, say
-from tihub.shapes import compat_item
-
-
-def _catalog(ctx: Context):  # type: ignore[no-untyped-def]
-    from tihub.catalog.store import Catalog
-
-    return Catalog(ctx.engine(), ctx.workspace)
+from tihub.cli._common import Context, echo_json, exit_status, fail, item, pass_ctx, say
 
 
 # ---------------------------------------------------------------------------------- sources
@@ -33,103 +26,29 @@ def sources_cmd(ctx: Context, as_json: bool, init: bool) -> None:
       tihub sources --init          # write the default sources.yaml to edit
       tihub sources --json
     """
-    from tihub.config import DEFAULT_SOURCES_YAML
-
-    ws = ctx.workspace
+    hub = ctx.hub
     if init:
-        existing = ws.sources() if ws.sources_path.exists() else []
-        if existing:
-            click.echo(f"{ws.sources_path} already lists {len(existing)} source(s); edit it by hand.", err=True)
-        else:  # absent, or a file that lists nothing: the default list is what the user asked for
-            ws.ensure()
-            ws.sources_path.write_text(DEFAULT_SOURCES_YAML, encoding="utf-8")
-            click.echo(f"Wrote the default sources to {ws.sources_path}.", err=True)
-    specs = ws.sources()
-    rows = {r["name"]: r for r in _catalog(ctx).sources()}
-    out: list[dict[str, Any]] = []
-    for s in specs:
-        r = rows.get(s.name, {})
-        target = s.get("url") or s.get("author") or s.get("path") or ""
-        out.append(
-            {
-                "name": s.name,
-                "kind": s.kind,
-                "target": target,
-                "enabled": s.enabled,
-                "nsfw": s.nsfw,
-                "allow_private": s.allow_private,
-                "last_sync": r.get("last_sync"),
-                "status": r.get("last_status") or "never synced",
-                "error": r.get("last_error"),
-                "entries": r.get("entry_count") or 0,
-                "removed": r.get("removed") or 0,
-            }
-        )
-        out[-1] = item(out[-1]["status"] != "failed", **out[-1])
-    configured = {s.name for s in specs}
-    for name, r in rows.items():  # known to the catalogue only (e.g. `local` made by fetch/import)
-        if name not in configured:
-            out.append(
-                {
-                    "name": name, "kind": r["kind"], "target": "", "enabled": False, "nsfw": bool(r["nsfw"]),
-                    "allow_private": False, "last_sync": r.get("last_sync"),
-                    "status": (r.get("last_status") or "-") + " (not in sources.yaml)", "error": r.get("last_error"),
-                    "entries": r.get("entry_count") or 0, "removed": r.get("removed") or 0,
-                }
-            )
-            out[-1] = item(r.get("last_status") != "failed", **out[-1])
+        _wrote, message = hub.init_sources()
+        click.echo(message, err=True)
+    out = hub.sources()
     if as_json:
-        echo_json(out)
+        echo_json([o.as_dict() for o in out])
         return
     if not out:
-        click.echo(f"No sources in {ws.sources_path}; run `tihub sources --init` to write the default list, or add your own (see README).")
+        click.echo(f"No sources in {hub.workspace.sources_path}; run `tihub sources --init` to write the default list, or add your own (see README).")
         return
     from tihub.tables import Column, render
 
     rows = []
     for o in out:
-        flags = "" if o["enabled"] else " (disabled)"
-        flags += " nsfw" if o["nsfw"] else ""
-        status = o["status"] + flags + (f": {o['error']}" if o.get("error") and o["status"] == "failed" else "")
-        rows.append((o["name"], o["kind"], o["entries"], o["last_sync"], status))
+        flags = "" if o.enabled else " (disabled)"
+        flags += " nsfw" if o.nsfw else ""
+        status = o.status + flags + (f": {o.error}" if o.error and o.status == "failed" else "")
+        rows.append((o.name, o.kind, o.entries, o.last_sync, status))
     click.echo(render(["NAME", "KIND", Column("ENTRIES", "right"), "LAST SYNC", "STATUS"], rows))
 
 
 # ------------------------------------------------------------------------------------- sync
-
-
-class _SyncProgress:
-    """Sync's callback (source, message, done, total) on the one progress display."""
-
-    def __init__(self) -> None:
-        from tihub.progress import Progress
-
-        self.display = Progress("sync", None, "item")
-        self.source: str | None = None
-
-    def __call__(self, source: str, message: str, done: int | None, total: int | None) -> None:
-        if source != self.source:  # one line per source as it starts, then the bar / the tenths
-            self.source = source
-            self.display.note(f"{source}: {message}")
-            self.display.restart(total, source)
-        self.display.update(done, total=total, status=message)
-
-    def note(self, message: str) -> None:
-        self.display.note(message)
-
-    def clear(self) -> None:
-        self.display.close()
-
-
-def _source_allows_private(ctx: Context, e: dict[str, Any]) -> bool:
-    """Whether the entry's source permits private addresses (its previews may live there)."""
-    from tihub.errors import ConfigError
-
-    try:
-        spec = next((s for s in ctx.workspace.sources() if s.name == e.get("source")), None)
-    except ConfigError:
-        return False
-    return bool(spec and spec.allow_private)
 
 
 def _parse_bytes(value: str) -> int:
@@ -165,64 +84,30 @@ def sync_cmd(ctx: Context, names: tuple[str, ...], as_json: bool, deadline: floa
       tihub sync hf-concepts local  # just these two
       tihub sync --deep-budget 0    # listings only, read no files
     """
-    from tihub.retry import reporting
-    from tihub.sync import sync
+    from tihub.progress import Bar
 
     budget = _parse_bytes(deep_budget)
-    progress = _SyncProgress()
-    try:
-        with reporting(progress.note):  # retries and "you appear to be offline" shown as they happen
-            reports = sync(ctx.workspace, list(names) or None, progress=progress, deadline_s=deadline,
-                           catalog=_catalog(ctx), deep_budget=budget)
-    finally:
-        progress.clear()
+    with Bar("sync", "item") as bar:
+        reports = ctx.hub.sync(list(names) or None, progress=bar, deadline=deadline, deep_budget=budget)
     if as_json:
-        echo_json([item(not r.failed, **r.as_dict()) for r in reports])
+        echo_json([r.as_dict() for r in reports])
     else:
         for r in reports:
-            if r.failed:
-                fail(r.summary())
+            if r.ok:
+                say(r.summary)
             else:
-                say(r.summary())
-    exit_status(any(r.failed for r in reports))
+                fail(r.summary)
+    exit_status(any(not r.ok for r in reports))
 
 
 # ----------------------------------------------------------------------------------- search
-
-
-def _model_arg(cat: Any, value: str) -> Any:
-    """--model FILE|HASH|FAMILY -> what Catalog.search takes."""
-    from tihub.errors import NotFound
-
-    if value.lower() in ("sd1", "sd2", "sdxl"):
-        return value.lower()
-    p = Path(value).expanduser()
-    if p.exists():
-        from tihub.checkpoints import inspect_model
-        from tihub.hashing import HashCache, model_hashes
-
-        info = inspect_model(p)
-        family = info.family if info.family in ("sd1", "sd2", "sdxl") else "unknown"
-        h = model_hashes(p, HashCache(cat.engine))
-        cat.add_model(p.stem, h.sha256, h.autov2, h.old_hash, family, info.widths, "hashed", path=str(p.resolve()))
-        return {"family": family, "sha256": h.sha256, "autov2": h.autov2, "old_hash": h.old_hash, "name": p.name}
-    from tihub.compat import seed_builtin
-
-    seed_builtin(cat)  # the built-in table of well-known models, as `tihub compat` sees it
-    found = cat.find_model(value)
-    if found is None:
-        raise NotFound(
-            f"--model {value!r} is neither a file nor the hash of a known model; pass the model file "
-            "(it is then remembered) or a family (sd1, sd2, sdxl)."
-        )
-    return found
 
 
 @click.command("search")
 @click.argument("query", required=False, default="")
 @click.option("--base", type=click.Choice(["sd1", "sd2", "sdxl", "unknown"]), help="Only embeddings for this base.")
 @click.option("--source", metavar="NAME", help="Only entries of this source.")
-@click.option("--kind", type=click.Choice(["object", "style", "negative"], case_sensitive=False), help="Only this kind.")
+@click.option("--kind", metavar="KIND", help="Only this kind: object, style, negative, or one a source uses (e.g. Hugging Face's).")
 @click.option("--model", metavar="FILE|HASH", help="Only embeddings that load on this model (file, known hash or sd1/sd2/sdxl).")
 @click.option("--local", is_flag=True, help="Only embeddings already on disk.")
 @click.option("--nsfw", is_flag=True, help="Include entries marked NSFW.")
@@ -256,69 +141,42 @@ def search_cmd(
       tihub search "bad hands" --kind negative --limit 5 --json
       tihub search "" --model ~/models/sd_xl_base_1.0.safetensors
     """
-    cat = _catalog(ctx)
-    if source is not None:
-        choice_check("--source", source, _source_names(ctx, cat))
-    model_arg = _model_arg(cat, model) if model else None
     from tihub.errors import ConfigError
 
     try:
-        rows = cat.search(
-            query, base=base, source=source, kind=kind, model=model_arg, local=True if local else None,
-            nsfw=nsfw, limit=limit, include_removed=removed,
-        )
-    except ConfigError as exc:  # an unknown --kind/--source: a usage error naming the valid values
+        rows = ctx.hub.search(query, base=base, source=source, kind=kind, model=model, local=True if local else None,
+                              nsfw=nsfw, limit=limit or None, removed=removed, pictures=False)
+    except ConfigError as exc:  # an unknown --kind: a usage error naming the valid values
         if as_json:
             echo_json({"ok": False, "error": str(exc)})
             click.get_current_context().exit(2)
         raise click.UsageError(str(exc)) from None
     if as_json:
-        echo_json([search_item(r) for r in rows])
+        echo_json([r.item() for r in rows])
         return
     if not rows:
         click.echo("No matching entries; try fewer words, --nsfw, or `tihub sync` first.", err=True)
         return
-    if rows[0].get("fuzzy"):
+    if rows[0].fuzzy:
         click.echo(f"Nothing matches {query!r} exactly; these names are close:", err=True)
     from tihub.tables import Column, render
 
     table = []
     for r in rows:
         flags = []
-        if r["local"]:
+        if r.local:
             flags.append("local")
-        if r["manual"]:
+        if r.manual:
             flags.append("manual")
-        if r["status"] not in ("ok", "manual"):
-            flags.append(r["status"])
-        if r.get("fit"):
-            flags.append(r["fit"])
-        if r["removed"]:
+        if r.status not in ("ok", "manual"):
+            flags.append(r.status)
+        if r.fit:
+            flags.append(r.fit)
+        if r.removed:
             flags.append("removed")
-        title = r["title"] if r["title"] and r["title"] != r["name"] else ""
-        table.append((r["id"], r["name"], r["base"], r.get("kind"), r["source"], ", ".join(flags), title))
+        title = r.title if r.title and r.title != r.name else ""
+        table.append((r.id, r.name, r.base, r.kind, r.source, ", ".join(flags), title))
     click.echo(render([Column("ID", "right"), Column("NAME", max_width=40), "BASE", "KIND", "SOURCE", "FLAGS", Column("TITLE", max_width=60)], table))
-
-
-def _source_names(ctx: Context, cat: Any) -> list[str]:
-    """Every source name the catalogue or sources.yaml knows."""
-    from tihub.errors import ConfigError
-
-    names = [r["name"] for r in cat.sources()]
-    try:
-        names += [s.name for s in ctx.workspace.sources() if s.name not in names]
-    except ConfigError:
-        pass
-    return names
-
-
-def search_item(row: dict[str, Any]) -> dict[str, Any]:
-    """A search row in the JSON vocabulary: `triggers` a list, `trained_on` the checkpoint hash."""
-    out = {k: v for k, v in row.items() if k not in ("trigger", "sd_checkpoint")}
-    trigger = row.get("trigger")
-    out["triggers"] = [trigger] if trigger else []
-    out["trained_on"] = row.get("sd_checkpoint")
-    return item(True, **out)
 
 
 # ------------------------------------------------------------------------------------- show
@@ -362,28 +220,6 @@ def _training_story(run: dict[str, Any]) -> list[str]:
     return lines
 
 
-def show_item(entry: dict[str, Any]) -> dict[str, Any]:
-    """A catalogue entry in the JSON vocabulary (`triggers` a list; files with `path`, `trained_on`)."""
-    out = {k: v for k, v in entry.items() if k != "trigger"}
-    triggers = [entry["trigger"]] if entry.get("trigger") else []
-    for v in (entry.get("triggers") or {}).values():
-        for word in v if isinstance(v, list) else [v]:
-            if isinstance(word, str) and word not in triggers:
-                triggers.append(word)
-    out["triggers"] = triggers
-    out["files"] = [
-        {
-            **{k: v for k, v in f.items() if k not in ("local_path", "sd_checkpoint", "sd_checkpoint_name")},
-            "path": f.get("local_path"),
-            "trained_on": f.get("sd_checkpoint"),
-            "trained_on_name": f.get("sd_checkpoint_name"),
-        }
-        for f in entry.get("files") or []
-    ]
-    out["compat"] = [compat_item(c) for c in entry.get("compat") or []]
-    return item(True, **out)
-
-
 @click.command("show")
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
 @click.option("--app", type=click.Choice(["a1111", "forge", "comfyui", "invokeai", "diffusers"]),
@@ -402,24 +238,19 @@ def show_cmd(ctx: Context, names: tuple[str, ...], app: str | None, as_json: boo
     """
     from tihub.errors import NotFound
 
-    cat = _catalog(ctx)
     items: list[dict[str, Any]] = []
     failed = False
     for n in names:
         try:
-            e = cat.entry(n)
+            e = ctx.hub.show(n, thumbnails=thumbnails, pictures=thumbnails or as_json)
         except NotFound as exc:
             failed = True
             fail(str(exc))
             items.append(item(False, str(exc), name=n))
             continue
-        if thumbnails or as_json:
-            from tihub.previews import entry_previews
-
-            e["pictures"] = entry_previews(cat, str(e["id"]), thumbs=thumbnails, allow_private=_source_allows_private(ctx, e))
-        items.append(show_item(e))
+        items.append(e.as_dict())
         if not as_json:
-            _show_text(e, app)
+            _show_text(e.data, app)
     if as_json:
         echo_json(items)
     exit_status(failed)
@@ -522,10 +353,10 @@ def _show_text(e: dict[str, Any], app: str | None = None) -> None:
         for c in e["compat"]:
             if app:
                 a = c["apps"][app]
-                out(f"  {c['model'] or c['autov2']} ({c['family']}): {a['status']}" + (f" ({a['reason']})" if a["reason"] else ""))
+                out(f"  {c['model'] or c['autov2']} ({c['family']}): {a['fit']}" + (f" ({a['reason']})" if a["reason"] else ""))
             else:
-                differ = len({a["status"] for a in c["apps"].values()}) > 1
-                per_app = ", ".join(f"{APP_LABELS[k]} {a['status']}" for k, a in c["apps"].items())
+                differ = len({a["fit"] for a in c["apps"].values()}) > 1
+                per_app = ", ".join(f"{APP_LABELS[k]} {a['fit']}" for k, a in c["apps"].items())
                 out(f"  {c['model'] or c['autov2']} ({c['family']}): {c['fit']}" + (f"  [{per_app}]" if differ else ""))
             if c.get("note"):
                 out(f"      {c['note']}")

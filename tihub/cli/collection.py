@@ -2,40 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any
 
 import click
 
-from tihub.cli._common import Context, checkpoint_name, echo_json, exit_status, fail, item, pass_ctx, say
-from tihub.shapes import list_item
-
-_URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-
-
-def _catalog(ctx: Context):  # type: ignore[no-untyped-def]
-    from tihub.catalog.store import Catalog
-
-    return Catalog(ctx.engine(), ctx.workspace)
-
-
-def _sources(ctx: Context) -> dict[str, Any]:
-    from tihub.errors import ConfigError
-
-    try:
-        return {s.name: s for s in ctx.workspace.sources()}
-    except ConfigError as exc:
-        fail(f"{exc} (private addresses stay refused for catalogue URLs)")
-        return {}
-
-
-def _strip_suffix(name: str | None) -> str | None:
-    from tihub.formats import EMBEDDING_SUFFIXES
-
-    if name and name.lower().endswith(EMBEDDING_SUFFIXES):
-        return name.rsplit(".", 1)[0]
-    return name
+from tihub.cli._common import Context, echo_json, exit_status, fail, pass_ctx, say
 
 
 def _size(n: int | None) -> str:
@@ -83,8 +54,7 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
     A fetched entry also gets NAME.json (A1111 / Civitai Helper user metadata: description,
     activation text, sd version, ...) and NAME.preview.png beside it; `tihub remove` deletes them.
     """
-    from tihub.download import Downloader, Progress, Request
-    from tihub.errors import NotFound
+    from tihub.progress import Bar
 
     if upgrade or all_ or keep_old:
         if not upgrade:
@@ -97,111 +67,31 @@ def fetch_cmd(ctx: Context, targets: tuple[str, ...], to: str | None, as_: str, 
         raise click.UsageError("Give at least one NAME, ID or URL (or --upgrade --all).")
     if name and len(targets) > 1:
         raise click.UsageError("--name only works with one target.")
-    name = _strip_suffix(name)
-    ws = ctx.workspace
-    ws.ensure()
-    folder = Path(to).expanduser() if to else ws.embeddings_dir
-    catalog = None
-    failed = False
-    out: list[dict[str, Any]] = []
-    requests: list[Request] = []
-    specs: dict[str, Any] | None = None
-    for t in targets:
-        if _URL_RE.match(t):
-            requests.append(Request(t, name=name, trusted=True, label=t))
-            continue
-        if catalog is None:
-            catalog = _catalog(ctx)
-        try:
-            files = catalog.files_for(t)
-        except NotFound as exc:
-            fail(str(exc))
-            out.append(_fetch_item(t, False, str(exc)))
-            failed = True
-            continue
-        here = [f for f in files if f.get("local_path") and Path(f["local_path"]).is_file()]
-        if here and not force and not to:
-            if not as_json:
-                say(f"already here: {t} -> {here[0]['local_path']} (pass --force to fetch it again)")
-            out.append(_fetch_item(t, True, status="exists", path=here[0]["local_path"], name=here[0].get("entry_name"),
-                                   sha256=here[0].get("sha256"), size=here[0].get("size"), url=here[0].get("url")))
-            continue
-        usable = [f for f in files if f.get("url") and not f.get("manual")]
-        if not usable:
-            page = next((f.get("url") or f.get("page_url") for f in files if f.get("url") or f.get("page_url")), None)
-            where = f"open {page} in a browser, download it" if page else "download it by hand"
-            message = f"{t} is a manual download: {where} and run `tihub import FILE`."
-            fail(message)
-            out.append(_fetch_item(t, False, message, status="manual", url=page))
-            failed = True
-            continue
-        f = usable[0]
-        if specs is None:
-            specs = _sources(ctx)
-        spec = specs.get(f.get("source") or "")
-        requests.append(
-            Request(
-                f["url"],
-                name=name or f.get("entry_name"),
-                sha256=f.get("sha256"),
-                size=f.get("size"),
-                entry_id=f.get("entry_id"),
-                entry_name=f.get("entry_name"),
-                file_name=f.get("file_name"),
-                trusted=False,
-                allow_private=bool(spec and spec.allow_private),
-                label=t,
-            )
-        )
-
-    def record(path: Path, emb: Any, sha: str, req: Request) -> None:
-        nonlocal catalog
-        if catalog is None:
-            catalog = _catalog(ctx)
-        catalog.upsert_local_file(path, emb, sha, req.entry_id)
-        from tihub.collection import after_fetch
-
-        after_fetch(catalog, path, sha, req.entry_id, req.url, allow_private=req.allow_private, upstream_sha256=req.sha256)
-
-    from tihub.retry import reporting
-
-    results = []
-    if requests:
-        from tihub.blobcache import BlobCache
-
-        progress = Progress()
-        try:
-            with reporting(progress.note), Downloader(folder, convert=as_, force=force, jobs=jobs, deadline=timeout, progress=progress, record=record) as dl:
-                dl.blob_cache = BlobCache.for_workspace(ws)
-                results = dl.fetch_all(requests)
-        except KeyboardInterrupt:
-            progress.close()
-            click.echo("Interrupted; partial downloads are kept, run the same fetch again to resume.", err=True)
-            raise SystemExit(130) from None
+    bar = Bar("fetch", "bytes")
+    try:
+        results = ctx.hub.fetch_many(list(targets), to=to, convert=as_, name=name, jobs=jobs, force=force, timeout=timeout,
+                                     progress=bar)
+    except KeyboardInterrupt:
+        bar.close()
+        click.echo("Interrupted; partial downloads are kept, run the same fetch again to resume.", err=True)
+        raise SystemExit(130) from None
+    finally:
+        bar.close()
     for r in results:
-        label = r.request.label or r.request.url
-        if r.ok:
+        if not r.ok:
+            fail(r.error or f"{r.target} failed.")
+        elif as_json:
+            pass
+        elif r.already_local:
+            say(f"already here: {r.target} -> {r.path} (pass --force to fetch it again)")
+        else:
             what = "fetched" if r.status == "fetched" else "already here"
             extra = ", converted to safetensors" if r.converted else ""
             extra += f", resumed at {r.resumed_from} bytes" if r.resumed_from else ""
-            if not as_json:
-                say(f"{what}: {label} -> {r.path} ({_size(r.size)}, sha256 {r.sha256[:12] if r.sha256 else '?'}{extra})")
-        else:
-            failed = True
-            fail(r.error or f"{label} failed.")
-        out.append(_fetch_item(label, r.ok, r.error or f"{label} failed.", status=r.status, path=str(r.path) if r.path else None,
-                               name=r.path.stem if r.path else r.request.name, url=r.request.url, sha256=r.sha256, size=r.size,
-                               converted=r.converted, resumed_from=r.resumed_from))
+            say(f"{what}: {r.target} -> {r.path} ({_size(r.size)}, sha256 {r.sha256[:12] if r.sha256 else '?'}{extra})")
     if as_json:
-        echo_json(out)
-    exit_status(failed)
-
-
-def _fetch_item(target: str, ok: bool, error: str | None = None, **facts: Any) -> dict[str, Any]:
-    """One fetch result in the JSON vocabulary (every key present, null when unknown)."""
-    base = {"target": target, "status": "failed", "name": None, "path": None, "url": None, "sha256": None, "size": None,
-            "converted": False, "resumed_from": None}
-    return item(ok, error, **{**base, **facts})
+        echo_json([r.as_dict() for r in results])
+    exit_status(any(not r.ok for r in results))
 
 
 # ------------------------------------------------------------------------------------ import
@@ -229,41 +119,28 @@ def import_cmd(ctx: Context, files: tuple[str, ...], name: str | None, as_: str,
       tihub import ~/Downloads/easynegative.safetensors
       tihub import ~/Downloads/learned_embeds.bin --name cat-toy
     """
-    from tihub.collection import import_file
-
     if name and len(files) > 1:
         raise click.UsageError("--name only works with one file.")
-    ws = ctx.workspace
-    ws.ensure()
-    catalog = _catalog(ctx)
-    url, allow_private = _civitai(ctx)
-    failed = False
-    out = []
-    for f in files:
-        r = import_file(f, ws.embeddings_dir, catalog, name=_strip_suffix(name), convert=as_, force=force,
-                        civitai_url=url, allow_private=allow_private, remote=not offline)
-        if r.status == "failed":
-            failed = True
-            fail(r.error or f"{f} failed.")
+    hub = ctx.hub
+    results = hub.import_files(list(files), name=name, convert=as_, force=force, remote=not offline)
+    for r in results:
+        if not r.ok:
+            fail(r.error or f"{r.input} failed.")
         elif not as_json:
             if r.identified:
-                match = f", it is {r.entry!r} from {r.origin}" + (f" ({r.page_url})" if r.page_url else "")
+                match = f", it is {r.entry!r} from {r.source}" + (f" ({r.page_url})" if r.page_url else "")
             elif r.entry:
                 match = f", matches catalogue entry {r.entry!r} by {r.matched_by}"
             else:
-                match = ", matches nothing in the catalogue" + (" or on Civitai" if url and not offline else "")
-            say(f"{'imported' if r.status == 'imported' else 'already here'}: {f} -> {r.path}{match}")
-            if r.duplicate_of:
-                say(f"  the same bytes as {', '.join(r.duplicate_of)} (exact duplicate)")
+                match = ", matches nothing in the catalogue" + (" or on Civitai" if hub.asks_civitai(not offline) else "")
+            say(f"{'imported' if r.status == 'imported' else 'already here'}: {r.input} -> {r.path}{match}")
+            if r.duplicates:
+                say(f"  the same bytes as {', '.join(r.duplicates)} (exact duplicate)")
             if r.triggers:
                 say(f"  triggers: {', '.join(r.triggers)}")
-        out.append(item(r.status != "failed", r.error or f"{f} failed.", input=f, status=r.status,
-                        name=r.path.stem if r.path else None, path=str(r.path) if r.path else None,
-                        entry=r.entry, matched_by=r.matched_by, identified=r.identified, source=r.origin,
-                        page_url=r.page_url, triggers=r.triggers or [], duplicates=r.duplicate_of or []))
     if as_json:
-        echo_json(out)
-    exit_status(failed)
+        echo_json([r.as_dict() for r in results])
+    exit_status(any(not r.ok for r in results))
 
 
 # -------------------------------------------------------------------------------------- list
@@ -288,17 +165,14 @@ def list_cmd(ctx: Context, offline: bool, as_json: bool) -> None:
       tihub list
       tihub list --json | jq '.[] | select(.problems != [])'
     """
-    from tihub.collection import list_collection
-
-    ws = ctx.workspace
-    ws.ensure()
-    url, allow_private = _civitai(ctx)
-    rows = list_collection(ws, _catalog(ctx), civitai_url=url, allow_private=allow_private, remote=not offline)
+    hub = ctx.hub
+    rows = hub.local(remote=not offline)
+    folder = hub.workspace.embeddings_dir
     if as_json:
-        echo_json([list_item(ws.embeddings_dir, r) for r in rows])
+        echo_json([r.as_dict() for r in rows])
         return
     if not rows:
-        click.echo(f"No embeddings in {ws.embeddings_dir}; use `tihub fetch NAME` or `tihub import FILE`.")
+        click.echo(f"No embeddings in {folder}; use `tihub fetch NAME` or `tihub import FILE`.")
         return
     from tihub.tables import Column, render, safe_text
 
@@ -306,24 +180,24 @@ def list_cmd(ctx: Context, offline: bool, as_json: bool) -> None:
     notes = []
     problems = unknown = 0
     for r in rows:
-        if r.get("identified"):
-            entry = f"{r['entry']} ({r['source']})"
+        if r.identified:
+            entry = f"{r.entry} ({r.source})"
         else:
             unknown += 1
-            entry = "no match" if r["readable"] else "-"
-        table.append((r["path"], r["base"] or "?", r["vectors"], r["format"] or "?", r["trained_on"], entry))
-        if r.get("page_url") or r.get("triggers"):
-            words = f"triggers: {', '.join(r['triggers'])}" if r.get("triggers") else ""
-            notes.append(f"  = {r['path']}: {'  '.join(x for x in (r.get('page_url') or '', words) if x)}")
-        if r.get("duplicates"):
-            notes.append(f"  = {r['path']}: the same bytes as {', '.join(r['duplicates'])} (exact duplicate)")
-        for p in r["problems"]:
+            entry = "no match" if r.readable else "-"
+        table.append((r.path, r.base or "?", r.vectors, r.format or "?", r.trained_on, entry))
+        if r.page_url or r.triggers:
+            words = f"triggers: {', '.join(r.triggers)}" if r.triggers else ""
+            notes.append(f"  = {r.path}: {'  '.join(x for x in (r.page_url or '', words) if x)}")
+        if r.duplicates:
+            notes.append(f"  = {r.path}: the same bytes as {', '.join(r.duplicates)} (exact duplicate)")
+        for p in r.problems:
             problems += 1
-            notes.append(f"  ! {r['path']}: {p}")
+            notes.append(f"  ! {r.path}: {p}")
     click.echo(render([Column("FILE", max_width=40), "BASE", Column("VEC", "right"), "FORMAT", Column("TRAINED ON", max_width=36), "ENTRY"], table))
     for n in notes:
         click.echo(safe_text(n))
-    where = "the catalogue or on Civitai" if url and not offline else "the catalogue"
+    where = "the catalogue or on Civitai" if hub.asks_civitai(not offline) else "the catalogue"
     click.echo(f"{len(rows)} file(s), {problems} problem(s), {unknown} matching nothing in {where}.")
 
 
@@ -343,25 +217,24 @@ def remove_cmd(ctx: Context, names: tuple[str, ...], as_json: bool) -> None:
       tihub remove bad-artist
       tihub remove styles/old-style.pt
     """
-    from tihub.collection import remove_files
     from tihub.errors import TihubError
+    from tihub.results import RemoveResult
 
-    ws = ctx.workspace
-    catalog = _catalog(ctx)
     failed = False
-    out = []
-    for n in names:
+    out: list[RemoveResult] = []
+    for n in names:  # a name that cannot be removed does not stop the others
         try:
-            p, *extra = remove_files(ws, n, catalog)
+            r = ctx.hub.remove(n)
             if not as_json:
-                say(f"removed: {p}" + (f" (and {', '.join(x.name for x in extra)})" if extra else ""))
-            out.append(item(True, name=n, path=str(p), sidecars=[str(x) for x in extra]))
+                extra = [Path(x).name for x in r.sidecars]
+                say(f"removed: {r.path}" + (f" (and {', '.join(extra)})" if extra else ""))
+            out.append(r)
         except TihubError as exc:
             failed = True
             fail(str(exc))
-            out.append(item(False, str(exc), name=n, path=None, sidecars=[]))
+            out.append(RemoveResult(name=n, path=None, ok=False, error=str(exc)))
     if as_json:
-        echo_json(out)
+        echo_json([r.as_dict() for r in out])
     exit_status(failed)
 
 
@@ -386,40 +259,18 @@ def export_cmd(ctx: Context, names: tuple[str, ...], to: str, app: str, force: b
       tihub export easynegative bad-artist --to ~/ComfyUI --app comfyui
       tihub export easynegative --to ~/stable-diffusion-webui --app a1111
     """
-    from tihub.collection import export
-    from tihub.errors import ConfigError
-
-    root = Path(to).expanduser()
-    if not root.is_dir():
-        raise ConfigError(f"--to {to}: there is no such folder; give the {app} install folder (it must exist), e.g. ~/ComfyUI.")
-    results = export(ctx.workspace, list(names), root, app, force=force)
-    failed = False
+    results = ctx.hub.export(list(names), to, app, force=force)
     for r in results:
-        if r.status == "failed":
-            failed = True
+        if not r.ok:
             fail(r.error or f"{r.name} failed.")
         elif not as_json:
-            say(f"{'exported' if r.status == 'exported' else 'already there'}: {r.name} -> {r.path}   prompt: {r.trigger}")
+            say(f"{'exported' if r.status == 'exported' else 'already there'}: {r.name} -> {r.path}   prompt: {r.triggers[0] if r.triggers else ''}")
     if as_json:
-        echo_json([item(r.status != "failed", r.error or f"{r.name} failed.", name=r.name, status=r.status, path=str(r.path) if r.path else None,
-                         triggers=[r.trigger] if r.trigger else []) for r in results])
-    exit_status(failed)
+        echo_json([r.as_dict() for r in results])
+    exit_status(any(not r.ok for r in results))
 
 
 # ------------------------------------------------------------------------------------ compat
-
-
-def _civitai(ctx: Context) -> tuple[str | None, bool]:
-    from tihub.errors import ConfigError
-
-    try:
-        specs = ctx.workspace.sources()
-    except ConfigError:
-        specs = []
-    for s in specs:
-        if s.kind == "civitai" and s.enabled:
-            return (s.get("url") or "https://civitai.com"), s.allow_private
-    return None, False
 
 
 @click.command("compat")
@@ -449,98 +300,20 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
       tihub compat --model ~/models/sd_xl_base_1.0.safetensors easynegative --app comfyui
       tihub compat --model-hash 6ce0161689 --catalog --json
     """
-    from tihub.collection import list_collection
-    from tihub.compat import (
-        FAMILY_NAMES,
-        TRAINED_ON,
-        app_summary,
-        model_from_file,
-        model_from_hash,
-        name_checkpoints,
-        report_catalog,
-        report_local,
-    )
-    from tihub.errors import NotFound, TihubError
+    from tihub.compat import FAMILY_NAMES, app_summary
 
     if bool(model_path) == bool(model_hash):
         raise click.UsageError("Give exactly one of --model FILE or --model-hash HASH.")
-    ws = ctx.workspace
-    ws.ensure()
-    catalog = _catalog(ctx)
-    url, allow_private = _civitai(ctx)
-    if model_path:
-        model = model_from_file(model_path, catalog)
-    else:
-        model = model_from_hash(model_hash or "", catalog, civitai_url=url, allow_private=allow_private, remote=not offline)
-    local = list_collection(ws, catalog)
-    failed = False
-    # what to judge: ("local", items), ("catalog", rows) and ("error", [failed name]), in order
-    groups: list[tuple[str, list[dict[str, Any]]]] = []
-    if names:
-        for n in names:
-            low = n.lower()
-            mine = [r for r in local if r["name"].lower() == low or r["path"].lower() == low]
-            if mine:
-                groups.append(("local", [_local_item(r) for r in mine]))
-                continue
-            try:
-                files = catalog.files_for(n)
-            except NotFound as exc:
-                failed = True
-                fail(str(exc))
-                groups.append(("error", [{"name": n, "error": str(exc)}]))
-                continue
-            rows = []
-            for f in files[:1]:
-                full = catalog.file_by_sha256(f["sha256"]) if f.get("sha256") else None
-                rows.append({"name": f.get("entry_name") or n, "base": f.get("base"), "widths": f.get("widths"),
-                             "sd_checkpoint": (full or {}).get("sd_checkpoint"), "source": f.get("source"),
-                             "base_model": f.get("base_model")})
-            if not rows:
-                rows.append({"name": n, "base": None, "widths": None, "sd_checkpoint": None})
-            groups.append(("catalog", rows))
-    else:
-        groups.append(("local", [_local_item(r) for r in local]))
-        if include_catalog:
-            try:
-                rows = catalog.search(local=False, limit=None)
-            except TihubError as exc:
-                fail(str(exc))
-                rows = []
-            groups.append(("catalog", rows))
-    # Name the model each embedding was made on (one bulk Civitai lookup for unknown hashes).
-    made_on = name_checkpoints(
-        {r["sd_checkpoint"] for _, items in groups for r in items if r.get("sd_checkpoint")},
-        catalog, civitai_url=url, allow_private=allow_private, remote=not offline,
-    )
-    results: list[dict[str, Any]] = []
-    for kind, items in groups:
-        if kind == "error":  # a name that is neither local nor catalogued: a failed item, in order
-            results += items
-        else:
-            results += (report_local if kind == "local" else report_catalog)(items, model, made_on)
+    report = ctx.hub.judge(list(names), model_file=model_path, model_hash=model_hash, catalog=include_catalog,
+                           remote=not offline, app=app)
+    results = report.results
     for r in results:
-        if "error" in r:
-            continue
-        m = made_on.get(r.get("sd_checkpoint") or "")
-        r["made_on"] = m.label() if m is not None and m.name else None
-        r["made_on_name"] = m.name if m is not None and m.name else None
-        if r["made_on"] and r["status"] != TRAINED_ON:
-            r["reason"] += f"; it was made on {r['made_on']}"
-        if app:
-            r["app"] = app
-            r["status"], r["reason"] = r["apps"][app]["status"], r["apps"][app]["reason"]
+        if not r.ok:
+            fail(r.error or f"{r.name} failed.")
     if as_json:
-        echo_json([
-            item(False, r["error"], name=r["name"], fit=None, reason=None, trained_on=None, trained_on_name=None) if "error" in r
-            else item(True, name=r["name"], fit=r["status"], reason=r["reason"], trained_on=r.get("sd_checkpoint"),
-                      trained_on_name=r["made_on_name"], line=r.get("line"),
-                      path=str(ws.embeddings_dir / r["path"]) if r.get("path") else None, source=r.get("source"),
-                      apps={a: {"fit": v["status"], "reason": v["reason"]} for a, v in r["apps"].items()},
-                      **({"app": app} if app else {}))
-            for r in results
-        ])
+        echo_json([r.as_dict() for r in results])
     else:
+        model = report.model
         fam = FAMILY_NAMES.get(model.family or "", "unknown family")
         origin = {"hashed": "hashed file", "builtin": "built-in table", "civitai": "Civitai", "catalog": "catalogue"}.get(model.origin, "unknown")
         say(f"Model: {model.label()} — {fam} ({origin}{'; ' + model.note if model.note and model.origin == 'unknown' else ''})")
@@ -548,20 +321,10 @@ def compat_cmd(ctx: Context, names: tuple[str, ...], model_path: str | None, mod
             click.echo("No embeddings to judge; name some, fetch some, or add --catalog.")
         from tihub.tables import Column, render, safe_text
 
-        judged = [r for r in results if "error" not in r]
+        judged = [r for r in results if r.ok]
         if judged:
-            click.echo(render([Column("NAME", max_width=40), "FIT", "WHY"], [(r["name"], r["status"], r["reason"]) for r in judged]))
+            click.echo(render([Column("NAME", max_width=40), "FIT", "WHY"], [(r.name, r.fit, r.reason) for r in judged]))
         for r in judged:  # where the apps disagree, each app's verdict
-            if not app and len({v["status"] for v in r["apps"].values()}) > 1:
-                click.echo(safe_text(f"{r['name']} per app: {app_summary(r['apps'])}"))
-    exit_status(failed)
-
-
-def _local_item(row: dict[str, Any]) -> dict[str, Any]:
-    widths = row.get("widths")
-    problem = "; ".join(row["problems"]) if row.get("problems") and not widths else None
-    if problem and "T5 (4096-wide)" in problem:  # the reader refuses T5 embeddings; compat can judge them
-        widths, problem = {"t5xxl": 4096}, None
-    return {"name": row["name"], "widths": widths, "sd_checkpoint": row.get("sd_checkpoint"),
-            "sd_checkpoint_name": row.get("sd_checkpoint_name"), "problem": problem, "path": row["path"]}
-
+            if not app and len({v["fit"] for v in r.apps.values()}) > 1:
+                click.echo(safe_text(f"{r.name} per app: {app_summary(r.apps)}"))
+    exit_status(any(not r.ok for r in results))

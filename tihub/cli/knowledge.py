@@ -3,17 +3,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from tihub.cli._common import Context, echo_json, exit_status, fail, pass_ctx
-
-
-def _catalog(ctx: Context):  # type: ignore[no-untyped-def]
-    from tihub.catalog.store import Catalog
-
-    return Catalog(ctx.engine(), ctx.workspace)
 
 
 def _json_fail(as_json: bool, message: str) -> None:
@@ -43,10 +35,9 @@ def similar_cmd(ctx: Context, name: str, limit: int, as_json: bool) -> None:
       tihub similar ./embeddings/mystyle.pt --limit 20 --json
     """
     from tihub.errors import TihubError
-    from tihub.similar import similar
 
     try:
-        rows = similar(_catalog(ctx), name, limit)
+        rows = ctx.hub.similar(name, limit)
     except TihubError as exc:
         _json_fail(as_json, str(exc))
         return
@@ -73,9 +64,7 @@ def dupes_cmd(ctx: Context, threshold: float, as_json: bool) -> None:
       tihub dupes
       tihub dupes --threshold 0.99 --json
     """
-    from tihub.similar import dupes
-
-    groups = dupes(_catalog(ctx), threshold)
+    groups = ctx.hub.dupes(threshold)
     if as_json:
         echo_json(groups)
         return
@@ -106,18 +95,12 @@ def explain_cmd(ctx: Context, name: str, model: str, top: int, as_json: bool) ->
       tihub explain easynegative --model ~/models/v1-5-pruned-emaonly.safetensors
     """
     from tihub.errors import TihubError
-    from tihub.explain import explain, token_tables
-    from tihub.similar import vectors_of
 
     try:
-        p = Path(name).expanduser()
-        vecs = vectors_of(None, name)[0] if p.is_file() else vectors_of(_catalog(ctx), name)[0]
-        rows = explain(vecs, token_tables(model), top)
+        rows = ctx.hub.explain(name, model, top)
     except TihubError as exc:
         _json_fail(as_json, str(exc))
         return
-    for r in rows:
-        r["name"] = p.stem if p.is_file() else name
     if as_json:
         echo_json(rows)
     else:
@@ -146,9 +129,7 @@ def outdated_cmd(ctx: Context, as_json: bool, show_all: bool) -> None:
       tihub sync && tihub outdated
       tihub outdated --json
     """
-    from tihub.updates import outdated
-
-    rows = outdated(_catalog(ctx))
+    rows = ctx.hub.outdated()
     shown = rows if show_all else [r for r in rows if r["status"] != "current"]
     if as_json:
         echo_json(shown)
@@ -161,15 +142,13 @@ def outdated_cmd(ctx: Context, as_json: bool, show_all: bool) -> None:
 
 def run_upgrade(ctx: Context, names: tuple[str, ...], all_: bool, keep_old: bool, as_: str, jobs: int,
                 timeout: float, as_json: bool) -> None:
-    """`tihub fetch --upgrade`: print what `tihub.updates.upgrade` did."""
-    from tihub.download import Progress
-    from tihub.updates import upgrade
+    """`tihub fetch --upgrade`: print what `Hub.upgrade` did."""
+    from tihub.progress import Bar
 
     if not names and not all_:
         raise click.UsageError("Give the NAME of a local file to upgrade, or --all.")
-    out = upgrade(_catalog(ctx), ctx.workspace, names, all_=all_, keep_old=keep_old, convert=as_, jobs=jobs,
-                  timeout=timeout, progress=Progress(enabled=False if as_json else None),
-                  allow_private=lambda source: _allow_private(ctx, source))
+    with Bar("fetch", "bytes", enabled=not as_json) as bar:
+        out = ctx.hub.upgrade(names, all_=all_, keep_old=keep_old, convert=as_, jobs=jobs, timeout=timeout, progress=bar)
     if as_json:
         echo_json(out)
     else:
@@ -181,13 +160,3 @@ def run_upgrade(ctx: Context, names: tuple[str, ...], all_: bool, keep_old: bool
             else:
                 click.echo(f"{o['name']}: {o['status']}, not upgraded ({o['reason']})")
     exit_status(any(not o["ok"] for o in out))
-
-
-def _allow_private(ctx: Context, source: str | None) -> bool:
-    from tihub.errors import ConfigError
-
-    try:
-        spec = next((s for s in ctx.workspace.sources() if s.name == source), None)
-    except ConfigError:
-        return False
-    return bool(spec and spec.allow_private)

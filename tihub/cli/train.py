@@ -7,29 +7,9 @@ from typing import Any
 
 import click
 
-from tihub.cli._common import Context, check_device, check_model_arg, echo_json, item, pass_ctx
+from tihub.cli._common import Context, echo_json, pass_ctx
 
 TEMPLATE_HELP = "subject | style | subject_filewords | style_filewords | a text file (one prompt per line with [name] and [filewords])"
-
-
-class _Bar:
-    """Training steps on the one progress display (tihub.progress): loss and lr as its status."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.progress: Any = None
-
-    def __call__(self, info: dict[str, Any]) -> None:
-        from tihub.progress import Progress
-
-        if self.progress is None:
-            self.progress = Progress(f"train {self.name}", info["total"], "step")
-        loss = "-" if info["loss"] is None else f"{info['loss']:.4f}"
-        self.progress.update(info["step"], total=info["total"], status=f"loss {loss} lr {info['lr']:.3g}")
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.close()
 
 
 @click.command("train")
@@ -84,86 +64,18 @@ def train_cmd(ctx: Context, name: str, images: Path, model: str, size: str, run_
           --template subject --steps 2000 --lr "0.005:200, 0.001" --flip
       tihub train mycat --images ./cat-photos --model ./sd15 --steps 4000 --resume
     """
-    from tihub.engine.lr_schedule import validate_schedule
-    from tihub.engine.train import TrainConfig, parse_size
+    from tihub.progress import Bar
 
-    ws = ctx.workspace
-    validate_schedule(opts["lr"])
-    _check_init_text(opts["init_text"])
-    preview_steps = opts.pop("preview_steps")
-    preview_seed = opts.pop("preview_seed")
-    opts["cuda_graphs"] = {None: "auto", True: "on", False: "off"}[opts["cuda_graphs"]]
-    cfg = TrainConfig(
-        name=name,
-        images=images,
-        model=model,
-        embeddings_dir=ws.embeddings_dir,
-        run_dir=run_dir or (ws.train_dir / name),
-        size=parse_size(size),
-        preview_steps=preview_steps,
-        preview_seed=preview_seed,
-        **opts,
-    )
-    from tihub.engine.train import check_config
-
-    check_config(cfg)  # every refusal before anything heavy is imported
-    check_model_arg(model)
-    check_device(opts.get("device"))
-    from tihub.catalog.store import Catalog
-    from tihub.engine.train import model_autov2
-    from tihub.hashing import HashCache
-
-    cfg.catalog = Catalog(ctx.engine(), ws)
-    cfg.model_hash = model_autov2(model, HashCache(ctx.engine()))  # the workspace's hash cache
-    from tihub.engine.train import train
-
-    click.echo(f"Run folder: {cfg.run_dir}", err=True)
-    bar = _Bar(name)
-    try:
-        result = train(cfg, log=lambda line: click.echo(line, err=True), progress=bar)
-    finally:
-        bar.close()
+    with Bar(f"train {name}", "step") as bar:
+        result = ctx.hub.train(name, images, model, size=size, run_dir=run_dir, progress=bar, **opts)
     if as_json:
-        echo_json([
-            item(
-                True,
-                name=result.name,
-                path=str(result.output),
-                extra_paths=[str(p) for p in result.extra_outputs],
-                run_dir=str(result.run_dir),
-                steps=result.steps,
-                pictures=result.pictures,
-                final_loss=result.final_loss,
-                trained_on=result.sd_checkpoint,
-                checkpoints=[str(p) for p in result.checkpoints],
-                previews=[str(p) for p in result.previews],
-                loss_csv=str(result.loss_csv),
-                loss_png=str(result.loss_png) if result.loss_png else None,
-                seconds=round(result.seconds, 2),
-                steps_from=result.steps_from,
-                file_id=result.file_id,
-            )
-        ])
+        echo_json([result.as_dict()])
         return
     loss = "-" if result.final_loss is None else f"{result.final_loss:.4f}"
     graph = " (replayed from a CUDA graph)" if result.steps_from == "cuda graph" else ""
     click.echo(f"Trained {result.name} on {result.pictures}: {result.steps} steps{graph} in {result.seconds:.1f} s, last loss {loss}.")
-    for p in [result.output, *result.extra_outputs]:
+    for p in [result.path, *result.extra_paths]:
         click.echo(f"  wrote {p}")
-    click.echo(f"  model hash {result.sd_checkpoint or 'unknown'}; {len(result.checkpoints)} checkpoints, loss log {result.loss_csv}")
+    click.echo(f"  model hash {result.trained_on or 'unknown'}; {len(result.checkpoints)} checkpoints, loss log {result.loss_csv}")
     if result.loss_png:
         click.echo(f"  loss plot {result.loss_png}")
-
-
-def _check_init_text(text: str) -> None:
-    """--init-text that names a file (a path, or an embedding suffix) must be one that exists."""
-    import os
-
-    from tihub.errors import ConfigError
-    from tihub.formats import EMBEDDING_SUFFIXES
-
-    looks_like_file = os.sep in text or text.lower().endswith(EMBEDDING_SUFFIXES)
-    if looks_like_file and not os.path.exists(os.path.expanduser(text)):
-        raise ConfigError(f"--init-text {text!r} looks like an embedding file but there is none; give an existing file, or words to start from.")
-    if looks_like_file and os.path.isdir(os.path.expanduser(text)):
-        raise ConfigError(f"--init-text {text!r} is a folder; give an embedding file, or words to start from.")

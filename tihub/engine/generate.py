@@ -67,9 +67,23 @@ class Settings:
     subseed: int = -1
     subseed_strength: float = 0.0
     seed_resize_from: tuple[int, int] | str | None = None
+    # A1111's other sampler settings (tihub.engine.sampling.SAMPLER_SETTINGS): sigma min/max/rho, UniPC, NGMS, Skip Early CFG
+    sigma_min: float = 0.0
+    sigma_max: float = 0.0
+    rho: float = 0.0
+    uni_pc_variant: str = "bh1"
+    uni_pc_skip_type: str = "time_uniform"
+    uni_pc_order: int = 3
+    uni_pc_lower_order_final: bool = True
+    s_min_uncond: float = 0.0
+    s_min_uncond_all: bool = False
+    skip_early_cond: float = 0.0
 
     def randomness(self) -> Randomness:
-        return Randomness(rng=self.rng, ensd=self.ensd, eta=self.eta, s_churn=self.s_churn, s_tmin=self.s_tmin, s_tmax=self.s_tmax, s_noise=self.s_noise)
+        from tihub.engine.sampling import SAMPLER_SETTINGS
+
+        return Randomness(rng=self.rng, ensd=self.ensd, eta=self.eta, s_churn=self.s_churn, s_tmin=self.s_tmin, s_tmax=self.s_tmax, s_noise=self.s_noise,
+                          **{k: getattr(self, k) for k in SAMPLER_SETTINGS})
 
     def randomness_for(self, sampler: str) -> Randomness:
         """The randomness settings a (hires) sampler takes; A1111 passes a sampler only its own
@@ -437,6 +451,16 @@ class Engine:
         subseed: int | None = -1,
         subseed_strength: float = 0.0,
         seed_resize_from: tuple[int, int] | str | None = None,
+        sigma_min: float = 0.0,
+        sigma_max: float = 0.0,
+        rho: float = 0.0,
+        uni_pc_variant: str = "bh1",
+        uni_pc_skip_type: str = "time_uniform",
+        uni_pc_order: int = 3,
+        uni_pc_lower_order_final: bool = True,
+        s_min_uncond: float = 0.0,
+        s_min_uncond_all: bool = False,
+        skip_early_cond: float = 0.0,
     ) -> Result:
         if batch_size < 1 or batch_count < 1:
             raise ConfigError("--batch-size and --batch-count must be at least 1.")
@@ -446,6 +470,8 @@ class Engine:
             steps=steps, sampler=sampler or DEFAULT, cfg_scale=cfg_scale, width=w, height=h, clip_skip=clip_skip, schedule_type=schedule_type or "Automatic",
             rng=rng, ensd=ensd, eta=eta, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, hires=hires, pad_conds=pad_conds,
             subseed=-1 if subseed is None else subseed, subseed_strength=subseed_strength, seed_resize_from=seed_resize_from,
+            sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, uni_pc_variant=uni_pc_variant, uni_pc_skip_type=uni_pc_skip_type, uni_pc_order=uni_pc_order,
+            uni_pc_lower_order_final=uni_pc_lower_order_final, s_min_uncond=s_min_uncond, s_min_uncond_all=s_min_uncond_all, skip_early_cond=skip_early_cond,
         )
         settings.check()
         first = resolve_seed(seed)
@@ -565,6 +591,7 @@ def generate(
     subseed: int | None = -1,
     subseed_strength: float = 0.0,
     seed_resize_from: tuple[int, int] | str | None = None,
+    **sampler_settings: Any,
 ) -> Result:
     """Generate images in one call.
 
@@ -611,4 +638,5 @@ def generate(
         subseed=subseed,
         subseed_strength=subseed_strength,
         seed_resize_from=seed_resize_from,
+        **sampler_settings,  # A1111's other sampler settings: Engine.generate's sigma_min ... skip_early_cond
     )

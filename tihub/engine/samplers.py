@@ -8,8 +8,8 @@ seeded with the image seed, whether eta applies and whether ENSD is written for 
 algorithms themselves live in tihub.engine.sampling.
 
 Names from older A1111 ("DPM++ 2M Karras", "Euler a Exponential") are the sampler plus a
-schedule type, as A1111 1.9+ reads them. The A1111 sampler tihub does not follow
-(UniPC) is refused by name in one sentence; none is ever run as another.
+schedule type, as A1111 1.9+ reads them. Every A1111 sampler is followed; none is ever run as
+another (a name tihub did not follow would be refused by name in one sentence: NOT_FOLLOWED).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Sampler:
     uses_ensd: bool = False  # A1111 writes ENSD for it (when eta is not 0)
     eta: float | None = None  # default eta where the algorithm takes one
     extra: tuple[str, ...] = ()  # of s_churn, s_tmin, s_tmax, s_noise it takes
-    timesteps: bool = False  # DDIM/PLMS: A1111's fixed timestep grid, no schedule type
+    timesteps: bool = False  # DDIM/PLMS/UniPC: A1111's fixed timestep grid, no schedule type
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,14 +61,13 @@ SAMPLERS: dict[str, Sampler] = {
         Sampler("DDIM", "ddim", timesteps=True, eta=0.0),
         Sampler("DDIM CFG++", "ddim_cfgpp", timesteps=True, eta=0.0),
         Sampler("PLMS", "plms", timesteps=True),
+        Sampler("UniPC", "unipc", timesteps=True),
         Sampler("LCM", "lcm"),
     )
 }
 
 # A1111 samplers tihub does not follow: refused by name (one sentence), never run as another.
-NOT_FOLLOWED = {
-    "UniPC": "tihub does not follow A1111's UniPC (its own solver with variant, order and skip options); use DPM++ 2M or Euler",
-}
+NOT_FOLLOWED: dict[str, str] = {}
 
 _BY_LOWER = {k.lower(): k for k in SAMPLERS}
 # A1111's old names and aliases (k_euler_a, ...)
@@ -77,7 +76,7 @@ _ALIASES = {
     "k_dpm_2": "DPM2", "k_dpm_2_a": "DPM2 a", "k_dpmpp_2s_a": "DPM++ 2S a", "k_dpmpp_2m": "DPM++ 2M",
     "k_dpmpp_sde": "DPM++ SDE", "k_dpmpp_2m_sde": "DPM++ 2M SDE", "k_dpmpp_2m_sde_heun": "DPM++ 2M SDE Heun",
     "k_dpmpp_3m_sde": "DPM++ 3M SDE", "k_dpm_fast": "DPM fast", "k_dpm_ad": "DPM adaptive", "restart": "Restart",
-    "ddim": "DDIM", "ddim_cfgpp": "DDIM CFG++", "plms": "PLMS", "k_lcm": "LCM",
+    "ddim": "DDIM", "ddim_cfgpp": "DDIM CFG++", "plms": "PLMS", "unipc": "UniPC", "k_lcm": "LCM",
 }
 
 

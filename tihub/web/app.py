@@ -14,10 +14,14 @@ the package's static files and thumbnails in the workspace cache, looked up by p
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import ipaddress
+import threading
 import time
+import typing
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,13 +31,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tihub.errors import ConfigError, NotFound, TihubError
-from tihub.hub import MAX_OFFSET, SORTS, Hub
-from tihub.web.jobs import Jobs
+from tihub.hub import MAX_OFFSET, SORTS, Hub, SearchHit
+from tihub.web.jobs import Job, Jobs
 
 HERE = Path(__file__).resolve().parent
 PAGE_SIZE = 24
@@ -55,40 +59,26 @@ class ErrorOut(BaseModel):
     error: str
 
 
-class HitOut(BaseModel):
-    ok: bool = True
-    id: int
-    name: str
-    title: str | None
-    base: str
-    kind: str | None
-    source: str
-    triggers: list[str]
-    url: str | None
-    sha256: str | None
-    local: bool
-    path: str | None
-    nsfw: bool
-    status: str
-    manual: bool
-    trained_on: str | None
-    fit: str | None = None
-    preview_id: int | None = None
-    preview_nsfw: bool = False
+def model_of(dc: type, *, exclude: tuple[str, ...] = (), name: str | None = None) -> type[BaseModel]:
+    """The response model of a library dataclass (its fields, types and defaults), less the
+    fields in `exclude`: the dataclass stays the one definition of the shape."""
+    hints = typing.get_type_hints(dc)
+    defs: dict[str, Any] = {}
+    for f in dataclasses.fields(dc):
+        if f.name in exclude:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = Field(default_factory=f.default_factory)
+        else:
+            default = ...
+        defs[f.name] = (hints[f.name], default)
+    return create_model(name or dc.__name__, **defs)
 
 
-class JobOut(BaseModel):
-    ok: bool
-    id: str
-    kind: str
-    target: str
-    state: str
-    done: int
-    total: int | None
-    message: str
-    result: dict[str, Any] | None
-    error: str | None
-    points: list[list[float]] = []
+HitOut = model_of(SearchHit, exclude=("trigger",), name="HitOut")  # the JSON vocabulary: `triggers` only
+JobOut = model_of(Job, name="JobOut")
 
 
 class AppFitOut(BaseModel):
@@ -130,6 +120,25 @@ class TrainIn(BaseModel):
     size: str = Field("auto", pattern=r"^(auto|none|\d{2,4}|\d{2,4}x\d{2,4})$")
     lr: str = Field("0.005", max_length=200)
     overwrite: bool = False
+    preview_every: int = Field(0, ge=0, le=100_000, description="Draw a preview picture every N steps (0: none).")
+
+
+class ExportIn(BaseModel):
+    name: str = Field(min_length=1, max_length=300, description="An embedding in embeddings/: its name, file name or relative path.")
+    app: typing.Literal["a1111", "comfyui", "invokeai"] = Field(description="The app the file is for.")
+    to: str = Field(min_length=1, max_length=1000, description="The app's install folder: inside the workspace or an --app-folder folder.")
+    force: bool = Field(False, description="Replace a different file of the same name there.")
+
+
+class GridIn(BaseModel):
+    name: str = Field(min_length=1, max_length=300, description="An embedding: a catalogue name (fetched) or a name in embeddings/.")
+    model: str = Field(min_length=1, max_length=1000, description="A model folder or file inside the workspace or a --models folder.")
+    steps: int = Field(20, ge=1, le=150)
+    size: str = Field("", pattern=r"^(|\d{2,4}|\d{2,4}x\d{2,4})$", description="Picture size; empty: the model's own.")
+
+
+class VerifyIn(GridIn):
+    grid: bool = Field(True, description="Also draw the standard preview grid.")
 
 
 class FetchIn(BaseModel):
@@ -163,27 +172,85 @@ def _host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
-def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | None = None) -> FastAPI:
-    """The ASGI app for one workspace. `token`: required on every request when given.
-    `read_dirs`: folders besides the workspace that training may read models and pictures from."""
-    roots = [hub.workspace.root.resolve(), *[Path(d).expanduser().resolve() for d in read_dirs or []]]
+class FacetCache:
+    """The search page's facets without the wait: listing the kinds scans the catalogue (1.5 s at
+    1,000,000 entries), so the first list is made when the server starts, and a list older than
+    `max_age` is served while a fresh one is made in the background."""
 
-    def confined(value: str, what: str) -> Path:
+    def __init__(self, hub: Hub, max_age: float = 30.0) -> None:
+        self.hub, self.max_age = hub, max_age
+        self._value: Any = None
+        self._at = 0.0
+        self._lock = threading.Lock()  # one refresh at a time
+        self._busy = False
+
+    def refresh(self) -> Any:
+        with self._lock:
+            self._value, self._at = self.hub.facets(max_age=0), time.monotonic()
+            return self._value
+
+    def _background(self) -> None:
+        try:
+            self.refresh()
+        except Exception:  # noqa: BLE001 - the page keeps the list it has; the next visit tries again
+            pass
+        finally:
+            self._busy = False
+
+    def start(self) -> None:
+        """Refresh in a thread (unless one runs)."""
+        if not self._busy:
+            self._busy = True
+            threading.Thread(target=self._background, name="tihub-facets", daemon=True).start()
+
+    def get(self) -> Any:
+        if self._value is None:  # the first list: wait for it (for the one the start began, if it runs)
+            with self._lock:
+                if self._value is None:
+                    self._value, self._at = self.hub.facets(max_age=0), time.monotonic()
+            return self._value
+        if time.monotonic() - self._at > self.max_age:
+            self.start()
+        return self._value
+
+
+class Outside(TihubError):
+    """A path outside the folders this server may read or write (answered 403)."""
+
+
+def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | None = None,
+               app_dirs: list[Path] | None = None) -> FastAPI:
+    """The ASGI app for one workspace. `token`: required on every request when given.
+    `read_dirs`: folders besides the workspace that training, grids and verification may read
+    models and pictures from. `app_dirs`: apps' install folders that export may copy into."""
+    workspace = hub.workspace.root.resolve()
+    roots = [workspace, *[Path(d).expanduser().resolve() for d in read_dirs or []]]
+    export_roots = [workspace, *[Path(d).expanduser().resolve() for d in app_dirs or []]]
+
+    def confined(value: str, what: str, allowed: list[Path] | None = None) -> Path:
         """`value` (absolute, or relative to the workspace) if it lies inside an allowed folder."""
         p = Path(value).expanduser()
         p = (p if p.is_absolute() else hub.workspace.root / p).resolve()
-        if not any(p.is_relative_to(r) for r in roots):
-            raise TihubError(f"The {what} {value} is outside the workspace and the --models folders; "
-                             "move it there or start `tihub serve --models DIR`.")
+        if allowed is not None:
+            if not any(p.is_relative_to(r) for r in allowed):
+                raise Outside(f"The {what} {value} is outside the workspace and the --app-folder folders; "
+                              "pick one of those or start `tihub serve --app-folder DIR`.")
+        elif not any(p.is_relative_to(r) for r in roots):
+            raise Outside(f"The {what} {value} is outside the workspace and the --models folders; "
+                          "move it there or start `tihub serve --models DIR`.")
         if not p.exists():
-            raise NotFound(f"The {what} {value} does not exist.")
+            where = "a path relative to the workspace or an absolute path inside " + ("an --app-folder" if allowed is not None else "a --models folder")
+            raise NotFound(f"The {what} {value} does not exist (looked for {p}); give {where}.")
         return p
 
     app = FastAPI(title="tihub", version="1", summary="Textual-inversion embeddings: search, inspect, fetch, compat.",
                   docs_url="/docs", redoc_url=None)
     app.state.hub = hub
-    app.state.jobs = jobs = Jobs()
+    app.state.jobs = jobs = Jobs(hub.workspace.root / ".tihub-cache" / "jobs")  # kept across restarts
+    app.state.facets = facets = FacetCache(hub)
+    facets.start()  # the first page should not wait for the scan
     templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     # -------------------------------------------------------------- safety checks, every request
@@ -234,15 +301,21 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
 
     @app.exception_handler(TihubError)
     async def tihub_error(request: Request, exc: TihubError):  # type: ignore[no-untyped-def]
-        status = 404 if isinstance(exc, NotFound) else 400
+        status = 404 if isinstance(exc, NotFound) else 403 if isinstance(exc, Outside) else 400
         if request.url.path.startswith("/api/"):
             return _error(status, str(exc))
-        return templates.TemplateResponse(request, "error.html", {"message": str(exc)}, status_code=status)
+        missing = request.path_params.get("entry") if request.url.path.startswith("/entries/") else None
+        return templates.TemplateResponse(request, "error.html", {"message": str(exc), "search": missing}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):  # type: ignore[no-untyped-def]
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()) if x not in ("query", "body", "path")) or "the request"
+        if first.get("type") == "string_pattern_mismatch":  # say what is wanted, never the regular expression
+            value = str(first.get("input", ""))
+            value = value if len(value) <= 60 else value[:57] + "..."
+            hint = PATTERN_HINTS.get(where.rsplit(".", 1)[-1], "see /docs for the form it takes")
+            return _error(422, f"The {where} {value!r} is not valid: {hint}.")
         return _error(422, f"{where}: {first.get('msg', 'invalid value')}; fix it and try again.")
 
     @app.exception_handler(StarletteHTTPException)
@@ -295,15 +368,12 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
     @app.get("/api/local", response_model=list[dict[str, Any]], responses=ERRORS, tags=["collection"])
     def api_local() -> Any:
         """The files in embeddings/, as `tihub list --json`."""
-        from tihub.shapes import list_item  # the one mapping of a list row to the JSON vocabulary
-
-        folder = hub.workspace.embeddings_dir
-        return _jsonable([list_item(folder, {k: v for k, v in r.items() if k != "ok"}) for r in hub.local()])
+        return _jsonable([r.as_dict() for r in hub.local()])
 
     @app.get("/api/compat", response_model=list[CompatOut], responses=ERRORS, tags=["collection"])
     def api_compat(model_hash: str = Query(..., pattern=MODEL_HASH, description="A model hash (8, 10, 12 or 64 hex) or sd1/sd2/sdxl.")) -> Any:
         """How every local embedding fits one model (as `tihub compat --model-hash H --json`)."""
-        return hub.compat(model_hash)
+        return [r.as_dict() for r in hub.compat(model_hash)]
 
     @app.post("/api/fetch", response_model=JobOut, status_code=202, responses=ERRORS, tags=["collection"])
     def api_fetch(body: FetchIn = Body(...)) -> Any:
@@ -312,7 +382,7 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
 
         def work(job: Any) -> dict[str, Any]:
             def progress(done: int, total: int | None, message: str) -> None:
-                job.done, job.total, job.message = done, total, message
+                job.update(done, total, message)
 
             return hub.fetch(body.target, progress=progress, force=body.force).as_dict()
 
@@ -329,13 +399,14 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
 
         def work(job: Any) -> dict[str, Any]:
             def progress(done: int, total: int | None, message: str) -> None:
-                job.done, job.total, job.message = done, total, message
+                job.update(done, total, message)
 
             reports = hub.sync(names, progress=progress)
-            failed = [r for r in reports if not r["ok"]]
-            out: dict[str, Any] = {"ok": not failed, "reports": reports}
+            facets.refresh()  # new kinds and sources show at once
+            failed = [r for r in reports if not r.ok]
+            out: dict[str, Any] = {"ok": not failed, "reports": [{**r.as_dict(), "summary": r.summary} for r in reports]}
             if failed:
-                out["error"] = "; ".join(r["summary"] for r in failed)
+                out["error"] = "; ".join(r.summary for r in failed)
             return out
 
         return jobs.start("sync", ",".join(sorted(names)) or "all", work).as_dict()
@@ -348,18 +419,102 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
         if not images.is_dir():
             raise TihubError(f"The pictures folder {body.images} is a file; give a folder of pictures.")
 
-        def work(job: Any) -> dict[str, Any]:
-            def on_step(info: dict[str, Any]) -> None:
-                job.done, job.total = int(info["step"]), int(info["total"])
-                loss = info.get("loss")
-                job.message = f"step {job.done}/{job.total}" + (f", loss {loss:.4f}" if loss is not None else "")
+        def work(job: Job) -> dict[str, Any]:
+            others = relay(job)  # preview pictures (as the engine makes them) and notes
+
+            def progress(done: int, total: int | None, message: str) -> None:
+                if getattr(message, "kind", None) != "step":
+                    return others(done, total, message)
+                loss = message.data.get("loss")  # type: ignore[attr-defined]
                 if loss is not None:
-                    job.points.append([job.done, float(loss)])
+                    job.add_point(done, float(loss))
+                job.update(done, total, f"step {done}/{total}" + (f", loss {loss:.4f}" if loss is not None else ""))
 
             return hub.train(body.name, images, model, steps=body.steps, vectors=body.vectors, size=body.size,
-                             lr=body.lr, overwrite=body.overwrite, on_step=on_step)
+                             lr=body.lr, overwrite=body.overwrite, preview_every=body.preview_every,
+                             progress=progress).as_dict()
 
         return jobs.start("train", body.name, work).as_dict()
+
+    def relay(job: Job) -> Callable[[int, int | None, str], None]:
+        """The one progress callback of the library, into a job: amounts, statuses, new pictures."""
+        def progress(done: int, total: int | None, message: str) -> None:
+            kind, data = getattr(message, "kind", "status"), getattr(message, "data", None) or {}
+            if kind == "preview" and data.get("path"):
+                job.add_preview(str(data["path"]))
+            elif kind == "note":
+                job.update(message=str(message))
+            else:
+                job.update(done, total, f"step {done}/{total}" if kind == "step" else str(message))
+        return progress
+
+    def known_embedding(name: str) -> None:
+        """A 404 now, not a failed job later, for a name that is neither fetched nor in embeddings/."""
+        from tihub.collection import find_local
+
+        try:
+            find_local(hub.workspace.embeddings_dir, name)
+            return
+        except NotFound as exc:
+            missing = exc
+        try:
+            e = hub.entry(name)
+        except NotFound:
+            raise missing from None
+        if not e.get("path"):
+            raise NotFound(f"{name} is in the catalogue but not fetched; fetch it first.")
+
+    @app.post("/api/export", response_model=JobOut, status_code=202, responses=ERRORS, tags=["collection"])
+    def api_export(body: ExportIn = Body(...)) -> Any:
+        """Copy one embedding into an app's folder (as `tihub export NAME --to DIR --app APP`); the
+        job's result says where it went and how a prompt names it (`triggers`). The folder must be
+        inside the workspace or a folder given to `tihub serve --app-folder`."""
+        from tihub.collection import export_dir, find_local
+
+        to = confined(body.to, "app folder", export_roots)
+        if not to.is_dir():
+            raise TihubError(f"The app folder {body.to} is a file; give the app's install folder.")
+        for base in ("sd1", "sd2", "sdxl"):  # a symlink inside the app folder must not lead out of it
+            dest = export_dir(to, body.app, base if body.app == "invokeai" else None).resolve()
+            if not any(dest.is_relative_to(r) for r in export_roots):
+                raise Outside(f"{dest} (where {body.app} keeps embeddings) leads outside the allowed folders; fix that link first.")
+        find_local(hub.workspace.embeddings_dir, body.name)  # an unknown name is a 404 now
+
+        def work(job: Job) -> dict[str, Any]:
+            (r,) = hub.export([body.name], to, body.app, force=body.force, progress=relay(job))
+            return r.as_dict()
+
+        return jobs.start("export", body.name, work).as_dict()
+
+    @app.post("/api/grid", response_model=JobOut, status_code=202, responses=ERRORS, tags=["engine"])
+    def api_grid(body: GridIn = Body(...)) -> Any:
+        """Draw the standard preview grid of one embedding on a model (as `tihub grid NAME`); the
+        picture is the job's first of `previews` (`/jobs/{id}/previews/0`) and is attached to the entry."""
+        model = confined(body.model, "model")
+        known_embedding(body.name)
+
+        def work(job: Job) -> dict[str, Any]:
+            r = hub.grid(body.name, model=str(model), steps=body.steps, size=body.size or None, progress=relay(job))
+            job.add_preview(r.path)
+            return r.as_dict()
+
+        return jobs.start("grid", body.name, work).as_dict()
+
+    @app.post("/api/verify", response_model=JobOut, status_code=202, responses=ERRORS, tags=["engine"])
+    def api_verify(body: VerifyIn = Body(...)) -> Any:
+        """Verify one embedding on a model (as `tihub verify NAME --model M`): it loads, its numbers
+        are finite, its norms fit the model, and (with `grid`) its preview grid. Recorded in the
+        catalogue, so the entry page lists it; a failed check fails the job with the reason."""
+        model = confined(body.model, "model")
+        known_embedding(body.name)
+
+        def work(job: Job) -> dict[str, Any]:
+            r = hub.verify(body.name, str(model), steps=body.steps, size=body.size or None, grid=body.grid, progress=relay(job))
+            if r.grid:
+                job.add_preview(r.grid)
+            return r.as_dict()
+
+        return jobs.start("verify", body.name, work).as_dict()
 
     picture_body = {"requestBody": {"required": True, "content": {
         t: {"schema": {"type": "string", "format": "binary"}} for t in ("image/png", "image/jpeg", "image/webp")}}}
@@ -381,11 +536,12 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
     @app.post("/api/remove", response_model=RemovedOut, responses=ERRORS, tags=["collection"])
     def api_remove(body: RemoveIn = Body(...)) -> Any:
         """Delete one embedding from embeddings/ (as `tihub remove NAME`)."""
-        return hub.remove(body.name)
+        return hub.remove(body.name).as_dict()
 
     @app.get("/api/jobs", response_model=list[JobOut], responses=ERRORS, tags=["jobs"])
-    def api_jobs() -> Any:
-        return [j.as_dict() for j in jobs.all()]
+    def api_jobs(active: bool = Query(False, description="Only the jobs still queued or running.")) -> Any:
+        """Every job this workspace's servers ran (the newest 200, kept across restarts), newest first."""
+        return [j.as_dict() for j in jobs.all() if not active or j.state in ("queued", "running")]
 
     @app.get("/api/jobs/{job_id}", response_model=JobOut, responses=ERRORS, tags=["jobs"])
     def api_job(job_id: str) -> Any:
@@ -395,6 +551,20 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
         return job.as_dict()
 
     # -------------------------------------------------------------- pictures
+
+    @app.get("/jobs/{job_id}/previews/{n}", include_in_schema=False)
+    def job_preview(job_id: str, n: int) -> Response:
+        """The n-th picture a job made (a training preview, a grid): only from inside the workspace."""
+        job = jobs.get(job_id)
+        if job is None or not 0 <= n < len(job.previews):
+            return _error(404, f"Job {job_id} has no picture {n}; reload the page.")
+        path = Path(job.previews[n]).resolve()
+        if not path.is_relative_to(hub.workspace.root.resolve()) or not path.is_file():
+            return _error(404, f"The picture {job.previews[n]} is gone or outside the workspace.")
+        kind = {".png": "image/png", ".webp": "image/webp", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(path.suffix.lower())
+        if kind is None:
+            return _error(404, f"{path.name} is not a picture.")
+        return FileResponse(path, media_type=kind, headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/thumbs/{preview_id}", include_in_schema=False)
     def thumb(preview_id: int, size: int = 256) -> Response:
@@ -440,7 +610,7 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
         hits = hits[:PAGE_SIZE]
         params = {k: v for k, v in dict(q=q, base=base, kind=kind, source=source, local=local, nsfw=nsfw, sort=sort).items() if v}
         ctx = {
-            "hits": hits, "facets": hub.facets(), "q": q, "base": base, "kind": kind, "source": source, "local": local,
+            "hits": hits, "facets": facets.get(), "q": q, "base": base, "kind": kind, "source": source, "local": local,
             "nsfw": nsfw, "sort": sort, "sorts": SORTS, "page": page, "model_hash": model_hash, "warning": warning,
             "prev_url": "/?" + urlencode({**params, "page": page - 1}) if page > 1 else None,
             "next_url": "/?" + urlencode({**params, "page": page + 1}) if more else None,
@@ -454,7 +624,12 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
     def entry_page(request: Request, entry: str) -> Response:
         e = hub.entry(entry)
         model_hash, _ = model_choice(request)
-        return templates.TemplateResponse(request, "entry.html", {"e": e, "model_hash": model_hash, "apps": APP_LABELS})
+        local = Path(e["path"]) if e.get("path") else None
+        emb_dir = hub.workspace.embeddings_dir
+        rel = local.relative_to(emb_dir).as_posix() if local and local.is_relative_to(emb_dir) else e["name"]
+        ctx = {"e": e, "model_hash": model_hash, "apps": APP_LABELS, "app_folders": export_roots[1:], "model_roots": roots,
+               "local_name": rel, "local_stem": local.stem if local else e["name"]}
+        return templates.TemplateResponse(request, "entry.html", ctx)
 
     @app.get("/local", response_class=HTMLResponse, include_in_schema=False)
     def local_page(request: Request) -> Response:
@@ -465,12 +640,34 @@ def create_app(hub: Hub, *, token: str | None = None, read_dirs: list[Path] | No
     def train_page(request: Request) -> Response:
         return templates.TemplateResponse(request, "train.html", {"roots": roots})
 
+    @app.get("/jobs", response_class=HTMLResponse, include_in_schema=False)
+    def jobs_page(request: Request) -> Response:
+        return templates.TemplateResponse(request, "jobs.html", {"jobs": [j.as_dict() for j in jobs.all()]})
+
+    @app.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
+    def job_page(request: Request, job_id: str) -> Response:
+        job = jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"No job has the id {job_id!r}; see the list of jobs at /jobs.")
+        return templates.TemplateResponse(request, "job.html", {"job": job.as_dict()})
+
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Response:
         return RedirectResponse("/static/favicon.svg")
 
     return app
 
+
+# What a field whose value failed its pattern wants, in words (the 422 sentence).
+PATTERN_HINTS = {
+    "name": "use letters, digits, dashes, underscores and dots, starting with a letter or digit (no spaces)",
+    "size": "give WIDTH or WIDTHxHEIGHT in pixels, e.g. 512 or 512x768 (empty, or auto for training: the model's own)",
+    "filename": "upload .png, .jpg or .webp pictures whose names use letters, digits, dashes, underscores and dots",
+    "folder": "use letters, digits, dashes, underscores and dots (one folder name, no slashes)",
+    "base": "use sd1, sd2, sdxl or unknown",
+    "model_hash": "give a model hash (8, 10, 12 or 64 hex digits) or sd1, sd2 or sdxl",
+    "sort": "use " + ", ".join(SORTS),
+}
 
 APP_LABELS = {"a1111": "A1111 / Forge", "comfyui": "ComfyUI", "invokeai": "InvokeAI", "diffusers": "diffusers"}
 

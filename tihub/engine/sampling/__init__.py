@@ -7,7 +7,7 @@ and refuses what tihub cannot follow; `run` carries a plan out with a `Denoiser`
 `generate --json` reports.
 
 Modules: schedule (the model's sigmas and A1111's schedule types), solvers (the k-diffusion
-samplers), timesteps (DDIM, PLMS), denoiser (the UNet with guidance), rng (gpu/cpu/nv noise),
+samplers), timesteps (DDIM, PLMS), unipc (UniPC), denoiser (the UNet with guidance), rng (gpu/cpu/nv noise),
 brownian (the SDE samplers' seeded Brownian trees).
 """
 
@@ -20,13 +20,19 @@ from typing import Any
 
 from tihub.engine.samplers import SAMPLERS, check_schedule_type, effective_schedule, infotext_schedule
 from tihub.engine.sampling.rng import INFOTEXT, ImageNoise, rng_source
-from tihub.engine.sampling.schedule import BETA_ALPHA, BETA_BETA, ModelSchedule, sigmas
+from tihub.engine.sampling.schedule import BETA_ALPHA, BETA_BETA, DEFAULT_RHO, ModelSchedule, overrides, sigmas
 from tihub.errors import ConfigError
+
+
+# Randomness's fields for A1111's other sampler settings (beyond rng, ENSD, eta and the churn options)
+SAMPLER_SETTINGS = ("sigma_min", "sigma_max", "rho", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
+                    "s_min_uncond", "s_min_uncond_all", "skip_early_cond")
 
 
 @dataclass
 class Randomness:
-    """A1111's stochastic settings (its defaults; `s_tmax` 0 means no upper bound, as in A1111)."""
+    """A1111's stochastic settings and its other sampler settings (its defaults; `s_tmax` 0 means
+    no upper bound, as in A1111)."""
 
     rng: str = "gpu"
     ensd: int = 0
@@ -35,9 +41,27 @@ class Randomness:
     s_tmin: float = 0.0
     s_tmax: float = 0.0
     s_noise: float = 1.0
+    # A1111's other sampler settings, by its option names (0 / its defaults: off)
+    sigma_min: float = 0.0  # schedule's lowest sigma (0: the model's)
+    sigma_max: float = 0.0  # schedule's highest sigma (0: the model's)
+    rho: float = 0.0  # Karras / Polyexponential rho (0: 7 / 1)
+    uni_pc_variant: str = "bh1"  # bh1, bh2, vary_coeff
+    uni_pc_skip_type: str = "time_uniform"  # time_uniform, time_quadratic, logSNR
+    uni_pc_order: int = 3
+    uni_pc_lower_order_final: bool = True
+    s_min_uncond: float = 0.0  # NGMS: skip the negative below this sigma (every other call)
+    s_min_uncond_all: bool = False  # NGMS on every call
+    skip_early_cond: float = 0.0  # Skip Early CFG: no negative for this fraction of the first calls
 
     def check(self, sampler: str) -> None:
         """Normalise, and refuse an option the sampler does not take (A1111 would not pass it)."""
+        from tihub.engine.sampling.denoiser import check_guidance
+        from tihub.engine.sampling.schedule import check_overrides
+        from tihub.engine.sampling.unipc import check_options
+
+        check_options(self, sampler)
+        check_overrides(self.sigma_min, self.sigma_max, self.rho)
+        check_guidance(self.s_min_uncond, self.skip_early_cond)
         self.rng = rng_source(self.rng)
         self.ensd = int(self.ensd or 0)
         spec = SAMPLERS[sampler]
@@ -73,6 +97,8 @@ class Plan:
     full_sigmas: list[float] = field(default_factory=list)  # img2img: the whole schedule
     init_timestep: int = 0  # img2img on the timestep grid: where the start is noised to
     variation: dict[str, Any] | None = None  # variation seeds: subseeds, strength, seed resize
+    times: list[float] = field(default_factory=list)  # UniPC: its time grid, 1 (or img2img's start) down to 1/N
+    schedule_overrides: dict[str, float] = field(default_factory=dict)  # A1111's sigma min / max / rho in force
 
     def infotext(self) -> dict[str, Any]:
         """The keys A1111 writes for these settings (values None are left out)."""
@@ -92,6 +118,19 @@ class Plan:
         if self.schedule == "Beta":
             params["Beta schedule alpha"] = f"{BETA_ALPHA:g}"
             params["Beta schedule beta"] = f"{BETA_BETA:g}"
+        for key, name in (("Schedule min sigma", "sigma_min"), ("Schedule max sigma", "sigma_max"), ("Schedule rho", "rho")):
+            if name in self.schedule_overrides:
+                params[key] = f"{self.schedule_overrides[name]:g}"
+        if spec.algorithm == "unipc":
+            from tihub.engine.sampling.unipc import infotext as unipc_infotext
+
+            params.update(unipc_infotext(r))
+        if r.s_min_uncond > 0:  # written when set, as A1111 1.6-1.9 (1.10: once a call skipped)
+            params["NGMS"] = f"{r.s_min_uncond:g}"
+            if r.s_min_uncond_all:
+                params["NGMS all steps"] = True
+        if r.skip_early_cond > 0:  # its first call always skips
+            params["Skip Early CFG"] = f"{r.skip_early_cond:g}"
         params["ENSD"] = r.ensd if r.ensd and spec.uses_ensd and self.eta != 0 else None
         params["RNG"] = INFOTEXT[r.rng]
         return params
@@ -116,11 +155,25 @@ class Plan:
             "s_noise": r.s_noise,
             "brownian_noise": SAMPLERS[self.sampler].brownian,
             "denoising": self.denoising,
+            "unipc": self._unipc_json(),
+            "schedule_overrides": self.schedule_overrides or None,
+            "ngms": r.s_min_uncond or None,
+            "ngms_all_steps": r.s_min_uncond_all if r.s_min_uncond else None,
+            "skip_early_cfg": r.skip_early_cond or None,
             "hires": self.hires,
             "chunks": self.chunks,
             "notes": self.notes,
             "variation": self.variation,
         }
+
+
+    def _unipc_json(self) -> dict[str, Any] | None:
+        if SAMPLERS[self.sampler].algorithm != "unipc":
+            return None
+        r = self.randomness
+        return {"variant": r.uni_pc_variant, "skip_type": r.uni_pc_skip_type, "order": r.uni_pc_order,
+                "lower_order_final": r.uni_pc_lower_order_final, "steps_run": len(self.times) - 1,
+                "times": [round(t, 6) for t in self.times]}
 
 
 def model_schedule(sampler: str, schedule: ModelSchedule) -> ModelSchedule:
@@ -148,16 +201,24 @@ def make_plan(sampler: str, schedule_type: str, steps: int, schedule: ModelSched
     total, start = (steps, 0) if denoising is None else img2img_steps(steps, denoising)
     full: list[float] = []
     init_timestep = 0
+    times: list[float] = []
+    given: dict[str, float] = {}
+    _check_overrides_apply(sampler, schedule_type, randomness)
     if spec.timesteps:
         ts = grid(total + (1 if spec.discard_penultimate else 0))
         if denoising is not None:  # A1111: noised to grid[start], then run from below it
             ts, init_timestep = ts[:start], ts[start]
         plan_sigmas: list[float] = []
         kind = "Timesteps"
+        if spec.algorithm == "unipc":
+            times = _unipc_times(ts, schedule, randomness, denoising is not None)
     else:
         m = model_schedule(sampler, schedule)
         kind = effective_schedule(sampler, schedule_type)
-        plan_sigmas = [float(s) for s in sigmas(kind, total, m, family, spec.discard_penultimate)]
+        r = randomness
+        if schedule_type != "Automatic" or spec.scheduler:  # A1111 passes its settings to the type's function
+            given = overrides(kind, m, r.sigma_min, r.sigma_max, r.rho)
+        plan_sigmas = [float(s) for s in sigmas(kind, total, m, family, spec.discard_penultimate, **given)]
         if denoising is not None:
             full, plan_sigmas = plan_sigmas, plan_sigmas[total - start - 1 :]
         ts = []
@@ -181,7 +242,35 @@ def make_plan(sampler: str, schedule_type: str, steps: int, schedule: ModelSched
         denoising=denoising,
         full_sigmas=full,
         init_timestep=init_timestep,
+        times=times,
+        schedule_overrides=given,
     )
+
+
+def _check_overrides_apply(sampler: str, schedule_type: str, r: Randomness) -> None:
+    """Refuse sigma min / max / rho where A1111 ignores them and writes nothing."""
+    spec = SAMPLERS[sampler]
+    if not (r.sigma_min or r.sigma_max or r.rho):
+        return
+    if spec.timesteps or spec.algorithm in ("dpm_fast", "dpm_adaptive"):
+        raise ConfigError(f"Sampler {sampler} makes no sigma schedule, so A1111 ignores sigma min / max / rho there; drop --sigma-min/--sigma-max/--rho.")
+    if schedule_type == "Automatic" and not spec.scheduler:
+        raise ConfigError(f"Sampler {sampler} with schedule type Automatic runs the model's own sigmas, where A1111 ignores sigma min / max / rho; add --schedule-type (e.g. Karras).")
+    kind = effective_schedule(sampler, schedule_type)
+    if r.rho and kind not in DEFAULT_RHO:
+        raise ConfigError(f"Schedule type {kind} takes no rho (A1111 ignores it there); use Karras or Polyexponential, or drop --rho.")
+
+
+def _unipc_times(ts: list[int], schedule: ModelSchedule, r: Randomness, img2img: bool) -> list[float]:
+    """UniPC's time grid: as many steps as A1111's timestep grid has entries (img2img: from
+    just above the last one it keeps, grid[-1] / 1000 + 1/1000, as A1111)."""
+    import torch
+
+    from tihub.engine.sampling.unipc import VPSchedule, check_order, time_grid
+
+    check_order(r.uni_pc_order, len(ts))
+    start = float(torch.tensor(ts[-1]) / 1000 + 1 / 1000) if img2img else None
+    return [float(t) for t in time_grid(VPSchedule(schedule.alphas_cumprod), r.uni_pc_skip_type, len(ts), start)]
 
 
 def _sigma_range(sampler: str, schedule: ModelSchedule, tail: list[float] | None) -> tuple[float, float]:
@@ -202,6 +291,13 @@ def run(plan: Plan, denoiser: Any, noise: ImageNoise, init: Any = None,
     # solver (one or two calls a step, churned sigmas, DDIM/PLMS timesteps) without touching them
     spec = SAMPLERS[plan.sampler]
     levels = [float(v) for v in (plan.timesteps[1:] if spec.timesteps else plan.sigmas[:-1])]
+    if spec.algorithm == "unipc":  # one call at each time of the grid but the last, at its UNet timestep
+        import torch
+
+        from tihub.engine.sampling.unipc import VPSchedule
+
+        ns = VPSchedule(denoiser.schedule.alphas_cumprod)
+        levels = [float(ns.model_time(torch.tensor([t], dtype=torch.float32))) for t in plan.times[:-1]]
     total = len(levels)
     done = 0
     on_step(0, total)
@@ -229,12 +325,20 @@ def _run(plan: Plan, denoiser: Any, noise: ImageNoise, init: Any = None) -> Any:
 
     spec = SAMPLERS[plan.sampler]
     r = plan.randomness
+    # A1111's CFG denoiser: NGMS and Skip Early CFG, over steps x (1 or 2) calls
+    denoiser.s_min_uncond, denoiser.s_min_uncond_all, denoiser.skip_early_cond = r.s_min_uncond, r.s_min_uncond_all, r.skip_early_cond
+    denoiser.total_calls = plan.steps * plan.calls_per_step
     x = noise.first()
     if spec.timesteps:
-        # DDIM / PLMS on A1111's timestep grid, from the unscaled noise (img2img: noised init)
+        # DDIM / PLMS / UniPC on A1111's timestep grid, from the unscaled noise (img2img: noised init)
         if init is not None:
             a = denoiser.schedule.alphas_cumprod[plan.init_timestep]
             x = init * a.sqrt() + x * (1 - a).sqrt()
+        if spec.algorithm == "unipc":
+            from tihub.engine.sampling.unipc import UniPC, VPSchedule
+
+            solver = UniPC(denoiser.eps, VPSchedule(denoiser.schedule.alphas_cumprod), r.uni_pc_variant)
+            return solver.sample(x, torch.tensor(plan.times, dtype=torch.float32), r.uni_pc_order, r.uni_pc_lower_order_final)
         if spec.algorithm == "ddim":
             return timesteps.ddim(denoiser.eps, x, plan.timesteps, denoiser.schedule.alphas_cumprod, lambda: noise.randn_like(x), plan.eta or 0.0)
         if spec.algorithm == "ddim_cfgpp":

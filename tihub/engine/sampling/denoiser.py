@@ -14,6 +14,14 @@ forward, prompts before negatives (A1111's order), and combined as
 `uncond + sum(weight * scale * (cond - uncond))` on the clean estimates (on eps for DDIM/PLMS),
 with the scalings computed in float32 in k-diffusion's order: DPM adaptive's step sizes feed on
 differences of nearly equal latents, so even rounding has to follow A1111's.
+
+Skipping the negative, as A1111's CFG denoiser does (counting model calls from 0, over a total of
+steps x 2 for second-order samplers): "Skip Early CFG" (`skip_early_cond`) skips it on every call
+whose index / total is at most the setting; "NGMS" (`s_min_uncond`) on every other call (the odd
+ones; every call with `s_min_uncond_all`) whose level is below the setting, the level being the
+sigma for k-diffusion samplers and the UNet timestep for DDIM, PLMS and UniPC, as A1111 compares
+them. A skipped call runs the prompt parts only and guides at scale 1 around the image's first
+part: `first + sum(weight * (part - first))`.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tihub.engine.sampling.schedule import ModelSchedule
+from tihub.errors import ConfigError
 
 
 @dataclass
@@ -88,6 +97,24 @@ class _Prepared:
     groups: list[_Group]
     parts: list[list[tuple[int, float]]]  # per image: (entry, weight) of its prompt parts
     negatives: list[int]  # per image: the entry of its negative
+    entries: list[tuple[int, Any]]  # (image, cond): prompt parts first, then negatives
+    positive_groups: list[_Group] | None = None  # the prompt parts alone (made when a call skips the negative)
+
+    def without_negatives(self, make: Callable[[list[tuple[int, Any]], list[int]], _Group]) -> list[_Group]:
+        if self.positive_groups is None:
+            by_length: dict[int, list[int]] = {}
+            for k in range(self.negatives[0] if self.negatives else len(self.entries)):
+                by_length.setdefault(int(self.entries[k][1].hidden.shape[0]), []).append(k)
+            self.positive_groups = [make(self.entries, members) for members in by_length.values()]
+        return self.positive_groups
+
+
+def check_guidance(s_min_uncond: float, skip_early_cond: float) -> None:
+    """Refuse out-of-range NGMS / Skip Early CFG settings (one sentence)."""
+    if s_min_uncond < 0:
+        raise ConfigError(f"NGMS {s_min_uncond:g} is out of range; use 0 (off) or a sigma above it, e.g. 1.")
+    if not 0 <= skip_early_cond <= 1:
+        raise ConfigError(f"Skip Early CFG {skip_early_cond:g} is out of range; use a fraction of the steps from 0 (off) to 1.")
 
 
 class Denoiser:
@@ -112,16 +139,20 @@ class Denoiser:
         self.last_uncond: Any = None  # the negatives' outputs of the last call (DDIM CFG++)
         self.on_level: Callable[[float], None] | None = None  # told the sigma/timestep of each call (progress)
         self._prepared: _Prepared | None = None
+        # skipping the negative (A1111's NGMS and Skip Early CFG; `sampling.run` sets them from the plan)
+        self.s_min_uncond = 0.0
+        self.s_min_uncond_all = False
+        self.skip_early_cond = 0.0
+        self.total_calls = 1  # A1111's total_steps: steps, twice for second-order samplers
+        self.skipped: list[int] = []  # the calls that ran without the negative
+        self._level = 0.0  # the sigma or timestep of the current call
 
     # -- the UNet with guidance ----------------------------------------------------------------
 
     def _prepare(self, c: StepConds) -> _Prepared:
         """The forward groups of a conditioning, stacked once per distinct conditioning."""
-        import torch
-
         if self._prepared is not None and self._prepared.conds is c:
             return self._prepared
-        device, dtype = self.unet.device, self.unet.dtype
         entries: list[tuple[int, Any]] = []  # (image, cond): prompt parts first, then negatives
         parts: list[list[tuple[int, float]]] = []
         for i, image_parts in enumerate(c.positive):
@@ -136,15 +167,25 @@ class Denoiser:
         by_length: dict[int, list[int]] = {}
         for k, (_, cond) in enumerate(entries):
             by_length.setdefault(int(cond.hidden.shape[0]), []).append(k)
-        groups = []
-        for members in by_length.values():
-            hidden = torch.stack([entries[k][1].hidden for k in members]).to(device=device, dtype=dtype)
-            pooled = None
-            if self.time_ids is not None:
-                pooled = torch.stack([entries[k][1].pooled for k in members]).to(device=device, dtype=dtype)
-            groups.append(_Group(members, [entries[k][0] for k in members], hidden, pooled))
-        self._prepared = _Prepared(c, groups, parts, negatives)
+        groups = [self._group(entries, members) for members in by_length.values()]
+        self._prepared = _Prepared(c, groups, parts, negatives, entries)
         return self._prepared
+
+    def _group(self, entries: list[tuple[int, Any]], members: list[int]) -> _Group:
+        import torch
+
+        device, dtype = self.unet.device, self.unet.dtype
+        hidden = torch.stack([entries[k][1].hidden for k in members]).to(device=device, dtype=dtype)
+        pooled = None
+        if self.time_ids is not None:
+            pooled = torch.stack([entries[k][1].pooled for k in members]).to(device=device, dtype=dtype)
+        return _Group(members, [entries[k][0] for k in members], hidden, pooled)
+
+    def skips_negative(self, call: int, level: float) -> bool:
+        """Whether A1111 runs this call without the negative (Skip Early CFG, then NGMS)."""
+        if self.skip_early_cond != 0 and call / self.total_calls <= self.skip_early_cond:
+            return True
+        return bool((call % 2 or self.s_min_uncond_all) and self.s_min_uncond > 0 and level < self.s_min_uncond)
 
     def guided(self, x_in: Any, t: Any, convert: Callable[[Any, Any], Any] | None = None) -> Any:
         """Guided output for every image: x_in [B, C, H, W] float32, t [B] timesteps; `convert`
@@ -152,9 +193,12 @@ class Denoiser:
         import torch
 
         prepared = self._prepare(self.conds(self.calls))
+        skip = self.skips_negative(self.calls, self._level)
+        if skip:
+            self.skipped.append(self.calls)
         self.calls += 1
         outputs: dict[int, Any] = {}
-        for g in prepared.groups:
+        for g in prepared.without_negatives(self._group) if skip else prepared.groups:
             index = torch.tensor(g.rows, device=x_in.device)
             kwargs: dict[str, Any] = {}
             if g.pooled is not None:
@@ -171,13 +215,16 @@ class Denoiser:
             for j, k in enumerate(g.members):
                 outputs[k] = out[j]
         parts, negatives = prepared.parts, prepared.negatives
-        self.last_uncond = torch.stack([outputs[k] for k in negatives])
+        # a skipped negative: the image's first part stands in for it, guided at scale 1
+        uncond_of = [outputs[parts[i][0][0]] if skip else outputs[negatives[i]] for i in range(len(parts))]
+        scale = 1.0 if skip else self.cfg_scale
+        self.last_uncond = torch.stack(uncond_of)
         guided = []
         for i, image_parts in enumerate(parts):
-            uncond = outputs[negatives[i]]
+            uncond = uncond_of[i]
             result = uncond.clone()
             for k, weight in image_parts:
-                result += (outputs[k] - uncond) * (weight * self.cfg_scale)
+                result += (outputs[k] - uncond) * (weight * scale)
             guided.append(result)
         return torch.stack(guided)
 
@@ -189,6 +236,7 @@ class Denoiser:
 
         if self.on_level is not None:
             self.on_level(float(sigma))
+        self._level = float(sigma)
 
         s = torch.tensor(sigma, dtype=torch.float32, device=x.device)
         c_in = 1 / (s**2 + 1.0) ** 0.5
@@ -214,12 +262,15 @@ class Denoiser:
 
         return self.guided(x * c_in, t, convert)
 
-    def eps(self, x: Any, timestep: int) -> Any:
-        """The predicted noise at a whole training timestep (DDIM, PLMS), guided on eps."""
+    def eps(self, x: Any, timestep: float) -> Any:
+        """The predicted noise at a training timestep (DDIM, PLMS; UniPC's fractional ones),
+        guided on eps; v-prediction is converted with the alphas of the whole step below, as
+        A1111's timestep denoiser indexes them."""
         import torch
 
         if self.on_level is not None:
             self.on_level(float(timestep))
+        self._level = float(timestep)
 
         if self.prediction == "v_prediction":
             a = self.schedule.alphas_cumprod[int(timestep)].to(x.device)

@@ -1,8 +1,8 @@
 """The sampling settings of an A1111 infotext, as generate's keyword arguments.
 
 `read_sampling(parameters)` turns the keys A1111 writes for sampling (Sampler, Schedule type, RNG,
-ENSD, Eta, Eta DDIM, Sigma churn/tmin/tmax/noise, the variation-seed keys, Denoising strength and
-the Hires keys) into
+ENSD, Eta, Eta DDIM, Sigma churn/tmin/tmax/noise, the variation-seed keys, Schedule min/max sigma
+and rho, the UniPC keys, NGMS, Skip Early CFG, Denoising strength and the Hires keys) into
 keyword arguments of `Engine.generate` and lists, one sentence each, the settings tihub cannot
 follow (so the picture will differ). No torch is imported.
 """
@@ -14,15 +14,21 @@ from typing import Any
 
 from tihub.engine.samplers import from_infotext
 from tihub.errors import ConfigError
+from tihub.infotext import SETTING_KEYS
 
 # A1111 keys for settings tihub has no option for
 NOT_FOLLOWED = {
-    "Schedule max sigma": "a custom highest sigma",
-    "Schedule min sigma": "a custom lowest sigma",
-    "Schedule rho": "a custom schedule rho",
     "Discard penultimate sigma": "dropping the next-to-last sigma for every sampler",
-    "NGMS": "negative guidance minimum sigma",
     "SGM noise multiplier": "the SGM noise multiplier",
+}
+
+
+# A1111 keys of sampler settings tihub follows beyond the ones above: key -> (Randomness field,
+# type), as tihub.infotext's table of settings has them
+SAMPLER_KEYS: dict[str, tuple[str, type]] = {
+    key: SETTING_KEYS[key]
+    for key in ("Schedule min sigma", "Schedule max sigma", "Schedule rho", "UniPC variant", "UniPC skip type", "UniPC order",
+                "UniPC lower order final", "NGMS", "NGMS all steps", "Skip Early CFG")
 }
 
 
@@ -64,6 +70,16 @@ def read_sampling(parameters: dict[str, str]) -> tuple[dict[str, Any], list[str]
         out["subseed"] = int(_number(parameters.get("Variation seed", "-1"), "Variation seed"))
     if "Seed resize from" in parameters:
         out["seed_resize_from"] = parameters["Seed resize from"]
+    # A1111's other sampler settings (sigma min / max / rho, UniPC, NGMS, Skip Early CFG)
+    for key, (name, kind) in SAMPLER_KEYS.items():
+        if key in parameters:
+            value = parameters[key].strip()
+            if kind is bool:
+                out[name] = value.lower() in ("true", "1", "yes")
+            elif kind is str:
+                out[name] = value
+            else:
+                out[name] = kind(_number(value, key))
     hires_keys = ("Hires upscale", "Hires steps", "Hires upscaler", "Hires resize")
     if any(k in parameters for k in hires_keys):
         from tihub.engine.sampling.hires import Hires, upscaler_name

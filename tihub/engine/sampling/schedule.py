@@ -253,15 +253,63 @@ def schedule_type(name: str | None) -> ScheduleType:
     return found
 
 
-def sigmas(kind: str, n: int, model: ModelSchedule, family: str, discard_penultimate: bool = False) -> Any:
+# -- A1111's sigma min / max / rho settings ------------------------------------------------------
+# A1111 hands them to every schedule type but the model's own (Automatic for a sampler without a
+# default type): a non-zero sigma min / max other than the model's replaces the ends of Karras,
+# Exponential, Polyexponential, SGM Uniform, KL Optimal, Normal and Beta (Uniform, Simple, DDIM and
+# Align Your Steps take no ends, but the keys are written all the same); rho, when not 0 and not
+# the type's own, applies to Karras (7) and Polyexponential (1) only.
+DEFAULT_RHO = {"Karras": KARRAS_RHO, "Polyexponential": POLYEXPONENTIAL_RHO}
+
+
+class SigmaRange:
+    """A model schedule with other lowest / highest levels (the rest is the model's)."""
+
+    def __init__(self, base: ModelSchedule, lowest: float, highest: float) -> None:
+        self.base = base
+        self.sigma_min = lowest
+        self.sigma_max = highest
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.base, name)
+
+
+def check_overrides(sigma_min: float, sigma_max: float, rho: float) -> None:
+    for name, value in (("--sigma-min", sigma_min), ("--sigma-max", sigma_max), ("--rho", rho)):
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{name} {value:g} is out of range; use 0 (the default) or a positive number.")
+    if sigma_min and sigma_max and sigma_min >= sigma_max:
+        raise ConfigError(f"--sigma-min {sigma_min:g} is not below --sigma-max {sigma_max:g}; swap them.")
+
+
+def overrides(kind: str, model: ModelSchedule, sigma_min: float = 0.0, sigma_max: float = 0.0, rho: float = 0.0) -> dict[str, float]:
+    """What A1111 applies (and writes) of sigma min / max / rho for schedule type `kind` (a
+    label, not Automatic) on this model: {"sigma_min": ..., "sigma_max": ..., "rho": ...}."""
+    out: dict[str, float] = {}
+    if sigma_min and sigma_min != model.sigma_min:
+        out["sigma_min"] = sigma_min
+    if sigma_max and sigma_max != model.sigma_max:
+        out["sigma_max"] = sigma_max
+    if kind in DEFAULT_RHO and rho and rho != DEFAULT_RHO[kind]:
+        out["rho"] = rho
+    return out
+
+
+def sigmas(kind: str, n: int, model: ModelSchedule, family: str, discard_penultimate: bool = False, sigma_min: float = 0.0,
+           sigma_max: float = 0.0, rho: float = 0.0) -> Any:
     """n steps of schedule type `kind` (a label, not Automatic); with `discard_penultimate` one
-    more level is made and the next-to-last dropped (A1111's DPM2 / DPM2 a / DPM++ 3M SDE)."""
+    more level is made and the next-to-last dropped (A1111's DPM2 / DPM2 a / DPM++ 3M SDE).
+    `sigma_min`, `sigma_max`, `rho`: A1111's settings (0: off; see `overrides`)."""
     import torch
 
     function = schedule_type(kind).function
     if function is None:
         function = uniform
-    out = function(n + 1 if discard_penultimate else n, model, family).float()
+    given = overrides(kind, model, sigma_min, sigma_max, rho)
+    kwargs = {"rho": given["rho"]} if "rho" in given else {}
+    if "sigma_min" in given or "sigma_max" in given:
+        model = SigmaRange(model, given.get("sigma_min", model.sigma_min), given.get("sigma_max", model.sigma_max))  # type: ignore[assignment]
+    out = function(n + 1 if discard_penultimate else n, model, family, **kwargs).float()
     if discard_penultimate:
         out = torch.cat([out[:-2], out[-1:]])
     return out
