@@ -85,6 +85,17 @@ def test_draw_grid_wraps_long_labels():
     assert g.size[0] > 128 and g.size[1] > 64
 
 
+def test_a_word_wider_than_its_cell_is_drawn_smaller_not_over_its_neighbour():
+    from PIL import Image
+
+    cells = [[Image.new("RGB", (64, 64), "red")] * 2]
+    g = draw_grid(cells, ["demo-trained-embedding", ""], [])
+    band = g.crop((64, 0, 128, g.size[1] - 64)).convert("L")  # the empty second column's label band
+    assert band.getextrema()[0] == 255, "the first label's ink ran into the next column"
+    first = g.crop((0, 0, 64, g.size[1] - 64)).convert("L")
+    assert first.getextrema()[0] < 128, "the first label was not drawn"
+
+
 def test_checkpoint_axis(engine, tmp_path):
     folder = tmp_path / "train" / "run1"
     for step, seed in ((500, 1), (1000, 2)):

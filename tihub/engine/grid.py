@@ -285,6 +285,16 @@ def _wrap(draw: Any, text: str, font: Any, width: int) -> list[str]:
     return lines or [""]
 
 
+def _fitting(draw: Any, line: str, size: int, width: int) -> Any:
+    """The font for one label line: a word wider than its cell is drawn smaller until it fits
+    (as A1111's grid labels), down to 6 px."""
+    font = _font(size)
+    while size > 6 and draw.textlength(line, font=font) > width:
+        size -= 1
+        font = _font(size)
+    return font
+
+
 def draw_grid(images: list[list[Any]], xlabels: list[str], ylabels: list[str], title: str = "") -> Any:
     """One labelled grid: images[row][col], column labels on top, row labels on the left."""
     from PIL import Image, ImageDraw
@@ -305,12 +315,12 @@ def draw_grid(images: list[list[Any]], xlabels: list[str], ylabels: list[str], t
     title_h = line_h + 8 if title else 0
     for ci, label in enumerate(xlabels):
         for li, line in enumerate(_wrap(draw, label, font, w - 8)):
-            draw.text((left + ci * w + w // 2, title_h + 4 + li * line_h), line, fill="black", font=font, anchor="ma")
+            draw.text((left + ci * w + w // 2, title_h + 4 + li * line_h), line, fill="black", font=_fitting(draw, line, fsize, w - 8), anchor="ma")
     for ri, label in enumerate(ylabels):
         lines = _wrap(draw, label, font, left - 8)
         y0 = top + ri * h + h // 2 - len(lines) * line_h // 2
         for li, line in enumerate(lines):
-            draw.text((left - 8, y0 + li * line_h), line, fill="black", font=font, anchor="ra")
+            draw.text((left - 8, y0 + li * line_h), line, fill="black", font=_fitting(draw, line, fsize, left - 8), anchor="ra")
     for ri, row in enumerate(images):
         for ci, img in enumerate(row):
             canvas.paste(img, (left + ci * w, top + ri * h))
