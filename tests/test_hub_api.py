@@ -17,7 +17,8 @@ from PIL import Image
 
 from tihub.cli import cli
 from tihub.errors import ConfigError, NotFound
-from tihub.hub import EntryDetail, Hub, LocalFile, RemoveResult, SourceInfo, SyncResult, TrainResult
+from tihub.hub import (EntryDetail, Hub, InspectResult, LocalFile, OutdatedFile, RemoveResult, SimilarHit, SourceInfo,
+                       SyncResult, TrainResult)
 from tihub.progress import Event, event_kind
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -360,8 +361,8 @@ def test_inspect_and_hash_models(home: Path, tmp_path: Path, tiny_sd1_dir: Path)
     f.write_bytes(embedding_bytes("a1111", name="one"))
     hub = Hub(home)
     good, missing = hub.inspect([f, tmp_path / "nothing.pt"])
-    assert good["ok"] and good["name"] == "one" and good["vectors"] >= 1 and not missing["ok"] and "does not exist" in missing["error"]
-    assert hub.inspect(f) == _cli_json("inspect", str(f))
+    assert isinstance(good, InspectResult) and good.ok and good.name == "one" and good.vectors >= 1
+    assert not missing.ok and "does not exist" in (missing.error or "")
     rows, errors = hub.hash_models([tiny_sd1_dir, tmp_path / "nowhere"])
     [row] = rows
     assert row["folder"] and len(row["autov2"]) == 10 and errors and "does not exist" in errors[0][1]
@@ -399,3 +400,68 @@ def test_a_failed_verification_is_one_sentence_with_one_full_stop() -> None:
         {"check": "norms", "status": "failed", "detail": "vector 0 is 40x the model's"}])
     assert v.error == "cat failed verification on tiny: loads: its width 1024 does not fit the model's 768; norms: vector 0 is 40x the model's."
     assert v.as_dict()["error"] == v.error and not v.ok
+
+
+def test_inspect_results_are_the_cli_json_items(home: Path, tmp_path: Path) -> None:
+    """Each InspectResult's `as_dict()` is `tihub inspect --json`'s item, key order included,
+    for a good file, a missing one and a file that is no embedding."""
+    from fileserver import embedding_bytes
+
+    (tmp_path / "one.pt").write_bytes(embedding_bytes("a1111", name="one"))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
+    paths = [str(tmp_path / "one.pt"), str(tmp_path / "nothing.pt"), str(tmp_path / "junk.safetensors")]
+    got = Hub(home).inspect(paths)
+    assert [r.ok for r in got] == [True, False, False]
+    want = _cli_json("inspect", *paths)
+    assert [r.as_dict() for r in got] == want
+    assert [json.dumps(r.as_dict()) for r in got] == [json.dumps(w) for w in want]  # same keys, same order
+
+
+def test_similar_hits_are_the_cli_json_items(home: Path) -> None:
+    """`Hub.similar` gives SimilarHits, best first, whose `as_dict()` is `tihub similar --json`'s item."""
+    from tihub.formats import Embedding, write_embedding
+
+    a = np.random.default_rng(1).standard_normal((3, 768)).astype(np.float32)
+    b = np.random.default_rng(2).standard_normal((2, 768)).astype(np.float32)
+    e = home / "embeddings"
+    write_embedding(Embedding(name="inky", vectors={"clip_l": a}), e / "inky.safetensors", "safetensors")
+    write_embedding(Embedding(name="inky-copy", vectors={"clip_l": a[::-1]}), e / "inky-copy.safetensors", "safetensors")
+    write_embedding(Embedding(name="other", vectors={"clip_l": b}), e / "other.safetensors", "safetensors")
+    (home / "sources.yaml").write_text("sources:\n  - {name: local, kind: local, path: embeddings}\n")
+    assert CliRunner().invoke(cli, ["sync"], catch_exceptions=False).exit_code == 0
+    hits = Hub(home).similar("inky")
+    assert all(isinstance(h, SimilarHit) for h in hits)
+    assert hits[0].name == "inky-copy" and hits[0].score == pytest.approx(1.0, abs=1e-3) and hits[0].vectors == 3
+    want = _cli_json("similar", "inky")
+    assert [json.dumps(h.as_dict()) for h in hits] == [json.dumps(w) for w in want]
+
+
+def test_outdated_files_are_the_cli_json_items(home: Path) -> None:
+    """`Hub.outdated` gives OutdatedFiles (current ones too); `as_dict()` is `tihub outdated --json`'s
+    item, which lists only the files that are not current unless --all."""
+    from tihub.catalog.store import Catalog
+    from tihub.config import SourceSpec, Workspace
+    from tihub.formats import Embedding, write_embedding
+    from tihub.sources.base import Candidate, CandidateFile
+    from tihub.updates import record_origin
+
+    def cand(vid: int, sha: str) -> Candidate:
+        return Candidate(remote_id=f"7@{vid}", name="easyneg", base_model="SD 1.5",
+                         files=[CandidateFile("easyneg.safetensors", f"https://civitai.com/api/download/models/{vid}", sha256=sha)],
+                         extra={"modelId": 7, "versionId": vid, "version": f"v{vid}"})
+
+    ws = Workspace.locate(str(home))
+    ws.ensure()
+    cat = Catalog.open(ws)
+    spec = SourceSpec(name="civitai", kind="civitai", options={})
+    cat.ingest(spec, [cand(100, "a" * 64)])
+    p = home / "embeddings" / "easyneg.safetensors"
+    write_embedding(Embedding(name="easyneg", vectors={"clip_l": np.ones((2, 768), np.float32)}), p, "safetensors")
+    record_origin(cat, p, "a" * 64, cat.entry("easyneg")["id"], "https://civitai.com/api/download/models/100")
+    [current] = Hub(home).outdated()
+    assert isinstance(current, OutdatedFile) and current.status == "current" and current.reason is None
+    assert _cli_json("outdated") == [] and _cli_json("outdated", "--all") == [current.as_dict()]
+    cat.ingest(spec, [cand(100, "a" * 64), cand(200, "b" * 64)])  # a newer version for the same base
+    [newer] = Hub(home).outdated()
+    assert newer.status == "newer" and newer.latest and newer.latest["sha256"] == "b" * 64 and newer.name == "easyneg"
+    assert json.dumps(_cli_json("outdated")) == json.dumps([newer.as_dict()])

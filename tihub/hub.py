@@ -52,10 +52,13 @@ from tihub.results import (  # noqa: F401 (the typed results, part of the Hub AP
     GenerateResult,
     GridResult,
     ImportResult,
+    InspectResult,
     LocalFile,
+    OutdatedFile,
     Picture,
     RemoveResult,
     SearchHit,
+    SimilarHit,
     SourceInfo,
     SyncResult,
     TrainResult,
@@ -394,12 +397,13 @@ class Hub(EngineVerbs):
 
     # ------------------------------------------------------------------ files
 
-    def inspect(self, paths: str | Path | list[str | Path]) -> list[dict[str, Any]]:
+    def inspect(self, paths: str | Path | list[str | Path]) -> list[InspectResult]:
         """What embedding files are (files, or every embedding file under folders), read safely
-        without the catalogue: the `tihub inspect --json` items; a bad file is a failed item."""
+        without the catalogue, one result per file (`as_dict()` the `tihub inspect --json` item);
+        a bad file is a failed result."""
         from tihub.inspection import inspect_paths
 
-        return inspect_paths([str(p) for p in ([paths] if isinstance(paths, str | Path) else paths)])
+        return [InspectResult(**row) for row in inspect_paths([str(p) for p in ([paths] if isinstance(paths, str | Path) else paths)])]
 
     def hash_models(self, paths: str | Path | list[str | Path], *, use_cache: bool = True,
                     jobs: int = 1) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
@@ -815,12 +819,12 @@ class Hub(EngineVerbs):
         return EntryDetail(id=e["id"], name=e["name"], source=e["source"], base=e["base"], kind=e.get("kind"),
                            title=e.get("title"), nsfw=bool(e.get("nsfw")), data=e)
 
-    def similar(self, name: str, limit: int = 10) -> list[dict[str, Any]]:
+    def similar(self, name: str, limit: int = 10) -> list[SimilarHit]:
         """Catalogued embeddings whose vectors point the same way as `name`'s (a catalogue name
-        or id, or an embedding file), best first, as `tihub similar --json`."""
+        or id, or an embedding file), best first (`as_dict()` the `tihub similar --json` item)."""
         from tihub.similar import similar
 
-        return similar(self.catalog, name, limit)
+        return [SimilarHit(**row) for row in similar(self.catalog, name, limit)]
 
     def dupes(self, threshold: float = 0.95) -> list[dict[str, Any]]:
         """Groups of near-duplicate embeddings (re-uploads, renamed copies, light fine-tunes)."""
@@ -841,11 +845,12 @@ class Hub(EngineVerbs):
             r["name"] = p.stem if p.is_file() else name
         return rows
 
-    def outdated(self) -> list[dict[str, Any]]:
-        """Every fetched file still on disk: `status` current | newer | gone | unknown, with the reason."""
+    def outdated(self) -> list[OutdatedFile]:
+        """Every fetched file still on disk: `status` current | newer | gone | unknown, with the
+        reason (`as_dict()` the `tihub outdated --json` item)."""
         from tihub.updates import outdated
 
-        return outdated(self.catalog)
+        return [OutdatedFile(**row) for row in outdated(self.catalog)]
 
     def model(self, model_hash: str, *, remote: bool = False) -> Any:
         """A `tihub.compat.KnownModel` for any hash form (known table, catalogue, Civitai if

@@ -425,3 +425,82 @@ class EntryDetail:
 
     def as_dict(self) -> dict[str, Any]:
         return show_item(self.data)
+
+
+@dataclass
+class InspectResult:
+    """What one embedding file is, read safely without the catalogue (`tihub inspect --json`
+    item); a file that could not be read is `ok` False with its one-sentence `error`."""
+
+    path: str
+    ok: bool
+    name: str
+    error: str | None = None
+    file_kind: str | None = None  # what a file that is no embedding is (a checkpoint, a LoRA, ...)
+    format: str | None = None  # the container: safetensors, pt, ...
+    layout: str | None = None
+    internal_name: str | None = None  # the name the file records for itself
+    vectors: int = 0
+    widths: dict[str, int] = field(default_factory=dict)
+    base: str = "unknown"
+    dtype: str | None = None
+    step: int | None = None
+    trained_on: str | None = None
+    trained_on_name: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    shorthash: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "ok": self.ok}
+        if not self.ok:
+            out["error"] = self.error or f"{self.path} could not be read."
+        out.update(file_kind=self.file_kind, format=self.format, layout=self.layout, name=self.name,
+                   internal_name=self.internal_name, vectors=self.vectors, widths=self.widths, base=self.base,
+                   dtype=self.dtype, step=self.step, trained_on=self.trained_on, trained_on_name=self.trained_on_name,
+                   size=self.size, sha256=self.sha256, shorthash=self.shorthash)
+        return out
+
+
+@dataclass
+class SimilarHit:
+    """One catalogued embedding whose vectors point the same way as the one asked about
+    (`tihub similar --json` item); `score` is the cosine of the summaries (1.0 = same directions)."""
+
+    name: str | None
+    score: float
+    source: str | None = None
+    base: str | None = None
+    widths: dict[str, int] | None = None
+    vectors: int | None = None
+    sha256: str | None = None
+    path: str | None = None
+    entry_id: int | None = None
+    ok: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": True, "name": self.name, "score": self.score, "source": self.source, "base": self.base,
+                "widths": self.widths, "vectors": self.vectors, "sha256": self.sha256, "path": self.path,
+                "entry_id": self.entry_id}
+
+
+@dataclass
+class OutdatedFile:
+    """One fetched file still on disk and whether its source has newer bytes (`tihub outdated
+    --json` item): `status` current | newer | gone | unknown, `latest` what is newer, `reason` why."""
+
+    name: str
+    path: str
+    sha256: str | None
+    source: str | None
+    remote_id: str | None = None
+    version: str | None = None
+    status: str = "current"
+    latest: dict[str, Any] | None = None  # entry_id, version, url, sha256 of the newer file
+    reason: str | None = None
+    ok: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": True, "name": self.name, "path": self.path, "sha256": self.sha256, "source": self.source,
+                "remote_id": self.remote_id, "version": self.version, "status": self.status, "latest": self.latest,
+                "reason": self.reason}

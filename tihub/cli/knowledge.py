@@ -42,13 +42,13 @@ def similar_cmd(ctx: Context, name: str, limit: int, as_json: bool) -> None:
         _json_fail(as_json, str(exc))
         return
     if as_json:
-        echo_json(rows)
+        echo_json([r.as_dict() for r in rows])
         return
     if not rows:
         click.echo(f"No other catalogued embedding shares a text encoder with {name}.")
     for r in rows:
-        where = r["path"] or r["source"]
-        click.echo(f"{r['score']:7.4f}  {r['name']}  [{r['base'] or '?'}, {r['vectors'] or '?'} vectors]  {where}")
+        where = r.path or r.source
+        click.echo(f"{r.score:7.4f}  {r.name}  [{r.base or '?'}, {r.vectors or '?'} vectors]  {where}")
 
 
 @click.command("dupes")
@@ -130,14 +130,14 @@ def outdated_cmd(ctx: Context, as_json: bool, show_all: bool) -> None:
       tihub outdated --json
     """
     rows = ctx.hub.outdated()
-    shown = rows if show_all else [r for r in rows if r["status"] != "current"]
+    shown = rows if show_all else [r for r in rows if r.status != "current"]
     if as_json:
-        echo_json(shown)
+        echo_json([r.as_dict() for r in shown])
         return
     if not shown:
         click.echo(f"All {len(rows)} fetched files are current." if rows else "No fetched files to check (files fetched by tihub are tracked).")
     for r in shown:
-        click.echo(f"{r['name']}: {r['status']}" + (f": {r['reason']}" if r["reason"] else ""))
+        click.echo(f"{r.name}: {r.status}" + (f": {r.reason}" if r.reason else ""))
 
 
 def run_upgrade(ctx: Context, names: tuple[str, ...], all_: bool, keep_old: bool, as_: str, jobs: int,
