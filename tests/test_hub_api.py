@@ -17,8 +17,8 @@ from PIL import Image
 
 from tihub.cli import cli
 from tihub.errors import ConfigError, NotFound
-from tihub.hub import (EntryDetail, Hub, InspectResult, LocalFile, OutdatedFile, RemoveResult, SimilarHit, SourceInfo,
-                       SyncResult, TrainResult)
+from tihub.hub import (DupeGroup, DupeMember, EntryDetail, Hub, InspectResult, LocalFile, OutdatedFile, RemoveResult,
+                       SimilarHit, SourceInfo, SyncResult, TrainResult, VectorTokens)
 from tihub.progress import Event, event_kind
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -417,23 +417,55 @@ def test_inspect_results_are_the_cli_json_items(home: Path, tmp_path: Path) -> N
     assert [json.dumps(r.as_dict()) for r in got] == [json.dumps(w) for w in want]  # same keys, same order
 
 
-def test_similar_hits_are_the_cli_json_items(home: Path) -> None:
-    """`Hub.similar` gives SimilarHits, best first, whose `as_dict()` is `tihub similar --json`'s item."""
+@pytest.fixture
+def small_library(home: Path) -> Path:
+    """A synced local source: inky, a reordered copy of it, another SD1 file and an SD2 one."""
     from tihub.formats import Embedding, write_embedding
 
     a = np.random.default_rng(1).standard_normal((3, 768)).astype(np.float32)
-    b = np.random.default_rng(2).standard_normal((2, 768)).astype(np.float32)
     e = home / "embeddings"
-    write_embedding(Embedding(name="inky", vectors={"clip_l": a}), e / "inky.safetensors", "safetensors")
-    write_embedding(Embedding(name="inky-copy", vectors={"clip_l": a[::-1]}), e / "inky-copy.safetensors", "safetensors")
-    write_embedding(Embedding(name="other", vectors={"clip_l": b}), e / "other.safetensors", "safetensors")
+    for name, vectors in (("inky", {"clip_l": a}), ("inky-copy", {"clip_l": a[::-1]}),
+                          ("other", {"clip_l": np.random.default_rng(2).standard_normal((2, 768)).astype(np.float32)}),
+                          ("sd2-thing", {"clip_h": np.random.default_rng(3).standard_normal((1, 1024)).astype(np.float32)})):
+        write_embedding(Embedding(name=name, vectors=vectors), e / f"{name}.safetensors", "safetensors")
     (home / "sources.yaml").write_text("sources:\n  - {name: local, kind: local, path: embeddings}\n")
     assert CliRunner().invoke(cli, ["sync"], catch_exceptions=False).exit_code == 0
-    hits = Hub(home).similar("inky")
+    return home
+
+
+def test_similar_hits_are_the_cli_json_items(small_library: Path) -> None:
+    """`Hub.similar` gives SimilarHits, best first, whose `as_dict()` is `tihub similar --json`'s item."""
+    hits = Hub(small_library).similar("inky")
     assert all(isinstance(h, SimilarHit) for h in hits)
     assert hits[0].name == "inky-copy" and hits[0].score == pytest.approx(1.0, abs=1e-3) and hits[0].vectors == 3
     want = _cli_json("similar", "inky")
     assert [json.dumps(h.as_dict()) for h in hits] == [json.dumps(w) for w in want]
+
+
+def test_dupe_groups_are_the_cli_json_items(small_library: Path) -> None:
+    """`Hub.dupes` gives DupeGroups of DupeMembers; `as_dict()` is `tihub dupes --json`'s item."""
+    [group] = Hub(small_library).dupes(0.99)
+    assert isinstance(group, DupeGroup) and group.group == 1 and all(isinstance(m, DupeMember) for m in group.members)
+    assert sorted(m.name or "" for m in group.members) == ["inky", "inky-copy"] and group.min_score >= 0.99
+    assert json.dumps(_cli_json("dupes", "--threshold", "0.99")) == json.dumps([group.as_dict()])
+
+
+def test_explained_vectors_are_the_cli_json_items(small_library: Path, tmp_path: Path) -> None:
+    """`Hub.explain` gives one VectorTokens per vector (a failed one per encoder the model lacks);
+    `as_dict()` is `tihub explain --json`'s item."""
+    from safetensors.numpy import save_file
+
+    table = np.random.default_rng(0).standard_normal((1000, 768)).astype(np.float16) * 0.02
+    ckpt = tmp_path / "model.safetensors"
+    save_file({"cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": table,
+               "model.diffusion_model.out.2.bias": np.zeros(4, np.float16)}, str(ckpt))
+    rows = Hub(small_library).explain("inky", ckpt, top=3)
+    assert [(r.name, r.ok, r.index, len(r.tokens)) for r in rows] == [("inky", True, i, 3) for i in range(3)]
+    assert all(isinstance(r, VectorTokens) for r in rows)
+    assert json.dumps(_cli_json("explain", "inky", "--model", str(ckpt), "--top", "3")) == json.dumps([r.as_dict() for r in rows])
+    [bad] = Hub(small_library).explain("sd2-thing", ckpt)
+    assert not bad.ok and bad.encoder == "clip_h" and "clip_h" in (bad.error or "")
+    assert json.dumps(_cli_json("explain", "sd2-thing", "--model", str(ckpt))) == json.dumps([bad.as_dict()])
 
 
 def test_outdated_files_are_the_cli_json_items(home: Path) -> None:

@@ -45,6 +45,8 @@ from tihub.progress import Event, ProgressCallback, TrainWatcher, fetch_relay, s
 from tihub.results import (  # noqa: F401 (the typed results, part of the Hub API)
     CompatReport,
     CompatResult,
+    DupeGroup,
+    DupeMember,
     EntryDetail,
     ExportResult,
     Facets,
@@ -62,6 +64,7 @@ from tihub.results import (  # noqa: F401 (the typed results, part of the Hub AP
     SourceInfo,
     SyncResult,
     TrainResult,
+    VectorTokens,
     VerifyResult,
 )
 
@@ -826,24 +829,24 @@ class Hub(EngineVerbs):
 
         return [SimilarHit(**row) for row in similar(self.catalog, name, limit)]
 
-    def dupes(self, threshold: float = 0.95) -> list[dict[str, Any]]:
-        """Groups of near-duplicate embeddings (re-uploads, renamed copies, light fine-tunes)."""
+    def dupes(self, threshold: float = 0.95) -> list[DupeGroup]:
+        """Groups of near-duplicate embeddings (re-uploads, renamed copies, light fine-tunes)
+        scoring at least `threshold` (`as_dict()` the `tihub dupes --json` item)."""
         from tihub.similar import dupes
 
-        return dupes(self.catalog, threshold)
+        return [DupeGroup(group=g["group"], min_score=g["min_score"], max_score=g["max_score"],
+                          members=[DupeMember(**m) for m in g["members"]]) for g in dupes(self.catalog, threshold)]
 
-    def explain(self, name: str, model: str | Path, top: int = 5) -> list[dict[str, Any]]:
+    def explain(self, name: str, model: str | Path, top: int = 5) -> list[VectorTokens]:
         """The nearest vocabulary tokens of each vector of `name` (an embedding file, or a
-        catalogue name) on the model's token table, read without torch: one item per vector."""
+        catalogue name) on the model's token table, read without torch: one result per vector
+        (`as_dict()` the `tihub explain --json` item)."""
         from tihub.explain import explain, token_tables
         from tihub.similar import vectors_of
 
         p = Path(name).expanduser()
         vecs = vectors_of(None, name)[0] if p.is_file() else vectors_of(self.catalog, name)[0]
-        rows = explain(vecs, token_tables(model), top)
-        for r in rows:
-            r["name"] = p.stem if p.is_file() else name
-        return rows
+        return [VectorTokens(name=p.stem if p.is_file() else name, **r) for r in explain(vecs, token_tables(model), top)]
 
     def outdated(self) -> list[OutdatedFile]:
         """Every fetched file still on disk: `status` current | newer | gone | unknown, with the

@@ -504,3 +504,58 @@ class OutdatedFile:
         return {"ok": True, "name": self.name, "path": self.path, "sha256": self.sha256, "source": self.source,
                 "remote_id": self.remote_id, "version": self.version, "status": self.status, "latest": self.latest,
                 "reason": self.reason}
+
+
+@dataclass
+class DupeMember:
+    """One embedding in a group of near-duplicates; `also` the other names its bytes are listed under."""
+
+    name: str | None
+    source: str | None = None
+    base: str | None = None
+    sha256: str | None = None
+    path: str | None = None
+    entry_id: int | None = None
+    also: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source, "base": self.base, "sha256": self.sha256, "path": self.path,
+                "entry_id": self.entry_id, "also": list(self.also)}
+
+
+@dataclass
+class DupeGroup:
+    """A group of near-duplicate embeddings (`tihub dupes --json` item): re-uploads, renamed
+    copies, light fine-tunes, linked by pairs scoring at least the threshold."""
+
+    group: int  # its number, from 1
+    min_score: float
+    max_score: float
+    members: list[DupeMember] = field(default_factory=list)
+    ok: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": True, "group": self.group, "min_score": self.min_score, "max_score": self.max_score,
+                "members": [m.as_dict() for m in self.members]}
+
+
+@dataclass
+class VectorTokens:
+    """The nearest vocabulary tokens of one vector of an embedding on a model's token table
+    (`tihub explain --json` item); `tokens` holds {token, id, score} best first. An encoder the
+    model has no table of that width for is one failed item (`index` None)."""
+
+    name: str
+    encoder: str
+    ok: bool = True
+    index: int | None = None
+    norm: float | None = None
+    model_token_norm: float | None = None  # the mean norm of the model's own token vectors
+    tokens: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        if not self.ok:
+            return {"ok": False, "encoder": self.encoder, "error": self.error or f"{self.name} failed.", "name": self.name}
+        return {"ok": True, "encoder": self.encoder, "index": self.index, "norm": self.norm,
+                "model_token_norm": self.model_token_norm, "tokens": [dict(t) for t in self.tokens], "name": self.name}

@@ -66,16 +66,16 @@ def dupes_cmd(ctx: Context, threshold: float, as_json: bool) -> None:
     """
     groups = ctx.hub.dupes(threshold)
     if as_json:
-        echo_json(groups)
+        echo_json([g.as_dict() for g in groups])
         return
     if not groups:
         click.echo(f"No near-duplicates at similarity {threshold}.")
     for g in groups:
-        span = f"{g['min_score']:.4f}" if g["min_score"] == g["max_score"] else f"{g['min_score']:.4f}-{g['max_score']:.4f}"
-        click.echo(f"group {g['group']} ({len(g['members'])} embeddings, similarity {span}):")
-        for m in g["members"]:
-            also = f"  (also listed as {', '.join(m['also'])})" if m["also"] else ""
-            click.echo(f"  {m['name']}  [{m['base'] or '?'}]  {m['path'] or m['source']}{also}")
+        span = f"{g.min_score:.4f}" if g.min_score == g.max_score else f"{g.min_score:.4f}-{g.max_score:.4f}"
+        click.echo(f"group {g.group} ({len(g.members)} embeddings, similarity {span}):")
+        for m in g.members:
+            also = f"  (also listed as {', '.join(m.also)})" if m.also else ""
+            click.echo(f"  {m.name}  [{m.base or '?'}]  {m.path or m.source}{also}")
 
 
 @click.command("explain")
@@ -102,15 +102,15 @@ def explain_cmd(ctx: Context, name: str, model: str, top: int, as_json: bool) ->
         _json_fail(as_json, str(exc))
         return
     if as_json:
-        echo_json(rows)
+        echo_json([r.as_dict() for r in rows])
     else:
         for r in rows:
-            if not r["ok"]:
-                fail(r["error"])
+            if not r.ok:
+                fail(r.as_dict()["error"])
                 continue
-            toks = ", ".join(f"{t['token']!r} {t['score']:.3f}" for t in r["tokens"])
-            click.echo(f"{r['encoder']} #{r['index']} (norm {r['norm']:.3f}, model tokens {r['model_token_norm']:.3f}): {toks}")
-    exit_status(any(not r["ok"] for r in rows))
+            toks = ", ".join(f"{t['token']!r} {t['score']:.3f}" for t in r.tokens)
+            click.echo(f"{r.encoder} #{r.index} (norm {r.norm:.3f}, model tokens {r.model_token_norm:.3f}): {toks}")
+    exit_status(any(not r.ok for r in rows))
 
 
 @click.command("outdated")
