@@ -17,8 +17,8 @@ from PIL import Image
 
 from tihub.cli import cli
 from tihub.errors import ConfigError, NotFound
-from tihub.hub import (DupeGroup, DupeMember, EntryDetail, Hub, InspectResult, LocalFile, OutdatedFile, RemoveResult,
-                       SimilarHit, SourceInfo, SyncResult, TrainResult, VectorTokens)
+from tihub.hub import (DupeGroup, DupeMember, EntryDetail, Hub, InspectResult, LocalFile, ModelHash, OutdatedFile,
+                       RemoveResult, SimilarHit, SourceInfo, SyncResult, TrainResult, VectorTokens)
 from tihub.progress import Event, event_kind
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -365,8 +365,12 @@ def test_inspect_and_hash_models(home: Path, tmp_path: Path, tiny_sd1_dir: Path)
     assert not missing.ok and "does not exist" in (missing.error or "")
     rows, errors = hub.hash_models([tiny_sd1_dir, tmp_path / "nowhere"])
     [row] = rows
-    assert row["folder"] and len(row["autov2"]) == 10 and errors and "does not exist" in errors[0][1]
-    assert hub.model(row["autov2"]).name == Path(tiny_sd1_dir).name  # recorded: a known model now
+    assert isinstance(row, ModelHash) and row.folder and len(row.autov2) == 10 and errors and "does not exist" in errors[0][1]
+    assert hub.model(row.autov2).name == Path(tiny_sd1_dir).name  # recorded: a known model now
+    # as_dict() is the `tihub hash --json` item (no `folder`), key order included; the failures follow
+    assert "folder" not in row.as_dict()
+    want = _cli_json("hash", str(tiny_sd1_dir), str(tmp_path / "nowhere"))
+    assert json.dumps(want[0]) == json.dumps(row.as_dict()) and want[1]["ok"] is False and want[1]["error"] == errors[0][1]
 
 
 def test_allows_private_reads_sources_yaml_again_only_when_it_changed(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -56,6 +56,7 @@ from tihub.results import (  # noqa: F401 (the typed results, part of the Hub AP
     ImportResult,
     InspectResult,
     LocalFile,
+    ModelHash,
     OutdatedFile,
     Picture,
     RemoveResult,
@@ -409,12 +410,12 @@ class Hub(EngineVerbs):
         return [InspectResult(**row) for row in inspect_paths([str(p) for p in ([paths] if isinstance(paths, str | Path) else paths)])]
 
     def hash_models(self, paths: str | Path | list[str | Path], *, use_cache: bool = True,
-                    jobs: int = 1) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+                    jobs: int = 1) -> tuple[list[ModelHash], list[tuple[str, str]]]:
         """Every hash (sha256, AutoV2, A1111 old hash, short hash), family and text-encoder widths
         of model files and diffusers folders (folders are searched for them), through the
         workspace's hash cache (`use_cache`, `jobs` files at once). Each model hashed is recorded
-        as a known model, so `judge(model_hash=...)` can name it. Returns (`tihub hash` rows,
-        (path, error sentence) pairs)."""
+        as a known model, so `judge(model_hash=...)` can name it. Returns (the models hashed,
+        each `as_dict()` a `tihub hash --json` item; (path, error sentence) pairs)."""
         from tihub.hashing import EMPTY_SHA256, HashCache
         from tihub.inspection import hash_models
 
@@ -429,7 +430,7 @@ class Hub(EngineVerbs):
                 old_hash=None if row["old_hash"] == EMPTY_SHA256[:8] else row["old_hash"],  # every file <= 1 MiB shares it
                 family=row["family"], widths=row["widths"], origin="hashed", path=os.path.abspath(row["path"]),
             )
-        return rows, errors
+        return [ModelHash(**row) for row in rows], errors
 
     # ------------------------------------------------------------------ the collection
 

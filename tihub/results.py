@@ -559,3 +559,27 @@ class VectorTokens:
             return {"ok": False, "encoder": self.encoder, "error": self.error or f"{self.name} failed.", "name": self.name}
         return {"ok": True, "encoder": self.encoder, "index": self.index, "norm": self.norm,
                 "model_token_norm": self.model_token_norm, "tokens": [dict(t) for t in self.tokens], "name": self.name}
+
+
+@dataclass
+class ModelHash:
+    """Every hash of one model file or diffusers folder (`tihub hash --json` item): sha256,
+    AutoV2, the old A1111 hash, the short hash, its family and text-encoder widths; `note` says
+    why a file is no Stable Diffusion model (family "other")."""
+
+    path: str
+    sha256: str
+    autov2: str
+    old_hash: str | None
+    shorthash: str
+    family: str  # sd1 | sd2 | sdxl | ... | other
+    widths: dict[str, int] = field(default_factory=dict)
+    prediction: str | None = None  # "v" | "epsilon" when the model says so
+    note: str | None = None
+    folder: bool = False  # a diffusers folder (hash of its weight files)
+    ok: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return item(True, path=self.path, sha256=self.sha256, autov2=self.autov2, old_hash=self.old_hash,
+                    shorthash=self.shorthash, family=self.family, widths=self.widths, prediction=self.prediction,
+                    note=self.note)

@@ -33,24 +33,23 @@ def hash_cmd(ctx: Context, paths: tuple[str, ...], as_json: bool, no_cache: bool
     for _, message in errors:
         fail(message)
     if as_json:
-        echo_json([item(True, **{k: v for k, v in r.items() if k != "folder"}) for r in rows]
-                  + [item(False, message, path=p) for p, message in errors])
+        echo_json([r.as_dict() for r in rows] + [item(False, message, path=p) for p, message in errors])
     elif rows:
         from tihub.tables import render, safe_text
 
         table = [
             (
-                r["autov2"],
-                r["old_hash"],
-                r["family"],
-                "+".join(str(v) for v in r["widths"].values()),
-                r["sha256"],
-                r["path"] + ("/" if r["folder"] and not r["path"].endswith("/") else ""),
+                r.autov2,
+                r.old_hash,
+                r.family,
+                "+".join(str(v) for v in r.widths.values()),
+                r.sha256,
+                r.path + ("/" if r.folder and not r.path.endswith("/") else ""),
             )
             for r in rows
         ]
         click.echo(render(["AUTOV2", "OLD", "FAMILY", "WIDTHS", "SHA256", "PATH"], table))
         for r in rows:
-            if r["family"] == "other" and r["note"]:
-                click.echo(safe_text(f"note: {r['note']}" if r["path"] in r["note"] else f"note: {r['path']}: {r['note']}"))
+            if r.family == "other" and r.note:
+                click.echo(safe_text(f"note: {r.note}" if r.path in r.note else f"note: {r.path}: {r.note}"))
     exit_status(bool(errors))
