@@ -18,7 +18,7 @@ from PIL import Image
 from tihub.cli import cli
 from tihub.errors import ConfigError, NotFound
 from tihub.hub import (DupeGroup, DupeMember, EntryDetail, Hub, InspectResult, LocalFile, ModelHash, OutdatedFile,
-                       RemoveResult, SimilarHit, SourceInfo, SyncResult, TrainResult, VectorTokens)
+                       RemoveResult, SimilarHit, SourceInfo, SyncResult, TrainResult, UpgradeResult, VectorTokens)
 from tihub.progress import Event, event_kind
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -501,3 +501,33 @@ def test_outdated_files_are_the_cli_json_items(home: Path) -> None:
     [newer] = Hub(home).outdated()
     assert newer.status == "newer" and newer.latest and newer.latest["sha256"] == "b" * 64 and newer.name == "easyneg"
     assert json.dumps(_cli_json("outdated")) == json.dumps([newer.as_dict()])
+
+
+def test_upgrade_results_are_the_cli_json_items(home: Path, tmp_path: Path) -> None:
+    """`Hub.upgrade` gives UpgradeResults: a name tihub did not fetch fails, a current file is
+    not upgraded, a file with newer upstream bytes is; `as_dict()` is `tihub fetch --upgrade
+    --json`'s item (a loopback Hugging Face hub)."""
+    from servers.hf import HFHub
+    from test_knowledge_pictures import ORG, concept, vec
+    from test_knowledge_pictures import embedding_bytes as emb_bytes
+
+    old, new = emb_bytes(tmp_path, "inky", {"clip_l": vec(1)}), emb_bytes(tmp_path, "inky", {"clip_l": vec(2)})
+    with HFHub([concept("inky", old), concept("still", emb_bytes(tmp_path, "s", {"clip_l": vec(3)}))]) as h:
+        (home / "sources.yaml").write_text(
+            f"sources:\n  - {{name: hf, kind: huggingface, author: {ORG}, endpoint: '{h.url}', allow_private: true}}\n")
+        hub = Hub(home)
+        assert all(r.ok for r in hub.sync()) and all(f.ok for f in hub.fetch_many(["inky", "still"]))
+        repo = h.repos[f"model:{ORG}/inky"]
+        repo.files["learned_embeds.bin"].data = new
+        repo.touch(42)
+        assert all(r.ok for r in hub.sync())
+        nosuch, still = hub.upgrade(["nosuch", "still"])
+        assert isinstance(nosuch, UpgradeResult) and not nosuch.ok and nosuch.path is None
+        assert "nothing to upgrade" in (nosuch.error or "")
+        assert still.ok and not still.upgraded and still.status == "current"
+        assert json.dumps(_cli_json("fetch", "--upgrade", "nosuch", "still")) == json.dumps([nosuch.as_dict(), still.as_dict()])
+        [inky] = hub.upgrade(["inky"], keep_old=True)
+        assert inky.ok and inky.upgraded and inky.status == "upgraded"
+        assert inky.old_path and inky.old_path.endswith("inky.v1.safetensors")
+        assert list(inky.as_dict()) == ["ok", "name", "path", "sha256", "status", "upgraded", "old_path", "reason"]
+        assert _cli_json("outdated") == []

@@ -65,6 +65,7 @@ from tihub.results import (  # noqa: F401 (the typed results, part of the Hub AP
     SourceInfo,
     SyncResult,
     TrainResult,
+    UpgradeResult,
     VectorTokens,
     VerifyResult,
 )
@@ -407,7 +408,8 @@ class Hub(EngineVerbs):
         a bad file is a failed result."""
         from tihub.inspection import inspect_paths
 
-        return [InspectResult(**row) for row in inspect_paths([str(p) for p in ([paths] if isinstance(paths, str | Path) else paths)])]
+        wanted = [str(p) for p in ([paths] if isinstance(paths, str | Path) else paths)]
+        return [InspectResult(**row) for row in inspect_paths(wanted)]
 
     def hash_models(self, paths: str | Path | list[str | Path], *, use_cache: bool = True,
                     jobs: int = 1) -> tuple[list[ModelHash], list[tuple[str, str]]]:
@@ -605,14 +607,16 @@ class Hub(EngineVerbs):
 
     def upgrade(self, names: list[str] | tuple[str, ...] = (), *, all_: bool = False, keep_old: bool = False,
                 convert: str = "safetensors", jobs: int = 4, timeout: float = 1800.0,
-                progress: ProgressCallback | None = None) -> list[dict[str, Any]]:
+                progress: ProgressCallback | None = None) -> list[UpgradeResult]:
         """Fetch the newer upstream file of outdated local files (`names`, or every one with
-        `all_`) under the same name, as `tihub fetch --upgrade`: one `tihub outdated`-style item
-        per file, with `upgraded` and `old_path` (the replaced file, kept with `keep_old`)."""
+        `all_`) under the same name, as `tihub fetch --upgrade`: one result per file, with
+        `upgraded` and `old_path` (the replaced file, kept with `keep_old`); `as_dict()` is the
+        `--json` item."""
         from tihub.updates import upgrade
 
-        return upgrade(self.catalog, self.workspace, names, all_=all_, keep_old=keep_old, convert=convert, jobs=jobs,
+        rows = upgrade(self.catalog, self.workspace, names, all_=all_, keep_old=keep_old, convert=convert, jobs=jobs,
                        timeout=timeout, progress=fetch_relay(progress), allow_private=self.allows_private)
+        return [UpgradeResult(**row) for row in rows]
 
     # ------------------------------------------------------------------ sources and sync
 

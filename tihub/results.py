@@ -583,3 +583,31 @@ class ModelHash:
         return item(True, path=self.path, sha256=self.sha256, autov2=self.autov2, old_hash=self.old_hash,
                     shorthash=self.shorthash, family=self.family, widths=self.widths, prediction=self.prediction,
                     note=self.note)
+
+
+@dataclass
+class UpgradeResult:
+    """What `tihub fetch --upgrade` did to one local file (`--json` item): `upgraded` with the new
+    file's `path` and `sha256` (and `old_path`, the replaced file when kept), or not upgraded
+    with the `tihub outdated` `status` and `reason`; a name tihub did not fetch, or a failed
+    download, is a failed item (`path` None for the former)."""
+
+    name: str
+    ok: bool
+    status: str | None = None  # upgraded, or the outdated status (current | gone | unknown | newer)
+    path: str | None = None
+    upgraded: bool = False
+    sha256: str | None = None
+    old_path: str | None = None
+    reason: str | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        if not self.ok:
+            where = {"path": self.path} if self.path is not None else {}
+            return {"ok": False, "name": self.name, **where, "error": self.error or f"{self.name} could not be upgraded."}
+        if self.upgraded:
+            return {"ok": True, "name": self.name, "path": self.path, "sha256": self.sha256, "status": self.status,
+                    "upgraded": True, "old_path": self.old_path, "reason": self.reason}
+        return {"ok": True, "name": self.name, "path": self.path, "status": self.status, "upgraded": False,
+                "reason": self.reason}

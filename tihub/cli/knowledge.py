@@ -150,13 +150,13 @@ def run_upgrade(ctx: Context, names: tuple[str, ...], all_: bool, keep_old: bool
     with Bar("fetch", "bytes", enabled=not as_json) as bar:
         out = ctx.hub.upgrade(names, all_=all_, keep_old=keep_old, convert=as_, jobs=jobs, timeout=timeout, progress=bar)
     if as_json:
-        echo_json(out)
+        echo_json([o.as_dict() for o in out])
     else:
         for o in out:
-            if not o["ok"]:
-                fail(o["error"])
-            elif o.get("upgraded"):
-                click.echo(f"upgraded: {o['name']} -> {o['path']}" + (f" (old file kept as {o['old_path']})" if o["old_path"] else ""))
+            if not o.ok:
+                fail(o.as_dict()["error"])
+            elif o.upgraded:
+                click.echo(f"upgraded: {o.name} -> {o.path}" + (f" (old file kept as {o.old_path})" if o.old_path else ""))
             else:
-                click.echo(f"{o['name']}: {o['status']}, not upgraded ({o['reason']})")
-    exit_status(any(not o["ok"] for o in out))
+                click.echo(f"{o.name}: {o.status}, not upgraded ({o.reason})")
+    exit_status(any(not o.ok for o in out))
