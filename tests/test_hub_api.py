@@ -18,7 +18,7 @@ from PIL import Image
 from tihub.cli import cli
 from tihub.errors import ConfigError, NotFound
 from tihub.hub import (DupeGroup, DupeMember, EntryDetail, Hub, InspectResult, LocalFile, ModelHash, OutdatedFile,
-                       RemoveResult, SimilarHit, SourceInfo, SyncResult, TrainResult, UpgradeResult, VectorTokens)
+                       PromptReport, RemoveResult, SimilarHit, SourceInfo, SyncResult, TrainResult, UpgradeResult, VectorTokens)
 from tihub.progress import Event, event_kind
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -531,3 +531,14 @@ def test_upgrade_results_are_the_cli_json_items(home: Path, tmp_path: Path) -> N
         assert inky.old_path and inky.old_path.endswith("inky.v1.safetensors")
         assert list(inky.as_dict()) == ["ok", "name", "path", "sha256", "status", "upgraded", "old_path", "reason"]
         assert _cli_json("outdated") == []
+
+
+def test_prompt_report_is_the_cli_json_object(small_library: Path) -> None:
+    """`Hub.prompt` (no model: no torch) gives a PromptReport whose `as_dict()` is `tihub prompt
+    --json`'s object, with the embeddings of embeddings/ it uses by file name."""
+    text = "a (inky:1.2), [cat:dog:0.5] painting BREAK other"
+    report = Hub(small_library).prompt(text, 10)
+    assert isinstance(report, PromptReport) and report.steps == 10 and len(report.schedule) == 2
+    assert [(e.name, e.vectors) for e in report.embeddings] == [("inky", 3), ("other", 2)]
+    assert report.embeddings[0].path and report.embeddings[0].path.endswith("inky.safetensors")
+    assert json.dumps(_cli_json("prompt", text, "--steps", "10")) == json.dumps(report.as_dict())

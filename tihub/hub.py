@@ -59,6 +59,8 @@ from tihub.results import (  # noqa: F401 (the typed results, part of the Hub AP
     ModelHash,
     OutdatedFile,
     Picture,
+    PromptEmbedding,
+    PromptReport,
     RemoveResult,
     SearchHit,
     SimilarHit,

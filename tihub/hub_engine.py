@@ -13,7 +13,7 @@ from typing import Any
 from tihub.config import Workspace
 from tihub.errors import ConfigError, TihubError
 from tihub.progress import Event, ProgressCallback, TrainWatcher, sampling_relay
-from tihub.results import GenerateResult, GridResult, Picture, TrainResult, VerifyResult
+from tihub.results import GenerateResult, GridResult, Picture, PromptEmbedding, PromptReport, TrainResult, VerifyResult
 
 
 class EngineVerbs:
@@ -123,21 +123,25 @@ class EngineVerbs:
 
         return load_model(chosen, device=device, dtype=dtype, hash_cache=self._hash_cache(), config=config)
 
-    def prompt(self, prompt: str, steps: int = 20, model: str | Path | None = None, *, device: str | None = None) -> dict[str, Any]:
+    def prompt(self, prompt: str, steps: int = 20, model: str | Path | None = None, *, device: str | None = None) -> PromptReport:
         """How A1111 reads `prompt` without generating anything: the prompt schedule over `steps`,
         attention weights, the token count in 75-token chunks, and the embeddings of embeddings/
-        it uses (checked against `model`'s text encoder when given; torch only then)."""
+        it uses (checked against `model`'s text encoder when given; torch only then).
+        `as_dict()` is the `tihub prompt --json` object."""
         if model:
             from tihub.engine.generate import Engine
 
-            return Engine(self._load_model(model, device, None, None, None), self.workspace.embeddings_dir).explain(prompt, steps)
-        from tihub.clip_vocab import clip_tokenizer
-        from tihub.engine.conditioning import PromptTokenizer
-        from tihub.engine.generate import explain_prompt
-        from tihub.engine.vocabulary import Vocabulary
+            info = Engine(self._load_model(model, device, None, None, None), self.workspace.embeddings_dir).explain(prompt, steps)
+        else:
+            from tihub.clip_vocab import clip_tokenizer
+            from tihub.engine.conditioning import PromptTokenizer
+            from tihub.engine.generate import explain_prompt
+            from tihub.engine.vocabulary import Vocabulary
 
-        vocab = Vocabulary(self.workspace.embeddings_dir)
-        return explain_prompt(prompt, steps, PromptTokenizer(clip_tokenizer(), vocab), vocab)
+            vocab = Vocabulary(self.workspace.embeddings_dir)
+            info = explain_prompt(prompt, steps, PromptTokenizer(clip_tokenizer(), vocab), vocab)
+        used = [PromptEmbedding(name=e["name"], path=e["file"], vectors=e["vectors"], widths=e["widths"]) for e in info["embeddings"]]
+        return PromptReport(**{**info, "embeddings": used})
 
     def generate(self, prompt: str | None = None, *, negative: str | None = None, model: str | Path | None = None,
                  steps: int | None = None, sampler: str | None = None, schedule_type: str | None = None,

@@ -611,3 +611,44 @@ class UpgradeResult:
                     "upgraded": True, "old_path": self.old_path, "reason": self.reason}
         return {"ok": True, "name": self.name, "path": self.path, "status": self.status, "upgraded": False,
                 "reason": self.reason}
+
+
+@dataclass
+class PromptEmbedding:
+    """One embedding of embeddings/ a prompt uses: its file (`path`, None when held in memory),
+    vector count and text-encoder widths (None when it could not be read)."""
+
+    name: str
+    path: str | None = None
+    vectors: int | None = None
+    widths: dict[str, int] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path, "vectors": self.vectors, "widths": self.widths}
+
+
+@dataclass
+class PromptReport:
+    """How A1111 reads one prompt (`tihub prompt --json`, one object): its AND parts, the
+    prompt-editing `schedule` ([last step, text] pairs), the `attention` ([text, weight] pairs)
+    of the final text, its token count in 75-token chunks, each scheduled text's tokens
+    (`per_text`), the embeddings it uses and the warnings reading them gave."""
+
+    prompt: str
+    steps: int
+    and_parts: list[list[Any]] = field(default_factory=list)
+    schedule: list[list[Any]] = field(default_factory=list)
+    attention: list[list[Any]] = field(default_factory=list)
+    tokens: int = 0
+    chunks: int = 0
+    chunk_tokens: list[int] = field(default_factory=list)
+    per_text: list[dict[str, Any]] = field(default_factory=list)  # {text, tokens, chunks, embeddings}
+    embeddings: list[PromptEmbedding] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    ok: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return item(True, prompt=self.prompt, steps=self.steps, and_parts=self.and_parts, schedule=self.schedule,
+                    attention=self.attention, tokens=self.tokens, chunks=self.chunks, chunk_tokens=list(self.chunk_tokens),
+                    per_text=self.per_text, embeddings=[e.as_dict() for e in self.embeddings],
+                    warnings=list(self.warnings))

@@ -99,21 +99,20 @@ def prompt_cmd(ctx: Context, prompt: str, steps: int, model: str | None, as_json
     """
     info = ctx.hub.prompt(prompt, steps, model)
     if as_json:
-        embeddings = [{("path" if k == "file" else k): v for k, v in e.items()} for e in info["embeddings"]]
-        echo_json(item(True, **{**info, "embeddings": embeddings}))
+        echo_json(info.as_dict())
         return
-    _warn(info["warnings"])
+    _warn(info.warnings)
     click.echo("Schedule:")
-    for end, text in info["schedule"]:
+    for end, text in info.schedule:
         say(f"  until step {end:>3}: {text}")
     click.echo("Attention:")
-    for text, weight in info["attention"]:
+    for text, weight in info.attention:
         click.echo("  BREAK" if weight == -1 and text == "BREAK" else f"  {weight:<8.4g} {text!r}")
-    click.echo(f"Tokens: {info['tokens']} in {info['chunks']} chunk(s) of 75 ({', '.join(map(str, info['chunk_tokens']))})")
-    if info["embeddings"]:
+    click.echo(f"Tokens: {info.tokens} in {info.chunks} chunk(s) of 75 ({', '.join(map(str, info.chunk_tokens))})")
+    if info.embeddings:
         click.echo("Embeddings:")
-        for e in info["embeddings"]:
-            say(f"  {e['name']}: {e['vectors']} vector(s), {e['file'] or 'in memory'}")
+        for e in info.embeddings:
+            say(f"  {e.name}: {e.vectors} vector(s), {e.path or 'in memory'}")
     else:
         click.echo("Embeddings: none")
 
