@@ -35,11 +35,9 @@ ANALYZE_AFTER = 5000  # new entries in one ingest after which the planner's stat
 
 
 def _pairs(names_text: str) -> str:
-    """The distinct two-character pieces of the words of `names_text` (SQL), as a text array."""
-    return (
-        f"ARRAY(SELECT DISTINCT substr(w, i, 2) FROM regexp_split_to_table({names_text}, '\\s+') w, "
-        "generate_series(1, length(w) - 1) i)"
-    )
+    """Every two-character piece of `names_text` (SQL), as a text array: the GIN index keeps each
+    distinct one once (removing repeats or the pieces with a space in SQL costs ten times more)."""
+    return f"ARRAY(SELECT substr({names_text}, i, 2) FROM generate_series(1, length({names_text}) - 1) i)"
 
 
 # The search row of the entries in a transition table (or NEW), as a SELECT over `n`. The words
