@@ -168,8 +168,27 @@ def test_a_catalogue_made_before_the_search_migration_is_indexed_by_it(pg_url: s
     Catalog(engine).ingest(SourceSpec("old", "git"), [c("1", "EasyNegative"), c("2", "watercolor")])
     monkeypatch.undo()
     assert run_migrations(engine) == ["m016_pg_wide_integers", "m016_pg_search", "m016_record_indexes",
-                                     "m016_pg_fast_fold", "m016_pg_words"]
+                                     "m016_pg_fast_fold", "m016_pg_words", "m016_pg_pairs"]
     assert names(Catalog(engine).search("negative")) == ["EasyNegative"]
+    assert names(Catalog(engine).search("ga")) == ["EasyNegative"]
+    dispose_all()
+
+
+def test_a_catalogue_indexed_before_the_pairs_gets_them(pg_url: str) -> None:
+    """m016_pg_pairs adds the two-character pieces to a search index made without them."""
+    from tihub.catalog.db import dispose_all, run_migrations
+
+    engine = open_engine(pg_url)
+    cat = Catalog(engine)
+    cat.ingest(SourceSpec("old", "git"), [c("1", "EasyNegative"), c("2", "watercolor")])
+    with engine.begin() as conn:  # as it was before the migration
+        conn.execute(text("ALTER TABLE entries_search DROP COLUMN pairs"))
+        conn.execute(text("DELETE FROM _migrations WHERE name = 'm016_pg_pairs'"))
+    assert run_migrations(engine) == ["m016_pg_pairs"]
+    assert names(cat.search("ga")) == ["EasyNegative"]
+    assert names(cat.search("ol")) == ["watercolor"]
+    cat.ingest(SourceSpec("old", "git"), [c("1", "EasyNegative"), c("2", "watercolor"), c("3", "Olive")])
+    assert sorted(names(cat.search("ol", limit=0))) == ["Olive", "watercolor"]
     dispose_all()
 
 
@@ -226,9 +245,13 @@ def test_ingest_history_is_the_same_on_both_engines(pg_url: str, tmp_path: Path)
     # the same set (ranks differ); punctuation splits words on both ("entry-14" was "entry" and "-14"
     # on PostgreSQL, "1.5" one word, "<easy-neg-1>" dropped as an XML tag)
     for q in ("entry", "titulo", "unicode", "trig2", "v3", "ntry", "trig14 entry", "entry-1", "1.5", "sd 1.5",
-              "neg", "easy-neg", "v1", "final"):
+              "neg", "easy-neg", "v1", "final", "14", "nt"):
         found = {k: names(cat.search(q, limit=0)) for k, cat in cats.items()}
         assert found["sqlite"] and sorted(found["sqlite"]) == sorted(found["pg"]), q
+    # a two-character piece inside a word ("14" in "entry-114", "nt" in "entry"): the pair index
+    for q in ("14", "nt"):
+        found = {k: names(cat.search(q, limit=1000)) for k, cat in cats.items()}
+        assert sorted(found["sqlite"]) == sorted(found["pg"]) == sorted(names(cats["sqlite"].search(q, limit=0))), q
     assert names(cats["pg"].search("entry-14"))[0] == names(cats["sqlite"].search("entry-14"))[0] == "entry-14"
 
 

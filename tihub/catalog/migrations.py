@@ -144,6 +144,17 @@ def m016_pg_words(conn: Connection) -> None:
             conn.execute(text(ddl))
 
 
+def m016_pg_pairs(conn: Connection) -> None:
+    """On PostgreSQL: the two-character pieces of names and trigger words (`entries_search.pairs`,
+    a GIN index), so a two-character piece inside a word ("nt" in "entry") is found, as on
+    SQLite; every entry without them gets them."""
+    from tihub.catalog.search_pg import PAIRS_BACKFILL, PAIRS_DDL, TRIGGER_DDL
+
+    if conn.dialect.name == "postgresql":
+        for ddl in [*PAIRS_DDL, *TRIGGER_DDL, PAIRS_BACKFILL]:
+            conn.execute(text(ddl))
+
+
 def m005_substring_search(conn: Connection) -> None:
     """On SQLite: a suffix index over names and trigger words (substring search, see
     `schema.SUB_DDL`) and a case-blind name index (exact names first). Everywhere: entries without a kind get the one
@@ -208,4 +219,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m016_record_indexes", m016_record_indexes),
     ("m016_pg_fast_fold", m016_pg_fast_fold),
     ("m016_pg_words", m016_pg_words),
+    ("m016_pg_pairs", m016_pg_pairs),
 ]

@@ -4,8 +4,8 @@ own full-text search and pg_trgm.
 What matches: every word of the query (AND), each one either
 - a whole word of the name, triggers, title, tags, description or source name (tsvector), the
   last word also as a prefix of a word of the name, triggers or title while it is being typed,
-- or a substring of the name or a trigger ("negative" finds EasyNegative; pg_trgm index, words of
-  three characters or more).
+- or a substring of the name or a trigger ("negative" finds EasyNegative; pg_trgm index for words
+  of three characters or more, the `pairs` index for words of two: "nt" finds "entry").
 Case and accents never matter (`tihub_fold`: NFKD, combining marks dropped, lower case).
 
 How it ranks: an exact name first; then names holding every word; then entries whose name,
@@ -15,7 +15,7 @@ each way of matching looks at a bounded number of candidates (like the SQLite se
 RANK_BOUND), so a word found in half the catalogue costs milliseconds, not a full ranking.
 
 The index is the table `entries_search` (one row per entry: the weighted document, the naming
-words, the folded names for pg_trgm, the folded name), kept in step with `entries` by triggers,
+words, the folded names for pg_trgm, their two-character pieces, the folded name), kept in step with `entries` by triggers,
 as SQLite's `entries_fts` is: `entries` has exactly the same columns on both engines.
 """
 
@@ -30,18 +30,26 @@ from sqlalchemy import Connection, text
 
 MAX_WORD = 255  # a longer "word" matches nothing that is indexed
 BOUND = 200  # candidates looked at per way of matching, when a limit is given (SQLite: 100)
-SUBSTRING_MIN = 3  # pg_trgm needs three characters to use its index
+SUBSTRING_MIN = 3  # pg_trgm needs three characters to use its index; two: the `pairs` index
 ANALYZE_AFTER = 5000  # new entries in one ingest after which the planner's statistics are refreshed
+
+
+def _pairs(names_text: str) -> str:
+    """Every two-character piece of `names_text` (SQL), as a text array: the GIN index keeps each
+    distinct one once (removing repeats or the pieces with a space in SQL costs ten times more)."""
+    return f"ARRAY(SELECT substr({names_text}, i, 2) FROM generate_series(1, length({names_text}) - 1) i)"
+
 
 # The search row of the entries in a transition table (or NEW), as a SELECT over `n`. The words
 # are those of `tihub_words` (folded, punctuation as spaces), as SQLite's unicode61 tokenizer
 # splits them: PostgreSQL's own parser would read "entry-14" as "entry" and "-14", "SD 1.5" as
 # "sd" and "1.5", and drop a trigger "<easy-neg>" as an XML tag. `names` is the part of `doc` that
 # comes from name, triggers and title (weights A and B; the same words at the same positions).
-_ROW_OF = """SELECT n.id, d.doc, ts_filter(d.doc, '{{a,b}}'),
-        tihub_fold(concat_ws(' ', n.name, regexp_replace(coalesce(n.triggers, ''), '"[^"]*"\s*:', ' ', 'g'))),
+_ROW_OF = """SELECT n.id, d.doc, ts_filter(d.doc, '{{a,b}}'), t.names_text, """ + _pairs("t.names_text") + """,
         tihub_fold(n.name)
     FROM {src} n JOIN sources s ON s.id = n.source_id, LATERAL (SELECT
+        tihub_fold(concat_ws(' ', n.name, regexp_replace(coalesce(n.triggers, ''), '"[^"]*"\s*:', ' ', 'g')))
+        AS names_text OFFSET 0) t, LATERAL (SELECT
         setweight(to_tsvector('simple'::regconfig, tihub_words(n.name)), 'A')
         || setweight(to_tsvector('simple'::regconfig, tihub_words(n.triggers)), 'A')
         || setweight(to_tsvector('simple'::regconfig, tihub_words(n.title)), 'B')
@@ -65,14 +73,14 @@ TRIGGER_DDL = [
     # New entries: one statement-level trigger per INSERT or COPY statement (an ingest's rows).
     f"""CREATE OR REPLACE FUNCTION tihub_entries_search_ins() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        INSERT INTO entries_search (id, doc, names, names_text, name_key) {_ROW_OF.format(src="new_rows")};
+        INSERT INTO entries_search (id, doc, names, names_text, pairs, name_key) {_ROW_OF.format(src="new_rows")};
         RETURN NULL;
     END $$""",
     # A changed entry (rare: only when its searchable text or source changed).
     f"""CREATE OR REPLACE FUNCTION tihub_entries_search_upd() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         DELETE FROM entries_search WHERE id = NEW.id;
-        INSERT INTO entries_search (id, doc, names, names_text, name_key)
+        INSERT INTO entries_search (id, doc, names, names_text, pairs, name_key)
             {_ROW_OF.format(src="(SELECT NEW.*)")};
         RETURN NULL;
     END $$""",
@@ -86,7 +94,7 @@ TRIGGER_DDL = [
 
 # The search rows of every entry not indexed yet.
 BACKFILL = (
-    f"INSERT INTO entries_search (id, doc, names, names_text, name_key) {_ROW_OF.format(src='entries')} "
+    f"INSERT INTO entries_search (id, doc, names, names_text, pairs, name_key) {_ROW_OF.format(src='entries')} "
     "ON CONFLICT (id) DO NOTHING"
 )
 
@@ -99,19 +107,28 @@ DDL = [
         doc tsvector NOT NULL,        -- every searchable word, weighted by field
         names tsvector NOT NULL,      -- the words of name, triggers and title (prefix matches)
         names_text TEXT NOT NULL,     -- folded name and trigger words (pg_trgm substrings)
+        pairs TEXT[],                 -- their distinct two-character pieces (2-character substrings)
         name_key TEXT NOT NULL        -- the folded name (exact matches)
     )""",
     "CREATE INDEX IF NOT EXISTS ix_entries_search_doc ON entries_search USING gin (doc)",
     "CREATE INDEX IF NOT EXISTS ix_entries_search_names ON entries_search USING gin (names)",
     "CREATE INDEX IF NOT EXISTS ix_entries_search_trgm ON entries_search USING gin (names_text gin_trgm_ops)",
     "CREATE INDEX IF NOT EXISTS ix_entries_search_key ON entries_search (name_key)",
+    "CREATE INDEX IF NOT EXISTS ix_entries_search_pairs ON entries_search USING gin (pairs)",
     *TRIGGER_DDL,
     # Entries already there (a catalogue that was on PostgreSQL before this migration).
     BACKFILL,
 ]
 
+# The two-character pieces of names and triggers, for a catalogue indexed before them.
+PAIRS_BACKFILL = f"UPDATE entries_search SET pairs = {_pairs('names_text')} WHERE pairs IS NULL"
+PAIRS_DDL = [
+    "ALTER TABLE entries_search ADD COLUMN IF NOT EXISTS pairs TEXT[]",
+    "CREATE INDEX IF NOT EXISTS ix_entries_search_pairs ON entries_search USING gin (pairs)",
+]
+
 # Re-index every entry with the words of `tihub_words` (a catalogue indexed before it).
-REINDEX_DDL = [FOLD_DDL, WORDS_DDL, *TRIGGER_DDL, "TRUNCATE entries_search", BACKFILL]
+REINDEX_DDL = [FOLD_DDL, WORDS_DDL, *PAIRS_DDL, *TRIGGER_DDL, "TRUNCATE entries_search", BACKFILL]
 
 
 def fold(s: str) -> str:
@@ -122,6 +139,14 @@ def fold(s: str) -> str:
 
 def _like(word: str) -> str:
     return "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _substring(word: str, i: int) -> str:
+    """The condition "the names or triggers hold the query's word `i` as a substring", through an
+    index: pg_trgm for three characters or more, the two-character pieces (`pairs`) for two."""
+    if len(word) >= SUBSTRING_MIN:
+        return f"x.names_text LIKE :s{i}"
+    return f"x.pairs @> ARRAY[CAST(:w{i} AS text)]"
 
 
 def search_ids(
@@ -143,10 +168,11 @@ def search_ids(
         p[f"t{i}"] = f"'{w}'"
         p[f"n{i}"] = f"'{w}'" + (":*" if last else "")
         p[f"s{i}"] = _like(w)
+        p[f"w{i}"] = w
         named = f"x.names @@ to_tsquery('simple', :n{i})"
         alts = [f"x.doc @@ to_tsquery('simple', :t{i})", named]
-        if len(w) >= SUBSTRING_MIN:
-            alts.append(f"x.names_text LIKE :s{i}")
+        if len(w) >= 2:
+            alts.append(_substring(w, i))
         match.append("(" + " OR ".join(alts) + ")")
         in_name.append(f"x.name_key LIKE :s{i}")
         in_named.append(f"(x.names_text LIKE :s{i} OR {named})")
@@ -172,8 +198,8 @@ def search_ids(
         # and anything else that matches, each at most BOUND candidates.
         p["bound"] = max(BOUND, limit * 5)
         branches = ["SELECT x.id FROM entries_search x WHERE x.name_key = :exact"]
-        if all(len(w) >= SUBSTRING_MIN for w in words):
-            subs = " AND ".join(f"x.names_text LIKE :s{i}" for i in range(len(words)))
+        if all(len(w) >= 2 for w in words):
+            subs = " AND ".join(_substring(w, i) for i, w in enumerate(words))
             branches.append(f"(SELECT x.id FROM entries_search x WHERE {subs} LIMIT :bound)")
         named_all = " AND ".join(f"x.names @@ to_tsquery('simple', :n{i})" for i in range(len(words)))
         branches.append(f"(SELECT x.id FROM entries_search x WHERE {named_all} LIMIT :bound)")
