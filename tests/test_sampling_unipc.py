@@ -305,14 +305,6 @@ def test_unipc_same_seed_same_png_bytes(tmp_path):
 # -- the CLI: options, infotext, --from-image ------------------------------------------------------
 
 
-def _wired() -> bool:
-    import inspect
-
-    from tihub.engine.generate import Engine
-
-    return "uni_pc_order" in inspect.signature(Engine.generate).parameters
-
-
 def _cli(*args: str):
     from click.testing import CliRunner
 
@@ -322,7 +314,6 @@ def _cli(*args: str):
     return r.exit_code, r.stdout, r.stderr
 
 
-@pytest.mark.skipif(not _wired(), reason="Engine.generate does not take the sampler settings yet")
 @pytest.mark.parametrize("options", [
     ["--sampler", "UniPC", "--uni-pc-variant", "bh2", "--uni-pc-skip-type", "logSNR", "--uni-pc-order", "2", "--no-uni-pc-lower-order-final", "--ngms", "500"],
     ["--sampler", "DPM++ 2M", "--sigma-min", "0.1", "--sigma-max", "10", "--rho", "5", "--skip-early-cfg", "0.3"],
@@ -350,14 +341,6 @@ def test_cli_sampler_settings_are_written_and_followed_from_the_image(home, tiny
     assert again["infotext"] == info and again["plan"]["sigmas"] == plan["sigmas"] and "not followed" not in err
     with open(res["path"], "rb") as a, open(again["path"], "rb") as b:
         assert a.read() == b.read()
-
-
-@pytest.mark.skipif(_wired(), reason="Engine.generate takes the sampler settings")
-def test_cli_sampler_settings_refused_in_one_sentence_until_the_engine_takes_them(home, tiny_sd1_dir):
-    code, _, err = _cli("generate", "x", "--model", str(tiny_sd1_dir), "--size", "64", "--steps", "4", "--sampler", "UniPC", "--uni-pc-order", "2")
-    assert code == 1 and "This tihub's engine does not take uni_pc_order yet; drop that option." in err and "Traceback" not in err
-    code, _, err = _cli("generate", "x", "--model", str(tiny_sd1_dir), "--size", "64", "--steps", "3", "--sampler", "UniPC", "--seed", "1")
-    assert code == 0, err
 
 
 def test_unipc_progress_counts_one_step_per_call(tiny):

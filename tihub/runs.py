@@ -91,16 +91,12 @@ def fold_sampling(options: dict[str, Any]) -> dict[str, Any]:
     (the first pass's sampler, schedule, CFG and prompts); A1111's other sampler settings are
     passed only where they differ from its defaults. Options already folded (`hires=`) pass
     through."""
-    from tihub.engine.reproduce import _generate_params
     from tihub.engine.sampling import SAMPLER_SETTINGS, Randomness
 
     # A1111's other sampler settings (sigma min/max, rho, UniPC, NGMS, ...) only where they are
-    # not their defaults, so an engine without one of them still runs the defaults
+    # not their defaults
     defaults = Randomness()
     out = {k: v for k, v in options.items() if k not in SAMPLER_SETTINGS or v != getattr(defaults, k)}
-    missing = [k for k in out if k in SAMPLER_SETTINGS and k not in _generate_params()]
-    if missing:
-        raise ConfigError(f"This tihub's engine does not take {missing[0]} yet; drop that option.")
     hires = {k: out.pop(k, None) for k in HIRES_KEYS}
     if any(v is not None for v in hires.values()):
         from tihub.engine.sampling.hires import Hires

@@ -565,39 +565,16 @@ def generate(
     engine: Engine | None = None,
     embeddings: dict[str, Embedding] | None = None,
     embeddings_dir: str | os.PathLike[str] | None = None,
-    steps: int = 20,
-    sampler: str | None = None,
-    cfg_scale: float = 7.0,
-    seed: int | None = -1,
-    width: int | None = None,
-    height: int | None = None,
-    size: str | int | None = None,
-    batch_size: int = 1,
-    batch_count: int = 1,
-    clip_skip: int = 1,
-    out: str | os.PathLike[str] | None = None,
     device: Any = None,
     dtype: Any = None,
-    schedule_type: str | None = None,
-    rng: str = "gpu",
-    ensd: int = 0,
-    eta: float | None = None,
-    s_churn: float = 0.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = 0.0,
-    s_noise: float = 1.0,
-    hires: Hires | None = None,
-    pad_conds: bool = False,
-    subseed: int | None = -1,
-    subseed_strength: float = 0.0,
-    seed_resize_from: tuple[int, int] | str | None = None,
-    **sampler_settings: Any,
+    **settings: Any,
 ) -> Result:
     """Generate images in one call.
 
     Give one of `engine` (reused), `pipe` (an in-memory diffusers pipeline) or `model` (a path,
     repo id or LoadedModel). `embeddings` adds in-memory embeddings by name (they win over files
-    in `embeddings_dir`). With `out` the images are saved with infotext.
+    in `embeddings_dir`). Every other keyword is `Engine.generate`'s (steps, sampler, seed, size,
+    out, the sampling and hires. fix settings); with `out` the images are saved with infotext.
     """
     if engine is None:
         if pipe is not None:
@@ -611,32 +588,4 @@ def generate(
         engine = Engine(loaded, embeddings_dir, embeddings)
     elif embeddings:
         engine.vocabulary.extra.update(embeddings)
-    return engine.generate(
-        prompt,
-        negative_prompt,
-        steps=steps,
-        sampler=sampler,
-        cfg_scale=cfg_scale,
-        seed=seed,
-        width=width,
-        height=height,
-        size=size,
-        batch_size=batch_size,
-        batch_count=batch_count,
-        clip_skip=clip_skip,
-        out=out,
-        schedule_type=schedule_type,
-        rng=rng,
-        ensd=ensd,
-        eta=eta,
-        s_churn=s_churn,
-        s_tmin=s_tmin,
-        s_tmax=s_tmax,
-        s_noise=s_noise,
-        hires=hires,
-        pad_conds=pad_conds,
-        subseed=subseed,
-        subseed_strength=subseed_strength,
-        seed_resize_from=seed_resize_from,
-        **sampler_settings,  # A1111's other sampler settings: Engine.generate's sigma_min ... skip_early_cond
-    )
+    return engine.generate(prompt, negative_prompt, **settings)
